@@ -1,0 +1,16 @@
+from django.urls import path
+
+from chat import views
+
+app_name = "chat"
+urlpatterns = [
+    path("", views.index, name="index"),
+    path("healthz", views.healthz, name="healthz"),
+    path("c/new/send", views.send, name="send-new"),
+    path("c/<int:pk>/", views.conversation, name="conversation"),
+    path("c/<int:pk>/send", views.send, name="send"),
+    path("c/<int:pk>/rename", views.rename, name="rename"),
+    path("c/<int:pk>/delete", views.delete, name="delete"),
+    path("c/<int:pk>/m/<int:message_pk>/stream", views.stream, name="stream"),
+    path("c/<int:pk>/m/<int:message_pk>/stop", views.stop, name="stop"),
+]

@@ -1,0 +1,247 @@
+"""The one module that talks to vLLM.
+
+Everything above it sees typed events (`TextDelta`, `Finished`, `Usage`, `Failed`), never SSE
+lines or vLLM's JSON. Every failure, whatever its shape on the wire, becomes one `Failed` with a
+message written for the person reading the chat.
+"""
+
+import asyncio
+import json
+import re
+import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from django.conf import settings
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    reason: str  # "stop" or "length", as vLLM says
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    message: str
+
+
+type Event = TextDelta | Finished | Usage | Failed
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationOptions:
+    temperature: float
+    max_tokens: int
+    top_p: float
+
+
+class VLLMError(Exception):
+    """A failure already phrased for a person; raised by the non-streaming calls."""
+
+
+# One pooled client per event loop: a connection pool belongs to the loop that opened it, and
+# tests (and the CLI) run more than one loop in a process.
+_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]" = weakref.WeakKeyDictionary()
+
+
+def client() -> httpx.AsyncClient:
+    loop = asyncio.get_running_loop()
+    if (shared := _clients.get(loop)) is None or shared.is_closed:
+        shared = httpx.AsyncClient(
+            timeout=httpx.Timeout(
+                connect=settings.VLLM_CONNECT_TIMEOUT,
+                read=settings.VLLM_READ_TIMEOUT,
+                write=30.0,
+                pool=settings.VLLM_CONNECT_TIMEOUT,
+            ),
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        )
+        _clients[loop] = shared
+    return shared
+
+
+def server_root() -> str:
+    """vLLM's own routes (/health, /tokenize, /metrics) sit beside /v1, not under it."""
+    return settings.VLLM_BASE_URL.removesuffix("/v1")
+
+
+async def stream_chat(messages: list[dict[str, str]], options: GenerationOptions) -> AsyncIterator[Event]:
+    """Stream one chat completion as events; the last event is `Usage`, `Finished` or `Failed`.
+
+    Closing this generator (or cancelling the task iterating it) closes the HTTP connection,
+    which is how vLLM learns to abort the request and free its slot.
+    """
+    body = {
+        "model": settings.VLLM_SERVED_MODEL_NAME,
+        "messages": messages,
+        "temperature": options.temperature,
+        "max_tokens": options.max_tokens,
+        "top_p": options.top_p,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    finished = False
+    try:
+        async with client().stream("POST", f"{settings.VLLM_BASE_URL}/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                await response.aread()
+                yield Failed(describe_http_error(response.status_code, response.content))
+                return
+            async for data in _sse_data(response):
+                if data == "[DONE]":
+                    if not finished:
+                        yield Failed("The model server ended the answer without saying why.")
+                    return
+                try:
+                    chunk = json.loads(data)
+                except json.JSONDecodeError:
+                    yield Failed("The model server sent a frame that is not JSON.")
+                    return
+                if "error" in chunk:
+                    yield Failed(f"The model server failed while answering: {_error_text(chunk)}")
+                    return
+                for choice in chunk.get("choices") or []:
+                    if text := (choice.get("delta") or {}).get("content"):
+                        yield TextDelta(text)
+                    if reason := choice.get("finish_reason"):
+                        finished = True
+                        yield Finished(reason)
+                if usage := chunk.get("usage"):
+                    yield Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+            if not finished:
+                yield Failed("The connection to the model server closed before the answer was complete.")
+    except httpx.ConnectError:
+        yield Failed(_unreachable())
+    except httpx.TimeoutException:
+        if finished:
+            return
+        yield Failed(f"The model server did not answer within {settings.VLLM_READ_TIMEOUT:g} seconds.")
+    except (httpx.RemoteProtocolError, httpx.ReadError):
+        if not finished:
+            yield Failed("The connection to the model server was lost before the answer was complete.")
+    except httpx.HTTPError as exc:
+        yield Failed(f"Could not talk to the model server: {exc}")
+
+
+async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
+    """The data of each server-sent event: `data:` with or without its space, comments skipped."""
+    lines: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if lines:
+                yield "\n".join(lines)
+                lines = []
+        elif line.startswith(":"):
+            continue  # a comment, such as a keep-alive ping
+        elif line.startswith("data:"):
+            value = line[5:]
+            lines.append(value[1:] if value.startswith(" ") else value)
+    if lines:
+        yield "\n".join(lines)
+
+
+def _unreachable() -> str:
+    return (
+        f"The model server is not reachable at {settings.VLLM_BASE_URL}. "
+        "Start it with `python manage.py runvllm` (or check VLLM_BASE_URL)."
+    )
+
+
+def _error_text(body: Any) -> str:
+    """vLLM's message from either error shape: {"error": {...}} or the older flat body."""
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+        if isinstance(inner, str):
+            return inner
+        if body.get("message"):
+            return str(body["message"])
+    return "no details given"
+
+
+def _error_param(body: Any) -> str | None:
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict):
+            return inner.get("param")
+    return None
+
+
+def describe_http_error(status: int, content: bytes) -> str:
+    try:
+        body = json.loads(content)
+    except ValueError:
+        body = content.decode(errors="replace").strip()[:300] or None
+    text = _error_text(body) if isinstance(body, dict) else (body or "no details given")
+    param = _error_param(body)
+    if status == 400 and (param == "input_tokens" or "maximum context length" in text):
+        limit = _number_after(r"maximum context length is (\d+)", text) or settings.CHAT_CONTEXT_LENGTH
+        return f"This conversation is too long for the model's {limit}-token context. Start a new conversation or shorten the message."
+    if status == 400 and param == "max_tokens":
+        limit = _number_after(r"max_model_len=(\d+)", text) or settings.CHAT_CONTEXT_LENGTH
+        return f"Max tokens is larger than the model's {limit}-token context allows. Ask for fewer tokens."
+    if status == 404 and (param == "model" or "does not exist" in text):
+        return (
+            f"The model server does not serve a model named {settings.VLLM_SERVED_MODEL_NAME!r} ({text}). "
+            "Check VLLM_SERVED_MODEL_NAME."
+        )
+    if status >= 500:
+        return f"The model server failed ({status}): {text}"
+    return f"The model server refused the request ({status}): {text}"
+
+
+def _number_after(pattern: str, text: str) -> int | None:
+    match = re.search(pattern, text)
+    return int(match.group(1)) if match else None
+
+
+async def count_prompt_tokens(messages: list[dict[str, str]]) -> int | None:
+    """The exact prompt length after the chat template, from vLLM's /tokenize; None if unknown."""
+    try:
+        response = await client().post(
+            f"{server_root()}/tokenize",
+            json={"model": settings.VLLM_SERVED_MODEL_NAME, "messages": messages},
+            timeout=10.0,
+        )
+        if response.status_code == 200:
+            return int(response.json()["count"])
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    ok: bool
+    detail: str
+
+
+async def check_health() -> Health:
+    """Ready means /health answers 200 and /v1/models lists the served model."""
+    try:
+        health = await client().get(f"{server_root()}/health", timeout=3.0)
+        if health.status_code != 200:
+            return Health(False, f"vLLM answers /health with {health.status_code}")
+        models = await client().get(f"{settings.VLLM_BASE_URL}/models", timeout=3.0)
+        served = [m.get("id") for m in models.json().get("data", [])] if models.status_code == 200 else []
+    except httpx.ConnectError:
+        return Health(False, _unreachable())
+    except (httpx.HTTPError, ValueError, AttributeError) as exc:
+        return Health(False, f"vLLM did not answer properly: {exc}")
+    if settings.VLLM_SERVED_MODEL_NAME not in served:
+        return Health(False, f"vLLM serves {served or 'no model'}, not {settings.VLLM_SERVED_MODEL_NAME!r}")
+    return Health(True, f"vLLM serves {settings.VLLM_SERVED_MODEL_NAME}")

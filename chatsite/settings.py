@@ -1,0 +1,141 @@
+"""Every knob comes from the environment (or `.env`); `.env.example` documents each one."""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+if (BASE_DIR / ".env").is_file():
+    environ.Env.read_env(BASE_DIR / ".env")
+
+# No default: a secret in the repository is no secret. `make .env` writes a random one.
+SECRET_KEY = env.str("DJANGO_SECRET_KEY")
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "daphne",  # first, so that `runserver` is daphne's ASGI server
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_htmx",
+    "chat",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "chatsite.urls"
+ASGI_APPLICATION = "chatsite.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the page read a conversation while a turn checkpoints its answer;
+    # IMMEDIATE makes writers queue on the lock instead of failing with "database is locked".
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE", "timeout": 20}
+    )
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Running turns live in the one ASGI process that started them (see chat/turns.py), so the
+# in-memory layer is all the site needs.
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "chat:index"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+# Serve straight from the apps' static folders: no collectstatic step before the site runs.
+WHITENOISE_USE_FINDERS = True
+WHITENOISE_AUTOREFRESH = DEBUG
+
+SESSION_COOKIE_HTTPONLY = True
+CSRF_COOKIE_HTTPONLY = False  # the chat script reads it to send X-CSRFToken
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"chat": {"handlers": ["console"], "level": env.str("CHAT_LOG_LEVEL", default="INFO")}},
+}
+
+# --- The model server -------------------------------------------------------------------------
+VLLM_BASE_URL = env.str("VLLM_BASE_URL", default="http://127.0.0.1:8000/v1").rstrip("/")
+VLLM_SERVED_MODEL_NAME = env.str("VLLM_SERVED_MODEL_NAME", default="qwen2-7b-instruct")
+VLLM_CONNECT_TIMEOUT = env.float("VLLM_CONNECT_TIMEOUT", default=5.0)
+# vLLM sends no byte before the first token: queueing and prefill come first, so this must
+# cover the worst queue wait, not just the gap between two tokens.
+VLLM_READ_TIMEOUT = env.float("VLLM_READ_TIMEOUT", default=300.0)
+
+# --- runvllm: the managed vLLM server -----------------------------------------------------------
+VLLM_MODEL = env.str("VLLM_MODEL", default="Qwen/Qwen2-7B-Instruct")
+VLLM_HOST = env.str("VLLM_HOST", default="127.0.0.1")
+VLLM_PORT = env.int("VLLM_PORT", default=8000)
+VLLM_MAX_MODEL_LEN = env.int("VLLM_MAX_MODEL_LEN", default=2048)
+VLLM_GPU_MEMORY_UTILIZATION = env.float("VLLM_GPU_MEMORY_UTILIZATION", default=None)
+VLLM_VENV = Path(env.str("VLLM_VENV", default="~/.cache/chatsite/vllm-venv")).expanduser()
+# The interpreter that creates vLLM's environment; the CPU torch wheel is built for 3.11.
+VLLM_PYTHON = env.str("VLLM_PYTHON", default="python3")
+VLLM_DEVICE = env.str("VLLM_DEVICE", default="auto")  # auto, cuda or cpu
+VLLM_PIP_ARGS = env.str("VLLM_PIP_ARGS", default="")
+VLLM_LOG_FILE = Path(env.str("VLLM_LOG_FILE", default=str(BASE_DIR / "logs" / "vllm.log"))).expanduser()
+VLLM_START_TIMEOUT = env.float("VLLM_START_TIMEOUT", default=1800.0)
+
+# --- A chat turn --------------------------------------------------------------------------------
+# The seed's defaults; the context length must match vLLM's --max-model-len.
+CHAT_CONTEXT_LENGTH = env.int("CHAT_CONTEXT_LENGTH", default=VLLM_MAX_MODEL_LEN)
+CHAT_DEFAULT_TEMPERATURE = env.float("CHAT_DEFAULT_TEMPERATURE", default=0.7)
+CHAT_DEFAULT_MAX_TOKENS = env.int("CHAT_DEFAULT_MAX_TOKENS", default=512)
+CHAT_DEFAULT_TOP_P = env.float("CHAT_DEFAULT_TOP_P", default=0.9)
+CHAT_MAX_PROMPT_CHARS = env.int("CHAT_MAX_PROMPT_CHARS", default=16000)
+CHAT_CHECKPOINT_SECONDS = env.float("CHAT_CHECKPOINT_SECONDS", default=2.0)
