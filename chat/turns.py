@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -168,17 +169,23 @@ def _save_prompt_and_answer(conversation: Conversation, prompt: str) -> tuple[Me
     return prompt_message, answer
 
 
-async def start_turn(conversation: Conversation, prompt: str) -> Message:
+class Turn(NamedTuple):
+    prompt: Message
+    answer: Message
+
+
+async def start_turn(conversation: Conversation, prompt: str) -> Turn:
     """Save the prompt and an empty answer, then generate the answer in the background.
 
-    Returns the answer (status "streaming"); `follow(answer)` streams it. Generation uses the
-    conversation's own settings, so save those first.
+    The answer starts in status "streaming"; `follow(answer)` streams it. Generation uses the
+    conversation's settings, which are saved (with the conversation, if new) in the same
+    transaction as the prompt.
     """
     prompt_message, answer = await _save_prompt_and_answer(conversation, prompt)
     running = RunningTurn(answer)
     _running[answer.pk] = running
     running.task = asyncio.create_task(running.run(conversation, prompt_message, options_for(conversation)))
-    return answer
+    return Turn(prompt_message, answer)
 
 
 async def follow(answer: Message) -> AsyncIterator[TurnEvent]:

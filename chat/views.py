@@ -1,5 +1,129 @@
-from django.http import HttpResponse
+"""The chat page's views: parse and check the request, call the domain, render.
+
+Every conversation is reached through `Conversation.objects.owned_by(user)`, so another user's
+conversation is a 404 on every URL. The views that start, follow or stop a turn are async: the
+turn runs on the server's event loop.
+"""
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import aget_object_or_404, get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from chat import sse, turns, vllm
+from chat.forms import RenameForm, SendForm
+from chat.models import Conversation, Message
+
+SIDEBAR_LENGTH = 200
 
 
-def index(request): return HttpResponse("")
-healthz = conversation = send = rename = delete = stream = stop = index
+def _page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
+    conversations = Conversation.objects.owned_by(request.user).newest_first()[:SIDEBAR_LENGTH]
+    return render(
+        request,
+        "chat/page.html",
+        {
+            "conversations": conversations,
+            "conversation": conversation,
+            "messages": list(conversation.messages.in_order()) if conversation else [],
+            "defaults": {
+                "temperature": conversation.temperature if conversation else settings.CHAT_DEFAULT_TEMPERATURE,
+                "max_tokens": conversation.max_tokens if conversation else settings.CHAT_DEFAULT_MAX_TOKENS,
+            },
+            "context_length": settings.CHAT_CONTEXT_LENGTH,
+            "max_prompt_chars": settings.CHAT_MAX_PROMPT_CHARS,
+        },
+    )
+
+
+@login_required
+@require_GET
+def index(request: HttpRequest) -> HttpResponse:
+    return _page(request, None)
+
+
+@login_required
+@require_GET
+def conversation(request: HttpRequest, pk: int) -> HttpResponse:
+    return _page(request, get_object_or_404(Conversation.objects.owned_by(request.user), pk=pk))
+
+
+async def _owned_conversation(request: HttpRequest, pk: int) -> Conversation:
+    return await aget_object_or_404(Conversation.objects.owned_by(await request.auser()), pk=pk)
+
+
+async def _owned_answer(request: HttpRequest, pk: int, message_pk: int) -> Message:
+    conversation = await _owned_conversation(request, pk)
+    return await aget_object_or_404(conversation.messages, pk=message_pk, role=Message.Role.ASSISTANT)
+
+
+@login_required
+@require_POST
+async def send(request: HttpRequest, pk: int | None = None) -> HttpResponse:
+    user = await request.auser()
+    conversation = await _owned_conversation(request, pk) if pk else Conversation(owner=user)
+    form = SendForm(request.POST)
+    if not form.is_valid():
+        # Nothing is saved: not the prompt, not a new conversation.
+        return JsonResponse({"error": form.first_error(), "fields": form.errors.get_json_data()}, status=400)
+    form.apply_to(conversation)
+    prompt, answer = await turns.start_turn(conversation, form.cleaned_data["prompt"])
+    response = render(request, "chat/page.html#turn", {"conversation": conversation, "messages": [prompt, answer]})
+    response["X-Conversation-Id"] = str(conversation.pk)
+    response["X-Message-Id"] = str(answer.pk)
+    response["X-Conversation-Url"] = reverse("chat:conversation", args=[conversation.pk])
+    return response
+
+
+@login_required
+@require_GET
+async def stream(request: HttpRequest, pk: int, message_pk: int) -> HttpResponse:
+    answer = await _owned_answer(request, pk, message_pk)
+    return sse.response(sse.turn_events(answer))
+
+
+@login_required
+@require_POST
+async def stop(request: HttpRequest, pk: int, message_pk: int) -> HttpResponse:
+    answer = await turns.stop_turn(await _owned_answer(request, pk, message_pk))
+    return JsonResponse({"message_id": answer.pk, "status": answer.status, "content": answer.content})
+
+
+@login_required
+@require_POST
+def rename(request: HttpRequest, pk: int) -> HttpResponse:
+    conversation = get_object_or_404(Conversation.objects.owned_by(request.user), pk=pk)
+    form = RenameForm(request.POST, instance=conversation)
+    if not form.is_valid():
+        return JsonResponse({"error": form.errors["title"][0]}, status=400)
+    form.save()
+    if request.htmx:
+        return render(request, "chat/page.html#sidebar-item", {"item": conversation, "conversation": conversation})
+    return redirect(conversation_url(conversation))
+
+
+@login_required
+@require_POST
+async def delete(request: HttpRequest, pk: int) -> HttpResponse:
+    conversation = await _owned_conversation(request, pk)
+    await turns.stop_turns_in(conversation)
+    await conversation.adelete()
+    if request.htmx:
+        return HttpResponseClientRedirect(reverse("chat:index"))
+    return redirect("chat:index")
+
+
+@require_GET
+async def healthz(request: HttpRequest) -> JsonResponse:
+    health = await vllm.check_health()
+    return JsonResponse(
+        {"site": "ok", "vllm": "ok" if health.ok else "unavailable", "detail": health.detail},
+        status=200 if health.ok else 503,
+    )
+
+
+def conversation_url(conversation: Conversation) -> str:
+    return reverse("chat:conversation", args=[conversation.pk])

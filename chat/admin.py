@@ -1,0 +1,41 @@
+from django.contrib import admin
+from django.db.models import Count
+
+from chat.models import Conversation, Message
+
+# What vLLM measured and the turn timed: a record, not something to edit.
+MEASURED = ("prompt_tokens", "completion_tokens", "time_to_first_token", "duration", "created_at", "updated_at")
+
+
+class MessageInline(admin.StackedInline):
+    model = Message
+    extra = 0
+    fields = ("role", "status", "content", "finish_reason", "error", "model_name", *MEASURED)
+    readonly_fields = MEASURED
+
+
+@admin.register(Conversation)
+class ConversationAdmin(admin.ModelAdmin):
+    list_display = ("title", "owner", "message_count", "updated_at")
+    list_filter = ("owner", "messages__status", "messages__model_name")
+    search_fields = ("title", "messages__content")
+    readonly_fields = ("created_at", "updated_at")
+    inlines = [MessageInline]
+    date_hierarchy = "updated_at"
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("owner").annotate(message_total=Count("messages"))
+
+    @admin.display(description="Messages", ordering="message_total")
+    def message_count(self, conversation: Conversation) -> int:
+        return conversation.message_total
+
+
+@admin.register(Message)
+class MessageAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "conversation", "role", "status", "model_name", "completion_tokens", "created_at")
+    list_filter = ("status", "role", "model_name", "conversation__owner")
+    search_fields = ("content", "conversation__title")
+    readonly_fields = MEASURED
+    list_select_related = ("conversation",)
+    raw_id_fields = ("conversation",)

@@ -1,0 +1,52 @@
+"""A chat turn as Server-Sent Events: `delta` (text), then `done` or `error`.
+
+The page and the REST API both stream a turn through here, so a client sees the same events
+whichever door it came in by.
+"""
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from django.http import StreamingHttpResponse
+
+from chat import turns
+from chat.models import Message
+from chat.vllm import TextDelta
+
+
+def event(name: str, data: dict[str, Any]) -> str:
+    # JSON keeps a delta's line breaks inside one `data:` line.
+    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def ended(answer: Message) -> str:
+    """The closing event for an answer in its final state."""
+    if answer.status in (Message.Status.ERROR, Message.Status.INTERRUPTED):
+        return event("error", {"message_id": answer.pk, "status": answer.status, "message": answer.error})
+    return event(
+        "done",
+        {
+            "message_id": answer.pk,
+            "status": answer.status,
+            "finish_reason": answer.finish_reason,
+            "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens},
+            "timings": {"time_to_first_token": answer.time_to_first_token, "duration": answer.duration},
+        },
+    )
+
+
+async def turn_events(answer: Message) -> AsyncIterator[str]:
+    async for turn_event in turns.follow(answer):
+        if isinstance(turn_event, TextDelta):
+            yield event("delta", {"text": turn_event.text})
+        else:
+            yield ended(turn_event.message)
+
+
+def response(events: AsyncIterator[str]) -> StreamingHttpResponse:
+    # An async iterator: under ASGI a sync one would be buffered whole before the first byte.
+    streaming = StreamingHttpResponse(events, content_type="text/event-stream; charset=utf-8")
+    streaming["Cache-Control"] = "no-cache"
+    streaming["X-Accel-Buffering"] = "no"  # keep nginx and friends from holding deltas back
+    return streaming

@@ -1,0 +1,259 @@
+"""The chat turn: what is saved, when, and how every answer ends, against the fake vLLM."""
+
+import asyncio
+import inspect
+import time
+
+import pytest
+from django.db.backends.utils import CursorWrapper
+
+from chat import turns
+from chat.models import Conversation, Message
+from chat.turns import TurnEnded
+from chat.vllm import TextDelta
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+async def conversation(alice):
+    return await Conversation.objects.acreate(owner=alice)
+
+
+async def run_to_end(answer: Message) -> tuple[str, Message]:
+    text = ""
+    async for event in turns.follow(answer):
+        if isinstance(event, TextDelta):
+            text += event.text
+        else:
+            return text, event.message
+    raise AssertionError("the follower ended without TurnEnded")
+
+
+async def first_delta(answer: Message) -> str:
+    async for event in turns.follow(answer):
+        assert isinstance(event, TextDelta), event
+        return event.text
+    raise AssertionError("no delta")
+
+
+async def wait_until(condition, timeout: float = 5.0) -> None:
+    """Polls a condition (sync or async) until it holds, failing after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (await result if inspect.isawaitable(result := condition()) else result):
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_turn_streams_the_answer_and_saves_it_complete(conversation, fake_vllm):
+    fake_vllm.reply = ["Local", " models", " keep", " data", " home."]
+    prompt, answer = await turns.start_turn(conversation, "Why local models?")
+    assert answer.status == Message.Status.STREAMING
+
+    text, ended = await run_to_end(answer)
+
+    assert text == "Local models keep data home."
+    stored = await Message.objects.aget(pk=answer.pk)
+    assert stored.content == text
+    assert stored.status == Message.Status.COMPLETE
+    assert stored.finish_reason == "stop"
+    assert stored.completion_tokens == 5
+    assert stored.prompt_tokens and stored.prompt_tokens > 0
+    assert stored.model_name == "qwen2-7b-instruct"
+    assert stored.time_to_first_token is not None and stored.duration >= stored.time_to_first_token
+    assert ended.status == Message.Status.COMPLETE
+    assert (await Message.objects.aget(pk=prompt.pk)).content == "Why local models?"
+    await conversation.arefresh_from_db()
+    assert conversation.title == "Why local models?"
+
+
+async def test_the_turn_sends_the_seeds_settings_and_the_history(conversation, fake_vllm):
+    conversation.system_prompt = "Answer in French."
+    conversation.temperature = 0.2
+    await conversation.asave()
+    fake_vllm.reply = ["Premier."]
+    _, first = await turns.start_turn(conversation, "First question")
+    await run_to_end(first)
+    fake_vllm.reply = ["Second."]
+    _, second = await turns.start_turn(conversation, "Second question")
+    await run_to_end(second)
+
+    request = fake_vllm.requests[-1]
+    assert request["messages"] == [
+        {"role": "system", "content": "Answer in French."},
+        {"role": "user", "content": "First question"},
+        {"role": "assistant", "content": "Premier."},
+        {"role": "user", "content": "Second question"},
+    ]
+    assert request["temperature"] == 0.2
+    assert request["max_tokens"] == 512
+    assert request["top_p"] == 0.9
+    assert request["stream"] is True
+    assert request["stream_options"] == {"include_usage": True}
+
+
+async def test_vllm_down_keeps_the_prompt_and_explains_the_error(conversation, fake_vllm):
+    fake_vllm.fault = "refuse"
+    prompt, answer = await turns.start_turn(conversation, "Anyone there?")
+    _, ended = await run_to_end(answer)
+
+    assert ended.status == Message.Status.ERROR
+    assert "not reachable" in ended.error
+    assert await Message.objects.filter(pk=prompt.pk, content="Anyone there?").aexists()
+    assert (await Message.objects.aget(pk=answer.pk)).error == ended.error
+
+
+async def test_a_failure_mid_stream_keeps_the_partial_text(conversation, fake_vllm):
+    fake_vllm.reply = ["one", " two", " three", " four"]
+    fake_vllm.fault = "error_frame"
+    fake_vllm.fault_after = 2
+    _, answer = await turns.start_turn(conversation, "Count")
+    text, ended = await run_to_end(answer)
+
+    stored = await Message.objects.aget(pk=answer.pk)
+    assert stored.content == text == "one two"
+    assert stored.status == Message.Status.ERROR
+    assert "EngineCore" in stored.error
+
+
+async def test_a_prompt_too_long_for_the_context_is_refused_before_calling_vllm(conversation, fake_vllm, settings):
+    settings.CHAT_CONTEXT_LENGTH = 256
+    conversation.max_tokens = 128
+    await conversation.asave()
+    prompt, answer = await turns.start_turn(conversation, "word " * 400)
+    _, ended = await run_to_end(answer)
+
+    assert ended.status == Message.Status.ERROR
+    assert "256-token context" in ended.error
+    assert fake_vllm.requests == []
+    assert await Message.objects.filter(pk=prompt.pk).aexists()
+
+
+async def test_stop_closes_the_upstream_request_and_keeps_the_partial_text(conversation, fake_vllm):
+    fake_vllm.reply = [f" w{i}" for i in range(200)]
+    fake_vllm.token_delay = 0.02
+    _, answer = await turns.start_turn(conversation, "Talk a lot")
+    await first_delta(answer)
+
+    stopped = await turns.stop_turn(answer)
+
+    assert stopped.status == Message.Status.STOPPED
+    assert stopped.content.startswith(" w0")
+    assert len(stopped.content) < len("".join(fake_vllm.reply))
+    assert fake_vllm.wait_for_disconnect(timeout=5)
+    # Stopping again changes nothing.
+    assert (await turns.stop_turn(answer)).content == stopped.content
+
+
+async def test_a_follower_going_away_does_not_stop_the_answer(conversation, fake_vllm):
+    fake_vllm.reply = [f" w{i}" for i in range(30)]
+    fake_vllm.token_delay = 0.01
+    _, answer = await turns.start_turn(conversation, "Keep going")
+    follower = turns.follow(answer)
+    await anext(follower)
+    await follower.aclose()  # the browser tab closed
+
+    text, ended = await run_to_end(answer)
+
+    assert ended.status == Message.Status.COMPLETE
+    assert text == "".join(fake_vllm.reply)
+    assert fake_vllm.disconnects() == 0
+
+
+async def test_a_late_follower_first_gets_the_whole_text_so_far(conversation, fake_vllm):
+    fake_vllm.reply = ["alpha", " beta", " gamma", " delta"]
+    fake_vllm.fault = "stall"
+    fake_vllm.fault_after = 3
+    _, answer = await turns.start_turn(conversation, "Greek")
+    running = turns._running[answer.pk]
+    await wait_until(lambda: len(running.parts) == 3)
+
+    assert await first_delta(answer) == "alpha beta gamma"
+    await turns.stop_turn(answer)
+
+
+async def test_the_answer_is_checkpointed_while_it_streams(conversation, fake_vllm, settings):
+    settings.CHAT_CHECKPOINT_SECONDS = 0.05
+    fake_vllm.reply = ["slow", " and", " steady", " wins"]
+    fake_vllm.token_delay = 0.1
+    fake_vllm.fault = "stall"
+    fake_vllm.fault_after = 3
+    _, answer = await turns.start_turn(conversation, "Tortoise?")
+
+    async def checkpointed() -> bool:
+        stored = await Message.objects.aget(pk=answer.pk)
+        return stored.status == Message.Status.STREAMING and stored.content.startswith("slow and")
+
+    await wait_until(checkpointed)
+    await turns.stop_turn(answer)
+
+
+@pytest.fixture
+def query_counter(monkeypatch):
+    """Counts queries from every thread: the async ORM runs them off the event loop's thread."""
+    counts = {"queries": 0}
+    original = CursorWrapper._execute_with_wrappers
+
+    def counting(self, *args, **kwargs):
+        counts["queries"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(CursorWrapper, "_execute_with_wrappers", counting)
+    return counts
+
+
+async def test_a_turns_queries_do_not_grow_with_the_answers_length(conversation, fake_vllm, query_counter):
+    async def queries_for(deltas: int) -> int:
+        fake_vllm.reply = [f" t{i}" for i in range(deltas)]
+        before = query_counter["queries"]
+        _, answer = await turns.start_turn(conversation, "Go")
+        text, _ = await run_to_end(answer)
+        assert len(text) > deltas
+        return query_counter["queries"] - before
+
+    short, long = await queries_for(5), await queries_for(500)
+    assert short == long
+
+
+async def test_cancelling_without_a_stop_marks_the_answer_interrupted(conversation, fake_vllm):
+    fake_vllm.reply = ["never", " ends"]
+    fake_vllm.fault = "stall"
+    fake_vllm.fault_after = 1
+    _, answer = await turns.start_turn(conversation, "Shutdown test")
+    await first_delta(answer)
+    task = turns._running[answer.pk].task
+    task.cancel()  # what a shutting-down event loop does
+    await asyncio.wait({task})
+
+    stored = await Message.objects.aget(pk=answer.pk)
+    assert stored.status == Message.Status.INTERRUPTED
+    assert stored.content == "never"
+
+
+def test_answers_left_streaming_by_a_dead_process_become_interrupted(alice):
+    conversation = Conversation.objects.create(owner=alice)
+    left = Message.objects.create(
+        conversation=conversation, role="assistant", status=Message.Status.STREAMING, content="half an ans"
+    )
+    done = Message.objects.create(conversation=conversation, role="assistant", content="whole")
+
+    assert turns.recover_interrupted_turns() == 1
+
+    left.refresh_from_db()
+    assert left.status == Message.Status.INTERRUPTED
+    assert left.content == "half an ans"
+    assert "stopped before this answer was finished" in left.error
+    done.refresh_from_db()
+    assert done.status == Message.Status.COMPLETE
+
+
+async def test_following_an_ended_answer_replays_it_from_the_database(conversation, fake_vllm):
+    fake_vllm.reply = ["stored", " text"]
+    _, answer = await turns.start_turn(conversation, "Save me")
+    await run_to_end(answer)
+
+    text, ended = await run_to_end(answer)
+
+    assert text == "stored text"
+    assert isinstance(ended, Message) and ended.status == Message.Status.COMPLETE
+    assert not isinstance(ended, TurnEnded)

@@ -1,0 +1,153 @@
+"""The chat page's URLs: who may see what, CSRF, and bad input that creates nothing."""
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from chat.models import Conversation, Message
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def alices_conversation(alice):
+    conversation = Conversation.objects.create(owner=alice, title="Alice's secret plans")
+    Message.objects.create(conversation=conversation, role="user", content="What should I plan?")
+    answer = Message.objects.create(conversation=conversation, role="assistant", content="World domination.")
+    return conversation, answer
+
+
+def every_url(conversation, answer):
+    """Each URL of a conversation, with the method it answers to."""
+    return [
+        ("get", reverse("chat:conversation", args=[conversation.pk]), {}),
+        ("get", reverse("chat:stream", args=[conversation.pk, answer.pk]), {}),
+        ("post", reverse("chat:stop", args=[conversation.pk, answer.pk]), {}),
+        ("post", reverse("chat:send", args=[conversation.pk]), {"prompt": "Tell me"}),
+        ("post", reverse("chat:rename", args=[conversation.pk]), {"title": "Mine now"}),
+        ("post", reverse("chat:delete", args=[conversation.pk]), {}),
+    ]
+
+
+def test_another_users_conversation_is_404_on_every_url(client, alices_conversation, bob):
+    conversation, answer = alices_conversation
+    client.force_login(bob)
+    for method, url, data in every_url(conversation, answer):
+        response = getattr(client, method)(url, data)
+        assert response.status_code == 404, (method, url, response.status_code)
+    conversation.refresh_from_db()
+    assert conversation.title == "Alice's secret plans"
+    assert conversation.messages.count() == 2
+
+
+def test_the_owner_reaches_every_url(client, alices_conversation, alice):
+    conversation, answer = alices_conversation
+    client.force_login(alice)
+    page = client.get(reverse("chat:conversation", args=[conversation.pk]))
+    assert page.status_code == 200
+    assert b"World domination." in page.content
+
+
+def test_signed_out_visitors_are_sent_to_sign_in(client, alices_conversation):
+    conversation, answer = alices_conversation
+    for method, url, data in every_url(conversation, answer):
+        response = getattr(client, method)(url, data)
+        assert response.status_code == 302, url
+        assert response["Location"].startswith(reverse("login"))
+
+
+def test_every_state_change_needs_the_csrf_token(alices_conversation, alice):
+    conversation, answer = alices_conversation
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(alice)
+    posts = [(url, data) for method, url, data in every_url(conversation, answer) if method == "post"]
+    posts.append((reverse("chat:send-new"), {"prompt": "hello"}))
+    for url, data in posts:
+        assert client.post(url, data).status_code == 403, url
+    conversation.refresh_from_db()
+    assert conversation.title == "Alice's secret plans"
+    assert Conversation.objects.count() == 1
+    assert Message.objects.count() == 2
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        ({"prompt": ""}, "Type a message first."),
+        ({"prompt": "   \n "}, "Type a message first."),
+        ({"prompt": "x" * 101}, "at most 100 characters"),
+        ({"prompt": "hi", "temperature": "2.5"}, "Temperature must be between 0 and 2."),
+        ({"prompt": "hi", "temperature": "-0.1"}, "Temperature must be between 0 and 2."),
+        ({"prompt": "hi", "temperature": "warm"}, "Temperature must be a number."),
+        ({"prompt": "hi", "max_tokens": "0"}, "Max tokens must be between 1 and 2047."),
+        ({"prompt": "hi", "max_tokens": "2048"}, "Max tokens must be between 1 and 2047."),
+    ],
+)
+def test_bad_input_gets_a_clear_message_and_creates_nothing(client, alice, settings, data, error):
+    settings.CHAT_MAX_PROMPT_CHARS = 100
+    client.force_login(alice)
+    for url in [reverse("chat:send-new")]:
+        response = client.post(url, data)
+        assert response.status_code == 400
+        assert error in response.json()["error"]
+    assert Conversation.objects.count() == 0
+    assert Message.objects.count() == 0
+
+
+def test_bad_input_in_an_existing_conversation_saves_nothing(client, alices_conversation, alice):
+    conversation, _ = alices_conversation
+    client.force_login(alice)
+    response = client.post(reverse("chat:send", args=[conversation.pk]), {"prompt": "hi", "temperature": "9"})
+    assert response.status_code == 400
+    assert conversation.messages.count() == 2
+    conversation.refresh_from_db()
+    assert conversation.temperature == 0.7
+
+
+def test_rename_and_empty_title(client, alices_conversation, alice):
+    conversation, _ = alices_conversation
+    client.force_login(alice)
+    response = client.post(reverse("chat:rename", args=[conversation.pk]), {"title": "  Plans  for  Monday "})
+    assert response.status_code == 302
+    conversation.refresh_from_db()
+    assert conversation.title == "Plans for Monday"
+    response = client.post(reverse("chat:rename", args=[conversation.pk]), {"title": "   "})
+    assert response.status_code == 400
+    assert response.json()["error"] == "A title cannot be empty."
+
+
+def test_delete_removes_the_conversation_and_its_messages(client, alices_conversation, alice):
+    conversation, _ = alices_conversation
+    client.force_login(alice)
+    response = client.post(reverse("chat:delete", args=[conversation.pk]), headers={"HX-Request": "true"})
+    assert response.status_code == 200
+    assert response["HX-Redirect"] == reverse("chat:index")
+    assert not Conversation.objects.exists()
+    assert not Message.objects.exists()
+
+
+def test_model_output_is_escaped_not_interpreted(client, alice):
+    conversation = Conversation.objects.create(owner=alice, title="<b>bold</b>")
+    Message.objects.create(conversation=conversation, role="assistant", content="<script>alert(1)</script>")
+    client.force_login(alice)
+    page = client.get(reverse("chat:conversation", args=[conversation.pk])).content.decode()
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<b>bold</b>" not in page
+
+
+def test_sidebar_lists_only_my_conversations_newest_first(client, alice, bob):
+    older = Conversation.objects.create(owner=alice, title="Older")
+    newer = Conversation.objects.create(owner=alice, title="Newer")
+    Conversation.objects.create(owner=bob, title="Bob's")
+    client.force_login(alice)
+    page = client.get(reverse("chat:index")).content.decode()
+    assert "Bob&#x27;s" not in page and "Bob's" not in page
+    assert page.index(f"conversation-{newer.pk}") < page.index(f"conversation-{older.pk}")
+
+
+def test_pages_load_assets_only_from_the_site(client, alice):
+    client.force_login(alice)
+    page = client.get(reverse("chat:index")).content.decode()
+    assert "http://" not in page and "https://" not in page
+    assert "/static/django_htmx/htmx-2" in page
