@@ -14,6 +14,7 @@ at start-up `recover_interrupted_turns` marks whatever a dead process left in "s
 """
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -156,6 +157,9 @@ def options_for(conversation: Conversation) -> GenerationOptions:
 @sync_to_async
 def _save_prompt_and_answer(conversation: Conversation, prompt: str) -> tuple[Message, Message]:
     with transaction.atomic():
+        if not conversation.title:
+            conversation.title = " ".join(prompt.split())[:TITLE_LENGTH]
+        conversation.save()  # creates a new one, and moves an old one to the top of the list
         prompt_message = Message.objects.create(conversation=conversation, role=Message.Role.USER, content=prompt)
         answer = Message.objects.create(
             conversation=conversation,
@@ -163,9 +167,6 @@ def _save_prompt_and_answer(conversation: Conversation, prompt: str) -> tuple[Me
             status=Message.Status.STREAMING,
             model_name=settings.VLLM_SERVED_MODEL_NAME,
         )
-        if not conversation.title:
-            conversation.title = " ".join(prompt.split())[:TITLE_LENGTH]
-        conversation.save()  # also moves it to the top of the list
     return prompt_message, answer
 
 
@@ -184,7 +185,11 @@ async def start_turn(conversation: Conversation, prompt: str) -> Turn:
     prompt_message, answer = await _save_prompt_and_answer(conversation, prompt)
     running = RunningTurn(answer)
     _running[answer.pk] = running
-    running.task = asyncio.create_task(running.run(conversation, prompt_message, options_for(conversation)))
+    # A fresh context: the request's would tie the turn's database calls to the request's own
+    # thread executor (asgiref's ThreadSensitiveContext), which closes when the response ends.
+    running.task = asyncio.create_task(
+        running.run(conversation, prompt_message, options_for(conversation)), context=contextvars.Context()
+    )
     return Turn(prompt_message, answer)
 
 
