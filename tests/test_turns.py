@@ -37,9 +37,9 @@ async def first_delta(answer: Message) -> str:
     raise AssertionError("no delta")
 
 
-async def wait_until(condition, timeout: float = 5.0) -> None:
-    """Polls a condition (sync or async) until it holds, failing after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+async def wait_until(condition, within: float = 5.0) -> None:
+    """Polls a condition (sync or async) until it holds, failing after `within` seconds."""
+    deadline = time.monotonic() + within
     while not (await result if inspect.isawaitable(result := condition()) else result):
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.02)
@@ -108,7 +108,7 @@ async def test_a_failure_mid_stream_keeps_the_partial_text(conversation, fake_vl
     fake_vllm.fault = "error_frame"
     fake_vllm.fault_after = 2
     _, answer = await turns.start_turn(conversation, "Count")
-    text, ended = await run_to_end(answer)
+    text, _ = await run_to_end(answer)
 
     stored = await Message.objects.aget(pk=answer.pk)
     assert stored.content == text == "one two"
