@@ -73,7 +73,10 @@ def main() -> None:
         }
         manage = [sys.executable, "manage.py"]
         subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env={**os.environ, **env}, check=True)
-        create = "from django.contrib.auth.models import User; User.objects.create_user('bench', password='bench-password-123')"
+        create = (
+            "from django.contrib.auth.models import User; "
+            "User.objects.create_user('bench', password='bench-password-123')"
+        )
         subprocess.run([*manage, "shell", "-c", create], cwd=ROOT, env={**os.environ, **env}, check=True)
         site = SiteProcess(env).start()
         try:
