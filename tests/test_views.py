@@ -160,3 +160,9 @@ def test_pages_load_assets_only_from_the_site(client, alice):
     page = client.get(reverse("chat:index")).content.decode()
     assert "http://" not in page and "https://" not in page
     assert "/static/django_htmx/htmx-2" in page
+
+
+def test_pages_forbid_scripts_from_anywhere_but_the_site(client, alice):
+    client.force_login(alice)
+    policy = client.get(reverse("chat:index"))["Content-Security-Policy"]
+    assert "script-src 'self';" in policy
