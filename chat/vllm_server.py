@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -588,14 +589,16 @@ class Supervisor:
         self.out("vLLM has stopped.")
 
 
-def run(config: ServerConfig, out: Output, *, timeout: float, restart: bool) -> None:
-    """runvllm: start vLLM, wait until it is ready, and keep it until a signal says stop."""
+def run(config: ServerConfig, out: Output, *, device: str, timeout: float, restart: bool) -> None:
+    """runvllm: start vLLM (installing it first if needed), wait until it is ready, and keep it
+    until a signal says stop."""
     if already_serving(config):
         out(
             f"A vLLM serving {config.served_model_name!r} already answers at {config.base_url}: "
             "not starting a second one."
         )
         return
+    ensure_installed(config, out, device)
     with StopSignals().installed() as signals:
         supervisor = Supervisor(config, out, timeout=timeout, restart=restart, force=signals.forced)
         try:
@@ -606,6 +609,80 @@ def run(config: ServerConfig, out: Output, *, timeout: float, restart: bool) -> 
             out(f"Received {signals.received[0]}.")
         finally:
             supervisor.stop()
+
+
+# --- up: vLLM and the site together ------------------------------------------------------------
+
+SITE_START_TIMEOUT = 60.0
+SITE_STOP_GRACE = 10.0
+
+
+@dataclass(frozen=True)
+class Site:
+    host: str
+    port: int
+    env: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "daphne", "-b", self.host, "-p", str(self.port), "chatsite.asgi:application"]
+
+
+def run_with_site(site: Site, out: Output, *, vllm: ServerConfig | None, device: str, timeout: float) -> None:
+    """up: vLLM (unless `vllm` is None: an external one), then the site once vLLM is ready.
+
+    vLLM is restarted after a crash while the site stays up: the chat says the model server is
+    unreachable meanwhile. A signal stops the site first, so no new turn starts, then vLLM.
+    """
+    with StopSignals().installed() as signals:
+        supervisor: Supervisor | None = None
+        daphne: subprocess.Popen[bytes] | None = None
+        try:
+            if vllm is not None and already_serving(vllm):
+                out(f"A vLLM serving {vllm.served_model_name!r} already answers at {vllm.base_url}: using it.")
+            elif vllm is not None:
+                ensure_installed(vllm, out, device)
+                supervisor = Supervisor(vllm, out, timeout=timeout, restart=True, force=signals.forced)
+                supervisor.start()
+                supervisor.wait_until_ready(stop=lambda: signals.requested)
+            if not signals.requested:
+                out(f"Starting the site: {shlex.join(site.command())}")
+                daphne = start_group(site.command(), site.env, cwd=settings.BASE_DIR)
+                _wait_for_site(daphne, site, stop=lambda: signals.requested)
+                out(f"The chat is at {site.url} (Ctrl-C stops it).")
+            while not signals.requested:
+                if (code := daphne.poll()) is not None:  # type: ignore[union-attr]
+                    raise ServerError(f"The site (daphne) exited with code {code}.")
+                if supervisor is not None:
+                    supervisor.poll()
+                    supervisor.wait(0.5)
+                else:
+                    time.sleep(0.5)
+            out(f"Received {signals.received[0]}.")
+        finally:
+            if daphne is not None and daphne.poll() is None:
+                out("Stopping the site...")
+                stop_group(daphne, SITE_STOP_GRACE, signals.forced)
+            if supervisor is not None:
+                supervisor.stop()
+
+
+def _wait_for_site(daphne: subprocess.Popen[bytes], site: Site, stop: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + SITE_START_TIMEOUT
+    while not stop():
+        if (code := daphne.poll()) is not None:
+            raise ServerError(f"The site (daphne) exited with code {code} while starting.")
+        try:
+            with socket.create_connection((site.host, site.port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise ServerError(f"The site did not listen on {site.url} within {SITE_START_TIMEOUT:g} s.") from None
+            with suppress(subprocess.TimeoutExpired):
+                daphne.wait(timeout=0.1)
 
 
 def _tail(text: str, count: int) -> str:

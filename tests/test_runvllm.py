@@ -47,14 +47,14 @@ def wait_until(condition, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-class Runvllm:
-    """`manage.py runvllm ARGS` in a process of its own, its output collected as it comes."""
+class ManageCommand:
+    """`manage.py COMMAND ARGS` in a process of its own, its output collected as it comes."""
 
-    def __init__(self, *args: str, env: dict[str, str]) -> None:
+    def __init__(self, command: str, *args: str, env: dict[str, str]) -> None:
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "runvllm", *args],
+            [sys.executable, "manage.py", command, *args],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -84,7 +84,9 @@ class Runvllm:
             )
             if sum(text in line for line in self.lines) < count:
                 state = "exited" if found else "timed out"
-                raise AssertionError(f"runvllm {state} before printing {text!r} {count}x:\n" + "\n".join(self.lines))
+                raise AssertionError(
+                    f"the command {state} before printing {text!r} {count}x:\n" + "\n".join(self.lines)
+                )
 
     def finish(self, timeout: float = 30) -> int:
         code = self.process.wait(timeout=timeout)
@@ -107,7 +109,7 @@ def standin(tmp_path):
         record = tmp_path / "record.json"
         log_file = tmp_path / "logs" / "vllm.log"
         port = free_port()
-        started: list[Runvllm] = []
+        started: list[ManageCommand] = []
 
         def env(self, **extra: str) -> dict[str, str]:
             return {
@@ -124,10 +126,10 @@ def standin(tmp_path):
                 **extra,
             }
 
-        def run(self, *args: str, **extra: str) -> Runvllm:
-            runvllm = Runvllm(*args, env=self.env(**extra))
-            self.started.append(runvllm)
-            return runvllm
+        def run(self, *args: str, command: str = "runvllm", **extra: str) -> ManageCommand:
+            started = ManageCommand(command, *args, env=self.env(**extra))
+            self.started.append(started)
+            return started
 
         def recorded_pids(self) -> list[int]:
             return [int(pid) for pid in self.pids.read_text().split()] if self.pids.exists() else []
@@ -136,8 +138,8 @@ def standin(tmp_path):
     (Standin.venv / "bin" / "python").symlink_to(sys.executable)
     standin = Standin()
     yield standin
-    for runvllm in standin.started:
-        runvllm.kill()
+    for started in standin.started:
+        started.kill()
     for pid in standin.recorded_pids():
         if alive(pid):
             os.kill(pid, signal.SIGKILL)

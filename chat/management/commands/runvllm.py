@@ -62,7 +62,8 @@ class Command(BaseCommand):
                 else:
                     vllm_server.install(config, out, options["device"])
                 return
-            vllm_server.ensure_installed(config, out, options["device"])
-            vllm_server.run(config, out, timeout=options["timeout"], restart=options["restart"])
+            vllm_server.run(
+                config, out, device=options["device"], timeout=options["timeout"], restart=options["restart"]
+            )
         except ServerError as exc:
             raise CommandError(str(exc)) from exc

@@ -1,0 +1,51 @@
+import asyncio
+import os
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from chat import vllm, vllm_server
+from chat.management.commands.runvllm import add_server_arguments, server_config
+from chat.vllm_server import ServerError, Site
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the whole product: migrate the database, install vLLM if needed, start it and wait until it "
+        "is ready, then serve the site with daphne. vLLM is restarted if it crashes; Ctrl-C stops both."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1", help="the site's address (default %(default)s)")
+        parser.add_argument("--port", type=int, default=8080, help="the site's port (default %(default)s)")
+        parser.add_argument(
+            "--no-vllm", action="store_true", help="start no vLLM: the site uses the one at VLLM_BASE_URL"
+        )
+        add_server_arguments(parser)
+
+    def handle(self, *args: str, **options) -> None:
+        out = vllm_server.flushing(self.stdout.write, self.stdout.flush)
+        # A fresh machine has no database yet; an up-to-date one makes this a no-op.
+        call_command("migrate", interactive=False, verbosity=min(options["verbosity"], 1))
+        env = dict(os.environ)
+        try:
+            if options["no_vllm"]:
+                managed = None
+                health = asyncio.run(vllm.check_health())
+                out(f"The site will use the vLLM at {settings.VLLM_BASE_URL}: {health.detail}.")
+            else:
+                managed = server_config(options)
+                # The site talks to the vLLM it runs, whatever VLLM_BASE_URL says.
+                env.update(VLLM_BASE_URL=managed.base_url, VLLM_SERVED_MODEL_NAME=managed.served_model_name)
+                if options["max_model_len"]:
+                    env["CHAT_CONTEXT_LENGTH"] = str(managed.max_model_len)
+            vllm_server.run_with_site(
+                Site(options["host"], options["port"], env),
+                out,
+                vllm=managed,
+                device=options["device"],
+                timeout=options["timeout"],
+            )
+        except ServerError as exc:
+            raise CommandError(str(exc)) from exc

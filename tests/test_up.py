@@ -1,0 +1,141 @@
+"""`manage.py up` with the stand-in vLLM: the order of things, the site's view of vLLM, a clean stop."""
+
+import signal
+import socket
+from pathlib import Path
+
+import httpx
+
+from tests.test_runvllm import alive, free_port, standin  # noqa: F401  (standin is a fixture)
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] not in "ZX":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_up_migrates_starts_vllm_then_serves_the_site_against_it(standin, tmp_path):  # noqa: F811
+    site_port = free_port()
+    up = standin.run(
+        "--port",
+        str(site_port),
+        command="up",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'fresh.sqlite3'}",
+        STANDIN_CHILD="1",
+        VLLM_BASE_URL="http://127.0.0.1:9/v1",  # not what the site must use: up points it at its own vLLM
+    )
+    up.wait_for("The chat is at", timeout=60)
+
+    output = up.output
+    assert (
+        output.index("Applying chat.0001_initial") < output.index("vLLM is ready") < output.index("Starting the site")
+    )
+    assert f"The chat is at http://127.0.0.1:{site_port}/" in output
+    health = httpx.get(f"http://127.0.0.1:{site_port}/healthz", timeout=10)
+    assert health.status_code == 200, health.text
+    assert health.json()["vllm"] == "ok"
+    processes = [*standin.recorded_pids(), *children(up.process.pid)]
+    assert len(processes) == 4  # vLLM, its engine, vLLM again as up's child, daphne
+
+    up.process.send_signal(signal.SIGINT)
+
+    assert up.finish() == 0
+    assert up.output.index("Stopping the site") < up.output.index("Stopping vLLM")
+    assert not [pid for pid in processes if alive(pid)]
+    assert not listening(site_port) and not listening(standin.port)
+
+
+def test_up_without_vllm_serves_against_vllm_base_url(standin):  # noqa: F811
+    external = standin.run()
+    external.wait_for("vLLM is ready")
+    site_port = free_port()
+    up = standin.run(
+        "--port",
+        str(site_port),
+        "--no-vllm",
+        command="up",
+        VLLM_BASE_URL=f"http://127.0.0.1:{standin.port}/v1",
+        VLLM_PORT=str(free_port()),
+    )
+    up.wait_for("The chat is at", timeout=60)
+
+    assert f"The site will use the vLLM at http://127.0.0.1:{standin.port}/v1: vLLM serves" in up.output
+    assert httpx.get(f"http://127.0.0.1:{site_port}/healthz", timeout=10).json()["vllm"] == "ok"
+    assert len(standin.recorded_pids()) == 1  # up started no vLLM of its own
+
+    up.process.send_signal(signal.SIGTERM)
+    assert up.finish() == 0
+    assert alive(standin.recorded_pids()[0])  # not up's to stop
+    external.process.send_signal(signal.SIGTERM)
+    assert external.finish() == 0
+
+
+def test_up_never_serves_the_site_when_vllm_cannot_start(standin, tmp_path):  # noqa: F811
+    up = standin.run(
+        "--port",
+        str(free_port()),
+        command="up",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        STANDIN_CRASH_DURING_START="4",
+    )
+
+    assert up.finish() == 1
+    assert "vLLM exited with code 4 while starting" in up.output
+    assert "Starting the site" not in up.output
+
+
+def test_up_stops_vllm_when_the_site_cannot_start(standin, tmp_path):  # noqa: F811
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        up = standin.run(
+            "--port",
+            str(taken.getsockname()[1]),
+            command="up",
+            DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+            STANDIN_CHILD="1",
+        )
+
+        assert up.finish(timeout=60) == 1
+    assert "The site (daphne) exited with code" in up.output
+    assert "vLLM has stopped." in up.output
+    assert not [pid for pid in standin.recorded_pids() if alive(pid)]
+
+
+def test_up_restarts_a_crashed_vllm_while_the_site_stays_up(standin, tmp_path):  # noqa: F811
+    crashes = tmp_path / "crashes"
+    crashes.write_text("1")
+    site_port = free_port()
+    up = standin.run(
+        "--port",
+        str(site_port),
+        command="up",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        STANDIN_CRASH_AFTER="1.5",
+        STANDIN_CRASHES=str(crashes),
+    )
+    up.wait_for("The chat is at", timeout=60)
+    site = children(up.process.pid)
+
+    up.wait_for("vLLM is ready", count=2, timeout=30)
+
+    assert "vLLM exited with code 3 after it was ready; restarting it in 0.3 s." in up.output
+    assert httpx.get(f"http://127.0.0.1:{site_port}/healthz", timeout=10).json()["vllm"] == "ok"
+    assert [pid for pid in site if alive(pid)]  # the same daphne throughout
+    up.process.send_signal(signal.SIGTERM)
+    assert up.finish() == 0
