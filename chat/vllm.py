@@ -61,16 +61,20 @@ def client() -> httpx.AsyncClient:
     loop = asyncio.get_running_loop()
     if (shared := _clients.get(loop)) is None or shared.is_closed:
         shared = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                connect=settings.VLLM_CONNECT_TIMEOUT,
-                read=settings.VLLM_READ_TIMEOUT,
-                write=30.0,
-                pool=settings.VLLM_CONNECT_TIMEOUT,
-            ),
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            timeout=_timeout(), limits=httpx.Limits(max_connections=100, max_keepalive_connections=20)
         )
         _clients[loop] = shared
     return shared
+
+
+def _timeout() -> httpx.Timeout:
+    # Read from settings at each request: the pooled client outlives any change to them.
+    return httpx.Timeout(
+        connect=settings.VLLM_CONNECT_TIMEOUT,
+        read=settings.VLLM_READ_TIMEOUT,
+        write=30.0,
+        pool=settings.VLLM_CONNECT_TIMEOUT,
+    )
 
 
 def server_root() -> str:
@@ -95,7 +99,8 @@ async def stream_chat(messages: list[dict[str, str]], options: GenerationOptions
     }
     finished = False
     try:
-        async with client().stream("POST", f"{settings.VLLM_BASE_URL}/chat/completions", json=body) as response:
+        url = f"{settings.VLLM_BASE_URL}/chat/completions"
+        async with client().stream("POST", url, json=body, timeout=_timeout()) as response:
             if response.status_code != 200:
                 await response.aread()
                 yield Failed(describe_http_error(response.status_code, response.content))
@@ -123,7 +128,8 @@ async def stream_chat(messages: list[dict[str, str]], options: GenerationOptions
                     yield Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
             if not finished:
                 yield Failed("The connection to the model server closed before the answer was complete.")
-    except httpx.ConnectError:
+    except (httpx.ConnectError, httpx.ConnectTimeout):
+        # A connect timeout is a server that is not there, not a slow answer.
         yield Failed(_unreachable())
     except httpx.TimeoutException:
         if finished:
@@ -188,9 +194,21 @@ def describe_http_error(status: int, content: bytes) -> str:
         body = content.decode(errors="replace").strip()[:300] or None
     text = _error_text(body) if isinstance(body, dict) else (body or "no details given")
     param = _error_param(body)
+    if status == 400 and param == "max_tokens" and "maximum context length" in text:
+        # vLLM >= 0.6: the prompt fits, but not with room for max_tokens more.
+        limit = _number_after(r"maximum context length is (\d+)", text) or settings.CHAT_CONTEXT_LENGTH
+        asked = _number_after(r"'max_tokens' is too large: (\d+)", text)
+        answer = f"a {asked}-token answer" if asked else "the answer asked for"
+        return (
+            f"This conversation and {answer} do not fit the model's {limit}-token context. "
+            "Ask for fewer tokens or start a new conversation."
+        )
     if status == 400 and (param == "input_tokens" or "maximum context length" in text):
         limit = _number_after(r"maximum context length is (\d+)", text) or settings.CHAT_CONTEXT_LENGTH
-        return f"This conversation is too long for the model's {limit}-token context. Start a new conversation or shorten the message."
+        return (
+            f"This conversation is too long for the model's {limit}-token context. "
+            "Start a new conversation or shorten the message."
+        )
     if status == 400 and param == "max_tokens":
         limit = _number_after(r"max_model_len=(\d+)", text) or settings.CHAT_CONTEXT_LENGTH
         return f"Max tokens is larger than the model's {limit}-token context allows. Ask for fewer tokens."
@@ -238,7 +256,7 @@ async def check_health() -> Health:
             return Health(False, f"vLLM answers /health with {health.status_code}")
         models = await client().get(f"{settings.VLLM_BASE_URL}/models", timeout=3.0)
         served = [m.get("id") for m in models.json().get("data", [])] if models.status_code == 200 else []
-    except httpx.ConnectError:
+    except (httpx.ConnectError, httpx.ConnectTimeout):
         return Health(False, _unreachable())
     except (httpx.HTTPError, ValueError, AttributeError) as exc:
         return Health(False, f"vLLM did not answer properly: {exc}")

@@ -1,0 +1,25 @@
+"""Fixtures for tests that talk to a fake vLLM over loopback; registered from tests/conftest.py."""
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fake_vllm import FakeVLLM
+
+
+@pytest.fixture(scope="session")
+def fake_vllm_server() -> Iterator[FakeVLLM]:
+    """One fake vLLM for the whole run; use `fake_vllm`, which resets it for each test."""
+    with FakeVLLM() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_vllm(fake_vllm_server: FakeVLLM, settings) -> Iterator[FakeVLLM]:
+    """The fake vLLM with default knobs and no records, and the site's settings pointing at it."""
+    fake_vllm_server.reset()
+    settings.VLLM_BASE_URL = fake_vllm_server.base_url
+    settings.VLLM_SERVED_MODEL_NAME = fake_vllm_server.served_model_name
+    yield fake_vllm_server
+    # Ends streams a test left stalled, so their threads don't outlive it.
+    fake_vllm_server.reset()

@@ -1,0 +1,324 @@
+"""chat.vllm turns whatever vLLM sends, over a real socket, into typed events with readable failures."""
+
+import asyncio
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from chat import vllm
+from chat.vllm import Failed, Finished, GenerationOptions, TextDelta, Usage
+from tests.fake_vllm import DEFAULT_REPLY, ENGINE_FAILURE, FakeVLLM, count_tokens
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}]
+OPTIONS = GenerationOptions(temperature=0.7, max_tokens=64, top_p=0.9)
+
+
+async def collect(messages=MESSAGES, options=OPTIONS) -> list[vllm.Event]:
+    return [event async for event in vllm.stream_chat(messages, options)]
+
+
+def answer(reply) -> list[TextDelta]:
+    return [TextDelta(text) for text in reply if text]
+
+
+@pytest.fixture
+def unaccepting_port() -> Iterator[int]:
+    """A port whose accept queue is full: a connect there neither succeeds nor is refused."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    yield port
+    for sock in [*fillers, listener]:
+        sock.close()
+
+
+# --- a complete answer -----------------------------------------------------------------------------
+
+
+async def test_a_complete_answer_is_deltas_then_finish_then_usage(fake_vllm: FakeVLLM):
+    events = await collect()
+
+    # The role-only first chunk and the empty-content chunks yield nothing; [DONE] ends the stream.
+    assert events == [*answer(DEFAULT_REPLY), Finished("stop"), Usage(count_tokens(MESSAGES), len(DEFAULT_REPLY))]
+    assert fake_vllm.requests == [
+        {
+            "model": "qwen2-7b-instruct",
+            "messages": MESSAGES,
+            "temperature": 0.7,
+            "max_tokens": 64,
+            "top_p": 0.9,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    ]
+
+
+async def test_an_answer_cut_at_max_tokens_finishes_with_length(fake_vllm: FakeVLLM):
+    events = await collect(options=GenerationOptions(temperature=0.7, max_tokens=3, top_p=1.0))
+
+    assert events == [*answer(DEFAULT_REPLY[:3]), Finished("length"), Usage(count_tokens(MESSAGES), 3)]
+
+
+async def test_empty_deltas_yield_no_events(fake_vllm: FakeVLLM):
+    fake_vllm.reply = ["", "One", "", "", " two", ""]
+
+    events = await collect()
+
+    assert events[:3] == [TextDelta("One"), TextDelta(" two"), Finished("stop")]
+    assert events[3] == Usage(count_tokens(MESSAGES), 6)
+
+
+async def test_deltas_pass_through_as_opaque_text(fake_vllm: FakeVLLM):
+    # A byte-level tokenizer can split a character: vLLM then sends U+FFFD, which must not be "fixed".
+    fake_vllm.reply = ["안녡", "�{", " \n", "  data: [DONE]", "\n\n"]
+
+    events = await collect()
+
+    assert events[:-2] == answer(fake_vllm.reply)
+
+
+async def test_comments_and_data_without_its_space_are_understood(fake_vllm: FakeVLLM):
+    fake_vllm.fault = "ping"
+
+    events = await collect()
+
+    assert events == [*answer(DEFAULT_REPLY), Finished("stop"), Usage(count_tokens(MESSAGES), len(DEFAULT_REPLY))]
+
+
+# --- failures after the 200 ------------------------------------------------------------------------
+
+
+async def test_an_error_frame_after_the_200_fails_after_the_text_so_far(fake_vllm: FakeVLLM):
+    fake_vllm.fault = "error_frame"
+    fake_vllm.fault_after = 3
+
+    events = await collect()
+
+    assert events == [
+        *answer(DEFAULT_REPLY[:3]),
+        Failed(f"The model server failed while answering: {ENGINE_FAILURE}"),
+    ]
+
+
+async def test_a_stream_that_ends_without_finishing_fails(fake_vllm: FakeVLLM):
+    fake_vllm.fault = "no_done"
+
+    events = await collect()
+
+    assert events == [
+        *answer(DEFAULT_REPLY),
+        Failed("The connection to the model server closed before the answer was complete."),
+    ]
+
+
+@pytest.mark.parametrize("fault_after", [0, 2])
+async def test_a_dropped_connection_fails(fake_vllm: FakeVLLM, fault_after):
+    fake_vllm.fault = "drop"
+    fake_vllm.fault_after = fault_after
+
+    events = await collect()
+
+    assert events == [
+        *answer(DEFAULT_REPLY[:fault_after]),
+        Failed("The connection to the model server was lost before the answer was complete."),
+    ]
+
+
+@pytest.mark.parametrize("fault_after", [0, 2])
+async def test_a_stalled_stream_fails_after_the_read_timeout_and_hangs_up(fake_vllm: FakeVLLM, settings, fault_after):
+    settings.VLLM_READ_TIMEOUT = 0.3
+    fake_vllm.fault = "stall"
+    fake_vllm.fault_after = fault_after
+
+    events = await collect()
+
+    assert events == [
+        *answer(DEFAULT_REPLY[:fault_after]),
+        Failed("The model server did not answer within 0.3 seconds."),
+    ]
+    assert fake_vllm.wait_for_disconnect()
+
+
+async def test_the_read_timeout_follows_settings_after_the_client_exists(fake_vllm: FakeVLLM, settings):
+    assert (await vllm.check_health()).ok  # the pooled client for this event loop now exists
+    settings.VLLM_READ_TIMEOUT = 0.3
+    fake_vllm.fault = "stall"
+
+    events = await asyncio.wait_for(collect(), timeout=10)
+
+    assert events[-1] == Failed("The model server did not answer within 0.3 seconds.")
+
+
+# --- failures before the stream --------------------------------------------------------------------
+
+LONG = [{"role": "user", "content": "word " * 2100}]
+LONGISH = [{"role": "user", "content": "word " * 1600}]
+
+
+TOO_LONG = (
+    "This conversation is too long for the model's 2048-token context. Start a new conversation or shorten the message."
+)
+TOO_MANY_TOKENS = "Max tokens is larger than the model's 2048-token context allows. Ask for fewer tokens."
+NO_ROOM_FOR_ANSWER = (
+    "This conversation and a 512-token answer do not fit the model's 2048-token context. "
+    "Ask for fewer tokens or start a new conversation."
+)
+
+
+@pytest.mark.parametrize(
+    ("fault", "messages", "max_tokens", "message"),
+    [
+        ("context_length", MESSAGES, 64, TOO_LONG),
+        (None, LONG, 64, TOO_LONG),
+        # The flat error body of vLLM before 0.10.1, whose "param" is null.
+        ("flat_error", MESSAGES, 64, TOO_LONG),
+        ("max_tokens", MESSAGES, 64, TOO_MANY_TOKENS),
+        (None, MESSAGES, 4000, TOO_MANY_TOKENS),
+        (None, LONGISH, 512, NO_ROOM_FOR_ANSWER),
+        ("server_error", MESSAGES, 64, f"The model server failed (500): {ENGINE_FAILURE}"),
+    ],
+)
+async def test_an_http_error_before_the_stream_is_one_readable_failure(
+    fake_vllm: FakeVLLM, fault, messages, max_tokens, message
+):
+    fake_vllm.fault = fault
+
+    events = await collect(messages, GenerationOptions(temperature=0.7, max_tokens=max_tokens, top_p=1.0))
+
+    assert events == [Failed(message)]
+
+
+async def test_a_refused_option_is_explained_with_vllms_words(fake_vllm: FakeVLLM):
+    events = await collect(options=GenerationOptions(temperature=-1, max_tokens=64, top_p=1.0))
+
+    assert events == [
+        Failed(
+            "The model server refused the request (400): temperature must be non-negative, got -1.0. "
+            "(parameter=temperature, value=-1.0)"
+        )
+    ]
+
+
+@pytest.mark.parametrize("fault", [None, "model_not_found"])
+async def test_an_unknown_model_name_points_at_the_setting(fake_vllm: FakeVLLM, settings, fault):
+    settings.VLLM_SERVED_MODEL_NAME = "nope" if fault is None else "qwen2-7b-instruct"
+    fake_vllm.fault = fault
+
+    [event] = await collect()
+
+    assert isinstance(event, Failed)
+    assert event.message.startswith(
+        f"The model server does not serve a model named {settings.VLLM_SERVED_MODEL_NAME!r}"
+    )
+    assert "does not exist" in event.message
+    assert event.message.endswith("Check VLLM_SERVED_MODEL_NAME.")
+
+
+async def test_a_server_that_is_not_running_is_explained(fake_vllm: FakeVLLM):
+    fake_vllm.fault = "refuse"
+
+    events = await collect()
+
+    assert events == [
+        Failed(
+            f"The model server is not reachable at {fake_vllm.base_url}. "
+            "Start it with `python manage.py runvllm` (or check VLLM_BASE_URL)."
+        )
+    ]
+
+
+async def test_a_connect_timeout_is_unreachable_not_slow(settings, unaccepting_port):
+    settings.VLLM_BASE_URL = f"http://127.0.0.1:{unaccepting_port}/v1"
+    settings.VLLM_CONNECT_TIMEOUT = 0.2
+
+    [event] = await collect()
+
+    assert event == Failed(
+        f"The model server is not reachable at {settings.VLLM_BASE_URL}. "
+        "Start it with `python manage.py runvllm` (or check VLLM_BASE_URL)."
+    )
+
+
+# --- hanging up ------------------------------------------------------------------------------------
+
+
+async def test_closing_the_stream_mid_answer_hangs_up_on_vllm(fake_vllm: FakeVLLM):
+    fake_vllm.reply = [f" w{i}" for i in range(100)]
+    fake_vllm.token_delay = 0.05
+    stream = vllm.stream_chat(MESSAGES, OPTIONS)
+
+    assert await anext(stream) == TextDelta(" w0")
+    await stream.aclose()
+
+    assert fake_vllm.wait_for_disconnect()
+    assert fake_vllm.wait_for(lambda: fake_vllm.running == 0)
+
+
+async def test_cancelling_the_task_reading_the_stream_hangs_up_on_vllm(fake_vllm: FakeVLLM):
+    fake_vllm.fault = "stall"
+    first_delta = asyncio.Event()
+
+    async def read():
+        async for event in vllm.stream_chat(MESSAGES, OPTIONS):
+            if isinstance(event, TextDelta):
+                first_delta.set()
+
+    task = asyncio.create_task(read())
+    await first_delta.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert fake_vllm.wait_for_disconnect()
+    assert fake_vllm.wait_for(lambda: fake_vllm.running == 0)
+
+
+# --- health and token counts -----------------------------------------------------------------------
+
+
+async def test_health_is_ok_when_vllm_serves_the_configured_model(fake_vllm: FakeVLLM):
+    assert await vllm.check_health() == vllm.Health(True, "vLLM serves qwen2-7b-instruct")
+
+
+async def test_health_names_the_models_served_when_the_name_is_wrong(fake_vllm: FakeVLLM, settings):
+    settings.VLLM_SERVED_MODEL_NAME = "nope"
+
+    assert await vllm.check_health() == vllm.Health(False, "vLLM serves ['qwen2-7b-instruct'], not 'nope'")
+
+
+async def test_health_when_vllm_is_down(fake_vllm: FakeVLLM):
+    fake_vllm.fault = "refuse"
+
+    health = await vllm.check_health()
+
+    assert not health.ok
+    assert health.detail.startswith(f"The model server is not reachable at {fake_vllm.base_url}.")
+
+
+async def test_health_when_the_engine_is_dead(fake_vllm: FakeVLLM):
+    fake_vllm.fault = "server_error"
+
+    assert await vllm.check_health() == vllm.Health(False, "vLLM answers /health with 503")
+
+
+async def test_count_prompt_tokens_is_vllms_exact_count(fake_vllm: FakeVLLM):
+    assert await vllm.count_prompt_tokens(MESSAGES) == count_tokens(MESSAGES)
+    assert fake_vllm.tokenize_requests == [{"model": "qwen2-7b-instruct", "messages": MESSAGES}]
+
+
+@pytest.mark.parametrize("fault", ["refuse", "model_not_found"])
+async def test_count_prompt_tokens_is_none_when_vllm_cannot_tell(fake_vllm: FakeVLLM, settings, fault):
+    if fault == "model_not_found":
+        settings.VLLM_SERVED_MODEL_NAME = "nope"
+    else:
+        fake_vllm.fault = fault
+
+    assert await vllm.count_prompt_tokens(MESSAGES) is None
