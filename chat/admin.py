@@ -1,7 +1,7 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import Count
 
-from chat.models import Conversation, Message
+from chat.models import ApiToken, Conversation, Message
 
 # What vLLM measured and the turn timed: a record, not something to edit.
 MEASURED = ("prompt_tokens", "completion_tokens", "time_to_first_token", "duration", "created_at", "updated_at")
@@ -39,3 +39,27 @@ class MessageAdmin(admin.ModelAdmin):
     readonly_fields = MEASURED
     list_select_related = ("conversation",)
     raw_id_fields = ("conversation",)
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "user", "created_at", "last_used_at")
+    list_filter = ("user",)
+    search_fields = ("name", "prefix", "user__username")
+    readonly_fields = ("prefix", "created_at", "last_used_at")
+    list_select_related = ("user",)
+
+    def get_fields(self, request, obj=None):
+        # Adding asks only whose token it is and what for; the secret is made on save.
+        return ("user", "name") if obj is None else ("user", "name", *self.readonly_fields)
+
+    def save_model(self, request, obj: ApiToken, form, change: bool) -> None:
+        if not change:
+            secret = obj.set_new_secret()
+            # The only time the secret is shown: only its hash is stored.
+            self.message_user(
+                request,
+                f"The new token's secret is {secret} — copy it now, it will not be shown again.",
+                messages.WARNING,
+            )
+        super().save_model(request, obj, form, change)

@@ -1,5 +1,10 @@
+import hashlib
+import secrets
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 def default_temperature() -> float:
@@ -96,3 +101,63 @@ class Message(models.Model):
     @property
     def is_streaming(self) -> bool:
         return self.status == self.Status.STREAMING
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+# How precisely a token's last use is recorded: at most one write a minute per token.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
+    def user_for(self, secret: str):
+        """The active user a bearer secret belongs to, or None; notes when the token was last used."""
+        token = self.select_related("user").filter(secret_hash=hash_secret(secret), user__is_active=True).first()
+        if token is None:
+            return None
+        now = timezone.now()
+        # Every API call passes through here, so most of them must not write.
+        if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
+            ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        return token.user
+
+
+class ApiToken(models.Model):
+    """A per-user secret for the REST API and the OpenAI-compatible endpoint.
+
+    Only the secret's SHA-256 is stored: the secret itself is shown once, when it is issued.
+    """
+
+    SECRET_PREFIX = "cs_"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True, help_text="What the token is for, e.g. the laptop's CLI.")
+    prefix = models.CharField(max_length=16, editable=False, help_text="The secret's start, to tell tokens apart.")
+    secret_hash = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.name or 'token'} ({self.prefix}…)"
+
+    def set_new_secret(self) -> str:
+        """Give the token a fresh secret and return it; save the token afterwards."""
+        secret = self.SECRET_PREFIX + secrets.token_urlsafe(32)
+        self.prefix = secret[:10]
+        self.secret_hash = hash_secret(secret)
+        return secret
+
+    @classmethod
+    def issue(cls, user, name: str = "") -> tuple["ApiToken", str]:
+        token = cls(user=user, name=name)
+        secret = token.set_new_secret()
+        token.save()
+        return token, secret

@@ -165,3 +165,12 @@ CHAT_DEFAULT_MAX_TOKENS = env.int("CHAT_DEFAULT_MAX_TOKENS", default=512)
 CHAT_DEFAULT_TOP_P = env.float("CHAT_DEFAULT_TOP_P", default=0.9)
 CHAT_MAX_PROMPT_CHARS = env.int("CHAT_MAX_PROMPT_CHARS", default=16000)
 CHAT_CHECKPOINT_SECONDS = env.float("CHAT_CHECKPOINT_SECONDS", default=2.0)
+
+# --- API: the REST API (/api/), model-compose's workflow routes, the OpenAI-compatible /v1/ -------
+# django-ninja's own static files serve the API docs' scripts (no CDN); see chat/api.py.
+INSTALLED_APPS += ["ninja"]
+MIDDLEWARE += ["chat.middleware.limit_api_body"]
+# The largest request body the API accepts, in bytes; a larger one is refused with 413.
+API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=1024 * 1024)
+# Whose history `python manage.py run` saves to without --user; unset means the only superuser.
+CHAT_CLI_USER = env.str("CHAT_CLI_USER", default="")

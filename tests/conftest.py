@@ -3,7 +3,7 @@ from django.conf import settings as django_settings
 
 from tests.site_server import SiteProcess
 
-pytest_plugins = ["tests.fixtures_vllm"]
+pytest_plugins = ["tests.fixtures_vllm", "tests.fixtures_api"]
 
 PASSWORD = "a-long-test-password"
 

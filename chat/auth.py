@@ -1,0 +1,33 @@
+"""Who is calling the API: a per-user token (`Authorization: Bearer ...`) or the browser's session.
+
+Both return the user, which django-ninja stores as `request.auth`. A request with neither is 401.
+"""
+
+from django.conf import settings
+from django.http import HttpRequest
+from ninja.security import APIKeyCookie, HttpBearer
+
+from chat.models import ApiToken
+
+
+class TokenAuth(HttpBearer):
+    def authenticate(self, request: HttpRequest, token: str):
+        return ApiToken.objects.user_for(token) if token else None
+
+
+class SessionAuth(APIKeyCookie):
+    """The logged-in browser, as on the chat page: unsafe methods must carry the CSRF token.
+
+    Unlike django-ninja's `django_auth`, a request from no logged-in user is 401 rather than a
+    CSRF 403, so that "not authenticated" reads the same whichever way a client tried.
+    """
+
+    param_name = settings.SESSION_COOKIE_NAME
+
+    def __call__(self, request: HttpRequest):
+        if not request.user.is_authenticated:
+            return None
+        return super().__call__(request)  # checks CSRF (403 if it fails), then authenticate()
+
+    def authenticate(self, request: HttpRequest, key: str | None):
+        return request.user

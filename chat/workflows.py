@@ -1,0 +1,165 @@
+"""model-compose's HTTP API for the seed's one workflow, "Chat with vLLM server".
+
+The seed's calls work unchanged (with a token added): `POST /api/workflows/runs` with
+`{"input": {"prompt": ..., "temperature": ...}}` streams the answer as model-compose streams an
+`sse-text` output, one `data:` line per line of each chunk and a blank line after it. Each run is a
+turn of a new conversation of the caller's, so it lands in their chat history.
+
+Where this differs from model-compose, it is to keep the seed's README true:
+- The streamed answer needs no `output_only: true` (model-compose refuses a streamed output
+  without it); the stream is the same either way.
+- A run that fails before any text (vLLM down) is an HTTP error (503, or 502 if vLLM answered but
+  failed), `{"detail": ...}`; one that fails later ends its stream with an `event: error` frame,
+  which EventSource clients tell from the text.
+- A task is the run's answer: its id is the answer message's id, its state is the message's status
+  (`cancelled` when stopped), and its `output` is the text so far.
+A client that goes away from a streamed run stops it, as model-compose closes the model's stream
+when its consumer does.
+"""
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+from django.conf import settings
+from django.http import Http404, HttpRequest
+from django.shortcuts import aget_object_or_404
+from ninja import Router
+from ninja.errors import HttpError
+
+from chat import answers, sse, turns
+from chat.models import Conversation, Message
+from chat.schemas import MAX_ID, ErrorOut, TaskOut, TaskStarted, WorkflowOut, WorkflowRunIn, WorkflowVariable
+from chat.turns import TurnEnded, TurnEvent
+from chat.vllm import TextDelta
+
+router = Router(tags=["model-compose workflows"])
+
+WORKFLOW_ID = "__default__"  # model-compose's id for the one workflow of a `workflow:` block
+ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 413: ErrorOut, 422: ErrorOut}
+SSE_TEXT = {
+    "responses": {
+        200: {
+            "description": "With wait_for_completion (the default): the answer as an sse-text stream, one "
+            "`data:` line per line of each chunk. Without: the task to poll.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    }
+}
+TASK_STATUS = {
+    Message.Status.STREAMING: "processing",
+    Message.Status.COMPLETE: "completed",
+    Message.Status.STOPPED: "cancelled",
+    Message.Status.ERROR: "failed",
+    Message.Status.INTERRUPTED: "failed",
+}
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def workflow() -> WorkflowOut:
+    return WorkflowOut(
+        workflow_id=WORKFLOW_ID,
+        title="Chat with vLLM server",
+        description="Generate text responses using vLLM server",
+        default=True,
+        input=[
+            WorkflowVariable(name="prompt", type="text", required=True),
+            WorkflowVariable(name="temperature", type="number", default=settings.CHAT_DEFAULT_TEMPERATURE),
+        ],
+        output=[WorkflowVariable(name=None, type="text", format="sse-text")],
+    )
+
+
+@router.get("/workflows", response={200: list[WorkflowOut], **ERRORS})
+def list_workflows(request: HttpRequest, include_schema: bool = True):
+    """The one workflow, with its input and output (always: `include_schema` is accepted for model-compose)."""
+    return [workflow()]
+
+
+@router.get("/workflows/{workflow_id}/schema", response={200: WorkflowOut, **ERRORS})
+def workflow_schema(request: HttpRequest, workflow_id: str):
+    if workflow_id != WORKFLOW_ID:
+        raise HttpError(404, f"Workflow '{workflow_id}' not found.")
+    return workflow()
+
+
+@router.post(
+    "/workflows/runs",
+    response={200: TaskStarted, 502: ErrorOut, 503: ErrorOut, **ERRORS},
+    openapi_extra=SSE_TEXT,
+)
+async def run_workflow(request: HttpRequest, run: WorkflowRunIn):
+    """Run "Chat with vLLM server" as a turn of a new conversation of the caller's."""
+    if run.workflow_id not in (None, WORKFLOW_ID):
+        raise HttpError(404, f"Workflow '{run.workflow_id}' not found.")
+    if run.output_only and not run.wait_for_completion:
+        raise HttpError(400, "output_only=true requires wait_for_completion=true.")
+    conversation = Conversation(owner=request.auth)
+    run.input.apply_to(conversation)
+    _, answer = await turns.start_turn(conversation, run.input.prompt)
+    if not run.wait_for_completion:
+        return TaskStarted(task_id=str(answer.pk), status="pending")
+    try:
+        first, events = await answers.opening(answer)
+    except asyncio.CancelledError:
+        await asyncio.shield(turns.stop_turn(answer))
+        raise
+    if (failed := answers.failed_without_text(first)) is not None:
+        raise HttpError(await answers.failure_status(), failed.error)
+    return sse.response(_sse_text(answer, events))
+
+
+async def _sse_text(answer: Message, events: AsyncIterator[TurnEvent]) -> AsyncIterator[str]:
+    ended = False
+    try:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                yield sse_text(event.text)
+            elif isinstance(event, TurnEnded):
+                ended = True
+                if event.message.status in answers.FAILED:
+                    yield "event: error\n" + sse_text(event.message.error)
+    finally:
+        if not ended:
+            await asyncio.shield(turns.stop_turn(answer))
+
+
+def sse_text(chunk: str) -> str:
+    """One server-sent event of a text chunk: a `data:` line per line, as the SSE spec wants them."""
+    return "".join(f"data: {line}\n" for line in LINE_BREAK.split(chunk)) + "\n"
+
+
+async def _owned_task(request: HttpRequest, task_id: str) -> Message:
+    if not re.fullmatch(r"[0-9]{1,19}", task_id) or int(task_id) > MAX_ID:
+        raise Http404
+    answers_of_user = Message.objects.filter(conversation__owner=request.auth, role=Message.Role.ASSISTANT)
+    return await aget_object_or_404(answers_of_user, pk=int(task_id))
+
+
+def task(answer: Message) -> TaskOut:
+    status, error = TASK_STATUS[answer.status], answer.error or None
+    if answer.is_streaming and not turns.is_running(answer):
+        # Left "streaming" by a site process that died: it will never finish.
+        status, error = "failed", turns.INTERRUPTED_TEXT
+    if status != "failed":
+        error = None
+    return TaskOut(task_id=str(answer.pk), status=status, output=answer.content or None, error=error)
+
+
+@router.get("/tasks/{task_id}", response={200: TaskOut | str, 202: TaskOut, 409: ErrorOut, **ERRORS})
+async def task_state(request: HttpRequest, task_id: str, output_only: bool = False):
+    """The run's state; with `output_only`, the answer's text alone once completed (202 until then)."""
+    state = task(await _owned_task(request, task_id))
+    if not output_only:
+        return state
+    if state.status in ("pending", "processing"):
+        return 202, state
+    if state.status != "completed":
+        raise HttpError(409, state.error or f"The task was {state.status}.")
+    return state.output or ""
+
+
+@router.post("/tasks/{task_id}/cancel", response={200: TaskOut, **ERRORS})
+async def cancel_task(request: HttpRequest, task_id: str):
+    """Stop the run's answer; its text so far is kept. A task that has ended is left as it is."""
+    return task(await turns.stop_turn(await _owned_task(request, task_id)))

@@ -1,0 +1,64 @@
+"""Fixtures for the API's doors: tokens, and HTTP clients of the live site that carry them.
+
+Registered from tests/conftest.py. Tests that use the live site need
+`pytest.mark.django_db(transaction=True)`: the site's own process must see the rows they write.
+"""
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from chat.models import ApiToken
+
+
+@pytest.fixture
+def make_token():
+    def make(user, name: str = "test") -> str:
+        return ApiToken.issue(user, name)[1]
+
+    return make
+
+
+@pytest.fixture
+def alice_token(alice, make_token) -> str:
+    return make_token(alice)
+
+
+@pytest.fixture
+def bob_token(bob, make_token) -> str:
+    return make_token(bob)
+
+
+def api_client(live_site, token: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=f"{live_site.url}/api", headers=headers, timeout=15)
+
+
+@pytest.fixture
+def alice_api(live_site, alice_token, fake_vllm) -> Iterator[httpx.Client]:
+    """Alice's token on the live site's REST API, with the fake vLLM reset for the test."""
+    with api_client(live_site, alice_token) as client:
+        yield client
+
+
+@pytest.fixture
+def bob_api(live_site, bob_token) -> Iterator[httpx.Client]:
+    with api_client(live_site, bob_token) as client:
+        yield client
+
+
+def sse_frames(lines) -> Iterator[tuple[str, str]]:
+    """(event name, data) for each server-sent event in `lines`, data lines joined by line breaks."""
+    name, data = "message", []
+    for line in lines:
+        if line.startswith("event:"):
+            name = line[6:].strip()
+        elif line.startswith("data:"):
+            value = line[5:]
+            data.append(value[1:] if value.startswith(" ") else value)
+        elif not line and data:
+            yield name, "\n".join(data)
+            name, data = "message", []
+    if data:
+        yield name, "\n".join(data)
