@@ -214,7 +214,10 @@ class WorkflowRunIn(Schema):
 class TaskOut(Schema):
     task_id: str
     status: str = Field(description="pending, processing, completed, failed or cancelled")
-    output: str | None = Field(description="The answer's text so far.")
+    output: str | None = Field(
+        description="The answer's text: whole once the task has ended; while it is processing, as last saved "
+        "(every CHAT_CHECKPOINT_SECONDS)."
+    )
     error: str | None
 
 

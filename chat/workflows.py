@@ -12,7 +12,7 @@ Where this differs from model-compose, it is to keep the seed's README true:
   failed), `{"detail": ...}`; one that fails later ends its stream with an `event: error` frame,
   which EventSource clients tell from the text.
 - A task is the run's answer: its id is the answer message's id, its state is the message's status
-  (`cancelled` when stopped), and its `output` is the text so far.
+  (`cancelled` when stopped), and its `output` is the text so far as last saved.
 A client that goes away from a streamed run stops it, as model-compose closes the model's stream
 when its consumer does.
 """
