@@ -1,0 +1,321 @@
+"""The chat page in a real headless Chromium, used as a person uses it, against the live site.
+
+The site runs in its own daphne process on the test database (`live_site`) and answers from the
+fake vLLM on loopback (`fake_vllm`). Every check waits on a condition through Playwright's
+auto-waiting expectations; none sleeps.
+"""
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+from playwright.sync_api import Browser, Dialog, Locator, Page, expect, sync_playwright
+
+from chat.models import Conversation, Message
+from tests.conftest import PASSWORD
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Playwright's own browser download does not work here; Debian's Chromium does. The last four
+# flags keep it from phoning home (component updates, sync...), which this machine refuses noisily.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# How Chromium and htmx log an error status the page got: the tests check that the page shows it.
+ERROR_STATUS_LOGGED = re.compile(r"Failed to load resource: the server responded with|Response Status Error Code")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    """One Chromium for this module's tests.
+
+    Playwright's sync API marks its own event loop as running in this thread between its calls.
+    While it lives, Django would refuse the tests' (truly synchronous) ORM calls as "async
+    unsafe", and pytest-asyncio could not run a loop of its own: hence the lifted check, and a
+    module scope rather than a session one, so that both end before other modules' tests run.
+    """
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def requested_urls() -> list[str]:
+    """Every URL the page asked for, in order."""
+    return []
+
+
+@pytest.fixture
+def page(chromium: Browser, live_site, requested_urls: list[str]) -> Iterator[Page]:
+    context = chromium.new_context(base_url=live_site.url, viewport={"width": 1280, "height": 800})
+    context.on("request", lambda request: requested_urls.append(request.url))
+    page = context.new_page()
+    # Script errors, and whatever the Content-Security-Policy blocked.
+    faults: list[str] = []
+    page.on("pageerror", lambda error: faults.append(str(error)))
+    page.on("console", lambda message: faults.append(message.text) if message.type == "error" else None)
+    yield page
+    context.close()
+    # A private chat: nothing the page loads or sends may go anywhere but the site itself.
+    assert [url for url in requested_urls if not url.startswith(f"{live_site.url}/")] == []
+    assert [fault for fault in faults if not ERROR_STATUS_LOGGED.match(fault)] == []
+
+
+@pytest.fixture
+def signed_in(page: Page, live_site, alice) -> Page:
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/accounts/login/\?next=/$"))
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(f"{live_site.url}/")
+    return page
+
+
+@pytest.fixture
+def dialogs(page: Page) -> list[str]:
+    """Messages of the dialogs the page opened. Alerts are dismissed; a test answers its confirms."""
+    opened: list[str] = []
+
+    def record(dialog: Dialog) -> None:
+        opened.append(dialog.message)
+        if dialog.type == "alert":
+            dialog.dismiss()
+
+    page.on("dialog", record)
+    return opened
+
+
+def prompt_box(page: Page) -> Locator:
+    return page.get_by_role("textbox", name="Message")
+
+
+def answers(page: Page) -> Locator:
+    return page.locator("#thread article.assistant")
+
+
+def sidebar_item(page: Page, title: str) -> Locator:
+    return page.locator("#conversations li").filter(has=page.get_by_role("link", name=title, exact=True))
+
+
+def screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / f"{name}.png")
+
+
+def test_a_conversation_streams_stops_and_is_found_again(signed_in: Page, fake_vllm, live_site, requested_urls):
+    page = signed_in
+    expect(page.locator("#backend")).to_have_text("model server up")
+    expect(page.locator("#backend")).to_have_class(re.compile(r"\bup\b"))
+
+    # Shift+Enter is a new line, not a send.
+    box = prompt_box(page)
+    expect(box).to_be_focused()
+    box.type("Why run a model locally?")
+    box.press("Shift+Enter")
+    box.type("Keep it short.")
+    expect(box).to_have_value("Why run a model locally?\nKeep it short.")
+    expect(page.locator("#thread article")).to_have_count(0)
+    assert fake_vllm.requests == []
+
+    # Enter sends; the answer grows a few words at a time.
+    fake_vllm.reply = ["Streaming", " answers", " arrive", " one", " token", " at", " a", " time", " and", " end."]
+    fake_vllm.token_delay = 0.2
+    box.press("Enter")
+    answer = answers(page).first
+    expect(page.locator("#thread article.user")).to_have_text("Why run a model locally?\nKeep it short.")
+    expect(box).to_have_value("")
+    # Some of the answer and not yet all of it (only the last token has a full stop).
+    expect(answer.locator(".body")).to_have_text(re.compile(r"^Streaming answers[^.]*$"))
+    expect(answer.get_by_role("button", name="Stop")).to_be_visible()
+    expect(page.get_by_role("button", name="Send")).to_be_disabled()
+    expect(answer.locator(".body")).to_have_text("Streaming answers arrive one token at a time and end.")
+    expect(answer.locator(".usage")).to_have_text("10 tokens")
+    expect(answer.get_by_role("button", name="Stop")).to_have_count(0)
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
+
+    # The new conversation has its own address and is listed, current, in the sidebar.
+    conversation = Conversation.objects.get()
+    expect(page).to_have_url(f"{live_site.url}/c/{conversation.pk}/")
+    listed = sidebar_item(page, "Why run a model locally? Keep it short.")
+    expect(listed).to_have_class(re.compile(r"\bcurrent\b"))
+    expect(page).to_have_title(re.compile(r"^Why run a model locally\?"))
+    screenshot(page, "chat-answered")
+
+    # A long, slow answer, stopped halfway: the partial text stays, marked as stopped.
+    fake_vllm.reply = [f" word{i}" for i in range(400)]
+    fake_vllm.token_delay = 0.03
+    box.fill("Now talk forever")
+    page.get_by_role("button", name="Send").click()
+    second = answers(page).nth(1)
+    expect(second.locator(".body")).to_contain_text("word5")
+    screenshot(page, "chat-streaming")
+    # One prompt at a time: Enter does not send while an answer is still coming.
+    box.fill("Too soon")
+    box.press("Enter")
+    second.get_by_role("button", name="Stop").click()
+    expect(second.locator(".status")).to_have_text("Stopped")
+    expect(second.get_by_role("button", name="Stop")).to_have_count(0)
+    expect(page.get_by_role("button", name="Send")).to_be_enabled()
+    assert fake_vllm.wait_for_disconnect(timeout=5)
+    expect(box).to_have_value("Too soon")
+    expect(page.locator("#thread article.user")).to_have_count(2)
+    assert len([url for url in requested_urls if url.endswith("/send")]) == 2
+    partial = second.locator(".body").text_content()
+    full = "".join(fake_vllm.reply)
+    assert partial and len(partial) < len(full) and full.startswith(partial)
+    screenshot(page, "chat-stopped")
+
+    # Both answers were saved: found again after a reload, as they ended.
+    page.reload()
+    expect(answers(page)).to_have_count(2)
+    expect(answers(page).first.locator(".body")).to_have_text("Streaming answers arrive one token at a time and end.")
+    expect(answers(page).first.locator(".status")).to_have_text("")
+    expect(answers(page).nth(1).locator(".body")).to_have_text(partial)
+    expect(answers(page).nth(1).locator(".status")).to_have_text("Stopped")
+    assert [m.status for m in Message.objects.filter(role="assistant").order_by("pk")] == ["complete", "stopped"]
+
+    # The recorder saw the page's own traffic (the fixture checks it all stayed on the site).
+    assert any(re.search(r"/c/\d+/m/\d+/stream$", url) for url in requested_urls)
+    assert f"{live_site.url}/healthz" in requested_urls
+
+
+def test_html_in_model_output_is_shown_as_text(signed_in: Page, fake_vllm, dialogs):
+    page = signed_in
+    fake_vllm.reply = ["Try ", "<img src=x onerror=alert(1)>", " and <b>bold</b>", "<script>alert(2)</script>"]
+    prompt_box(page).fill("Show me <i>HTML</i>")
+    prompt_box(page).press("Enter")
+
+    shown = "Try <img src=x onerror=alert(1)> and <b>bold</b><script>alert(2)</script>"
+    for moment in ("live", "reloaded"):
+        if moment == "reloaded":
+            page.reload()
+        expect(answers(page).locator(".body"), moment).to_have_text(shown)
+        expect(answers(page).locator(".status"), moment).to_have_text("")
+        expect(page.locator("#thread article.user"), moment).to_have_text("Show me <i>HTML</i>")
+        expect(page.locator("#thread img, #thread b, #thread i, #thread script"), moment).to_have_count(0)
+    assert dialogs == []
+
+
+def test_a_vllm_error_shows_where_the_answer_would_be(signed_in: Page, fake_vllm):
+    page = signed_in
+    fake_vllm.fault = "server_error"
+    prompt_box(page).fill("Break please")
+    prompt_box(page).press("Enter")
+
+    for moment in ("live", "reloaded"):
+        if moment == "reloaded":
+            page.reload()
+        answer = answers(page)
+        expect(answer.get_by_role("alert"), moment).to_contain_text("The model server failed (500)")
+        expect(answer.locator(".status"), moment).to_have_text("Error")
+        expect(answer.locator(".body"), moment).to_be_hidden()
+        expect(page.get_by_role("button", name="Send"), moment).to_be_enabled()
+        screenshot(page, f"chat-error-{moment}")
+    assert Message.objects.get(role="assistant").status == Message.Status.ERROR
+
+
+def test_the_backend_indicator_shows_a_model_server_that_is_down(signed_in: Page, fake_vllm):
+    fake_vllm.fault = "refuse"
+    signed_in.reload()
+    expect(signed_in.locator("#backend")).to_have_text("model server down")
+    expect(signed_in.locator("#backend")).to_have_class(re.compile(r"\bdown\b"))
+
+
+def test_an_empty_or_too_long_prompt_shows_the_form_error_and_creates_nothing(signed_in: Page, fake_vllm, live_site):
+    page = signed_in
+    error = page.locator("#prompt-form").get_by_role("alert")
+    expect(error).to_be_hidden()
+
+    prompt_box(page).press("Enter")
+    expect(error).to_have_text("Type a message first.")
+
+    prompt_box(page).fill("   \n  ")
+    page.get_by_role("button", name="Send").click()
+    expect(error).to_have_text("Type a message first.")
+
+    limit = django_settings.CHAT_MAX_PROMPT_CHARS
+    prompt_box(page).fill("x" * (limit + 1))
+    prompt_box(page).press("Enter")
+    expect(error).to_have_text(f"This message is too long: at most {limit} characters (it has {limit + 1}).")
+    # The prompt is kept for the person to shorten, not cut or lost.
+    expect(prompt_box(page)).to_have_value("x" * (limit + 1))
+
+    expect(page).to_have_url(f"{live_site.url}/")
+    expect(page.locator("#thread article")).to_have_count(0)
+    expect(page.locator("#conversations li")).to_have_count(0)
+    assert not Conversation.objects.exists()
+    assert not Message.objects.exists()
+    assert fake_vllm.requests == []
+
+    # A good prompt afterwards clears the error.
+    prompt_box(page).fill("Hello")
+    prompt_box(page).press("Enter")
+    expect(answers(page).locator(".body")).to_have_text("".join(fake_vllm.reply))
+    expect(error).to_be_hidden()
+
+
+def test_rename_and_delete_from_the_sidebar(signed_in: Page, alice, live_site, dialogs):
+    page = signed_in
+    trip = Conversation.objects.create(owner=alice, title="Trip to Lisbon")
+    Message.objects.create(conversation=trip, role="user", content="Where should I stay?")
+    taxes = Conversation.objects.create(owner=alice, title="Tax questions")
+    page.goto(f"/c/{trip.pk}/")
+    expect(sidebar_item(page, "Trip to Lisbon")).to_have_class(re.compile(r"\bcurrent\b"))
+
+    # Rename the other conversation: a blank title is refused, saying why.
+    item = sidebar_item(page, "Tax questions")
+    item.get_by_label("Actions for Tax questions").click()
+    item.get_by_label("New title").fill("   ")
+    item.get_by_role("button", name="Rename").click()
+    expect(item.get_by_role("alert")).to_have_text("A title cannot be empty.")
+    screenshot(page, "sidebar-actions")
+    # A good one changes in place, and the renamed conversation does not become the current one.
+    item.get_by_label("New title").fill("Taxes for 2025")
+    item.get_by_role("button", name="Rename").click()
+    renamed = sidebar_item(page, "Taxes for 2025")
+    expect(renamed).to_be_visible()
+    # htmx keeps the old attributes on swapped-in content until it settles.
+    expect(page.locator("#conversations .htmx-added")).to_have_count(0)
+    expect(renamed).not_to_have_class(re.compile(r"\bcurrent\b"))
+    expect(sidebar_item(page, "Trip to Lisbon")).to_have_class(re.compile(r"\bcurrent\b"))
+    taxes.refresh_from_db()
+    assert taxes.title == "Taxes for 2025"
+
+    # Delete the open conversation, once the confirmation is accepted.
+    page.once("dialog", lambda dialog: dialog.accept())
+    item = sidebar_item(page, "Trip to Lisbon")
+    item.get_by_label("Actions for Trip to Lisbon").click()
+    item.get_by_role("button", name="Delete").click()
+    expect(page).to_have_url(f"{live_site.url}/")
+    expect(page.locator("#conversations li")).to_have_count(1)
+    expect(sidebar_item(page, "Taxes for 2025")).to_be_visible()
+    assert dialogs == ["Delete “Trip to Lisbon” and all its messages?"]
+    assert list(Conversation.objects.values_list("title", flat=True)) == ["Taxes for 2025"]
+    assert not Message.objects.exists()
+
+
+def test_the_sign_in_page_rejects_a_wrong_password(page: Page, alice, live_site):
+    page.goto("/accounts/login/")
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill("not the password")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_have_text("Your username and password didn't match. Please try again.")
+    expect(page.get_by_label("Username")).to_have_value("alice")
+    expect(page.get_by_label("Password")).to_be_focused()
+    screenshot(page, "sign-in")
