@@ -5,11 +5,13 @@ conversation is a 404 on every URL. The views that start, follow or stop a turn 
 turn runs on the server's event loop.
 """
 
+from urllib.parse import urlsplit
+
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import aget_object_or_404, get_object_or_404, redirect, render
-from django.urls import reverse
+from django.urls import Resolver404, resolve, reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
@@ -28,6 +30,7 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
         {
             "conversations": conversations,
             "conversation": conversation,
+            "open_pk": conversation.pk if conversation else None,
             "messages": list(conversation.messages.in_order()) if conversation else [],
             "defaults": {
                 "temperature": conversation.temperature if conversation else settings.CHAT_DEFAULT_TEMPERATURE,
@@ -101,7 +104,8 @@ def rename(request: HttpRequest, pk: int) -> HttpResponse:
         return JsonResponse({"error": form.errors["title"][0]}, status=400)
     form.save()
     if request.htmx:
-        return render(request, "chat/page.html#sidebar-item", {"item": conversation, "conversation": conversation})
+        context = {"item": conversation, "open_pk": _open_conversation_pk(request)}
+        return render(request, "chat/page.html#sidebar-item", context)
     return redirect(conversation_url(conversation))
 
 
@@ -111,9 +115,11 @@ async def delete(request: HttpRequest, pk: int) -> HttpResponse:
     conversation = await _owned_conversation(request, pk)
     await turns.stop_turns_in(conversation)
     await conversation.adelete()
-    if request.htmx:
+    if not request.htmx:
+        return redirect("chat:index")
+    if _open_conversation_pk(request) == pk:
         return HttpResponseClientRedirect(reverse("chat:index"))
-    return redirect("chat:index")
+    return HttpResponse()  # the page just drops it from the list
 
 
 @require_GET
@@ -123,6 +129,17 @@ async def healthz(request: HttpRequest) -> JsonResponse:
         {"site": "ok", "vllm": "ok" if health.ok else "unavailable", "detail": health.detail},
         status=200 if health.ok else 503,
     )
+
+
+def _open_conversation_pk(request: HttpRequest) -> int | None:
+    """The conversation on the person's screen when htmx made the request, if any."""
+    if not (request.htmx and request.htmx.current_url_abs_path):
+        return None
+    try:
+        match = resolve(urlsplit(request.htmx.current_url_abs_path).path)
+    except Resolver404:
+        return None
+    return match.kwargs["pk"] if match.view_name == "chat:conversation" else None
 
 
 def conversation_url(conversation: Conversation) -> str:

@@ -128,11 +128,41 @@ def test_rename_and_empty_title(client, alices_conversation, alice):
 def test_delete_removes_the_conversation_and_its_messages(client, alices_conversation, alice):
     conversation, _ = alices_conversation
     client.force_login(alice)
-    response = client.post(reverse("chat:delete", args=[conversation.pk]), headers={"HX-Request": "true"})
+    page = f"http://testserver{reverse('chat:conversation', args=[conversation.pk])}"
+    response = client.post(
+        reverse("chat:delete", args=[conversation.pk]), headers={"HX-Request": "true", "HX-Current-URL": page}
+    )
     assert response.status_code == 200
     assert response["HX-Redirect"] == reverse("chat:index")
     assert not Conversation.objects.exists()
     assert not Message.objects.exists()
+
+
+def test_deleting_another_conversation_than_the_open_one_stays_on_the_page(client, alice):
+    open_one = Conversation.objects.create(owner=alice, title="Open")
+    other = Conversation.objects.create(owner=alice, title="Other")
+    client.force_login(alice)
+    page = f"http://testserver{reverse('chat:conversation', args=[open_one.pk])}"
+    response = client.post(
+        reverse("chat:delete", args=[other.pk]), headers={"HX-Request": "true", "HX-Current-URL": page}
+    )
+    assert response.status_code == 200
+    assert "HX-Redirect" not in response
+    assert list(Conversation.objects.all()) == [open_one]
+
+
+def test_renaming_marks_as_current_only_the_conversation_on_screen(client, alice):
+    open_one = Conversation.objects.create(owner=alice, title="Open")
+    other = Conversation.objects.create(owner=alice, title="Other")
+    client.force_login(alice)
+    for on_screen, current in [(open_one, False), (other, True)]:
+        page = f"http://testserver{reverse('chat:conversation', args=[on_screen.pk])}"
+        response = client.post(
+            reverse("chat:rename", args=[other.pk]),
+            {"title": "Renamed"},
+            headers={"HX-Request": "true", "HX-Current-URL": page},
+        )
+        assert ('class="current"' in response.content.decode()) is current
 
 
 def test_model_output_is_escaped_not_interpreted(client, alice):
