@@ -7,7 +7,10 @@ text (vLLM down, a refused request) becomes an HTTP error instead of an empty st
 
 from collections.abc import AsyncIterator
 
+from django.conf import settings
+
 from chat import turns, vllm
+from chat.context import fit_context
 from chat.models import Message
 from chat.turns import TurnEnded, TurnEvent
 
@@ -45,3 +48,19 @@ def failed_without_text(event: TurnEvent) -> Message | None:
 async def failure_status() -> int:
     """503 when vLLM is down (the client may retry later), 502 when it is up but failed or refused."""
     return 502 if (await vllm.check_health()).ok else 503
+
+
+async def check_fits(*, system_prompt: str, prompt: str, max_tokens: int) -> None:
+    """Raise ContextTooLong now if no answer could ever be generated for this prompt.
+
+    The turn would save it as a failed answer; a door that can refuse the request instead (a new
+    conversation, whose only context is the prompt) calls this first. Earlier turns are left out:
+    context fitting drops them all before it gives up.
+    """
+    await fit_context(
+        system_prompt=system_prompt,
+        earlier=[],
+        prompt=prompt,
+        max_tokens=max_tokens,
+        context_length=settings.CHAT_CONTEXT_LENGTH,
+    )

@@ -48,14 +48,32 @@ api = NinjaAPI(
 )
 
 ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 413: ErrorOut, 422: ErrorOut}
-STREAMED = {
-    "responses": {
-        200: {
-            "description": 'JSON, or with `stream: true` Server-Sent Events: `delta` events (`{"text"}`), '
-            "then `done` or `error`, as the chat page receives them.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+# One server-sent event of an answer (OpenAPI 3.1: the schema of an event stream is one event's).
+ANSWER_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"enum": ["delta", "done", "error"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+}
+
+
+def streamed(description: str, **response) -> dict:
+    return {
+        "responses": {
+            200: {"description": description, "content": {"text/event-stream": {"schema": ANSWER_EVENT}}, **response},
         }
     }
+
+
+# From a JSON answer to the routes that follow and stop it.
+ANSWER_LINKS = {
+    name: {
+        "operationId": f"chat_api_{name}_message",
+        "parameters": {"conversation_id": "$response.body#/conversation_id", "message_id": "$response.body#/answer/id"},
+    }
+    for name in ("follow", "stop")
 }
 
 
@@ -155,8 +173,6 @@ def change_conversation(request: HttpRequest, data: ConversationChange, conversa
     """Rename it (`title`), or change its system prompt or generation settings for the next turns."""
     conversation = get_object_or_404(_owned(request), pk=conversation_id)
     if data.title is not None:
-        if not data.title:
-            raise HttpError(422, "A title cannot be empty.")
         conversation.title = data.title
     if data.system_prompt is not None:
         conversation.system_prompt = data.system_prompt
@@ -180,7 +196,11 @@ async def delete_conversation(request: HttpRequest, conversation_id: int = conve
 @api.post(
     "/conversations/{conversation_id}/messages",
     response={200: TurnOut, **ERRORS},
-    openapi_extra=STREAMED,
+    openapi_extra=streamed(
+        'JSON, or with `stream: true` Server-Sent Events: `delta` (`{"text"}`) events, then `done` or '
+        "`error`, as the chat page receives them.",
+        links=ANSWER_LINKS,
+    ),
     tags=["messages"],
 )
 async def send_message(request: HttpRequest, data: MessageIn, conversation_id: int = conversation_id()):
@@ -204,14 +224,7 @@ async def send_message(request: HttpRequest, data: MessageIn, conversation_id: i
 @api.get(
     "/conversations/{conversation_id}/messages/{message_id}/stream",
     response={200: None, **ERRORS},
-    openapi_extra={
-        "responses": {
-            200: {
-                "description": "Server-Sent Events: the text so far, then each new delta, then `done` or `error`.",
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
-            }
-        }
-    },
+    openapi_extra=streamed("Server-Sent Events: the text so far, then each new delta, then `done` or `error`."),
     tags=["messages"],
 )
 async def follow_message(

@@ -8,7 +8,8 @@ history. `GET /v1/models` lists the one served model. Authentication is an API t
 `Authorization: Bearer`, as for the REST API.
 
 Errors come back in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`:
-400 for a request that is not valid (bad JSON, wrong types, out-of-range settings, no prompt),
+400 for a request that is not valid (bad JSON, wrong types, out-of-range settings, no prompt, a
+prompt that cannot fit the context with room for max_tokens: `context_length_exceeded`),
 401 without a valid token, 404 for another model, 413 for a body over API_MAX_BODY_BYTES, and
 for an answer that failed before any text 503 if vLLM is down or 502 if vLLM failed or refused
 (the message says which). A stream that fails later ends with an error frame, then `[DONE]`, as
@@ -33,6 +34,7 @@ from pydantic_core import PydanticCustomError
 
 from chat import answers, sse, turns
 from chat.auth import TokenAuth
+from chat.context import ContextTooLong
 from chat.models import Conversation, Message
 from chat.schemas import GenerationSettings, MaxTokens, clean_prompt, clean_system_prompt
 from chat.turns import TurnEnded, TurnEvent
@@ -176,17 +178,19 @@ class Exchange:
         if request.max_completion_tokens is not None:
             self.settings = request.model_copy(update={"max_tokens": request.max_completion_tokens})
 
+    def conversation(self, user) -> Conversation:
+        conversation = Conversation(owner=user, system_prompt=self.system_prompt)
+        self.settings.apply_to(conversation)
+        return conversation
+
     @sync_to_async
-    def new_conversation(self, user) -> Conversation:
+    def save(self, conversation: Conversation) -> None:
         with transaction.atomic():
-            conversation = Conversation(owner=user, system_prompt=self.system_prompt)
-            self.settings.apply_to(conversation)
             conversation.save()
             Message.objects.bulk_create(
                 Message(conversation=conversation, role=role, content=text, status=Message.Status.COMPLETE)
                 for role, text in self.earlier
             )
-        return conversation
 
 
 # --- The routes ---------------------------------------------------------------------------------
@@ -195,7 +199,14 @@ class Exchange:
 @openai_api.post("/chat/completions")
 async def chat_completions(request: HttpRequest, data: ChatCompletionIn):
     exchange = Exchange(data)
-    conversation = await exchange.new_conversation(request.auth)
+    conversation = exchange.conversation(request.auth)
+    try:
+        await answers.check_fits(
+            system_prompt=conversation.system_prompt, prompt=exchange.prompt, max_tokens=conversation.max_tokens
+        )
+    except ContextTooLong as exc:
+        raise OpenAIError(400, str(exc), param="messages", code="context_length_exceeded") from None
+    await exchange.save(conversation)
     _, answer = await turns.start_turn(conversation, exchange.prompt)
     try:
         if data.stream:

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from django.conf import settings
 from ninja import Schema
-from pydantic import AfterValidator, ConfigDict, Field
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from chat.models import Conversation
@@ -32,10 +32,8 @@ def _text(value: str) -> str:
 
 
 def clean_prompt(value: str) -> str:
-    # As the page's form does: surrounding whitespace is dropped, and nothing left is no prompt.
-    value = _text(value).strip()
-    if not value:
-        raise PydanticCustomError("prompt_empty", "Type a message first: the prompt is empty.")
+    # The length as sent, as the schema states it; then, as the page's form does, surrounding
+    # whitespace is dropped, and nothing left is no prompt.
     limit = settings.CHAT_MAX_PROMPT_CHARS
     if len(value) > limit:
         raise PydanticCustomError(
@@ -43,21 +41,28 @@ def clean_prompt(value: str) -> str:
             "This message is too long: at most {limit} characters (it has {length}).",
             {"limit": limit, "length": len(value)},
         )
+    if not (value := _text(value).strip()):
+        raise PydanticCustomError("prompt_empty", "Type a message first: the prompt is empty.")
     return value
 
 
 def clean_system_prompt(value: str) -> str:
-    value = _text(value).strip()
     limit = settings.CHAT_MAX_PROMPT_CHARS
     if len(value) > limit:
         raise PydanticCustomError(
             "system_prompt_too_long", "The system prompt is too long: at most {limit} characters.", {"limit": limit}
         )
-    return value
+    return _text(value).strip()
 
 
 def _title(value: str) -> str:
     return " ".join(_text(value).split())
+
+
+def _new_title(value: str) -> str:
+    if not (value := _title(value)):
+        raise PydanticCustomError("title_empty", "A title cannot be empty.")
+    return value
 
 
 def _between(label: str, low: float, high: float):
@@ -67,6 +72,11 @@ def _between(label: str, low: float, high: float):
         return value
 
     return check
+
+
+def _integral(value: Any) -> Any:
+    # JSON Schema, and so the OpenAPI schema, counts 64.0 as an integer.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _max_tokens(value: int) -> int:
@@ -86,8 +96,17 @@ Prompt = Annotated[
         json_schema_extra={"minLength": 1, "maxLength": settings.CHAT_MAX_PROMPT_CHARS, "pattern": r"\S"},
     ),
 ]
-SystemPrompt = Annotated[str, AfterValidator(clean_system_prompt), Field(max_length=settings.CHAT_MAX_PROMPT_CHARS)]
-Title = Annotated[str, AfterValidator(_title), Field(max_length=TITLE_LENGTH)]
+SystemPrompt = Annotated[
+    str, AfterValidator(clean_system_prompt), Field(json_schema_extra={"maxLength": settings.CHAT_MAX_PROMPT_CHARS})
+]
+# The length limit first: it applies to the title as sent, before its whitespace is tidied.
+Title = Annotated[str, Field(max_length=TITLE_LENGTH), AfterValidator(_title)]
+NewTitle = Annotated[
+    str,
+    Field(max_length=TITLE_LENGTH),
+    AfterValidator(_new_title),
+    Field(json_schema_extra={"minLength": 1, "pattern": r"\S"}),
+]
 Temperature = Annotated[
     float,
     AfterValidator(_between("Temperature", 0.0, 2.0)),
@@ -98,6 +117,7 @@ TopP = Annotated[
 ]
 MaxTokens = Annotated[
     int,
+    BeforeValidator(_integral),
     AfterValidator(_max_tokens),
     Field(
         description="The longest answer, in tokens.",
@@ -128,7 +148,7 @@ class ConversationIn(GenerationSettings):
 
 
 class ConversationChange(GenerationSettings):
-    title: Title | None = Field(None, description="A new title (renames the conversation); it cannot be blank.")
+    title: NewTitle | None = Field(None, description="A new title: renames the conversation.")
     system_prompt: SystemPrompt | None = None
 
 
@@ -198,7 +218,17 @@ class WorkflowInput(GenerationSettings):
 
 
 class WorkflowRunIn(Schema):
-    model_config = STRICT
+    model_config = ConfigDict(
+        strict=True,
+        extra="forbid",
+        # As model-compose: output_only needs wait_for_completion (checked by the route).
+        json_schema_extra={
+            "not": {
+                "required": ["output_only", "wait_for_completion"],
+                "properties": {"output_only": {"const": True}, "wait_for_completion": {"const": False}},
+            }
+        },
+    )
 
     workflow_id: str | None = Field(None, description='"__default__" or omitted: the one workflow there is.')
     input: WorkflowInput

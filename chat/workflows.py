@@ -28,6 +28,7 @@ from ninja import Router
 from ninja.errors import HttpError
 
 from chat import answers, sse, turns
+from chat.context import ContextTooLong
 from chat.models import Conversation, Message
 from chat.schemas import MAX_ID, ErrorOut, TaskOut, TaskStarted, WorkflowOut, WorkflowRunIn, WorkflowVariable
 from chat.turns import TurnEnded, TurnEvent
@@ -42,7 +43,27 @@ SSE_TEXT = {
         200: {
             "description": "With wait_for_completion (the default): the answer as an sse-text stream, one "
             "`data:` line per line of each chunk. Without: the task to poll.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {
+                "text/event-stream": {
+                    # One event (OpenAPI 3.1): a chunk of text, or the error that ended the answer.
+                    "schema": {
+                        "type": "object",
+                        "required": ["data"],
+                        "properties": {"event": {"enum": ["message", "error"]}, "data": {"type": "string"}},
+                    }
+                }
+            },
+            "links": {
+                "task": {
+                    "operationId": "chat_workflows_task_state",
+                    "parameters": {"task_id": "$response.body#/task_id"},
+                    "description": "Without wait_for_completion: the task's state.",
+                },
+                "cancel": {
+                    "operationId": "chat_workflows_cancel_task",
+                    "parameters": {"task_id": "$response.body#/task_id"},
+                },
+            },
         }
     }
 }
@@ -96,6 +117,10 @@ async def run_workflow(request: HttpRequest, run: WorkflowRunIn):
         raise HttpError(400, "output_only=true requires wait_for_completion=true.")
     conversation = Conversation(owner=request.auth)
     run.input.apply_to(conversation)
+    try:
+        await answers.check_fits(system_prompt="", prompt=run.input.prompt, max_tokens=conversation.max_tokens)
+    except ContextTooLong as exc:
+        raise HttpError(422, str(exc)) from None
     _, answer = await turns.start_turn(conversation, run.input.prompt)
     if not run.wait_for_completion:
         return TaskStarted(task_id=str(answer.pk), status="pending")
