@@ -352,6 +352,8 @@ BAD_RUNS = [
     ("an unknown input", {"input": {"prompt": "hi", "temprature": 1}}, 422, "input.temprature"),
     ("an unknown field", {"input": {"prompt": "hi"}, "wait": False}, 422, "wait"),
     ("another workflow", {"workflow_id": "summarize", "input": {"prompt": "hi"}}, 404, "'summarize' not found"),
+    ("no room for the answer", {"input": {"prompt": "a b c d e f g h i", "max_tokens": 2040}}, 422,
+     "too long for the model's 2048-token context"),
     ("output_only without waiting", {"input": {"prompt": "hi"}, "output_only": True, "wait_for_completion": False},
      400, "output_only=true requires wait_for_completion=true"),
 ]  # fmt: skip

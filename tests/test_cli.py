@@ -82,6 +82,7 @@ def test_vllm_down_is_a_clear_message_and_a_failing_exit(fake_vllm, alice):
     fake_vllm.fault = "refuse"
     result = run(fake_vllm, "--input", SEED_INPUT, "--user", "alice")
     assert result.returncode == 1
+    assert result.stdout == ""
     assert "The model server is not reachable" in result.stderr
     assert Message.objects.get(role="assistant").status == Message.Status.ERROR
 

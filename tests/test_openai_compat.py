@@ -144,6 +144,8 @@ BAD_REQUESTS = [
     ("an image", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages.0.content", "Only text content"),
     ("two choices", {"n": 2}, "n", "n=1"),
+    ("no room for the answer", {"max_tokens": 2040, "messages": [{"role": "user", "content": "a b c d e f g h i"}]},
+     "messages", "too long for the model's 2048-token context"),
 ]  # fmt: skip
 
 
@@ -155,6 +157,7 @@ def test_invalid_input_is_400_in_openais_shape_and_saves_nothing(client, fake_vl
     error = error_of(raised.value)
     assert error["type"] == "invalid_request_error"
     assert error["param"] == param
+    assert error["code"] in ("invalid_value", "context_length_exceeded", None)
     assert says in error["message"]
     assert fake_vllm.requests == []
     assert Conversation.objects.count() == 0

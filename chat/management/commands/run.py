@@ -42,7 +42,8 @@ class Command(BaseCommand):
         workflow_input = parse_input(input)
         owner = find_owner(user or settings.CHAT_CLI_USER)
         answer = asyncio.run(self.run_turn(owner, workflow_input))
-        self.stdout.write("")  # the line break after the answer
+        if answer.content:
+            self.stdout.write("")  # the line break after the answer
         if answer.status in answers.FAILED:
             raise CommandError(answer.error)
         if answer.status == Message.Status.STOPPED:
