@@ -22,12 +22,12 @@ from chat import answers, sse, turns, workflows
 from chat.auth import SessionAuth, TokenAuth
 from chat.models import Conversation, Message
 from chat.schemas import (
+    ERRORS,
     MAX_ID,
     ConversationChange,
     ConversationDetail,
     ConversationIn,
     ConversationOut,
-    ErrorOut,
     MessageIn,
     MessageOut,
     TurnOut,
@@ -47,7 +47,6 @@ api = NinjaAPI(
     auth=[TokenAuth(), SessionAuth()],
 )
 
-ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 413: ErrorOut, 422: ErrorOut}
 # One server-sent event of an answer (OpenAPI 3.1: the schema of an event stream is one event's).
 ANSWER_EVENT = {
     "type": "object",

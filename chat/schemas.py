@@ -207,6 +207,10 @@ class ErrorOut(Schema):
     errors: list[FieldError] | None = None
 
 
+# What any API route may answer besides its success.
+ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 413: ErrorOut, 422: ErrorOut}
+
+
 # --- model-compose's workflow run -------------------------------------------------------------
 
 

@@ -30,14 +30,13 @@ from ninja.errors import HttpError
 from chat import answers, sse, turns
 from chat.context import ContextTooLong
 from chat.models import Conversation, Message
-from chat.schemas import MAX_ID, ErrorOut, TaskOut, TaskStarted, WorkflowOut, WorkflowRunIn, WorkflowVariable
+from chat.schemas import ERRORS, MAX_ID, ErrorOut, TaskOut, TaskStarted, WorkflowOut, WorkflowRunIn, WorkflowVariable
 from chat.turns import TurnEnded, TurnEvent
 from chat.vllm import TextDelta
 
 router = Router(tags=["model-compose workflows"])
 
 WORKFLOW_ID = "__default__"  # model-compose's id for the one workflow of a `workflow:` block
-ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 413: ErrorOut, 422: ErrorOut}
 SSE_TEXT = {
     "responses": {
         200: {
