@@ -3,7 +3,6 @@
 import hashlib
 import io
 import json
-import time
 
 import httpx
 import pytest
@@ -13,16 +12,9 @@ from chat.models import ApiToken, Conversation, Message
 from tests.conftest import PASSWORD
 from tests.fixtures_api import sse_frames
 from tests.site_server import csrf_headers, login
+from tests.waiting import wait_for
 
 live = pytest.mark.django_db(transaction=True)
-
-
-def wait_for(condition, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-    return result
 
 
 def sse_events(response: httpx.Response) -> list[tuple[str, dict]]:

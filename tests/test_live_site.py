@@ -1,7 +1,6 @@
 """The site in its own daphne process, over real sockets, against the fake vLLM on loopback."""
 
 import json
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -10,6 +9,7 @@ import pytest
 from chat.models import Message
 from tests.conftest import PASSWORD, site_env
 from tests.site_server import SiteProcess, csrf_headers, login
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -41,14 +41,6 @@ def send(client: httpx.Client, prompt: str, url: str = "/c/new/send", **fields) 
 
 def stream_url(response: httpx.Response) -> str:
     return f"/c/{response.headers['X-Conversation-Id']}/m/{response.headers['X-Message-Id']}/stream"
-
-
-def wait_for(condition, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-    return result
 
 
 def test_a_prompt_streams_to_the_browser_and_is_found_again(browser, fake_vllm):

@@ -1,12 +1,11 @@
 """The OpenAI-compatible endpoint, driven by the official `openai` package against the live site."""
 
-import time
-
 import httpx
 import openai
 import pytest
 
 from chat.models import Conversation, Message
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -17,14 +16,6 @@ MODEL = "qwen2-7b-instruct"
 def client(live_site, alice_token, fake_vllm) -> openai.OpenAI:
     # No retries: a retried 5xx would run the turn twice.
     return openai.OpenAI(base_url=f"{live_site.url}/v1", api_key=alice_token, max_retries=0, timeout=15)
-
-
-def wait_for(condition, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-    return result
 
 
 def test_a_completion_answers_and_the_exchange_is_saved_in_the_callers_history(client, alice, fake_vllm):

@@ -8,6 +8,7 @@ import pytest
 
 from chat.models import Conversation, Message
 from tests.fixtures_api import sse_frames
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -18,14 +19,6 @@ SEED_BODY = """{
          "temperature": 0.7
        }
      }"""
-
-
-def wait_for(condition, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-    return result
 
 
 def poll(api: httpx.Client, task_id: str, until, timeout: float = 10.0) -> dict:
