@@ -10,6 +10,7 @@ engine holding memory. Everything here is synchronous: the commands that use it 
 while they wait.
 """
 
+import ctypes
 import os
 import re
 import shlex
@@ -57,6 +58,7 @@ class ServerConfig:
     extra_args: tuple[str, ...] = ()
     log_file: Path | None = None
     module: str = "vllm.entrypoints.openai.api_server"
+    cpus: frozenset[int] = frozenset()  # empty: wherever the system puts it
 
     @classmethod
     def from_settings(cls, **overrides: object) -> "ServerConfig":
@@ -71,6 +73,7 @@ class ServerConfig:
             "gpu_memory_utilization": settings.VLLM_GPU_MEMORY_UTILIZATION,
             "log_file": settings.VLLM_LOG_FILE,
             "module": settings.VLLM_SERVER_MODULE,
+            "cpus": cpu_list(settings.VLLM_CPUS),
         }
         values.update({name: value for name, value in overrides.items() if value is not None})
         values["venv"] = Path(str(values["venv"])).expanduser()
@@ -131,6 +134,18 @@ class ServerConfig:
         env.pop("PYTHONHOME", None)
         env["PYTHONUNBUFFERED"] = "1"  # its log lines as they happen, not in 8 KB bursts
         return env
+
+
+def cpu_list(text: str) -> frozenset[int]:
+    """ "0-2,5" -> {0, 1, 2, 5}, as taskset writes CPU lists."""
+    cpus: set[int] = set()
+    try:
+        for part in filter(None, (part.strip() for part in text.split(","))):
+            low, _, high = part.partition("-")
+            cpus.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise ServerError(f"VLLM_CPUS={text!r} is not a CPU list such as 0 or 0-2,5.") from None
+    return frozenset(cpus)
 
 
 def _model_argument(model: str) -> str:
@@ -314,8 +329,10 @@ def not_ready_because(url: str, served_model_name: str) -> str | None:
         if health.status_code != 200:
             return f"/health answers {health.status_code}"
         served = _served_models(url)
+    except httpx.ConnectError:
+        return "nothing answers on its port yet"
     except httpx.HTTPError as exc:
-        return f"no answer yet ({type(exc).__name__})"
+        return f"no proper answer yet: {type(exc).__name__}"
     if served is None or served_model_name not in served:
         return f"/v1/models lists {served or 'nothing'}, not {served_model_name!r}"
     return None
@@ -340,8 +357,22 @@ def start_group(command: list[str], env: dict[str, str] | None = None, **popen: 
     """Start a process as the leader of its own session and process group.
 
     Its own session keeps a Ctrl-C in the terminal from reaching it directly: we stop it, in order.
+    If we are killed outright (SIGKILL, the OOM killer), the kernel sends it SIGTERM, so that it
+    is not left running with no one to stop it.
     """
-    return subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True, **popen)  # type: ignore[call-overload]
+    return subprocess.Popen(  # type: ignore[call-overload]
+        command, env=env, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=term_on_parent_death, **popen
+    )
+
+
+# Looked up here, not in the child: between fork and exec only the simplest calls are safe.
+_prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None) if sys.platform == "linux" else None
+PR_SET_PDEATHSIG = 1
+
+
+def term_on_parent_death() -> None:
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop_group(process: subprocess.Popen[bytes], grace: float, force: Callable[[], bool] = lambda: False) -> None:
@@ -436,22 +467,40 @@ class ServerProcess:
             if log:
                 log.close()
             raise ServerError(f"Could not start vLLM with {self.config.python}: {exc.strerror or exc}") from exc
+        if self.config.cpus:
+            # Set while the interpreter is still starting: its engine and worker processes, started
+            # seconds later, inherit it. On a small CPU-only machine vLLM's busy-waiting processes
+            # otherwise take every core while it generates, and the site (whose job is to stream
+            # the answer as it comes) gets no CPU until the answer is complete.
+            try:
+                os.sched_setaffinity(self.process.pid, self.config.cpus)
+            except OSError as exc:
+                stop_group(self.process, 0)
+                if log:
+                    log.close()
+                cpus = ",".join(map(str, sorted(self.config.cpus)))
+                raise ServerError(f"Cannot run vLLM on CPUs {cpus} (VLLM_CPUS): {exc.strerror or exc}") from exc
         self._tee = threading.Thread(target=self._copy_output, args=(self.process, log), daemon=True)
         self._tee.start()
 
     def _copy_output(self, process: subprocess.Popen[bytes], log: TextIO | None) -> None:
         assert process.stdout is not None
+        # Whatever happens to the terminal or the log, keep reading: vLLM blocks once its pipe fills.
         try:
             for raw in process.stdout:
                 line = raw.decode(errors="replace").rstrip()
                 self.lines.append(line)
                 self.out(line)
                 if log:
-                    log.write(line + "\n")
-                    log.flush()
+                    try:
+                        log.write(line + "\n")
+                        log.flush()
+                    except OSError:
+                        pass  # a full disk must not stop vLLM; the terminal still shows its output
         finally:
             if log:
-                log.close()
+                with suppress(OSError):
+                    log.close()
 
     @property
     def pid(self) -> int | None:
@@ -689,11 +738,24 @@ def _tail(text: str, count: int) -> str:
     return "\n".join(text.strip().splitlines()[-count:])
 
 
-def flushing(write: Callable[[str], object], flush: Callable[[], object]) -> Output:
-    """An Output that flushes each line: vLLM's log must reach a piped terminal as it happens."""
+def terminal(write: Callable[[str], object], flush: Callable[[], object]) -> Output:
+    """An Output to the terminal: each line flushed as it comes, and a vanished terminal treated
+    as a hung-up one.
+
+    When whoever reads our output goes away (a closed pipe), writing fails: that must not end the
+    supervision half-way, nor stop the copying of vLLM's output (it would block on a full pipe).
+    Like a closed terminal, it asks us to stop, by the same SIGHUP, and later lines are dropped.
+    """
+    gone = threading.Event()
 
     def out(line: str) -> None:
-        write(line)
-        flush()
+        if gone.is_set():
+            return
+        try:
+            write(line)
+            flush()
+        except (BrokenPipeError, ValueError, OSError):  # ValueError: written after close
+            gone.set()
+            os.kill(os.getpid(), signal.SIGHUP)
 
     return out

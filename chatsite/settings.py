@@ -156,6 +156,9 @@ VLLM_STOP_GRACE = env.float("VLLM_STOP_GRACE", default=30.0)
 VLLM_RESTART_BACKOFF = env.float("VLLM_RESTART_BACKOFF", default=2.0)
 # The module vLLM's python runs; the tests point it at a stand-in.
 VLLM_SERVER_MODULE = env.str("VLLM_SERVER_MODULE", default="vllm.entrypoints.openai.api_server")
+# The CPUs vLLM may run on (a list such as 0 or 0-6), empty for all. On a small CPU-only machine
+# leave one to the site: vLLM's processes busy-wait on every core they may use while generating.
+VLLM_CPUS = env.str("VLLM_CPUS", default="")
 
 # --- A chat turn --------------------------------------------------------------------------------
 # The seed's defaults; the context length must match vLLM's --max-model-len.

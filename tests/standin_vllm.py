@@ -11,6 +11,7 @@ Environment variables make it misbehave the ways a real vLLM can:
     STANDIN_CHILD=1               start an "engine" child in its process group, as vLLM does
     STANDIN_IGNORE_SIGTERM=1      ignore SIGTERM, in itself and its child
     STANDIN_PIDS=PATH             append the pid of itself and its child to PATH
+    STANDIN_CHATTER=SECONDS       once ready, log a line this often, as vLLM logs its stats
 
 Only the standard library: it runs under whatever python runvllm is pointed at.
 """
@@ -79,7 +80,15 @@ def main() -> None:
     if path := os.environ.get("STANDIN_RECORD"):
         watched = ("VLLM_NO_USAGE_STATS", "DO_NOT_TRACK", "HF_HUB_OFFLINE", "VLLM_PORT", "VLLM_MODEL", "VIRTUAL_ENV")
         with open(path, "w") as record:
-            json.dump({"argv": sys.argv[1:], "extra": extra, "env": {k: os.environ.get(k) for k in watched}}, record)
+            json.dump(
+                {
+                    "argv": sys.argv[1:],
+                    "extra": extra,
+                    "env": {k: os.environ.get(k) for k in watched},
+                    "cpus": sorted(os.sched_getaffinity(0)),
+                },
+                record,
+            )
     if os.environ.get("STANDIN_IGNORE_SIGTERM"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:
@@ -128,6 +137,14 @@ def main() -> None:
                 os._exit(3)
 
             threading.Thread(target=crash, daemon=True).start()
+    if every := os.environ.get("STANDIN_CHATTER"):
+
+        def chatter() -> None:
+            while True:
+                time.sleep(float(every))
+                log("Engine 000: Running: 0 reqs, Waiting: 0 reqs")
+
+        threading.Thread(target=chatter, daemon=True).start()
     server.serve_forever()
 
 

@@ -14,12 +14,13 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
 
-from chat.vllm_server import ServerConfig, ServerError, group_members
+from chat.vllm_server import ServerConfig, ServerError, cpu_list, group_members, term_on_parent_death
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,16 +61,21 @@ class ManageCommand:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=term_on_parent_death,  # a test run killed outright must not leave it running
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
+        with suppress(ValueError, OSError):  # the test may close the pipe to play a vanished terminal
+            for line in self.process.stdout:
+                with self._changed:
+                    self.lines.append(line.rstrip("\n"))
+                    self._changed.notify_all()
+        self.process.wait()
+        with self._changed:
+            self._changed.notify_all()  # the end of output is news too: the command has exited
 
     @property
     def output(self) -> str:
@@ -232,6 +238,35 @@ def test_a_local_model_folder_runs_offline(settings, tmp_path, monkeypatch):
     assert "HF_HUB_OFFLINE" not in ServerConfig.from_settings(model="Qwen/Qwen2-7B-Instruct").environment()
 
 
+def test_vllm_cpus_confines_vllm_and_its_children(standin):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs to confine vLLM to one")
+    cpu = min(os.sched_getaffinity(0))
+    runvllm = standin.run(STANDIN_CHILD="1", VLLM_CPUS=str(cpu))
+    runvllm.wait_for("vLLM is ready")
+
+    assert json.loads(standin.record.read_text())["cpus"] == [cpu]
+    for pid in standin.recorded_pids():
+        assert os.sched_getaffinity(pid) == {cpu}
+    runvllm.process.send_signal(signal.SIGTERM)
+    assert runvllm.finish() == 0
+
+
+def test_cpu_lists_read_like_taskset(settings):
+    assert cpu_list("") == frozenset()
+    assert cpu_list("0-2, 5") == {0, 1, 2, 5}
+    with pytest.raises(ServerError, match="not a CPU list"):
+        cpu_list("first")
+
+
+def test_cpus_the_machine_does_not_have_are_reported(standin):
+    runvllm = standin.run(VLLM_CPUS="4096")
+
+    assert runvllm.finish() == 1
+    assert "Cannot run vLLM on CPUs 4096 (VLLM_CPUS)" in runvllm.output
+    assert not [pid for pid in standin.recorded_pids() if alive(pid)]
+
+
 def test_a_missing_model_folder_is_reported_before_starting(settings, tmp_path):
     with pytest.raises(ServerError, match=re.escape("model folder ./no-such-folder does not exist")):
         ServerConfig.from_settings(model="./no-such-folder")
@@ -259,7 +294,7 @@ def test_the_wait_shows_elapsed_time_and_the_latest_log_line(standin):
 
     progress = [line for line in runvllm.lines if line.startswith("Waiting for vLLM to be ready")]
     assert progress, runvllm.output
-    assert progress[0].startswith("Waiting for vLLM to be ready: 5 s (")
+    assert re.match(r"Waiting for vLLM to be ready: [56] s \(", progress[0])
     assert "Loading model weights" in progress[0]
     runvllm.process.send_signal(signal.SIGTERM)
     assert runvllm.finish() == 0
@@ -381,6 +416,29 @@ def test_a_second_ctrl_c_cuts_the_grace_period_short(standin):
 
     assert runvllm.finish(timeout=20) == 0
     assert not [pid for pid in standin.recorded_pids() if alive(pid)]
+
+
+def test_runvllm_stops_vllm_when_its_terminal_goes_away(standin):
+    runvllm = standin.run(STANDIN_CHATTER="0.2", STANDIN_CHILD="1")
+    runvllm.wait_for("vLLM is ready")
+    pids = standin.recorded_pids()
+
+    runvllm.process.stdout.close()  # what a closed terminal or a dead pipe reader looks like to it
+
+    assert runvllm.process.wait(timeout=30) == 0
+    assert not [pid for pid in pids if alive(pid)]
+    assert not _listening(standin.port)
+
+
+def test_killing_runvllm_outright_still_stops_vllm(standin):
+    runvllm = standin.run()
+    runvllm.wait_for("vLLM is ready")
+    (server,) = standin.recorded_pids()
+
+    runvllm.process.kill()  # no chance to stop anything itself
+
+    wait_until(lambda: not alive(server), 10, "the kernel's SIGTERM to end vLLM")
+    assert not _listening(standin.port)
 
 
 # --- Crashes after start -----------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ class Command(BaseCommand):
         parser.add_argument("vllm_args", nargs="*", metavar="-- VLLM_ARG", help="passed to vLLM unchanged")
 
     def handle(self, *args: str, **options) -> None:
-        out = vllm_server.flushing(self.stdout.write, self.stdout.flush)
+        out = vllm_server.terminal(self.stdout.write, self.stdout.flush)
         try:
             config = server_config(
                 options, host=options["host"], port=options["port"], extra_args=tuple(options["vllm_args"])

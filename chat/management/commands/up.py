@@ -25,7 +25,7 @@ class Command(BaseCommand):
         add_server_arguments(parser)
 
     def handle(self, *args: str, **options) -> None:
-        out = vllm_server.flushing(self.stdout.write, self.stdout.flush)
+        out = vllm_server.terminal(self.stdout.write, self.stdout.flush)
         # A fresh machine has no database yet; an up-to-date one makes this a no-op.
         call_command("migrate", interactive=False, verbosity=min(options["verbosity"], 1))
         env = dict(os.environ)

