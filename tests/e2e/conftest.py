@@ -102,6 +102,12 @@ def tiny_model(vllm_installed: ServerConfig) -> Path:
     return MODEL_DIR
 
 
+@pytest.fixture(scope="session")
+def vllm_environment():
+    """The environment the suite runs vLLM in, for tests that start their own."""
+    return _vllm_environment
+
+
 @dataclass
 class RealVLLM:
     runvllm: ManageCommand
