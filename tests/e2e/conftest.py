@@ -5,15 +5,17 @@
 The first run installs vLLM (the CPU build, about 5 minutes) into VLLM_VENV, which stays between
 runs like any cache; each run writes a tiny random-weight Qwen2 (make_tiny_qwen2.py) into
 CHATSITE_E2E_MODEL unless it is already there, and boots vLLM on a free port (about a minute on
-two cores). Nothing is fetched from a model hub. Without `-m realvllm` these tests are skipped:
-the everyday `pytest` run stays fast.
+two cores). Nothing is fetched from a model hub. `pytest -m "not realvllm"` leaves the suite out.
 """
 
+import fcntl
 import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,15 +33,9 @@ timings: dict[str, str] = {}
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-django has put the database tests first
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # The suite shares one vLLM; the test that shuts it down goes last, whatever else reorders.
     items.sort(key=lambda item: getattr(getattr(item, "function", None), "shuts_vllm_down", False))
-    if "realvllm" in (config.getoption("markexpr") or ""):
-        return
-    skip = pytest.mark.skip(reason="boots a real vLLM: run with `pytest -m realvllm tests/e2e`")
-    for item in items:
-        if "realvllm" in item.keywords:
-            item.add_marker(skip)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
@@ -62,8 +58,22 @@ def _vllm_environment(**extra: str) -> dict[str, str]:
     }
 
 
+@contextmanager
+def cache_lock() -> Iterator[None]:
+    """One test run at a time installs vLLM or writes the model: runs may overlap on one machine."""
+    MODEL_DIR.parent.mkdir(parents=True, exist_ok=True)
+    with open(MODEL_DIR.parent / ".e2e.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 @pytest.fixture(scope="session")
 def vllm_installed() -> ServerConfig:
+    with cache_lock():
+        return _install_vllm()
+
+
+def _install_vllm() -> ServerConfig:
     """VLLM_VENV with vLLM in it, installed by `runvllm --install` the first time."""
     config = ServerConfig.from_settings()
     if is_installed(config):
@@ -86,6 +96,11 @@ def vllm_installed() -> ServerConfig:
 
 @pytest.fixture(scope="session")
 def tiny_model(vllm_installed: ServerConfig) -> Path:
+    with cache_lock():
+        return _make_model(vllm_installed)
+
+
+def _make_model(vllm_installed: ServerConfig) -> Path:
     if (MODEL_DIR / "COMPLETE").exists():
         timings["model generation"] = f"already in {MODEL_DIR}"
         return MODEL_DIR

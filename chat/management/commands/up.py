@@ -33,7 +33,7 @@ class Command(BaseCommand):
             if options["no_vllm"]:
                 managed = None
                 health = asyncio.run(vllm.check_health())
-                out(f"The site will use the vLLM at {settings.VLLM_BASE_URL}: {health.detail}.")
+                out(f"The site will use the vLLM at {settings.VLLM_BASE_URL}: {health.detail.rstrip('.')}.")
             else:
                 managed = server_config(options)
                 # The site talks to the vLLM it runs, whatever VLLM_BASE_URL says.
