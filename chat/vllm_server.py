@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
@@ -168,7 +168,7 @@ class InstallPlan:
     # Installed as dependencies but harmful: the CPU build pulls torchvision, torchaudio and
     # torchcodec builds made for another torch, and transformers then fails to import models.
     remove: tuple[str, ...] = ()
-    pip_args: tuple[str, ...] = field(default_factory=tuple)
+    pip_args: tuple[str, ...] = ()
 
 
 def detect_device() -> str:
