@@ -250,6 +250,12 @@ def is_running(answer: Message) -> bool:
     return answer.pk in _running
 
 
+def text_so_far(answer: Message) -> str:
+    """The answer's text now: live while it streams here (the database lags by a checkpoint)."""
+    running = _running.get(answer.pk)
+    return "".join(running.parts) if running else answer.content
+
+
 INTERRUPTED_TEXT = "The site stopped before this answer was finished."
 
 

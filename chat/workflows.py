@@ -12,7 +12,7 @@ Where this differs from model-compose, it is to keep the seed's README true:
   failed), `{"detail": ...}`; one that fails later ends its stream with an `event: error` frame,
   which EventSource clients tell from the text.
 - A task is the run's answer: its id is the answer message's id, its state is the message's status
-  (`cancelled` when stopped), and its `output` is the text so far as last saved.
+  (`cancelled` when stopped), and its `output` is the text so far.
 A client that goes away from a streamed run stops it, as model-compose closes the model's stream
 when its consumer does.
 """
@@ -167,7 +167,7 @@ def task(answer: Message) -> TaskOut:
         status, error = "failed", turns.INTERRUPTED_TEXT
     if status != "failed":
         error = None
-    return TaskOut(task_id=str(answer.pk), status=status, output=answer.content or None, error=error)
+    return TaskOut(task_id=str(answer.pk), status=status, output=turns.text_so_far(answer) or None, error=error)
 
 
 @router.get("/tasks/{task_id}", response={200: TaskOut | str, 202: TaskOut, 409: ErrorOut, **ERRORS})

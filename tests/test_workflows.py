@@ -97,6 +97,8 @@ def test_a_task_being_processed_says_so_and_output_only_answers_202(alice_api, f
     assert fake_vllm.wait_for(lambda: fake_vllm.running == 1)
 
     assert alice_api.get(f"/tasks/{task_id}").json()["status"] == "processing"
+    # The text so far, live: no checkpoint comes while vLLM stalls.
+    assert poll(alice_api, task_id, lambda s: s["output"] == "so far")["status"] == "processing"
     only = alice_api.get(f"/tasks/{task_id}", params={"output_only": True})
     assert only.status_code == 202 and only.json()["status"] == "processing"
     assert alice_api.post(f"/tasks/{task_id}/cancel").json()["output"] == "so far"
