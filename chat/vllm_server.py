@@ -120,9 +120,7 @@ class ServerConfig:
         return command + list(self.extra_args)
 
     def environment(self) -> dict[str, str]:
-        # The site's own VLLM_* settings are not for vLLM, which reads variables of that prefix
-        # itself: VLLM_PORT, for one, is the port of its internal messaging there.
-        env = {name: value for name, value in os.environ.items() if not hasattr(settings, name)}
+        env = {name: value for name, value in os.environ.items() if not _is_the_sites(name)}
         # Private by default: vLLM reports usage statistics unless told not to.
         env.update(VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
         if self.model_is_folder:
@@ -134,6 +132,16 @@ class ServerConfig:
         env.pop("PYTHONHOME", None)
         env["PYTHONUNBUFFERED"] = "1"  # its log lines as they happen, not in 8 KB bursts
         return env
+
+
+def _is_the_sites(name: str) -> bool:
+    """A variable the site reads for itself, which vLLM must not get.
+
+    Its secrets (DJANGO_SECRET_KEY, DATABASE_URL) are no business of another program's. And its
+    VLLM_* settings are not for vLLM, which reads variables of that prefix itself: VLLM_PORT, for
+    one, is the port of its internal messaging there.
+    """
+    return hasattr(settings, name) or name.startswith(("DJANGO_", "CHAT_")) or name == "DATABASE_URL"
 
 
 def cpu_list(text: str) -> frozenset[int]:

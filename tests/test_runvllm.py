@@ -225,6 +225,20 @@ def test_vllm_runs_private_and_without_the_sites_own_settings(standin, tmp_path)
     assert runvllm.finish() == 0
 
 
+def test_vllm_does_not_get_the_sites_secrets(monkeypatch):
+    monkeypatch.setenv("DJANGO_SECRET_KEY", "the-sites-secret")
+    monkeypatch.setenv("DATABASE_URL", "postgres://site:password@db/site")
+    monkeypatch.setenv("CHAT_LOG_LEVEL", "DEBUG")
+    monkeypatch.setenv("HF_TOKEN", "for-vllm")
+
+    env = ServerConfig.from_settings().environment()
+
+    assert "DJANGO_SECRET_KEY" not in env
+    assert "DATABASE_URL" not in env
+    assert "CHAT_LOG_LEVEL" not in env
+    assert env["HF_TOKEN"] == "for-vllm"
+
+
 def test_a_local_model_folder_runs_offline(settings, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     model = tmp_path / "model"
