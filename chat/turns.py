@@ -18,6 +18,7 @@ import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -91,22 +92,26 @@ class RunningTurn:
                 events: AsyncIterator[vllm.Event] = _single(Failed(str(exc)))
             else:
                 events = vllm.stream_chat(context.messages, options)
-            async for event in events:
-                match event:
-                    case TextDelta(text=text):
-                        if first_token_after is None:
-                            first_token_after = time.monotonic() - started
-                        self.parts.append(text)
-                        self._publish(event)
-                        if time.monotonic() - last_checkpoint >= settings.CHAT_CHECKPOINT_SECONDS:
-                            await self._checkpoint()
-                            last_checkpoint = time.monotonic()
-                    case Finished(reason=reason):
-                        outcome["finish_reason"] = reason
-                    case Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens):
-                        outcome.update(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
-                    case Failed(message=message):
-                        outcome.update(status=Message.Status.ERROR, error=message)
+            # Closed on the way out, whatever the way: a stop or a failed write that lands during a
+            # checkpoint finds the stream paused at a delta, and only closing it closes the
+            # request to vLLM (which then frees its slot) now rather than when it is collected.
+            async with aclosing(events):
+                async for event in events:
+                    match event:
+                        case TextDelta(text=text):
+                            if first_token_after is None:
+                                first_token_after = time.monotonic() - started
+                            self.parts.append(text)
+                            self._publish(event)
+                            if time.monotonic() - last_checkpoint >= settings.CHAT_CHECKPOINT_SECONDS:
+                                await self._checkpoint()
+                                last_checkpoint = time.monotonic()
+                        case Finished(reason=reason):
+                            outcome["finish_reason"] = reason
+                        case Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens):
+                            outcome.update(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+                        case Failed(message=message):
+                            outcome.update(status=Message.Status.ERROR, error=message)
         except asyncio.CancelledError:
             if self.stop_requested:
                 outcome.update(status=Message.Status.STOPPED, finish_reason="stopped")

@@ -1,6 +1,7 @@
 """The chat turn: what is saved, when, and how every answer ends, against the fake vLLM."""
 
 import asyncio
+import gc
 import inspect
 import time
 
@@ -143,6 +144,32 @@ async def test_stop_closes_the_upstream_request_and_keeps_the_partial_text(conve
     assert fake_vllm.wait_for_disconnect(timeout=5)
     # Stopping again changes nothing.
     assert (await turns.stop_turn(answer)).content == stopped.content
+
+
+async def test_a_stop_during_a_checkpoint_closes_the_upstream_request_at_once(
+    conversation, fake_vllm, settings, monkeypatch
+):
+    settings.CHAT_CHECKPOINT_SECONDS = 0
+    fake_vllm.reply = [f" w{i}" for i in range(200)]
+    fake_vllm.token_delay = 0.02
+    in_checkpoint = asyncio.Event()
+    checkpoint = turns.RunningTurn._checkpoint
+
+    async def slow_checkpoint(self) -> None:
+        in_checkpoint.set()
+        await asyncio.sleep(0.5)
+        await checkpoint(self)
+
+    monkeypatch.setattr(turns.RunningTurn, "_checkpoint", slow_checkpoint)
+    _, answer = await turns.start_turn(conversation, "Talk a lot")
+    await in_checkpoint.wait()
+    gc.disable()  # the connection must close because the stream is closed, not when it is collected
+    try:
+        stopped = await turns.stop_turn(answer)
+        assert stopped.status == Message.Status.STOPPED
+        assert await asyncio.to_thread(fake_vllm.wait_for_disconnect, timeout=5)
+    finally:
+        gc.enable()
 
 
 async def test_a_follower_going_away_does_not_stop_the_answer(conversation, fake_vllm):
