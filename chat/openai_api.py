@@ -255,7 +255,7 @@ def _completion(answer: Message) -> dict[str, Any]:
 
 
 def _data(payload: Any) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+    return sse.frame(json.dumps(payload, ensure_ascii=False))
 
 
 async def _chunks(answer: Message, events: AsyncIterator[TurnEvent], *, include_usage: bool) -> AsyncIterator[str]:
@@ -282,7 +282,7 @@ async def _chunks(answer: Message, events: AsyncIterator[TurnEvent], *, include_
                     yield chunk({}, _finish_reason(message))
                     if include_usage:
                         yield _data({**head, "choices": [], "usage": _usage(message)})
-        yield "data: [DONE]\n\n"
+        yield sse.frame("[DONE]")
     finally:
         if not ended:
             # The client went away: stop the answer, which closes vLLM's request and frees its slot.

@@ -1,10 +1,12 @@
 """A chat turn as Server-Sent Events: `delta` (text), then `done` or `error`.
 
 The page and the REST API both stream a turn through here, so a client sees the same events
-whichever door it came in by.
+whichever door it came in by. The other doors' streams (model-compose's sse-text, OpenAI's chunks)
+have their own events but are framed by `frame` here too.
 """
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,10 +16,18 @@ from chat import turns
 from chat.models import Message
 from chat.vllm import TextDelta
 
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def frame(data: str, name: str | None = None) -> str:
+    """One server-sent event: a `data:` line per line of `data`, as the SSE spec wants them."""
+    head = f"event: {name}\n" if name else ""
+    return head + "".join(f"data: {line}\n" for line in LINE_BREAK.split(data)) + "\n"
+
 
 def event(name: str, data: dict[str, Any]) -> str:
     # JSON keeps a delta's line breaks inside one `data:` line.
-    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+    return frame(json.dumps(data, ensure_ascii=False), name)
 
 
 def ended(answer: Message) -> str:

@@ -73,7 +73,6 @@ TASK_STATUS = {
     Message.Status.ERROR: "failed",
     Message.Status.INTERRUPTED: "failed",
 }
-LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 def workflow() -> WorkflowOut:
@@ -138,19 +137,14 @@ async def _sse_text(answer: Message, events: AsyncIterator[TurnEvent]) -> AsyncI
     try:
         async for event in events:
             if isinstance(event, TextDelta):
-                yield sse_text(event.text)
+                yield sse.frame(event.text)
             elif isinstance(event, TurnEnded):
                 ended = True
                 if event.message.status in answers.FAILED:
-                    yield "event: error\n" + sse_text(event.message.error)
+                    yield sse.frame(event.message.error, "error")
     finally:
         if not ended:
             await asyncio.shield(turns.stop_turn(answer))
-
-
-def sse_text(chunk: str) -> str:
-    """One server-sent event of a text chunk: a `data:` line per line, as the SSE spec wants them."""
-    return "".join(f"data: {line}\n" for line in LINE_BREAK.split(chunk)) + "\n"
 
 
 async def _owned_task(request: HttpRequest, task_id: str) -> Message:
