@@ -1,11 +1,11 @@
 from django import forms
 from django.conf import settings
 
-from chat.models import Conversation
+from chat.models import TEMPERATURE_RANGE, TOP_P_RANGE, Conversation, max_tokens_range, out_of_range
 
 
 def _bounded(field: type[forms.Field], label: str, low: float, high: float) -> forms.Field:
-    message = f"{label} must be between {low:g} and {high:g}."
+    message = out_of_range(label, low, high)
     return field(
         required=False,
         min_value=low,
@@ -28,10 +28,9 @@ class SendForm(forms.Form):
                 "max_length": f"This message is too long: at most {limit} characters (it has %(show_value)d).",
             },
         )
-        self.fields["temperature"] = _bounded(forms.FloatField, "Temperature", 0.0, 2.0)
-        self.fields["top_p"] = _bounded(forms.FloatField, "Top p", 0.01, 1.0)
-        # The answer must leave room for at least one prompt token in the context window.
-        self.fields["max_tokens"] = _bounded(forms.IntegerField, "Max tokens", 1, settings.CHAT_CONTEXT_LENGTH - 1)
+        self.fields["temperature"] = _bounded(forms.FloatField, "Temperature", *TEMPERATURE_RANGE)
+        self.fields["top_p"] = _bounded(forms.FloatField, "Top p", *TOP_P_RANGE)
+        self.fields["max_tokens"] = _bounded(forms.IntegerField, "Max tokens", *max_tokens_range())
 
     def apply_to(self, conversation: Conversation) -> None:
         for name in ("temperature", "max_tokens", "top_p"):

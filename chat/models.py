@@ -19,6 +19,22 @@ def default_top_p() -> float:
     return settings.CHAT_DEFAULT_TOP_P
 
 
+# The bounds of a conversation's generation settings: the page's form and the API's schemas both
+# check them, with the same message.
+TEMPERATURE_RANGE = (0.0, 2.0)
+TOP_P_RANGE = (0.01, 1.0)
+
+
+def max_tokens_range() -> tuple[int, int]:
+    # Read when asked, so it follows the settings. The answer must leave room for at least one
+    # prompt token in the context window.
+    return 1, settings.CHAT_CONTEXT_LENGTH - 1
+
+
+def out_of_range(label: str, low: float, high: float) -> str:
+    return f"{label} must be between {low:g} and {high:g}."
+
+
 class ConversationQuerySet(models.QuerySet["Conversation"]):
     def owned_by(self, user) -> "ConversationQuerySet":
         # Every view reaches a conversation through this, so another user's is simply not found.

@@ -15,7 +15,7 @@ from ninja import Schema
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-from chat.models import Conversation
+from chat.models import TEMPERATURE_RANGE, TOP_P_RANGE, Conversation, max_tokens_range, out_of_range
 
 TITLE_LENGTH = Conversation._meta.get_field("title").max_length
 # The largest id SQLite and PostgreSQL store: a larger one is refused, not an overflow.
@@ -68,7 +68,7 @@ def _new_title(value: str) -> str:
 def _between(label: str, low: float, high: float):
     def check(value: float) -> float:
         if math.isnan(value) or not low <= value <= high:
-            raise PydanticCustomError("range", f"{label} must be between {low:g} and {high:g}.")
+            raise PydanticCustomError("range", out_of_range(label, low, high))
         return value
 
     return check
@@ -80,10 +80,9 @@ def _integral(value: Any) -> Any:
 
 
 def _max_tokens(value: int) -> int:
-    # The answer must leave room for at least one prompt token in the context window.
-    high = settings.CHAT_CONTEXT_LENGTH - 1
-    if not 1 <= value <= high:
-        raise PydanticCustomError("range", "Max tokens must be between 1 and {high}.", {"high": high})
+    low, high = max_tokens_range()
+    if not low <= value <= high:
+        raise PydanticCustomError("range", out_of_range("Max tokens", low, high))
     return value
 
 
@@ -109,11 +108,16 @@ NewTitle = Annotated[
 ]
 Temperature = Annotated[
     float,
-    AfterValidator(_between("Temperature", 0.0, 2.0)),
-    Field(description="Randomness of the answer.", json_schema_extra={"minimum": 0, "maximum": 2}),
+    AfterValidator(_between("Temperature", *TEMPERATURE_RANGE)),
+    Field(
+        description="Randomness of the answer.",
+        json_schema_extra={"minimum": TEMPERATURE_RANGE[0], "maximum": TEMPERATURE_RANGE[1]},
+    ),
 ]
 TopP = Annotated[
-    float, AfterValidator(_between("Top p", 0.01, 1.0)), Field(json_schema_extra={"minimum": 0.01, "maximum": 1})
+    float,
+    AfterValidator(_between("Top p", *TOP_P_RANGE)),
+    Field(json_schema_extra={"minimum": TOP_P_RANGE[0], "maximum": TOP_P_RANGE[1]}),
 ]
 MaxTokens = Annotated[
     int,
@@ -121,7 +125,7 @@ MaxTokens = Annotated[
     AfterValidator(_max_tokens),
     Field(
         description="The longest answer, in tokens.",
-        json_schema_extra={"minimum": 1, "maximum": settings.CHAT_CONTEXT_LENGTH - 1},
+        json_schema_extra={"minimum": max_tokens_range()[0], "maximum": max_tokens_range()[1]},
     ),
 ]
 
