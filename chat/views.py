@@ -77,7 +77,7 @@ async def send(request: HttpRequest, pk: int | None = None) -> HttpResponse:
     response = render(request, "chat/page.html#turn", {"conversation": conversation, "messages": [prompt, answer]})
     response["X-Conversation-Id"] = str(conversation.pk)
     response["X-Message-Id"] = str(answer.pk)
-    response["X-Conversation-Url"] = reverse("chat:conversation", args=[conversation.pk])
+    response["X-Conversation-Url"] = conversation_url(conversation)
     return response
 
 

@@ -48,10 +48,6 @@ class GenerationOptions:
     top_p: float
 
 
-class VLLMError(Exception):
-    """A failure already phrased for a person; raised by the non-streaming calls."""
-
-
 # One pooled client per event loop: a connection pool belongs to the loop that opened it, and
 # tests (and the CLI) run more than one loop in a process.
 _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]" = weakref.WeakKeyDictionary()
