@@ -57,6 +57,7 @@ class RunningTurn:
         self.parts: list[str] = []
         self.stop_requested = False
         self.task: asyncio.Task[None] | None = None
+        self.finishing: asyncio.Task[None] | None = None
         self._followers: set[asyncio.Queue[TurnEvent]] = set()
 
     def subscribe(self) -> asyncio.Queue[TurnEvent]:
@@ -126,8 +127,9 @@ class RunningTurn:
         finally:
             outcome.update(time_to_first_token=first_token_after, duration=time.monotonic() - started)
             # Shielded: a stop or a shutdown cancels the task, and must not cancel the write that
-            # records why it ended.
-            await asyncio.shield(self._finish(outcome))
+            # records why it ended. Kept, for `stop_turn` to wait on (and as asyncio.shield asks).
+            self.finishing = asyncio.ensure_future(self._finish(outcome))
+            await asyncio.shield(self.finishing)
 
     async def _checkpoint(self) -> None:
         await Message.objects.filter(pk=self.answer.pk).aupdate(content="".join(self.parts), updated_at=timezone.now())
@@ -243,6 +245,9 @@ async def stop_turn(answer: Message) -> Message:
         running.stop_requested = True
         running.task.cancel()
         await asyncio.wait({running.task})
+        if running.finishing is not None:
+            # A stop that lands during the final write ends the task before the write is done.
+            await asyncio.wait({running.finishing})  # not `await`: cancelling this stop must not cancel it
     return await _settled(answer)
 
 

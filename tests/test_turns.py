@@ -172,6 +172,26 @@ async def test_a_stop_during_a_checkpoint_closes_the_upstream_request_at_once(
         gc.enable()
 
 
+async def test_a_stop_as_the_answer_ends_returns_it_as_it_ended(conversation, fake_vllm, monkeypatch):
+    fake_vllm.reply = ["Done", "."]
+    finishing = asyncio.Event()
+    finish = turns.RunningTurn._finish
+
+    async def slow_finish(self, outcome) -> None:
+        finishing.set()
+        await asyncio.sleep(0.3)
+        await finish(self, outcome)
+
+    monkeypatch.setattr(turns.RunningTurn, "_finish", slow_finish)
+    _, answer = await turns.start_turn(conversation, "Short")
+    await finishing.wait()
+
+    stopped = await turns.stop_turn(answer)
+
+    assert stopped.status == Message.Status.COMPLETE
+    assert stopped.content == "Done."
+
+
 async def test_a_follower_going_away_does_not_stop_the_answer(conversation, fake_vllm):
     fake_vllm.reply = [f" w{i}" for i in range(30)]
     fake_vllm.token_delay = 0.01
