@@ -253,8 +253,7 @@ class TaskOut(Schema):
     task_id: str
     status: str = Field(description="pending, processing, completed, failed or cancelled")
     output: str | None = Field(
-        description="The answer's text: whole once the task has ended; while it is processing, as last saved "
-        "(every CHAT_CHECKPOINT_SECONDS)."
+        description="The answer's text: whole once the task has ended; while it is processing, the text so far."
     )
     error: str | None
 
