@@ -2,9 +2,9 @@
 
 Every operation is thin: the schemas in chat/schemas.py check the request with the page's bounds,
 chat/turns.py runs the turn, and the answer streams through chat/sse.py as it does to the page. A
-conversation is always reached through `owned_by(request.auth)`, so another user's is a 404 on
-every route. The operations that start, follow or stop a turn are async: the turn runs on the
-server's event loop.
+conversation is always reached through `owned_by(request.auth)`, and an answer through
+`answers_of(request.auth)`, so another user's is a 404 on every route. The operations that start,
+follow or stop a turn are async: the turn runs on the server's event loop.
 
 Errors are JSON `{"detail": "..."}`: 400 for a body that is not JSON, 401 without a token or a
 session, 404, 413 for a body over API_MAX_BODY_BYTES, 422 (with `errors`, one per field) for a
@@ -140,8 +140,7 @@ async def _owned_conversation(request: HttpRequest, pk: int) -> Conversation:
 
 
 async def _owned_answer(request: HttpRequest, pk: int, message_pk: int) -> Message:
-    conversation = await _owned_conversation(request, pk)
-    return await aget_object_or_404(conversation.messages, pk=message_pk, role=Message.Role.ASSISTANT)
+    return await aget_object_or_404(Message.objects.answers_of(request.auth), pk=message_pk, conversation=pk)
 
 
 # --- Conversations ------------------------------------------------------------------------------

@@ -65,6 +65,12 @@ class Conversation(models.Model):
 
 
 class MessageQuerySet(models.QuerySet["Message"]):
+    def answers_of(self, user) -> "MessageQuerySet":
+        """The answers in the user's conversations: how every door reaches one to follow or stop."""
+        if not user.is_authenticated:
+            return self.none()
+        return self.filter(conversation__owner=user, role=Message.Role.ASSISTANT)
+
     def streaming(self) -> "MessageQuerySet":
         return self.filter(status=Message.Status.STREAMING)
 

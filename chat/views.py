@@ -1,8 +1,8 @@
 """The chat page's views: parse and check the request, call the domain, render.
 
-Every conversation is reached through `Conversation.objects.owned_by(user)`, so another user's
-conversation is a 404 on every URL. The views that start, follow or stop a turn are async: the
-turn runs on the server's event loop.
+Every conversation is reached through `Conversation.objects.owned_by(user)`, and every answer
+through `Message.objects.answers_of(user)`, so another user's conversation is a 404 on every URL.
+The views that start, follow or stop a turn are async: the turn runs on the server's event loop.
 """
 
 from urllib.parse import urlsplit
@@ -59,8 +59,7 @@ async def _owned_conversation(request: HttpRequest, pk: int) -> Conversation:
 
 
 async def _owned_answer(request: HttpRequest, pk: int, message_pk: int) -> Message:
-    conversation = await _owned_conversation(request, pk)
-    return await aget_object_or_404(conversation.messages, pk=message_pk, role=Message.Role.ASSISTANT)
+    return await aget_object_or_404(Message.objects.answers_of(await request.auser()), pk=message_pk, conversation=pk)
 
 
 @login_required

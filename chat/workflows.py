@@ -150,8 +150,7 @@ async def _sse_text(answer: Message, events: AsyncIterator[TurnEvent]) -> AsyncI
 async def _owned_task(request: HttpRequest, task_id: str) -> Message:
     if not re.fullmatch(r"[0-9]{1,19}", task_id) or int(task_id) > MAX_ID:
         raise Http404
-    answers_of_user = Message.objects.filter(conversation__owner=request.auth, role=Message.Role.ASSISTANT)
-    return await aget_object_or_404(answers_of_user, pk=int(task_id))
+    return await aget_object_or_404(Message.objects.answers_of(request.auth), pk=int(task_id))
 
 
 def task(answer: Message) -> TaskOut:
