@@ -99,7 +99,7 @@ WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
 SESSION_COOKIE_HTTPONLY = True
-CSRF_COOKIE_HTTPONLY = False  # the chat script reads it to send X-CSRFToken
+CSRF_COOKIE_HTTPONLY = True  # no script reads it: the chat script, htmx and the API docs take the token from the page
 X_FRAME_OPTIONS = "DENY"
 # Scripts only from the site's own files: even if model output slipped into the page as HTML, the
 # browser would not run it. Inline styles stay allowed (htmx and the admin set some; no script).
