@@ -123,11 +123,12 @@ async def delete(request: HttpRequest, pk: int) -> HttpResponse:
 
 @require_GET
 async def healthz(request: HttpRequest) -> JsonResponse:
+    # Open to monitors; only a signed-in person is told where vLLM is and what it serves.
     health = await vllm.check_health()
-    return JsonResponse(
-        {"site": "ok", "vllm": "ok" if health.ok else "unavailable", "detail": health.detail},
-        status=200 if health.ok else 503,
-    )
+    report = {"site": "ok", "vllm": "ok" if health.ok else "unavailable"}
+    if (await request.auser()).is_authenticated:
+        report["detail"] = health.detail
+    return JsonResponse(report, status=200 if health.ok else 503)
 
 
 def _open_conversation_pk(request: HttpRequest) -> int | None:
