@@ -13,7 +13,7 @@ tell (an older server, or one that is down), the estimate decides.
 
 from dataclasses import dataclass
 
-from chat import vllm
+from engine import vllm_client
 
 # <|im_start|>, the role's line break, <|im_end|> and the line break after it.
 TEMPLATE_TOKENS_PER_MESSAGE = 4
@@ -58,7 +58,7 @@ async def fit_context(
     while True:
         candidate = head + earlier[start:] + tail
         needed = estimate_tokens(candidate)
-        if needed > budget and (exact := await vllm.count_prompt_tokens(candidate)) is not None:
+        if needed > budget and (exact := await vllm_client.count_prompt_tokens(candidate)) is not None:
             needed = exact
         if needed <= budget:
             return FittedContext(candidate, dropped)

@@ -14,7 +14,7 @@ from django.http import StreamingHttpResponse
 
 from chat import turns
 from chat.models import Message
-from chat.vllm import TextDelta
+from engine.vllm_client import TextDelta
 
 LINE_BREAK = re.compile(r"\r\n|\r|\n")
 

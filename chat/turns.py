@@ -27,10 +27,10 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from chat import vllm
 from chat.context import ContextTooLong, fit_context
 from chat.models import Conversation, Message
-from chat.vllm import Failed, Finished, GenerationOptions, TextDelta, Usage
+from engine import vllm_client
+from engine.vllm_client import Failed, Finished, GenerationOptions, TextDelta, Usage
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +90,9 @@ class RunningTurn:
                     context_length=settings.CHAT_CONTEXT_LENGTH,
                 )
             except ContextTooLong as exc:
-                events: AsyncIterator[vllm.Event] = _single(Failed(str(exc)))
+                events: AsyncIterator[vllm_client.Event] = _single(Failed(str(exc)))
             else:
-                events = vllm.stream_chat(context.messages, options)
+                events = vllm_client.stream_chat(context.messages, options)
             # Closed on the way out, whatever the way: a stop or a failed write that lands during a
             # checkpoint finds the stream paused at a delta, and only closing it closes the
             # request to vLLM (which then frees its slot) now rather than when it is collected.
@@ -146,7 +146,7 @@ class RunningTurn:
         self._publish(TurnEnded(self.answer))
 
 
-async def _single(event: vllm.Event) -> AsyncIterator[vllm.Event]:
+async def _single(event: vllm_client.Event) -> AsyncIterator[vllm_client.Event]:
     yield event
 
 

@@ -15,9 +15,10 @@ from django.urls import Resolver404, resolve, reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from chat import sse, turns, vllm
+from chat import sse, turns
 from chat.forms import RenameForm, SendForm
 from chat.models import Conversation, Message
+from engine import vllm_client
 
 SIDEBAR_LENGTH = 200
 
@@ -124,7 +125,7 @@ async def delete(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 async def healthz(request: HttpRequest) -> JsonResponse:
     # Open to monitors; only a signed-in person is told where vLLM is and what it serves.
-    health = await vllm.check_health()
+    health = await vllm_client.check_health()
     report = {"site": "ok", "vllm": "ok" if health.ok else "unavailable"}
     if (await request.auser()).is_authenticated:
         report["detail"] = health.detail

@@ -28,7 +28,10 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "django_htmx",
-    "chat",
+    "ninja",  # its own static files serve the API docs' scripts (no CDN)
+    "chat",  # the conversations: models, the turn, the page, the admin
+    "engine",  # the model server: the vLLM client, and installing and running vLLM
+    "api",  # the doors for programs: REST, model-compose's workflows, OpenAI-compatible /v1
 ]
 
 MIDDLEWARE = [
@@ -42,6 +45,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
+    "api.middleware.limit_api_body",
 ]
 
 ROOT_URLCONF = "chatsite.urls"
@@ -73,10 +77,6 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-
-# Running turns live in the one ASGI process that started them (see chat/turns.py), so the
-# in-memory layer is all the site needs.
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -120,7 +120,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"chat": {"handlers": ["console"], "level": env.str("CHAT_LOG_LEVEL", default="INFO")}},
+    "loggers": {
+        app: {"handlers": ["console"], "level": env.str("CHAT_LOG_LEVEL", default="INFO")}
+        for app in ("chat", "engine", "api")
+    },
 }
 
 # --- The model server -------------------------------------------------------------------------
@@ -170,9 +173,6 @@ CHAT_MAX_PROMPT_CHARS = env.int("CHAT_MAX_PROMPT_CHARS", default=16000)
 CHAT_CHECKPOINT_SECONDS = env.float("CHAT_CHECKPOINT_SECONDS", default=2.0)
 
 # --- API: the REST API (/api/), model-compose's workflow routes, the OpenAI-compatible /v1/ -------
-# django-ninja's own static files serve the API docs' scripts (no CDN); see chat/api.py.
-INSTALLED_APPS += ["ninja"]
-MIDDLEWARE += ["chat.middleware.limit_api_body"]
 # The largest request body the API accepts, in bytes; a larger one is refused with 413.
 API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=1024 * 1024)
 # Whose history `python manage.py run` saves to without --user; unset means the only superuser.

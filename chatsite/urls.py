@@ -1,8 +1,8 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from chat.api import api
-from chat.openai_api import openai_api
+from api.openai_compat import openai_api
+from api.rest import api
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from chat.vllm_server import ServerConfig, is_installed
-from tests.test_runvllm import ROOT, ManageCommand, free_port
+from engine.server.config import ServerConfig
+from engine.server.install import is_installed
+from tests.engine.test_runvllm import ROOT, ManageCommand, free_port
 
 MODEL_DIR = Path(os.environ.get("CHATSITE_E2E_MODEL", "~/.cache/chatsite/tiny-qwen2")).expanduser()
 INSTALL_TIMEOUT = 40 * 60

@@ -19,11 +19,11 @@ from asgiref.sync import ThreadSensitiveContext
 from django.http import StreamingHttpResponse
 from django.test import AsyncClient
 
-from chat import vllm
 from chat.models import Message
-from chat.vllm import Failed, GenerationOptions, TextDelta
-from chat.vllm_server import group_members
-from tests.test_runvllm import ManageCommand, alive
+from engine import vllm_client
+from engine.server.processes import group_members
+from engine.vllm_client import Failed, GenerationOptions, TextDelta
+from tests.engine.test_runvllm import ManageCommand, alive
 
 pytestmark = [pytest.mark.realvllm, pytest.mark.timeout(60 * 60)]
 
@@ -230,7 +230,7 @@ async def test_a_prompt_longer_than_the_context_is_reported_clearly(site_uses, d
 async def test_vllms_own_context_error_is_phrased_for_a_person(site_uses):
     # Past the site's own check: vLLM's 400 for an over-long prompt, as the client reads it.
     messages = [{"role": "user", "content": "The quick brown fox jumps over the lazy dog. " * 300}]
-    events = [event async for event in vllm.stream_chat(messages, GenerationOptions(0.7, 16, 0.9))]
+    events = [event async for event in vllm_client.stream_chat(messages, GenerationOptions(0.7, 16, 0.9))]
 
     assert not [event for event in events if isinstance(event, TextDelta)]
     assert len(events) == 1 and isinstance(events[0], Failed)

@@ -12,10 +12,10 @@ import sys
 import httpx
 import pytest
 
-from chat.vllm_server import group_members
+from engine.server.processes import group_members
+from tests.chat.test_up import children, listening
+from tests.engine.test_runvllm import ROOT, ManageCommand, alive, free_port
 from tests.site_server import csrf_headers, login
-from tests.test_runvllm import ROOT, ManageCommand, alive, free_port
-from tests.test_up import children, listening
 
 pytestmark = [pytest.mark.realvllm, pytest.mark.timeout(30 * 60)]
 

@@ -14,11 +14,13 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from pydantic import ValidationError
 
-from chat import answers, turns, vllm
+from api import answers
+from api.schemas import WorkflowInput
+from chat import turns
 from chat.models import Conversation, Message
-from chat.schemas import WorkflowInput
 from chat.turns import TurnEnded
-from chat.vllm import TextDelta
+from engine import vllm_client
+from engine.vllm_client import TextDelta
 
 
 class Command(BaseCommand):
@@ -67,7 +69,7 @@ class Command(BaseCommand):
             # Ctrl-C: asyncio.run cancels this task; stopping records the answer as "stopped".
             return await turns.stop_turn(answer)
         finally:
-            await vllm.client().aclose()
+            await vllm_client.http_client().aclose()
 
 
 def parse_input(text: str) -> WorkflowInput:

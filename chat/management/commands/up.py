@@ -5,9 +5,10 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from chat import vllm, vllm_server
-from chat.management.commands.runvllm import add_server_arguments, server_config
-from chat.vllm_server import ServerError, Site
+from engine import vllm_client
+from engine.management.commands.runvllm import add_server_arguments, server_config
+from engine.server.config import ServerError, terminal
+from engine.server.supervisor import Site, run_with_site
 
 
 class Command(BaseCommand):
@@ -25,14 +26,14 @@ class Command(BaseCommand):
         add_server_arguments(parser)
 
     def handle(self, *args: str, **options) -> None:
-        out = vllm_server.terminal(self.stdout.write, self.stdout.flush)
+        out = terminal(self.stdout.write, self.stdout.flush)
         # A fresh machine has no database yet; an up-to-date one makes this a no-op.
         call_command("migrate", interactive=False, verbosity=min(options["verbosity"], 1))
         env = dict(os.environ)
         try:
             if options["no_vllm"]:
                 managed = None
-                health = asyncio.run(vllm.check_health())
+                health = asyncio.run(vllm_client.check_health())
                 out(f"The site will use the vLLM at {settings.VLLM_BASE_URL}: {health.detail.rstrip('.')}.")
             else:
                 managed = server_config(options)
@@ -40,7 +41,7 @@ class Command(BaseCommand):
                 env.update(VLLM_BASE_URL=managed.base_url, VLLM_SERVED_MODEL_NAME=managed.served_model_name)
                 if options["max_model_len"]:
                     env["CHAT_CONTEXT_LENGTH"] = str(managed.max_model_len)
-            vllm_server.run_with_site(
+            run_with_site(
                 Site(options["host"], options["port"], env),
                 out,
                 vllm=managed,

@@ -27,12 +27,13 @@ from django.shortcuts import aget_object_or_404
 from ninja import Router
 from ninja.errors import HttpError
 
-from chat import answers, sse, turns
+from api import answers
+from api.schemas import ERRORS, MAX_ID, ErrorOut, TaskOut, TaskStarted, WorkflowOut, WorkflowRunIn, WorkflowVariable
+from chat import sse, turns
 from chat.context import ContextTooLong
 from chat.models import Conversation, Message
-from chat.schemas import ERRORS, MAX_ID, ErrorOut, TaskOut, TaskStarted, WorkflowOut, WorkflowRunIn, WorkflowVariable
 from chat.turns import TurnEnded, TurnEvent
-from chat.vllm import TextDelta
+from engine.vllm_client import TextDelta
 
 router = Router(tags=["model-compose workflows"])
 
@@ -54,12 +55,12 @@ SSE_TEXT = {
             },
             "links": {
                 "task": {
-                    "operationId": "chat_workflows_task_state",
+                    "operationId": "api_workflows_task_state",
                     "parameters": {"task_id": "$response.body#/task_id"},
                     "description": "Without wait_for_completion: the task's state.",
                 },
                 "cancel": {
-                    "operationId": "chat_workflows_cancel_task",
+                    "operationId": "api_workflows_cancel_task",
                     "parameters": {"task_id": "$response.body#/task_id"},
                 },
             },

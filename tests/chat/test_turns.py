@@ -11,7 +11,7 @@ from django.db.backends.utils import CursorWrapper
 from chat import turns
 from chat.models import Conversation, Message
 from chat.turns import TurnEnded
-from chat.vllm import TextDelta
+from engine.vllm_client import TextDelta
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -1,8 +1,9 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from chat import vllm_server
-from chat.vllm_server import ServerConfig, ServerError
+from engine.server.config import ServerConfig, ServerError, terminal
+from engine.server.install import install, is_installed
+from engine.server.supervisor import run
 
 
 def add_server_arguments(parser: CommandParser) -> None:
@@ -51,19 +52,17 @@ class Command(BaseCommand):
         parser.add_argument("vllm_args", nargs="*", metavar="-- VLLM_ARG", help="passed to vLLM unchanged")
 
     def handle(self, *args: str, **options) -> None:
-        out = vllm_server.terminal(self.stdout.write, self.stdout.flush)
+        out = terminal(self.stdout.write, self.stdout.flush)
         try:
             config = server_config(
                 options, host=options["host"], port=options["port"], extra_args=tuple(options["vllm_args"])
             )
             if options["install"]:
-                if vllm_server.is_installed(config):
+                if is_installed(config):
                     out(f"vLLM is already installed in {config.venv}.")
                 else:
-                    vllm_server.install(config, out, options["device"])
+                    install(config, out, options["device"])
                 return
-            vllm_server.run(
-                config, out, device=options["device"], timeout=options["timeout"], restart=options["restart"]
-            )
+            run(config, out, device=options["device"], timeout=options["timeout"], restart=options["restart"])
         except ServerError as exc:
             raise CommandError(str(exc)) from exc

@@ -53,7 +53,7 @@ class GenerationOptions:
 _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]" = weakref.WeakKeyDictionary()
 
 
-def client() -> httpx.AsyncClient:
+def http_client() -> httpx.AsyncClient:
     loop = asyncio.get_running_loop()
     if (shared := _clients.get(loop)) is None or shared.is_closed:
         shared = httpx.AsyncClient(
@@ -96,7 +96,7 @@ async def stream_chat(messages: list[dict[str, str]], options: GenerationOptions
     finished = False
     try:
         url = f"{settings.VLLM_BASE_URL}/chat/completions"
-        async with client().stream("POST", url, json=body, timeout=_timeout()) as response:
+        async with http_client().stream("POST", url, json=body, timeout=_timeout()) as response:
             if response.status_code != 200:
                 await response.aread()
                 yield Failed(describe_http_error(response.status_code, response.content))
@@ -226,7 +226,7 @@ def _number_after(pattern: str, text: str) -> int | None:
 async def count_prompt_tokens(messages: list[dict[str, str]]) -> int | None:
     """The exact prompt length after the chat template, from vLLM's /tokenize; None if unknown."""
     try:
-        response = await client().post(
+        response = await http_client().post(
             f"{server_root()}/tokenize",
             json={"model": settings.VLLM_SERVED_MODEL_NAME, "messages": messages},
             timeout=10.0,
@@ -247,10 +247,10 @@ class Health:
 async def check_health() -> Health:
     """Ready means /health answers 200 and /v1/models lists the served model."""
     try:
-        health = await client().get(f"{server_root()}/health", timeout=3.0)
+        health = await http_client().get(f"{server_root()}/health", timeout=3.0)
         if health.status_code != 200:
             return Health(False, f"vLLM answers /health with {health.status_code}")
-        models = await client().get(f"{settings.VLLM_BASE_URL}/models", timeout=3.0)
+        models = await http_client().get(f"{settings.VLLM_BASE_URL}/models", timeout=3.0)
         served = [m.get("id") for m in models.json().get("data", [])] if models.status_code == 200 else []
     except (httpx.ConnectError, httpx.ConnectTimeout):
         return Health(False, _unreachable())

@@ -32,13 +32,14 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from pydantic import ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-from chat import answers, sse, turns
-from chat.auth import TokenAuth
+from api import answers
+from api.auth import TokenAuth
+from api.schemas import GenerationSettings, MaxTokens, clean_prompt, clean_system_prompt
+from chat import sse, turns
 from chat.context import ContextTooLong
 from chat.models import Conversation, Message
-from chat.schemas import GenerationSettings, MaxTokens, clean_prompt, clean_system_prompt
 from chat.turns import TurnEnded, TurnEvent
-from chat.vllm import TextDelta
+from engine.vllm_client import TextDelta
 
 openai_api = NinjaAPI(
     title="OpenAI-compatible API",

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from chat.vllm_server import ServerConfig, ServerError, cpu_list, group_members, term_on_parent_death
-
-ROOT = Path(__file__).resolve().parent.parent
+from engine.server.config import ServerConfig, ServerError, cpu_list
+from engine.server.processes import group_members, term_on_parent_death
+from tests.site_server import ROOT
 
 
 def free_port() -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.test_runvllm import alive, free_port, standin  # noqa: F401  (standin is a fixture)
+from tests.engine.test_runvllm import alive, free_port, standin  # noqa: F401  (standin is a fixture)
 
 
 def children(pid: int) -> list[int]:

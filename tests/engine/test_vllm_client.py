@@ -1,4 +1,4 @@
-"""chat.vllm turns whatever vLLM sends, over a real socket, into typed events with readable failures."""
+"""engine.vllm_client turns whatever vLLM sends, over a real socket, into typed events with readable failures."""
 
 import asyncio
 import socket
@@ -6,16 +6,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from chat import vllm
-from chat.vllm import Failed, Finished, GenerationOptions, TextDelta, Usage
+from engine import vllm_client
+from engine.vllm_client import Failed, Finished, GenerationOptions, TextDelta, Usage
 from tests.fake_vllm import DEFAULT_REPLY, ENGINE_FAILURE, FakeVLLM, count_tokens
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}]
 OPTIONS = GenerationOptions(temperature=0.7, max_tokens=64, top_p=0.9)
 
 
-async def collect(messages=MESSAGES, options=OPTIONS) -> list[vllm.Event]:
-    return [event async for event in vllm.stream_chat(messages, options)]
+async def collect(messages=MESSAGES, options=OPTIONS) -> list[vllm_client.Event]:
+    return [event async for event in vllm_client.stream_chat(messages, options)]
 
 
 def answer(reply) -> list[TextDelta]:
@@ -148,7 +148,7 @@ async def test_a_stalled_stream_fails_after_the_read_timeout_and_hangs_up(fake_v
 
 
 async def test_the_read_timeout_follows_settings_after_the_client_exists(fake_vllm: FakeVLLM, settings):
-    assert (await vllm.check_health()).ok  # the pooled client for this event loop now exists
+    assert (await vllm_client.check_health()).ok  # the pooled client for this event loop now exists
     settings.VLLM_READ_TIMEOUT = 0.3
     fake_vllm.fault = "stall"
 
@@ -253,7 +253,7 @@ async def test_a_connect_timeout_is_unreachable_not_slow(settings, unaccepting_p
 async def test_closing_the_stream_mid_answer_hangs_up_on_vllm(fake_vllm: FakeVLLM):
     fake_vllm.reply = [f" w{i}" for i in range(100)]
     fake_vllm.token_delay = 0.05
-    stream = vllm.stream_chat(MESSAGES, OPTIONS)
+    stream = vllm_client.stream_chat(MESSAGES, OPTIONS)
 
     assert await anext(stream) == TextDelta(" w0")
     await stream.aclose()
@@ -267,7 +267,7 @@ async def test_cancelling_the_task_reading_the_stream_hangs_up_on_vllm(fake_vllm
     first_delta = asyncio.Event()
 
     async def read():
-        async for event in vllm.stream_chat(MESSAGES, OPTIONS):
+        async for event in vllm_client.stream_chat(MESSAGES, OPTIONS):
             if isinstance(event, TextDelta):
                 first_delta.set()
 
@@ -285,19 +285,21 @@ async def test_cancelling_the_task_reading_the_stream_hangs_up_on_vllm(fake_vllm
 
 
 async def test_health_is_ok_when_vllm_serves_the_configured_model(fake_vllm: FakeVLLM):
-    assert await vllm.check_health() == vllm.Health(True, "vLLM serves qwen2-7b-instruct")
+    assert await vllm_client.check_health() == vllm_client.Health(True, "vLLM serves qwen2-7b-instruct")
 
 
 async def test_health_names_the_models_served_when_the_name_is_wrong(fake_vllm: FakeVLLM, settings):
     settings.VLLM_SERVED_MODEL_NAME = "nope"
 
-    assert await vllm.check_health() == vllm.Health(False, "vLLM serves ['qwen2-7b-instruct'], not 'nope'")
+    assert await vllm_client.check_health() == vllm_client.Health(
+        False, "vLLM serves ['qwen2-7b-instruct'], not 'nope'"
+    )
 
 
 async def test_health_when_vllm_is_down(fake_vllm: FakeVLLM):
     fake_vllm.fault = "refuse"
 
-    health = await vllm.check_health()
+    health = await vllm_client.check_health()
 
     assert not health.ok
     assert health.detail.startswith(f"The model server is not reachable at {fake_vllm.base_url}.")
@@ -306,11 +308,11 @@ async def test_health_when_vllm_is_down(fake_vllm: FakeVLLM):
 async def test_health_when_the_engine_is_dead(fake_vllm: FakeVLLM):
     fake_vllm.fault = "server_error"
 
-    assert await vllm.check_health() == vllm.Health(False, "vLLM answers /health with 503")
+    assert await vllm_client.check_health() == vllm_client.Health(False, "vLLM answers /health with 503")
 
 
 async def test_count_prompt_tokens_is_vllms_exact_count(fake_vllm: FakeVLLM):
-    assert await vllm.count_prompt_tokens(MESSAGES) == count_tokens(MESSAGES)
+    assert await vllm_client.count_prompt_tokens(MESSAGES) == count_tokens(MESSAGES)
     assert fake_vllm.tokenize_requests == [{"model": "qwen2-7b-instruct", "messages": MESSAGES}]
 
 
@@ -321,4 +323,4 @@ async def test_count_prompt_tokens_is_none_when_vllm_cannot_tell(fake_vllm: Fake
     else:
         fake_vllm.fault = fault
 
-    assert await vllm.count_prompt_tokens(MESSAGES) is None
+    assert await vllm_client.count_prompt_tokens(MESSAGES) is None

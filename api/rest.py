@@ -1,6 +1,6 @@
 """The REST API under /api/: conversations and their messages, and model-compose's workflow routes.
 
-Every operation is thin: the schemas in chat/schemas.py check the request with the page's bounds,
+Every operation is thin: the schemas in api/schemas.py check the request with the page's bounds,
 chat/turns.py runs the turn, and the answer streams through chat/sse.py as it does to the page. A
 conversation is always reached through `owned_by(request.auth)`, and an answer through
 `answers_of(request.auth)`, so another user's is a 404 on every route. The operations that start,
@@ -18,10 +18,9 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.pagination import LimitOffsetPagination, paginate
 from pydantic import Field
 
-from chat import answers, sse, turns, workflows
-from chat.auth import SessionAuth, TokenAuth
-from chat.models import Conversation, Message
-from chat.schemas import (
+from api import answers, workflows
+from api.auth import SessionAuth, TokenAuth
+from api.schemas import (
     ERRORS,
     MAX_ID,
     ConversationChange,
@@ -32,6 +31,8 @@ from chat.schemas import (
     MessageOut,
     TurnOut,
 )
+from chat import sse, turns
+from chat.models import Conversation, Message
 
 api = NinjaAPI(
     title="Chat site API",
@@ -69,7 +70,7 @@ def streamed(description: str, **response) -> dict:
 # From a JSON answer to the routes that follow and stop it.
 ANSWER_LINKS = {
     name: {
-        "operationId": f"chat_api_{name}_message",
+        "operationId": f"api_rest_{name}_message",
         "parameters": {"conversation_id": "$response.body#/conversation_id", "message_id": "$response.body#/answer/id"},
     }
     for name in ("follow", "stop")

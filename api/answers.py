@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator
 
 from django.conf import settings
 
-from chat import turns, vllm
+from chat import turns
 from chat.context import fit_context
 from chat.models import Message
 from chat.turns import TurnEnded, TurnEvent
+from engine import vllm_client
 
 FAILED = (Message.Status.ERROR, Message.Status.INTERRUPTED)
 
@@ -47,7 +48,7 @@ def failed_without_text(event: TurnEvent) -> Message | None:
 
 async def failure_status() -> int:
     """503 when vLLM is down (the client may retry later), 502 when it is up but failed or refused."""
-    return 502 if (await vllm.check_health()).ok else 503
+    return 502 if (await vllm_client.check_health()).ok else 503
 
 
 async def check_fits(*, system_prompt: str, prompt: str, max_tokens: int) -> None:

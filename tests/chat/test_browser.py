@@ -31,7 +31,7 @@ CHROMIUM_ARGS = [
 ]
 # How Chromium and htmx log an error status the page got: the tests check that the page shows it.
 ERROR_STATUS_LOGGED = re.compile(r"Failed to load resource: the server responded with|Response Status Error Code")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -1,0 +1,166 @@
+"""How vLLM is to be run: the server's configuration, and how the commands report progress."""
+
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+
+type Output = Callable[[str], None]
+
+# How many of a process's last output lines are kept to explain a failure.
+LAST_LINES = 20
+
+
+class ServerError(Exception):
+    """Something a person must fix; the text says what happened and, where known, what to do."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    venv: Path
+    model: str
+    host: str
+    port: int
+    served_model_name: str
+    max_model_len: int
+    gpu_memory_utilization: float | None = None
+    extra_args: tuple[str, ...] = ()
+    log_file: Path | None = None
+    module: str = "vllm.entrypoints.openai.api_server"
+    cpus: frozenset[int] = frozenset()  # empty: wherever the system puts it
+
+    @classmethod
+    def from_settings(cls, **overrides: object) -> "ServerConfig":
+        """The settings, with each override that is not None in their place."""
+        values: dict[str, object] = {
+            "venv": settings.VLLM_VENV,
+            "model": settings.VLLM_MODEL,
+            "host": settings.VLLM_HOST,
+            "port": settings.VLLM_PORT,
+            "served_model_name": settings.VLLM_SERVED_MODEL_NAME,
+            "max_model_len": settings.VLLM_MAX_MODEL_LEN,
+            "gpu_memory_utilization": settings.VLLM_GPU_MEMORY_UTILIZATION,
+            "log_file": settings.VLLM_LOG_FILE,
+            "module": settings.VLLM_SERVER_MODULE,
+            "cpus": cpu_list(settings.VLLM_CPUS),
+        }
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        values["venv"] = Path(str(values["venv"])).expanduser()
+        values["model"] = _model_argument(str(values["model"]))
+        values["extra_args"] = tuple(values.get("extra_args") or ())
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    @property
+    def url(self) -> str:
+        """Where to reach the server from this machine (a wildcard host is reached on loopback)."""
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    @property
+    def model_is_folder(self) -> bool:
+        return Path(self.model).is_dir()
+
+    def command(self) -> list[str]:
+        command = [
+            str(self.python),
+            "-m",
+            self.module,
+            "--model",
+            self.model,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--served-model-name",
+            self.served_model_name,
+            "--max-model-len",
+            str(self.max_model_len),
+        ]
+        if self.gpu_memory_utilization is not None:
+            command += ["--gpu-memory-utilization", f"{self.gpu_memory_utilization:g}"]
+        return command + list(self.extra_args)
+
+    def environment(self) -> dict[str, str]:
+        env = {name: value for name, value in os.environ.items() if not _is_the_sites(name)}
+        # Private by default: vLLM reports usage statistics unless told not to.
+        env.update(VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
+        if self.model_is_folder:
+            # Everything vLLM needs is in the folder: nothing is fetched, nothing is announced.
+            env.setdefault("HF_HUB_OFFLINE", "1")
+        # What activating the environment would do, for anything vLLM starts by name (compilers).
+        env["VIRTUAL_ENV"] = str(self.venv)
+        env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+        env.pop("PYTHONHOME", None)
+        env["PYTHONUNBUFFERED"] = "1"  # its log lines as they happen, not in 8 KB bursts
+        return env
+
+
+def _is_the_sites(name: str) -> bool:
+    """A variable the site reads for itself, which vLLM must not get.
+
+    Its secrets (DJANGO_SECRET_KEY, DATABASE_URL) are no business of another program's. And its
+    VLLM_* settings are not for vLLM, which reads variables of that prefix itself: VLLM_PORT, for
+    one, is the port of its internal messaging there.
+    """
+    return hasattr(settings, name) or name.startswith(("DJANGO_", "CHAT_")) or name == "DATABASE_URL"
+
+
+def cpu_list(text: str) -> frozenset[int]:
+    """ "0-2,5" -> {0, 1, 2, 5}, as taskset writes CPU lists."""
+    cpus: set[int] = set()
+    try:
+        for part in filter(None, (part.strip() for part in text.split(","))):
+            low, _, high = part.partition("-")
+            cpus.update(range(int(low), int(high or low) + 1))
+    except ValueError:
+        raise ServerError(f"VLLM_CPUS={text!r} is not a CPU list such as 0 or 0-2,5.") from None
+    return frozenset(cpus)
+
+
+def _model_argument(model: str) -> str:
+    """A local folder becomes an absolute path; anything else is a model hub id for vLLM."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if model.startswith(("/", "./", "../", "~")):
+        raise ServerError(f"The model folder {model} does not exist.")
+    return model
+
+
+def tail(text: str, count: int) -> str:
+    return "\n".join(text.strip().splitlines()[-count:])
+
+
+def terminal(write: Callable[[str], object], flush: Callable[[], object]) -> Output:
+    """An Output to the terminal: each line flushed as it comes, and a vanished terminal treated
+    as a hung-up one.
+
+    When whoever reads our output goes away (a closed pipe), writing fails: that must not end the
+    supervision half-way, nor stop the copying of vLLM's output (it would block on a full pipe).
+    Like a closed terminal, it asks us to stop, by the same SIGHUP, and later lines are dropped.
+    """
+    gone = threading.Event()
+
+    def out(line: str) -> None:
+        if gone.is_set():
+            return
+        try:
+            write(line)
+            flush()
+        except (BrokenPipeError, ValueError, OSError):  # ValueError: written after close
+            gone.set()
+            os.kill(os.getpid(), signal.SIGHUP)
+
+    return out

@@ -1,0 +1,321 @@
+"""Keeping vLLM up (runvllm), and vLLM with the site beside it (up)."""
+
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import TextIO
+
+from django.conf import settings
+
+from engine.server.config import LAST_LINES, Output, ServerConfig, ServerError
+from engine.server.install import ensure_installed
+from engine.server.processes import StopSignals, already_serving, not_ready_because, start_group, stop_group
+
+# How often the wait for readiness says how long it has been waiting.
+PROGRESS_EVERY = 5.0
+# The longest pause between two restarts; a server that stayed up this long starts over at the
+# shortest pause when it next crashes.
+MAX_BACKOFF = 60.0
+
+# --- One running vLLM ----------------------------------------------------------------------------
+
+
+class ServerProcess:
+    """One vLLM process group, its output copied to the terminal and to the log file."""
+
+    def __init__(self, config: ServerConfig, out: Output) -> None:
+        self.config = config
+        self.out = out
+        self.lines: deque[str] = deque(maxlen=LAST_LINES)
+        self.process: subprocess.Popen[bytes] | None = None
+        self._tee: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.lines.clear()
+        log = None
+        if self.config.log_file is not None:
+            self.config.log_file.parent.mkdir(parents=True, exist_ok=True)
+            log = self.config.log_file.open("a", encoding="utf-8")
+            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} runvllm: {shlex.join(self.config.command())}\n")
+            log.flush()
+        try:
+            self.process = start_group(
+                self.config.command(), self.config.environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+        except OSError as exc:
+            if log:
+                log.close()
+            raise ServerError(f"Could not start vLLM with {self.config.python}: {exc.strerror or exc}") from exc
+        if self.config.cpus:
+            # Set while the interpreter is still starting: its engine and worker processes, started
+            # seconds later, inherit it. On a small CPU-only machine vLLM's busy-waiting processes
+            # otherwise take every core while it generates, and the site (whose job is to stream
+            # the answer as it comes) gets no CPU until the answer is complete.
+            try:
+                os.sched_setaffinity(self.process.pid, self.config.cpus)
+            except OSError as exc:
+                stop_group(self.process, 0)
+                if log:
+                    log.close()
+                cpus = ",".join(map(str, sorted(self.config.cpus)))
+                raise ServerError(f"Cannot run vLLM on CPUs {cpus} (VLLM_CPUS): {exc.strerror or exc}") from exc
+        self._tee = threading.Thread(target=self._copy_output, args=(self.process, log), daemon=True)
+        self._tee.start()
+
+    def _copy_output(self, process: subprocess.Popen[bytes], log: TextIO | None) -> None:
+        assert process.stdout is not None
+        # Whatever happens to the terminal or the log, keep reading: vLLM blocks once its pipe fills.
+        try:
+            for raw in process.stdout:
+                line = raw.decode(errors="replace").rstrip()
+                self.lines.append(line)
+                self.out(line)
+                if log:
+                    try:
+                        log.write(line + "\n")
+                        log.flush()
+                    except OSError:
+                        pass  # a full disk must not stop vLLM; the terminal still shows its output
+        finally:
+            if log:
+                with suppress(OSError):
+                    log.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def exit_code(self) -> int | None:
+        return self.process.poll() if self.process else None
+
+    def latest_line(self) -> str:
+        return next((line for line in reversed(self.lines) if line.strip()), "")
+
+    def last_lines(self) -> str:
+        return "\n".join(self.lines)
+
+    def stop(self, grace: float, force: Callable[[], bool] = lambda: False) -> None:
+        if self.process is None:
+            return
+        stop_group(self.process, grace, force)
+        if self._tee:
+            # The pipe closes once every process in the group has gone; then the last lines are in.
+            self._tee.join(timeout=5)
+
+
+class Supervisor:
+    """Keeps one vLLM running: starts it, notices when it is ready and when it crashes.
+
+    A crash before vLLM was ever ready is a fault in its configuration (a wrong model, too little
+    memory), and restarting would only hide it: that always ends the run, with vLLM's last log
+    lines. After vLLM has been ready, `restart` brings it back after a pause that doubles at each
+    crash, up to MAX_BACKOFF.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        out: Output,
+        *,
+        timeout: float,
+        restart: bool = False,
+        force: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.config = config
+        self.force = force
+        self.out = out
+        self.timeout = timeout
+        self.restart = restart
+        self.server = ServerProcess(config, out)
+        self.ready = False
+        self.ever_ready = False
+        self.backoff = settings.VLLM_RESTART_BACKOFF
+        self._started_at = 0.0
+        self._ready_at = 0.0
+        self._next_progress = 0.0
+        self._restart_at: float | None = None
+
+    def start(self) -> None:
+        self.out(f"Starting vLLM: {shlex.join(self.config.command())}")
+        if self.config.log_file:
+            self.out(f"vLLM's log: {self.config.log_file}")
+        self.server.start()
+        self.ready = False
+        self._started_at = time.monotonic()
+        self._next_progress = self._started_at + PROGRESS_EVERY
+
+    def poll(self) -> None:
+        """Move on by what has happened since the last call; raises ServerError when it gives up."""
+        now = time.monotonic()
+        if self._restart_at is not None:
+            if now >= self._restart_at:
+                self._restart_at = None
+                self.start()
+            return
+        code = self.server.exit_code()
+        if code is not None:
+            self._exited(code, now)
+        elif not self.ready:
+            self._check_ready(now)
+
+    def _check_ready(self, now: float) -> None:
+        if (reason := not_ready_because(self.config.url, self.config.served_model_name)) is None:
+            self.ready = self.ever_ready = True
+            self._ready_at = now
+            self.out(
+                f"vLLM is ready after {now - self._started_at:.0f} s: {self.config.base_url} serves "
+                f"{self.config.served_model_name} (pid {self.server.pid})."
+            )
+        elif now - self._started_at > self.timeout:
+            self.server.stop(settings.VLLM_STOP_GRACE, self.force)
+            raise ServerError(
+                f"vLLM was not ready after {self.timeout:g} s ({reason}); stopped it. "
+                f"Its last log lines:\n{self.server.last_lines()}"
+            )
+        elif now >= self._next_progress:
+            self._next_progress = now + PROGRESS_EVERY
+            self.out(
+                f"Waiting for vLLM to be ready: {now - self._started_at:.0f} s ({self.server.latest_line()[:160]})"
+            )
+
+    def _exited(self, code: int, now: float) -> None:
+        # Its engine may outlive the API server: clear the whole group before anything else.
+        self.server.stop(settings.VLLM_STOP_GRACE, self.force)
+        was_ready = self.ready
+        self.ready = False
+        what = "while starting" if not was_ready else "after it was ready"
+        if not self.ever_ready or not self.restart:
+            raise ServerError(f"vLLM exited with code {code} {what}. Its last log lines:\n{self.server.last_lines()}")
+        if was_ready and now - self._ready_at >= MAX_BACKOFF:
+            self.backoff = settings.VLLM_RESTART_BACKOFF
+        self.out(f"vLLM exited with code {code} {what}; restarting it in {self.backoff:g} s.")
+        self._restart_at = now + self.backoff
+        self.backoff = min(self.backoff * 2, MAX_BACKOFF)
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to `seconds`, waking early when vLLM exits."""
+        process = self.server.process
+        if process is not None and process.returncode is None and self._restart_at is None:
+            with suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=seconds)
+        else:
+            time.sleep(seconds)
+
+    def wait_until_ready(self, stop: Callable[[], bool]) -> bool:
+        """Poll until vLLM is ready (True) or `stop` says give up (False)."""
+        while not self.ready and not stop():
+            self.poll()
+            if not self.ready:
+                self.wait(0.5)
+        return self.ready
+
+    def stop(self) -> None:
+        if self.server.process is None or self.server.process.returncode is not None:
+            return
+        self.out(f"Stopping vLLM (pid {self.server.pid}) and its engine processes...")
+        self.server.stop(settings.VLLM_STOP_GRACE, self.force)
+        self.out("vLLM has stopped.")
+
+
+def run(config: ServerConfig, out: Output, *, device: str, timeout: float, restart: bool) -> None:
+    """runvllm: start vLLM (installing it first if needed), wait until it is ready, and keep it
+    until a signal says stop."""
+    if already_serving(config):
+        out(
+            f"A vLLM serving {config.served_model_name!r} already answers at {config.base_url}: "
+            "not starting a second one."
+        )
+        return
+    ensure_installed(config, out, device)
+    with StopSignals().installed() as signals:
+        supervisor = Supervisor(config, out, timeout=timeout, restart=restart, force=signals.forced)
+        try:
+            supervisor.start()
+            while not signals.requested:
+                supervisor.poll()
+                supervisor.wait(0.5)
+            out(f"Received {signals.received[0]}.")
+        finally:
+            supervisor.stop()
+
+
+# --- up: vLLM and the site together ------------------------------------------------------------
+
+SITE_START_TIMEOUT = 60.0
+SITE_STOP_GRACE = 10.0
+
+
+@dataclass(frozen=True)
+class Site:
+    host: str
+    port: int
+    env: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}/"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "daphne", "-b", self.host, "-p", str(self.port), "chatsite.asgi:application"]
+
+
+def run_with_site(site: Site, out: Output, *, vllm: ServerConfig | None, device: str, timeout: float) -> None:
+    """up: vLLM (unless `vllm` is None: an external one), then the site once vLLM is ready.
+
+    vLLM is restarted after a crash while the site stays up: the chat says the model server is
+    unreachable meanwhile. A signal stops the site first, so no new turn starts, then vLLM.
+    """
+    with StopSignals().installed() as signals:
+        supervisor: Supervisor | None = None
+        daphne: subprocess.Popen[bytes] | None = None
+        try:
+            if vllm is not None and already_serving(vllm):
+                out(f"A vLLM serving {vllm.served_model_name!r} already answers at {vllm.base_url}: using it.")
+            elif vllm is not None:
+                ensure_installed(vllm, out, device)
+                supervisor = Supervisor(vllm, out, timeout=timeout, restart=True, force=signals.forced)
+                supervisor.start()
+                supervisor.wait_until_ready(stop=lambda: signals.requested)
+            if not signals.requested:
+                out(f"Starting the site: {shlex.join(site.command())}")
+                daphne = start_group(site.command(), site.env, cwd=settings.BASE_DIR)
+                _wait_for_site(daphne, site, stop=lambda: signals.requested)
+                out(f"The chat is at {site.url} (Ctrl-C stops it).")
+            while not signals.requested:
+                if (code := daphne.poll()) is not None:  # type: ignore[union-attr]
+                    raise ServerError(f"The site (daphne) exited with code {code}.")
+                if supervisor is not None:
+                    supervisor.poll()
+                    supervisor.wait(0.5)
+                else:
+                    time.sleep(0.5)
+            out(f"Received {signals.received[0]}.")
+        finally:
+            if daphne is not None and daphne.poll() is None:
+                out("Stopping the site...")
+                stop_group(daphne, SITE_STOP_GRACE, signals.forced)
+            if supervisor is not None:
+                supervisor.stop()
+
+
+def _wait_for_site(daphne: subprocess.Popen[bytes], site: Site, stop: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + SITE_START_TIMEOUT
+    while not stop():
+        if (code := daphne.poll()) is not None:
+            raise ServerError(f"The site (daphne) exited with code {code} while starting.")
+        try:
+            with socket.create_connection((site.host, site.port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise ServerError(f"The site did not listen on {site.url} within {SITE_START_TIMEOUT:g} s.") from None
+            with suppress(subprocess.TimeoutExpired):
+                daphne.wait(timeout=0.1)
