@@ -1,11 +1,11 @@
 import pytest
-from django.conf import settings as django_settings
 
-from tests.site_server import SiteProcess
+from tests.accounts import PASSWORD
+from tests.site_server import SiteProcess, site_env
 
-pytest_plugins = ["tests.fixtures_vllm", "tests.fixtures_api"]
-
-PASSWORD = "a-long-test-password"
+# Shared fixtures live in these modules; shared functions and constants in tests/*.py modules of
+# their own, imported from there (never from this file or a test module).
+pytest_plugins = ["tests.fixtures_vllm", "tests.fixtures_api", "tests.fixtures_standin_vllm"]
 
 
 @pytest.fixture(scope="session")
@@ -35,15 +35,6 @@ def alice(make_user):
 @pytest.fixture
 def bob(make_user):
     return make_user("bob")
-
-
-def site_env(fake_vllm_server, **overrides: str) -> dict[str, str]:
-    return {
-        "DATABASE_URL": f"sqlite:///{django_settings.DATABASES['default']['NAME']}",
-        "VLLM_BASE_URL": fake_vllm_server.base_url,
-        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
-        **overrides,
-    }
 
 
 @pytest.fixture(scope="session")

@@ -46,19 +46,3 @@ def alice_api(live_site, alice_token, fake_vllm) -> Iterator[httpx.Client]:
 def bob_api(live_site, bob_token) -> Iterator[httpx.Client]:
     with api_client(live_site, bob_token) as client:
         yield client
-
-
-def sse_frames(lines) -> Iterator[tuple[str, str]]:
-    """(event name, data) for each server-sent event in `lines`, data lines joined by line breaks."""
-    name, data = "message", []
-    for line in lines:
-        if line.startswith("event:"):
-            name = line[6:].strip()
-        elif line.startswith("data:"):
-            value = line[5:]
-            data.append(value[1:] if value.startswith(" ") else value)
-        elif not line and data:
-            yield name, "\n".join(data)
-            name, data = "message", []
-    if data:
-        yield name, "\n".join(data)

@@ -2,21 +2,29 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import httpx
+from django.conf import settings
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.commands import ROOT
+from tests.ports import free_port
+from tests.waiting import wait_for
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def site_env(fake_vllm_server, **overrides: str) -> dict[str, str]:
+    """The environment of a site that shares the tests' database and settings and uses the fake vLLM."""
+    return {
+        # The tests' settings (pytest-django puts them in the environment), not the product's: the
+        # site must check passwords with the hasher that made the tests' users, as Django tries
+        # only those in PASSWORD_HASHERS.
+        "DJANGO_SETTINGS_MODULE": os.environ["DJANGO_SETTINGS_MODULE"],
+        "DATABASE_URL": f"sqlite:///{settings.DATABASES['default']['NAME']}",
+        "VLLM_BASE_URL": fake_vllm_server.base_url,
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        **overrides,
+    }
 
 
 class SiteProcess:
@@ -26,19 +34,21 @@ class SiteProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout: float = 30.0) -> "SiteProcess":
+    def start(self, within: float = 30.0) -> "SiteProcess":
         command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"]
         self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **self.env})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"daphne exited with {self.process.returncode}")
-            try:
-                httpx.get(f"{self.url}/accounts/login/", timeout=1.0)
-                return self
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise TimeoutError("daphne did not answer in time")
+        wait_for(self._answers, within, "daphne to answer")
+        return self
+
+    def _answers(self) -> bool:
+        assert self.process
+        if self.process.poll() is not None:
+            raise RuntimeError(f"daphne exited with {self.process.returncode}")
+        try:
+            httpx.get(f"{self.url}/accounts/login/", timeout=1.0)
+        except httpx.TransportError:
+            return False
+        return True
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -54,15 +64,6 @@ class SiteProcess:
         assert self.process
         self.process.kill()
         self.process.wait()
-
-
-def login(client: httpx.Client, username: str, password: str) -> None:
-    client.get("/accounts/login/")
-    response = client.post(
-        "/accounts/login/",
-        data={"username": username, "password": password, "csrfmiddlewaretoken": client.cookies["csrftoken"]},
-    )
-    assert response.status_code == 302, response.text
 
 
 def csrf_headers(client: httpx.Client) -> dict[str, str]:

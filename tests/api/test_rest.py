@@ -9,16 +9,12 @@ import pytest
 from django.core.management import call_command
 
 from chat.models import ApiToken, Conversation, Message
-from tests.conftest import PASSWORD
-from tests.fixtures_api import sse_frames
-from tests.site_server import csrf_headers, login
+from tests.accounts import login
+from tests.site_server import csrf_headers
+from tests.sse import sse_events, sse_frames
 from tests.waiting import wait_for
 
 live = pytest.mark.django_db(transaction=True)
-
-
-def sse_events(response: httpx.Response) -> list[tuple[str, dict]]:
-    return [(name, json.loads(data)) for name, data in sse_frames(response.iter_lines())]
 
 
 def conversation_of(user, **fields) -> Conversation:
@@ -123,7 +119,7 @@ def test_a_token_of_an_inactive_user_is_refused(alice_api, alice):
 @live
 def test_the_browser_session_works_and_unsafe_methods_need_the_csrf_token(live_site, alice):
     with httpx.Client(base_url=live_site.url, timeout=10) as browser:
-        login(browser, "alice", PASSWORD)
+        login(browser, "alice")
         assert browser.get("/api/conversations").status_code == 200
         refused = browser.post("/api/conversations", json={"title": "No token"})
         assert refused.status_code == 403
@@ -212,7 +208,7 @@ def test_a_prompt_streams_the_same_events_as_the_page(alice_api, fake_vllm):
     ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
-        events = sse_events(response)
+        events = list(sse_events(response.iter_lines()))
 
     assert "".join(data["text"] for name, data in events if name == "delta") == "Line one\nline <b>two</b>"
     name, done = events[-1]
@@ -221,7 +217,7 @@ def test_a_prompt_streams_the_same_events_as_the_page(alice_api, fake_vllm):
     assert Message.objects.get(pk=done["message_id"]).content == "Line one\nline <b>two</b>"
     # An ended answer can be followed again, whole.
     with alice_api.stream("GET", f"/conversations/{conversation['id']}/messages/{done['message_id']}/stream") as again:
-        assert [name for name, _ in sse_events(again)] == ["delta", "done"]
+        assert [name for name, _ in sse_events(again.iter_lines())] == ["delta", "done"]
 
 
 @live

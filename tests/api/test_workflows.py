@@ -1,13 +1,12 @@
 """model-compose's workflow routes: the seed's calls, unchanged but for a token, against the live site."""
 
 import subprocess
-import time
 
 import httpx
 import pytest
 
 from chat.models import Conversation, Message
-from tests.fixtures_api import sse_frames
+from tests.sse import sse_frames
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -21,12 +20,14 @@ SEED_BODY = """{
      }"""
 
 
-def poll(api: httpx.Client, task_id: str, until, timeout: float = 10.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while not until(state := api.get(f"/tasks/{task_id}").json()):
-        assert time.monotonic() < deadline, f"task never got there: {state}"
-        time.sleep(0.02)
-    return state
+def poll(api: httpx.Client, task_id: str, until) -> dict:
+    """The task's state once `until(state)` holds."""
+
+    def reached() -> dict | None:
+        state = api.get(f"/tasks/{task_id}").json()
+        return state if until(state) else None
+
+    return wait_for(reached, what=f"task {task_id} to get there")
 
 
 def test_the_seeds_curl_prints_the_answer_as_sse_text_and_saves_it(live_site, alice, alice_token, fake_vllm):

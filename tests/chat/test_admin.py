@@ -4,13 +4,14 @@ import pytest
 from django.urls import reverse
 
 from chat.models import Conversation, Message
+from tests.accounts import PASSWORD
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def staff_client(client, django_user_model):
-    admin = django_user_model.objects.create_superuser("root", "root@example.org", "a-long-test-password")
+    admin = django_user_model.objects.create_superuser("root", "root@example.org", PASSWORD)
     client.force_login(admin)
     return client
 

@@ -14,7 +14,7 @@ from django.conf import settings as django_settings
 from playwright.sync_api import Browser, Dialog, Locator, Page, expect, sync_playwright
 
 from chat.models import Conversation, Message
-from tests.conftest import PASSWORD
+from tests.accounts import PASSWORD
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Playwright's own browser download does not work here; Debian's Chromium does. The last four

@@ -11,8 +11,8 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from chat.models import Conversation, Message
-from tests.conftest import site_env
-from tests.site_server import ROOT
+from tests.commands import ROOT
+from tests.site_server import site_env
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -1,14 +1,14 @@
 """The site in its own daphne process, over real sockets, against the fake vLLM on loopback."""
 
-import json
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from chat.models import Message
-from tests.conftest import PASSWORD, site_env
-from tests.site_server import SiteProcess, csrf_headers, login
+from tests.accounts import login
+from tests.site_server import SiteProcess, csrf_headers, site_env
+from tests.sse import sse_events
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -17,20 +17,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def browser(live_site, alice) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=live_site.url, timeout=10) as client:
-        login(client, "alice", PASSWORD)
+        login(client, "alice")
         yield client
-
-
-def sse_events(response: httpx.Response) -> Iterator[tuple[str, dict]]:
-    name, data = "message", []
-    for line in response.iter_lines():
-        if line.startswith("event:"):
-            name = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].strip())
-        elif not line and data:
-            yield name, json.loads("\n".join(data))
-            name, data = "message", []
 
 
 def send(client: httpx.Client, prompt: str, url: str = "/c/new/send", **fields) -> httpx.Response:
@@ -52,7 +40,7 @@ def test_a_prompt_streams_to_the_browser_and_is_found_again(browser, fake_vllm):
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["cache-control"] == "no-cache"
         assert response.headers["x-accel-buffering"] == "no"
-        events = list(sse_events(response))
+        events = list(sse_events(response.iter_lines()))
 
     deltas = [data["text"] for name, data in events if name == "delta"]
     assert "".join(deltas) == "Local AI keeps <b>your</b> data."
@@ -77,7 +65,7 @@ def test_stop_ends_the_answer_and_vllm_sees_the_request_closed(browser, fake_vll
     stop_url = stream_url(sent).replace("/stream", "/stop")
 
     with browser.stream("GET", stream_url(sent)) as response:
-        events = sse_events(response)
+        events = sse_events(response.iter_lines())
         assert next(events)[0] == "delta"
         stopped = browser.post(stop_url, headers=csrf_headers(browser)).json()
         rest = list(events)
@@ -96,13 +84,13 @@ def test_an_answer_outlives_the_browser_and_can_be_followed_live_again(browser, 
     sent = send(browser, "Keep going without me")
 
     with browser.stream("GET", stream_url(sent)) as response:
-        events = sse_events(response)
+        events = sse_events(response.iter_lines())
         seen = "".join(next(events)[1]["text"] for _ in range(5))
     # The tab is closed. Reopening the conversation follows the answer still growing.
     page = browser.get(sent.headers["X-Conversation-Url"])
     assert 'data-stream-url="' in page.text
     with browser.stream("GET", stream_url(sent)) as response:
-        events = list(sse_events(response))
+        events = list(sse_events(response.iter_lines()))
     assert events[0][1]["text"].startswith(seen)  # it begins with the text so far, in one delta
     text = "".join(data["text"] for name, data in events if name == "delta")
     assert text == "".join(fake_vllm.reply)
@@ -115,7 +103,7 @@ def test_a_vllm_failure_is_shown_and_stored(browser, fake_vllm):
     fake_vllm.fault = "server_error"
     sent = send(browser, "Break please")
     with browser.stream("GET", stream_url(sent)) as response:
-        events = list(sse_events(response))
+        events = list(sse_events(response.iter_lines()))
 
     assert events[-1][0] == "error"
     assert "The model server failed (500)" in events[-1][1]["message"]
@@ -146,7 +134,7 @@ def test_a_site_that_dies_mid_answer_marks_it_interrupted_at_the_next_start(
     site = SiteProcess(site_env(fake_vllm_server, CHAT_CHECKPOINT_SECONDS="0")).start()
     try:
         with httpx.Client(base_url=site.url, timeout=10) as client:
-            login(client, "alice", PASSWORD)
+            login(client, "alice")
             sent = send(client, "Crash in the middle")
         answer = Message.objects.get(pk=sent.headers["X-Message-Id"])
         wait_for(lambda: Message.objects.get(pk=answer.pk).content == "half of it")

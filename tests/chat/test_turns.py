@@ -2,8 +2,6 @@
 
 import asyncio
 import gc
-import inspect
-import time
 
 import pytest
 from django.db.backends.utils import CursorWrapper
@@ -12,6 +10,7 @@ from chat import turns
 from chat.models import Conversation, Message
 from chat.turns import TurnEnded
 from engine.vllm_client import TextDelta
+from tests.waiting import wait_for_async
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -36,14 +35,6 @@ async def first_delta(answer: Message) -> str:
         assert isinstance(event, TextDelta), event
         return event.text
     raise AssertionError("no delta")
-
-
-async def wait_until(condition, within: float = 5.0) -> None:
-    """Polls a condition (sync or async) until it holds, failing after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not (await result if inspect.isawaitable(result := condition()) else result):
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_a_turn_streams_the_answer_and_saves_it_complete(conversation, fake_vllm):
@@ -213,7 +204,7 @@ async def test_a_late_follower_first_gets_the_whole_text_so_far(conversation, fa
     fake_vllm.fault_after = 3
     _, answer = await turns.start_turn(conversation, "Greek")
     running = turns._running[answer.pk]
-    await wait_until(lambda: len(running.parts) == 3)
+    await wait_for_async(lambda: len(running.parts) == 3)
 
     assert await first_delta(answer) == "alpha beta gamma"
     await turns.stop_turn(answer)
@@ -231,7 +222,7 @@ async def test_the_answer_is_checkpointed_while_it_streams(conversation, fake_vl
         stored = await Message.objects.aget(pk=answer.pk)
         return stored.status == Message.Status.STREAMING and stored.content.startswith("slow and")
 
-    await wait_until(checkpointed)
+    await wait_for_async(checkpointed)
     await turns.stop_turn(answer)
 
 

@@ -2,34 +2,14 @@
 
 import signal
 import socket
-from pathlib import Path
 
 import httpx
 
-from tests.engine.test_runvllm import alive, free_port, standin  # noqa: F401  (standin is a fixture)
+from tests.ports import free_port, listening
+from tests.processes import alive, children
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] not in "ZX":
-            found.append(int(stat.parent.name))
-    return found
-
-
-def listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def test_up_migrates_starts_vllm_then_serves_the_site_against_it(standin, tmp_path):  # noqa: F811
+def test_up_migrates_starts_vllm_then_serves_the_site_against_it(standin, tmp_path):
     site_port = free_port()
     up = standin.run(
         "--port",
@@ -60,7 +40,7 @@ def test_up_migrates_starts_vllm_then_serves_the_site_against_it(standin, tmp_pa
     assert not listening(site_port) and not listening(standin.port)
 
 
-def test_up_without_vllm_serves_against_vllm_base_url(standin):  # noqa: F811
+def test_up_without_vllm_serves_against_vllm_base_url(standin):
     external = standin.run()
     external.wait_for("vLLM is ready")
     site_port = free_port()
@@ -85,7 +65,7 @@ def test_up_without_vllm_serves_against_vllm_base_url(standin):  # noqa: F811
     assert external.finish() == 0
 
 
-def test_up_never_serves_the_site_when_vllm_cannot_start(standin, tmp_path):  # noqa: F811
+def test_up_never_serves_the_site_when_vllm_cannot_start(standin, tmp_path):
     up = standin.run(
         "--port",
         str(free_port()),
@@ -99,7 +79,7 @@ def test_up_never_serves_the_site_when_vllm_cannot_start(standin, tmp_path):  # 
     assert "Starting the site" not in up.output
 
 
-def test_up_stops_vllm_when_the_site_cannot_start(standin, tmp_path):  # noqa: F811
+def test_up_stops_vllm_when_the_site_cannot_start(standin, tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -117,7 +97,7 @@ def test_up_stops_vllm_when_the_site_cannot_start(standin, tmp_path):  # noqa: F
     assert not [pid for pid in standin.recorded_pids() if alive(pid)]
 
 
-def test_up_restarts_a_crashed_vllm_while_the_site_stays_up(standin, tmp_path):  # noqa: F811
+def test_up_restarts_a_crashed_vllm_while_the_site_stays_up(standin, tmp_path):
     crashes = tmp_path / "crashes"
     crashes.write_text("1")
     site_port = free_port()

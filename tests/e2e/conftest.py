@@ -23,7 +23,8 @@ import pytest
 
 from engine.server.config import ServerConfig
 from engine.server.install import is_installed
-from tests.engine.test_runvllm import ROOT, ManageCommand, free_port
+from tests.commands import ROOT, ManageCommand
+from tests.ports import free_port
 
 MODEL_DIR = Path(os.environ.get("CHATSITE_E2E_MODEL", "~/.cache/chatsite/tiny-qwen2")).expanduser()
 INSTALL_TIMEOUT = 40 * 60

@@ -5,25 +5,25 @@ with its usage, Stop reaching vLLM, an over-long prompt, and a shutdown that lea
 The tests share one vLLM; the one that shuts it down runs last.
 """
 
-import asyncio
-import json
 import os
 import re
 import signal
 import time
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from asgiref.sync import ThreadSensitiveContext
-from django.http import StreamingHttpResponse
 from django.test import AsyncClient
 
 from chat.models import Message
 from engine import vllm_client
 from engine.server.processes import group_members
 from engine.vllm_client import Failed, GenerationOptions, TextDelta
-from tests.engine.test_runvllm import ManageCommand, alive
+from tests.accounts import PASSWORD
+from tests.commands import ManageCommand
+from tests.processes import alive, descendants
+from tests.sse import sse_events_async
+from tests.waiting import wait_for_async
 
 pytestmark = [pytest.mark.realvllm, pytest.mark.timeout(60 * 60)]
 
@@ -41,24 +41,6 @@ async def metric(real_vllm, name: str, **labels: str) -> float:
             if all(f'{key}="{wanted}"' in series for key, wanted in labels.items()):
                 total += float(value)
     return total
-
-
-def descendants(pid: int) -> list[int]:
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-            parents.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        children = parents.get(todo.pop(), [])
-        found += children
-        todo += children
-    return found
 
 
 # --- runvllm ----------------------------------------------------------------------------------------
@@ -117,7 +99,7 @@ class BrowserClient(AsyncClient):
 
 async def logged_in_client(django_user_model) -> AsyncClient:
     """A browser's session: logged in, and sending the CSRF token as the page's script does."""
-    user = await django_user_model.objects.acreate_user(username="e2e", password="a-long-test-password")
+    user = await django_user_model.objects.acreate_user(username="e2e", password=PASSWORD)
     client = BrowserClient(enforce_csrf_checks=True)
     await client.aforce_login(user)
     page = await client.get("/")
@@ -137,17 +119,6 @@ async def send(client: AsyncClient, prompt: str, max_tokens: int) -> tuple[str, 
     return response["X-Conversation-Id"], response["X-Message-Id"]
 
 
-async def sse_events(response: StreamingHttpResponse) -> AsyncIterator[tuple[str, dict]]:
-    """Yield (event, data) from a streaming response as the browser's EventSource would."""
-    buffer = ""
-    async for chunk in response.streaming_content:
-        buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
-        while "\n\n" in buffer:
-            frame, buffer = buffer.split("\n\n", 1)
-            fields = dict(line.split(": ", 1) for line in frame.splitlines() if ": " in line)
-            yield fields.get("event", "message"), json.loads(fields["data"])
-
-
 @pytest.mark.django_db(transaction=True)
 async def test_a_chat_turn_streams_to_the_browser_and_is_saved_with_its_usage(site_uses, django_user_model):
     client = await logged_in_client(django_user_model)
@@ -156,7 +127,7 @@ async def test_a_chat_turn_streams_to_the_browser_and_is_saved_with_its_usage(si
     response = await client.get(f"/c/{conversation_id}/m/{message_id}/stream")
     assert response["Content-Type"].startswith("text/event-stream")
     deltas, ending = [], None
-    async for name, data in sse_events(response):
+    async for name, data in sse_events_async(response.streaming_content):
         if name == "delta":
             deltas.append(data["text"])
         else:
@@ -190,7 +161,7 @@ async def test_stop_makes_vllm_drop_the_request_at_once(site_uses, django_user_m
     finished_by_length = await metric(site_uses, "vllm:request_success_total", finished_reason="length")
     conversation_id, message_id = await send(client, "Write a very long story.", max_tokens=2000)
     response = await client.get(f"/c/{conversation_id}/m/{message_id}/stream")
-    events = sse_events(response)
+    events = sse_events_async(response.streaming_content)
     name, _ = await anext(events)
     assert name == "delta"
     assert await metric(site_uses, "vllm:num_requests_running") == 1
@@ -200,11 +171,11 @@ async def test_stop_makes_vllm_drop_the_request_at_once(site_uses, django_user_m
     assert stopped.status_code == 200
     assert stopped.json()["status"] == "stopped"
     # vLLM has no event to wait on from outside: poll its gauge, for at most a second.
-    for _ in range(20):
-        if (running := await metric(site_uses, "vllm:num_requests_running")) == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert running == 0
+
+    async def dropped() -> bool:
+        return await metric(site_uses, "vllm:num_requests_running") == 0
+
+    await wait_for_async(dropped, within=1.0, what="vLLM to drop the request")
     # Dropped, not finished: the 2000-token answer did not run to its end.
     assert await metric(site_uses, "vllm:request_success_total", finished_reason="length") == finished_by_length
     rest = [event async for event in events]
@@ -219,7 +190,7 @@ async def test_a_prompt_longer_than_the_context_is_reported_clearly(site_uses, d
     conversation_id, message_id = await send(client, "The quick brown fox jumps over the lazy dog. " * 300, 64)
 
     response = await client.get(f"/c/{conversation_id}/m/{message_id}/stream")
-    events = [event async for event in sse_events(response)]
+    events = [event async for event in sse_events_async(response.streaming_content)]
 
     assert events[-1][0] == "error", events[-3:]
     assert "too long for the model's 2048-token context" in events[-1][1]["message"]

@@ -4,7 +4,6 @@ It starts a vLLM of its own (the suite's shared one stays up), on a database it 
 and is driven as a person drives it: a browser's HTTP to daphne, then Ctrl-C in the terminal.
 """
 
-import json
 import signal
 import subprocess
 import sys
@@ -13,13 +12,14 @@ import httpx
 import pytest
 
 from engine.server.processes import group_members
-from tests.chat.test_up import children, listening
-from tests.engine.test_runvllm import ROOT, ManageCommand, alive, free_port
-from tests.site_server import csrf_headers, login
+from tests.accounts import PASSWORD, login
+from tests.commands import ROOT, ManageCommand
+from tests.ports import free_port, listening
+from tests.processes import alive, children
+from tests.site_server import csrf_headers
+from tests.sse import sse_events
 
 pytestmark = [pytest.mark.realvllm, pytest.mark.timeout(30 * 60)]
-
-PASSWORD = "a-long-test-password"
 
 
 def test_up_serves_a_streamed_turn_from_its_own_vllm_and_ctrl_c_stops_both(tiny_model, vllm_environment, tmp_path):
@@ -42,7 +42,7 @@ def test_up_serves_a_streamed_turn_from_its_own_vllm_and_ctrl_c_stops_both(tiny_
         subprocess.run([sys.executable, "manage.py", "shell", "-c", create_alice], cwd=ROOT, env=env, check=True)
 
         with httpx.Client(base_url=f"http://127.0.0.1:{site_port}", timeout=60) as browser:
-            login(browser, "alice", PASSWORD)
+            login(browser, "alice")
             sent = browser.post(
                 "/c/new/send",
                 data={"prompt": "Explain the benefits of local AI models", "max_tokens": "32"},
@@ -50,15 +50,9 @@ def test_up_serves_a_streamed_turn_from_its_own_vllm_and_ctrl_c_stops_both(tiny_
             )
             assert sent.status_code == 200, sent.text
             stream_url = f"/c/{sent.headers['X-Conversation-Id']}/m/{sent.headers['X-Message-Id']}/stream"
-            events = []
             with browser.stream("GET", stream_url) as response:
                 assert response.headers["content-type"].startswith("text/event-stream")
-                name = None
-                for line in response.iter_lines():
-                    if line.startswith("event: "):
-                        name = line.removeprefix("event: ")
-                    elif line.startswith("data: "):
-                        events.append((name, json.loads(line.removeprefix("data: "))))
+                events = list(sse_events(response.iter_lines()))
 
         assert events[0][0] == "delta"
         assert events[-1][0] == "done", events[-1]

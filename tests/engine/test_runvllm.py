@@ -9,147 +9,19 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-from contextlib import suppress
-from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
 
 from engine.server.config import ServerConfig, ServerError, cpu_list
-from engine.server.processes import group_members, term_on_parent_death
-from tests.site_server import ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def alive(pid: int) -> bool:
-    """Running, as opposed to gone or a zombie nobody has reaped yet."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state not in "ZX"
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
-class ManageCommand:
-    """`manage.py COMMAND ARGS` in a process of its own, its output collected as it comes."""
-
-    def __init__(self, command: str, *args: str, env: dict[str, str]) -> None:
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self.process = subprocess.Popen(
-            [sys.executable, "manage.py", command, *args],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            preexec_fn=term_on_parent_death,  # a test run killed outright must not leave it running
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        with suppress(ValueError, OSError):  # the test may close the pipe to play a vanished terminal
-            for line in self.process.stdout:
-                with self._changed:
-                    self.lines.append(line.rstrip("\n"))
-                    self._changed.notify_all()
-        self.process.wait()
-        with self._changed:
-            self._changed.notify_all()  # the end of output is news too: the command has exited
-
-    @property
-    def output(self) -> str:
-        with self._changed:
-            return "\n".join(self.lines)
-
-    def wait_for(self, text: str, timeout: float = 30, count: int = 1) -> None:
-        with self._changed:
-            found = self._changed.wait_for(
-                lambda: sum(text in line for line in self.lines) >= count or self.process.poll() is not None,
-                timeout,
-            )
-            if sum(text in line for line in self.lines) < count:
-                state = "exited" if found else "timed out"
-                raise AssertionError(
-                    f"the command {state} before printing {text!r} {count}x:\n" + "\n".join(self.lines)
-                )
-
-    def finish(self, timeout: float = 30) -> int:
-        code = self.process.wait(timeout=timeout)
-        self._reader.join(timeout=5)
-        return code
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
-@pytest.fixture
-def standin(tmp_path):
-    """Everything runvllm needs to run the stand-in, and the files it reports through."""
-
-    class Standin:
-        venv = tmp_path / "vllm-venv"
-        pids = tmp_path / "pids"
-        record = tmp_path / "record.json"
-        log_file = tmp_path / "logs" / "vllm.log"
-        port = free_port()
-        started: list[ManageCommand] = []
-
-        def env(self, **extra: str) -> dict[str, str]:
-            return {
-                **os.environ,
-                "PYTHONPATH": str(ROOT),
-                "VLLM_VENV": str(self.venv),
-                "VLLM_SERVER_MODULE": "tests.standin_vllm",
-                "VLLM_LOG_FILE": str(self.log_file),
-                "VLLM_PORT": str(self.port),
-                "VLLM_STOP_GRACE": "5",
-                "VLLM_RESTART_BACKOFF": "0.3",
-                "STANDIN_PIDS": str(self.pids),
-                "STANDIN_RECORD": str(self.record),
-                **extra,
-            }
-
-        def run(self, *args: str, command: str = "runvllm", **extra: str) -> ManageCommand:
-            started = ManageCommand(command, *args, env=self.env(**extra))
-            self.started.append(started)
-            return started
-
-        def recorded_pids(self) -> list[int]:
-            return [int(pid) for pid in self.pids.read_text().split()] if self.pids.exists() else []
-
-    (Standin.venv / "bin").mkdir(parents=True)
-    (Standin.venv / "bin" / "python").symlink_to(sys.executable)
-    standin = Standin()
-    yield standin
-    for started in standin.started:
-        started.kill()
-    for pid in standin.recorded_pids():
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
-
+from engine.server.processes import group_members
+from tests.commands import ROOT
+from tests.ports import listening
+from tests.processes import alive
+from tests.waiting import wait_for
 
 # --- The command line and the environment --------------------------------------------------------
 
@@ -343,7 +215,7 @@ def test_a_port_held_by_something_else_is_named_and_nothing_starts(standin):
         stderr=subprocess.DEVNULL,
     )
     try:
-        wait_until(lambda: _listening(standin.port), 10, "http.server to listen")
+        wait_for(lambda: listening(standin.port), 10, "http.server to listen")
         runvllm = standin.run()
 
         assert runvllm.finish() == 1
@@ -378,14 +250,6 @@ def test_a_matching_vllm_already_there_is_reused_not_doubled(standin):
     assert first.finish() == 0
 
 
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 # --- Stopping ------------------------------------------------------------------------------------------
 
 
@@ -404,7 +268,7 @@ def test_a_signal_stops_vllms_whole_process_group(standin, signum):
     assert group_members(server) == []
     assert f"Received {signal.Signals(signum).name}." in runvllm.output
     assert "vLLM has stopped." in runvllm.output
-    assert not _listening(standin.port)
+    assert not listening(standin.port)
 
 
 def test_a_vllm_that_ignores_sigterm_is_killed_after_the_grace_period(standin):
@@ -441,7 +305,7 @@ def test_runvllm_stops_vllm_when_its_terminal_goes_away(standin):
 
     assert runvllm.process.wait(timeout=30) == 0
     assert not [pid for pid in pids if alive(pid)]
-    assert not _listening(standin.port)
+    assert not listening(standin.port)
 
 
 def test_killing_runvllm_outright_still_stops_vllm(standin):
@@ -451,8 +315,8 @@ def test_killing_runvllm_outright_still_stops_vllm(standin):
 
     runvllm.process.kill()  # no chance to stop anything itself
 
-    wait_until(lambda: not alive(server), 10, "the kernel's SIGTERM to end vLLM")
-    assert not _listening(standin.port)
+    wait_for(lambda: not alive(server), 10, "the kernel's SIGTERM to end vLLM")
+    assert not listening(standin.port)
 
 
 # --- Crashes after start -----------------------------------------------------------------------------------
