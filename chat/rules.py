@@ -79,7 +79,8 @@ def clean_new_title(text: str) -> str:
 
 
 def title_from_prompt(prompt: str) -> str:
-    return tidy_title(prompt)[:AUTO_TITLE_LENGTH]
+    # Stripped again after the cut, which may land just after a space.
+    return tidy_title(prompt)[:AUTO_TITLE_LENGTH].rstrip()
 
 
 @dataclass(frozen=True)
