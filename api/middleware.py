@@ -1,17 +1,16 @@
 """The API's body limit: a body over API_MAX_BODY_BYTES is refused with 413 before any view parses it.
 
 Only the API's doors (/api/ and the OpenAI-compatible /v1/) are limited; each gets the error in its
-own shape. The chat page's forms keep Django's own limits.
+own shape (api/errors.py). The chat page's forms keep Django's own limits.
 """
 
 from asgiref.sync import iscoroutinefunction
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.utils.decorators import sync_and_async_middleware
 
-REST_PREFIX = "/api/"
-OPENAI_PREFIX = "/v1/"
+from api import errors
 
 
 @sync_and_async_middleware
@@ -29,17 +28,14 @@ def limit_api_body(get_response):
     return middleware
 
 
-def _refusal(request: HttpRequest) -> JsonResponse | None:
-    if not request.path_info.startswith((REST_PREFIX, OPENAI_PREFIX)):
+def _refusal(request: HttpRequest) -> HttpResponse | None:
+    if (door := errors.door_at(request.path_info)) is None:
         return None
     limit = settings.API_MAX_BODY_BYTES
     if _size(request) <= limit:
         return None
     message = f"The request body is too large: at most {limit} bytes are accepted."
-    if request.path_info.startswith(OPENAI_PREFIX):
-        error = {"message": message, "type": "invalid_request_error", "param": None, "code": "request_too_large"}
-        return JsonResponse({"error": error}, status=413)
-    return JsonResponse({"detail": message}, status=413)
+    return door.response(errors.ApiError(413, message, code="request_too_large"))
 
 
 def _size(request: HttpRequest) -> float:

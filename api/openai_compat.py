@@ -17,26 +17,26 @@ vLLM's does. A client that goes away stops the answer, which closes the request 
 itself aborts a request whose client left.
 """
 
-import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from functools import partial
 from typing import Any, Literal
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest
 from ninja import NinjaAPI, Schema
-from ninja.errors import AuthenticationError, HttpError, ValidationError
 from pydantic import ConfigDict, Field
-from pydantic_core import PydanticCustomError
 
-from api import answers
+from api import delivery
 from api.auth import TokenAuth
-from api.schemas import GenerationSettings, MaxTokens, clean_prompt, clean_system_prompt
-from chat import sse, turns
-from chat.context import ContextTooLong
+from api.errors import OPENAI, ApiError, handle_errors
+from api.schemas import GenerationSettings, MaxTokens
+from chat import rules, sse, turns
+from chat.context import ContextTooLong, check_prompt_fits
 from chat.models import Conversation, Message
 from chat.turns import TurnEnded, TurnEvent
 from engine.vllm_client import TextDelta
@@ -50,54 +50,9 @@ openai_api = NinjaAPI(
     auth=TokenAuth(),
 )
 
+handle_errors(openai_api, OPENAI)
+
 STARTED = int(time.time())
-
-
-class OpenAIError(Exception):
-    def __init__(
-        self, status: int, message: str, *, type: str = "invalid_request_error", param=None, code=None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-
-    def response(self) -> JsonResponse:
-        error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
-        return JsonResponse({"error": error}, status=self.status)
-
-
-@openai_api.exception_handler(OpenAIError)
-def openai_error(request: HttpRequest, exc: OpenAIError) -> HttpResponse:
-    return exc.response()
-
-
-@openai_api.exception_handler(AuthenticationError)
-def unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
-    message = (
-        "Invalid or missing API key: send `Authorization: Bearer <token>` (python manage.py createtoken USERNAME)."
-    )
-    return OpenAIError(401, message, code="invalid_api_key").response()
-
-
-@openai_api.exception_handler(HttpError)
-def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
-    message = str(exc)
-    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
-        message = f"The request body is not valid JSON: {exc.__cause__}"
-    return OpenAIError(exc.status_code, message).response()
-
-
-@openai_api.exception_handler(ValidationError)
-def invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
-    first = exc.errors[0]
-    # ninja's loc is ["body", <parameter name>, field, ...].
-    param = ".".join(str(part) for part in first["loc"][2:]) or None
-    message = f"{param}: {first['msg']}" if param else first["msg"]
-    return OpenAIError(400, message, param=param, code="invalid_value").response()
-
-
-@openai_api.exception_handler(Http404)
-def not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
-    return OpenAIError(404, "Not found.").response()
 
 
 # --- The request ------------------------------------------------------------------------------
@@ -121,7 +76,7 @@ class ChatMessage(Schema):
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
         if any(part.type != "text" for part in self.content):
-            raise OpenAIError(400, "Only text content is supported.", param=f"messages.{index}.content")
+            raise ApiError(400, "Only text content is supported.", param=f"messages.{index}.content")
         return "".join(part.text or "" for part in self.content)
 
 
@@ -142,11 +97,11 @@ class ChatCompletionIn(GenerationSettings):
     stream_options: StreamOptions | None = None
 
 
-def _checked(text: str, check, param: str) -> str:
+def _checked(text: str, rule: Callable[[str], str], param: str) -> str:
     try:
-        return check(text)
-    except PydanticCustomError as exc:
-        raise OpenAIError(400, exc.message(), param=param, code="invalid_value") from None
+        return rule(text)
+    except ValidationError as exc:
+        raise ApiError(400, exc.messages[0], param=param, code="invalid_value") from None
 
 
 class Exchange:
@@ -154,14 +109,14 @@ class Exchange:
 
     def __init__(self, request: ChatCompletionIn) -> None:
         if request.model != settings.VLLM_SERVED_MODEL_NAME:
-            raise OpenAIError(
+            raise ApiError(
                 404,
                 f"The model `{request.model}` does not exist. This site serves {settings.VLLM_SERVED_MODEL_NAME}.",
                 param="model",
                 code="model_not_found",
             )
         if request.n not in (None, 1):
-            raise OpenAIError(400, "Only one choice (n=1) is supported.", param="n", code="invalid_value")
+            raise ApiError(400, "Only one choice (n=1) is supported.", param="n", code="invalid_value")
         system: list[str] = []
         chat: list[tuple[str, str]] = []
         for index, message in enumerate(request.messages):
@@ -171,10 +126,10 @@ class Exchange:
             else:
                 chat.append((message.role, text))
         if not chat or chat[-1][0] != "user":
-            raise OpenAIError(400, "The last message must be the user's: it is the prompt.", param="messages")
-        self.system_prompt = _checked("\n\n".join(system), clean_system_prompt, "messages")
+            raise ApiError(400, "The last message must be the user's: it is the prompt.", param="messages")
+        self.system_prompt = _checked("\n\n".join(system), rules.clean_system_prompt, "messages")
         self.earlier = [(role, text) for role, text in chat[:-1] if text]
-        self.prompt = _checked(chat[-1][1], clean_prompt, f"messages.{len(request.messages) - 1}.content")
+        self.prompt = _checked(chat[-1][1], rules.clean_prompt, f"messages.{len(request.messages) - 1}.content")
         self.settings = request
         if request.max_completion_tokens is not None:
             self.settings = request.model_copy(update={"max_tokens": request.max_completion_tokens})
@@ -202,36 +157,17 @@ async def chat_completions(request: HttpRequest, data: ChatCompletionIn):
     exchange = Exchange(data)
     conversation = exchange.conversation(request.auth)
     try:
-        await answers.check_fits(
+        await check_prompt_fits(
             system_prompt=conversation.system_prompt, prompt=exchange.prompt, max_tokens=conversation.max_tokens
         )
     except ContextTooLong as exc:
-        raise OpenAIError(400, str(exc), param="messages", code="context_length_exceeded") from None
+        raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
     await exchange.save(conversation)
     _, answer = await turns.start_turn(conversation, exchange.prompt)
-    try:
-        if data.stream:
-            first, events = await answers.opening(answer)
-        else:
-            ended = await answers.ended(answer)
-    except asyncio.CancelledError:
-        # The client went away before the first byte of the answer.
-        await asyncio.shield(turns.stop_turn(answer))
-        raise
-    if data.stream:
-        if (failed := answers.failed_without_text(first)) is not None:
-            raise await _upstream_error(failed)
-        include_usage = bool(data.stream_options and data.stream_options.include_usage)
-        return sse.response(_chunks(answer, events, include_usage=include_usage))
-    if ended.status in answers.FAILED:
-        raise await _upstream_error(ended)
-    return _completion(ended)
-
-
-async def _upstream_error(answer: Message) -> OpenAIError:
-    status = await answers.failure_status()
-    kind = "service_unavailable" if status == 503 else "upstream_error"
-    return OpenAIError(status, answer.error, type="server_error", code=kind)
+    if not data.stream:
+        return _completion(await delivery.whole(answer))
+    include_usage = bool(data.stream_options and data.stream_options.include_usage)
+    return await delivery.stream(answer, partial(_chunks, answer, include_usage=include_usage))
 
 
 def _finish_reason(answer: Message) -> str:
@@ -259,7 +195,7 @@ def _data(payload: Any) -> str:
     return sse.frame(json.dumps(payload, ensure_ascii=False))
 
 
-async def _chunks(answer: Message, events: AsyncIterator[TurnEvent], *, include_usage: bool) -> AsyncIterator[str]:
+async def _chunks(answer: Message, events: AsyncIterator[TurnEvent], *, include_usage: bool) -> AsyncGenerator[str]:
     head = _head(answer, "chat.completion.chunk")
     extra = {"usage": None} if include_usage else {}
 
@@ -267,27 +203,20 @@ async def _chunks(answer: Message, events: AsyncIterator[TurnEvent], *, include_
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return _data({**head, "choices": [choice], **extra})
 
-    ended = False
-    try:
-        yield chunk({"role": "assistant", "content": ""})
-        async for event in events:
-            if isinstance(event, TextDelta):
-                yield chunk({"content": event.text})
-            elif isinstance(event, TurnEnded):
-                ended = True
-                message = event.message
-                if message.status in answers.FAILED:
-                    error = {"message": message.error, "type": "server_error", "param": None, "code": "upstream_error"}
-                    yield _data({"error": error})
-                else:
-                    yield chunk({}, _finish_reason(message))
-                    if include_usage:
-                        yield _data({**head, "choices": [], "usage": _usage(message)})
-        yield sse.frame("[DONE]")
-    finally:
-        if not ended:
-            # The client went away: stop the answer, which closes vLLM's request and frees its slot.
-            await asyncio.shield(turns.stop_turn(answer))
+    yield chunk({"role": "assistant", "content": ""})
+    async for event in events:
+        if isinstance(event, TextDelta):
+            yield chunk({"content": event.text})
+        elif isinstance(event, TurnEnded):
+            message = event.message
+            if message.has_failed:
+                error = {"message": message.error, "type": "server_error", "param": None, "code": "upstream_error"}
+                yield _data({"error": error})
+            else:
+                yield chunk({}, _finish_reason(message))
+                if include_usage:
+                    yield _data({**head, "choices": [], "usage": _usage(message)})
+    yield sse.frame("[DONE]")
 
 
 def _model_card() -> dict[str, Any]:
@@ -308,5 +237,5 @@ def list_models(request: HttpRequest):
 @openai_api.get("/models/{path:model}")
 def retrieve_model(request: HttpRequest, model: str):
     if model != settings.VLLM_SERVED_MODEL_NAME:
-        raise OpenAIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
+        raise ApiError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
     return _model_card()

@@ -1,25 +1,24 @@
 """The REST API under /api/: conversations and their messages, and model-compose's workflow routes.
 
-Every operation is thin: the schemas in api/schemas.py check the request with the page's bounds,
+Every operation is thin: the schemas in api/schemas.py check the request with the page's rules,
 chat/turns.py runs the turn, and the answer streams through chat/sse.py as it does to the page. A
-conversation is always reached through `owned_by(request.auth)`, and an answer through
-`answers_of(request.auth)`, so another user's is a 404 on every route. The operations that start,
-follow or stop a turn are async: the turn runs on the server's event loop.
+conversation or an answer is always reached through chat/ownership.py, so another user's is a 404
+on every route. The operations that start, follow or stop a turn are async: the turn runs on the
+server's event loop.
 
-Errors are JSON `{"detail": "..."}`: 400 for a body that is not JSON, 401 without a token or a
-session, 404, 413 for a body over API_MAX_BODY_BYTES, 422 (with `errors`, one per field) for a
-request that does not validate.
+Errors are JSON `{"detail": "..."}` (api/errors.py): 400 for a body that is not JSON, 401 without a
+token or a session, 404, 413 for a body over API_MAX_BODY_BYTES, 422 (with `errors`, one per field)
+for a request that does not validate.
 """
 
-from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import aget_object_or_404, get_object_or_404
+from django.http import HttpRequest
 from ninja import NinjaAPI, Path
-from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.pagination import LimitOffsetPagination, paginate
 from pydantic import Field
 
-from api import answers, workflows
+from api import delivery, workflows
 from api.auth import SessionAuth, TokenAuth
+from api.errors import REST, handle_errors
 from api.schemas import (
     ERRORS,
     MAX_ID,
@@ -31,8 +30,8 @@ from api.schemas import (
     MessageOut,
     TurnOut,
 )
-from chat import sse, turns
-from chat.models import Conversation, Message
+from chat import ownership, sse, turns
+from chat.models import Conversation
 
 api = NinjaAPI(
     title="Chat site API",
@@ -47,6 +46,7 @@ api = NinjaAPI(
     openapi_url="/openapi.json",
     auth=[TokenAuth(), SessionAuth()],
 )
+handle_errors(api, REST)
 
 # One server-sent event of an answer (OpenAPI 3.1: the schema of an event stream is one event's).
 ANSWER_EVENT = {
@@ -77,51 +77,6 @@ ANSWER_LINKS = {
 }
 
 
-@api.exception_handler(AuthenticationError)
-def unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
-    response = api.create_response(
-        request,
-        {
-            "detail": "Authentication required: send `Authorization: Bearer <token>` "
-            "(python manage.py createtoken USERNAME), or log in."
-        },
-        status=401,
-    )
-    response["WWW-Authenticate"] = "Bearer"
-    return response
-
-
-@api.exception_handler(HttpError)
-def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
-    detail = str(exc)
-    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError):
-        # django-ninja's "Cannot parse request body".
-        detail = f"The request body is not valid JSON: {exc.__cause__}"
-    return api.create_response(request, {"detail": detail}, status=exc.status_code)
-
-
-@api.exception_handler(ValidationError)
-def invalid(request: HttpRequest, exc: ValidationError) -> HttpResponse:
-    errors = [
-        {"loc": [str(part) for part in error["loc"]], "msg": error["msg"], "type": error["type"]}
-        for error in exc.errors
-    ]
-    detail = "; ".join(f"{field_name(error['loc'])}: {error['msg']}" for error in errors)
-    return api.create_response(request, {"detail": detail, "errors": errors}, status=422)
-
-
-def field_name(loc: list[str]) -> str:
-    # ninja's loc is ["body", <parameter name>, field, ...], or ["query" or "path", field].
-    if loc[:1] == ["body"]:
-        return ".".join(loc[2:]) or "body"
-    return ".".join(loc[1:]) or ".".join(loc)
-
-
-@api.exception_handler(Http404)
-def not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
-    return api.create_response(request, {"detail": "Not found."}, status=404)
-
-
 class Page(LimitOffsetPagination):
     class Input(LimitOffsetPagination.Input):
         limit: int = Field(20, ge=1, le=100)
@@ -132,18 +87,6 @@ def conversation_id() -> int:
     return Path(..., ge=1, le=MAX_ID)
 
 
-def _owned(request: HttpRequest):
-    return Conversation.objects.owned_by(request.auth)
-
-
-async def _owned_conversation(request: HttpRequest, pk: int) -> Conversation:
-    return await aget_object_or_404(_owned(request), pk=pk)
-
-
-async def _owned_answer(request: HttpRequest, pk: int, message_pk: int) -> Message:
-    return await aget_object_or_404(Message.objects.answers_of(request.auth), pk=message_pk, conversation=pk)
-
-
 # --- Conversations ------------------------------------------------------------------------------
 
 
@@ -151,7 +94,7 @@ async def _owned_answer(request: HttpRequest, pk: int, message_pk: int) -> Messa
 @paginate(Page)
 def list_conversations(request: HttpRequest):
     """The user's conversations, most recently active first."""
-    return _owned(request).newest_first()
+    return Conversation.objects.owned_by(request.auth).newest_first()
 
 
 @api.post("/conversations", response={201: ConversationOut, **ERRORS}, tags=["conversations"])
@@ -164,13 +107,13 @@ def create_conversation(request: HttpRequest, data: ConversationIn):
 
 @api.get("/conversations/{conversation_id}", response={200: ConversationDetail, **ERRORS}, tags=["conversations"])
 def read_conversation(request: HttpRequest, conversation_id: int = conversation_id()):
-    return get_object_or_404(_owned(request).prefetch_related("messages"), pk=conversation_id)
+    return ownership.conversation_or_404(request.auth, conversation_id)
 
 
 @api.patch("/conversations/{conversation_id}", response={200: ConversationOut, **ERRORS}, tags=["conversations"])
 def change_conversation(request: HttpRequest, data: ConversationChange, conversation_id: int = conversation_id()):
     """Rename it (`title`), or change its system prompt or generation settings for the next turns."""
-    conversation = get_object_or_404(_owned(request), pk=conversation_id)
+    conversation = ownership.conversation_or_404(request.auth, conversation_id)
     if data.title is not None:
         conversation.title = data.title
     if data.system_prompt is not None:
@@ -183,7 +126,7 @@ def change_conversation(request: HttpRequest, data: ConversationChange, conversa
 @api.delete("/conversations/{conversation_id}", response={204: None, **ERRORS}, tags=["conversations"])
 async def delete_conversation(request: HttpRequest, conversation_id: int = conversation_id()):
     """Deletes it with its messages, stopping an answer still being generated."""
-    conversation = await _owned_conversation(request, conversation_id)
+    conversation = await ownership.aconversation_or_404(request.auth, conversation_id)
     await turns.stop_turns_in(conversation)
     await conversation.adelete()
     return 204, None
@@ -209,7 +152,7 @@ async def send_message(request: HttpRequest, data: MessageIn, conversation_id: i
     saved whatever happens to the request: a client that goes away stops following it, not
     generating it (stop it with `.../stop`).
     """
-    conversation = await _owned_conversation(request, conversation_id)
+    conversation = await ownership.aconversation_or_404(request.auth, conversation_id)
     data.apply_to(conversation)
     prompt, answer = await turns.start_turn(conversation, data.prompt)
     if data.stream:
@@ -217,7 +160,7 @@ async def send_message(request: HttpRequest, data: MessageIn, conversation_id: i
         response["X-Conversation-Id"] = str(conversation.pk)
         response["X-Message-Id"] = str(answer.pk)
         return response
-    return TurnOut(conversation_id=conversation.pk, prompt=prompt, answer=await answers.ended(answer))
+    return TurnOut(conversation_id=conversation.pk, prompt=prompt, answer=await delivery.ended(answer))
 
 
 @api.get(
@@ -232,7 +175,8 @@ async def follow_message(
     message_id: int = Path(..., ge=1, le=MAX_ID),
 ):
     """Follow an answer, from its text so far; an answer that has ended streams whole, then `done`."""
-    return sse.response(sse.turn_events(await _owned_answer(request, conversation_id, message_id)))
+    answer = await ownership.aanswer_or_404(request.auth, message_id, conversation_pk=conversation_id)
+    return sse.response(sse.turn_events(answer))
 
 
 @api.post(
@@ -246,7 +190,8 @@ async def stop_message(
     message_id: int = Path(..., ge=1, le=MAX_ID),
 ):
     """Stop an answer being generated; its text so far is kept, in status `stopped`."""
-    return await turns.stop_turn(await _owned_answer(request, conversation_id, message_id))
+    answer = await ownership.aanswer_or_404(request.auth, message_id, conversation_pk=conversation_id)
+    return await turns.stop_turn(answer)
 
 
 api.add_router("", workflows.router)

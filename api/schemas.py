@@ -1,77 +1,39 @@
-"""What the API's doors accept and return, within the same bounds as the chat page's form.
+"""What the API's doors accept and return, checked by the same rules as the chat page's form.
 
 Inputs are strict (a number is not a string, a flag is not 1) and refuse unknown fields, so that a
-typo such as `temprature` is an error rather than a silently ignored setting. The bounds that follow
-the settings (prompt length, context length) are checked when a request arrives, so they follow the
-settings the site runs with; the OpenAPI schema states them as they were at start-up.
+typo such as `temprature` is an error rather than a silently ignored setting. The values are checked
+by chat/rules.py when a request arrives, so the bounds follow the settings the site runs with; the
+OpenAPI schema states them as they were at start-up.
 """
 
-import math
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from ninja import Schema
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-from chat.models import TEMPERATURE_RANGE, TOP_P_RANGE, Conversation, max_tokens_range, out_of_range
+from chat import rules
+from chat.models import Conversation
 
-TITLE_LENGTH = Conversation._meta.get_field("title").max_length
 # The largest id SQLite and PostgreSQL store: a larger one is refused, not an overflow.
 MAX_ID = 2**63 - 1
 
 
-def _text(value: str) -> str:
-    # A lone surrogate cannot be stored as UTF-8; json.loads lets one through from "\ud800".
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        raise PydanticCustomError("unicode", "Must be valid Unicode text.") from None
-    return value
+def checked_by[T](rule: Callable[[T], T]) -> AfterValidator:
+    """A rule of chat/rules.py as a validator: its message becomes the field's error."""
 
+    def validate(value: T) -> T:
+        try:
+            return rule(value)
+        except ValidationError as exc:
+            # The message as a parameter, not a template: a template's braces would be read.
+            raise PydanticCustomError(exc.code or "invalid", "{message}", {"message": exc.messages[0]}) from None
 
-def clean_prompt(value: str) -> str:
-    # The length as sent, as the schema states it; then, as the page's form does, surrounding
-    # whitespace is dropped, and nothing left is no prompt.
-    limit = settings.CHAT_MAX_PROMPT_CHARS
-    if len(value) > limit:
-        raise PydanticCustomError(
-            "prompt_too_long",
-            "This message is too long: at most {limit} characters (it has {length}).",
-            {"limit": limit, "length": len(value)},
-        )
-    if not (value := _text(value).strip()):
-        raise PydanticCustomError("prompt_empty", "Type a message first: the prompt is empty.")
-    return value
-
-
-def clean_system_prompt(value: str) -> str:
-    limit = settings.CHAT_MAX_PROMPT_CHARS
-    if len(value) > limit:
-        raise PydanticCustomError(
-            "system_prompt_too_long", "The system prompt is too long: at most {limit} characters.", {"limit": limit}
-        )
-    return _text(value).strip()
-
-
-def _title(value: str) -> str:
-    return " ".join(_text(value).split())
-
-
-def _new_title(value: str) -> str:
-    if not (value := _title(value)):
-        raise PydanticCustomError("title_empty", "A title cannot be empty.")
-    return value
-
-
-def _between(label: str, low: float, high: float):
-    def check(value: float) -> float:
-        if math.isnan(value) or not low <= value <= high:
-            raise PydanticCustomError("range", out_of_range(label, low, high))
-        return value
-
-    return check
+    return AfterValidator(validate)
 
 
 def _integral(value: Any) -> Any:
@@ -79,54 +41,39 @@ def _integral(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def _max_tokens(value: int) -> int:
-    low, high = max_tokens_range()
-    if not low <= value <= high:
-        raise PydanticCustomError("range", out_of_range("Max tokens", low, high))
-    return value
+def _bounded(bounds: rules.Bounds) -> dict[str, float]:
+    return {"minimum": bounds.low, "maximum": bounds.high}
 
 
-# The bounds are checked by the validators above, with the page's messages; the schema states them.
+# The rules check the values, with the page's messages; the schema states them.
 Prompt = Annotated[
     str,
-    AfterValidator(clean_prompt),
+    checked_by(rules.clean_prompt),
     Field(
         description="The message to answer. Surrounding whitespace is dropped.",
         json_schema_extra={"minLength": 1, "maxLength": settings.CHAT_MAX_PROMPT_CHARS, "pattern": r"\S"},
     ),
 ]
 SystemPrompt = Annotated[
-    str, AfterValidator(clean_system_prompt), Field(json_schema_extra={"maxLength": settings.CHAT_MAX_PROMPT_CHARS})
+    str, checked_by(rules.clean_system_prompt), Field(json_schema_extra={"maxLength": settings.CHAT_MAX_PROMPT_CHARS})
 ]
-# The length limit first: it applies to the title as sent, before its whitespace is tidied.
-Title = Annotated[str, Field(max_length=TITLE_LENGTH), AfterValidator(_title)]
+Title = Annotated[str, checked_by(rules.clean_title), Field(json_schema_extra={"maxLength": rules.TITLE_LENGTH})]
 NewTitle = Annotated[
     str,
-    Field(max_length=TITLE_LENGTH),
-    AfterValidator(_new_title),
-    Field(json_schema_extra={"minLength": 1, "pattern": r"\S"}),
+    checked_by(rules.clean_new_title),
+    Field(json_schema_extra={"minLength": 1, "maxLength": rules.TITLE_LENGTH, "pattern": r"\S"}),
 ]
 Temperature = Annotated[
     float,
-    AfterValidator(_between("Temperature", *TEMPERATURE_RANGE)),
-    Field(
-        description="Randomness of the answer.",
-        json_schema_extra={"minimum": TEMPERATURE_RANGE[0], "maximum": TEMPERATURE_RANGE[1]},
-    ),
+    checked_by(rules.TEMPERATURE.check),
+    Field(description="Randomness of the answer.", json_schema_extra=_bounded(rules.TEMPERATURE)),
 ]
-TopP = Annotated[
-    float,
-    AfterValidator(_between("Top p", *TOP_P_RANGE)),
-    Field(json_schema_extra={"minimum": TOP_P_RANGE[0], "maximum": TOP_P_RANGE[1]}),
-]
+TopP = Annotated[float, checked_by(rules.TOP_P.check), Field(json_schema_extra=_bounded(rules.TOP_P))]
 MaxTokens = Annotated[
     int,
     BeforeValidator(_integral),
-    AfterValidator(_max_tokens),
-    Field(
-        description="The longest answer, in tokens.",
-        json_schema_extra={"minimum": max_tokens_range()[0], "maximum": max_tokens_range()[1]},
-    ),
+    checked_by(lambda value: rules.max_tokens().check(value)),
+    Field(description="The longest answer, in tokens.", json_schema_extra=_bounded(rules.max_tokens())),
 ]
 
 # Request bodies: strict types, no unknown fields.
@@ -141,9 +88,7 @@ class GenerationSettings(Schema):
     top_p: TopP | None = None
 
     def apply_to(self, conversation: Conversation) -> None:
-        for name in ("temperature", "max_tokens", "top_p"):
-            if (value := getattr(self, name)) is not None:
-                setattr(conversation, name, value)
+        conversation.change_settings(temperature=self.temperature, max_tokens=self.max_tokens, top_p=self.top_p)
 
 
 class ConversationIn(GenerationSettings):

@@ -17,20 +17,18 @@ A client that goes away from a streamed run stops it, as model-compose closes th
 when its consumer does.
 """
 
-import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 from django.conf import settings
 from django.http import Http404, HttpRequest
-from django.shortcuts import aget_object_or_404
 from ninja import Router
 from ninja.errors import HttpError
 
-from api import answers
+from api import delivery
 from api.schemas import ERRORS, MAX_ID, ErrorOut, TaskOut, TaskStarted, WorkflowOut, WorkflowRunIn, WorkflowVariable
-from chat import sse, turns
-from chat.context import ContextTooLong
+from chat import ownership, sse, turns
+from chat.context import ContextTooLong, check_prompt_fits
 from chat.models import Conversation, Message
 from chat.turns import TurnEnded, TurnEvent
 from engine.vllm_client import TextDelta
@@ -117,41 +115,28 @@ async def run_workflow(request: HttpRequest, run: WorkflowRunIn):
     conversation = Conversation(owner=request.auth)
     run.input.apply_to(conversation)
     try:
-        await answers.check_fits(system_prompt="", prompt=run.input.prompt, max_tokens=conversation.max_tokens)
+        await check_prompt_fits(system_prompt="", prompt=run.input.prompt, max_tokens=conversation.max_tokens)
     except ContextTooLong as exc:
         raise HttpError(422, str(exc)) from None
     _, answer = await turns.start_turn(conversation, run.input.prompt)
     if not run.wait_for_completion:
         return TaskStarted(task_id=str(answer.pk), status="pending")
-    try:
-        first, events = await answers.opening(answer)
-    except asyncio.CancelledError:
-        await asyncio.shield(turns.stop_turn(answer))
-        raise
-    if (failed := answers.failed_without_text(first)) is not None:
-        raise HttpError(await answers.failure_status(), failed.error)
-    return sse.response(_sse_text(answer, events))
+    return await delivery.stream(answer, _sse_text)
 
 
-async def _sse_text(answer: Message, events: AsyncIterator[TurnEvent]) -> AsyncIterator[str]:
-    ended = False
-    try:
-        async for event in events:
-            if isinstance(event, TextDelta):
-                yield sse.frame(event.text)
-            elif isinstance(event, TurnEnded):
-                ended = True
-                if event.message.status in answers.FAILED:
-                    yield sse.frame(event.message.error, "error")
-    finally:
-        if not ended:
-            await asyncio.shield(turns.stop_turn(answer))
+async def _sse_text(events: AsyncIterator[TurnEvent]) -> AsyncGenerator[str]:
+    async for event in events:
+        if isinstance(event, TextDelta):
+            yield sse.frame(event.text)
+        elif isinstance(event, TurnEnded) and event.message.has_failed:
+            yield sse.frame(event.message.error, "error")
 
 
 async def _owned_task(request: HttpRequest, task_id: str) -> Message:
+    # A task id is a string in model-compose: one that is not an answer's id is simply not found.
     if not re.fullmatch(r"[0-9]{1,19}", task_id) or int(task_id) > MAX_ID:
         raise Http404
-    return await aget_object_or_404(Message.objects.answers_of(request.auth), pk=int(task_id))
+    return await ownership.aanswer_or_404(request.auth, int(task_id))
 
 
 def task(answer: Message) -> TaskOut:

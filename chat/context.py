@@ -13,6 +13,8 @@ tell (an older server, or one that is down), the estimate decides.
 
 from dataclasses import dataclass
 
+from django.conf import settings
+
 from engine import vllm_client
 
 # <|im_start|>, the role's line break, <|im_end|> and the line break after it.
@@ -73,3 +75,19 @@ async def fit_context(
         while start < len(earlier) and earlier[start]["role"] != "user":
             start += 1
         dropped += 1
+
+
+async def check_prompt_fits(*, system_prompt: str, prompt: str, max_tokens: int) -> None:
+    """Raise ContextTooLong now if no answer could ever be generated for this prompt.
+
+    The turn would save it as a failed answer; a door that can refuse the request instead (a new
+    conversation, whose only context is the prompt) calls this first. Earlier turns are left out:
+    fitting drops them all before it gives up.
+    """
+    await fit_context(
+        system_prompt=system_prompt,
+        earlier=[],
+        prompt=prompt,
+        max_tokens=max_tokens,
+        context_length=settings.CHAT_CONTEXT_LENGTH,
+    )

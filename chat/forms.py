@@ -1,53 +1,51 @@
+"""The page's forms: Django parses what the browser sent; chat/rules.py decides what is accepted."""
+
 from django import forms
-from django.conf import settings
 
-from chat.models import TEMPERATURE_RANGE, TOP_P_RANGE, Conversation, max_tokens_range, out_of_range
+from chat import rules
+from chat.models import Conversation
 
 
-def _bounded(field: type[forms.Field], label: str, low: float, high: float) -> forms.Field:
-    message = out_of_range(label, low, high)
-    return field(
-        required=False,
-        min_value=low,
-        max_value=high,
-        error_messages={"min_value": message, "max_value": message, "invalid": f"{label} must be a number."},
-    )
+def _setting(field: type[forms.Field], bounds: rules.Bounds) -> forms.Field:
+    return field(required=False, validators=[bounds.check], error_messages={"invalid": bounds.not_a_number})
 
 
 class SendForm(forms.Form):
-    """A prompt and the generation settings it is sent with, within the bounds vLLM accepts."""
+    """A prompt and the generation settings it is sent with."""
+
+    # Not required and not stripped here: the prompt's rule measures it as typed, then says
+    # "Type a message first." for one that is empty or blank.
+    prompt = forms.CharField(required=False, strip=False)
+    temperature = _setting(forms.FloatField, rules.TEMPERATURE)
+    top_p = _setting(forms.FloatField, rules.TOP_P)
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        # Built here, not at import, so that the limits follow the settings (and tests' overrides).
-        limit = settings.CHAT_MAX_PROMPT_CHARS
-        self.fields["prompt"] = forms.CharField(
-            max_length=limit,
-            error_messages={
-                "required": "Type a message first.",
-                "max_length": f"This message is too long: at most {limit} characters (it has %(show_value)d).",
-            },
-        )
-        self.fields["temperature"] = _bounded(forms.FloatField, "Temperature", *TEMPERATURE_RANGE)
-        self.fields["top_p"] = _bounded(forms.FloatField, "Top p", *TOP_P_RANGE)
-        self.fields["max_tokens"] = _bounded(forms.IntegerField, "Max tokens", *max_tokens_range())
+        # Built here, not at import, so that the bounds follow the settings (and tests' overrides).
+        self.fields["max_tokens"] = _setting(forms.IntegerField, rules.max_tokens())
+
+    def clean_prompt(self) -> str:
+        return rules.clean_prompt(self.cleaned_data["prompt"])
 
     def apply_to(self, conversation: Conversation) -> None:
-        for name in ("temperature", "max_tokens", "top_p"):
-            if (value := self.cleaned_data.get(name)) is not None:
-                setattr(conversation, name, value)
+        conversation.change_settings(
+            temperature=self.cleaned_data.get("temperature"),
+            max_tokens=self.cleaned_data.get("max_tokens"),
+            top_p=self.cleaned_data.get("top_p"),
+        )
 
     def first_error(self) -> str:
         return next(iter(self.errors.values()))[0]
 
 
 class RenameForm(forms.ModelForm):
+    # The title's rule checks its length and tidies it: the model field's form field would
+    # measure it after stripping, with Django's wording.
+    title = forms.CharField(required=False, strip=False)
+
     class Meta:
         model = Conversation
         fields = ["title"]
 
     def clean_title(self) -> str:
-        title = " ".join(self.cleaned_data["title"].split())
-        if not title:
-            raise forms.ValidationError("A title cannot be empty.")
-        return title
+        return rules.clean_new_title(self.cleaned_data["title"])

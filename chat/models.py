@@ -6,6 +6,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from chat.rules import TITLE_LENGTH
+
 
 def default_temperature() -> float:
     return settings.CHAT_DEFAULT_TEMPERATURE
@@ -19,22 +21,6 @@ def default_top_p() -> float:
     return settings.CHAT_DEFAULT_TOP_P
 
 
-# The bounds of a conversation's generation settings: the page's form and the API's schemas both
-# check them, with the same message.
-TEMPERATURE_RANGE = (0.0, 2.0)
-TOP_P_RANGE = (0.01, 1.0)
-
-
-def max_tokens_range() -> tuple[int, int]:
-    # Read when asked, so it follows the settings. The answer must leave room for at least one
-    # prompt token in the context window.
-    return 1, settings.CHAT_CONTEXT_LENGTH - 1
-
-
-def out_of_range(label: str, low: float, high: float) -> str:
-    return f"{label} must be between {low:g} and {high:g}."
-
-
 class ConversationQuerySet(models.QuerySet["Conversation"]):
     def owned_by(self, user) -> "ConversationQuerySet":
         # Every view reaches a conversation through this, so another user's is simply not found.
@@ -46,7 +32,7 @@ class ConversationQuerySet(models.QuerySet["Conversation"]):
 
 class Conversation(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
-    title = models.CharField(max_length=200, blank=True)
+    title = models.CharField(max_length=TITLE_LENGTH, blank=True)
     system_prompt = models.TextField(blank=True)
     temperature = models.FloatField(default=default_temperature)
     max_tokens = models.PositiveIntegerField(default=default_max_tokens)
@@ -62,6 +48,14 @@ class Conversation(models.Model):
 
     def __str__(self) -> str:
         return self.title or f"Conversation {self.pk}"
+
+    def change_settings(
+        self, *, temperature: float | None = None, max_tokens: int | None = None, top_p: float | None = None
+    ) -> None:
+        """Use these generation settings for the next turns; a setting left None is kept as it is."""
+        for name, value in (("temperature", temperature), ("max_tokens", max_tokens), ("top_p", top_p)):
+            if value is not None:
+                setattr(self, name, value)
 
 
 class MessageQuerySet(models.QuerySet["Message"]):
@@ -123,6 +117,11 @@ class Message(models.Model):
     @property
     def is_streaming(self) -> bool:
         return self.status == self.Status.STREAMING
+
+    @property
+    def has_failed(self) -> bool:
+        """Ended without the whole answer for a reason other than a stop: its `error` says why."""
+        return self.status in (self.Status.ERROR, self.Status.INTERRUPTED)
 
 
 def hash_secret(secret: str) -> str:

@@ -32,7 +32,7 @@ def event(name: str, data: dict[str, Any]) -> str:
 
 def ended(answer: Message) -> str:
     """The closing event for an answer in its final state."""
-    if answer.status in (Message.Status.ERROR, Message.Status.INTERRUPTED):
+    if answer.has_failed:
         return event("error", {"message_id": answer.pk, "status": answer.status, "message": answer.error})
     return event(
         "done",

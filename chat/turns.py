@@ -27,6 +27,7 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
+from chat import rules
 from chat.context import ContextTooLong, fit_context
 from chat.models import Conversation, Message
 from engine import vllm_client
@@ -34,7 +35,9 @@ from engine.vllm_client import Failed, Finished, GenerationOptions, TextDelta, U
 
 log = logging.getLogger(__name__)
 
-TITLE_LENGTH = 60
+# Why an answer is "interrupted": the process running it ended (a shutdown, or a crash found at
+# the next start-up) before it did.
+INTERRUPTED_TEXT = "The site stopped before this answer was finished."
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +120,7 @@ class RunningTurn:
             if self.stop_requested:
                 outcome.update(status=Message.Status.STOPPED, finish_reason="stopped")
             else:
-                outcome.update(
-                    status=Message.Status.INTERRUPTED, error="The site shut down before this answer was finished."
-                )
+                outcome.update(status=Message.Status.INTERRUPTED, error=INTERRUPTED_TEXT)
             raise
         except Exception as exc:
             log.exception("Turn %s failed", self.answer.pk)
@@ -165,7 +166,7 @@ def options_for(conversation: Conversation) -> GenerationOptions:
 def _save_prompt_and_answer(conversation: Conversation, prompt: str) -> tuple[Message, Message]:
     with transaction.atomic():
         if not conversation.title:
-            conversation.title = " ".join(prompt.split())[:TITLE_LENGTH]
+            conversation.title = rules.title_from_prompt(prompt)
         conversation.save()  # creates a new one, and moves an old one to the top of the list
         prompt_message = Message.objects.create(conversation=conversation, role=Message.Role.USER, content=prompt)
         answer = Message.objects.create(
@@ -264,9 +265,6 @@ def text_so_far(answer: Message) -> str:
     """The answer's text now: live while it streams here (the database lags by a checkpoint)."""
     running = _running.get(answer.pk)
     return "".join(running.parts) if running else answer.content
-
-
-INTERRUPTED_TEXT = "The site stopped before this answer was finished."
 
 
 def recover_interrupted_turns() -> int:

@@ -1,7 +1,7 @@
 """The chat page's views: parse and check the request, call the domain, render.
 
-Every conversation is reached through `Conversation.objects.owned_by(user)`, and every answer
-through `Message.objects.answers_of(user)`, so another user's conversation is a 404 on every URL.
+Every conversation and answer is reached through chat/ownership.py, so another user's
+conversation is a 404 on every URL.
 The views that start, follow or stop a turn are async: the turn runs on the server's event loop.
 """
 
@@ -10,14 +10,14 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import aget_object_or_404, get_object_or_404, redirect, render
+from django.shortcuts import redirect, render
 from django.urls import Resolver404, resolve, reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from chat import sse, turns
+from chat import ownership, sse, turns
 from chat.forms import RenameForm, SendForm
-from chat.models import Conversation, Message
+from chat.models import Conversation
 from engine import vllm_client
 
 SIDEBAR_LENGTH = 200
@@ -52,22 +52,14 @@ def index(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def conversation(request: HttpRequest, pk: int) -> HttpResponse:
-    return _page(request, get_object_or_404(Conversation.objects.owned_by(request.user), pk=pk))
-
-
-async def _owned_conversation(request: HttpRequest, pk: int) -> Conversation:
-    return await aget_object_or_404(Conversation.objects.owned_by(await request.auser()), pk=pk)
-
-
-async def _owned_answer(request: HttpRequest, pk: int, message_pk: int) -> Message:
-    return await aget_object_or_404(Message.objects.answers_of(await request.auser()), pk=message_pk, conversation=pk)
+    return _page(request, ownership.conversation_or_404(request.user, pk))
 
 
 @login_required
 @require_POST
 async def send(request: HttpRequest, pk: int | None = None) -> HttpResponse:
     user = await request.auser()
-    conversation = await _owned_conversation(request, pk) if pk else Conversation(owner=user)
+    conversation = await ownership.aconversation_or_404(user, pk) if pk else Conversation(owner=user)
     form = SendForm(request.POST)
     if not form.is_valid():
         # Nothing is saved: not the prompt, not a new conversation.
@@ -84,21 +76,23 @@ async def send(request: HttpRequest, pk: int | None = None) -> HttpResponse:
 @login_required
 @require_GET
 async def stream(request: HttpRequest, pk: int, message_pk: int) -> HttpResponse:
-    answer = await _owned_answer(request, pk, message_pk)
+    answer = await ownership.aanswer_or_404(await request.auser(), message_pk, conversation_pk=pk)
     return sse.response(sse.turn_events(answer))
 
 
 @login_required
 @require_POST
 async def stop(request: HttpRequest, pk: int, message_pk: int) -> HttpResponse:
-    answer = await turns.stop_turn(await _owned_answer(request, pk, message_pk))
+    answer = await turns.stop_turn(
+        await ownership.aanswer_or_404(await request.auser(), message_pk, conversation_pk=pk)
+    )
     return JsonResponse({"message_id": answer.pk, "status": answer.status, "content": answer.content})
 
 
 @login_required
 @require_POST
 def rename(request: HttpRequest, pk: int) -> HttpResponse:
-    conversation = get_object_or_404(Conversation.objects.owned_by(request.user), pk=pk)
+    conversation = ownership.conversation_or_404(request.user, pk)
     form = RenameForm(request.POST, instance=conversation)
     if not form.is_valid():
         return JsonResponse({"error": form.errors["title"][0]}, status=400)
@@ -112,7 +106,7 @@ def rename(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 async def delete(request: HttpRequest, pk: int) -> HttpResponse:
-    conversation = await _owned_conversation(request, pk)
+    conversation = await ownership.aconversation_or_404(await request.auser(), pk)
     await turns.stop_turns_in(conversation)
     await conversation.adelete()
     if not request.htmx:

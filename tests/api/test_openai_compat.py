@@ -104,6 +104,7 @@ def test_a_bad_token_is_401_in_openais_shape(live_site, fake_vllm):
     with pytest.raises(openai.AuthenticationError) as raised:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}])
     assert raised.value.status_code == 401
+    assert raised.value.response.headers["WWW-Authenticate"] == "Bearer"
     assert error_of(raised.value)["code"] == "invalid_api_key"
     with pytest.raises(openai.AuthenticationError):
         client.models.list()

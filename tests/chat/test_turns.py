@@ -266,6 +266,7 @@ async def test_cancelling_without_a_stop_marks_the_answer_interrupted(conversati
     stored = await Message.objects.aget(pk=answer.pk)
     assert stored.status == Message.Status.INTERRUPTED
     assert stored.content == "never"
+    assert stored.error == turns.INTERRUPTED_TEXT  # the same words as for a process that died
 
 
 def test_answers_left_streaming_by_a_dead_process_become_interrupted(alice):
@@ -280,7 +281,7 @@ def test_answers_left_streaming_by_a_dead_process_become_interrupted(alice):
     left.refresh_from_db()
     assert left.status == Message.Status.INTERRUPTED
     assert left.content == "half an ans"
-    assert "stopped before this answer was finished" in left.error
+    assert left.error == turns.INTERRUPTED_TEXT == "The site stopped before this answer was finished."
     done.refresh_from_db()
     assert done.status == Message.Status.COMPLETE
 

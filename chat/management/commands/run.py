@@ -14,7 +14,6 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from pydantic import ValidationError
 
-from api import answers
 from api.schemas import WorkflowInput
 from chat import turns
 from chat.models import Conversation, Message
@@ -46,7 +45,7 @@ class Command(BaseCommand):
         answer = asyncio.run(self.run_turn(owner, workflow_input))
         if answer.content:
             self.stdout.write("")  # the line break after the answer
-        if answer.status in answers.FAILED:
+        if answer.has_failed:
             raise CommandError(answer.error)
         if answer.status == Message.Status.STOPPED:
             raise CommandError("Stopped; the answer so far is saved.", returncode=130)

@@ -1,0 +1,127 @@
+"""The API doors' errors: one place decides what each refusal says, each door words it in its shape.
+
+- REST (/api/, with the model-compose routes): `{"detail": "..."}`, and 422 with `errors` (one per
+  field) for a request that does not validate.
+- OpenAI-compatible (/v1/): `{"error": {"message", "type", "param", "code"}}`, and 400 for a request
+  that does not validate, as OpenAI's own API answers, so that its SDKs raise the right exception.
+
+Both get the same statuses and messages otherwise: 400 for a body that is not JSON, 401 without a
+valid token (or, for REST, a session), 404, and 413 for a body over API_MAX_BODY_BYTES (refused by
+api/middleware.py before any view reads it).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+
+
+class ApiError(Exception):
+    """A refusal; each door answers it in its own shape (REST keeps only the status and message)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.errors = errors
+
+
+def _rest_body(error: ApiError) -> dict[str, Any]:
+    if error.errors is None:
+        return {"detail": error.message}
+    return {"detail": error.message, "errors": error.errors}
+
+
+def _openai_body(error: ApiError) -> dict[str, Any]:
+    return {"error": {"message": error.message, "type": error.type, "param": error.param, "code": error.code}}
+
+
+@dataclass(frozen=True)
+class Door:
+    """One door's error shape."""
+
+    path_prefix: str
+    body: Callable[[ApiError], dict[str, Any]]
+    invalid_status: int  # for a request that does not validate
+    sign_in: str  # what a 401 tells the caller to send
+
+    def response(self, error: ApiError) -> HttpResponse:
+        response = JsonResponse(self.body(error), status=error.status, content_type="application/json; charset=utf-8")
+        if error.status == 401:
+            response["WWW-Authenticate"] = "Bearer"
+        return response
+
+
+REST = Door(
+    path_prefix="/api/",
+    body=_rest_body,
+    invalid_status=422,
+    sign_in="Authentication required: send `Authorization: Bearer <token>` "
+    "(python manage.py createtoken USERNAME), or log in.",
+)
+OPENAI = Door(
+    path_prefix="/v1/",
+    body=_openai_body,
+    invalid_status=400,
+    sign_in="Invalid or missing API key: send `Authorization: Bearer <token>` (python manage.py createtoken USERNAME).",
+)
+DOORS = (REST, OPENAI)
+
+
+def door_at(path: str) -> Door | None:
+    return next((door for door in DOORS if path.startswith(door.path_prefix)), None)
+
+
+def field_name(loc: list[str]) -> str | None:
+    """The field a validation error is about, or None for the body as a whole."""
+    # ninja's loc is ["body", <parameter name>, field, ...], or ["query" or "path", field].
+    if loc[:1] == ["body"]:
+        return ".".join(loc[2:]) or None
+    return ".".join(loc[1:]) or ".".join(loc)
+
+
+def refusal(door: Door, exc: Exception) -> ApiError:
+    """What a door answers for an exception a view (or django-ninja) raised."""
+    match exc:
+        case ApiError():
+            return exc
+        case AuthenticationError():
+            return ApiError(401, door.sign_in, code="invalid_api_key")
+        case HttpError(status_code=400) if isinstance(exc.__cause__, ValueError):
+            # django-ninja's "Cannot parse request body".
+            return ApiError(400, f"The request body is not valid JSON: {exc.__cause__}")
+        case HttpError():
+            return ApiError(exc.status_code, str(exc))
+        case ValidationError():
+            errors = [
+                {"loc": [str(part) for part in error["loc"]], "msg": error["msg"], "type": error["type"]}
+                for error in exc.errors
+            ]
+            named = [(field_name(error["loc"]), error["msg"]) for error in errors]
+            message = "; ".join(f"{field or 'body'}: {msg}" for field, msg in named)
+            # OpenAI's shape names one field: the first.
+            return ApiError(door.invalid_status, message, param=named[0][0], code="invalid_value", errors=errors)
+        case Http404():
+            return ApiError(404, "Not found.")
+    raise TypeError(f"no refusal for {exc!r}")
+
+
+def handle_errors(api: NinjaAPI, door: Door) -> None:
+    """Answer the API's errors in the door's shape."""
+
+    def handler(request: HttpRequest, exc: Exception) -> HttpResponse:
+        return door.response(refusal(door, exc))
+
+    for kind in (ApiError, AuthenticationError, HttpError, ValidationError, Http404):
+        api.add_exception_handler(kind, handler)

@@ -1,0 +1,120 @@
+"""What the chat accepts from a person, whichever door they come by.
+
+A prompt, a system prompt, a conversation's title and its generation settings are checked here
+and nowhere else: the page's forms (chat/forms.py) and the API's schemas (api/schemas.py) both call
+these rules, so a person reads the same message for the same mistake on the page, in the REST API,
+from the CLI and from an OpenAI SDK. A rule raises Django's ValidationError; each door words it in
+its own shape.
+
+The bounds that follow the settings (prompt length, context length) are read when a rule runs, so
+they follow the settings the site runs with (and tests' overrides).
+"""
+
+import math
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+
+# The longest title a person may give a conversation (the database column's size).
+TITLE_LENGTH = 200
+# A conversation with no title is named after its first prompt, cut shorter than TITLE_LENGTH so
+# that it fits on one line of the sidebar.
+AUTO_TITLE_LENGTH = 60
+
+
+def _storable(text: str) -> str:
+    # A lone surrogate cannot be stored as UTF-8 (json.loads lets one through from "\ud800"), nor
+    # can PostgreSQL store a NUL.
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValidationError("Must be valid Unicode text.", code="unicode") from None
+    if "\x00" in text:
+        raise ValidationError("Null characters are not allowed.", code="null_characters")
+    return text
+
+
+def clean_prompt(text: str) -> str:
+    """The prompt to send: at most CHAT_MAX_PROMPT_CHARS as typed, without surrounding whitespace."""
+    limit = settings.CHAT_MAX_PROMPT_CHARS
+    if len(text) > limit:
+        raise ValidationError(
+            f"This message is too long: at most {limit} characters (it has {len(text)}).", code="prompt_too_long"
+        )
+    if not (text := _storable(text).strip()):
+        raise ValidationError("Type a message first.", code="prompt_empty")
+    return text
+
+
+def clean_system_prompt(text: str) -> str:
+    limit = settings.CHAT_MAX_PROMPT_CHARS
+    if len(text) > limit:
+        raise ValidationError(
+            f"The system prompt is too long: at most {limit} characters.", code="system_prompt_too_long"
+        )
+    return _storable(text).strip()
+
+
+def tidy_title(text: str) -> str:
+    """A title on one line, its runs of whitespace made single spaces."""
+    return " ".join(text.split())
+
+
+def clean_title(text: str) -> str:
+    """A title as given, tidied; it may be empty (the first prompt will name the conversation)."""
+    # The length as sent, as the API's schema states it, before the whitespace is tidied.
+    if len(text) > TITLE_LENGTH:
+        raise ValidationError(
+            f"This title is too long: at most {TITLE_LENGTH} characters (it has {len(text)}).", code="title_too_long"
+        )
+    return tidy_title(_storable(text))
+
+
+def clean_new_title(text: str) -> str:
+    """A title that renames a conversation: unlike a first title, it cannot be empty."""
+    if not (title := clean_title(text)):
+        raise ValidationError("A title cannot be empty.", code="title_empty")
+    return title
+
+
+def title_from_prompt(prompt: str) -> str:
+    # Stripped again after the cut, which may land just after a space.
+    return tidy_title(prompt)[:AUTO_TITLE_LENGTH].rstrip()
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range a generation setting must lie in, and what a person is told otherwise."""
+
+    label: str
+    low: float
+    high: float
+
+    @property
+    def message(self) -> str:
+        return f"{self.label} must be between {_number(self.low)} and {_number(self.high)}."
+
+    @property
+    def not_a_number(self) -> str:
+        return f"{self.label} must be a number."
+
+    def check[N: (int, float)](self, value: N) -> N:
+        if math.isnan(value) or not self.low <= value <= self.high:
+            raise ValidationError(self.message, code="range")
+        return value
+
+
+def _number(value: float) -> str:
+    # "0.01" and "2", not "2.0"; and an integer whole, not "1.04858e+06" as `:g` would write it.
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+# The generation settings' bounds: the ones vLLM accepts.
+TEMPERATURE = Bounds("Temperature", 0.0, 2.0)
+TOP_P = Bounds("Top p", 0.01, 1.0)
+
+
+def max_tokens() -> Bounds:
+    # The answer must leave room for at least one prompt token in the context window.
+    return Bounds("Max tokens", 1, settings.CHAT_CONTEXT_LENGTH - 1)
