@@ -15,11 +15,10 @@ from ninja import Schema
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from chat.models import MAX_ID as MAX_ID  # for api/rest.py and api/workflows.py
 from chat.models import TEMPERATURE_RANGE, TOP_P_RANGE, Conversation, max_tokens_range, out_of_range
 
 TITLE_LENGTH = Conversation._meta.get_field("title").max_length
-# The largest id SQLite and PostgreSQL store: a larger one is refused, not an overflow.
-MAX_ID = 2**63 - 1
 
 
 def _text(value: str) -> str:

@@ -6,6 +6,10 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+# The largest id SQLite and PostgreSQL store (a signed 64-bit integer): a larger one in a URL or a
+# request is refused as not found or invalid, never passed to the database to overflow.
+MAX_ID = 2**63 - 1
+
 
 def default_temperature() -> float:
     return settings.CHAT_DEFAULT_TEMPERATURE

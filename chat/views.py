@@ -67,7 +67,7 @@ async def _owned_answer(request: HttpRequest, pk: int, message_pk: int) -> Messa
 @require_POST
 async def send(request: HttpRequest, pk: int | None = None) -> HttpResponse:
     user = await request.auser()
-    conversation = await _owned_conversation(request, pk) if pk else Conversation(owner=user)
+    conversation = await _owned_conversation(request, pk) if pk is not None else Conversation(owner=user)
     form = SendForm(request.POST)
     if not form.is_valid():
         # Nothing is saved: not the prompt, not a new conversation.
