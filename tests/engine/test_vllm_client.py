@@ -115,7 +115,7 @@ async def test_lines_ended_by_cr_or_crlf_are_understood(fake_vllm: FakeVLLM, lin
 
 
 async def test_a_crlf_split_between_two_reads_is_one_line_end():
-    pieces = [b"data: {\"a\": 1}\r", b"\n\r", b"\ndata: two\r", b"\r", b"data: three\r", b"\n", b"\n", b"data: last"]
+    pieces = [b'data: {"a": 1}\r', b"\n\r", b"\ndata: two\r", b"\r", b"data: three\r", b"\n", b"\n", b"data: last"]
 
     async def body():
         for piece in pieces:
