@@ -29,7 +29,7 @@ from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from api import answers
@@ -37,7 +37,7 @@ from api.auth import TokenAuth
 from api.schemas import GenerationSettings, MaxTokens, clean_prompt, clean_system_prompt
 from chat import sse, turns
 from chat.context import ContextTooLong
-from chat.models import Conversation, Message
+from chat.models import Conversation, Message, why_unstorable
 from chat.turns import TurnEnded, TurnEvent
 from engine.vllm_client import TextDelta
 
@@ -125,7 +125,9 @@ class ChatMessage(Schema):
         return "".join(part.text or "" for part in self.content)
 
 
-class StreamOptions(Schema):
+class StreamOptions(BaseModel):
+    # pydantic's own model, not ninja's Schema: a Schema reads any value's attributes, so it would
+    # take "x" as options with every field at its default.
     model_config = ConfigDict(extra="ignore", strict=True)
 
     include_usage: bool = False
@@ -166,6 +168,9 @@ class Exchange:
         chat: list[tuple[str, str]] = []
         for index, message in enumerate(request.messages):
             text = message.text(index)
+            if (problem := why_unstorable(text)) is not None:
+                param = f"messages.{index}.content"
+                raise OpenAIError(400, f"{param}: {problem}", param=param, code="invalid_value")
             if message.role in ("system", "developer"):
                 system.append(text)
             else:

@@ -16,17 +16,21 @@ from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from chat.models import MAX_ID as MAX_ID  # for api/rest.py and api/workflows.py
-from chat.models import TEMPERATURE_RANGE, TOP_P_RANGE, Conversation, max_tokens_range, out_of_range
+from chat.models import (
+    TEMPERATURE_RANGE,
+    TOP_P_RANGE,
+    Conversation,
+    max_tokens_range,
+    out_of_range,
+    why_unstorable,
+)
 
 TITLE_LENGTH = Conversation._meta.get_field("title").max_length
 
 
 def _text(value: str) -> str:
-    # A lone surrogate cannot be stored as UTF-8; json.loads lets one through from "\ud800".
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        raise PydanticCustomError("unicode", "Must be valid Unicode text.") from None
+    if (problem := why_unstorable(value)) is not None:
+        raise PydanticCustomError("unstorable_text", problem)
     return value
 
 

@@ -39,6 +39,21 @@ def out_of_range(label: str, low: float, high: float) -> str:
     return f"{label} must be between {low:g} and {high:g}."
 
 
+def why_unstorable(text: str) -> str | None:
+    """Why no database could store `text`, or None if one can: every door refuses such text.
+
+    PostgreSQL's text refuses NUL (the page's forms already say so, in these words), and UTF-8 has
+    no encoding for a lone surrogate, which JSON's "\\ud800" makes.
+    """
+    if "\x00" in text:
+        return "Null characters are not allowed."
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return "Must be valid Unicode text."
+    return None
+
+
 class ConversationQuerySet(models.QuerySet["Conversation"]):
     def owned_by(self, user) -> "ConversationQuerySet":
         # Every view reaches a conversation through this, so another user's is simply not found.
