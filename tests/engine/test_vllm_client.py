@@ -126,6 +126,18 @@ async def test_a_crlf_split_between_two_reads_is_one_line_end():
     assert [data async for data in vllm_client._sse_data(response)] == ['{"a": 1}', "two", "three", "last"]
 
 
+async def test_a_bad_byte_is_the_replacement_character_and_a_split_character_stays_whole():
+    pieces = [b"data: a\xffb \xe2\x80", b"\xa8 c\n\n"]  # "\xe2\x80\xa8" is U+2028, across two reads
+
+    async def body():
+        for piece in pieces:
+            yield piece
+
+    response = httpx.Response(200, content=body())
+
+    assert [data async for data in vllm_client._sse_data(response)] == ["a\ufffdb \u2028 c"]
+
+
 async def test_text_no_database_can_store_becomes_the_replacement_character(fake_vllm: FakeVLLM):
     # "\ud800" is valid JSON but no UTF-8 text, and PostgreSQL refuses NUL: neither may reach the turn.
     fake_vllm.reply = ["before ", "\ud800", " a\x00b", " \ud83d\ude00 after"]
