@@ -29,7 +29,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.http import HttpRequest
 from ninja import NinjaAPI, Schema
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api import delivery
 from api.auth import TokenAuth
@@ -80,7 +80,9 @@ class ChatMessage(Schema):
         return "".join(part.text or "" for part in self.content)
 
 
-class StreamOptions(Schema):
+class StreamOptions(BaseModel):
+    # pydantic's own model, not ninja's Schema: a Schema reads any value's attributes, so it would
+    # take "x" as options with every field at its default.
     model_config = ConfigDict(extra="ignore", strict=True)
 
     include_usage: bool = False
@@ -120,7 +122,7 @@ class Exchange:
         system: list[str] = []
         chat: list[tuple[str, str]] = []
         for index, message in enumerate(request.messages):
-            text = message.text(index)
+            text = _checked(message.text(index), rules.storable, f"messages.{index}.content")
             if message.role in ("system", "developer"):
                 system.append(text)
             else:

@@ -17,10 +17,8 @@ from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from chat import rules
+from chat.models import MAX_ID as MAX_ID  # for api/rest.py and api/workflows.py
 from chat.models import Conversation
-
-# The largest id SQLite and PostgreSQL store: a larger one is refused, not an overflow.
-MAX_ID = 2**63 - 1
 
 
 def checked_by[T](rule: Callable[[T], T]) -> AfterValidator:

@@ -8,6 +8,10 @@ from django.utils import timezone
 
 from chat.rules import TITLE_LENGTH
 
+# The largest id SQLite and PostgreSQL store (a signed 64-bit integer): a larger one in a URL or a
+# request is refused as not found or invalid, never passed to the database to overflow.
+MAX_ID = 2**63 - 1
+
 
 def default_temperature() -> float:
     return settings.CHAT_DEFAULT_TEMPERATURE

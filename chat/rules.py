@@ -23,7 +23,8 @@ TITLE_LENGTH = 200
 AUTO_TITLE_LENGTH = 60
 
 
-def _storable(text: str) -> str:
+def storable(text: str) -> str:
+    """The text, if any database can store it; every door refuses text that none can."""
     # A lone surrogate cannot be stored as UTF-8 (json.loads lets one through from "\ud800"), nor
     # can PostgreSQL store a NUL.
     try:
@@ -42,7 +43,7 @@ def clean_prompt(text: str) -> str:
         raise ValidationError(
             f"This message is too long: at most {limit} characters (it has {len(text)}).", code="prompt_too_long"
         )
-    if not (text := _storable(text).strip()):
+    if not (text := storable(text).strip()):
         raise ValidationError("Type a message first.", code="prompt_empty")
     return text
 
@@ -53,7 +54,7 @@ def clean_system_prompt(text: str) -> str:
         raise ValidationError(
             f"The system prompt is too long: at most {limit} characters.", code="system_prompt_too_long"
         )
-    return _storable(text).strip()
+    return storable(text).strip()
 
 
 def tidy_title(text: str) -> str:
@@ -68,7 +69,7 @@ def clean_title(text: str) -> str:
         raise ValidationError(
             f"This title is too long: at most {TITLE_LENGTH} characters (it has {len(text)}).", code="title_too_long"
         )
-    return tidy_title(_storable(text))
+    return tidy_title(storable(text))
 
 
 def clean_new_title(text: str) -> str:

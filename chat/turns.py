@@ -7,7 +7,9 @@ text so far and then every delta, so a page opened mid-answer sees it growing li
 
 The answer is checkpointed at most every CHAT_CHECKPOINT_SECONDS and written in full once at the
 end, so a turn's database work does not grow with the answer's length. Every turn ends in a stored,
-explained state: complete, stopped, error or interrupted.
+explained state: complete, stopped, error or interrupted. Whatever fails inside a turn (vLLM, a
+checkpoint, a bug, the final write itself), the answer ends with the text it had, the turn stops
+running, and every follower gets `TurnEnded`.
 
 Running turns live in this process's memory: the site is served by one ASGI process (daphne), and
 at start-up `recover_interrupted_turns` marks whatever a dead process left in "streaming".
@@ -138,13 +140,29 @@ class RunningTurn:
     async def _finish(self, outcome: dict[str, object]) -> None:
         fields = {**outcome, "content": "".join(self.parts), "updated_at": timezone.now()}
         try:
-            await Message.objects.filter(pk=self.answer.pk).aupdate(**fields)
-        except DatabaseError:
-            log.exception("Could not save the end of turn %s", self.answer.pk)
-        for name, value in fields.items():
-            setattr(self.answer, name, value)
-        _running.pop(self.answer.pk, None)
-        self._publish(TurnEnded(self.answer))
+            try:
+                await Message.objects.filter(pk=self.answer.pk).aupdate(**fields)
+            except Exception as exc:
+                # Any error at all: one of the values may be what the database refused, so once
+                # more with only the text and our own words. If that fails too, the row stays
+                # "streaming" with no turn running it, which the next look at it (`_settled`, or
+                # `recover_interrupted_turns`) settles as interrupted.
+                log.exception("Could not save the end of turn %s", self.answer.pk)
+                fields = {
+                    "status": Message.Status.ERROR,
+                    "error": f"The site could not save the end of this answer: {exc}",
+                    "content": fields["content"],
+                    "updated_at": timezone.now(),
+                }
+                await Message.objects.filter(pk=self.answer.pk).aupdate(**fields)
+        except Exception:
+            log.exception("Could not save turn %s at all", self.answer.pk)
+        finally:
+            # Even when cancelled (a shutdown): no follower may wait for an end that never comes.
+            for name, value in fields.items():
+                setattr(self.answer, name, value)
+            _running.pop(self.answer.pk, None)
+            self._publish(TurnEnded(self.answer))
 
 
 async def _single(event: vllm_client.Event) -> AsyncIterator[vllm_client.Event]:

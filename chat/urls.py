@@ -1,16 +1,34 @@
-from django.urls import path
+from django.urls import path, register_converter
 
 from chat import views
+from chat.models import MAX_ID
+
+
+class IdConverter:
+    """A stored row's id: 1 to MAX_ID. Anything else matches no URL, so it is a 404, not a 500."""
+
+    regex = "[0-9]{1,19}"
+
+    def to_python(self, value: str) -> int:
+        if not 1 <= (number := int(value)) <= MAX_ID:
+            raise ValueError(value)  # Django then tries the next pattern, and in the end answers 404
+        return number
+
+    def to_url(self, value: int) -> str:
+        return str(value)
+
+
+register_converter(IdConverter, "id")
 
 app_name = "chat"
 urlpatterns = [
     path("", views.index, name="index"),
     path("healthz", views.healthz, name="healthz"),
     path("c/new/send", views.send, name="send-new"),
-    path("c/<int:pk>/", views.conversation, name="conversation"),
-    path("c/<int:pk>/send", views.send, name="send"),
-    path("c/<int:pk>/rename", views.rename, name="rename"),
-    path("c/<int:pk>/delete", views.delete, name="delete"),
-    path("c/<int:pk>/m/<int:message_pk>/stream", views.stream, name="stream"),
-    path("c/<int:pk>/m/<int:message_pk>/stop", views.stop, name="stop"),
+    path("c/<id:pk>/", views.conversation, name="conversation"),
+    path("c/<id:pk>/send", views.send, name="send"),
+    path("c/<id:pk>/rename", views.rename, name="rename"),
+    path("c/<id:pk>/delete", views.delete, name="delete"),
+    path("c/<id:pk>/m/<id:message_pk>/stream", views.stream, name="stream"),
+    path("c/<id:pk>/m/<id:message_pk>/stop", views.stop, name="stop"),
 ]

@@ -59,7 +59,7 @@ def conversation(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 async def send(request: HttpRequest, pk: int | None = None) -> HttpResponse:
     user = await request.auser()
-    conversation = await ownership.aconversation_or_404(user, pk) if pk else Conversation(owner=user)
+    conversation = await ownership.aconversation_or_404(user, pk) if pk is not None else Conversation(owner=user)
     form = SendForm(request.POST)
     if not form.is_valid():
         # Nothing is saved: not the prompt, not a new conversation.

@@ -2,7 +2,8 @@
 
 Everything above it sees typed events (`TextDelta`, `Finished`, `Usage`, `Failed`), never SSE
 lines or vLLM's JSON. Every failure, whatever its shape on the wire, becomes one `Failed` with a
-message written for the person reading the chat.
+message written for the person reading the chat. The text in events is always text a database can
+store: what vLLM's JSON can hold but no database can (see `_storable`) becomes U+FFFD here.
 """
 
 import asyncio
@@ -115,8 +116,8 @@ async def stream_chat(messages: list[dict[str, str]], options: GenerationOptions
                     yield Failed(f"The model server failed while answering: {_error_text(chunk)}")
                     return
                 for choice in chunk.get("choices") or []:
-                    if text := (choice.get("delta") or {}).get("content"):
-                        yield TextDelta(text)
+                    if (text := (choice.get("delta") or {}).get("content")) and isinstance(text, str):
+                        yield TextDelta(_storable(text))
                     if reason := choice.get("finish_reason"):
                         finished = True
                         yield Finished(reason)
@@ -138,10 +139,40 @@ async def stream_chat(messages: list[dict[str, str]], options: GenerationOptions
         yield Failed(f"Could not talk to the model server: {exc}")
 
 
+# A lone UTF-16 surrogate ("\ud800" is valid JSON; UTF-8 has no encoding for it) and NUL
+# (PostgreSQL's text refuses it) would make every write of the answer fail.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(text: str) -> str:
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
+# SSE ends a line at CRLF, LF or CR only. httpx's `aiter_lines` (like `str.splitlines`) also ends
+# one at U+2028, U+2029, U+0085 and a few controls, which JSON leaves unescaped inside a delta.
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+async def _sse_lines(response: httpx.Response) -> AsyncIterator[str]:
+    pending = ""
+    after_cr = False  # the last read ended with a CR, whose LF may start the next one
+    async for text in response.aiter_text():
+        if not text:
+            continue
+        if after_cr and text[0] == "\n":
+            text = text[1:]
+        after_cr = text.endswith("\r")
+        *lines, pending = _LINE_END.split(pending + text)
+        for line in lines:
+            yield line
+    if pending:
+        yield pending
+
+
 async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
     """The data of each server-sent event: `data:` with or without its space, comments skipped."""
     lines: list[str] = []
-    async for line in response.aiter_lines():
+    async for line in _sse_lines(response):
         if not line:
             if lines:
                 yield "\n".join(lines)
@@ -167,11 +198,11 @@ def _error_text(body: Any) -> str:
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
+            return _storable(str(inner["message"]))
         if isinstance(inner, str):
-            return inner
+            return _storable(inner)
         if body.get("message"):
-            return str(body["message"])
+            return _storable(str(body["message"]))
     return "no details given"
 
 
@@ -187,7 +218,7 @@ def describe_http_error(status: int, content: bytes) -> str:
     try:
         body = json.loads(content)
     except ValueError:
-        body = content.decode(errors="replace").strip()[:300] or None
+        body = _storable(content.decode(errors="replace").strip()[:300]) or None
     text = _error_text(body) if isinstance(body, dict) else (body or "no details given")
     param = _error_param(body)
     if status == 400 and param == "max_tokens" and "maximum context length" in text:

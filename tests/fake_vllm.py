@@ -2,7 +2,7 @@
 
 It speaks what /work/shared/vllm-protocol.md recorded from vLLM 0.32: the same routes, JSON
 shapes, error bodies and SSE frames, sent with chunked transfer encoding over HTTP/1.1 as uvicorn
-does. Knobs (`reply`, `token_delay`, `fault`, `fault_after`) can be changed between requests;
+does. Knobs (`reply`, `token_delay`, `fault`, `fault_after`, `line_end`) can be changed between requests;
 `reset()` restores them and clears what was recorded.
 
 The tokenizer is deterministic and shared by /tokenize, the context-length checks and
@@ -100,9 +100,14 @@ def _error_body(status: int, message: str, type_: str, param: str | None) -> dic
     return {"error": {"message": message, "type": type_, "param": param, "code": status}}
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _dumps(payload: Any) -> bytes:
-    # Starlette's JSONResponse: compact, UTF-8 rather than \u escapes.
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    # Starlette's JSONResponse: compact, UTF-8 rather than \u escapes, so U+2028 and friends go
+    # raw. A lone surrogate in `reply` (which UTF-8 cannot encode) goes as JSON's "\ud800" escape.
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return _LONE_SURROGATE.sub(lambda match: f"\\u{ord(match[0]):04x}", text).encode()
 
 
 class _ServerGone(Exception):
@@ -192,6 +197,8 @@ class FakeVLLM:
         self.reply: list[str] = list(DEFAULT_REPLY)
         self.token_delay = 0.0
         self.fault_after = 2
+        # What ends each SSE line: "\n" as uvicorn sends it, or "\r" or "\r\n", which SSE allows too.
+        self.line_end = "\n"
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -524,7 +531,7 @@ class FakeVLLM:
         deltas = deltas[:max_tokens]
         connection = handler.connection
         chunk_id, created, model = f"chatcmpl-{uuid.uuid4().hex[:16]}", int(time.time()), body["model"]
-        eol = "\r\n" if fault == "ping" else "\n"
+        eol = "\r\n" if fault == "ping" else self.line_end
 
         def send(text: str) -> None:
             data = text.encode()
@@ -535,7 +542,7 @@ class FakeVLLM:
             if fault == "ping":
                 send(f": ping{eol}{eol}data:{data}{eol}{eol}")
             else:
-                send(f"data: {data}\n\n")
+                send(f"data: {data}{eol}{eol}")
 
         def chunk(delta: dict[str, str], finish: str | None = None, *, first: bool = False) -> dict[str, Any]:
             choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}

@@ -136,6 +136,19 @@ BAD_REQUESTS = [
     ("an image", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
      "messages.0.content", "Only text content"),
     ("two choices", {"n": 2}, "n", "n=1"),
+    ("a NUL in an earlier message",
+     {"messages": [{"role": "user", "content": "Hi"},
+                   {"role": "assistant", "content": [{"type": "text", "text": "\x00"}]},
+                   {"role": "user", "content": "Hi"}]},
+     "messages.1.content", "Null characters are not allowed"),
+    ("a NUL in the system prompt",
+     {"messages": [{"role": "system", "content": "Be brief.\x00"}, {"role": "user", "content": "Hi"}]},
+     "messages.0.content", "Null characters are not allowed"),
+    ("a NUL in the prompt", {"messages": [{"role": "user", "content": "a\x00b"}]}, "messages.0.content",
+     "Null characters are not allowed"),
+    ("stream_options not an object", {"stream": True, "stream_options": "x"}, "stream_options", "stream_options"),
+    ("include_usage as text", {"stream": True, "stream_options": {"include_usage": "yes"}},
+     "stream_options.include_usage", "include_usage"),
     ("no room for the answer", {"max_tokens": 2040, "messages": [{"role": "user", "content": "a b c d e f g h i"}]},
      "messages", "too long for the model's 2048-token context"),
 ]  # fmt: skip
@@ -151,6 +164,28 @@ def test_invalid_input_is_400_in_openais_shape_and_saves_nothing(client, fake_vl
     assert error["param"] == param
     assert error["code"] in ("invalid_value", "context_length_exceeded", None)
     assert says in error["message"]
+    assert fake_vllm.requests == []
+    assert Conversation.objects.count() == 0
+
+
+def test_a_lone_surrogate_in_an_earlier_message_is_400_in_openais_shape(live_site, alice_token, fake_vllm):
+    # "\ud800" is valid JSON, but no text the database can store; the SDK cannot even send it.
+    body = (
+        b'{"model": "qwen2-7b-instruct", "messages": [{"role": "user", "content": "\\ud800"}, '
+        b'{"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Hi"}]}'
+    )
+    headers = {"Authorization": f"Bearer {alice_token}", "Content-Type": "application/json"}
+
+    response = httpx.post(f"{live_site.url}/v1/chat/completions", content=body, headers=headers, timeout=10)
+
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert (error["type"], error["param"], error["code"]) == (
+        "invalid_request_error",
+        "messages.0.content",
+        "invalid_value",
+    )
+    assert "Unicode" in error["message"]
     assert fake_vllm.requests == []
     assert Conversation.objects.count() == 0
 

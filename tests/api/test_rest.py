@@ -297,6 +297,7 @@ BAD_MESSAGES = [
     ("a number as prompt", {"prompt": 42}, 422, "prompt"),
     ("a prompt too long", {"prompt": "x" * 16001}, 422, "at most 16000 characters"),
     ("a lone surrogate", b'{"prompt": "\\ud800"}', 422, "Unicode"),
+    ("a NUL character", {"prompt": "a\x00b"}, 422, "Null characters are not allowed"),
     ("temperature below 0", {"prompt": "hi", "temperature": -0.1}, 422, "Temperature must be between 0 and 2"),
     ("temperature above 2", {"prompt": "hi", "temperature": 2.5}, 422, "Temperature must be between 0 and 2"),
     ("temperature as text", {"prompt": "hi", "temperature": "0.5"}, 422, "temperature"),
@@ -334,6 +335,7 @@ BAD_RUNS = [
     ("input not an object", {"input": "Explain"}, 422, "input"),
     ("no prompt", {"input": {"temperature": 0.7}}, 422, "input.prompt"),
     ("an empty prompt", {"input": {"prompt": ""}}, 422, "Type a message first"),
+    ("a NUL character", {"input": {"prompt": "\x00"}}, 422, "Null characters are not allowed"),
     ("temperature above 2", {"input": {"prompt": "hi", "temperature": 3}}, 422, "Temperature must be between"),
     ("temperature as text", {"input": {"prompt": "hi", "temperature": "warm"}}, 422, "input.temperature"),
     ("max_tokens too large", {"input": {"prompt": "hi", "max_tokens": 5000}}, 422, "Max tokens must be between"),
@@ -358,6 +360,28 @@ def test_a_bad_workflow_run_is_a_4xx_json_that_says_why(alice_api, fake_vllm, ca
     assert response.status_code == status, response.text
     assert says in response.json()["detail"]
     assert Conversation.objects.count() == 0
+
+
+@live
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [
+        ("POST", {"title": "Plans\x00"}),
+        ("POST", {"system_prompt": "Be brief.\x00"}),
+        ("PATCH", {"title": "\x00"}),
+        ("PATCH", {"system_prompt": "\x00Be brief."}),
+    ],
+)
+def test_a_nul_character_in_a_conversation_is_refused_and_nothing_changes(alice_api, alice, method, body):
+    # PostgreSQL's text cannot hold NUL: refused when it arrives, not by the database as a 500.
+    conversation = conversation_of(alice, system_prompt="As it was")
+    url = "/conversations" if method == "POST" else f"/conversations/{conversation.pk}"
+
+    response = alice_api.request(method, url, json=body)
+
+    assert response.status_code == 422, response.text
+    assert "Null characters are not allowed" in response.json()["detail"]
+    assert list(Conversation.objects.values_list("title", "system_prompt")) == [("Bob's secrets", "As it was")]
 
 
 @live

@@ -4,10 +4,11 @@ import asyncio
 import gc
 
 import pytest
+from django.db import DatabaseError
 from django.db.backends.utils import CursorWrapper
 
 from chat import turns
-from chat.models import Conversation, Message
+from chat.models import Conversation, Message, MessageQuerySet
 from chat.turns import TurnEnded
 from engine.vllm_client import TextDelta
 from tests.waiting import wait_for_async
@@ -296,3 +297,128 @@ async def test_following_an_ended_answer_replays_it_from_the_database(conversati
     assert text == "stored text"
     assert isinstance(ended, Message) and ended.status == Message.Status.COMPLETE
     assert not isinstance(ended, TurnEnded)
+
+
+# --- whatever fails inside a turn, the answer ends stored, with its text, and every follower is told ---
+
+
+async def all_followers_to_end(answer: Message, followers: int = 2) -> list[tuple[str, Message]]:
+    # A bounded wait: the defect this guards against is a follower that waits forever.
+    return await asyncio.wait_for(asyncio.gather(*(run_to_end(answer) for _ in range(followers))), 10)
+
+
+async def test_a_lone_surrogate_from_vllm_is_stored_as_the_replacement_character(conversation, fake_vllm):
+    fake_vllm.reply = ["before ", "\ud800", " after"]
+    _, answer = await turns.start_turn(conversation, "Say something odd")
+
+    (text, ended), _ = await all_followers_to_end(answer)
+
+    stored = await Message.objects.aget(pk=answer.pk)
+    assert stored.status == ended.status == Message.Status.COMPLETE
+    assert stored.content == text == "before \ufffd after"
+    assert not turns.is_running(answer)
+    assert (await turns.stop_turn(answer)).status == Message.Status.COMPLETE
+
+
+@pytest.mark.parametrize("failure", [DatabaseError("database is locked"), RuntimeError("a bug")])
+async def test_a_checkpoint_that_fails_ends_the_answer_in_error_with_its_text(
+    conversation, fake_vllm, settings, monkeypatch, failure
+):
+    settings.CHAT_CHECKPOINT_SECONDS = 0
+    fake_vllm.reply = ["kept", " lost", " lost"]
+    fake_vllm.token_delay = 0.05
+
+    async def failing_checkpoint(self) -> None:
+        raise failure
+
+    monkeypatch.setattr(turns.RunningTurn, "_checkpoint", failing_checkpoint)
+    _, answer = await turns.start_turn(conversation, "Go")
+
+    (text, ended), (other_text, _) = await all_followers_to_end(answer)
+
+    stored = await Message.objects.aget(pk=answer.pk)
+    assert stored.status == ended.status == Message.Status.ERROR
+    assert str(failure) in stored.error
+    assert stored.content == text == other_text == "kept"
+    assert not turns.is_running(answer)
+    assert await asyncio.to_thread(fake_vllm.wait_for_disconnect, timeout=5)
+
+
+@pytest.fixture
+def failing_final_writes(monkeypatch):
+    """Makes the end-of-turn writes (those that set a status) fail, the first `count` of them."""
+
+    def fail(error: Exception, count: int) -> list[dict]:
+        failed: list[dict] = []
+        update = MessageQuerySet.aupdate
+
+        async def aupdate(self, **fields):
+            if "status" in fields and len(failed) < count:
+                failed.append(fields)
+                raise error
+            return await update(self, **fields)
+
+        monkeypatch.setattr(MessageQuerySet, "aupdate", aupdate)
+        return failed
+
+    return fail
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        DatabaseError("value too long for type character varying(32)"),
+        UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"),
+    ],
+)
+async def test_a_final_write_that_fails_is_stored_as_an_error_with_the_text(
+    conversation, fake_vllm, failing_final_writes, failure
+):
+    failed = failing_final_writes(failure, count=1)
+    fake_vllm.reply = ["all", " of", " it"]
+    _, answer = await turns.start_turn(conversation, "Go")
+
+    (text, ended), _ = await all_followers_to_end(answer)
+
+    assert len(failed) == 1
+    stored = await Message.objects.aget(pk=answer.pk)
+    assert stored.status == ended.status == Message.Status.ERROR
+    assert "could not save" in stored.error
+    assert stored.content == text == "all of it"
+    assert not turns.is_running(answer)
+    assert (await turns.stop_turn(answer)).status == Message.Status.ERROR
+
+
+async def test_a_database_that_refuses_every_final_write_still_ends_the_turn(
+    conversation, fake_vllm, failing_final_writes, settings, monkeypatch
+):
+    failed = failing_final_writes(DatabaseError("connection lost"), count=1000)
+    fake_vllm.reply = ["unsaved", " answer"]
+    _, answer = await turns.start_turn(conversation, "Go")
+
+    (text, ended), _ = await all_followers_to_end(answer)
+
+    assert failed and text == "unsaved answer"
+    assert ended.status == Message.Status.ERROR
+    assert not turns.is_running(answer)
+    monkeypatch.undo()  # the database is back
+    # Nothing runs the answer any more, so the next look at it settles what the database holds.
+    stopped = await turns.stop_turn(answer)
+    assert stopped.status == Message.Status.INTERRUPTED
+    assert (await Message.objects.aget(pk=answer.pk)).status == Message.Status.INTERRUPTED
+
+
+async def test_an_exception_before_streaming_ends_the_answer_in_error(conversation, fake_vllm, monkeypatch):
+    async def broken_fit_context(**kwargs):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(turns, "fit_context", broken_fit_context)
+    _, answer = await turns.start_turn(conversation, "Go")
+
+    (text, ended), _ = await all_followers_to_end(answer)
+
+    stored = await Message.objects.aget(pk=answer.pk)
+    assert stored.status == ended.status == Message.Status.ERROR
+    assert "boom" in stored.error
+    assert text == ""
+    assert not turns.is_running(answer)

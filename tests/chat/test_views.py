@@ -90,6 +90,8 @@ def test_every_state_change_needs_the_csrf_token(alices_conversation, alice):
         ({"prompt": "hi", "temperature": "warm"}, "Temperature must be a number."),
         ({"prompt": "hi", "max_tokens": "0"}, "Max tokens must be between 1 and 2047."),
         ({"prompt": "hi", "max_tokens": "2048"}, "Max tokens must be between 1 and 2047."),
+        # PostgreSQL's text cannot hold NUL.
+        ({"prompt": "a\x00b"}, "Null characters are not allowed."),
     ],
 )
 def test_bad_input_gets_a_clear_message_and_creates_nothing(client, alice, settings, data, error):
@@ -111,6 +113,41 @@ def test_bad_input_in_an_existing_conversation_saves_nothing(client, alices_conv
     assert conversation.messages.count() == 2
     conversation.refresh_from_db()
     assert conversation.temperature == 0.7
+
+
+def test_an_id_no_database_can_hold_is_404_on_every_url(client, alices_conversation, alice):
+    conversation, answer = alices_conversation
+    client.force_login(alice)
+    too_large = 2**63  # one more than the largest id SQLite and PostgreSQL store
+    urls = [
+        *every_url(Conversation(pk=too_large), answer),
+        *[url for url in every_url(conversation, Message(pk=too_large)) if "/m/" in url[1]],
+        *every_url(Conversation(pk=too_large - 1), Message(pk=too_large - 1)),
+    ]
+    for method, url, data in urls:
+        response = getattr(client, method)(url, data)
+        assert response.status_code == 404, (method, url, response.status_code)
+    assert Conversation.objects.get() == conversation
+    assert conversation.messages.count() == 2
+
+
+def test_sending_to_conversation_0_is_404_and_creates_nothing(client, alice):
+    client.force_login(alice)
+
+    response = client.post(reverse("chat:send", args=[0]), {"prompt": "Tell me"})
+
+    assert response.status_code == 404
+    assert not Conversation.objects.exists()
+
+
+def test_a_title_with_a_nul_character_is_refused(client, alices_conversation, alice):
+    conversation, _ = alices_conversation
+    client.force_login(alice)
+    response = client.post(reverse("chat:rename", args=[conversation.pk]), {"title": "Plans\x00"})
+    assert response.status_code == 400
+    assert response.json()["error"] == "Null characters are not allowed."
+    conversation.refresh_from_db()
+    assert conversation.title == "Alice's secret plans"
 
 
 def test_rename_and_empty_title(client, alices_conversation, alice):

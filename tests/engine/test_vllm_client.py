@@ -4,6 +4,7 @@ import asyncio
 import socket
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from engine import vllm_client
@@ -91,6 +92,59 @@ async def test_comments_and_data_without_its_space_are_understood(fake_vllm: Fak
     events = await collect()
 
     assert events == [*answer(DEFAULT_REPLY), Finished("stop"), Usage(count_tokens(MESSAGES), len(DEFAULT_REPLY))]
+
+
+async def test_unicode_line_separators_inside_a_delta_are_text(fake_vllm: FakeVLLM):
+    # JSON leaves U+2028, U+2029 and U+0085 unescaped, and vLLM's JSON is not ASCII-escaped: SSE
+    # ends a line only at CR, LF or CRLF, where str.splitlines also ends one at these.
+    fake_vllm.reply = ["one\u2028two", "\u2029three", "four\x85", "\x0b\x0c\x1c\x1d\x1e five"]
+
+    events = await collect()
+
+    assert events[:-2] == answer(fake_vllm.reply)
+    assert events[-2] == Finished("stop")
+
+
+@pytest.mark.parametrize("line_end", ["\r", "\r\n"])
+async def test_lines_ended_by_cr_or_crlf_are_understood(fake_vllm: FakeVLLM, line_end):
+    fake_vllm.line_end = line_end
+
+    events = await collect()
+
+    assert events == [*answer(DEFAULT_REPLY), Finished("stop"), Usage(count_tokens(MESSAGES), len(DEFAULT_REPLY))]
+
+
+async def test_a_crlf_split_between_two_reads_is_one_line_end():
+    pieces = [b'data: {"a": 1}\r', b"\n\r", b"\ndata: two\r", b"\r", b"data: three\r", b"\n", b"\n", b"data: last"]
+
+    async def body():
+        for piece in pieces:
+            yield piece
+
+    response = httpx.Response(200, content=body())
+
+    assert [data async for data in vllm_client._sse_data(response)] == ['{"a": 1}', "two", "three", "last"]
+
+
+async def test_a_bad_byte_is_the_replacement_character_and_a_split_character_stays_whole():
+    pieces = [b"data: a\xffb \xe2\x80", b"\xa8 c\n\n"]  # "\xe2\x80\xa8" is U+2028, across two reads
+
+    async def body():
+        for piece in pieces:
+            yield piece
+
+    response = httpx.Response(200, content=body())
+
+    assert [data async for data in vllm_client._sse_data(response)] == ["a\ufffdb \u2028 c"]
+
+
+async def test_text_no_database_can_store_becomes_the_replacement_character(fake_vllm: FakeVLLM):
+    # "\ud800" is valid JSON but no UTF-8 text, and PostgreSQL refuses NUL: neither may reach the turn.
+    fake_vllm.reply = ["before ", "\ud800", " a\x00b", " \ud83d\ude00 after"]
+
+    events = await collect()
+
+    assert events[:-2] == answer(["before ", "\ufffd", " a\ufffdb", " \U0001f600 after"])
 
 
 # --- failures after the 200 ------------------------------------------------------------------------
