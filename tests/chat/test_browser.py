@@ -14,7 +14,8 @@ from django.conf import settings as django_settings
 from playwright.sync_api import Browser, Dialog, Locator, Page, expect, sync_playwright
 
 from chat.models import Conversation, Message
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, site_env
+from tests.site_server import SiteProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Playwright's own browser download does not work here; Debian's Chromium does. The last four
@@ -319,6 +320,31 @@ def test_a_prompt_after_the_session_ended_says_so(signed_in: Page, fake_vllm):
     expect(page.locator("#thread .empty")).to_be_visible()
     expect(prompt_box(page)).to_have_value("Anyone there?")
     assert not Message.objects.exists()
+
+
+@pytest.fixture
+def debug_site(django_db_setup, fake_vllm_server) -> Iterator[SiteProcess]:
+    site = SiteProcess(site_env(fake_vllm_server, DJANGO_DEBUG="true")).start()
+    yield site
+    site.stop()
+
+
+def test_with_debug_on_a_form_error_is_still_said_beside_the_form(chromium: Browser, debug_site, alice):
+    # In DEBUG, django-htmx's script shows an htmx request's 400 as the whole page (for Django's
+    # error pages); the page's own 400s are form errors, and stay beside their form.
+    context = chromium.new_context(base_url=debug_site.url)
+    try:
+        page = context.new_page()
+        page.goto("/accounts/login/")
+        page.get_by_label("Username").fill("alice")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page).to_have_url(f"{debug_site.url}/")
+        prompt_box(page).press("Enter")
+        expect(page.locator("#prompt-form").get_by_role("alert")).to_have_text("Type a message first.")
+        expect(prompt_box(page)).to_be_visible()
+    finally:
+        context.close()
 
 
 def test_rename_and_delete_from_the_sidebar(signed_in: Page, alice, live_site, dialogs):

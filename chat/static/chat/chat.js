@@ -97,6 +97,13 @@ Object.assign(htmx.config, {
     box.textContent = message;
     box.hidden = false;
   }
+  // The page's own 400s are form errors (JSON), said beside the form. In DEBUG, django-htmx's
+  // script (listening on the document) would show them as the whole page, as it does Django's
+  // error pages: they stop here on their way up. htmx still reports them as errors, below.
+  document.body.addEventListener("htmx:beforeOnLoad", (e) => {
+    const xhr = e.detail.xhr;
+    if (xhr.status === 400 && xhr.getResponseHeader("Content-Type")?.startsWith("application/json")) e.stopPropagation();
+  });
   document.body.addEventListener("htmx:responseError", (e) => {
     let message = `The site answered ${e.detail.xhr.status}.`;
     try { message = JSON.parse(e.detail.xhr.responseText).error || message; } catch { /* not JSON */ }
