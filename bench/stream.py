@@ -12,6 +12,7 @@ answer takes to reach the browser, for one answer and for several at once.
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -33,8 +34,10 @@ def one_answer(site_url: str, text_expected: str) -> tuple[float, float, int]:
     with httpx.Client(base_url=site_url, timeout=60) as client:
         login(client, "bench", "bench-password-123")
         started = time.perf_counter()
-        sent = client.post("/c/new/send", data={"prompt": "Go", "max_tokens": "2047"}, headers=csrf_headers(client))
-        url = f"/c/{sent.headers['X-Conversation-Id']}/m/{sent.headers['X-Message-Id']}/stream"
+        # As the page's htmx form sends it; the answer's stream URL is in the turn it gets back.
+        headers = {**csrf_headers(client), "HX-Request": "true"}
+        sent = client.post("/c/new/send", data={"prompt": "Go", "max_tokens": "2047"}, headers=headers)
+        url = re.search(r'data-stream-url="([^"]+)"', sent.text)[1]
         first = None
         events = 0
         text = ""

@@ -5,6 +5,7 @@ conversation is a 404 on every URL.
 The views that start, follow or stop a turn are async: the turn runs on the server's event loop.
 """
 
+from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -13,32 +14,48 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import Resolver404, resolve, reverse
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.http import HttpResponseClientRedirect, push_url
+from django_htmx.middleware import HtmxDetails
 
-from chat import ownership, sse, turns
+from chat import ownership, rules, sse, turns
 from chat.forms import RenameForm, SendForm
-from chat.models import Conversation
+from chat.models import Conversation, ConversationQuerySet
 from engine import vllm_client
 
 SIDEBAR_LENGTH = 200
 
 
+class HtmxHttpRequest(HttpRequest):
+    # As django-htmx's example types it: its middleware gives every request `htmx`.
+    htmx: HtmxDetails
+
+
+def _listed_conversations(user: Any) -> ConversationQuerySet:
+    return Conversation.objects.owned_by(user).newest_first()[:SIDEBAR_LENGTH]
+
+
+def _prompt_form(conversation: Conversation | None) -> dict[str, Any]:
+    """What the prompt form shows: the conversation's settings, within the bounds the server checks."""
+    return {
+        "defaults": {
+            "temperature": conversation.temperature if conversation else settings.CHAT_DEFAULT_TEMPERATURE,
+            "top_p": conversation.top_p if conversation else settings.CHAT_DEFAULT_TOP_P,
+            "max_tokens": conversation.max_tokens if conversation else settings.CHAT_DEFAULT_MAX_TOKENS,
+        },
+        "bounds": {"temperature": rules.TEMPERATURE, "top_p": rules.TOP_P, "max_tokens": rules.max_tokens()},
+    }
+
+
 def _page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
-    conversations = Conversation.objects.owned_by(request.user).newest_first()[:SIDEBAR_LENGTH]
     return render(
         request,
         "chat/page.html",
         {
-            "conversations": conversations,
+            "conversations": _listed_conversations(request.user),
             "conversation": conversation,
             "open_pk": conversation.pk if conversation else None,
             "messages": list(conversation.messages.in_order()) if conversation else [],
-            "defaults": {
-                "temperature": conversation.temperature if conversation else settings.CHAT_DEFAULT_TEMPERATURE,
-                "max_tokens": conversation.max_tokens if conversation else settings.CHAT_DEFAULT_MAX_TOKENS,
-            },
-            "context_length": settings.CHAT_CONTEXT_LENGTH,
-            "max_prompt_chars": settings.CHAT_MAX_PROMPT_CHARS,
+            **_prompt_form(conversation),
         },
     )
 
@@ -57,7 +74,7 @@ def conversation(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
-async def send(request: HttpRequest, pk: int | None = None) -> HttpResponse:
+async def send(request: HtmxHttpRequest, pk: int | None = None) -> HttpResponse:
     user = await request.auser()
     conversation = await ownership.aconversation_or_404(user, pk) if pk is not None else Conversation(owner=user)
     form = SendForm(request.POST)
@@ -65,11 +82,21 @@ async def send(request: HttpRequest, pk: int | None = None) -> HttpResponse:
         # Nothing is saved: not the prompt, not a new conversation.
         return JsonResponse({"error": form.first_error(), "fields": form.errors.get_json_data()}, status=400)
     form.apply_to(conversation)
-    prompt, answer = await turns.start_turn(conversation, form.cleaned_data["prompt"])
-    response = render(request, "chat/page.html#turn", {"conversation": conversation, "messages": [prompt, answer]})
-    response["X-Conversation-Id"] = str(conversation.pk)
-    response["X-Message-Id"] = str(answer.pk)
-    response["X-Conversation-Url"] = conversation_url(conversation)
+    turn = await turns.start_turn(conversation, form.cleaned_data["prompt"])
+    if not request.htmx:
+        return redirect(conversation_url(conversation))  # a form sent without script
+    # The page's htmx form: the new turn, and the parts of the page it changes (the `sent` partial).
+    context = {
+        "conversation": conversation,
+        "messages": list(turn),
+        # Read here: the template may not query the database from this async view.
+        "conversations": [item async for item in _listed_conversations(user)],
+        "open_pk": conversation.pk,
+        **_prompt_form(conversation),
+    }
+    response = render(request, "chat/page.html#sent", context)
+    if pk is None:
+        push_url(response, conversation_url(conversation))
     return response
 
 
@@ -91,7 +118,7 @@ async def stop(request: HttpRequest, pk: int, message_pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def rename(request: HttpRequest, pk: int) -> HttpResponse:
+def rename(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     conversation = ownership.conversation_or_404(request.user, pk)
     form = RenameForm(request.POST, instance=conversation)
     if not form.is_valid():
@@ -105,7 +132,7 @@ def rename(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
-async def delete(request: HttpRequest, pk: int) -> HttpResponse:
+async def delete(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     conversation = await ownership.aconversation_or_404(await request.auser(), pk)
     await turns.stop_turns_in(conversation)
     await conversation.adelete()
@@ -126,7 +153,7 @@ async def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse(report, status=200 if health.ok else 503)
 
 
-def _open_conversation_pk(request: HttpRequest) -> int | None:
+def _open_conversation_pk(request: HtmxHttpRequest) -> int | None:
     """The conversation on the person's screen when htmx made the request, if any."""
     if not (request.htmx and request.htmx.current_url_abs_path):
         return None

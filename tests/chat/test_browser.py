@@ -15,6 +15,7 @@ from playwright.sync_api import Browser, Dialog, Locator, Page, expect, sync_pla
 
 from chat.models import Conversation, Message
 from tests.accounts import PASSWORD
+from tests.site_server import SiteProcess, site_env
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Playwright's own browser download does not work here; Debian's Chromium does. The last four
@@ -155,7 +156,18 @@ def test_a_conversation_streams_stops_and_is_found_again(signed_in: Page, fake_v
     listed = sidebar_item(page, "Why run a model locally? Keep it short.")
     expect(listed).to_have_class(re.compile(r"\bcurrent\b"))
     expect(page).to_have_title(re.compile(r"^Why run a model locally\?"))
+    # The list came with the answer to the send: the conversation's page was not loaded again.
+    assert f"{live_site.url}/c/{conversation.pk}/" not in requested_urls
     screenshot(page, "chat-answered")
+
+    # Back is the new chat page as it now is; forward the conversation again.
+    page.go_back()
+    expect(page).to_have_url(f"{live_site.url}/")
+    expect(page.locator("#thread .empty")).to_be_visible()
+    expect(sidebar_item(page, "Why run a model locally? Keep it short.")).not_to_have_class(re.compile(r"\bcurrent\b"))
+    page.go_forward()
+    expect(page).to_have_url(f"{live_site.url}/c/{conversation.pk}/")
+    expect(answers(page).locator(".body")).to_have_text("Streaming answers arrive one token at a time and end.")
 
     # A long, slow answer, stopped halfway: the partial text stays, marked as stopped.
     fake_vllm.reply = [f" word{i}" for i in range(400)]
@@ -268,6 +280,71 @@ def test_an_empty_or_too_long_prompt_shows_the_form_error_and_creates_nothing(si
     prompt_box(page).press("Enter")
     expect(answers(page).locator(".body")).to_have_text("".join(fake_vllm.reply))
     expect(error).to_be_hidden()
+
+
+def test_the_settings_go_with_the_prompt_and_stay_for_the_next(signed_in: Page, fake_vllm):
+    page = signed_in
+    page.get_by_label("Temperature").fill("0.3")
+    expect(page.locator("#prompt-form output")).to_have_text("0.3")
+    page.get_by_label("Top p").fill("0.5")
+    page.get_by_label("Max tokens").fill("64")
+    prompt_box(page).fill("Hello")
+    prompt_box(page).press("Enter")
+    expect(answers(page).locator(".body")).to_have_text("".join(fake_vllm.reply))
+    sent = fake_vllm.requests[-1]
+    assert (sent["temperature"], sent["top_p"], sent["max_tokens"]) == (0.3, 0.5, 64)
+
+    # The form the site sent back shows the conversation's settings, ready for the next prompt.
+    expect(page.get_by_label("Temperature")).to_have_value("0.3")
+    expect(page.get_by_label("Top p")).to_have_value("0.5")
+    expect(page.get_by_label("Max tokens")).to_have_value("64")
+    expect(prompt_box(page)).to_be_focused()
+    prompt_box(page).fill("Again")
+    prompt_box(page).press("Enter")
+    expect(answers(page)).to_have_count(2)
+    expect(answers(page).nth(1).locator(".body")).to_have_text("".join(fake_vllm.reply))
+    assert Conversation.objects.get().messages.count() == 4
+    assert fake_vllm.requests[-1]["top_p"] == 0.5
+
+
+def test_a_prompt_after_the_session_ended_says_so(signed_in: Page, fake_vllm):
+    page = signed_in
+    page.context.clear_cookies(name="sessionid")
+    prompt_box(page).fill("Anyone there?")
+    prompt_box(page).press("Enter")
+    expect(page.locator("#prompt-form").get_by_role("alert")).to_have_text(
+        "You were signed out. Reload the page to sign in again."
+    )
+    # The sign-in page the site answered with is not put into the chat.
+    expect(page.get_by_label("Username")).to_have_count(0)
+    expect(page.locator("#thread .empty")).to_be_visible()
+    expect(prompt_box(page)).to_have_value("Anyone there?")
+    assert not Message.objects.exists()
+
+
+@pytest.fixture
+def debug_site(django_db_setup, fake_vllm_server) -> Iterator[SiteProcess]:
+    site = SiteProcess(site_env(fake_vllm_server, DJANGO_DEBUG="true")).start()
+    yield site
+    site.stop()
+
+
+def test_with_debug_on_a_form_error_is_still_said_beside_the_form(chromium: Browser, debug_site, alice):
+    # In DEBUG, django-htmx's script shows an htmx request's 400 as the whole page (for Django's
+    # error pages); the page's own 400s are form errors, and stay beside their form.
+    context = chromium.new_context(base_url=debug_site.url)
+    try:
+        page = context.new_page()
+        page.goto("/accounts/login/")
+        page.get_by_label("Username").fill("alice")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page).to_have_url(f"{debug_site.url}/")
+        prompt_box(page).press("Enter")
+        expect(page.locator("#prompt-form").get_by_role("alert")).to_have_text("Type a message first.")
+        expect(prompt_box(page)).to_be_visible()
+    finally:
+        context.close()
 
 
 def test_rename_and_delete_from_the_sidebar(signed_in: Page, alice, live_site, dialogs):

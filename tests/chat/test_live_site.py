@@ -1,12 +1,14 @@
 """The site in its own daphne process, over real sockets, against the fake vLLM on loopback."""
 
+import re
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from chat.models import Message
+from chat.models import Conversation, Message
 from tests.accounts import login
+from tests.chat.page_html import elements
 from tests.site_server import SiteProcess, csrf_headers, site_env
 from tests.sse import sse_events
 from tests.waiting import wait_for
@@ -22,13 +24,24 @@ def browser(live_site, alice) -> Iterator[httpx.Client]:
 
 
 def send(client: httpx.Client, prompt: str, url: str = "/c/new/send", **fields) -> httpx.Response:
-    response = client.post(url, data={"prompt": prompt, **fields}, headers=csrf_headers(client))
+    """Send a prompt as the page's htmx form does."""
+    response = client.post(
+        url, data={"prompt": prompt, **fields}, headers={**csrf_headers(client), "HX-Request": "true"}
+    )
     assert response.status_code == 200, response.text
     return response
 
 
-def stream_url(response: httpx.Response) -> str:
-    return f"/c/{response.headers['X-Conversation-Id']}/m/{response.headers['X-Message-Id']}/stream"
+# The answer in a sent turn, which the page's script follows at its stream URL.
+STREAMING_ANSWER = re.compile(r'data-stream-url="(/c/\d+/m/(\d+)/stream)"')
+
+
+def stream_url(sent: httpx.Response) -> str:
+    return STREAMING_ANSWER.search(sent.text)[1]
+
+
+def answer_pk(sent: httpx.Response) -> int:
+    return int(STREAMING_ANSWER.search(sent.text)[2])
 
 
 def test_a_prompt_streams_to_the_browser_and_is_found_again(browser, fake_vllm):
@@ -53,9 +66,57 @@ def test_a_prompt_streams_to_the_browser_and_is_found_again(browser, fake_vllm):
     assert fake_vllm.requests[-1]["temperature"] == 0.3
     assert fake_vllm.requests[-1]["max_tokens"] == 64
 
-    page = browser.get(sent.headers["X-Conversation-Url"])
+    page = browser.get(sent.headers["HX-Push-Url"])
     assert "Local AI keeps &lt;b&gt;your&lt;/b&gt; data." in page.text
     assert Message.objects.get(pk=done["message_id"]).status == Message.Status.COMPLETE
+
+
+def test_a_first_prompt_brings_its_turn_a_form_for_the_next_and_the_conversations_address(browser, fake_vllm):
+    sent = send(browser, "Plan a trip", temperature="0.3", top_p="0.5", max_tokens="64")
+    conversation = Conversation.objects.get()
+    address = f"/c/{conversation.pk}/"
+    assert sent.headers["HX-Push-Url"] == address
+    found = elements(sent.text)
+    assert found[f"message-{answer_pk(sent)}"]["data-stream-url"] == stream_url(sent)
+    assert "Plan a trip" in sent.text
+    # Swapped in beside the turn: a form that sends the next prompt to this conversation, with its
+    # settings, and the list of conversations with this one current.
+    form = found["prompt-form"]
+    assert form["hx-swap-oob"] == "true"
+    assert form["hx-post"] == form["action"] == f"{address}send"
+    assert [found[name]["value"] for name in ("temperature", "top_p", "max_tokens")] == ["0.3", "0.5", "64"]
+    assert found["prompt"]["<tag>"] == "textarea"
+    assert found["conversations"]["hx-swap-oob"] == "true"
+    assert found[f"conversation-{conversation.pk}"]["class"] == "current"
+    with browser.stream("GET", stream_url(sent)) as response:
+        assert list(sse_events(response))[-1][0] == "done"
+
+
+def test_a_prompt_in_a_conversation_refreshes_the_list_without_the_conversation(browser, alice, fake_vllm):
+    trip = Conversation.objects.create(owner=alice, title="Trip")
+    Message.objects.create(conversation=trip, role="user", content="An earlier question")
+    Message.objects.create(conversation=trip, role="assistant", content="An earlier answer")
+    taxes = Conversation.objects.create(owner=alice, title="Taxes")
+    sent = send(browser, "And now?", url=f"/c/{trip.pk}/send")
+    assert "HX-Push-Url" not in sent.headers  # the page is at its address already
+    assert "And now?" in sent.text
+    assert "An earlier question" not in sent.text and "An earlier answer" not in sent.text
+    # The conversation moves to the top of the list, still the current one.
+    assert re.findall(r'<li id="conversation-(\d+)"', sent.text) == [str(trip.pk), str(taxes.pk)]
+    assert elements(sent.text)[f"conversation-{trip.pk}"]["class"] == "current"
+    with browser.stream("GET", stream_url(sent)) as response:
+        assert list(sse_events(response))[-1][0] == "done"
+
+
+def test_without_script_a_prompt_leads_to_its_conversation(browser, fake_vllm):
+    response = browser.post("/c/new/send", data={"prompt": "No script here"}, headers=csrf_headers(browser))
+    conversation = Conversation.objects.get()
+    assert response.status_code == 302
+    assert response.headers["Location"] == f"/c/{conversation.pk}/"
+    assert "No script here" in browser.get(response.headers["Location"]).text
+    answer = conversation.messages.get(role="assistant")
+    with browser.stream("GET", f"/c/{conversation.pk}/m/{answer.pk}/stream") as response:
+        assert list(sse_events(response))[-1][0] == "done"
 
 
 def test_stop_ends_the_answer_and_vllm_sees_the_request_closed(browser, fake_vllm):
@@ -87,7 +148,7 @@ def test_an_answer_outlives_the_browser_and_can_be_followed_live_again(browser, 
         events = sse_events(response.iter_lines())
         seen = "".join(next(events)[1]["text"] for _ in range(5))
     # The tab is closed. Reopening the conversation follows the answer still growing.
-    page = browser.get(sent.headers["X-Conversation-Url"])
+    page = browser.get(sent.headers["HX-Push-Url"])
     assert 'data-stream-url="' in page.text
     with browser.stream("GET", stream_url(sent)) as response:
         events = list(sse_events(response.iter_lines()))
@@ -96,7 +157,7 @@ def test_an_answer_outlives_the_browser_and_can_be_followed_live_again(browser, 
     assert text == "".join(fake_vllm.reply)
     assert events[-1][1]["status"] == "complete"
     assert fake_vllm.disconnects() == 0
-    assert Message.objects.get(pk=sent.headers["X-Message-Id"]).content == text
+    assert Message.objects.get(pk=answer_pk(sent)).content == text
 
 
 def test_a_vllm_failure_is_shown_and_stored(browser, fake_vllm):
@@ -107,10 +168,10 @@ def test_a_vllm_failure_is_shown_and_stored(browser, fake_vllm):
 
     assert events[-1][0] == "error"
     assert "The model server failed (500)" in events[-1][1]["message"]
-    stored = Message.objects.get(pk=sent.headers["X-Message-Id"])
+    stored = Message.objects.get(pk=answer_pk(sent))
     assert stored.status == Message.Status.ERROR
     assert stored.error == events[-1][1]["message"]
-    page = browser.get(sent.headers["X-Conversation-Url"])
+    page = browser.get(sent.headers["HX-Push-Url"])
     assert "The model server failed (500)" in page.text
 
 
@@ -136,7 +197,7 @@ def test_a_site_that_dies_mid_answer_marks_it_interrupted_at_the_next_start(
         with httpx.Client(base_url=site.url, timeout=10) as client:
             login(client, "alice")
             sent = send(client, "Crash in the middle")
-        answer = Message.objects.get(pk=sent.headers["X-Message-Id"])
+        answer = Message.objects.get(pk=answer_pk(sent))
         wait_for(lambda: Message.objects.get(pk=answer.pk).content == "half of it")
         site.kill()
         assert Message.objects.get(pk=answer.pk).status == Message.Status.STREAMING

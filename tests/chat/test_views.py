@@ -3,8 +3,10 @@
 import pytest
 from django.test import Client
 from django.urls import resolve, reverse
+from django.utils import translation
 
-from chat.models import Conversation, Message
+from chat.models import TEMPERATURE_RANGE, TOP_P_RANGE, Conversation, Message, max_tokens_range
+from tests.chat.page_html import elements
 
 pytestmark = pytest.mark.django_db
 
@@ -233,3 +235,34 @@ def test_pages_forbid_scripts_from_anywhere_but_the_site(client, alice):
     client.force_login(alice)
     policy = client.get(reverse("chat:index"))["Content-Security-Policy"]
     assert "script-src 'self';" in policy
+
+
+def bounds(field: dict[str, str | None]) -> tuple[float, float]:
+    return float(field["min"] or "nan"), float(field["max"] or "nan")
+
+
+def test_the_prompt_form_offers_the_bounds_the_server_checks(client, alice, settings):
+    settings.CHAT_CONTEXT_LENGTH = 4096
+    client.force_login(alice)
+    # In a language that writes 0,7: HTML still needs 0.7.
+    with translation.override("de"):
+        fields = elements(client.get(reverse("chat:index")).content.decode())
+    assert bounds(fields["temperature"]) == TEMPERATURE_RANGE
+    assert bounds(fields["top_p"]) == TOP_P_RANGE
+    assert bounds(fields["max_tokens"]) == max_tokens_range() == (1, 4095)
+    assert float(fields["temperature"]["value"] or "nan") == settings.CHAT_DEFAULT_TEMPERATURE
+    assert float(fields["top_p"]["value"] or "nan") == settings.CHAT_DEFAULT_TOP_P
+    assert fields["max_tokens"]["value"] == str(settings.CHAT_DEFAULT_MAX_TOKENS)
+
+
+def test_a_conversations_prompt_form_shows_its_settings_and_sends_to_it(client, alice):
+    conversation = Conversation.objects.create(owner=alice, temperature=0.25, top_p=0.5, max_tokens=99)
+    client.force_login(alice)
+    fields = elements(client.get(reverse("chat:conversation", args=[conversation.pk])).content.decode())
+    assert (fields["temperature"]["value"], fields["top_p"]["value"], fields["max_tokens"]["value"]) == (
+        "0.25",
+        "0.5",
+        "99",
+    )
+    send = reverse("chat:send", args=[conversation.pk])
+    assert fields["prompt-form"]["hx-post"] == fields["prompt-form"]["action"] == send

@@ -112,11 +112,16 @@ def csrf(client: AsyncClient) -> dict[str, str]:
 
 
 async def send(client: AsyncClient, prompt: str, max_tokens: int) -> tuple[str, str]:
+    """Send as the page's htmx form does; the conversation and answer are in the answer's stream URL."""
     response = await client.post(
-        "/c/new/send", {"prompt": prompt, "temperature": "0.7", "max_tokens": max_tokens}, headers=csrf(client)
+        "/c/new/send",
+        {"prompt": prompt, "temperature": "0.7", "max_tokens": max_tokens},
+        headers={**csrf(client), "HX-Request": "true"},
     )
     assert response.status_code == 200, response.content[:500]
-    return response["X-Conversation-Id"], response["X-Message-Id"]
+    found = re.search(r'data-stream-url="/c/(\d+)/m/(\d+)/stream"', response.content.decode())
+    assert found, response.content[:500]
+    return found[1], found[2]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -4,6 +4,7 @@ It starts a vLLM of its own (the suite's shared one stays up), on a database it 
 and is driven as a person drives it: a browser's HTTP to daphne, then Ctrl-C in the terminal.
 """
 
+import re
 import signal
 import subprocess
 import sys
@@ -46,10 +47,10 @@ def test_up_serves_a_streamed_turn_from_its_own_vllm_and_ctrl_c_stops_both(tiny_
             sent = browser.post(
                 "/c/new/send",
                 data={"prompt": "Explain the benefits of local AI models", "max_tokens": "32"},
-                headers=csrf_headers(browser),
+                headers={**csrf_headers(browser), "HX-Request": "true"},  # as the page's htmx form sends it
             )
             assert sent.status_code == 200, sent.text
-            stream_url = f"/c/{sent.headers['X-Conversation-Id']}/m/{sent.headers['X-Message-Id']}/stream"
+            stream_url = re.search(r'data-stream-url="([^"]+)"', sent.text)[1]
             with browser.stream("GET", stream_url) as response:
                 assert response.headers["content-type"].startswith("text/event-stream")
                 events = list(sse_events(response.iter_lines()))

@@ -1,19 +1,28 @@
-// The chat page's script: send a prompt, follow answers as Server-Sent Events, stop them.
+// The chat page's script. htmx sends a prompt and swaps in the site's answer to it (the new turn,
+// a fresh prompt form, the list of conversations), and stops an answer; this script follows each
+// answer as Server-Sent Events and says what went wrong with a request.
 // Model output only ever goes into text nodes, so it is never interpreted as HTML.
+
+// Deferred like htmx and after it, so this runs before htmx reads the page. No eval: the
+// Content-Security-Policy would refuse it anyway. No history snapshots: they would copy
+// conversations into sessionStorage and freeze a streaming answer; going back reloads instead.
+Object.assign(htmx.config, {
+  allowEval: false,
+  allowScriptTags: false,
+  historyCacheSize: 0,
+  refreshOnHistoryMiss: true,
+});
+
 (() => {
   "use strict";
-  const form = document.getElementById("prompt-form");
-  const prompt = form.elements.prompt;
-  const sendButton = form.querySelector(".send");
   const thread = document.getElementById("thread");
-  const formError = form.querySelector(".form-error");
-  const csrfToken = () => form.elements.csrfmiddlewaretoken.value;
-  let sending = false; // a prompt is on its way to the server
+  // Each sent prompt brings a fresh form from the site, so the form is looked up when needed.
+  const promptForm = () => document.getElementById("prompt-form");
 
   // One prompt at a time: the next one is sent once the answer before it has ended, so that the
-  // model sees that answer too.
-  const busy = () => sending || !!thread.querySelector("[data-stream-url]");
-  const updateSendButton = () => { sendButton.disabled = busy(); };
+  // model sees that answer too. (While a prompt is on its way, htmx disables Send itself.)
+  const answering = () => !!thread.querySelector("[data-stream-url]");
+  const updateSendButton = () => { promptForm().querySelector(".send").disabled = answering(); };
 
   // As the server labels Message.Status; a complete answer needs none.
   const statusLabel = (status) => (status === "complete" ? "" : status.charAt(0).toUpperCase() + status.slice(1));
@@ -72,109 +81,70 @@
     updateSendButton();
   }
 
-  thread.addEventListener("click", async (e) => {
-    const button = e.target.closest(".stop");
-    if (!button) return;
-    button.disabled = true;
-    const article = button.closest("article");
-    // The answer's own stream reports the stop, with the partial text.
-    const response = await fetch(article.dataset.stopUrl, { method: "POST", headers: { "X-CSRFToken": csrfToken() } })
-      .catch(() => null);
-    if (!response || !response.ok) button.disabled = false;
+  // A sent prompt's turn has been added to the thread: follow its answer.
+  document.body.addEventListener("htmx:afterSwap", (e) => {
+    if (e.target !== thread) return;
+    thread.querySelector(".empty")?.remove();
+    thread.querySelectorAll("[data-stream-url]").forEach(follow);
+    scrollToEnd();
   });
 
-  function showFormError(message) {
-    formError.textContent = message;
-    formError.hidden = false;
+  // What went wrong with a request htmx made, said beside the form that made it (the prompt form,
+  // or a conversation's rename and delete).
+  function showError(elt, message) {
+    const box = elt.closest("li, #prompt-form")?.querySelector(".form-error");
+    if (!box) return;
+    box.textContent = message;
+    box.hidden = false;
   }
+  // The page's own 400s are form errors (JSON), said beside the form. In DEBUG, django-htmx's
+  // script (listening on the document) would show them as the whole page, as it does Django's
+  // error pages: they stop here on their way up. htmx still reports them as errors, below.
+  document.body.addEventListener("htmx:beforeOnLoad", (e) => {
+    const xhr = e.detail.xhr;
+    if (xhr.status === 400 && xhr.getResponseHeader("Content-Type")?.startsWith("application/json")) e.stopPropagation();
+  });
+  document.body.addEventListener("htmx:responseError", (e) => {
+    let message = `The site answered ${e.detail.xhr.status}.`;
+    try { message = JSON.parse(e.detail.xhr.responseText).error || message; } catch { /* not JSON */ }
+    showError(e.detail.elt, message);
+  });
+  document.body.addEventListener("htmx:sendError", (e) => {
+    showError(e.detail.elt, "The site could not be reached. Try again.");
+  });
+  // An answer from another address than the one asked: the site sent the request to the sign-in
+  // page, as the session has ended. That page is not to be swapped into this one.
+  document.body.addEventListener("htmx:beforeSwap", (e) => {
+    const { finalRequestPath, responsePath } = e.detail.pathInfo;
+    if (!responsePath || responsePath === finalRequestPath) return;
+    e.detail.shouldSwap = false;
+    // Here `elt` is where the answer would go; the request came from `requestConfig.elt`.
+    showError(e.detail.requestConfig.elt, "You were signed out. Reload the page to sign in again.");
+  });
 
-  async function errorOf(response) {
-    if (!response) return "The site could not be reached. Try again.";
-    try {
-      return (await response.json()).error;
-    } catch {
-      return `The site answered ${response.status}.`;
-    }
-  }
-
-  function refreshSidebar() {
-    // The conversation moved to the top of the list, or is new in it.
-    htmx.ajax("GET", location.pathname, { target: "#conversations", select: "#conversations", swap: "outerHTML" });
-  }
-
-  form.addEventListener("submit", async (e) => {
+  // Enter sends, Shift+Enter is a new line.
+  document.addEventListener("keydown", (e) => {
+    if (e.target.id !== "prompt" || e.key !== "Enter" || e.shiftKey || e.isComposing) return;
     e.preventDefault();
-    if (busy()) return;
-    sending = true;
-    updateSendButton();
-    formError.hidden = true;
-    try {
-      const response = await fetch(form.action, {
-        method: "POST",
-        body: new FormData(form),
-        headers: { "X-CSRFToken": csrfToken() },
-      }).catch(() => null);
-      if (!response || !response.ok) {
-        showFormError(await errorOf(response));
-        return;
-      }
-      const url = response.headers.get("X-Conversation-Url");
-      if (!url) {
-        // Redirected to the sign-in page: the session ended.
-        showFormError("You were signed out. Reload the page to sign in again.");
-        return;
-      }
-      thread.querySelector(".empty")?.remove();
-      thread.insertAdjacentHTML("beforeend", await response.text());
-      prompt.value = "";
-      fitPrompt();
-      if (url !== location.pathname) {
-        history.pushState({}, "", url);
-        form.action = `${url}send`;
-      }
-      refreshSidebar();
-      thread.querySelectorAll("[data-stream-url]").forEach(follow);
-      scrollToEnd();
-    } finally {
-      sending = false;
-      updateSendButton();
-    }
-  });
-
-  prompt.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
-      e.preventDefault();
-      if (!busy()) form.requestSubmit();
-    }
+    if (!answering()) e.target.form.requestSubmit();
   });
 
   // The prompt box grows with its text, up to a point, then scrolls.
-  function fitPrompt() {
+  function fitPrompt(prompt) {
     prompt.style.height = "auto";
     const borders = prompt.offsetHeight - prompt.clientHeight;
     prompt.style.height = `${Math.min(prompt.scrollHeight + borders, 240)}px`;
   }
-  prompt.addEventListener("input", fitPrompt);
-
-  const temperature = form.elements.temperature;
-  temperature.addEventListener("input", () => { temperature.nextElementSibling.value = temperature.value; });
-
-  // The sidebar's htmx requests (rename, delete) say what went wrong beside the conversation.
-  document.body.addEventListener("htmx:responseError", (e) => {
-    const box = e.detail.elt.closest("li")?.querySelector(".form-error");
-    if (!box) return;
-    let message = `The site answered ${e.detail.xhr.status}.`;
-    try { message = JSON.parse(e.detail.xhr.responseText).error || message; } catch { /* not JSON */ }
-    box.textContent = message;
-    box.hidden = false;
+  document.addEventListener("input", (e) => {
+    if (e.target.id === "prompt") fitPrompt(e.target);
+    if (e.target.name === "temperature") e.target.nextElementSibling.value = e.target.value;
   });
+
   // The tab's title follows the current conversation's, once the site has named or renamed it.
   document.body.addEventListener("htmx:afterSettle", () => {
     const current = document.querySelector("#conversations li.current > a");
     if (current) document.title = `${current.textContent} · Local chat`;
   });
-  // Only the first prompt of a new conversation pushes a history entry; going back reloads.
-  window.addEventListener("popstate", () => location.reload());
 
   const backend = document.getElementById("backend");
   async function checkBackend() {
