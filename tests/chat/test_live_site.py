@@ -89,7 +89,7 @@ def test_a_first_prompt_brings_its_turn_a_form_for_the_next_and_the_conversation
     assert found["conversations"]["hx-swap-oob"] == "true"
     assert found[f"conversation-{conversation.pk}"]["class"] == "current"
     with browser.stream("GET", stream_url(sent)) as response:
-        assert list(sse_events(response))[-1][0] == "done"
+        assert list(sse_events(response.iter_lines()))[-1][0] == "done"
 
 
 def test_a_prompt_in_a_conversation_refreshes_the_list_without_the_conversation(browser, alice, fake_vllm):
@@ -105,7 +105,7 @@ def test_a_prompt_in_a_conversation_refreshes_the_list_without_the_conversation(
     assert re.findall(r'<li id="conversation-(\d+)"', sent.text) == [str(trip.pk), str(taxes.pk)]
     assert elements(sent.text)[f"conversation-{trip.pk}"]["class"] == "current"
     with browser.stream("GET", stream_url(sent)) as response:
-        assert list(sse_events(response))[-1][0] == "done"
+        assert list(sse_events(response.iter_lines()))[-1][0] == "done"
 
 
 def test_without_script_a_prompt_leads_to_its_conversation(browser, fake_vllm):
@@ -116,7 +116,7 @@ def test_without_script_a_prompt_leads_to_its_conversation(browser, fake_vllm):
     assert "No script here" in browser.get(response.headers["Location"]).text
     answer = conversation.messages.get(role="assistant")
     with browser.stream("GET", f"/c/{conversation.pk}/m/{answer.pk}/stream") as response:
-        assert list(sse_events(response))[-1][0] == "done"
+        assert list(sse_events(response.iter_lines()))[-1][0] == "done"
 
 
 def test_stop_ends_the_answer_and_vllm_sees_the_request_closed(browser, fake_vllm):

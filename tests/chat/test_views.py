@@ -5,7 +5,8 @@ from django.test import Client
 from django.urls import resolve, reverse
 from django.utils import translation
 
-from chat.models import TEMPERATURE_RANGE, TOP_P_RANGE, Conversation, Message, max_tokens_range
+from chat import rules
+from chat.models import Conversation, Message
 from tests.chat.page_html import elements
 
 pytestmark = pytest.mark.django_db
@@ -247,9 +248,9 @@ def test_the_prompt_form_offers_the_bounds_the_server_checks(client, alice, sett
     # In a language that writes 0,7: HTML still needs 0.7.
     with translation.override("de"):
         fields = elements(client.get(reverse("chat:index")).content.decode())
-    assert bounds(fields["temperature"]) == TEMPERATURE_RANGE
-    assert bounds(fields["top_p"]) == TOP_P_RANGE
-    assert bounds(fields["max_tokens"]) == max_tokens_range() == (1, 4095)
+    assert bounds(fields["temperature"]) == (rules.TEMPERATURE.low, rules.TEMPERATURE.high)
+    assert bounds(fields["top_p"]) == (rules.TOP_P.low, rules.TOP_P.high)
+    assert bounds(fields["max_tokens"]) == (rules.max_tokens().low, rules.max_tokens().high) == (1, 4095)
     assert float(fields["temperature"]["value"] or "nan") == settings.CHAT_DEFAULT_TEMPERATURE
     assert float(fields["top_p"]["value"] or "nan") == settings.CHAT_DEFAULT_TOP_P
     assert fields["max_tokens"]["value"] == str(settings.CHAT_DEFAULT_MAX_TOKENS)
