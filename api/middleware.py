@@ -4,10 +4,13 @@ Only the API's doors (/api/ and the OpenAI-compatible /v1/) are limited; each ge
 own shape. The chat page's forms keep Django's own limits.
 """
 
+from collections.abc import Callable
+from typing import Any
+
 from asgiref.sync import iscoroutinefunction
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from django.utils.decorators import sync_and_async_middleware
 
 REST_PREFIX = "/api/"
@@ -15,18 +18,19 @@ OPENAI_PREFIX = "/v1/"
 
 
 @sync_and_async_middleware
-def limit_api_body(get_response):
+def limit_api_body(get_response: Callable[[HttpRequest], Any]) -> Callable[[HttpRequest], Any]:
+    # `get_response` is Django's sync or async chain, whichever the server runs: a response or an awaitable.
     if iscoroutinefunction(get_response):
 
-        async def middleware(request: HttpRequest):
+        async def middleware(request: HttpRequest) -> HttpResponseBase:
             return _refusal(request) or await get_response(request)
 
-    else:
+        return middleware
 
-        def middleware(request: HttpRequest):
-            return _refusal(request) or get_response(request)
+    def sync_middleware(request: HttpRequest) -> HttpResponseBase:
+        return _refusal(request) or get_response(request)
 
-    return middleware
+    return sync_middleware
 
 
 def _refusal(request: HttpRequest) -> JsonResponse | None:

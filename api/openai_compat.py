@@ -20,20 +20,21 @@ itself aborts a request whose client left.
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import transaction
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from ninja import NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from pydantic import ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from api import answers
-from api.auth import TokenAuth
+from api.auth import AuthenticatedRequest, TokenAuth
 from api.schemas import GenerationSettings, MaxTokens, clean_prompt, clean_system_prompt
 from chat import sse, turns
 from chat.context import ContextTooLong
@@ -55,7 +56,13 @@ STARTED = int(time.time())
 
 class OpenAIError(Exception):
     def __init__(
-        self, status: int, message: str, *, type: str = "invalid_request_error", param=None, code=None
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
@@ -142,7 +149,7 @@ class ChatCompletionIn(GenerationSettings):
     stream_options: StreamOptions | None = None
 
 
-def _checked(text: str, check, param: str) -> str:
+def _checked(text: str, check: Callable[[str], str], param: str) -> str:
     try:
         return check(text)
     except PydanticCustomError as exc:
@@ -179,7 +186,7 @@ class Exchange:
         if request.max_completion_tokens is not None:
             self.settings = request.model_copy(update={"max_tokens": request.max_completion_tokens})
 
-    def conversation(self, user) -> Conversation:
+    def conversation(self, user: User) -> Conversation:
         conversation = Conversation(owner=user, system_prompt=self.system_prompt)
         self.settings.apply_to(conversation)
         return conversation
@@ -198,7 +205,9 @@ class Exchange:
 
 
 @openai_api.post("/chat/completions")
-async def chat_completions(request: HttpRequest, data: ChatCompletionIn):
+async def chat_completions(
+    request: AuthenticatedRequest, data: ChatCompletionIn
+) -> StreamingHttpResponse | dict[str, Any]:
     exchange = Exchange(data)
     conversation = exchange.conversation(request.auth)
     try:
@@ -301,12 +310,12 @@ def _model_card() -> dict[str, Any]:
 
 
 @openai_api.get("/models")
-def list_models(request: HttpRequest):
+def list_models(request: HttpRequest) -> dict[str, Any]:
     return {"object": "list", "data": [_model_card()]}
 
 
 @openai_api.get("/models/{path:model}")
-def retrieve_model(request: HttpRequest, model: str):
+def retrieve_model(request: HttpRequest, model: str) -> dict[str, Any]:
     if model != settings.VLLM_SERVED_MODEL_NAME:
         raise OpenAIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
     return _model_card()

@@ -11,15 +11,21 @@ session, 404, 413 for a body over API_MAX_BODY_BYTES, 422 (with `errors`, one pe
 request that does not validate.
 """
 
-from django.http import Http404, HttpRequest, HttpResponse
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import aget_object_or_404, get_object_or_404
-from ninja import NinjaAPI, Path
+from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.pagination import LimitOffsetPagination, paginate
+
+# The function itself: under a type checker `ninja.Path` is an Annotated alias, which cannot be called.
+from ninja.params.functions import Path
 from pydantic import Field
 
 from api import answers, workflows
-from api.auth import SessionAuth, TokenAuth
+from api.auth import AuthenticatedRequest, SessionAuth, TokenAuth
 from api.schemas import (
     ERRORS,
     MAX_ID,
@@ -32,7 +38,7 @@ from api.schemas import (
     TurnOut,
 )
 from chat import sse, turns
-from chat.models import Conversation, Message
+from chat.models import Conversation, ConversationQuerySet, Message
 
 api = NinjaAPI(
     title="Chat site API",
@@ -59,7 +65,7 @@ ANSWER_EVENT = {
 }
 
 
-def streamed(description: str, **response) -> dict:
+def streamed(description: str, **response: Any) -> dict[str, Any]:
     return {
         "responses": {
             200: {"description": description, "content": {"text/event-stream": {"schema": ANSWER_EVENT}}, **response},
@@ -128,19 +134,20 @@ class Page(LimitOffsetPagination):
         offset: int = Field(0, ge=0, le=MAX_ID)
 
 
-def conversation_id() -> int:
+def conversation_id() -> Any:
+    # Not an int: django-ninja's marker for a path parameter, used as the parameter's default.
     return Path(..., ge=1, le=MAX_ID)
 
 
-def _owned(request: HttpRequest):
+def _owned(request: AuthenticatedRequest) -> ConversationQuerySet:
     return Conversation.objects.owned_by(request.auth)
 
 
-async def _owned_conversation(request: HttpRequest, pk: int) -> Conversation:
+async def _owned_conversation(request: AuthenticatedRequest, pk: int) -> Conversation:
     return await aget_object_or_404(_owned(request), pk=pk)
 
 
-async def _owned_answer(request: HttpRequest, pk: int, message_pk: int) -> Message:
+async def _owned_answer(request: AuthenticatedRequest, pk: int, message_pk: int) -> Message:
     return await aget_object_or_404(Message.objects.answers_of(request.auth), pk=message_pk, conversation=pk)
 
 
@@ -149,13 +156,13 @@ async def _owned_answer(request: HttpRequest, pk: int, message_pk: int) -> Messa
 
 @api.get("/conversations", response={200: list[ConversationOut], **ERRORS}, tags=["conversations"])
 @paginate(Page)
-def list_conversations(request: HttpRequest):
+def list_conversations(request: AuthenticatedRequest) -> QuerySet[Conversation]:
     """The user's conversations, most recently active first."""
     return _owned(request).newest_first()
 
 
 @api.post("/conversations", response={201: ConversationOut, **ERRORS}, tags=["conversations"])
-def create_conversation(request: HttpRequest, data: ConversationIn):
+def create_conversation(request: AuthenticatedRequest, data: ConversationIn) -> tuple[int, Conversation]:
     conversation = Conversation(owner=request.auth, title=data.title, system_prompt=data.system_prompt)
     data.apply_to(conversation)
     conversation.save()
@@ -163,12 +170,14 @@ def create_conversation(request: HttpRequest, data: ConversationIn):
 
 
 @api.get("/conversations/{conversation_id}", response={200: ConversationDetail, **ERRORS}, tags=["conversations"])
-def read_conversation(request: HttpRequest, conversation_id: int = conversation_id()):
+def read_conversation(request: AuthenticatedRequest, conversation_id: int = conversation_id()) -> Conversation:
     return get_object_or_404(_owned(request).prefetch_related("messages"), pk=conversation_id)
 
 
 @api.patch("/conversations/{conversation_id}", response={200: ConversationOut, **ERRORS}, tags=["conversations"])
-def change_conversation(request: HttpRequest, data: ConversationChange, conversation_id: int = conversation_id()):
+def change_conversation(
+    request: AuthenticatedRequest, data: ConversationChange, conversation_id: int = conversation_id()
+) -> Conversation:
     """Rename it (`title`), or change its system prompt or generation settings for the next turns."""
     conversation = get_object_or_404(_owned(request), pk=conversation_id)
     if data.title is not None:
@@ -181,7 +190,9 @@ def change_conversation(request: HttpRequest, data: ConversationChange, conversa
 
 
 @api.delete("/conversations/{conversation_id}", response={204: None, **ERRORS}, tags=["conversations"])
-async def delete_conversation(request: HttpRequest, conversation_id: int = conversation_id()):
+async def delete_conversation(
+    request: AuthenticatedRequest, conversation_id: int = conversation_id()
+) -> tuple[int, None]:
     """Deletes it with its messages, stopping an answer still being generated."""
     conversation = await _owned_conversation(request, conversation_id)
     await turns.stop_turns_in(conversation)
@@ -202,7 +213,9 @@ async def delete_conversation(request: HttpRequest, conversation_id: int = conve
     ),
     tags=["messages"],
 )
-async def send_message(request: HttpRequest, data: MessageIn, conversation_id: int = conversation_id()):
+async def send_message(
+    request: AuthenticatedRequest, data: MessageIn, conversation_id: int = conversation_id()
+) -> StreamingHttpResponse | TurnOut:
     """Send a prompt; the answer comes back once complete, or as it is generated with `stream: true`.
 
     Generation settings given here are saved on the conversation, as the page does. The answer is
@@ -217,7 +230,11 @@ async def send_message(request: HttpRequest, data: MessageIn, conversation_id: i
         response["X-Conversation-Id"] = str(conversation.pk)
         response["X-Message-Id"] = str(answer.pk)
         return response
-    return TurnOut(conversation_id=conversation.pk, prompt=prompt, answer=await answers.ended(answer))
+    return TurnOut(
+        conversation_id=conversation.pk,
+        prompt=MessageOut.model_validate(prompt),
+        answer=MessageOut.model_validate(await answers.ended(answer)),
+    )
 
 
 @api.get(
@@ -227,10 +244,10 @@ async def send_message(request: HttpRequest, data: MessageIn, conversation_id: i
     tags=["messages"],
 )
 async def follow_message(
-    request: HttpRequest,
+    request: AuthenticatedRequest,
     conversation_id: int = conversation_id(),
     message_id: int = Path(..., ge=1, le=MAX_ID),
-):
+) -> StreamingHttpResponse:
     """Follow an answer, from its text so far; an answer that has ended streams whole, then `done`."""
     return sse.response(sse.turn_events(await _owned_answer(request, conversation_id, message_id)))
 
@@ -241,10 +258,10 @@ async def follow_message(
     tags=["messages"],
 )
 async def stop_message(
-    request: HttpRequest,
+    request: AuthenticatedRequest,
     conversation_id: int = conversation_id(),
     message_id: int = Path(..., ge=1, le=MAX_ID),
-):
+) -> Message:
     """Stop an answer being generated; its text so far is kept, in status `stopped`."""
     return await turns.stop_turn(await _owned_answer(request, conversation_id, message_id))
 

@@ -7,6 +7,7 @@ settings the site runs with; the OpenAPI schema states them as they were at star
 """
 
 import math
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -65,7 +66,7 @@ def _new_title(value: str) -> str:
     return value
 
 
-def _between(label: str, low: float, high: float):
+def _between(label: str, low: float, high: float) -> Callable[[float], float]:
     def check(value: float) -> float:
         if math.isnan(value) or not low <= value <= high:
             raise PydanticCustomError("range", out_of_range(label, low, high))

@@ -1,10 +1,13 @@
+from collections.abc import Callable
+from typing import Any
+
 from django import forms
 from django.conf import settings
 
 from chat.models import TEMPERATURE_RANGE, TOP_P_RANGE, Conversation, max_tokens_range, out_of_range
 
 
-def _bounded(field: type[forms.Field], label: str, low: float, high: float) -> forms.Field:
+def _bounded(field: Callable[..., forms.Field], label: str, low: float, high: float) -> forms.Field:
     message = out_of_range(label, low, high)
     return field(
         required=False,
@@ -17,7 +20,7 @@ def _bounded(field: type[forms.Field], label: str, low: float, high: float) -> f
 class SendForm(forms.Form):
     """A prompt and the generation settings it is sent with, within the bounds vLLM accepts."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Built here, not at import, so that the limits follow the settings (and tests' overrides).
         limit = settings.CHAT_MAX_PROMPT_CHARS
@@ -38,10 +41,10 @@ class SendForm(forms.Form):
                 setattr(conversation, name, value)
 
     def first_error(self) -> str:
-        return next(iter(self.errors.values()))[0]
+        return str(next(iter(self.errors.values()))[0])  # an ErrorList item reads as its message
 
 
-class RenameForm(forms.ModelForm):
+class RenameForm(forms.ModelForm[Conversation]):
     class Meta:
         model = Conversation
         fields = ["title"]

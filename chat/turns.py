@@ -17,7 +17,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
@@ -217,7 +217,7 @@ async def start_turn(conversation: Conversation, prompt: str) -> Turn:
     return Turn(prompt_message, answer)
 
 
-async def follow(answer: Message) -> AsyncIterator[TurnEvent]:
+async def follow(answer: Message) -> AsyncGenerator[TurnEvent, None]:
     """The answer's text so far as one delta, then each new delta, then `TurnEnded`.
 
     Cancelling the follower (the browser went away) leaves the turn running.

@@ -9,11 +9,13 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.contrib.auth.models import User
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import aget_object_or_404, get_object_or_404, redirect, render
 from django.urls import Resolver404, resolve, reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
+from django_htmx.middleware import HtmxDetails
 
 from chat import sse, turns
 from chat.forms import RenameForm, SendForm
@@ -21,6 +23,11 @@ from chat.models import Conversation, Message
 from engine import vllm_client
 
 SIDEBAR_LENGTH = 200
+
+
+class HtmxHttpRequest(HttpRequest):
+    # What django-htmx's middleware adds to every request: whether htmx sent it, and from where.
+    htmx: HtmxDetails
 
 
 def _page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
@@ -67,6 +74,7 @@ async def _owned_answer(request: HttpRequest, pk: int, message_pk: int) -> Messa
 @require_POST
 async def send(request: HttpRequest, pk: int | None = None) -> HttpResponse:
     user = await request.auser()
+    assert isinstance(user, User)  # login_required lets only someone signed in this far
     conversation = await _owned_conversation(request, pk) if pk else Conversation(owner=user)
     form = SendForm(request.POST)
     if not form.is_valid():
@@ -83,7 +91,7 @@ async def send(request: HttpRequest, pk: int | None = None) -> HttpResponse:
 
 @login_required
 @require_GET
-async def stream(request: HttpRequest, pk: int, message_pk: int) -> HttpResponse:
+async def stream(request: HttpRequest, pk: int, message_pk: int) -> StreamingHttpResponse:
     answer = await _owned_answer(request, pk, message_pk)
     return sse.response(sse.turn_events(answer))
 
@@ -97,7 +105,7 @@ async def stop(request: HttpRequest, pk: int, message_pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
-def rename(request: HttpRequest, pk: int) -> HttpResponse:
+def rename(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     conversation = get_object_or_404(Conversation.objects.owned_by(request.user), pk=pk)
     form = RenameForm(request.POST, instance=conversation)
     if not form.is_valid():
@@ -111,7 +119,7 @@ def rename(request: HttpRequest, pk: int) -> HttpResponse:
 
 @login_required
 @require_POST
-async def delete(request: HttpRequest, pk: int) -> HttpResponse:
+async def delete(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     conversation = await _owned_conversation(request, pk)
     await turns.stop_turns_in(conversation)
     await conversation.adelete()
@@ -132,7 +140,7 @@ async def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse(report, status=200 if health.ok else 503)
 
 
-def _open_conversation_pk(request: HttpRequest) -> int | None:
+def _open_conversation_pk(request: HtmxHttpRequest) -> int | None:
     """The conversation on the person's screen when htmx made the request, if any."""
     if not (request.htmx and request.htmx.current_url_abs_path):
         return None
