@@ -102,11 +102,11 @@ def test_an_answer_outlives_the_browser_and_can_be_followed_live_again(browser, 
     page = browser.get(sent.headers["X-Conversation-Url"])
     assert 'data-stream-url="' in page.text
     with browser.stream("GET", stream_url(sent)) as response:
-        events = list(sse_events(response))
-    assert events[0][1]["text"].startswith(seen)  # it begins with the text so far, in one delta
-    text = "".join(data["text"] for name, data in events if name == "delta")
+        reopened = list(sse_events(response))
+    assert reopened[0][1]["text"].startswith(seen)  # it begins with the text so far, in one delta
+    text = "".join(data["text"] for name, data in reopened if name == "delta")
     assert text == "".join(fake_vllm.reply)
-    assert events[-1][1]["status"] == "complete"
+    assert reopened[-1][1]["status"] == "complete"
     assert fake_vllm.disconnects() == 0
     assert Message.objects.get(pk=sent.headers["X-Message-Id"]).content == text
 

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from asgiref.sync import ThreadSensitiveContext
-from django.http import StreamingHttpResponse
+from django.http import HttpResponseBase, StreamingHttpResponse
 from django.test import AsyncClient
 
 from chat.models import Message
@@ -137,10 +137,13 @@ async def send(client: AsyncClient, prompt: str, max_tokens: int) -> tuple[str, 
     return response["X-Conversation-Id"], response["X-Message-Id"]
 
 
-async def sse_events(response: StreamingHttpResponse) -> AsyncIterator[tuple[str, dict]]:
+async def sse_events(response: HttpResponseBase) -> AsyncIterator[tuple[str, dict]]:
     """Yield (event, data) from a streaming response as the browser's EventSource would."""
+    assert isinstance(response, StreamingHttpResponse)
+    content = response.streaming_content
+    assert isinstance(content, AsyncIterator), "under ASGI a sync stream would be buffered whole"
     buffer = ""
-    async for chunk in response.streaming_content:
+    async for chunk in content:
         buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
         while "\n\n" in buffer:
             frame, buffer = buffer.split("\n\n", 1)

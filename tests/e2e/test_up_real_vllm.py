@@ -14,8 +14,8 @@ import pytest
 
 from engine.server.processes import group_members
 from tests.chat.test_up import children, listening
-from tests.engine.test_runvllm import ROOT, ManageCommand, alive, free_port
-from tests.site_server import csrf_headers, login
+from tests.engine.test_runvllm import ManageCommand, alive, free_port
+from tests.site_server import ROOT, csrf_headers, login
 
 pytestmark = [pytest.mark.realvllm, pytest.mark.timeout(30 * 60)]
 
