@@ -15,15 +15,15 @@ PYTHON_312 := $(shell for c in python3.14 python3.13 python3.12 $$HOME/.pyenv/ve
 run: $(VENV)/.site .env
 	$(PY) manage.py up --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.dev .env chromium
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
+test: .env lint chromium
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) -m pytest --cov --cov-report=term
 
-lint: $(VENV)/.dev
+# mypy's files and strictness are in pyproject.toml; its Django plugin reads the settings, so .env.
+lint: $(VENV)/.dev .env
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 format: $(VENV)/.dev
 	$(PY) -m ruff check --fix .

@@ -3,15 +3,24 @@
 Both return the user, which django-ninja stores as `request.auth`. A request with neither is 401.
 """
 
+from typing import Any
+
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser, User
 from django.http import HttpRequest
 from ninja.security import APIKeyCookie, HttpBearer
 
 from chat.models import ApiToken
 
 
+class AuthenticatedRequest(HttpRequest):
+    """A request that one of the API's auths let in: django-ninja sets `auth` to the caller."""
+
+    auth: User
+
+
 class TokenAuth(HttpBearer):
-    def authenticate(self, request: HttpRequest, token: str):
+    def authenticate(self, request: HttpRequest, token: str) -> User | None:
         return ApiToken.objects.user_for(token) if token else None
 
 
@@ -24,10 +33,10 @@ class SessionAuth(APIKeyCookie):
 
     param_name = settings.SESSION_COOKIE_NAME
 
-    def __call__(self, request: HttpRequest):
+    def __call__(self, request: HttpRequest) -> Any | None:
         if not request.user.is_authenticated:
             return None
         return super().__call__(request)  # checks CSRF (403 if it fails), then authenticate()
 
-    def authenticate(self, request: HttpRequest, key: str | None):
+    def authenticate(self, request: HttpRequest, key: str | None) -> User | AnonymousUser:
         return request.user

@@ -1,5 +1,10 @@
+from typing import TypedDict
+
 from django.contrib import admin, messages
-from django.db.models import Count
+from django.db.models import Count, QuerySet
+from django.forms import ModelForm
+from django.http import HttpRequest
+from django_stubs_ext import WithAnnotations
 
 from chat.models import ApiToken, Conversation, Message
 
@@ -7,15 +12,19 @@ from chat.models import ApiToken, Conversation, Message
 MEASURED = ("prompt_tokens", "completion_tokens", "time_to_first_token", "duration", "created_at", "updated_at")
 
 
-class MessageInline(admin.StackedInline):
+class MessageInline(admin.StackedInline[Message, Conversation]):
     model = Message
     extra = 0
     fields = ("role", "status", "content", "finish_reason", "error", "model_name", *MEASURED)
     readonly_fields = MEASURED
 
 
+class MessageTotal(TypedDict):
+    message_total: int
+
+
 @admin.register(Conversation)
-class ConversationAdmin(admin.ModelAdmin):
+class ConversationAdmin(admin.ModelAdmin[Conversation]):
     list_display = ("title", "owner", "message_count", "updated_at")
     list_filter = ("owner", "messages__status", "messages__model_name")
     search_fields = ("title", "messages__content")
@@ -23,16 +32,17 @@ class ConversationAdmin(admin.ModelAdmin):
     inlines = [MessageInline]
     date_hierarchy = "updated_at"
 
-    def get_queryset(self, request):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Conversation]:
         return super().get_queryset(request).select_related("owner").annotate(message_total=Count("messages"))
 
+    # Quoted: WithAnnotations takes its two arguments only in the type checker, not at run time.
     @admin.display(description="Messages", ordering="message_total")
-    def message_count(self, conversation: Conversation) -> int:
+    def message_count(self, conversation: "WithAnnotations[Conversation, MessageTotal]") -> int:
         return conversation.message_total
 
 
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
+class MessageAdmin(admin.ModelAdmin[Message]):
     list_display = ("__str__", "conversation", "role", "status", "model_name", "completion_tokens", "created_at")
     list_filter = ("status", "role", "model_name", "conversation__owner")
     search_fields = ("content", "conversation__title")
@@ -42,18 +52,18 @@ class MessageAdmin(admin.ModelAdmin):
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
     list_display = ("__str__", "user", "created_at", "last_used_at")
     list_filter = ("user",)
     search_fields = ("name", "prefix", "user__username")
     readonly_fields = ("prefix", "created_at", "last_used_at")
     list_select_related = ("user",)
 
-    def get_fields(self, request, obj=None):
+    def get_fields(self, request: HttpRequest, obj: ApiToken | None = None) -> tuple[str, ...]:
         # Adding asks only whose token it is and what for; the secret is made on save.
         return ("user", "name") if obj is None else ("user", "name", *self.readonly_fields)
 
-    def save_model(self, request, obj: ApiToken, form, change: bool) -> None:
+    def save_model(self, request: HttpRequest, obj: ApiToken, form: ModelForm[ApiToken], change: bool) -> None:
         if not change:
             secret = obj.set_new_secret()
             # The only time the secret is shown: only its hash is stored.

@@ -3,6 +3,7 @@ import secrets
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser, User
 from django.db import models
 from django.utils import timezone
 
@@ -25,8 +26,12 @@ def default_top_p() -> float:
     return settings.CHAT_DEFAULT_TOP_P
 
 
+# Whoever a request comes from, as Django's `request.user` has it: someone signed in, or nobody.
+type Someone = User | AnonymousUser
+
+
 class ConversationQuerySet(models.QuerySet["Conversation"]):
-    def owned_by(self, user) -> "ConversationQuerySet":
+    def owned_by(self, user: Someone) -> "ConversationQuerySet":
         # Every view reaches a conversation through this, so another user's is simply not found.
         return self.filter(owner=user) if user.is_authenticated else self.none()
 
@@ -63,7 +68,7 @@ class Conversation(models.Model):
 
 
 class MessageQuerySet(models.QuerySet["Message"]):
-    def answers_of(self, user) -> "MessageQuerySet":
+    def answers_of(self, user: Someone) -> "MessageQuerySet":
         """The answers in the user's conversations: how every door reaches one to follow or stop."""
         if not user.is_authenticated:
             return self.none()
@@ -137,7 +142,7 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
-    def user_for(self, secret: str):
+    def user_for(self, secret: str) -> User | None:
         """The active user a bearer secret belongs to, or None; notes when the token was last used."""
         token = self.select_related("user").filter(secret_hash=hash_secret(secret), user__is_active=True).first()
         if token is None:
@@ -181,7 +186,7 @@ class ApiToken(models.Model):
         return secret
 
     @classmethod
-    def issue(cls, user, name: str = "") -> tuple["ApiToken", str]:
+    def issue(cls, user: User, name: str = "") -> tuple["ApiToken", str]:
         token = cls(user=user, name=name)
         secret = token.set_new_secret()
         token.save()

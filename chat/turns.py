@@ -19,9 +19,9 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 from asgiref.sync import sync_to_async
@@ -50,6 +50,19 @@ class TurnEnded:
 
 
 type TurnEvent = TextDelta | TurnEnded
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How a turn ended, gathered while it runs; each field is the answer's field of that name."""
+
+    status: Message.Status = Message.Status.COMPLETE
+    finish_reason: str = ""
+    error: str = ""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    time_to_first_token: float | None = None  # seconds
+    duration: float | None = None  # seconds
 
 
 # Strong references to the running tasks: asyncio keeps only weak ones.
@@ -84,7 +97,7 @@ class RunningTurn:
         started = time.monotonic()
         first_token_after: float | None = None
         last_checkpoint = started
-        outcome: dict[str, object] = {"status": Message.Status.COMPLETE}
+        outcome = Outcome()
         try:
             try:
                 context = await fit_context(
@@ -95,7 +108,7 @@ class RunningTurn:
                     context_length=settings.CHAT_CONTEXT_LENGTH,
                 )
             except ContextTooLong as exc:
-                events: AsyncIterator[vllm_client.Event] = _single(Failed(str(exc)))
+                events: AsyncGenerator[vllm_client.Event, None] = _single(Failed(str(exc)))
             else:
                 events = vllm_client.stream_chat(context.messages, options)
             # Closed on the way out, whatever the way: a stop or a failed write that lands during a
@@ -113,22 +126,28 @@ class RunningTurn:
                                 await self._checkpoint()
                                 last_checkpoint = time.monotonic()
                         case Finished(reason=reason):
-                            outcome["finish_reason"] = reason
+                            outcome.finish_reason = reason
                         case Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens):
-                            outcome.update(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+                            outcome.prompt_tokens = prompt_tokens
+                            outcome.completion_tokens = completion_tokens
                         case Failed(message=message):
-                            outcome.update(status=Message.Status.ERROR, error=message)
+                            outcome.status = Message.Status.ERROR
+                            outcome.error = message
         except asyncio.CancelledError:
             if self.stop_requested:
-                outcome.update(status=Message.Status.STOPPED, finish_reason="stopped")
+                outcome.status = Message.Status.STOPPED
+                outcome.finish_reason = "stopped"
             else:
-                outcome.update(status=Message.Status.INTERRUPTED, error=INTERRUPTED_TEXT)
+                outcome.status = Message.Status.INTERRUPTED
+                outcome.error = INTERRUPTED_TEXT
             raise
         except Exception as exc:
             log.exception("Turn %s failed", self.answer.pk)
-            outcome.update(status=Message.Status.ERROR, error=f"The site failed while answering: {exc}")
+            outcome.status = Message.Status.ERROR
+            outcome.error = f"The site failed while answering: {exc}"
         finally:
-            outcome.update(time_to_first_token=first_token_after, duration=time.monotonic() - started)
+            outcome.time_to_first_token = first_token_after
+            outcome.duration = time.monotonic() - started
             # Shielded: a stop or a shutdown cancels the task, and must not cancel the write that
             # records why it ended. Kept, for `stop_turn` to wait on (and as asyncio.shield asks).
             self.finishing = asyncio.ensure_future(self._finish(outcome))
@@ -137,8 +156,8 @@ class RunningTurn:
     async def _checkpoint(self) -> None:
         await Message.objects.filter(pk=self.answer.pk).aupdate(content="".join(self.parts), updated_at=timezone.now())
 
-    async def _finish(self, outcome: dict[str, object]) -> None:
-        fields = {**outcome, "content": "".join(self.parts), "updated_at": timezone.now()}
+    async def _finish(self, outcome: Outcome) -> None:
+        fields = {**asdict(outcome), "content": "".join(self.parts), "updated_at": timezone.now()}
         try:
             try:
                 await Message.objects.filter(pk=self.answer.pk).aupdate(**fields)
@@ -165,7 +184,7 @@ class RunningTurn:
             self._publish(TurnEnded(self.answer))
 
 
-async def _single(event: vllm_client.Event) -> AsyncIterator[vllm_client.Event]:
+async def _single(event: vllm_client.Event) -> AsyncGenerator[vllm_client.Event, None]:
     yield event
 
 
@@ -219,7 +238,7 @@ async def start_turn(conversation: Conversation, prompt: str) -> Turn:
     return Turn(prompt_message, answer)
 
 
-async def follow(answer: Message) -> AsyncIterator[TurnEvent]:
+async def follow(answer: Message) -> AsyncGenerator[TurnEvent, None]:
     """The answer's text so far as one delta, then each new delta, then `TurnEnded`.
 
     Cancelling the follower (the browser went away) leaves the turn running.

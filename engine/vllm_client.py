@@ -10,7 +10,7 @@ import asyncio
 import json
 import re
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,7 +79,7 @@ def server_root() -> str:
     return settings.VLLM_BASE_URL.removesuffix("/v1")
 
 
-async def stream_chat(messages: list[dict[str, str]], options: GenerationOptions) -> AsyncIterator[Event]:
+async def stream_chat(messages: list[dict[str, str]], options: GenerationOptions) -> AsyncGenerator[Event, None]:
     """Stream one chat completion as events; the last event is `Usage`, `Finished` or `Failed`.
 
     Closing this generator (or cancelling the task iterating it) closes the HTTP connection,

@@ -125,7 +125,7 @@ class _Server(ThreadingHTTPServer):
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks up the host's FQDN, which can stall on a machine without DNS.
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        self.server_name, self.server_port = self.socket.getsockname()[:2]  # what TCPServer bound
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -589,7 +589,7 @@ class FakeVLLM:
             return
         frame(chunk({"content": ""}, finish_reason))
         if (body.get("stream_options") or {}).get("include_usage"):
-            usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + len(deltas)}
+            usage: dict[str, int | None] = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + len(deltas)}
             usage["completion_tokens"] = len(deltas)
             payload = {"id": chunk_id, "object": "chat.completion.chunk", "created": created, "model": model}
             payload |= {"choices": [], "usage": usage, "system_fingerprint": SYSTEM_FINGERPRINT}
@@ -617,7 +617,7 @@ class FakeVLLM:
         message |= {"audio": None, "function_call": None, "reasoning": None}
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
         choice |= {"stop_reason": None, "token_ids": None}
-        usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + len(deltas)}
+        usage: dict[str, int | None] = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + len(deltas)}
         usage |= {"completion_tokens": len(deltas), "prompt_tokens_details": None, "completion_tokens_details": None}
         payload = {"id": f"chatcmpl-{uuid.uuid4().hex[:16]}", "object": "chat.completion", "created": int(time.time())}
         payload |= {"model": body["model"], "choices": [choice], "system_fingerprint": SYSTEM_FINGERPRINT}

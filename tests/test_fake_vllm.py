@@ -32,9 +32,9 @@ def test_stream_frames_match_vllm(fake_vllm: FakeVLLM):
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
     assert response.headers["transfer-encoding"] == "chunked"
-    *chunks, done = frames(response.text)
+    *data, done = frames(response.text)
     assert done == "[DONE]"
-    chunks = [json.loads(chunk) for chunk in chunks]
+    chunks = [json.loads(chunk) for chunk in data]
     assert {chunk["id"] for chunk in chunks} == {chunks[0]["id"]}
     assert chunks[0]["id"].startswith("chatcmpl-")
     assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)

@@ -3,7 +3,7 @@
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,25 +34,34 @@ class ServerConfig:
     cpus: frozenset[int] = frozenset()  # empty: wherever the system puts it
 
     @classmethod
-    def from_settings(cls, **overrides: object) -> "ServerConfig":
-        """The settings, with each override that is not None in their place."""
-        values: dict[str, object] = {
-            "venv": settings.VLLM_VENV,
-            "model": settings.VLLM_MODEL,
-            "host": settings.VLLM_HOST,
-            "port": settings.VLLM_PORT,
-            "served_model_name": settings.VLLM_SERVED_MODEL_NAME,
-            "max_model_len": settings.VLLM_MAX_MODEL_LEN,
-            "gpu_memory_utilization": settings.VLLM_GPU_MEMORY_UTILIZATION,
-            "log_file": settings.VLLM_LOG_FILE,
-            "module": settings.VLLM_SERVER_MODULE,
-            "cpus": cpu_list(settings.VLLM_CPUS),
-        }
-        values.update({name: value for name, value in overrides.items() if value is not None})
-        values["venv"] = Path(str(values["venv"])).expanduser()
-        values["model"] = _model_argument(str(values["model"]))
-        values["extra_args"] = tuple(values.get("extra_args") or ())
-        return cls(**values)  # type: ignore[arg-type]
+    def from_settings(
+        cls,
+        *,
+        model: str | None = None,
+        served_model_name: str | None = None,
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        module: str | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> "ServerConfig":
+        """The settings, with each argument that is not None in their place."""
+        return cls(
+            venv=Path(settings.VLLM_VENV).expanduser(),
+            model=_model_argument(settings.VLLM_MODEL if model is None else model),
+            host=settings.VLLM_HOST if host is None else host,
+            port=settings.VLLM_PORT if port is None else port,
+            served_model_name=settings.VLLM_SERVED_MODEL_NAME if served_model_name is None else served_model_name,
+            max_model_len=settings.VLLM_MAX_MODEL_LEN if max_model_len is None else max_model_len,
+            gpu_memory_utilization=(
+                settings.VLLM_GPU_MEMORY_UTILIZATION if gpu_memory_utilization is None else gpu_memory_utilization
+            ),
+            extra_args=tuple(extra_args),
+            log_file=settings.VLLM_LOG_FILE,
+            module=settings.VLLM_SERVER_MODULE if module is None else module,
+            cpus=cpu_list(settings.VLLM_CPUS),
+        )
 
     @property
     def python(self) -> Path:

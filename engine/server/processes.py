@@ -109,15 +109,29 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def start_group(command: list[str], env: dict[str, str] | None = None, **popen: object) -> subprocess.Popen[bytes]:
+def start_group(
+    command: list[str],
+    env: dict[str, str] | None = None,
+    *,
+    stdout: int | None = None,
+    stderr: int | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
     """Start a process as the leader of its own session and process group.
 
     Its own session keeps a Ctrl-C in the terminal from reaching it directly: we stop it, in order.
     If we are killed outright (SIGKILL, the OOM killer), the kernel sends it SIGTERM, so that it
     is not left running with no one to stop it.
     """
-    return subprocess.Popen(  # type: ignore[call-overload]
-        command, env=env, stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=term_on_parent_death, **popen
+    return subprocess.Popen(
+        command,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        cwd=cwd,
+        start_new_session=True,
+        preexec_fn=term_on_parent_death,
     )
 
 

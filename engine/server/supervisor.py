@@ -289,8 +289,9 @@ def run_with_site(site: Site, out: Output, *, vllm: ServerConfig | None, device:
                 daphne = start_group(site.command(), site.env, cwd=settings.BASE_DIR)
                 _wait_for_site(daphne, site, stop=lambda: signals.requested)
                 out(f"The chat is at {site.url} (Ctrl-C stops it).")
-            while not signals.requested:
-                if (code := daphne.poll()) is not None:  # type: ignore[union-attr]
+            # daphne is None only when a stop was asked for before it started.
+            while daphne is not None and not signals.requested:
+                if (code := daphne.poll()) is not None:
                     raise ServerError(f"The site (daphne) exited with code {code}.")
                 if supervisor is not None:
                     supervisor.poll()

@@ -60,7 +60,9 @@ def test_a_completion_answers_and_the_exchange_is_saved_in_the_callers_history(c
         ("user", "Why local models?"),
         ("assistant", "Local models keep data home."),
     ]
-    assert completion.id == f"chatcmpl-{conversation.messages.last().pk}"
+    answer = conversation.messages.last()
+    assert answer is not None
+    assert completion.id == f"chatcmpl-{answer.pk}"
 
 
 def test_a_streamed_completion_arrives_in_chunks_then_usage(client, alice, fake_vllm):

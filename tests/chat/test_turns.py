@@ -53,7 +53,8 @@ async def test_a_turn_streams_the_answer_and_saves_it_complete(conversation, fak
     assert stored.completion_tokens == 5
     assert stored.prompt_tokens and stored.prompt_tokens > 0
     assert stored.model_name == "qwen2-7b-instruct"
-    assert stored.time_to_first_token is not None and stored.duration >= stored.time_to_first_token
+    assert stored.time_to_first_token is not None and stored.duration is not None
+    assert stored.duration >= stored.time_to_first_token
     assert ended.status == Message.Status.COMPLETE
     assert (await Message.objects.aget(pk=prompt.pk)).content == "Why local models?"
     await conversation.arefresh_from_db()
@@ -231,7 +232,7 @@ async def test_the_answer_is_checkpointed_while_it_streams(conversation, fake_vl
 def query_counter(monkeypatch):
     """Counts queries from every thread: the async ORM runs them off the event loop's thread."""
     counts = {"queries": 0}
-    original = CursorWrapper._execute_with_wrappers
+    original = CursorWrapper._execute_with_wrappers  # type: ignore[attr-defined]  # private: not in django-stubs
 
     def counting(self, *args, **kwargs):
         counts["queries"] += 1
@@ -261,6 +262,7 @@ async def test_cancelling_without_a_stop_marks_the_answer_interrupted(conversati
     _, answer = await turns.start_turn(conversation, "Shutdown test")
     await first_delta(answer)
     task = turns._running[answer.pk].task
+    assert task is not None
     task.cancel()  # what a shutting-down event loop does
     await asyncio.wait({task})
 

@@ -1,5 +1,7 @@
+from typing import Any
+
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from chat.models import ApiToken
 
@@ -7,11 +9,11 @@ from chat.models import ApiToken
 class Command(BaseCommand):
     help = "Issue an API token for USERNAME and print its secret (the only time it is shown)."
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("username")
         parser.add_argument("--name", default="", help="What the token is for, e.g. 'laptop CLI'.")
 
-    def handle(self, *args, username: str, name: str, **options) -> None:
+    def handle(self, *args: str, username: str, name: str, **options: Any) -> None:
         try:
             user = get_user_model()._default_manager.get_by_natural_key(username)
         except get_user_model().DoesNotExist:

@@ -8,10 +8,12 @@ keeps what was generated.
 
 import asyncio
 import json
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandError
+from django.contrib.auth.models import User
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from pydantic import ValidationError
 
 from api.schemas import WorkflowInput
@@ -25,7 +27,7 @@ from engine.vllm_client import TextDelta
 class Command(BaseCommand):
     help = "Run the 'Chat with vLLM server' workflow: print the answer as it streams, and save it."
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--input",
             required=True,
@@ -39,7 +41,7 @@ class Command(BaseCommand):
             help="Whose chat history the run is saved in (default: CHAT_CLI_USER, else the only superuser).",
         )
 
-    def handle(self, *args, input: str, user: str | None, **options) -> None:
+    def handle(self, *args: str, input: str, user: str | None, **options: Any) -> None:
         workflow_input = parse_input(input)
         owner = find_owner(user or settings.CHAT_CLI_USER)
         answer = asyncio.run(self.run_turn(owner, workflow_input))
@@ -52,7 +54,7 @@ class Command(BaseCommand):
         if options["verbosity"] > 1:
             self.stderr.write(f"Saved in conversation {answer.conversation_id}.")
 
-    async def run_turn(self, owner, workflow_input: WorkflowInput) -> Message:
+    async def run_turn(self, owner: User, workflow_input: WorkflowInput) -> Message:
         conversation = Conversation(owner=owner)
         workflow_input.apply_to(conversation)
         _, answer = await turns.start_turn(conversation, workflow_input.prompt)
@@ -85,7 +87,7 @@ def parse_input(text: str) -> WorkflowInput:
         raise CommandError(f"--input is not valid: {problems}") from None
 
 
-def find_owner(username: str):
+def find_owner(username: str) -> User:
     users = get_user_model()._default_manager
     if username:
         try:

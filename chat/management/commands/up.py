@@ -1,5 +1,6 @@
 import asyncio
 import os
+from typing import Any
 
 from django.conf import settings
 from django.core.management import call_command
@@ -25,7 +26,7 @@ class Command(BaseCommand):
         )
         add_server_arguments(parser)
 
-    def handle(self, *args: str, **options) -> None:
+    def handle(self, *args: str, **options: Any) -> None:
         out = terminal(self.stdout.write, self.stdout.flush)
         # A fresh machine has no database yet; an up-to-date one makes this a no-op.
         call_command("migrate", interactive=False, verbosity=min(options["verbosity"], 1))

@@ -1,3 +1,6 @@
+from collections.abc import Sequence
+from typing import Any
+
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -26,13 +29,17 @@ def add_server_arguments(parser: CommandParser) -> None:
     )
 
 
-def server_config(options: dict, **overrides: object) -> ServerConfig:
+def server_config(
+    options: dict[str, Any], *, host: str | None = None, port: int | None = None, extra_args: Sequence[str] = ()
+) -> ServerConfig:
     return ServerConfig.from_settings(
         model=options["model"],
         served_model_name=options["served_model_name"],
         max_model_len=options["max_model_len"],
         gpu_memory_utilization=options["gpu_memory_utilization"],
-        **overrides,
+        host=host,
+        port=port,
+        extra_args=extra_args,
     )
 
 
@@ -51,7 +58,7 @@ class Command(BaseCommand):
         parser.add_argument("--restart", action="store_true", help="restart vLLM after a crash, with backoff")
         parser.add_argument("vllm_args", nargs="*", metavar="-- VLLM_ARG", help="passed to vLLM unchanged")
 
-    def handle(self, *args: str, **options) -> None:
+    def handle(self, *args: str, **options: Any) -> None:
         out = terminal(self.stdout.write, self.stdout.flush)
         try:
             config = server_config(
