@@ -120,7 +120,10 @@ def refusal(door: Door, exc: Exception) -> ApiError:
 def handle_errors(api: NinjaAPI, door: Door) -> None:
     """Answer the API's errors in the door's shape."""
 
-    def handler(request: HttpRequest, exc: Exception) -> HttpResponse:
+    def handler(request: HttpRequest, exc: Exception | type[Exception]) -> HttpResponse:
+        # ninja's type lets a handler be given the class too; it passes what was raised, and a
+        # raised class is always made an instance by Python.
+        assert isinstance(exc, Exception)
         return door.response(refusal(door, exc))
 
     for kind in (ApiError, AuthenticationError, HttpError, ValidationError, Http404):

@@ -4,28 +4,39 @@ Only the API's doors (/api/ and the OpenAI-compatible /v1/) are limited; each ge
 own shape (api/errors.py). The chat page's forms keep Django's own limits.
 """
 
+from collections.abc import Awaitable, Callable
+from typing import cast
+
 from asgiref.sync import iscoroutinefunction
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.utils.decorators import sync_and_async_middleware
 
 from api import errors
 
+# The rest of Django's chain, as the server runs it: sync, or async (a coroutine function).
+type SyncChain = Callable[[HttpRequest], HttpResponseBase]
+type AsyncChain = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
+
 
 @sync_and_async_middleware
-def limit_api_body(get_response):
+def limit_api_body(get_response: SyncChain | AsyncChain) -> SyncChain | AsyncChain:
+    # Under ASGI Django passes an async chain (a coroutine function), under WSGI a sync one.
     if iscoroutinefunction(get_response):
+        async_response = cast(AsyncChain, get_response)
 
-        async def middleware(request: HttpRequest):
-            return _refusal(request) or await get_response(request)
+        async def middleware(request: HttpRequest) -> HttpResponseBase:
+            return _refusal(request) or await async_response(request)
 
-    else:
+        return middleware
 
-        def middleware(request: HttpRequest):
-            return _refusal(request) or get_response(request)
+    sync_response = cast(SyncChain, get_response)
 
-    return middleware
+    def sync_middleware(request: HttpRequest) -> HttpResponseBase:
+        return _refusal(request) or sync_response(request)
+
+    return sync_middleware
 
 
 def _refusal(request: HttpRequest) -> HttpResponse | None:

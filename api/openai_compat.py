@@ -25,14 +25,15 @@ from typing import Any, Literal
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.http import HttpRequest
+from django.http import HttpRequest, StreamingHttpResponse
 from ninja import NinjaAPI, Schema
 from pydantic import BaseModel, ConfigDict, Field
 
 from api import delivery
-from api.auth import TokenAuth
+from api.auth import AuthenticatedRequest, TokenAuth
 from api.errors import OPENAI, ApiError, handle_errors
 from api.schemas import GenerationSettings, MaxTokens
 from chat import rules, sse, turns
@@ -136,7 +137,7 @@ class Exchange:
         if request.max_completion_tokens is not None:
             self.settings = request.model_copy(update={"max_tokens": request.max_completion_tokens})
 
-    def conversation(self, user) -> Conversation:
+    def conversation(self, user: User) -> Conversation:
         conversation = Conversation(owner=user, system_prompt=self.system_prompt)
         self.settings.apply_to(conversation)
         return conversation
@@ -155,7 +156,9 @@ class Exchange:
 
 
 @openai_api.post("/chat/completions")
-async def chat_completions(request: HttpRequest, data: ChatCompletionIn):
+async def chat_completions(
+    request: AuthenticatedRequest, data: ChatCompletionIn
+) -> StreamingHttpResponse | dict[str, Any]:
     exchange = Exchange(data)
     conversation = exchange.conversation(request.auth)
     try:
@@ -232,12 +235,12 @@ def _model_card() -> dict[str, Any]:
 
 
 @openai_api.get("/models")
-def list_models(request: HttpRequest):
+def list_models(request: HttpRequest) -> dict[str, Any]:
     return {"object": "list", "data": [_model_card()]}
 
 
 @openai_api.get("/models/{path:model}")
-def retrieve_model(request: HttpRequest, model: str):
+def retrieve_model(request: HttpRequest, model: str) -> dict[str, Any]:
     if model != settings.VLLM_SERVED_MODEL_NAME:
         raise ApiError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
     return _model_card()

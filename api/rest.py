@@ -11,13 +11,18 @@ token or a session, 404, 413 for a body over API_MAX_BODY_BYTES, 422 (with `erro
 for a request that does not validate.
 """
 
-from django.http import HttpRequest
-from ninja import NinjaAPI, Path
+from typing import Any
+
+from django.http import StreamingHttpResponse
+from ninja import NinjaAPI
 from ninja.pagination import LimitOffsetPagination, paginate
+
+# The function itself: to a type checker `ninja.Path` is an Annotated alias, which cannot be called.
+from ninja.params.functions import Path
 from pydantic import Field
 
 from api import delivery, workflows
-from api.auth import SessionAuth, TokenAuth
+from api.auth import AuthenticatedRequest, SessionAuth, TokenAuth
 from api.errors import REST, handle_errors
 from api.schemas import (
     ERRORS,
@@ -31,7 +36,7 @@ from api.schemas import (
     TurnOut,
 )
 from chat import ownership, sse, turns
-from chat.models import Conversation
+from chat.models import Conversation, ConversationQuerySet, Message
 
 api = NinjaAPI(
     title="Chat site API",
@@ -59,7 +64,7 @@ ANSWER_EVENT = {
 }
 
 
-def streamed(description: str, **response) -> dict:
+def streamed(description: str, **response: Any) -> dict[str, Any]:
     return {
         "responses": {
             200: {"description": description, "content": {"text/event-stream": {"schema": ANSWER_EVENT}}, **response},
@@ -83,7 +88,8 @@ class Page(LimitOffsetPagination):
         offset: int = Field(0, ge=0, le=MAX_ID)
 
 
-def conversation_id() -> int:
+def conversation_id() -> Any:
+    # Not an int: django-ninja's marker for a path parameter, used as the parameter's default.
     return Path(..., ge=1, le=MAX_ID)
 
 
@@ -92,13 +98,13 @@ def conversation_id() -> int:
 
 @api.get("/conversations", response={200: list[ConversationOut], **ERRORS}, tags=["conversations"])
 @paginate(Page)
-def list_conversations(request: HttpRequest):
+def list_conversations(request: AuthenticatedRequest) -> ConversationQuerySet:
     """The user's conversations, most recently active first."""
     return Conversation.objects.owned_by(request.auth).newest_first()
 
 
 @api.post("/conversations", response={201: ConversationOut, **ERRORS}, tags=["conversations"])
-def create_conversation(request: HttpRequest, data: ConversationIn):
+def create_conversation(request: AuthenticatedRequest, data: ConversationIn) -> tuple[int, Conversation]:
     conversation = Conversation(owner=request.auth, title=data.title, system_prompt=data.system_prompt)
     data.apply_to(conversation)
     conversation.save()
@@ -106,12 +112,14 @@ def create_conversation(request: HttpRequest, data: ConversationIn):
 
 
 @api.get("/conversations/{conversation_id}", response={200: ConversationDetail, **ERRORS}, tags=["conversations"])
-def read_conversation(request: HttpRequest, conversation_id: int = conversation_id()):
+def read_conversation(request: AuthenticatedRequest, conversation_id: int = conversation_id()) -> Conversation:
     return ownership.conversation_or_404(request.auth, conversation_id)
 
 
 @api.patch("/conversations/{conversation_id}", response={200: ConversationOut, **ERRORS}, tags=["conversations"])
-def change_conversation(request: HttpRequest, data: ConversationChange, conversation_id: int = conversation_id()):
+def change_conversation(
+    request: AuthenticatedRequest, data: ConversationChange, conversation_id: int = conversation_id()
+) -> Conversation:
     """Rename it (`title`), or change its system prompt or generation settings for the next turns."""
     conversation = ownership.conversation_or_404(request.auth, conversation_id)
     if data.title is not None:
@@ -124,7 +132,9 @@ def change_conversation(request: HttpRequest, data: ConversationChange, conversa
 
 
 @api.delete("/conversations/{conversation_id}", response={204: None, **ERRORS}, tags=["conversations"])
-async def delete_conversation(request: HttpRequest, conversation_id: int = conversation_id()):
+async def delete_conversation(
+    request: AuthenticatedRequest, conversation_id: int = conversation_id()
+) -> tuple[int, None]:
     """Deletes it with its messages, stopping an answer still being generated."""
     conversation = await ownership.aconversation_or_404(request.auth, conversation_id)
     await turns.stop_turns_in(conversation)
@@ -145,7 +155,9 @@ async def delete_conversation(request: HttpRequest, conversation_id: int = conve
     ),
     tags=["messages"],
 )
-async def send_message(request: HttpRequest, data: MessageIn, conversation_id: int = conversation_id()):
+async def send_message(
+    request: AuthenticatedRequest, data: MessageIn, conversation_id: int = conversation_id()
+) -> StreamingHttpResponse | TurnOut:
     """Send a prompt; the answer comes back once complete, or as it is generated with `stream: true`.
 
     Generation settings given here are saved on the conversation, as the page does. The answer is
@@ -160,7 +172,11 @@ async def send_message(request: HttpRequest, data: MessageIn, conversation_id: i
         response["X-Conversation-Id"] = str(conversation.pk)
         response["X-Message-Id"] = str(answer.pk)
         return response
-    return TurnOut(conversation_id=conversation.pk, prompt=prompt, answer=await delivery.ended(answer))
+    return TurnOut(
+        conversation_id=conversation.pk,
+        prompt=MessageOut.model_validate(prompt),
+        answer=MessageOut.model_validate(await delivery.ended(answer)),
+    )
 
 
 @api.get(
@@ -170,10 +186,10 @@ async def send_message(request: HttpRequest, data: MessageIn, conversation_id: i
     tags=["messages"],
 )
 async def follow_message(
-    request: HttpRequest,
+    request: AuthenticatedRequest,
     conversation_id: int = conversation_id(),
     message_id: int = Path(..., ge=1, le=MAX_ID),
-):
+) -> StreamingHttpResponse:
     """Follow an answer, from its text so far; an answer that has ended streams whole, then `done`."""
     answer = await ownership.aanswer_or_404(request.auth, message_id, conversation_pk=conversation_id)
     return sse.response(sse.turn_events(answer))
@@ -185,10 +201,10 @@ async def follow_message(
     tags=["messages"],
 )
 async def stop_message(
-    request: HttpRequest,
+    request: AuthenticatedRequest,
     conversation_id: int = conversation_id(),
     message_id: int = Path(..., ge=1, le=MAX_ID),
-):
+) -> Message:
     """Stop an answer being generated; its text so far is kept, in status `stopped`."""
     answer = await ownership.aanswer_or_404(request.auth, message_id, conversation_pk=conversation_id)
     return await turns.stop_turn(answer)

@@ -1,5 +1,7 @@
 """The page's forms: Django parses what the browser sent; chat/rules.py decides what is accepted."""
 
+from typing import Any
+
 from django import forms
 
 from chat import rules
@@ -19,7 +21,7 @@ class SendForm(forms.Form):
     temperature = _setting(forms.FloatField, rules.TEMPERATURE)
     top_p = _setting(forms.FloatField, rules.TOP_P)
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Built here, not at import, so that the bounds follow the settings (and tests' overrides).
         self.fields["max_tokens"] = _setting(forms.IntegerField, rules.max_tokens())
@@ -35,10 +37,10 @@ class SendForm(forms.Form):
         )
 
     def first_error(self) -> str:
-        return next(iter(self.errors.values()))[0]
+        return str(next(iter(self.errors.values()))[0])  # an ErrorList item reads as its message
 
 
-class RenameForm(forms.ModelForm):
+class RenameForm(forms.ModelForm[Conversation]):
     # The title's rule checks its length and tidies it: the model field's form field would
     # measure it after stripping, with Django's wording.
     title = forms.CharField(required=False, strip=False)

@@ -7,18 +7,18 @@ tell anyone which ids exist.
 
 from django.shortcuts import aget_object_or_404, get_object_or_404
 
-from chat.models import Conversation, Message
+from chat.models import Conversation, Message, Someone
 
 
-def conversation_or_404(user, pk: int) -> Conversation:
+def conversation_or_404(user: Someone, pk: int) -> Conversation:
     return get_object_or_404(Conversation.objects.owned_by(user), pk=pk)
 
 
-async def aconversation_or_404(user, pk: int) -> Conversation:
+async def aconversation_or_404(user: Someone, pk: int) -> Conversation:
     return await aget_object_or_404(Conversation.objects.owned_by(user), pk=pk)
 
 
-async def aanswer_or_404(user, pk: int, *, conversation_pk: int | None = None) -> Message:
+async def aanswer_or_404(user: Someone, pk: int, *, conversation_pk: int | None = None) -> Message:
     """The user's answer `pk`; with `conversation_pk`, only if it is in that conversation."""
     answers = Message.objects.answers_of(user)
     if conversation_pk is not None:

@@ -10,7 +10,8 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.contrib.auth.models import User
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import Resolver404, resolve, reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -19,7 +20,7 @@ from django_htmx.middleware import HtmxDetails
 
 from chat import ownership, rules, sse, turns
 from chat.forms import RenameForm, SendForm
-from chat.models import Conversation, ConversationQuerySet
+from chat.models import Conversation, ConversationQuerySet, Someone
 from engine import vllm_client
 
 SIDEBAR_LENGTH = 200
@@ -30,7 +31,7 @@ class HtmxHttpRequest(HttpRequest):
     htmx: HtmxDetails
 
 
-def _listed_conversations(user: Any) -> ConversationQuerySet:
+def _listed_conversations(user: Someone) -> ConversationQuerySet:
     return Conversation.objects.owned_by(user).newest_first()[:SIDEBAR_LENGTH]
 
 
@@ -76,6 +77,7 @@ def conversation(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 async def send(request: HtmxHttpRequest, pk: int | None = None) -> HttpResponse:
     user = await request.auser()
+    assert isinstance(user, User)  # login_required lets only someone signed in this far
     conversation = await ownership.aconversation_or_404(user, pk) if pk is not None else Conversation(owner=user)
     form = SendForm(request.POST)
     if not form.is_valid():
@@ -102,7 +104,7 @@ async def send(request: HtmxHttpRequest, pk: int | None = None) -> HttpResponse:
 
 @login_required
 @require_GET
-async def stream(request: HttpRequest, pk: int, message_pk: int) -> HttpResponse:
+async def stream(request: HttpRequest, pk: int, message_pk: int) -> StreamingHttpResponse:
     answer = await ownership.aanswer_or_404(await request.auser(), message_pk, conversation_pk=pk)
     return sse.response(sse.turn_events(answer))
 

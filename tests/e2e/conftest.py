@@ -143,11 +143,13 @@ class RealVLLM:
     @property
     def pid(self) -> int:
         """The API server's pid, as runvllm announced it."""
-        return int(re.search(r"vLLM is ready after .* \(pid (\d+)\)", self.runvllm.output).group(1))  # type: ignore[union-attr]
+        ready = re.search(r"vLLM is ready after .* \(pid (\d+)\)", self.runvllm.output)
+        assert ready is not None, self.runvllm.output
+        return int(ready.group(1))
 
 
 @pytest.fixture(scope="session")
-def real_vllm(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> RealVLLM:
+def real_vllm(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealVLLM]:
     """vLLM serving the tiny model as qwen2-7b-instruct, booted through `manage.py runvllm`."""
     port = free_port()
     log_file = tmp_path_factory.mktemp("vllm") / "vllm.log"

@@ -9,10 +9,12 @@ import os
 import re
 import signal
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 from asgiref.sync import ThreadSensitiveContext
+from django.http import HttpResponseBase, StreamingHttpResponse
 from django.test import AsyncClient
 
 from chat.models import Message
@@ -107,6 +109,14 @@ async def logged_in_client(django_user_model) -> AsyncClient:
     return client
 
 
+def streamed(response: HttpResponseBase) -> AsyncIterator[bytes]:
+    """A streamed answer's body, chunk by chunk as the site sends it."""
+    assert isinstance(response, StreamingHttpResponse), response
+    content = response.streaming_content
+    assert isinstance(content, AsyncIterator), "under ASGI a sync stream would be buffered whole"
+    return content
+
+
 def csrf(client: AsyncClient) -> dict[str, str]:
     return {"X-CSRFToken": client.cookies["csrftoken"].value}
 
@@ -132,7 +142,7 @@ async def test_a_chat_turn_streams_to_the_browser_and_is_saved_with_its_usage(si
     response = await client.get(f"/c/{conversation_id}/m/{message_id}/stream")
     assert response["Content-Type"].startswith("text/event-stream")
     deltas, ending = [], None
-    async for name, data in sse_events_async(response.streaming_content):
+    async for name, data in sse_events_async(streamed(response)):
         if name == "delta":
             deltas.append(data["text"])
         else:
@@ -166,7 +176,7 @@ async def test_stop_makes_vllm_drop_the_request_at_once(site_uses, django_user_m
     finished_by_length = await metric(site_uses, "vllm:request_success_total", finished_reason="length")
     conversation_id, message_id = await send(client, "Write a very long story.", max_tokens=2000)
     response = await client.get(f"/c/{conversation_id}/m/{message_id}/stream")
-    events = sse_events_async(response.streaming_content)
+    events = sse_events_async(streamed(response))
     name, _ = await anext(events)
     assert name == "delta"
     assert await metric(site_uses, "vllm:num_requests_running") == 1
@@ -195,7 +205,7 @@ async def test_a_prompt_longer_than_the_context_is_reported_clearly(site_uses, d
     conversation_id, message_id = await send(client, "The quick brown fox jumps over the lazy dog. " * 300, 64)
 
     response = await client.get(f"/c/{conversation_id}/m/{message_id}/stream")
-    events = [event async for event in sse_events_async(response.streaming_content)]
+    events = [event async for event in sse_events_async(streamed(response))]
 
     assert events[-1][0] == "error", events[-3:]
     assert "too long for the model's 2048-token context" in events[-1][1]["message"]

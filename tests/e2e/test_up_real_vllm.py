@@ -50,7 +50,9 @@ def test_up_serves_a_streamed_turn_from_its_own_vllm_and_ctrl_c_stops_both(tiny_
                 headers={**csrf_headers(browser), "HX-Request": "true"},  # as the page's htmx form sends it
             )
             assert sent.status_code == 200, sent.text
-            stream_url = re.search(r'data-stream-url="([^"]+)"', sent.text)[1]
+            streaming = re.search(r'data-stream-url="([^"]+)"', sent.text)
+            assert streaming is not None, sent.text
+            stream_url = streaming[1]
             with browser.stream("GET", stream_url) as response:
                 assert response.headers["content-type"].startswith("text/event-stream")
                 events = list(sse_events(response.iter_lines()))
