@@ -17,6 +17,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from chat import ownership, sse, turns
 from chat.forms import RenameForm, SendForm
+from chat.limits import TooManyAnswers
 from chat.models import Conversation
 from engine import vllm_client
 
@@ -65,7 +66,11 @@ async def send(request: HttpRequest, pk: int | None = None) -> HttpResponse:
         # Nothing is saved: not the prompt, not a new conversation.
         return JsonResponse({"error": form.first_error(), "fields": form.errors.get_json_data()}, status=400)
     form.apply_to(conversation)
-    prompt, answer = await turns.start_turn(conversation, form.cleaned_data["prompt"])
+    try:
+        prompt, answer = await turns.start_turn(conversation, form.cleaned_data["prompt"])
+    except TooManyAnswers as exc:
+        # Shown where a refused prompt's message is; the prompt stays in the box to send again.
+        return JsonResponse({"error": exc.message}, status=429, headers={"Retry-After": str(exc.retry_after)})
     response = render(request, "chat/page.html#turn", {"conversation": conversation, "messages": [prompt, answer]})
     response["X-Conversation-Id"] = str(conversation.pk)
     response["X-Message-Id"] = str(answer.pk)

@@ -171,6 +171,11 @@ CHAT_DEFAULT_MAX_TOKENS = env.int("CHAT_DEFAULT_MAX_TOKENS", default=512)
 CHAT_DEFAULT_TOP_P = env.float("CHAT_DEFAULT_TOP_P", default=0.9)
 CHAT_MAX_PROMPT_CHARS = env.int("CHAT_MAX_PROMPT_CHARS", default=16000)
 CHAT_CHECKPOINT_SECONDS = env.float("CHAT_CHECKPOINT_SECONDS", default=2.0)
+# What one person may ask of the model, on every door: answers generating at once, and answers
+# started in any minute (0: no limit). Superusers, who run the site, are exempt unless this says no.
+CHAT_MAX_ANSWERS_AT_ONCE = env.int("CHAT_MAX_ANSWERS_AT_ONCE", default=3)
+CHAT_MAX_ANSWERS_PER_MINUTE = env.int("CHAT_MAX_ANSWERS_PER_MINUTE", default=20)
+CHAT_LIMITS_EXEMPT_SUPERUSERS = env.bool("CHAT_LIMITS_EXEMPT_SUPERUSERS", default=True)
 
 # --- API: the REST API (/api/), model-compose's workflow routes, the OpenAI-compatible /v1/ -------
 # The largest request body the API accepts, in bytes; a larger one is refused with 413.
