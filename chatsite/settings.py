@@ -1,5 +1,6 @@
 """Every knob comes from the environment (or `.env`); `.env.example` documents each one."""
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -26,6 +27,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "axes",  # counts failed sign-ins and locks out (chat/sign_in.py); its admin unlocks
     "channels",
     "django_htmx",
     "ninja",  # its own static files serve the API docs' scripts (no CDN)
@@ -46,6 +48,8 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "api.middleware.limit_api_body",
+    # Last, as axes asks: it turns a refused sign-in into chat/sign_in.py's answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "chatsite.urls"
@@ -84,6 +88,8 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Axes first: it refuses a locked-out account or address before any password is checked.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:index"
 LOGOUT_REDIRECT_URL = "login"
@@ -125,6 +131,25 @@ LOGGING = {
         for app in ("chat", "engine", "api")
     },
 }
+
+# --- Signing in (chat/sign_in.py, with django-axes) ---------------------------------------------
+# Failed sign-ins, on the page or in the admin, that lock out an account, or an address (many people
+# may share one), for SIGN_IN_LOCKOUT_MINUTES after the last (0: until an admin unlocks it). A
+# limit of 0 counts none of that kind.
+SIGN_IN_FAILURES_PER_ACCOUNT = env.int("SIGN_IN_FAILURES_PER_ACCOUNT", default=5)
+SIGN_IN_FAILURES_PER_ADDRESS = env.int("SIGN_IN_FAILURES_PER_ADDRESS", default=20)
+SIGN_IN_LOCKOUT_MINUTES = env.int("SIGN_IN_LOCKOUT_MINUTES", default=15)
+AXES_LOCKOUT_PARAMETERS = [
+    parameter
+    for parameter, limit in (("username", SIGN_IN_FAILURES_PER_ACCOUNT), ("ip_address", SIGN_IN_FAILURES_PER_ADDRESS))
+    if limit
+]
+AXES_ENABLED = bool(AXES_LOCKOUT_PARAMETERS)
+AXES_HANDLER = "chat.sign_in.SignInThrottle"
+AXES_FAILURE_LIMIT = "chat.sign_in.loosest_limit"
+AXES_COOLOFF_TIME = timedelta(minutes=SIGN_IN_LOCKOUT_MINUTES) if SIGN_IN_LOCKOUT_MINUTES else None
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "chat.sign_in.locked_out"
 
 # --- The model server -------------------------------------------------------------------------
 VLLM_BASE_URL = env.str("VLLM_BASE_URL", default="http://127.0.0.1:8000/v1").rstrip("/")
