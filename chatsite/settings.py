@@ -104,6 +104,22 @@ STATIC_URL = "static/"
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = DEBUG
 
+# --- HTTPS, behind a proxy that terminates TLS (deploy/nginx/chatsite.conf) -----------------------
+# One switch turns on everything HTTPS asks for; each part can still be set on its own.
+HTTPS = env.bool("DJANGO_HTTPS", default=False)
+# The proxy says in X-Forwarded-Proto whether the browser came over HTTPS. Only with the switch on:
+# a site reached directly must not believe a header any client can send.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if HTTPS else None
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=HTTPS)
+# A monitor may ask the site itself, on its plain-HTTP port behind the proxy, whether it is up.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SESSION_COOKIE_SECURE = env.bool("DJANGO_SESSION_COOKIE_SECURE", default=HTTPS)
+CSRF_COOKIE_SECURE = env.bool("DJANGO_CSRF_COOKIE_SECURE", default=HTTPS)
+# A year, as browsers' preload lists ask; a first deployment unsure of its HTTPS may start lower.
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=365 * 24 * 3600 if HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=HTTPS)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=HTTPS)
+
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = True  # no script reads it: the chat script, htmx and the API docs take the token from the page
 X_FRAME_OPTIONS = "DENY"
@@ -131,6 +147,33 @@ LOGGING = {
         for app in ("chat", "engine", "api")
     },
 }
+
+# --- Mail: only for password reset links ---------------------------------------------------------
+# Without EMAIL_HOST the site has no mailer: the password reset pages do not exist (chatsite/urls.py)
+# and nothing ever tries to send mail.
+# Not a setting of that name: Django 6.1 refuses its old EMAIL_* settings beside MAILERS.
+mail_host = env.str("EMAIL_HOST", default="")
+MAILERS = (
+    {
+        "default": {
+            "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "OPTIONS": {
+                "host": mail_host,
+                "port": env.int("EMAIL_PORT", default=587),
+                "username": env.str("EMAIL_HOST_USER", default=""),
+                "password": env.str("EMAIL_HOST_PASSWORD", default=""),
+                "use_tls": env.bool("EMAIL_USE_TLS", default=True),
+                "use_ssl": env.bool("EMAIL_USE_SSL", default=False),
+                "timeout": 10,
+            },
+        }
+    }
+    if mail_host
+    else {}
+)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="webmaster@localhost")
+# No mailer is a choice, not a mistake, so no warning about it; sending would still fail loudly.
+SILENCED_SYSTEM_CHECKS = [] if MAILERS else ["mail.W001"]
 
 # --- Signing in (chat/sign_in.py, with django-axes) ---------------------------------------------
 # Failed sign-ins, on the page or in the admin, that lock out an account, or an address (many people
