@@ -136,3 +136,16 @@ def test_the_live_site_locks_out_and_says_when(live_site, alice):
         assert locked.headers["Retry-After"] == "900"
         assert LOCKED.search(locked.text), locked.text
         assert attempt(PASSWORD).status_code == 429
+
+
+def test_with_no_cool_off_the_lockout_lasts_until_an_admin_unlocks(client, alice, settings):
+    settings.AXES_COOLOFF_TIME = None  # SIGN_IN_LOCKOUT_MINUTES=0
+    for _ in range(5):
+        response = sign_in(client, "alice", WRONG)
+    AccessAttempt.objects.update(attempt_time=timezone.now() - timedelta(days=30))
+
+    response = sign_in(client, "alice", PASSWORD)
+
+    assert response.status_code == 429
+    assert "Retry-After" not in response
+    assert "failed to sign in too often. Ask an administrator to unlock it." in response.content.decode()
