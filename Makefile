@@ -10,12 +10,12 @@ PORT ?= 8080
 PYTHON_312 := $(shell for c in python3.14 python3.13 python3.12 $$HOME/.pyenv/versions/3.1[2-9]*/bin/python; do \
 	$$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$c; break; }; done)
 
-.PHONY: run test lint format clean chromium
+.PHONY: run test lint format clean chromium nginx
 
 run: $(VENV)/.site .env
 	$(PY) manage.py up --host $(HOST) --port $(PORT)
 
-test: .env lint chromium
+test: .env lint chromium nginx
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) -m pytest --cov --cov-report=term
 
@@ -49,6 +49,12 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
 # The browser tests drive Debian's Chromium (Playwright's own browser download is not reachable).
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+
+# The deployment tests run Debian's nginx in front of the site (deploy/nginx/), over TLS with a
+# certificate that openssl makes for them.
+nginx:
+	@{ command -v nginx || test -x /usr/sbin/nginx; } >/dev/null && command -v openssl >/dev/null || \
+		{ apt-get update -q && apt-get install -y -q nginx openssl; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage

@@ -10,9 +10,10 @@ history. `GET /v1/models` lists the one served model. Authentication is an API t
 Errors come back in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`:
 400 for a request that is not valid (bad JSON, wrong types, out-of-range settings, no prompt, a
 prompt that cannot fit the context with room for max_tokens: `context_length_exceeded`),
-401 without a valid token, 404 for another model, 413 for a body over API_MAX_BODY_BYTES, and
-for an answer that failed before any text 503 if vLLM is down or 502 if vLLM failed or refused
-(the message says which). A stream that fails later ends with an error frame, then `[DONE]`, as
+401 without a valid token, 404 for another model, 413 for a body over API_MAX_BODY_BYTES, 429
+(`rate_limit_exceeded`, with `Retry-After`) over the caller's limits on answers, and for an
+answer that failed before any text 503 if vLLM is down or 502 if vLLM failed or refused (the
+message says which). A stream that fails later ends with an error frame, then `[DONE]`, as
 vLLM's does. A client that goes away stops the answer, which closes the request to vLLM, as vLLM
 itself aborts a request whose client left.
 """
@@ -23,11 +24,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from functools import partial
 from typing import Any, Literal
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
-from django.db import transaction
 from django.http import HttpRequest, StreamingHttpResponse
 from ninja import NinjaAPI, Schema
 from pydantic import BaseModel, ConfigDict, Field
@@ -142,15 +141,6 @@ class Exchange:
         self.settings.apply_to(conversation)
         return conversation
 
-    @sync_to_async
-    def save(self, conversation: Conversation) -> None:
-        with transaction.atomic():
-            conversation.save()
-            Message.objects.bulk_create(
-                Message(conversation=conversation, role=role, content=text, status=Message.Status.COMPLETE)
-                for role, text in self.earlier
-            )
-
 
 # --- The routes ---------------------------------------------------------------------------------
 
@@ -167,8 +157,8 @@ async def chat_completions(
         )
     except ContextTooLong as exc:
         raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
-    await exchange.save(conversation)
-    _, answer = await turns.start_turn(conversation, exchange.prompt)
+    # The earlier messages are saved with the prompt, in one transaction: a refused turn saves none.
+    _, answer = await turns.start_turn(conversation, exchange.prompt, earlier=exchange.earlier)
     if not data.stream:
         return _completion(await delivery.whole(answer))
     include_usage = bool(data.stream_options and data.stream_options.include_usage)

@@ -8,7 +8,8 @@ server's event loop.
 
 Errors are JSON `{"detail": "..."}` (api/errors.py): 400 for a body that is not JSON, 401 without a
 token or a session, 404, 413 for a body over API_MAX_BODY_BYTES, 422 (with `errors`, one per field)
-for a request that does not validate.
+for a request that does not validate, 429 (with `Retry-After`) for a prompt over the caller's limits
+on answers (chat/limits.py).
 """
 
 from typing import Any
@@ -27,6 +28,7 @@ from api.errors import REST, handle_errors
 from api.schemas import (
     ERRORS,
     MAX_ID,
+    STARTS_AN_ANSWER,
     ConversationChange,
     ConversationDetail,
     ConversationIn,
@@ -147,7 +149,7 @@ async def delete_conversation(
 
 @api.post(
     "/conversations/{conversation_id}/messages",
-    response={200: TurnOut, **ERRORS},
+    response={200: TurnOut, **STARTS_AN_ANSWER},
     openapi_extra=streamed(
         'JSON, or with `stream: true` Server-Sent Events: `delta` (`{"text"}`) events, then `done` or '
         "`error`, as the chat page receives them.",

@@ -10,7 +10,8 @@ Where this differs from model-compose, it is to keep the seed's README true:
   without it); the stream is the same either way.
 - A run that fails before any text (vLLM down) is an HTTP error (503, or 502 if vLLM answered but
   failed), `{"detail": ...}`; one that fails later ends its stream with an `event: error` frame,
-  which EventSource clients tell from the text.
+  which EventSource clients tell from the text. A run over the caller's limits on answers is 429,
+  with `Retry-After` (chat/limits.py).
 - A task is the run's answer: its id is the answer message's id, its state is the message's status
   (`cancelled` when stopped), and its `output` is the text so far.
 A client that goes away from a streamed run stops it, as model-compose closes the model's stream
@@ -27,7 +28,17 @@ from ninja.errors import HttpError
 
 from api import delivery
 from api.auth import AuthenticatedRequest
-from api.schemas import ERRORS, MAX_ID, ErrorOut, TaskOut, TaskStarted, WorkflowOut, WorkflowRunIn, WorkflowVariable
+from api.schemas import (
+    ERRORS,
+    MAX_ID,
+    STARTS_AN_ANSWER,
+    ErrorOut,
+    TaskOut,
+    TaskStarted,
+    WorkflowOut,
+    WorkflowRunIn,
+    WorkflowVariable,
+)
 from chat import ownership, sse, turns
 from chat.context import ContextTooLong, check_prompt_fits
 from chat.models import Conversation, Message
@@ -104,7 +115,7 @@ def workflow_schema(request: HttpRequest, workflow_id: str) -> WorkflowOut:
 
 @router.post(
     "/workflows/runs",
-    response={200: TaskStarted, 502: ErrorOut, 503: ErrorOut, **ERRORS},
+    response={200: TaskStarted, 502: ErrorOut, 503: ErrorOut, **STARTS_AN_ANSWER},
     openapi_extra=SSE_TEXT,
 )
 async def run_workflow(request: AuthenticatedRequest, run: WorkflowRunIn) -> TaskStarted | StreamingHttpResponse:

@@ -19,7 +19,7 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
@@ -29,7 +29,7 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from chat import rules
+from chat import limits, rules
 from chat.context import ContextTooLong, fit_context
 from chat.models import Conversation, Message
 from engine import vllm_client
@@ -200,11 +200,18 @@ def options_for(conversation: Conversation) -> GenerationOptions:
 
 
 @sync_to_async
-def _save_prompt_and_answer(conversation: Conversation, prompt: str) -> tuple[Message, Message]:
+def _save_prompt_and_answer(
+    conversation: Conversation, prompt: str, earlier: Sequence[tuple[str, str]]
+) -> tuple[Message, Message]:
     with transaction.atomic():
+        limits.check_room_for_an_answer(conversation.owner_id)  # refused: nothing is saved
         if not conversation.title:
             conversation.title = rules.title_from_prompt(prompt)
         conversation.save()  # creates a new one, and moves an old one to the top of the list
+        Message.objects.bulk_create(
+            Message(conversation=conversation, role=role, content=text, status=Message.Status.COMPLETE)
+            for role, text in earlier
+        )
         prompt_message = Message.objects.create(conversation=conversation, role=Message.Role.USER, content=prompt)
         answer = Message.objects.create(
             conversation=conversation,
@@ -220,14 +227,17 @@ class Turn(NamedTuple):
     answer: Message
 
 
-async def start_turn(conversation: Conversation, prompt: str) -> Turn:
+async def start_turn(conversation: Conversation, prompt: str, *, earlier: Sequence[tuple[str, str]] = ()) -> Turn:
     """Save the prompt and an empty answer, then generate the answer in the background.
 
     The answer starts in status "streaming"; `follow(answer)` streams it. Generation uses the
     conversation's settings, which are saved (with the conversation, if new) in the same
-    transaction as the prompt.
+    transaction as the prompt, with `earlier` (role, text) messages before it.
+
+    Raises chat.limits.TooManyAnswers, having saved nothing, when the conversation's owner may not
+    start another answer now.
     """
-    prompt_message, answer = await _save_prompt_and_answer(conversation, prompt)
+    prompt_message, answer = await _save_prompt_and_answer(conversation, prompt, earlier)
     running = RunningTurn(answer)
     _running[answer.pk] = running
     # A fresh context: the request's would tie the turn's database calls to the request's own

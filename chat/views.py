@@ -20,6 +20,7 @@ from django_htmx.middleware import HtmxDetails
 
 from chat import ownership, rules, sse, turns
 from chat.forms import RenameForm, SendForm
+from chat.limits import TooManyAnswers
 from chat.models import Conversation, ConversationQuerySet, Someone
 from engine import vllm_client
 
@@ -84,7 +85,11 @@ async def send(request: HtmxHttpRequest, pk: int | None = None) -> HttpResponse:
         # Nothing is saved: not the prompt, not a new conversation.
         return JsonResponse({"error": form.first_error(), "fields": form.errors.get_json_data()}, status=400)
     form.apply_to(conversation)
-    turn = await turns.start_turn(conversation, form.cleaned_data["prompt"])
+    try:
+        turn = await turns.start_turn(conversation, form.cleaned_data["prompt"])
+    except TooManyAnswers as exc:
+        # Shown where a refused prompt's message is; the prompt stays in the box to send again.
+        return JsonResponse({"error": exc.message}, status=429, headers={"Retry-After": str(exc.retry_after)})
     if not request.htmx:
         return redirect(conversation_url(conversation))  # a form sent without script
     # The page's htmx form: the new turn, and the parts of the page it changes (the `sent` partial).

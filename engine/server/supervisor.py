@@ -264,7 +264,12 @@ class Site:
         return f"http://{self.host}:{self.port}/"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "daphne", "-b", self.host, "-p", str(self.port), "chatsite.asgi:application"]
+        daphne = [sys.executable, "-m", "daphne", "-b", self.host, "-p", str(self.port)]
+        if settings.HTTPS:
+            # Behind the HTTPS proxy (deploy/nginx/) the browser's address is the one the proxy
+            # forwards: sign-in throttling counts failures by it.
+            daphne.append("--proxy-headers")
+        return [*daphne, "chatsite.asgi:application"]
 
 
 def run_with_site(site: Site, out: Output, *, vllm: ServerConfig | None, device: str, timeout: float) -> None:

@@ -396,3 +396,33 @@ def test_the_sign_in_page_rejects_a_wrong_password(page: Page, alice, live_site)
     expect(page.get_by_label("Username")).to_have_value("alice")
     expect(page.get_by_label("Password")).to_be_focused()
     screenshot(page, "sign-in")
+
+
+def test_a_prompt_over_the_persons_limits_is_refused_with_a_message_and_kept(chromium: Browser, alice, fake_vllm):
+    # A site of its own: the tests' site has no limits on answers.
+    site = SiteProcess(site_env(fake_vllm, CHAT_MAX_ANSWERS_AT_ONCE="1")).start()
+    context = chromium.new_context(base_url=site.url)
+    try:
+        page = context.new_page()
+        page.goto("/accounts/login/")
+        page.get_by_label("Username").fill("alice")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page).to_have_url(f"{site.url}/")
+        # An answer of hers is being generated (in another tab, or by another door).
+        elsewhere = Conversation.objects.create(owner=alice, title="Elsewhere")
+        Message.objects.create(conversation=elsewhere, role="assistant", status=Message.Status.STREAMING)
+
+        prompt_box(page).fill("Hello")
+        prompt_box(page).press("Enter")
+
+        expect(page.locator("#prompt-form").get_by_role("alert")).to_have_text(
+            "You already have 1 answer being generated, the most at once. "
+            "Send this when one of them has finished (or stop one)."
+        )
+        expect(prompt_box(page)).to_have_value("Hello")
+        assert Message.objects.count() == 1
+        assert fake_vllm.requests == []
+    finally:
+        context.close()
+        site.stop()

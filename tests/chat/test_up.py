@@ -5,6 +5,7 @@ import socket
 
 import httpx
 
+from engine.server.supervisor import Site
 from tests.ports import free_port, listening
 from tests.processes import alive, children
 
@@ -119,3 +120,12 @@ def test_up_restarts_a_crashed_vllm_while_the_site_stays_up(standin, tmp_path):
     assert [pid for pid in site if alive(pid)]  # the same daphne throughout
     up.process.send_signal(signal.SIGTERM)
     assert up.finish() == 0
+
+
+def test_behind_the_https_proxy_up_has_daphne_take_the_browsers_address_from_it(settings):
+    site = Site("127.0.0.1", 8080, {})
+    assert "--proxy-headers" not in site.command()  # reached directly, a client could claim any address
+
+    settings.HTTPS = True
+
+    assert site.command()[-2:] == ["--proxy-headers", "chatsite.asgi:application"]

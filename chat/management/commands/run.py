@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from api.schemas import WorkflowInput
 from chat import turns
+from chat.limits import TooManyAnswers
 from chat.models import Conversation, Message
 from chat.turns import TurnEnded
 from engine import vllm_client
@@ -57,7 +58,10 @@ class Command(BaseCommand):
     async def run_turn(self, owner: User, workflow_input: WorkflowInput) -> Message:
         conversation = Conversation(owner=owner)
         workflow_input.apply_to(conversation)
-        _, answer = await turns.start_turn(conversation, workflow_input.prompt)
+        try:
+            _, answer = await turns.start_turn(conversation, workflow_input.prompt)
+        except TooManyAnswers as exc:
+            raise CommandError(exc.message) from None
         try:
             async for event in turns.follow(answer):
                 if isinstance(event, TextDelta):
