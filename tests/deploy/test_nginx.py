@@ -206,9 +206,14 @@ def test_the_pages_stream_reaches_the_browser_delta_by_delta(nginx, fake_vllm, a
     fake_vllm.reply, fake_vllm.token_delay = SLOW_REPLY, TOKEN_DELAY
     with nginx.client() as client:
         login(client, "alice")
-        sent = client.post("/c/new/send", data={"prompt": "Why local?"}, headers=csrf_headers(client))
+        # As the page's htmx form sends it; the answer's stream URL is in the turn it gets back.
+        sent = client.post(
+            "/c/new/send", data={"prompt": "Why local?"}, headers={**csrf_headers(client), "HX-Request": "true"}
+        )
         assert sent.status_code == 200, sent.text
-        stream = f"/c/{sent.headers['X-Conversation-Id']}/m/{sent.headers['X-Message-Id']}/stream"
+        found = re.search(r'data-stream-url="([^"]+)"', sent.text)
+        assert found is not None, sent.text
+        stream = found[1]
         with client.stream("GET", stream) as response:
             assert response.status_code == 200
             arrivals, end = delta_arrivals(
