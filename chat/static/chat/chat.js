@@ -1,5 +1,5 @@
 // The chat page's script: send a prompt, follow answers as Server-Sent Events, stop them.
-// Model output only ever goes into text nodes, so it is never interpreted as HTML.
+// Prompts only ever go into text nodes; answers are rendered by render.js (ChatAnswer), safely.
 (() => {
   "use strict";
   const form = document.getElementById("prompt-form");
@@ -28,21 +28,17 @@
     const body = article.querySelector(".body");
     const meta = article.querySelector(".meta");
     const source = new EventSource(article.dataset.streamUrl);
-    let text = null; // the text node deltas go to; none until the first delta of a connection
-    // Each (re)connection starts again with the whole text so far.
-    source.addEventListener("open", () => { text = null; });
-    source.addEventListener("delta", (e) => {
+    const answer = ChatAnswer.follow(body, (change) => {
       const following = nearBottom();
-      if (text === null) {
-        body.textContent = "";
-        text = body.appendChild(document.createTextNode(""));
-      }
-      text.appendData(JSON.parse(e.data).text);
+      change();
       if (following) scrollToEnd();
     });
+    // Each (re)connection starts again with the whole text so far.
+    source.addEventListener("open", () => answer.restart());
+    source.addEventListener("delta", (e) => answer.append(JSON.parse(e.data).text));
     const finish = (data) => {
       source.close();
-      if (text === null) body.textContent = "";
+      answer.finish();
       article.classList.remove("streaming");
       article.classList.add(data.status);
       article.removeAttribute("aria-busy");
@@ -126,6 +122,7 @@
       }
       thread.querySelector(".empty")?.remove();
       thread.insertAdjacentHTML("beforeend", await response.text());
+      ChatAnswer.showAll(thread);
       prompt.value = "";
       fitPrompt();
       if (url !== location.pathname) {
@@ -192,6 +189,7 @@
   checkBackend();
   setInterval(checkBackend, 15000);
 
+  ChatAnswer.showAll(thread);
   thread.querySelectorAll("[data-stream-url]").forEach(follow);
   scrollToEnd();
 })();

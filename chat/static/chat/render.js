@@ -1,0 +1,347 @@
+// Answers as people read them: the model's markdown rendered in the browser, by one code path
+// whether the answer is streaming, reloaded, or followed from another tab.
+//
+// Safe by construction. markdown-it parses with raw HTML off, so any tag the model writes is
+// shown as text; links pass only for http, https and mailto and open in a new tab without a
+// referrer; a markdown image becomes a link, so nothing an answer names is ever fetched; KaTeX runs
+// untrusted (no \href, \url, \includegraphics). What the renderers made then goes through
+// DOMPurify, with the same link and image rules, before it reaches the page.
+//
+// Cheap as it streams. The text is cut into chunks at blank lines that end a top-level block
+// (never inside a fenced code block or a display formula, never between the items of a list). A
+// complete chunk is rendered once; only the open last chunk is rendered again, at most once per
+// animation frame, so the cost of a delta grows with the open chunk, not with the answer. Where
+// the cuts fall depends on the text alone: an answer rendered as it streamed and the same text
+// rendered at once after a reload are the same DOM.
+(() => {
+  "use strict";
+
+  const SAFE_URL = /^(?:https?:|mailto:)/i;
+  const { escapeHtml } = window.markdownit().utils;
+
+  // The raw markdown of each rendered answer, for its Copy button.
+  const rawText = new WeakMap();
+
+  function highlight(code, language) {
+    if (!language || !window.hljs.getLanguage(language)) return ""; // markdown-it escapes it
+    return window.hljs.highlight(code, { language, ignoreIllegals: true }).value;
+  }
+
+  const markdown = window.markdownit({ html: false, linkify: false, typographer: false, highlight });
+  markdown.validateLink = (url) => SAFE_URL.test(url.trim());
+  markdown.use(window.markdownitTaskLists);
+  markdown.use(mathRules);
+
+  // A code block has a header naming its language, with a button that copies the code.
+  const codeHead = (language) =>
+    `<div class="code-head"><span class="language">${escapeHtml(language)}</span>` +
+    `<button type="button" class="copy-code" title="Copy the code">Copy</button></div>`;
+  const { fence, code_block: codeBlock } = markdown.renderer.rules;
+  markdown.renderer.rules.fence = (tokens, i, ...rest) => {
+    const language = tokens[i].info.trim().split(/\s+/)[0];
+    return `<div class="code-block">${codeHead(language)}${fence(tokens, i, ...rest)}</div>`;
+  };
+  markdown.renderer.rules.code_block = (...args) => `<div class="code-block">${codeHead("")}${codeBlock(...args)}</div>`;
+
+  // An image would be fetched by the reader's browser, and its address can carry the conversation
+  // to whoever serves it: show it as a link to follow by choice instead.
+  markdown.renderer.rules.image = (tokens, i, options, env, self) => {
+    const src = tokens[i].attrGet("src");
+    const alt = self.renderInlineAsText(tokens[i].children, options, env);
+    return `<a href="${escapeHtml(src)}" class="image-link" title="Image, not loaded: ${escapeHtml(src)}">` +
+      `Image: ${escapeHtml(alt || src)}</a>`;
+  };
+
+  // Math as Qwen2 writes it: $…$ and \(…\) inline, $$…$$ and \[…\] displayed. KaTeX shows a
+  // formula it cannot parse as its source, in red; the markdown around it never eats its
+  // backslashes, underscores or asterisks.
+  function mathRules(md) {
+    const DELIMITERS = [
+      ["\\(", "\\)", false],
+      ["\\[", "\\]", true],
+      ["$$", "$$", true],
+      ["$", "$", false],
+    ];
+    const SPACE = /\s/;
+    const DIGIT = /\d/;
+
+    // Where `close` ends the formula that starts at `from`, or -1. A single dollar follows
+    // Pandoc's rule so that prices are not formulas: "$5 and $10" has none.
+    function closing(src, open, close, from, max) {
+      if (open !== "$") {
+        const at = src.indexOf(close, from);
+        return at !== -1 && at + close.length <= max ? at : -1;
+      }
+      if (from >= max || SPACE.test(src[from])) return -1;
+      for (let at = src.indexOf("$", from); at !== -1 && at < max; at = src.indexOf("$", at + 1)) {
+        if (at > from && !SPACE.test(src[at - 1]) && src[at - 1] !== "\\" && !DIGIT.test(src[at + 1] ?? "")) return at;
+      }
+      return -1;
+    }
+
+    md.inline.ruler.before("escape", "math_inline", (state, silent) => {
+      const { src, pos, posMax } = state;
+      const delimiter = DELIMITERS.find(([open]) => src.startsWith(open, pos));
+      if (!delimiter) return false;
+      const [open, close, display] = delimiter;
+      const end = closing(src, open, close, pos + open.length, posMax);
+      if (end === -1 || end === pos + open.length) {
+        if (open[0] !== "\\") return false; // a lone dollar is just a dollar
+        // Not a formula after all: keep the backslash, which markdown would take as an escape.
+        if (!silent) state.pending += open;
+        state.pos += open.length;
+        return true;
+      }
+      if (!silent) {
+        const token = state.push("math", "", 0);
+        token.content = src.slice(pos + open.length, end);
+        token.meta = { display };
+      }
+      state.pos = end + close.length;
+      return true;
+    });
+
+    // A displayed formula that starts a line may run over several, blank ones included.
+    const BLOCK_OPEN = /^(\$\$|\\\[)/;
+    md.block.ruler.before("fence", "math_block", (state, startLine, endLine, silent) => {
+      if (state.sCount[startLine] - state.blkIndent >= 4) return false;
+      const lineText = (line) => state.src.slice(state.bMarks[line] + state.tShift[line], state.eMarks[line]);
+      const first = lineText(startLine);
+      const open = BLOCK_OPEN.exec(first)?.[1];
+      if (!open) return false;
+      const close = open === "$$" ? "$$" : "\\]";
+      let line = startLine;
+      let text = first.slice(open.length);
+      let content = "";
+      for (;;) {
+        const at = text.indexOf(close);
+        if (at !== -1) {
+          if (text.slice(at + close.length).trim()) return false; // text after it: an inline formula
+          content += text.slice(0, at);
+          break;
+        }
+        content += `${text}\n`;
+        line += 1;
+        if (line >= endLine) return false; // not closed (yet)
+        text = lineText(line);
+      }
+      if (!content.trim()) return false;
+      if (silent) return true;
+      const token = state.push("math", "", 0);
+      token.block = true;
+      token.content = content;
+      token.meta = { display: true };
+      token.map = [startLine, line + 1];
+      state.line = line + 1;
+      return true;
+    }, { alt: ["paragraph", "reference", "blockquote", "list"] });
+
+    md.renderer.rules.math = (tokens, i) => {
+      const { content, meta, block } = tokens[i];
+      let html;
+      try {
+        html = window.katex.renderToString(content, {
+          displayMode: meta.display, throwOnError: false, trust: false, strict: "ignore", maxSize: 50, maxExpand: 1000,
+        });
+      } catch {
+        html = `<code class="math-source">${escapeHtml(content)}</code>`;
+      }
+      return block ? `<div class="math-block">${html}</div>\n` : html;
+    };
+  }
+
+  // DOMPurify, on its own instance so that its hooks are this page's alone.
+  const purifier = window.DOMPurify(window);
+  const PURIFY = {
+    RETURN_DOM_FRAGMENT: true,
+    ALLOWED_URI_REGEXP: SAFE_URL,
+    // Whatever could fetch something or run something, should a renderer ever produce it.
+    FORBID_TAGS: ["img", "image", "picture", "source", "video", "audio", "track", "iframe", "object", "embed",
+      "link", "style", "use", "feImage", "form", "meta", "base"],
+    FORBID_ATTR: ["srcset", "ping", "background", "poster"],
+  };
+  purifier.addHook("afterSanitizeAttributes", (node) => {
+    if (node.hasAttribute("style") && /url\s*\(|image-set|@import/i.test(node.getAttribute("style"))) {
+      node.removeAttribute("style");
+    }
+    if (node.tagName === "A") {
+      if (!SAFE_URL.test(node.getAttribute("href") || "")) node.removeAttribute("href");
+      node.setAttribute("target", "_blank");
+      node.setAttribute("rel", "noopener noreferrer nofollow");
+    }
+  });
+
+  const renderChunk = (text) => purifier.sanitize(markdown.render(text), PURIFY);
+
+  // Where the text can be cut: before a line that starts a new top-level block after a blank line,
+  // outside a fenced code block or a displayed formula, and not before the next item of a list.
+  // Only complete lines are read, once each.
+  const FENCE = /^ {0,3}(`{3,}|~{3,})(.*)$/;
+  const FORMULA = /^ {0,3}(\$\$|\\\[)(.*)$/;
+  const LIST_ITEM = /^ {0,3}(?:[-+*]|\d{1,9}[.)])(?:[ \t]|$)/;
+  const BLANK = /^[ \t\r]*$/;
+
+  class Cutter {
+    scanned = 0; // where the first line not read yet starts
+    fence = null; // the open fence's marker, as in "```"
+    formulaEnd = null; // what closes the open displayed formula
+    afterBlank = false;
+    chunkHasList = false;
+
+    // The cuts that the complete lines of `text` not read yet make.
+    cuts(text) {
+      const found = [];
+      for (let end = text.indexOf("\n", this.scanned); end !== -1; end = text.indexOf("\n", this.scanned)) {
+        if (this.isCut(text.slice(this.scanned, end))) found.push(this.scanned);
+        this.scanned = end + 1;
+      }
+      return found;
+    }
+
+    isCut(line) {
+      if (this.fence) {
+        const closing = FENCE.exec(line);
+        if (closing && closing[1][0] === this.fence[0] && closing[1].length >= this.fence.length && !closing[2].trim()) {
+          this.fence = null;
+        }
+        return false;
+      }
+      if (this.formulaEnd) {
+        if (line.includes(this.formulaEnd)) this.formulaEnd = null;
+        return false;
+      }
+      if (BLANK.test(line)) {
+        this.afterBlank = true;
+        return false;
+      }
+      const listItem = LIST_ITEM.test(line);
+      const cut = this.afterBlank && !/^[ \t]/.test(line) && !(listItem && this.chunkHasList);
+      this.afterBlank = false;
+      if (cut) this.chunkHasList = false;
+      if (listItem) this.chunkHasList = true;
+      const fence = FENCE.exec(line);
+      const formula = FORMULA.exec(line);
+      if (fence && !(fence[1][0] === "`" && fence[2].includes("`"))) {
+        this.fence = fence[1];
+      } else if (formula) {
+        const end = formula[1] === "$$" ? "$$" : "\\]";
+        if (!formula[2].includes(end)) this.formulaEnd = end;
+      }
+      return cut;
+    }
+  }
+
+  // One answer's body, rendered from its text as the text grows.
+  class RenderedAnswer {
+    constructor(body, around = (change) => change()) {
+      this.body = body;
+      this.around = around; // wraps each change of the page (the chat keeps the end in view)
+      this.restart();
+      body.classList.add("markdown");
+    }
+
+    // From nothing again: a reconnected stream sends the whole text so far.
+    restart() {
+      this.text = "";
+      this.cutter = new Cutter();
+      this.openStart = 0; // where the open chunk starts in the text
+      this.openBlock = null; // the element that shows it
+      this.shown = null; // the open chunk's text as last rendered
+      this.clear = true; // the body still shows what was there before
+      rawText.set(this.body, "");
+    }
+
+    append(delta) {
+      this.text += delta;
+      rawText.set(this.body, this.text);
+      this.frame ||= requestAnimationFrame(() => this.render(false));
+    }
+
+    // The text is complete: its last chunk is rendered as a complete one, now.
+    finish() {
+      this.render(true);
+    }
+
+    render(final) {
+      cancelAnimationFrame(this.frame);
+      this.frame = 0;
+      // A reconnected stream that has sent nothing yet: keep showing the text it will send again.
+      if (this.clear && !this.text && !final) return;
+      this.around(() => {
+        if (this.clear) {
+          this.body.replaceChildren();
+          this.clear = false;
+        }
+        for (const cut of this.cutter.cuts(this.text)) {
+          this.show(this.text.slice(this.openStart, cut));
+          this.openBlock = null;
+          this.shown = null;
+          this.openStart = cut;
+        }
+        const open = this.text.slice(this.openStart);
+        if (open || this.openBlock) this.show(open);
+        if (final) this.openBlock = null;
+      });
+    }
+
+    show(chunk) {
+      if (this.openBlock && chunk === this.shown) return;
+      if (!this.openBlock) {
+        this.openBlock = document.createElement("div");
+        this.openBlock.className = "block";
+        this.body.append(this.openBlock);
+      }
+      this.openBlock.replaceChildren(renderChunk(chunk));
+      this.shown = chunk;
+    }
+  }
+
+  async function copy(text, button) {
+    try {
+      await navigator.clipboard.writeText(text);
+    } catch {
+      // No Clipboard API outside a secure context (the site served over plain http to another
+      // machine): the older way still works from a click.
+      const scratch = document.createElement("textarea");
+      scratch.value = text;
+      scratch.setAttribute("readonly", "");
+      scratch.style.position = "fixed";
+      scratch.style.opacity = "0";
+      document.body.append(scratch);
+      scratch.select();
+      document.execCommand("copy");
+      scratch.remove();
+    }
+    const label = button.textContent;
+    button.textContent = "Copied";
+    setTimeout(() => { button.textContent = label; }, 1500);
+  }
+
+  document.addEventListener("click", (e) => {
+    const codeButton = e.target.closest(".copy-code");
+    if (codeButton) {
+      copy(codeButton.closest(".code-block").querySelector("code").textContent, codeButton);
+      return;
+    }
+    const answerButton = e.target.closest(".copy-answer");
+    if (answerButton) {
+      const body = answerButton.closest("article").querySelector(".body");
+      copy(rawText.get(body) ?? body.textContent, answerButton);
+    }
+  });
+
+  window.ChatAnswer = {
+    // Render every answer under `root` not rendered yet, from the text the page carries.
+    showAll(root) {
+      root.querySelectorAll("article.assistant .body:not(.markdown)").forEach((body) => {
+        const answer = new RenderedAnswer(body);
+        answer.append(body.textContent);
+        answer.finish();
+      });
+    },
+    // An answer that is still being written: append() each delta, finish() at the end.
+    follow(body, around) {
+      return new RenderedAnswer(body, around);
+    },
+  };
+})();
