@@ -21,6 +21,11 @@
   // Keep the newest text in view, unless the reader has scrolled up to read something else.
   const nearBottom = () => thread.scrollHeight - thread.scrollTop - thread.clientHeight < 80;
   const scrollToEnd = () => { thread.scrollTop = thread.scrollHeight; };
+  const keepEndInView = (change) => {
+    const following = nearBottom();
+    change();
+    if (following) scrollToEnd();
+  };
 
   function follow(article) {
     if (article.dataset.following) return;
@@ -28,11 +33,7 @@
     const body = article.querySelector(".body");
     const meta = article.querySelector(".meta");
     const source = new EventSource(article.dataset.streamUrl);
-    const answer = ChatAnswer.follow(body, (change) => {
-      const following = nearBottom();
-      change();
-      if (following) scrollToEnd();
-    });
+    const answer = ChatAnswer.follow(body, keepEndInView);
     // Each (re)connection starts again with the whole text so far.
     source.addEventListener("open", () => answer.restart());
     source.addEventListener("delta", (e) => answer.append(JSON.parse(e.data).text));
@@ -122,7 +123,7 @@
       }
       thread.querySelector(".empty")?.remove();
       thread.insertAdjacentHTML("beforeend", await response.text());
-      ChatAnswer.showAll(thread);
+      ChatAnswer.showAll(thread, keepEndInView);
       prompt.value = "";
       fitPrompt();
       if (url !== location.pathname) {
@@ -189,7 +190,7 @@
   checkBackend();
   setInterval(checkBackend, 15000);
 
-  ChatAnswer.showAll(thread);
+  ChatAnswer.showAll(thread, keepEndInView);
   thread.querySelectorAll("[data-stream-url]").forEach(follow);
   scrollToEnd();
 })();

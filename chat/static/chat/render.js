@@ -190,6 +190,7 @@
   class Cutter {
     scanned = 0; // where the first line not read yet starts
     fence = null; // the open fence's marker, as in "```"
+    fenceStart = 0; // where the line that opened it starts
     formulaEnd = null; // what closes the open displayed formula
     afterBlank = false;
     chunkHasList = false;
@@ -229,6 +230,7 @@
       const formula = FORMULA.exec(line);
       if (fence && !(fence[1][0] === "`" && fence[2].includes("`"))) {
         this.fence = fence[1];
+        this.fenceStart = this.scanned;
       } else if (formula) {
         const end = formula[1] === "$$" ? "$$" : "\\]";
         if (!formula[2].includes(end)) this.formulaEnd = end;
@@ -238,6 +240,17 @@
   }
 
   // One answer's body, rendered from its text as the text grows.
+  //
+  // Many complete chunks at once (a reload, a reconnection, a tab that was in the background) are
+  // rendered in slices of at most SLICE_MS, each its own task, so that the page stays responsive:
+  // the answer then fills in from the top within a few frames.
+  const SLICE_MS = 20;
+  const BATCH = 16; // complete chunks sanitised together, between two looks at the clock
+  // A fenced code block still open and longer than this is not rendered whole on every frame:
+  // its code is highlighted in pieces, each once, and only its last lines again (see showOpenCode).
+  const LONG_CODE = 4000;
+  const CODE_TAIL = 1500;
+
   class RenderedAnswer {
     constructor(body, around = (change) => change()) {
       this.body = body;
@@ -250,9 +263,11 @@
     restart() {
       this.text = "";
       this.cutter = new Cutter();
+      this.cuts = []; // cuts found but not rendered yet
       this.openStart = 0; // where the open chunk starts in the text
       this.openBlock = null; // the element that shows it
       this.shown = null; // the open chunk's text as last rendered
+      this.openCode = null; // a long open code block, shown piece by piece
       this.clear = true; // the body still shows what was there before
       rawText.set(this.body, "");
     }
@@ -260,34 +275,62 @@
     append(delta) {
       this.text += delta;
       rawText.set(this.body, this.text);
-      this.frame ||= requestAnimationFrame(() => this.render(false));
+      this.frame ||= requestAnimationFrame(() => this.render());
     }
 
-    // The text is complete: its last chunk is rendered as a complete one, now.
+    // The text is complete: render what is left now, rather than at the next frame.
     finish() {
       this.render(true);
     }
 
-    render(final) {
+    render(final = false) {
       cancelAnimationFrame(this.frame);
+      clearTimeout(this.nextSlice);
       this.frame = 0;
       // A reconnected stream that has sent nothing yet: keep showing the text it will send again.
       if (this.clear && !this.text && !final) return;
+      const started = performance.now();
       this.around(() => {
         if (this.clear) {
           this.body.replaceChildren();
           this.clear = false;
         }
-        for (const cut of this.cutter.cuts(this.text)) {
-          this.show(this.text.slice(this.openStart, cut));
-          this.openBlock = null;
-          this.shown = null;
-          this.openStart = cut;
+        this.cuts.push(...this.cutter.cuts(this.text));
+        let done = 0;
+        while (done < this.cuts.length) {
+          const batch = this.cuts.slice(done, done + BATCH);
+          this.showComplete(batch.map((cut) => {
+            const chunk = this.text.slice(this.openStart, cut);
+            this.openStart = cut;
+            return chunk;
+          }));
+          done += batch.length;
+          if (done < this.cuts.length && performance.now() - started > SLICE_MS) {
+            this.cuts = this.cuts.slice(done);
+            this.nextSlice = setTimeout(() => this.render(), 0);
+            return;
+          }
         }
+        this.cuts = [];
         const open = this.text.slice(this.openStart);
-        if (open || this.openBlock) this.show(open);
-        if (final) this.openBlock = null;
+        const { fence, fenceStart } = this.cutter;
+        if (!final && fence && fenceStart >= this.openStart && this.text.length - fenceStart > LONG_CODE) {
+          this.showOpenCode(fenceStart - this.openStart);
+        } else if (open || this.openBlock) {
+          this.show(open);
+        }
       });
+    }
+
+    // Chunks that are complete: the first may be the one shown open until now.
+    showComplete(chunks) {
+      if (this.openBlock) {
+        this.show(chunks.shift());
+        this.openBlock = null;
+      }
+      if (!chunks.length) return;
+      const html = chunks.map((chunk) => `<div class="block">${markdown.render(chunk)}</div>`).join("");
+      this.body.append(purifier.sanitize(html, PURIFY));
     }
 
     show(chunk) {
@@ -299,6 +342,48 @@
       }
       this.openBlock.replaceChildren(renderChunk(chunk));
       this.shown = chunk;
+      this.openCode = null;
+    }
+
+    // The open chunk ends in a long code block still being written (`fenceAt` into the chunk).
+    // What comes before the block is rendered once; the code is highlighted in pieces, each once,
+    // and only its last CODE_TAIL characters or so again on each frame. A piece cut mid-construct
+    // (a long string, a comment) may be coloured wrongly until the chunk is complete, when it is
+    // rendered whole like any other.
+    showOpenCode(fenceAt) {
+      const chunk = this.text.slice(this.openStart);
+      const fenceLineEnd = chunk.indexOf("\n", fenceAt) + 1;
+      const code = chunk.slice(fenceLineEnd);
+      if (this.openCode?.fenceAt !== fenceAt) {
+        const language = chunk.slice(fenceAt, fenceLineEnd).trim().replace(/^[`~]+/, "").trim().split(/\s+/)[0];
+        this.show(chunk.slice(0, fenceAt));
+        const block = purifier.sanitize(`<div class="code-block">${codeHead(language)}<pre><code` +
+          `${language ? ` class="language-${escapeHtml(language)}"` : ""}></code></pre></div>`, PURIFY);
+        const element = block.querySelector("code");
+        this.openBlock.append(block);
+        this.openCode = { fenceAt, language, element, tail: document.createElement("span"), frozen: 0 };
+        this.openCode.tail.className = "piece";
+        element.append(this.openCode.tail);
+        this.shown = null; // the whole chunk is rendered again once complete
+      }
+      const open = this.openCode;
+      if (code.length - open.frozen > 2 * CODE_TAIL) {
+        const end = code.lastIndexOf("\n", code.length - CODE_TAIL) + 1;
+        if (end > open.frozen) {
+          // Each piece a block of its own, so that the browser lays out only the new ones.
+          const piece = document.createElement("span");
+          piece.className = "piece";
+          piece.append(this.highlightedCode(code.slice(open.frozen, end), open.language));
+          open.tail.before(piece);
+          open.frozen = end;
+        }
+      }
+      open.tail.replaceChildren(this.highlightedCode(code.slice(open.frozen), open.language));
+    }
+
+    highlightedCode(code, language) {
+      const html = highlight(code, language);
+      return html ? purifier.sanitize(html, PURIFY) : document.createTextNode(code);
     }
   }
 
@@ -338,9 +423,9 @@
 
   window.ChatAnswer = {
     // Render every answer under `root` not rendered yet, from the text the page carries.
-    showAll(root) {
+    showAll(root, around) {
       root.querySelectorAll("article.assistant .body:not(.markdown)").forEach((body) => {
-        const answer = new RenderedAnswer(body);
+        const answer = new RenderedAnswer(body, around);
         answer.append(body.textContent);
         answer.finish();
       });
