@@ -371,3 +371,83 @@ def test_an_answer_that_ends_in_an_error_keeps_its_rendered_text(signed_in: Page
     expect(answer.locator(".status")).to_have_text("Error")
     assert rendered(answer) == live
     assert Message.objects.get(role="assistant").content == "Partial **answer** with `code`"
+
+
+def test_a_long_code_block_streams_in_pieces_and_ends_rendered_whole(signed_in: Page, fake_vllm):
+    page = signed_in
+    code = "".join(f"    total_{i} = add(total_{i - 1}, {i})  # step {i}\n" for i in range(1, 200))
+    text = f"The program:\n\n```python\ndef main():\n{code}```\n\nThat is all."
+    fake_vllm.reply = [line + "\n" for line in text.split("\n")]
+    fake_vllm.reply[-1] = fake_vllm.reply[-1].rstrip("\n")
+    fake_vllm.token_delay = 0.02
+    answer = ask(page, "A long program")
+
+    # While it is written, the code comes in highlighted pieces, each rendered once.
+    pieces = answer.locator("pre .piece")
+    expect(pieces.nth(2)).to_be_attached()
+    pieces.first.evaluate("(piece) => { piece.dataset.seen = 'yes'; }")
+    expect(answer.locator(".code-block .language")).to_have_text("python")
+    expect(answer.locator("pre .hljs-keyword").first).to_have_text("def")
+    expect(answer.locator(".body")).to_contain_text("step 150")
+    expect(answer.locator("pre .piece[data-seen]"), "a finished piece was rendered again").to_have_count(1)
+    wait_until_answered(answer)
+
+    # Once complete, the block is rendered whole, as after a reload.
+    expect(pieces).to_have_count(0)
+    assert answer.locator("pre code").text_content() == f"def main():\n{code}"
+    live = rendered(answer)
+    page.reload()
+    answer = page.locator("#thread article.assistant")
+    expect(answer.locator(".body p").last).to_have_text("That is all.")
+    assert rendered(answer) == live
+
+
+# Counts the characters the page hands to markdown-it, from the first byte on.
+COUNT_WHAT_IS_RENDERED = """
+window.renderedChars = 0;
+let markdownit;
+Object.defineProperty(window, "markdownit", {
+  configurable: true,
+  get: () => markdownit,
+  set(factory) {
+    markdownit = (...args) => {
+      const md = factory(...args);
+      const render = md.render.bind(md);
+      md.render = (src, env) => { window.renderedChars += src.length; return render(src, env); };
+      return md;
+    };
+  },
+});
+window.longTasks = [];
+new PerformanceObserver((list) => {
+  for (const entry of list.getEntries()) window.longTasks.push(entry.duration);
+}).observe({ type: "longtask", buffered: true });
+"""
+
+
+def test_a_long_answer_is_rendered_in_proportion_to_its_length(signed_in: Page, fake_vllm):
+    """Only the open chunk is rendered again as deltas arrive: not the whole answer each time.
+
+    bench/render.py measures the main thread for a 20,000-token answer; this answer fits the
+    test site's 2,048-token context.
+    """
+    page = signed_in
+    page.add_init_script(COUNT_WHAT_IS_RENDERED)
+    page.reload()
+    text = (MARKDOWN + "\n") * 13
+    fake_vllm.reply = in_deltas(text)
+    fake_vllm.token_delay = 0.002
+    page.locator("input[name=max_tokens]").fill(str(len(fake_vllm.reply) + 10))
+    page.evaluate("window.renderedChars = 0; window.longTasks = []")
+    answer = ask(page, "Tell me everything")
+    page.wait_for_function(
+        "() => document.querySelector('#thread article.assistant:not(.streaming) .copy-answer')", polling=500
+    )
+    rendered_chars, long_tasks = page.evaluate("[window.renderedChars, window.longTasks]")
+    print(
+        f"\n{len(fake_vllm.reply)} deltas, {len(text)} characters: markdown-it rendered {rendered_chars} "
+        f"({rendered_chars / len(text):.1f} times the answer); main-thread tasks over 50 ms: {long_tasks}"
+    )
+    # Rendering the whole text on each frame would be well over 50 times the answer here.
+    assert rendered_chars < 15 * len(text)
+    expect(answer.locator(".katex")).to_have_count(13 * 4)
