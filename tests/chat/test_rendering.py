@@ -8,6 +8,7 @@ to anywhere but the site.
 
 import itertools
 import re
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Locator, Page, expect
@@ -17,6 +18,7 @@ from chat.models import Message
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 LINK_REL = "noopener noreferrer nofollow"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 
 def in_deltas(text: str) -> list[str]:
@@ -137,6 +139,8 @@ def test_markdown_code_and_math_render_the_same_live_and_after_a_reload(signed_i
         expect(link, moment).to_have_attribute("target", "_blank")
         expect(link, moment).to_have_attribute("rel", LINK_REL)
 
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=ARTIFACTS / "answer-rendered.png", full_page=True)
     # API clients and the database keep the model's own text.
     assert Message.objects.get(role="assistant").content == MARKDOWN
 
