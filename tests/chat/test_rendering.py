@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
-from chat.models import Message
+from chat.models import Conversation, Message
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -455,3 +455,21 @@ def test_a_long_answer_is_rendered_in_proportion_to_its_length(signed_in: Page, 
     # Rendering the whole text on each frame would be well over 50 times the answer here.
     assert rendered_chars < 15 * len(text)
     expect(answer.locator(".katex")).to_have_count(13 * 4)
+
+
+def test_a_long_conversation_opens_with_every_answer_rendered(signed_in: Page, alice):
+    """The answers in view are rendered before the page shows; the others follow, a task each."""
+    page = signed_in
+    conversation = Conversation.objects.create(owner=alice, title="Long one")
+    for i in range(40):
+        Message.objects.create(conversation=conversation, role="user", content=f"Question {i}")
+        Message.objects.create(conversation=conversation, role="assistant", content=MARKDOWN * 3)
+    page.goto(f"/c/{conversation.pk}/")
+    bodies = page.locator("#thread article.assistant .body")
+    expect(bodies).to_have_count(40)
+    expect(bodies.locator(".block:first-child h2")).to_have_count(40)
+    first, last = bodies.first.inner_html(), bodies.last.inner_html()
+    assert first == last
+    assert bodies.last.locator(".katex").count() == 12
+    # The page opened at the end of the conversation, and stayed there.
+    assert page.locator("#thread").evaluate("(t) => t.scrollHeight - t.scrollTop - t.clientHeight < 80")

@@ -261,6 +261,7 @@
 
     // From nothing again: a reconnected stream sends the whole text so far.
     restart() {
+      clearTimeout(this.nextSlice);
       this.text = "";
       this.cutter = new Cutter();
       this.cuts = []; // cuts found but not rendered yet
@@ -422,13 +423,25 @@
   });
 
   window.ChatAnswer = {
-    // Render every answer under `root` not rendered yet, from the text the page carries.
+    // Render every answer under `root` not rendered yet, from the text the page carries. The last
+    // ones come first, as they are the ones in view; past SLICE_MS, each of the others waits for
+    // a task of its own, so that a long conversation opens without freezing the page.
     showAll(root, around) {
-      root.querySelectorAll("article.assistant .body:not(.markdown)").forEach((body) => {
+      const waiting = [...root.querySelectorAll("article.assistant .body:not(.markdown)")].reverse();
+      const show = (body) => {
+        if (body.classList.contains("markdown")) return; // followed meanwhile
         const answer = new RenderedAnswer(body, around);
         answer.append(body.textContent);
         answer.finish();
-      });
+      };
+      const started = performance.now();
+      while (waiting.length && performance.now() - started < SLICE_MS) show(waiting.shift());
+      const next = () => {
+        if (!waiting.length) return;
+        show(waiting.shift());
+        setTimeout(next, 0);
+      };
+      setTimeout(next, 0);
     },
     // An answer that is still being written: append() each delta, finish() at the end.
     follow(body, around) {
