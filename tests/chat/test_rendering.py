@@ -7,6 +7,7 @@ to anywhere but the site.
 """
 
 import itertools
+import random
 import re
 from pathlib import Path
 
@@ -473,3 +474,55 @@ def test_a_long_conversation_opens_with_every_answer_rendered(signed_in: Page, a
     assert bodies.last.locator(".katex").count() == 12
     # The page opened at the end of the conversation, and stayed there.
     assert page.locator("#thread").evaluate("(t) => t.scrollHeight - t.scrollTop - t.clientHeight < 80")
+
+
+# Markdown whose blocks run over blank lines, or nearly: where cutting the text into chunks could go
+# wrong.
+TRICKY = [
+    "1. one\n\n2. two\n\n   still two\n\ntext\n\n3. three\n- a\n\n  - nested\n\n- b\n",
+    "```js\nlet a = 1;\n\n\nlet b = 2;\n```\n\n~~~~\n```\nnot closed by that\n\n~~~~\nafter\n",
+    "    indented code\n\n    more of it\n\npara\n\n> quote\n>\n> more quote\n\n> another\n",
+    "$$\na\n\nb\n$$\n\n\\[\nx\n\n\\]\n\nTitle\n=====\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n---\n",
+    "- item\n\n  ```py\n  x = 1\n\n  y = 2\n  ```\n\n- next\n\n```\nnever closed\n\nstill code",
+    "Costs $5 and $6.\n\n$x$ and \\(y\\) and \\[z\\] and \\( not closed\n\n**bold\n\nnot bold**",
+]
+
+
+def test_any_cutting_into_deltas_and_frames_renders_as_the_whole_text(signed_in: Page):
+    """Whatever deltas the text arrives in, and whenever frames come, the end is the same DOM."""
+    page = signed_in
+    chance = random.Random(11)
+    cases = []
+    for text in [*TRICKY, MARKDOWN, HOSTILE_ANSWER]:
+        for _ in range(8):
+            cuts = sorted(chance.sample(range(1, len(text)), k=min(len(text) - 1, chance.randint(1, 40))))
+            deltas = [text[a:b] for a, b in itertools.pairwise([0, *cuts, len(text)])]
+            frames = [chance.random() < 0.5 for _ in deltas]  # a frame after this delta, or not
+            cases.append((text, deltas, frames))
+    mismatches = page.evaluate(
+        """async (cases) => {
+          const settled = () => new Promise((done) => setTimeout(done, 100));
+          const mismatches = [];
+          for (const [text, deltas, frames] of cases) {
+            const whole = document.createElement("div");
+            const streamed = document.createElement("div");
+            document.body.append(whole, streamed);
+            const once = ChatAnswer.follow(whole);
+            once.append(text);
+            once.finish();
+            const answer = ChatAnswer.follow(streamed);
+            deltas.forEach((delta, i) => {
+              answer.append(delta);
+              if (frames[i]) answer.render();
+            });
+            answer.finish();
+            await settled();
+            if (whole.innerHTML !== streamed.innerHTML) mismatches.push([deltas, whole.innerHTML, streamed.innerHTML]);
+            whole.remove();
+            streamed.remove();
+          }
+          return mismatches;
+        }""",
+        cases,
+    )
+    assert mismatches == []
