@@ -1,7 +1,7 @@
 // The chat page's script. htmx sends a prompt and swaps in the site's answer to it (the new turn,
 // a fresh prompt form, the list of conversations), and stops an answer; this script follows each
 // answer as Server-Sent Events and says what went wrong with a request.
-// Model output only ever goes into text nodes, so it is never interpreted as HTML.
+// Prompts only ever go into text nodes; answers are rendered by render.js (ChatAnswer), safely.
 
 // Deferred like htmx and after it, so this runs before htmx reads the page. No eval: the
 // Content-Security-Policy would refuse it anyway. No history snapshots: they would copy
@@ -30,6 +30,11 @@ Object.assign(htmx.config, {
   // Keep the newest text in view, unless the reader has scrolled up to read something else.
   const nearBottom = () => thread.scrollHeight - thread.scrollTop - thread.clientHeight < 80;
   const scrollToEnd = () => { thread.scrollTop = thread.scrollHeight; };
+  const keepEndInView = (change) => {
+    const following = nearBottom();
+    change();
+    if (following) scrollToEnd();
+  };
 
   function follow(article) {
     if (article.dataset.following) return;
@@ -37,21 +42,13 @@ Object.assign(htmx.config, {
     const body = article.querySelector(".body");
     const meta = article.querySelector(".meta");
     const source = new EventSource(article.dataset.streamUrl);
-    let text = null; // the text node deltas go to; none until the first delta of a connection
+    const answer = ChatAnswer.follow(body, keepEndInView);
     // Each (re)connection starts again with the whole text so far.
-    source.addEventListener("open", () => { text = null; });
-    source.addEventListener("delta", (e) => {
-      const following = nearBottom();
-      if (text === null) {
-        body.textContent = "";
-        text = body.appendChild(document.createTextNode(""));
-      }
-      text.appendData(JSON.parse(e.data).text);
-      if (following) scrollToEnd();
-    });
+    source.addEventListener("open", () => answer.restart());
+    source.addEventListener("delta", (e) => answer.append(JSON.parse(e.data).text));
     const finish = (data) => {
       source.close();
-      if (text === null) body.textContent = "";
+      answer.finish();
       article.classList.remove("streaming");
       article.classList.add(data.status);
       article.removeAttribute("aria-busy");
@@ -85,6 +82,7 @@ Object.assign(htmx.config, {
   document.body.addEventListener("htmx:afterSwap", (e) => {
     if (e.target !== thread) return;
     thread.querySelector(".empty")?.remove();
+    ChatAnswer.showAll(thread, keepEndInView);
     thread.querySelectorAll("[data-stream-url]").forEach(follow);
     scrollToEnd();
   });
@@ -162,6 +160,7 @@ Object.assign(htmx.config, {
   checkBackend();
   setInterval(checkBackend, 15000);
 
+  ChatAnswer.showAll(thread, keepEndInView);
   thread.querySelectorAll("[data-stream-url]").forEach(follow);
   scrollToEnd();
 })();
