@@ -26,6 +26,11 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# Playwright's expectations wait up to 5 s by default; on a busy 2-core machine (CI runs the site,
+# the fake vLLM and Chromium side by side) a page can take longer than that to settle. A longer
+# wait costs nothing when the condition holds sooner.
+expect.set_options(timeout=20_000)
+
 # How Chromium and htmx log an error status the page got: the tests check that the page shows it.
 ERROR_STATUS_LOGGED = re.compile(r"Failed to load resource: the server responded with|Response Status Error Code")
 
