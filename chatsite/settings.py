@@ -31,12 +31,14 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "django.contrib.humanize",
     "channels",
     "django_htmx",
     "ninja",  # its own static files serve the API docs' scripts (no CDN)
     "chat",  # the conversations: models, the turn, the page, the admin
     "engine",  # the model server: the vLLM client, and installing and running vLLM
     "api",  # the doors for programs: REST, model-compose's workflows, OpenAI-compatible /v1
+    "ops",  # the operator's view: figures and charts of use, the model server's health and load
 ]
 
 MIDDLEWARE = [

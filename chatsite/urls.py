@@ -9,5 +9,6 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/", api.urls),
     path("v1/", openai_api.urls),
+    path("ops/", include("ops.urls")),
     path("", include("chat.urls")),
 ]
