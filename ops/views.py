@@ -33,8 +33,8 @@ def overview(request: HttpRequest) -> HttpResponse:
     usage = figures.usage(days)
     people = [Series(name, dict(values)) for name, values in _people_first(usage.answers_by_person, usage)]
     people_tokens = [Series(name, dict(values)) for name, values in _people_first(usage.tokens_by_person, usage)]
-    first_token = figures.percentiles_per_day(days[0], figures.TIME_TO_FIRST_TOKEN)
-    speed = figures.percentiles_per_day(days[0], figures.TOKENS_PER_SECOND)
+    first_token = figures.percentiles_per_day(days, figures.TIME_TO_FIRST_TOKEN)
+    speed = figures.percentiles_per_day(days, figures.TOKENS_PER_SECOND)
     endings = figures.endings(days)
     ending_series = [
         Series(str(Message.Status(status).label), dict(per_day), colour)
