@@ -8,6 +8,7 @@ store: what vLLM's JSON can hold but no database can (see `_storable`) becomes U
 
 import asyncio
 import json
+import math
 import re
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -314,9 +315,9 @@ _LOAD_METRICS = {
 _SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{.*\})?\s+(\S+)")
 
 
-def parse_metrics(text: str) -> dict[str, float]:
-    """Each metric's samples summed over their labels (vLLM labels them by engine and model)."""
-    sums: dict[str, float] = {}
+def parse_metrics(text: str) -> dict[str, list[float]]:
+    """Each metric's samples, one per set of labels (vLLM labels them by engine and model)."""
+    samples: dict[str, list[float]] = {}
     for line in text.splitlines():
         if line.startswith("#") or not (match := _SAMPLE.match(line)):
             continue
@@ -324,8 +325,10 @@ def parse_metrics(text: str) -> dict[str, float]:
             value = float(match.group(2))
         except ValueError:
             continue
-        sums[match.group(1)] = sums.get(match.group(1), 0.0) + value
-    return sums
+        if not math.isfinite(value):
+            continue  # NaN or ±Inf: nothing a figure can show
+        samples.setdefault(match.group(1), []).append(value)
+    return samples
 
 
 async def read_load() -> ServerLoad | Failed:
@@ -338,9 +341,21 @@ async def read_load() -> ServerLoad | Failed:
         return Failed(f"vLLM did not answer /metrics: {exc}")
     if response.status_code != 200:
         return Failed(f"vLLM answers /metrics with {response.status_code}")
-    samples = parse_metrics(response.text)
-    found = {
-        field: next((samples[name] for name in names if name in samples), None)
-        for field, names in _LOAD_METRICS.items()
-    }
-    return ServerLoad(**found)
+    return server_load(response.text)
+
+
+def server_load(metrics: str) -> ServerLoad:
+    """Requests and tokens summed over vLLM's engines; the KV cache's use is their mean, each engine
+    having a cache of its own."""
+    samples = parse_metrics(metrics)
+
+    def first(field: str) -> list[float] | None:
+        return next((samples[name] for name in _LOAD_METRICS[field] if name in samples), None)
+
+    kv_cache = first("kv_cache_usage")
+    return ServerLoad(
+        running=sum(running) if (running := first("running")) is not None else None,
+        waiting=sum(waiting) if (waiting := first("waiting")) is not None else None,
+        kv_cache_usage=sum(kv_cache) / len(kv_cache) if kv_cache else None,
+        generation_tokens=sum(tokens) if (tokens := first("generation_tokens")) is not None else None,
+    )

@@ -608,6 +608,7 @@ class FakeVLLM:
             frame(chunk({"content": deltas[sent]}))
             with self._changed:
                 self._generated_tokens += 1
+                self._changed.notify_all()
         if fault == "no_done":
             send("")
             return
@@ -639,6 +640,7 @@ class FakeVLLM:
         self._pause(handler.connection, epoch, self.token_delay * len(deltas))
         with self._changed:
             self._generated_tokens += len(deltas)
+            self._changed.notify_all()
         message = {"role": "assistant", "content": "".join(deltas), "refusal": None, "annotations": None}
         message |= {"audio": None, "function_call": None, "reasoning": None}
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
