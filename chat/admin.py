@@ -1,6 +1,7 @@
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from django.contrib import admin, messages
+from django.contrib.admin.options import InlineModelAdmin
 from django.contrib.auth.admin import UserAdmin
 from django.contrib.auth.models import User
 from django.db.models import Count, QuerySet
@@ -99,3 +100,7 @@ admin.site.unregister(User)
 @admin.register(User)
 class PersonAdmin(UserAdmin[User]):
     inlines = [*UserAdmin.inlines, ApiTokenInline]
+
+    def get_inlines(self, request: HttpRequest, obj: User | None) -> list[type[InlineModelAdmin[Any, Any]]]:
+        # Someone being added has no tokens yet: the add page stays Django's own two-step form.
+        return list(super().get_inlines(request, obj)) if obj is not None else []
