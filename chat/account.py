@@ -22,7 +22,9 @@ def _signed_in(request: HttpRequest) -> User:
 
 def _tokens_page(request: HttpRequest, form: TokenForm, new_secret: str = "", status: int = 200) -> HttpResponse:
     tokens = ApiToken.objects.filter(user=_signed_in(request))
-    return render(request, "account/tokens.html", {"tokens": tokens, "form": form, "new_secret": new_secret}, status=status)
+    return render(
+        request, "account/tokens.html", {"tokens": tokens, "form": form, "new_secret": new_secret}, status=status
+    )
 
 
 @login_required

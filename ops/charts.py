@@ -31,7 +31,7 @@ class Series:
 class Axis:
     """The x axis: the days (or moments) drawn, left to right, and how their labels read."""
 
-    points: list[date]
+    points: Sequence[date]
     label_format: str = "%b %-d"
     labels: int = 5  # about how many of the points are labelled
 
@@ -76,8 +76,15 @@ def _frame(label: str, axis: Axis, top: float, unit: str, body: SafeString) -> S
         '<line x1="{}" x2="{}" y1="{}" y2="{}" stroke="#e4e7ec"/>'
         '<text x="{}" y="{}" text-anchor="end" font-size="11" fill="#667085">{}</text>',
         (
-            (LEFT, WIDTH - RIGHT, _y(top * share, top), _y(top * share, top), LEFT - 6, _y(top * share, top) + 4,
-             number(top * share) + unit)
+            (
+                LEFT,
+                WIDTH - RIGHT,
+                _y(top * share, top),
+                _y(top * share, top),
+                LEFT - 6,
+                _y(top * share, top) + 4,
+                number(top * share) + unit,
+            )
             for share in (0, 0.5, 1)
         ),
     )

@@ -28,6 +28,7 @@ from django.db.models import (
     Value,
     When,
 )
+from django.db.models.expressions import Combinable
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -141,7 +142,7 @@ TOKENS_PER_SECOND = ExpressionWrapper(
 )
 
 
-def percentiles_per_day(days: list[date], measure: F | ExpressionWrapper[FloatField]) -> Speed:
+def percentiles_per_day(days: list[date], measure: Combinable) -> Speed:
     measured = (
         answers_since(days[0])
         .filter(time_to_first_token__isnull=False, duration__gt=F("time_to_first_token"), completion_tokens__gt=0)

@@ -1,6 +1,6 @@
 """The operator's view: how the chat is used and how the model server is doing, for staff only."""
 
-from datetime import timedelta
+from datetime import date, timedelta
 
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse
@@ -66,7 +66,7 @@ def overview(request: HttpRequest) -> HttpResponse:
     return render(request, "ops/overview.html", context)
 
 
-def _people_first(by_person: dict[str, dict], usage: figures.Usage) -> list[tuple[str, dict]]:
+def _people_first(by_person: dict[str, dict[date, int]], usage: figures.Usage) -> list[tuple[str, dict[date, int]]]:
     """The series in the order of the people table (most answers first), the others last."""
     order = {person.username: i for i, person in enumerate(usage.people)}
     return sorted(by_person.items(), key=lambda item: order.get(item[0], len(order)))

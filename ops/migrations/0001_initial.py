@@ -4,28 +4,26 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='ServerReading',
+            name="ServerReading",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('taken_at', models.DateTimeField(db_index=True)),
-                ('healthy', models.BooleanField()),
-                ('detail', models.TextField(blank=True)),
-                ('running', models.FloatField(null=True)),
-                ('waiting', models.FloatField(null=True)),
-                ('kv_cache_usage', models.FloatField(help_text='0 to 1', null=True)),
-                ('generation_tokens', models.FloatField(help_text="vLLM's counter when read", null=True)),
-                ('generation_throughput', models.FloatField(null=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("taken_at", models.DateTimeField(db_index=True)),
+                ("healthy", models.BooleanField()),
+                ("detail", models.TextField(blank=True)),
+                ("running", models.FloatField(null=True)),
+                ("waiting", models.FloatField(null=True)),
+                ("kv_cache_usage", models.FloatField(help_text="0 to 1", null=True)),
+                ("generation_tokens", models.FloatField(help_text="vLLM's counter when read", null=True)),
+                ("generation_throughput", models.FloatField(null=True)),
             ],
             options={
-                'ordering': ['-taken_at'],
+                "ordering": ["-taken_at"],
             },
         ),
     ]

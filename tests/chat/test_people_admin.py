@@ -25,11 +25,13 @@ class FormFields(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         attributes = dict(attrs)
-        name = attributes.get("name")
+        name = attributes.get("name") or ""
         if tag == "input" and name and attributes.get("type") not in ("submit", "button"):
             if attributes.get("type") in ("checkbox", "radio") and "checked" not in attributes:
                 return
-            self.fields.append((name, attributes.get("value") or ("on" if attributes.get("type") == "checkbox" else "")))
+            self.fields.append(
+                (name, attributes.get("value") or ("on" if attributes.get("type") == "checkbox" else ""))
+            )
         elif tag == "select":
             self._select = name
         elif tag == "option" and self._select and "selected" in attributes:
@@ -90,7 +92,7 @@ def test_a_persons_page_in_the_admin_lists_their_tokens_without_secrets(admin, a
 
 
 def test_deleting_a_token_from_the_persons_page_revokes_it(admin, alice):
-    token, secret = ApiToken.issue(alice, "laptop CLI")
+    _, secret = ApiToken.issue(alice, "laptop CLI")
     url = reverse("admin:auth_user_change", args=[alice.pk])
     data = as_filled_in(admin.get(url).content.decode())
     data["api_tokens-0-DELETE"] = ["on"]

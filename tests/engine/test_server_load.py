@@ -68,7 +68,9 @@ async def test_the_load_is_read_from_the_fake_while_it_generates(fake_vllm: Fake
             fake_vllm.wait_for(lambda: fake_vllm.generated_tokens >= 3)
             load = await vllm_client.read_load()
 
-    assert load == ServerLoad(running=1.0, waiting=2.0, kv_cache_usage=0.4, generation_tokens=fake_vllm.generated_tokens)
+    assert load == ServerLoad(
+        running=1.0, waiting=2.0, kv_cache_usage=0.4, generation_tokens=fake_vllm.generated_tokens
+    )
 
 
 async def test_an_unreachable_server_is_a_readable_failure(fake_vllm: FakeVLLM):

@@ -51,7 +51,7 @@ def test_throughput_is_the_token_counters_rise_since_the_reading_before(staff_cl
 
     page = staff_client.get(reverse("ops:live")).content.decode()
 
-    newest = ServerReading.objects.order_by("-taken_at").first()
+    newest = ServerReading.objects.latest("taken_at")
     assert newest.generation_throughput == pytest.approx(5.0, rel=0.05)  # 50 tokens in about 10 s
     assert f"{newest.generation_throughput:.1f} tok/s" in page
 
@@ -68,8 +68,8 @@ def test_no_throughput_across_a_long_gap_or_a_restart(staff_client, fake_vllm, g
 
     page = staff_client.get(reverse("ops:live")).content.decode()
 
-    assert ServerReading.objects.order_by("-taken_at").first().generation_throughput is None
-    assert "<dt>Throughput</dt><dd>–</dd>" in page
+    assert ServerReading.objects.latest("taken_at").generation_throughput is None
+    assert "<dt>Throughput</dt><dd>\N{EN DASH}</dd>" in page
 
 
 def test_many_operators_ask_vllm_at_most_every_few_seconds(staff_client, fake_vllm):
@@ -101,4 +101,4 @@ def test_readings_older_than_a_day_are_deleted(staff_client, fake_vllm):
 
     staff_client.get(reverse("ops:live"))
 
-    assert set(ServerReading.objects.all()) == {kept, ServerReading.objects.order_by("-taken_at").first()}
+    assert set(ServerReading.objects.all()) == {kept, ServerReading.objects.latest("taken_at")}
