@@ -13,7 +13,7 @@ from math import ceil, floor, log10
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-WIDTH, HEIGHT = 720, 200
+WIDTH, HEIGHT = 560, 190
 LEFT, RIGHT, TOP, BOTTOM = 52, 12, 10, 24  # room for the axis labels
 PLOT_HEIGHT = HEIGHT - TOP - BOTTOM
 # Told apart by colour and by the legend's order; the first ones are the most used.
@@ -70,7 +70,8 @@ def _y(value: float, top: float) -> float:
     return round(TOP + PLOT_HEIGHT * (1 - value / top), 1)
 
 
-def _frame(label: str, axis: Axis, top: float, unit: str, body: SafeString) -> SafeString:
+def _frame(label: str, axis: Axis, top: float, body: SafeString) -> SafeString:
+    # The axis's numbers go without their unit, which the chart's caption and each point's title say.
     gridlines = format_html_join(
         "",
         '<line x1="{}" x2="{}" y1="{}" y2="{}" stroke="#e4e7ec"/>'
@@ -83,7 +84,7 @@ def _frame(label: str, axis: Axis, top: float, unit: str, body: SafeString) -> S
                 _y(top * share, top),
                 LEFT - 6,
                 _y(top * share, top) + 4,
-                number(top * share) + unit,
+                number(top * share),
             )
             for share in (0, 0.5, 1)
         ),
@@ -133,7 +134,7 @@ def bars(label: str, axis: Axis, series: Sequence[Series], unit: str = "") -> Sa
             )
             base += value
     body = format_html_join("", '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{}</title></rect>', rects)
-    return _frame(label, axis, top, unit, body)
+    return _frame(label, axis, top, body)
 
 
 def lines(label: str, axis: Axis, series: Sequence[Series], unit: str = "", top: float | None = None) -> SafeString:
@@ -154,7 +155,7 @@ def lines(label: str, axis: Axis, series: Sequence[Series], unit: str = "", top:
         shapes.append(
             format_html_join("", '<circle cx="{}" cy="{}" r="2.5" fill="{}"><title>{}</title></circle>', dots)
         )
-    return _frame(label, axis, top, unit, format_html_join("", "{}", ((shape,) for shape in shapes)))
+    return _frame(label, axis, top, format_html_join("", "{}", ((shape,) for shape in shapes)))
 
 
 def legend(series: Sequence[Series]) -> SafeString:
@@ -187,8 +188,9 @@ def health_strip(axis: Axis, healthy: dict[date, bool]) -> SafeString:
         ),
     )
     return format_html(
-        '<svg class="strip" viewBox="0 0 {} {}" role="img" aria-label="The model server up (green) or down (red)"'
-        ' xmlns="http://www.w3.org/2000/svg">{}</svg>',
+        # Stretched to the charts' width below it, whatever the page's width: its cells line up with their points.
+        '<svg class="strip" viewBox="0 0 {} {}" preserveAspectRatio="none" role="img"'
+        ' aria-label="The model server up (green) or down (red)" xmlns="http://www.w3.org/2000/svg">{}</svg>',
         WIDTH,
         height,
         cells,
