@@ -61,6 +61,7 @@ def screenshot(page: Page, name: str) -> None:
 
 def test_a_token_is_made_from_the_page_shown_once_and_revoked(page: Page, alice, fake_vllm):
     sign_in(page, "alice")
+    screenshot(page, "account-links")
     page.get_by_role("link", name="API tokens").click()
     expect(page.get_by_role("heading", name="API tokens")).to_be_visible()
     expect(page.get_by_text("No tokens yet.")).to_be_visible()
