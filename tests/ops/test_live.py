@@ -8,7 +8,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from ops.models import ServerReading
-from ops.readings import KEPT
+from ops.readings import HEALTH_NOTE_INTERVAL, KEPT
 from tests.accounts import PASSWORD
 
 pytestmark = pytest.mark.django_db
@@ -102,3 +102,28 @@ def test_readings_older_than_a_day_are_deleted(staff_client, fake_vllm):
     staff_client.get(reverse("ops:live"))
 
     assert set(ServerReading.objects.all()) == {kept, ServerReading.objects.latest("taken_at")}
+
+
+def test_healthz_notes_the_servers_health_at_most_once_a_minute(client, fake_vllm):
+    assert client.get(reverse("chat:healthz")).status_code == 200
+    fake_vllm.fault = "refuse"
+    assert client.get(reverse("chat:healthz")).status_code == 503
+    noted = ServerReading.objects.get()
+    assert noted.healthy and noted.running is None  # health only, no load
+
+    ServerReading.objects.update(taken_at=timezone.now() - HEALTH_NOTE_INTERVAL - timedelta(seconds=1))
+    client.get(reverse("chat:healthz"))
+
+    latest = ServerReading.objects.latest("taken_at")
+    assert ServerReading.objects.count() == 2
+    assert not latest.healthy and "not reachable" in latest.detail
+
+
+def test_the_operators_view_reads_the_load_even_just_after_a_health_note(staff_client, fake_vllm):
+    staff_client.get(reverse("chat:healthz"))
+    fake_vllm.waiting = 4
+
+    page = staff_client.get(reverse("ops:live")).content.decode()
+
+    assert "<dt>Waiting</dt><dd>4</dd>" in page
+    assert ServerReading.objects.count() == 2
