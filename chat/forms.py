@@ -5,7 +5,7 @@ from typing import Any
 from django import forms
 
 from chat import rules
-from chat.models import Conversation
+from chat.models import ApiToken, Conversation
 
 
 def _setting(field: type[forms.Field], bounds: rules.Bounds) -> forms.Field:
@@ -51,3 +51,12 @@ class RenameForm(forms.ModelForm[Conversation]):
 
     def clean_title(self) -> str:
         return rules.clean_new_title(self.cleaned_data["title"])
+
+
+class TokenForm(forms.ModelForm[ApiToken]):
+    # Named when made from the page, so that a list of several says which is which.
+    name = forms.CharField(max_length=100, help_text="What it is for, e.g. “laptop CLI”.")
+
+    class Meta:
+        model = ApiToken
+        fields = ["name"]

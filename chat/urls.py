@@ -1,6 +1,6 @@
 from django.urls import path, register_converter
 
-from chat import views
+from chat import account, views
 from chat.models import MAX_ID
 
 
@@ -31,4 +31,7 @@ urlpatterns = [
     path("c/<id:pk>/delete", views.delete, name="delete"),
     path("c/<id:pk>/m/<id:message_pk>/stream", views.stream, name="stream"),
     path("c/<id:pk>/m/<id:message_pk>/stop", views.stop, name="stop"),
+    path("account/tokens/", account.tokens, name="tokens"),
+    path("account/tokens/new", account.create_token, name="create-token"),
+    path("account/tokens/<id:pk>/revoke", account.revoke_token, name="revoke-token"),
 ]

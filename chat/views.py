@@ -23,6 +23,7 @@ from chat.forms import RenameForm, SendForm
 from chat.limits import TooManyAnswers
 from chat.models import Conversation, ConversationQuerySet, Someone
 from engine import vllm_client
+from ops import readings
 
 SIDEBAR_LENGTH = 200
 
@@ -154,6 +155,7 @@ async def delete(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 async def healthz(request: HttpRequest) -> JsonResponse:
     # Open to monitors; only a signed-in person is told where vLLM is and what it serves.
     health = await vllm_client.check_health()
+    await readings.note_health(health)  # the operator's view draws the recent ones
     report = {"site": "ok", "vllm": "ok" if health.ok else "unavailable"}
     if (await request.auser()).is_authenticated:
         report["detail"] = health.detail

@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "django.contrib.humanize",
     "axes",  # counts failed sign-ins and locks out (chat/sign_in.py); its admin unlocks
     "channels",
     "django_htmx",
@@ -39,6 +40,7 @@ INSTALLED_APPS = [
     "chat",  # the conversations: models, the turn, the page, the admin
     "engine",  # the model server: the vLLM client, and installing and running vLLM
     "api",  # the doors for programs: REST, model-compose's workflows, OpenAI-compatible /v1
+    "ops",  # the operator's view: figures and charts of use, the model server's health and load
 ]
 
 MIDDLEWARE = [

@@ -20,5 +20,6 @@ urlpatterns = [
     path("accounts/", include(accounts)),
     path("api/", api.urls),
     path("v1/", openai_api.urls),
+    path("ops/", include("ops.urls")),
     path("", include("chat.urls")),
 ]

@@ -8,6 +8,7 @@ store: what vLLM's JSON can hold but no database can (see `_storable`) becomes U
 
 import asyncio
 import json
+import math
 import re
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -290,3 +291,71 @@ async def check_health() -> Health:
     if settings.VLLM_SERVED_MODEL_NAME not in served:
         return Health(False, f"vLLM serves {served or 'no model'}, not {settings.VLLM_SERVED_MODEL_NAME!r}")
     return Health(True, f"vLLM serves {settings.VLLM_SERVED_MODEL_NAME}")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLoad:
+    """What vLLM's /metrics says now, summed over its engines; None where it does not say."""
+
+    running: float | None  # requests generating now
+    waiting: float | None  # requests queued for a slot
+    kv_cache_usage: float | None  # the share of the KV cache in use, 0 to 1
+    generation_tokens: float | None  # tokens generated since vLLM started: a counter, for a rate
+
+
+# vLLM's metric names (v0.32's vllm/v1/metrics/loggers.py); the KV-cache gauge had another name
+# before vLLM 0.10. A counter's samples end in `_total`, as prometheus_client writes them.
+_LOAD_METRICS = {
+    "running": ("vllm:num_requests_running",),
+    "waiting": ("vllm:num_requests_waiting",),
+    "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+    "generation_tokens": ("vllm:generation_tokens_total",),
+}
+# A sample line of the Prometheus text format: a name, maybe {labels}, a value, maybe a timestamp.
+_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{.*\})?\s+(\S+)")
+
+
+def parse_metrics(text: str) -> dict[str, list[float]]:
+    """Each metric's samples, one per set of labels (vLLM labels them by engine and model)."""
+    samples: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not (match := _SAMPLE.match(line)):
+            continue
+        try:
+            value = float(match.group(2))
+        except ValueError:
+            continue
+        if not math.isfinite(value):
+            continue  # NaN or ±Inf: nothing a figure can show
+        samples.setdefault(match.group(1), []).append(value)
+    return samples
+
+
+async def read_load() -> ServerLoad | Failed:
+    """vLLM's load now, from its /metrics."""
+    try:
+        response = await http_client().get(f"{server_root()}/metrics", timeout=3.0)
+    except (httpx.ConnectError, httpx.ConnectTimeout):
+        return Failed(_unreachable())
+    except httpx.HTTPError as exc:
+        return Failed(f"vLLM did not answer /metrics: {exc}")
+    if response.status_code != 200:
+        return Failed(f"vLLM answers /metrics with {response.status_code}")
+    return server_load(response.text)
+
+
+def server_load(metrics: str) -> ServerLoad:
+    """Requests and tokens summed over vLLM's engines; the KV cache's use is their mean, each engine
+    having a cache of its own."""
+    samples = parse_metrics(metrics)
+
+    def first(field: str) -> list[float] | None:
+        return next((samples[name] for name in _LOAD_METRICS[field] if name in samples), None)
+
+    kv_cache = first("kv_cache_usage")
+    return ServerLoad(
+        running=sum(running) if (running := first("running")) is not None else None,
+        waiting=sum(waiting) if (waiting := first("waiting")) is not None else None,
+        kv_cache_usage=sum(kv_cache) / len(kv_cache) if kv_cache else None,
+        generation_tokens=sum(tokens) if (tokens := first("generation_tokens")) is not None else None,
+    )

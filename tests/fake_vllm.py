@@ -2,7 +2,8 @@
 
 It speaks what /work/shared/vllm-protocol.md recorded from vLLM 0.32: the same routes, JSON
 shapes, error bodies and SSE frames, sent with chunked transfer encoding over HTTP/1.1 as uvicorn
-does. Knobs (`reply`, `token_delay`, `fault`, `fault_after`, `line_end`) can be changed between requests;
+does. Knobs (`reply`, `token_delay`, `fault`, `fault_after`, `line_end`, and what /metrics says of the
+queue and the KV cache: `waiting`, `kv_cache_usage`) can be changed between requests;
 `reset()` restores them and clears what was recorded.
 
 The tokenizer is deterministic and shared by /tokenize, the context-length checks and
@@ -189,6 +190,9 @@ class FakeVLLM:
         self._fault: str | None = None
         self._running = 0
         self._disconnects = 0
+        # vLLM's vllm:generation_tokens counter: it only grows, as in a vLLM that never restarts.
+        self._generated_tokens = 0
+        self._started = time.time()
         self.requests: list[dict[str, Any]] = []
         self.tokenize_requests: list[dict[str, Any]] = []
         self._set_defaults()
@@ -199,6 +203,9 @@ class FakeVLLM:
         self.fault_after = 2
         # What ends each SSE line: "\n" as uvicorn sends it, or "\r" or "\r\n", which SSE allows too.
         self.line_end = "\n"
+        # What /metrics says of the queue and the KV cache (running is counted from real requests).
+        self.waiting = 0
+        self.kv_cache_usage = 0.0
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -299,6 +306,12 @@ class FakeVLLM:
         with self._changed:
             return self._running
 
+    @property
+    def generated_tokens(self) -> int:
+        """Tokens sent since the fake started, as vllm:generation_tokens_total counts them."""
+        with self._changed:
+            return self._generated_tokens
+
     def disconnects(self) -> int:
         """Streams whose client closed the connection before the stream ended, since the last reset."""
         with self._changed:
@@ -385,6 +398,8 @@ class FakeVLLM:
         }
 
     def _metrics(self) -> str:
+        # Written as prometheus_client writes vLLM 0.32's metrics (vllm/v1/metrics/loggers.py): a
+        # counter's sample ends in _total, with a _created sample beside it.
         labels = f'engine="0",model_name="{self.served_model_name}"'
         return (
             "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
@@ -392,7 +407,14 @@ class FakeVLLM:
             f"vllm:num_requests_running{{{labels}}} {float(self.running)}\n"
             "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
             "# TYPE vllm:num_requests_waiting gauge\n"
-            f"vllm:num_requests_waiting{{{labels}}} 0.0\n"
+            f"vllm:num_requests_waiting{{{labels}}} {float(self.waiting)}\n"
+            "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n"
+            "# TYPE vllm:kv_cache_usage_perc gauge\n"
+            f"vllm:kv_cache_usage_perc{{{labels}}} {float(self.kv_cache_usage)}\n"
+            "# HELP vllm:generation_tokens_total Number of generation tokens processed.\n"
+            "# TYPE vllm:generation_tokens_total counter\n"
+            f"vllm:generation_tokens_total{{{labels}}} {float(self.generated_tokens)}\n"
+            f"vllm:generation_tokens_created{{{labels}}} {self._started}\n"
         )
 
     def _model_not_found(self, handler: _Handler, model: Any) -> None:
@@ -584,6 +606,9 @@ class FakeVLLM:
                 break
             self._pause(connection, epoch, delay)
             frame(chunk({"content": deltas[sent]}))
+            with self._changed:
+                self._generated_tokens += 1
+                self._changed.notify_all()
         if fault == "no_done":
             send("")
             return
@@ -613,6 +638,9 @@ class FakeVLLM:
         finish_reason = "length" if len(deltas) >= max_tokens else "stop"
         deltas = deltas[:max_tokens]
         self._pause(handler.connection, epoch, self.token_delay * len(deltas))
+        with self._changed:
+            self._generated_tokens += len(deltas)
+            self._changed.notify_all()
         message = {"role": "assistant", "content": "".join(deltas), "refusal": None, "annotations": None}
         message |= {"audio": None, "function_call": None, "reasoning": None}
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
