@@ -10,8 +10,12 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, JsonResponse
 from django.utils.decorators import sync_and_async_middleware
 
+from chat import imports
+
 REST_PREFIX = "/api/"
 OPENAI_PREFIX = "/v1/"
+# Its body is a file to import: it may be as large as an import (chat/imports.py).
+IMPORT_PATH = "/api/import"
 
 
 @sync_and_async_middleware
@@ -32,8 +36,8 @@ def limit_api_body(get_response):
 def _refusal(request: HttpRequest) -> JsonResponse | None:
     if not request.path_info.startswith((REST_PREFIX, OPENAI_PREFIX)):
         return None
-    limit = settings.API_MAX_BODY_BYTES
-    if _size(request) <= limit:
+    limit = imports.upload_limit() if request.path_info == IMPORT_PATH else settings.API_MAX_BODY_BYTES
+    if _size(request, limit) <= limit:
         return None
     message = f"The request body is too large: at most {limit} bytes are accepted."
     if request.path_info.startswith(OPENAI_PREFIX):
@@ -42,13 +46,17 @@ def _refusal(request: HttpRequest) -> JsonResponse | None:
     return JsonResponse({"detail": message}, status=413)
 
 
-def _size(request: HttpRequest) -> float:
+def _size(request: HttpRequest, limit: int) -> float:
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         declared = 0
-    if declared > settings.API_MAX_BODY_BYTES:
+    if declared > limit:
         return declared  # refused without reading it
+    if request.path_info == IMPORT_PATH:
+        # A file upload: Django spools it to disk as it parses it, where reading `body` would hold
+        # it in memory (and refuse it over DATA_UPLOAD_MAX_MEMORY_SIZE); the import measures the file.
+        return declared
     try:
         # A chunked body declares no length: measure what arrived.
         return len(request.body)

@@ -18,7 +18,7 @@ from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.pagination import LimitOffsetPagination, paginate
 from pydantic import Field
 
-from api import answers, workflows
+from api import answers, history, workflows
 from api.auth import SessionAuth, TokenAuth
 from api.schemas import (
     ERRORS,
@@ -250,3 +250,4 @@ async def stop_message(
 
 
 api.add_router("", workflows.router)
+api.add_router("", history.router)  # search, export and import

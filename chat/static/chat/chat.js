@@ -193,5 +193,8 @@
   setInterval(checkBackend, 15000);
 
   thread.querySelectorAll("[data-stream-url]").forEach(follow);
-  scrollToEnd();
+  // A search result opens the conversation at the message it found, not at the end.
+  const found = location.hash.startsWith("#message-") && document.getElementById(location.hash.slice(1));
+  if (found) found.scrollIntoView({ block: "center" });
+  else scrollToEnd();
 })();
