@@ -261,6 +261,12 @@ class Planned:
 Text = Annotated[str, AfterValidator(_storable)]
 
 
+# The length first: the limit is the column's, checked before the text.
+TitleText = Annotated[str, Field(max_length=TITLE_LENGTH), AfterValidator(_storable)]
+ModelName = Annotated[str, Field(max_length=MODEL_NAME_LENGTH), AfterValidator(_storable)]
+FinishReason = Annotated[str, Field(max_length=FINISH_REASON_LENGTH), AfterValidator(_storable)]
+
+
 class SiteMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -268,11 +274,11 @@ class SiteMessage(BaseModel):
     role: Literal["user", "assistant"]
     content: Text
     status: Literal["streaming", "complete", "stopped", "error", "interrupted"] = "complete"
-    finish_reason: Annotated[Text, Field(max_length=FINISH_REASON_LENGTH)] = ""
+    finish_reason: FinishReason = ""
     error: Text = ""
     prompt_tokens: Annotated[int, Field(ge=0, le=MAX_COUNT)] | None = None
     completion_tokens: Annotated[int, Field(ge=0, le=MAX_COUNT)] | None = None
-    model_name: Annotated[Text, Field(max_length=MODEL_NAME_LENGTH)] = ""
+    model_name: ModelName = ""
     time_to_first_token: Annotated[float, Field(ge=0)] | None = None
     duration: Annotated[float, Field(ge=0)] | None = None
     created_at: AwareDatetime | None = None
@@ -289,7 +295,7 @@ class SiteConversation(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     id: int | None = None
-    title: Annotated[Text, Field(max_length=TITLE_LENGTH)] = ""
+    title: TitleText = ""
     system_prompt: Annotated[Text, AfterValidator(_system_prompt)] = ""
     temperature: Annotated[float, AfterValidator(_between("Temperature", *TEMPERATURE_RANGE))] | None = None
     max_tokens: Annotated[int, AfterValidator(_max_tokens)] | None = None
@@ -460,7 +466,9 @@ def _plan_chatgpt_conversation(
             model_name=model[:MODEL_NAME_LENGTH] if isinstance(model, str) else "",
             finish_reason=FINISH_REASONS.get(finish.get("type"), "") if isinstance(finish, dict) else "",
         )
-        at = _time(message.create_time, created)
+        # Never earlier than the message before it: the site orders a conversation by time, and
+        # ChatGPT can date an answer before the edited prompt it answers.
+        at = max(_time(message.create_time, created), plan.messages[-1][1] if plan.messages else created)
         plan.messages.append((saved, at, at))
     on_branch = set(branch)
     plan.left_out[OTHER_BRANCHES] += sum(
