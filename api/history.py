@@ -9,7 +9,7 @@ from datetime import datetime
 from django.http import HttpRequest
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
-from ninja import File, Path, Query, Router, Schema
+from ninja import File, Path, Query, Router, Schema, Status
 from ninja.files import UploadedFile
 from pydantic import Field
 
@@ -74,7 +74,9 @@ def search_history(
     try:
         results = search.search(request.auth, q, limit=limit, before=before)
     except search.InvalidQuery as exc:
-        return 422, {"detail": str(exc), "errors": [{"loc": ["query", "q"], "msg": str(exc), "type": "invalid_query"}]}
+        return Status(
+            422, {"detail": str(exc), "errors": [{"loc": ["query", "q"], "msg": str(exc), "type": "invalid_query"}]}
+        )
     return {
         "terms": results.query.terms,
         "conversations": results.conversations,
@@ -158,8 +160,8 @@ def import_history(request: HttpRequest, file: File[UploadedFile]):
         with file:
             report = imports.import_file(request.auth, file)
     except imports.ImportTooLarge as exc:
-        return 413, {"detail": exc.problems[0].message}
+        return Status(413, {"detail": exc.problems[0].message})
     except imports.ImportRefused as exc:
         errors = [{"loc": ["file", *problem.loc], "msg": problem.message, "type": "import"} for problem in exc.problems]
-        return 422, {"detail": exc.summary, "errors": errors}
-    return 201, report
+        return Status(422, {"detail": exc.summary, "errors": errors})
+    return Status(201, report)

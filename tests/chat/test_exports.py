@@ -474,16 +474,33 @@ def test_a_file_over_the_size_limit_is_refused_before_it_is_read(bob):
     assert stream.tell() == 1001  # read no further than needed to know
 
 
+# A trigger that makes the database refuse one insert, as a full disk or a lost connection would.
+REFUSE_POISON = {
+    "sqlite": (
+        [
+            "CREATE TEMP TRIGGER refuse_poison BEFORE INSERT ON chat_message WHEN new.content = 'poison' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+        ],
+        ["DROP TRIGGER refuse_poison"],
+    ),
+    "postgresql": (
+        [
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.content = 'poison' THEN RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$",
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON chat_message FOR EACH ROW EXECUTE FUNCTION refuse_poison()",
+        ],
+        ["DROP TRIGGER refuse_poison ON chat_message", "DROP FUNCTION refuse_poison"],
+    ),
+}
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_failure_while_saving_leaves_nothing_behind(bob):
     """All or nothing even when the database refuses a row halfway: the transaction takes it all back."""
-    if connection.vendor != "sqlite":
-        pytest.skip("a temporary trigger is SQLite's way to make one insert fail")
+    create, drop = REFUSE_POISON[connection.vendor]
     with connection.cursor() as cursor:
-        cursor.execute(
-            "CREATE TEMP TRIGGER refuse_poison BEFORE INSERT ON chat_message WHEN new.content = 'poison' "
-            "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
-        )
+        for statement in create:
+            cursor.execute(statement)
     try:
         first = {"title": "first", "messages": [{"role": "user", "content": "fine"}]}
         second = {"title": "second", "messages": [{"role": "user", "content": "poison"}]}
@@ -491,7 +508,8 @@ def test_a_failure_while_saving_leaves_nothing_behind(bob):
             imports.import_file(bob, site_export(first, second))
     finally:
         with connection.cursor() as cursor:
-            cursor.execute("DROP TRIGGER refuse_poison")
+            for statement in drop:
+                cursor.execute(statement)
     assert not Conversation.objects.exists() and not Message.objects.exists()
     assert search.search(bob, "fine").messages == []
 
