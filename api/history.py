@@ -6,7 +6,8 @@ results. Their schemas live here, beside the only routes that use them.
 
 from datetime import datetime
 
-from django.http import HttpRequest
+from django.http import HttpRequest, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from ninja import File, Path, Query, Router, Schema, Status
@@ -165,3 +166,8 @@ def import_history(request: HttpRequest, file: File[UploadedFile]):
         errors = [{"loc": ["file", *problem.loc], "msg": problem.message, "type": "import"} for problem in exc.problems]
         return Status(422, {"detail": exc.summary, "errors": errors})
     return Status(201, report)
+
+
+def malformed_upload(request: HttpRequest, exc: MultiPartParserError) -> JsonResponse:
+    """A body that claims to be multipart/form-data and is not: the client's mistake, said as JSON."""
+    return JsonResponse({"detail": f"The upload cannot be read: {exc}"}, status=400)

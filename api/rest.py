@@ -12,6 +12,7 @@ request that does not validate.
 """
 
 from django.http import Http404, HttpRequest, HttpResponse
+from django.http.multipartparser import MultiPartParserError
 from django.shortcuts import aget_object_or_404, get_object_or_404
 from ninja import NinjaAPI, Path
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -251,3 +252,4 @@ async def stop_message(
 
 api.add_router("", workflows.router)
 api.add_router("", history.router)  # search, export and import
+api.add_exception_handler(MultiPartParserError, history.malformed_upload)

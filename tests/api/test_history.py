@@ -88,8 +88,17 @@ def test_search_explains_a_bad_request(alice_client, query, status, detail):
     assert detail in response.json()["detail"]
 
 
-def test_search_needs_a_token_or_a_session(client: Client):
-    assert client.get("/api/search", {"q": "x"}).status_code == 401
+@pytest.mark.parametrize(
+    ("method", "url"),
+    [
+        ("get", "/api/search?q=x"),
+        ("get", "/api/export"),
+        ("get", "/api/conversations/1/export"),
+        ("post", "/api/import"),
+    ],
+)
+def test_every_route_needs_a_token_or_a_session(client: Client, method, url):
+    assert getattr(client, method)(url).status_code == 401
 
 
 def test_export_one_conversation_as_json_or_markdown(alice_client, chat):
@@ -176,3 +185,14 @@ def test_importing_with_the_browsers_session_needs_the_csrf_token(bob):
     client.force_login(bob)
     response = client.post("/api/import", {"file": named(b"[]", "x.json")})
     assert response.status_code == 403
+
+
+def test_a_body_that_is_not_multipart_is_a_client_error(alice_client):
+    response = alice_client.generic(
+        "POST", "/api/import", b"--abc--\r\n", content_type="multipart/form-data; boundary=abc"
+    )
+    assert response.status_code in (400, 422)
+    assert response.json()["detail"]
+    broken = alice_client.generic("POST", "/api/import", b"x", content_type="multipart/form-data")  # no boundary
+    assert broken.status_code == 400
+    assert broken.json()["detail"].startswith("The upload cannot be read:")
