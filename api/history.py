@@ -16,7 +16,6 @@ from pydantic import Field
 
 from api.schemas import ERRORS, MAX_ID
 from chat import exports, imports, search
-from chat.history_views import attachment
 from chat.models import Conversation
 
 router = Router()
@@ -113,18 +112,18 @@ def export_conversation(
     """One conversation as this site's JSON export (which `POST /api/import` reads back) or as Markdown."""
     conversation = get_object_or_404(Conversation.objects.owned_by(request.auth), pk=conversation_id)
     if format == "markdown":
-        return attachment(
+        return exports.download(
             exports.as_markdown(conversation), "text/markdown; charset=utf-8", exports.filename(conversation, "md")
         )
     content = exports.as_json(Conversation.objects.filter(pk=conversation.pk))
-    return attachment(content, "application/json", exports.filename(conversation, "json"))
+    return exports.download(content, "application/json", exports.filename(conversation, "json"))
 
 
 @router.get("/export", response={200: None, **ERRORS}, openapi_extra=FILE_RESPONSE, tags=["export and import"])
 def export_history(request: HttpRequest):
     """All your conversations with their messages, newest first, as one JSON file (streamed as it is read)."""
     chunks = exports.json_chunks(Conversation.objects.owned_by(request.auth))
-    return attachment(exports.in_thread(chunks), "application/json", exports.filename(None, "json"))
+    return exports.download(exports.in_thread(chunks), "application/json", exports.filename(None, "json"))
 
 
 class ImportedOut(Schema):

@@ -20,7 +20,9 @@ from datetime import datetime
 
 from asgiref.sync import sync_to_async
 from django.db.models import Prefetch, QuerySet
+from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.utils import timezone
+from django.utils.http import content_disposition_header
 from django.utils.text import slugify
 
 from chat.models import Conversation, Message
@@ -119,6 +121,17 @@ def _when(moment: datetime) -> str:
 
 def _quoted(text: str) -> list[str]:
     return [f"> {line}".rstrip() for line in text.splitlines()]
+
+
+def download(content: str | AsyncIterator[str], content_type: str, name: str) -> HttpResponseBase:
+    """An export as the file a browser saves, for the page and the API alike; streamed if it is."""
+    response: HttpResponseBase
+    if isinstance(content, str):
+        response = HttpResponse(content, content_type=content_type)
+    else:
+        response = StreamingHttpResponse(content, content_type=content_type)
+    response["Content-Disposition"] = content_disposition_header(True, name)
+    return response
 
 
 def filename(conversation: Conversation | None, extension: str) -> str:

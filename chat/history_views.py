@@ -4,13 +4,10 @@ Thin, as the chat's own views: chat/search.py, chat/exports.py and chat/imports.
 A conversation is reached through `Conversation.objects.owned_by(user)`: another person's is a 404.
 """
 
-from collections.abc import AsyncIterator
-
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, render
-from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_http_methods
 
 from chat import exports, imports, search
@@ -30,16 +27,6 @@ def search_history(request: HttpRequest) -> HttpResponse:
     return render(request, template, {"q": text, "results": results, "error": error}, status=400 if error else 200)
 
 
-def attachment(content: str | AsyncIterator[str], content_type: str, name: str) -> HttpResponseBase:
-    response: HttpResponseBase
-    if isinstance(content, str):
-        response = HttpResponse(content, content_type=content_type)
-    else:
-        response = StreamingHttpResponse(content, content_type=content_type)
-    response["Content-Disposition"] = content_disposition_header(True, name)
-    return response
-
-
 @login_required
 @require_GET
 def export_conversation(request: HttpRequest, pk: int, extension: str) -> HttpResponseBase:
@@ -48,14 +35,14 @@ def export_conversation(request: HttpRequest, pk: int, extension: str) -> HttpRe
         content, content_type = exports.as_markdown(conversation), "text/markdown; charset=utf-8"
     else:
         content, content_type = exports.as_json(Conversation.objects.filter(pk=pk)), "application/json"
-    return attachment(content, content_type, exports.filename(conversation, extension))
+    return exports.download(content, content_type, exports.filename(conversation, extension))
 
 
 @login_required
 @require_GET
 def export_history(request: HttpRequest) -> HttpResponseBase:
     chunks = exports.json_chunks(Conversation.objects.owned_by(request.user))
-    return attachment(exports.in_thread(chunks), "application/json", exports.filename(None, "json"))
+    return exports.download(exports.in_thread(chunks), "application/json", exports.filename(None, "json"))
 
 
 @login_required
