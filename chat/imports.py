@@ -156,15 +156,12 @@ def import_file(user, upload: IO[bytes] | bytes) -> ImportReport:
                 )
             ]
         )
-    for plan in planned:
-        if plan.messages:
-            continue
-        report.refused.append(RefusedConversation(plan.where, plan.conversation.title, "no text to import"))
-    _save([plan for plan in planned if plan.messages])
+    report.refused = [RefusedConversation(p.where, p.conversation.title, p.refused) for p in planned if p.refused]
+    accepted = [plan for plan in planned if not plan.refused]
+    _save(accepted)
     report.imported = [
         ImportedConversation(plan.conversation.pk, plan.conversation.title, len(plan.messages), dict(plan.left_out))
-        for plan in planned
-        if plan.messages
+        for plan in accepted
     ]
     return report
 
@@ -254,6 +251,7 @@ class Planned:
     updated_at: datetime
     messages: list[tuple[Message, datetime, datetime]] = field(default_factory=list)
     left_out: Counter[str] = field(default_factory=Counter)
+    refused: str = ""  # why the conversation is not imported at all, if it is not
 
 
 # --- This site's export -------------------------------------------------------------------------
@@ -481,6 +479,8 @@ def _plan_chatgpt_conversation(
         title = " ".join(plan.messages[0][0].content.split())[:MADE_TITLE_LENGTH]
     conversation.title = title[:TITLE_LENGTH]
     plan.left_out = +plan.left_out  # only the reasons that happened
+    if not plan.messages:
+        plan.refused = "no text to import"
     return plan
 
 
