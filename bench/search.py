@@ -7,6 +7,8 @@ box and `GET /api/search`, for several kinds of query. The target is under 50 ms
 
     .venv/bin/python bench/search.py [--conversations 10000] [--messages-per 20] [--runs 30]
     .venv/bin/python bench/search.py --database-url postgres://user@host/db   # an empty database
+
+Given a database it has filled before (--database-url), it measures again without filling.
 """
 
 import argparse
@@ -75,20 +77,31 @@ def fill(owner, conversations: int, per: int, rng: random.Random) -> None:
 
 
 def measure(owner, runs: int) -> None:
+    """Wall-clock time, as a person waits for it, and the CPU time this process spent, which a
+    machine busy with other work does not inflate (the database works in-process with SQLite)."""
     from chat.search import search
 
-    everything: list[float] = []
-    print(f"{'query':32} {'p50 ms':>8} {'p99 ms':>8} {'results':>8}")
+    every_wall: list[float] = []
+    every_cpu: list[float] = []
+    print(f"{'query':32} {'p50 ms':>8} {'p99 ms':>8} {'CPU p50':>8} {'results':>8}")
     for label, text in QUERIES.items():
-        times = []
+        wall, cpu = [], []
         for _ in range(runs):
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             results = search(owner, text)
-            times.append((time.perf_counter() - started) * 1000)
-        everything += times
+            wall.append((time.perf_counter() - started) * 1000)
+            cpu.append((time.process_time() - started_cpu) * 1000)
+        every_wall += wall
+        every_cpu += cpu
         found = len(results.messages) + len(results.conversations)
-        print(f"{label:32} {statistics.median(times):8.1f} {percentile(times, 99):8.1f} {found:8}")
-    print(f"{'all queries':32} {statistics.median(everything):8.1f} {percentile(everything, 99):8.1f}")
+        print(
+            f"{label:32} {statistics.median(wall):8.1f} {percentile(wall, 99):8.1f} "
+            f"{statistics.median(cpu):8.1f} {found:8}"
+        )
+    print(
+        f"{'all queries':32} {statistics.median(every_wall):8.1f} {percentile(every_wall, 99):8.1f} "
+        f"{statistics.median(every_cpu):8.1f}"
+    )
 
 
 def percentile(values: list[float], p: int) -> float:
@@ -116,15 +129,20 @@ def main() -> None:
     from django.db import connection
 
     call_command("migrate", verbosity=0)
-    owner = User.objects.create_user("bench")
-    other = User.objects.create_user("someone-else")
-    total = args.conversations * args.messages_per
-    print(f"Filling {connection.vendor}: {args.conversations:,} conversations, {total:,} messages, and a tenth more…")
-    started = time.perf_counter()
-    rng = random.Random(12)
-    fill(owner, args.conversations, args.messages_per, rng)
-    fill(other, args.conversations // 10, args.messages_per, rng)
-    print(f"  filled and indexed in {time.perf_counter() - started:.0f} s")
+    owner = User.objects.filter(username="bench").first()
+    if owner is not None:
+        print(f"Reusing the history already in {connection.vendor}: {owner.conversations.count():,} conversations.")
+    else:
+        owner = User.objects.create_user("bench")
+        other = User.objects.create_user("someone-else")
+        total = args.conversations * args.messages_per
+        print(f"Filling {connection.vendor}: {args.conversations:,} conversations, {total:,} messages, a tenth more…")
+        started = time.perf_counter()
+        rng = random.Random(12)
+        fill(owner, args.conversations, args.messages_per, rng)
+        # Someone else's history, written after the person's: newest first, search must skip it.
+        fill(other, args.conversations // 10, args.messages_per, rng)
+        print(f"  filled and indexed in {time.perf_counter() - started:.0f} s")
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE")
