@@ -383,14 +383,13 @@ def repair_index(using: str) -> list[str]:
     database = connections[using]
     if database.vendor != "sqlite":
         return []
-    repaired = []
-    with database.schema_editor() as schema_editor:
-        existing = set(database.introspection.table_names())
-        with database.cursor() as cursor:
-            cursor.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-            triggers = {row[0] for row in cursor.fetchall()}
-        for indexed in (MESSAGES, TITLES):
-            if indexed.index in existing and not set(_sqlite_triggers(indexed)) <= triggers:
+    existing = set(database.introspection.table_names())
+    with database.cursor() as cursor:
+        cursor.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        triggers = {row[0] for row in cursor.fetchall()}
+    broken = [i for i in (MESSAGES, TITLES) if i.index in existing and not set(_sqlite_triggers(i)) <= triggers]
+    if broken:
+        with database.schema_editor() as schema_editor:
+            for indexed in broken:
                 _index_sqlite_table(schema_editor.execute, indexed)
-                repaired.append(indexed.table)
-    return repaired
+    return [indexed.table for indexed in broken]
