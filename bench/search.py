@@ -39,7 +39,7 @@ QUERIES = {
     "English phrase": '"stream browser"',
     "Korean word (trigram)": "데이터베이스",
     "Korean part of a word": "베이스",
-    "Korean, 2 characters (LIKE)": "세계",
+    "Korean, 2 characters": "세계",
     "two words, mixed scripts": "python 서버",
     "no match": "qqqxxyz",
 }
