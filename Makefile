@@ -10,12 +10,12 @@ PORT ?= 8080
 PYTHON_312 := $(shell for c in python3.14 python3.13 python3.12 $$HOME/.pyenv/versions/3.1[2-9]*/bin/python; do \
 	$$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$c; break; }; done)
 
-.PHONY: run test lint format clean chromium nginx vendor
+.PHONY: run test lint format clean chromium nginx postgresql vendor
 
 run: $(VENV)/.site .env
 	$(PY) manage.py up --host $(HOST) --port $(PORT)
 
-test: .env lint chromium nginx
+test: .env lint chromium nginx postgresql
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) -m pytest --cov --cov-report=term
 
@@ -73,6 +73,10 @@ vendor: package.json package-lock.json
 	cp $(NPM)/katex/dist/katex.min.js $(NPM)/katex/dist/katex.min.css $(NPM)/katex/LICENSE $(VENDOR)/katex/
 	@# Browsers that run the page read WOFF2, the first format katex.min.css offers; the others are never asked for.
 	cp $(NPM)/katex/dist/fonts/*.woff2 $(VENDOR)/katex/fonts/
+
+# Search, export and import are tested on PostgreSQL too: a server the tests start from Debian's package.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q postgresql; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage $(NPM)

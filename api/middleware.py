@@ -14,10 +14,14 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.utils.decorators import sync_and_async_middleware
 
 from api import errors
+from chat import imports
 
 # The rest of Django's chain, as the server runs it: sync, or async (a coroutine function).
 type SyncChain = Callable[[HttpRequest], HttpResponseBase]
 type AsyncChain = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
+
+# Its body is a file to import: it may be as large as an import (chat/imports.py).
+IMPORT_PATH = "/api/import"
 
 
 @sync_and_async_middleware
@@ -42,20 +46,24 @@ def limit_api_body(get_response: SyncChain | AsyncChain) -> SyncChain | AsyncCha
 def _refusal(request: HttpRequest) -> HttpResponse | None:
     if (door := errors.door_at(request.path_info)) is None:
         return None
-    limit = settings.API_MAX_BODY_BYTES
-    if _size(request) <= limit:
+    limit = imports.upload_limit() if request.path_info == IMPORT_PATH else settings.API_MAX_BODY_BYTES
+    if _size(request, limit) <= limit:
         return None
     message = f"The request body is too large: at most {limit} bytes are accepted."
     return door.response(errors.ApiError(413, message, code="request_too_large"))
 
 
-def _size(request: HttpRequest) -> float:
+def _size(request: HttpRequest, limit: int) -> float:
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         declared = 0
-    if declared > settings.API_MAX_BODY_BYTES:
+    if declared > limit:
         return declared  # refused without reading it
+    if request.path_info == IMPORT_PATH:
+        # A file upload: Django spools it to disk as it parses it, where reading `body` would hold
+        # it in memory (and refuse it over DATA_UPLOAD_MAX_MEMORY_SIZE); the import measures the file.
+        return declared
     try:
         # A chunked body declares no length: measure what arrived.
         return len(request.body)

@@ -15,6 +15,7 @@ on answers (chat/limits.py).
 from typing import Any
 
 from django.http import StreamingHttpResponse
+from django.http.multipartparser import MultiPartParserError
 from ninja import NinjaAPI
 from ninja.pagination import LimitOffsetPagination, paginate
 
@@ -22,7 +23,7 @@ from ninja.pagination import LimitOffsetPagination, paginate
 from ninja.params.functions import Path
 from pydantic import Field
 
-from api import delivery, workflows
+from api import delivery, history, workflows
 from api.auth import AuthenticatedRequest, SessionAuth, TokenAuth
 from api.errors import REST, handle_errors
 from api.schemas import (
@@ -213,3 +214,5 @@ async def stop_message(
 
 
 api.add_router("", workflows.router)
+api.add_router("", history.router)  # search, export and import
+api.add_exception_handler(MultiPartParserError, history.malformed_upload)

@@ -1,6 +1,6 @@
 from django.urls import path, register_converter
 
-from chat import account, views
+from chat import account, history_views, views
 from chat.models import MAX_ID
 
 
@@ -34,4 +34,10 @@ urlpatterns = [
     path("account/tokens/", account.tokens, name="tokens"),
     path("account/tokens/new", account.create_token, name="create-token"),
     path("account/tokens/<id:pk>/revoke", account.revoke_token, name="revoke-token"),
+    # The person's history as a whole: chat/history_views.py
+    path("search", history_views.search_history, name="search"),
+    path("export.json", history_views.export_history, name="export"),
+    path("import", history_views.import_history, name="import"),
+    path("c/<id:pk>/export.md", history_views.export_conversation, {"extension": "md"}, name="export-markdown"),
+    path("c/<id:pk>/export.json", history_views.export_conversation, {"extension": "json"}, name="export-json"),
 ]

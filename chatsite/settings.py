@@ -253,6 +253,8 @@ CHAT_CHECKPOINT_SECONDS: float = env.float("CHAT_CHECKPOINT_SECONDS", default=2.
 CHAT_MAX_ANSWERS_AT_ONCE: int = env.int("CHAT_MAX_ANSWERS_AT_ONCE", default=3)
 CHAT_MAX_ANSWERS_PER_MINUTE: int = env.int("CHAT_MAX_ANSWERS_PER_MINUTE", default=20)
 CHAT_LIMITS_EXEMPT_SUPERUSERS: bool = env.bool("CHAT_LIMITS_EXEMPT_SUPERUSERS", default=True)
+# The largest file the page, the API and `importchats` import (a ChatGPT export's zip or JSON).
+CHAT_IMPORT_MAX_BYTES: int = env.int("CHAT_IMPORT_MAX_BYTES", default=64 * 1024 * 1024)
 
 # --- API: the REST API (/api/), model-compose's workflow routes, the OpenAI-compatible /v1/ -------
 # The largest request body the API accepts, in bytes; a larger one is refused with 413.

@@ -5,6 +5,7 @@ fake vLLM on loopback (`fake_vllm`); Chromium and the page come from tests/chat/
 check waits on a condition through Playwright's auto-waiting expectations; none sleeps.
 """
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -347,3 +348,91 @@ def test_a_prompt_over_the_persons_limits_is_refused_with_a_message_and_kept(chr
     finally:
         context.close()
         site.stop()
+
+
+def test_search_from_the_sidebar_opens_the_conversation_at_the_message(signed_in: Page, alice, bob, live_site):
+    page = signed_in
+    trip = Conversation.objects.create(owner=alice, title="Trip notes")
+    found = Message.objects.create(conversation=trip, role="user", content="전세계를 여행하고 싶어요: <b>어디</b>부터?")
+    for n in range(30):  # enough after it that the conversation's end is a screen away
+        Message.objects.create(conversation=trip, role="assistant", content=f"Paragraph {n} of a long answer.\n" * 3)
+    Message.objects.create(
+        conversation=Conversation.objects.create(owner=bob, title="세계"), role="user", content="세계"
+    )
+    page.reload()
+    conversations = page.locator("#conversations")
+    expect(conversations).to_be_visible()
+
+    box = page.get_by_role("searchbox", name="Search conversations")
+    box.press_sequentially("세계", delay=50)
+    results = page.get_by_role("list", name="Search results")
+    expect(results.get_by_role("link")).to_have_count(1)  # Bob's never shows
+    result = results.get_by_role("link")
+    expect(result).to_contain_text("Trip notes")
+    expect(result.locator("mark")).to_have_text("세계")
+    expect(result).to_contain_text("You: 전세계를 여행하고 싶어요: <b>어디</b>부터?")  # as text, not markup
+    expect(conversations).to_be_hidden()  # the results take the list's place
+    screenshot(page, "search-results")
+
+    result.click()
+    expect(page).to_have_url(f"{live_site.url}/c/{trip.pk}/#message-{found.pk}")
+    expect(page.locator(f"#message-{found.pk}")).to_be_in_viewport()
+    expect(answers(page).last).not_to_be_in_viewport()
+
+    # Nothing to find says so; clearing the box brings the conversation list back.
+    box = page.get_by_role("searchbox", name="Search conversations")
+    box.fill("우주여행")
+    expect(page.locator("#search-results")).to_have_text("Nothing found for “우주여행”.")
+    box.fill("")
+    expect(page.locator("#conversations")).to_be_visible()
+    expect(page.locator("#search-results")).to_have_text("")
+
+
+def test_export_a_conversation_and_import_chatgpts_export_from_the_page(signed_in: Page, alice, live_site, tmp_path):
+    page = signed_in
+    chat = Conversation.objects.create(owner=alice, title="세계 여행")
+    Message.objects.create(conversation=chat, role="user", content="Where first?")
+    page.goto(f"/c/{chat.pk}/")
+    item = sidebar_item(page, "세계 여행")
+    item.get_by_label("Actions for 세계 여행").click()
+    with page.expect_download() as download:
+        item.get_by_role("link", name="Markdown").click()
+    assert download.value.suggested_filename == f"세계-여행-{chat.pk}.md"
+    assert "## You\n\nWhere first?" in Path(download.value.path()).read_text()
+
+    chatgpt = tmp_path / "conversations.json"
+    chatgpt.write_text(
+        json.dumps(
+            [
+                {
+                    "title": "From ChatGPT",
+                    "create_time": 1700000000.0,
+                    "current_node": "a",
+                    "mapping": {
+                        "root": {"message": None, "parent": None, "children": ["q"]},
+                        "q": {
+                            "message": {
+                                "author": {"role": "user"},
+                                "content": {"content_type": "text", "parts": ["Hi"]},
+                            },
+                            "parent": "root",
+                        },
+                        "a": {
+                            "message": {
+                                "author": {"role": "assistant"},
+                                "content": {"content_type": "text", "parts": ["Hello!"]},
+                            },
+                            "parent": "q",
+                        },
+                    },
+                }
+            ]
+        )
+    )
+    page.get_by_role("link", name="Import", exact=True).click()
+    page.get_by_label("File").set_input_files(chatgpt)
+    page.get_by_role("button", name="Import").click()
+    expect(page.get_by_role("status")).to_contain_text("Imported 1 conversation with 2 messages")
+    screenshot(page, "import-report")
+    page.get_by_role("link", name="From ChatGPT").click()
+    expect(page.locator("#thread article")).to_have_text(["Hi", "Hello!"])

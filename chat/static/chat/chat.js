@@ -162,5 +162,8 @@ Object.assign(htmx.config, {
 
   ChatAnswer.showAll(thread, keepEndInView);
   thread.querySelectorAll("[data-stream-url]").forEach(follow);
-  scrollToEnd();
+  // A search result opens the conversation at the message it found, not at the end.
+  const found = location.hash.startsWith("#message-") && document.getElementById(location.hash.slice(1));
+  if (found) found.scrollIntoView({ block: "center" });
+  else scrollToEnd();
 })();
