@@ -36,6 +36,15 @@ PARTS = (
     ("concurrent/", "thread pool"),
     ("threading", "thread pool"),
 )
+# Innermost frames of a thread that waits rather than works (py-spy --nonblocking cannot always
+# tell): left out of the shares, their total given apart.
+WAITING = (
+    "Selector.select (selectors.py",
+    "Condition.wait (threading.py",
+    "._wait_for_tstate_lock (threading.py",
+    "_worker (concurrent/futures/thread.py",
+    "Event.wait (threading.py",
+)
 FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
@@ -52,20 +61,24 @@ def _part(frames: list[str]) -> str:
 def summarise(text: str, top: int = 15) -> str:
     parts: Counter[str] = Counter()
     own: Counter[str] = Counter()
-    total = 0
+    total = waiting = 0
     for line in text.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
         frames = stack.split(";")[1:]  # the first is the process
+        if frames and any(idle in frames[-1] for idle in WAITING):
+            waiting += count
+            continue
         total += count
         parts[_part(frames)] += count
         found = FRAME.match(frames[-1]) if frames else None
         own[re.sub(r":\d+\)$", ")", frames[-1]) if found else "?"] += count
     if not total:
         return "no samples"
-    lines = [f"{total} samples of the site's threads while busy", "", "| part | share |", "| --- | --- |"]
+    lines = [f"{total} samples of the site's threads at work ({waiting} more waiting: select, locks, idle threads)"]
+    lines += ["", "| part | share |", "| --- | --- |"]
     lines += [f"| {part} | {count / total:.0%} |" for part, count in parts.most_common()]
     lines += ["", "| on the CPU itself (innermost frame) | share |", "| --- | --- |"]
     lines += [f"| `{function}` | {count / total:.1%} |" for function, count in own.most_common(top)]

@@ -276,9 +276,13 @@ class Bench:
         """py-spy on the site while the block runs: a flame graph and the raw stacks to summarise."""
         spies = []
         for form, suffix in (("flamegraph", "svg"), ("raw", "txt")):
-            command = ["py-spy", "record", "--nonblocking", "--subprocesses", "--rate", "200", "--format", form]
+            # 50 samples a second each: at 200 two py-spys fell 20 s behind on a busy 2-core box.
+            command = ["py-spy", "record", "--nonblocking", "--subprocesses", "--rate", "50", "--format", form]
             command += ["-o", str(RESULTS / f"{name}.{suffix}"), "--pid", str(self.site_pid)]
-            spies.append(subprocess.Popen([str(Path(sys.executable).parent / command[0]), *command[1:]]))
+            log = open(self.logs / f"py-spy-{form}.log", "ab")  # closed when the process ends
+            spies.append(
+                subprocess.Popen([str(Path(sys.executable).parent / command[0]), *command[1:]], stdout=log, stderr=log)
+            )
         time.sleep(1)  # py-spy attaches
         try:
             yield
