@@ -191,6 +191,14 @@ class Bench:
             self.csrf = client.cookies["csrftoken"]
             self.session = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
 
+    def keep_errors(self, path: Path) -> None:
+        """The site's log without its access lines and vLLM request lines: its errors, if any."""
+        log = self.logs / "daphne.log"
+        if log.exists():
+            noise = ('" 200 ', '" 201 ', "HTTP Request:")
+            kept = [line for line in log.read_text(errors="replace").splitlines() if not any(n in line for n in noise)]
+            path.write_text("\n".join(kept[-5000:]) + "\n")
+
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.terminate()
@@ -474,6 +482,7 @@ def main() -> None:
                     runs.append(run | {"load": f"1 answer of {tokens} tokens", "repeat": 0, "throughput_ratio": None})
         finally:
             bench.stop()
+            bench.keep_errors(RESULTS / f"{name}-site-errors.log")
 
     rows = summarise(runs)
     meta = {
