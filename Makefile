@@ -10,7 +10,7 @@ PORT ?= 8080
 PYTHON_312 := $(shell for c in python3.14 python3.13 python3.12 $$HOME/.pyenv/versions/3.1[2-9]*/bin/python; do \
 	$$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$c; break; }; done)
 
-.PHONY: run test lint format clean chromium nginx postgresql vendor
+.PHONY: run test lint format clean chromium nginx postgresql vendor bench
 
 run: $(VENV)/.site .env
 	$(PY) manage.py up --host $(HOST) --port $(PORT)
@@ -24,6 +24,15 @@ lint: $(VENV)/.dev .env
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+
+# What the site adds to an answer's stream, door by door, beside a fake vLLM (bench/README.md).
+# Not part of `make test`: it takes minutes and its figures depend on the machine. BENCH_ARGS=--quick
+bench: $(VENV)/.bench .env
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+$(VENV)/.bench: bench/requirements.txt | $(VENV)/.site
+	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	touch $@
 
 format: $(VENV)/.dev
 	$(PY) -m ruff check --fix .
