@@ -205,6 +205,9 @@ AXES_LOCKOUT_CALLABLE = "chat.sign_in.locked_out"
 VLLM_BASE_URL: str = env.str("VLLM_BASE_URL", default="http://127.0.0.1:8000/v1").rstrip("/")
 VLLM_SERVED_MODEL_NAME: str = env.str("VLLM_SERVED_MODEL_NAME", default="qwen2-7b-instruct")
 VLLM_CONNECT_TIMEOUT: float = env.float("VLLM_CONNECT_TIMEOUT", default=5.0)
+# Connections the site may hold open to vLLM at once: one per answer streaming. Past it an answer
+# waits VLLM_CONNECT_TIMEOUT seconds for one, then ends with an error saying so.
+VLLM_MAX_CONNECTIONS: int = env.int("VLLM_MAX_CONNECTIONS", default=1000)
 # vLLM sends no byte before the first token: queueing and prefill come first, so this must
 # cover the worst queue wait, not just the gap between two tokens.
 VLLM_READ_TIMEOUT: float = env.float("VLLM_READ_TIMEOUT", default=300.0)

@@ -58,9 +58,10 @@ _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClien
 def http_client() -> httpx.AsyncClient:
     loop = asyncio.get_running_loop()
     if (shared := _clients.get(loop)) is None or shared.is_closed:
-        shared = httpx.AsyncClient(
-            timeout=_timeout(), limits=httpx.Limits(max_connections=100, max_keepalive_connections=20)
-        )
+        # Each streaming answer holds one connection for as long as it streams, and vLLM queues
+        # requests itself: a small cap here would make the site, not vLLM, the queue.
+        limits = httpx.Limits(max_connections=settings.VLLM_MAX_CONNECTIONS, max_keepalive_connections=100)
+        shared = httpx.AsyncClient(timeout=_timeout(), limits=limits)
         _clients[loop] = shared
     return shared
 
@@ -129,6 +130,12 @@ async def stream_chat(messages: list[dict[str, str]], options: GenerationOptions
     except (httpx.ConnectError, httpx.ConnectTimeout):
         # A connect timeout is a server that is not there, not a slow answer.
         yield Failed(_unreachable())
+    except httpx.PoolTimeout:
+        # Not vLLM's doing: every connection the site may open to it is carrying an answer.
+        yield Failed(
+            f"The site is already streaming {settings.VLLM_MAX_CONNECTIONS} answers from the model server, "
+            "its most at once. Try again in a moment."
+        )
     except httpx.TimeoutException:
         if finished:
             return

@@ -335,6 +335,22 @@ async def test_cancelling_the_task_reading_the_stream_hangs_up_on_vllm(fake_vllm
     assert fake_vllm.wait_for(lambda: fake_vllm.running == 0)
 
 
+async def test_more_answers_than_the_site_may_stream_at_once_says_so(fake_vllm: FakeVLLM, settings):
+    # One connection allowed, and it is held by an answer that streams on; the next answer waits
+    # VLLM_CONNECT_TIMEOUT for a connection, then says why it got none (not "vLLM did not answer").
+    settings.VLLM_MAX_CONNECTIONS = 1
+    settings.VLLM_CONNECT_TIMEOUT = 0.3
+    fake_vllm.fault = "stall"
+    first = vllm_client.stream_chat(MESSAGES, OPTIONS)
+    assert isinstance(await anext(first), TextDelta)
+
+    events = await asyncio.wait_for(collect(), timeout=10)
+
+    most = "The site is already streaming 1 answers from the model server, its most at once."
+    assert events == [Failed(f"{most} Try again in a moment.")]
+    await first.aclose()
+
+
 # --- health and token counts -----------------------------------------------------------------------
 
 
