@@ -5,17 +5,21 @@ results. Their schemas live here, beside the only routes that use them.
 """
 
 from datetime import datetime
+from typing import Any
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.http.multipartparser import MultiPartParserError
-from django.shortcuts import get_object_or_404
 from django.urls import reverse
-from ninja import File, Path, Query, Router, Schema, Status
+from ninja import File, Router, Schema, Status
 from ninja.files import UploadedFile
+
+# The functions themselves: to a type checker `ninja.Path` and `ninja.Query` are Annotated aliases.
+from ninja.params.functions import Path, Query
 from pydantic import Field
 
+from api.auth import AuthenticatedRequest
 from api.schemas import ERRORS, MAX_ID
-from chat import exports, imports, search
+from chat import exports, imports, ownership, search
 from chat.models import Conversation
 
 router = Router()
@@ -60,7 +64,7 @@ class SearchOut(Schema):
 
 @router.get("/search", response={200: SearchOut, **ERRORS}, tags=["search"])
 def search_history(
-    request: HttpRequest,
+    request: AuthenticatedRequest,
     q: str = Query(
         ...,
         max_length=search.MAX_QUERY_CHARS,
@@ -69,7 +73,7 @@ def search_history(
     ),
     limit: int = Query(20, ge=1, le=search.MAX_RESULTS),
     before: int | None = Query(None, ge=1, le=MAX_ID, description="Only messages older than this message id."),
-):
+) -> Status[dict[str, Any]] | dict[str, Any]:
     """Search the titles and messages of your conversations, as the chat page's search box does."""
     try:
         results = search.search(request.auth, q, limit=limit, before=before)
@@ -105,12 +109,12 @@ FILE_RESPONSE = {
     tags=["export and import"],
 )
 def export_conversation(
-    request: HttpRequest,
+    request: AuthenticatedRequest,
     conversation_id: int = Path(..., ge=1, le=MAX_ID),
     format: str = Query("json", pattern="^(json|markdown)$", description="json (importable) or markdown (to read)."),
-):
+) -> HttpResponseBase:
     """One conversation as this site's JSON export (which `POST /api/import` reads back) or as Markdown."""
-    conversation = get_object_or_404(Conversation.objects.owned_by(request.auth), pk=conversation_id)
+    conversation = ownership.conversation_or_404(request.auth, conversation_id)
     if format == "markdown":
         return exports.download(
             exports.as_markdown(conversation), "text/markdown; charset=utf-8", exports.filename(conversation, "md")
@@ -120,7 +124,7 @@ def export_conversation(
 
 
 @router.get("/export", response={200: None, **ERRORS}, openapi_extra=FILE_RESPONSE, tags=["export and import"])
-def export_history(request: HttpRequest):
+def export_history(request: AuthenticatedRequest) -> HttpResponseBase:
     """All your conversations with their messages, newest first, as one JSON file (streamed as it is read)."""
     chunks = exports.json_chunks(Conversation.objects.owned_by(request.auth))
     return exports.download(exports.in_thread(chunks), "application/json", exports.filename(None, "json"))
@@ -148,7 +152,9 @@ class ImportOut(Schema):
 
 
 @router.post("/import", response={201: ImportOut, **ERRORS}, tags=["export and import"])
-def import_history(request: HttpRequest, file: File[UploadedFile]):
+def import_history(
+    request: AuthenticatedRequest, file: File[UploadedFile]
+) -> Status[imports.ImportReport] | Status[dict[str, Any]]:
     """Add the conversations of a file to yours: this site's JSON export, or ChatGPT's data export
     (its zip, or the `conversations.json` inside), up to CHAT_IMPORT_MAX_BYTES.
 
@@ -167,6 +173,9 @@ def import_history(request: HttpRequest, file: File[UploadedFile]):
     return Status(201, report)
 
 
-def malformed_upload(request: HttpRequest, exc: MultiPartParserError) -> JsonResponse:
+def malformed_upload(request: HttpRequest, exc: MultiPartParserError | type[MultiPartParserError]) -> HttpResponse:
     """A body that claims to be multipart/form-data and is not: the client's mistake, said as JSON."""
+    # ninja's type lets a handler be given the class too; it passes what was raised, and a raised
+    # class is always made an instance by Python.
+    assert isinstance(exc, MultiPartParserError)
     return JsonResponse({"detail": f"The upload cannot be read: {exc}"}, status=400)

@@ -19,6 +19,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # at run time, imported once django.setup() has run
+    from django.contrib.auth.models import User
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -50,7 +54,7 @@ def sentence(rng: random.Random) -> str:
     return " ".join(words).capitalize() + "."
 
 
-def fill(owner, conversations: int, per: int, rng: random.Random) -> None:
+def fill(owner: "User", conversations: int, per: int, rng: random.Random) -> None:
     from django.db import transaction
 
     from chat.models import Conversation, Message
@@ -76,7 +80,7 @@ def fill(owner, conversations: int, per: int, rng: random.Random) -> None:
     print()
 
 
-def measure(owner, runs: int) -> None:
+def measure(owner: "User", runs: int) -> None:
     """Wall-clock time, as a person waits for it, and the CPU time this process spent, which a
     machine busy with other work does not inflate (the database works in-process with SQLite)."""
     from chat.search import search

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
@@ -9,7 +11,7 @@ class ChatConfig(AppConfig):
         post_migrate.connect(_repair_search_index, sender=self)
 
 
-def _repair_search_index(sender, using: str, **kwargs) -> None:
+def _repair_search_index(sender: AppConfig, using: str, **kwargs: Any) -> None:
     # A migration that rebuilt chat_message on SQLite took the search index's triggers with it.
     from chat.search import repair_index
 

@@ -25,7 +25,7 @@ from django.utils import timezone
 from django.utils.http import content_disposition_header
 from django.utils.text import slugify
 
-from chat.models import Conversation, Message
+from chat.models import Conversation, ConversationQuerySet, Message
 
 FORMAT = "chatsite.conversations"
 VERSION = 1
@@ -67,7 +67,7 @@ def conversation_record(conversation: Conversation) -> dict[str, object]:
     }
 
 
-def json_chunks(conversations: QuerySet[Conversation]) -> Iterator[str]:
+def json_chunks(conversations: ConversationQuerySet) -> Iterator[str]:
     """The export of `conversations`, newest first, as pieces of one JSON document.
 
     Written as it is read, a few conversations at a time, so a long history is never held whole.
@@ -80,7 +80,7 @@ def json_chunks(conversations: QuerySet[Conversation]) -> Iterator[str]:
     yield "\n]}\n"
 
 
-def as_json(conversations: QuerySet[Conversation]) -> str:
+def as_json(conversations: ConversationQuerySet) -> str:
     return "".join(json_chunks(conversations))
 
 
@@ -95,7 +95,8 @@ async def in_thread(chunks: Iterable[str], batch: int = 20) -> AsyncIterator[str
         yield text
 
 
-ROLE_HEADINGS = {Message.Role.USER: "You", Message.Role.ASSISTANT: "Assistant"}
+# Keyed by the stored role, a plain str; a role with no heading here is written as stored.
+ROLE_HEADINGS: dict[str, str] = {Message.Role.USER: "You", Message.Role.ASSISTANT: "Assistant"}
 
 
 def as_markdown(conversation: Conversation) -> str:

@@ -1,22 +1,24 @@
 """The page's views over a person's history as a whole: search it, export it, import into it.
 
 Thin, as the chat's own views: chat/search.py, chat/exports.py and chat/imports.py do the work.
-A conversation is reached through `Conversation.objects.owned_by(user)`: another person's is a 404.
+A conversation is reached through chat/ownership.py: another person's is a 404.
 """
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 from django.views.decorators.http import require_GET, require_http_methods
 
-from chat import exports, imports, search
+from chat import exports, imports, ownership, search
 from chat.models import Conversation
+from chat.views import HtmxHttpRequest
 
 
 @login_required
 @require_GET
-def search_history(request: HttpRequest) -> HttpResponse:
+def search_history(request: HtmxHttpRequest) -> HttpResponse:
     text = request.GET.get("q", "")
     try:
         results, error = search.search(request.user, text), ""
@@ -30,7 +32,7 @@ def search_history(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def export_conversation(request: HttpRequest, pk: int, extension: str) -> HttpResponseBase:
-    conversation = get_object_or_404(Conversation.objects.owned_by(request.user), pk=pk)
+    conversation = ownership.conversation_or_404(request.user, pk)
     if extension == "md":
         content, content_type = exports.as_markdown(conversation), "text/markdown; charset=utf-8"
     else:
@@ -58,6 +60,7 @@ def import_history(request: HttpRequest) -> HttpResponse:
         upload = request.FILES.get("file")
         if upload is None:
             raise imports.ImportRefused([imports.Problem((), "Choose a file to import.")])
+        assert isinstance(request.user, User)  # login_required lets only someone signed in this far
         with upload:
             context["report"] = imports.import_file(request.user, upload)
     except imports.ImportRefused as refused:

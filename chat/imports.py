@@ -22,19 +22,22 @@ import io
 import json
 import zipfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Annotated, Any, Literal
 
 from django.conf import settings
+from django.contrib.auth.models import User
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticCustomError
 
-from chat import exports
-from chat.models import TEMPERATURE_RANGE, TOP_P_RANGE, Conversation, Message, max_tokens_range, out_of_range
+from chat import exports, rules
+from chat.models import Conversation, Message
 
 TITLE_LENGTH = Conversation._meta.get_field("title").max_length
 MODEL_NAME_LENGTH = Message._meta.get_field("model_name").max_length
@@ -136,7 +139,7 @@ class ImportReport:
         return text + "."
 
 
-def import_file(user, upload: IO[bytes] | bytes) -> ImportReport:
+def import_file(user: User, upload: IO[bytes] | bytes) -> ImportReport:
     """Read `upload` and add its conversations to `user`'s history, all of them or none.
 
     Raises ImportRefused (ImportTooLarge over CHAT_IMPORT_MAX_BYTES) with nothing written.
@@ -224,17 +227,17 @@ def _storable(value: str) -> str:
     return value
 
 
-def _between(label: str, low: float, high: float):
+def _within(bounds: Callable[[], rules.Bounds]) -> Callable[[float], float]:
+    """A generation setting's validator: the page's bounds (chat/rules.py), read when it runs, as
+    max tokens' follow the settings."""
+
     def check(value: float) -> float:
-        if not low <= value <= high:
-            raise PydanticCustomError("range", out_of_range(label, low, high))
-        return value
+        try:
+            return bounds().check(value)
+        except ValidationError as exc:
+            raise PydanticCustomError("range", exc.messages[0]) from None
 
     return check
-
-
-def _max_tokens(value: int) -> int:
-    return int(_between("Max tokens", *max_tokens_range())(value))
 
 
 def _problems(error: PydanticValidationError, prefix: tuple[str | int, ...] = ()) -> list[Problem]:
@@ -295,9 +298,9 @@ class SiteConversation(BaseModel):
     id: int | None = None
     title: TitleText = ""
     system_prompt: Annotated[Text, AfterValidator(_system_prompt)] = ""
-    temperature: Annotated[float, AfterValidator(_between("Temperature", *TEMPERATURE_RANGE))] | None = None
-    max_tokens: Annotated[int, AfterValidator(_max_tokens)] | None = None
-    top_p: Annotated[float, AfterValidator(_between("Top p", *TOP_P_RANGE))] | None = None
+    temperature: Annotated[float, AfterValidator(_within(lambda: rules.TEMPERATURE))] | None = None
+    max_tokens: Annotated[int, AfterValidator(_within(rules.max_tokens))] | None = None
+    top_p: Annotated[float, AfterValidator(_within(lambda: rules.TOP_P))] | None = None
     created_at: AwareDatetime | None = None
     updated_at: AwareDatetime | None = None
     messages: list[SiteMessage]
@@ -312,7 +315,7 @@ class SiteExport(BaseModel):
     conversations: list[SiteConversation]
 
 
-def _read_site_export(user, document: dict) -> list[Planned]:
+def _read_site_export(user: User, document: dict[str, Any]) -> list[Planned]:
     try:
         export = SiteExport.model_validate(document)
     except PydanticValidationError as exc:
@@ -392,7 +395,7 @@ ATTACHMENTS = "attachments (images, files, audio)"
 FINISH_REASONS = {"stop": "stop", "max_tokens": "length"}
 
 
-def _read_chatgpt_export(user, document: list) -> list[Planned]:
+def _read_chatgpt_export(user: User, document: list[Any]) -> list[Planned]:
     try:
         conversations = CHATGPT_EXPORT.validate_python(document)
     except PydanticValidationError as exc:
@@ -435,7 +438,7 @@ def _time(timestamp: float | None, default: datetime) -> datetime:
 
 
 def _plan_chatgpt_conversation(
-    user, n: int, record: ChatGPTConversation, branch: list[str], problems: list[Problem]
+    user: User, n: int, record: ChatGPTConversation, branch: list[str], problems: list[Problem]
 ) -> Planned:
     created = _time(record.create_time, timezone.now())
     updated = _time(record.update_time, created)
@@ -457,12 +460,14 @@ def _plan_chatgpt_conversation(
             continue
         metadata = message.metadata or {}
         finish = metadata.get("finish_details")
+        # Anything may be there in a file; only a known string names a finish reason.
+        finish_type = finish.get("type") if isinstance(finish, dict) else None
         model = metadata.get("model_slug") if message.author.role == "assistant" else None
         saved = Message(
             role=message.author.role,
             content=text,
             model_name=model[:MODEL_NAME_LENGTH] if isinstance(model, str) else "",
-            finish_reason=FINISH_REASONS.get(finish.get("type"), "") if isinstance(finish, dict) else "",
+            finish_reason=FINISH_REASONS.get(finish_type, "") if isinstance(finish_type, str) else "",
         )
         # Never earlier than the message before it: the site orders a conversation by time, and
         # ChatGPT can date an answer before the edited prompt it answers.

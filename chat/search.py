@@ -25,14 +25,17 @@ can stop after the first few results instead of ranking every match.
 """
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
+from django.contrib.auth.models import User
 from django.db import connection, connections
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.models import Q
 
-from chat.models import Conversation, Message
+from chat.models import Conversation, Message, Someone
 
 MAX_QUERY_CHARS = 200
 MAX_TERMS = 8
@@ -118,7 +121,7 @@ class Results:
         return bool(self.conversations or self.messages)
 
 
-def search(user, text: str, *, limit: int = 20, before: int | None = None) -> Results:
+def search(user: Someone, text: str, *, limit: int = 20, before: int | None = None) -> Results:
     """The user's conversations whose title, and messages whose text, contain every term of `text`.
 
     Newest first, at most `limit` of each; `before` (a message id) asks for the messages older than
@@ -151,7 +154,7 @@ def search(user, text: str, *, limit: int = 20, before: int | None = None) -> Re
     return Results(query, conversations, messages)
 
 
-def _matching_titles(user, query: Query, limit: int) -> list[Conversation]:
+def _matching_titles(user: User, query: Query, limit: int) -> list[Conversation]:
     owned = Conversation.objects.owned_by(user)
     if connection.vendor == "sqlite":
         ids = _sqlite_search(TITLES, user, query, limit)
@@ -159,7 +162,7 @@ def _matching_titles(user, query: Query, limit: int) -> list[Conversation]:
     return list(owned.filter(_contains_all("title", query.terms)).only("title", "updated_at").newest_first()[:limit])
 
 
-def _matching_message_ids(user, query: Query, limit: int, before: int | None) -> list[int]:
+def _matching_message_ids(user: User, query: Query, limit: int, before: int | None) -> list[int]:
     if connection.vendor == "sqlite":
         return _sqlite_search(MESSAGES, user, query, limit, before)
     messages = Message.objects.filter(conversation__owner=user).filter(_contains_all("content", query.terms))
@@ -197,7 +200,7 @@ PADDING = "char(10, 10)"
 MAX_CONTINUATIONS = 200
 
 
-def _sqlite_search(indexed: Indexed, user, query: Query, limit: int, before: int | None = None) -> list[int]:
+def _sqlite_search(indexed: Indexed, user: User, query: Query, limit: int, before: int | None = None) -> list[int]:
     """Row ids of `indexed.table` that are the user's and hold every term, newest first.
 
     CROSS JOIN fixes the order in which SQLite's planner reads the tables: from the index's matches
@@ -214,7 +217,7 @@ def _sqlite_search(indexed: Indexed, user, query: Query, limit: int, before: int
             return []  # no text holds the term at all
         else:
             phrases.append("(" + " OR ".join(map(_phrase, continuations)) + ")")
-    params: list[object] = []
+    params: list[str | int | None] = []
     if phrases:
         key = "s.rowid"  # the order the index yields its matches in, and can start from
         sql = [
@@ -330,7 +333,7 @@ POSTGRESQL_INDEXES = {
 }
 
 
-def create_index(schema_editor) -> None:
+def create_index(schema_editor: BaseDatabaseSchemaEditor) -> None:
     """Create the search index on the migrated database, and fill it with what is already there."""
     execute = schema_editor.execute
     if schema_editor.connection.vendor == "sqlite":
@@ -350,7 +353,7 @@ def create_index(schema_editor) -> None:
     # Any other database searches with plain icontains.
 
 
-def _index_sqlite_table(execute, indexed: Indexed) -> None:
+def _index_sqlite_table(execute: Callable[[str], None], indexed: Indexed) -> None:
     for name, body in _sqlite_triggers(indexed).items():
         execute(f"CREATE TRIGGER IF NOT EXISTS {name} {body}")
     # Index the whole table again: what was written while the triggers were missing is found too.
@@ -361,7 +364,7 @@ def _index_sqlite_table(execute, indexed: Indexed) -> None:
     )
 
 
-def drop_index(schema_editor) -> None:
+def drop_index(schema_editor: BaseDatabaseSchemaEditor) -> None:
     if schema_editor.connection.vendor == "sqlite":
         for indexed in (MESSAGES, TITLES):
             for name in _sqlite_triggers(indexed):

@@ -6,6 +6,7 @@ import io
 import json
 import zipfile
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.django_db
 # Shaped as ChatGPT's data export writes conversations.json (field names, nesting, the hidden
 # system message, an edited prompt's two branches, an empty assistant placeholder before the
 # answer, a tool call and its output, reasoning, an image beside text); the texts are made up.
-CHATGPT_EXPORT = [
+CHATGPT_EXPORT: list[dict[str, Any]] = [
     {
         "title": "런타임이 뭐예요",
         "create_time": 1749968327.886819,
@@ -405,6 +406,17 @@ def test_chatgpts_tree_must_lead_back_to_its_root(bob):
             imports.import_file(bob, as_file(broken))
         assert [problem.where for problem in refused.value.problems] == [where]
     assert not Conversation.objects.exists()
+
+
+def test_chatgpts_finish_details_of_an_unknown_kind_are_no_finish_reason(bob):
+    # Anything may be in a file: a type that is not a string (a list cannot even be a dict key)
+    # was a 500 rather than no finish reason.
+    odd = copy.deepcopy(CHATGPT_EXPORT)
+    metadata = odd[0]["mapping"]["a1-edited"]["message"]["metadata"]
+    metadata["finish_details"] = {"type": ["stop"]}
+    imports.import_file(bob, as_file(odd))
+    answer = Message.objects.get(conversation__owner=bob, role="assistant")
+    assert (answer.content, answer.finish_reason) == ("Windows 데스크톱 앱을 실행하는 **런타임 환경**입니다.", "")
 
 
 # --- Refused files: nothing imported, every problem said -------------------------------------------

@@ -5,7 +5,9 @@ zip, or the conversations.json inside). All or nothing, as on the page: if anyth
 wrong, nothing is imported and every problem is printed.
 """
 
-from django.core.management.base import BaseCommand, CommandError
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from chat import imports
 from chat.management.commands.exportchats import find_user
@@ -14,11 +16,11 @@ from chat.management.commands.exportchats import find_user
 class Command(BaseCommand):
     help = "Import conversations from this site's JSON export or ChatGPT's data export into a user's history."
 
-    def add_arguments(self, parser) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("user", metavar="USERNAME", help="Whose history the conversations join.")
         parser.add_argument("file", metavar="FILE", help="The export: .json, or ChatGPT's .zip.")
 
-    def handle(self, *args, user: str, file: str, **options) -> None:
+    def handle(self, *args: str, user: str, file: str, **options: Any) -> None:
         owner = find_user(user)
         try:
             with open(file, "rb") as upload:
