@@ -45,8 +45,6 @@ FINISH_REASON_LENGTH = Message._meta.get_field("finish_reason").max_length
 MAX_COUNT = 2**31 - 1  # what a PositiveIntegerField holds on every database
 # Problems listed in full before "and N more": enough to fix a file, not a wall of text.
 MAX_PROBLEMS = 50
-# A title made from the first prompt, as a turn makes one.
-MADE_TITLE_LENGTH = 60
 # An upload's request body is the file and its multipart envelope (boundaries, field and file names).
 MULTIPART_ENVELOPE = 64 * 1024
 
@@ -479,9 +477,9 @@ def _plan_chatgpt_conversation(
         for node_id, node in record.mapping.items()
         if node_id not in on_branch and node.message is not None and _chatgpt_text(node.message)[1] is None
     )
-    title = " ".join((record.title or "").split())
+    title = rules.tidy_title(record.title or "")
     if not title and plan.messages:
-        title = " ".join(plan.messages[0][0].content.split())[:MADE_TITLE_LENGTH]
+        title = rules.title_from_prompt(plan.messages[0][0].content)  # as a turn names a conversation
     conversation.title = title[:TITLE_LENGTH]
     plan.left_out = +plan.left_out  # only the reasons that happened
     if not plan.messages:
