@@ -435,4 +435,4 @@ def test_export_a_conversation_and_import_chatgpts_export_from_the_page(signed_i
     expect(page.get_by_role("status")).to_contain_text("Imported 1 conversation with 2 messages")
     screenshot(page, "import-report")
     page.get_by_role("link", name="From ChatGPT").click()
-    expect(page.locator("#thread article")).to_have_text(["Hi", "Hello!"])
+    expect(page.locator("#thread article .body")).to_have_text(["Hi", "Hello!"])
