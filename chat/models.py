@@ -46,6 +46,16 @@ class Conversation(models.Model):
     temperature = models.FloatField(default=default_temperature)
     max_tokens = models.PositiveIntegerField(default=default_max_tokens)
     top_p = models.FloatField(default=default_top_p)
+    # Where the next prompt goes: what the page shows, what the API returns as the conversation's
+    # messages, and what the model sees as history, all follow this one field (chat/branches.py).
+    branch_tip = models.ForeignKey(
+        "Message",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The last message of the branch shown.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -102,6 +112,16 @@ class Message(models.Model):
         INTERRUPTED = "interrupted"
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    # The messages form a tree: regenerating adds an answer beside the old one, editing a prompt
+    # a prompt beside it (chat/branches.py).
+    parent = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="replies",
+        help_text="The prompt this answers, or the answer this prompt follows; none for a first prompt.",
+    )
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE, db_index=True)
@@ -126,6 +146,19 @@ class Message(models.Model):
     @property
     def is_streaming(self) -> bool:
         return self.status == self.Status.STREAMING
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """How fast the answer was written: its tokens after the first, over the time they took.
+
+        The wait for the first token (a queue, the prompt's processing) is its own figure.
+        """
+        if self.completion_tokens is None or self.duration is None or self.time_to_first_token is None:
+            return None
+        writing = self.duration - self.time_to_first_token
+        if self.completion_tokens < 2 or writing <= 0:
+            return None
+        return (self.completion_tokens - 1) / writing
 
     @property
     def has_failed(self) -> bool:
