@@ -68,21 +68,32 @@ class Conversation(models.Model):
     def __str__(self) -> str:
         return self.title or f"Conversation {self.pk}"
 
+    # What the settings panel saves.
+    SETTINGS = ("system_prompt", "temperature", "max_tokens", "top_p")
+
     def change_settings(
-        self, *, temperature: float | None = None, max_tokens: int | None = None, top_p: float | None = None
+        self,
+        *,
+        system_prompt: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        top_p: float | None = None,
     ) -> None:
-        """Use these generation settings for the next turns; a setting left None is kept as it is."""
-        for name, value in (("temperature", temperature), ("max_tokens", max_tokens), ("top_p", top_p)):
+        """Use these settings for the next turns; a setting left None is kept as it is."""
+        changes = {"system_prompt": system_prompt, "temperature": temperature, "max_tokens": max_tokens, "top_p": top_p}
+        for name, value in changes.items():
             if value is not None:
                 setattr(self, name, value)
 
 
 class MessageQuerySet(models.QuerySet["Message"]):
+    def of(self, user: Someone) -> "MessageQuerySet":
+        """The messages in the user's conversations: how every door reaches one."""
+        return self.filter(conversation__owner=user) if user.is_authenticated else self.none()
+
     def answers_of(self, user: Someone) -> "MessageQuerySet":
         """The answers in the user's conversations: how every door reaches one to follow or stop."""
-        if not user.is_authenticated:
-            return self.none()
-        return self.filter(conversation__owner=user, role=Message.Role.ASSISTANT)
+        return self.of(user).filter(role=Message.Role.ASSISTANT)
 
     def streaming(self) -> "MessageQuerySet":
         return self.filter(status=Message.Status.STREAMING)

@@ -6,11 +6,14 @@ from django.db import migrations, models
 
 def link_messages_in_order(apps, schema_editor):
     """Each conversation's messages, which were one list, become one branch: each message's parent
-    is the one before it, and the last is the branch's tip. No message changes otherwise."""
+    is the one before it, and the last is the branch's tip. No message changes otherwise.
+
+    In the order they were saved (by id), which is how the model was sent them as history; a
+    reply then always has a larger id than its parent, as every new one will."""
     Conversation = apps.get_model("chat", "Conversation")
     Message = apps.get_model("chat", "Message")
     for conversation in Conversation.objects.only("pk").iterator():
-        ordered = list(Message.objects.filter(conversation=conversation).order_by("created_at", "pk").only("pk"))
+        ordered = list(Message.objects.filter(conversation=conversation).order_by("pk").only("pk"))
         if not ordered:
             continue
         for parent, message in zip(ordered, ordered[1:]):
@@ -36,6 +39,6 @@ class Migration(migrations.Migration):
             name='parent',
             field=models.ForeignKey(blank=True, help_text='The prompt this answers, or the answer this prompt follows; none for a first prompt.', null=True, on_delete=django.db.models.deletion.CASCADE, related_name='replies', to='chat.message'),
         ),
-        # Undone by dropping the fields: the list order is the messages' own (created_at, pk).
+        # Undone by dropping the fields: the list order is the messages' own.
         migrations.RunPython(link_messages_in_order, migrations.RunPython.noop),
     ]
