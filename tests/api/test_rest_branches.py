@@ -37,9 +37,7 @@ def branch_of(api: httpx.Client, conversation: int, **params) -> dict:
     return response.json()
 
 
-def test_regenerate_answers_the_prompt_again_and_the_conversation_shows_both_versions(
-    alice_api, fake_vllm, two_turns
-):
+def test_regenerate_answers_the_prompt_again_and_the_conversation_shows_both_versions(alice_api, fake_vllm, two_turns):
     conversation, first, second = two_turns
     fake_vllm.reply = ["Two, ", "again."]
 
@@ -135,9 +133,7 @@ def test_a_regenerated_answer_can_stream(alice_api, fake_vllm, two_turns):
     assert events[-1][1]["message_id"] == int(response.headers["X-Message-Id"])
 
 
-def test_another_persons_messages_and_the_wrong_kind_of_message_are_404(
-    alice_api, bob_api, fake_vllm, two_turns, bob
-):
+def test_another_persons_messages_and_the_wrong_kind_of_message_are_404(alice_api, bob_api, fake_vllm, two_turns, bob):
     conversation, first, second = two_turns
     prompt, answer = second["prompt"]["id"], second["answer"]["id"]
     bobs = Conversation.objects.create(owner=bob)
