@@ -20,8 +20,9 @@ def sent_history(fake_vllm) -> list[str]:
     return [m["content"] for m in fake_vllm.requests[-1]["messages"] if m["role"] != "system"]
 
 
-def thread_texts(page: Page) -> list[str]:
-    return [text.strip() for text in page.locator("#thread article .body").all_text_contents()]
+def thread_texts(page: Page) -> Locator:
+    """The texts of the messages on screen, in order."""
+    return page.locator("#thread article .body")
 
 
 def ask(page: Page, fake_vllm, prompt: str, *reply: str) -> None:
@@ -34,7 +35,8 @@ def ask(page: Page, fake_vllm, prompt: str, *reply: str) -> None:
 
 
 def message(page: Page, text: str) -> Locator:
-    return page.locator("#thread article").filter(has=page.locator(".body", has_text=re.compile(f"^{re.escape(text)}$")))
+    body = page.locator(".body", has_text=re.compile(f"^{re.escape(text)}$"))
+    return page.locator("#thread article").filter(has=body)
 
 
 def test_regenerate_edit_and_step_between_versions(signed_in: Page, fake_vllm, live_site):
@@ -46,22 +48,22 @@ def test_regenerate_edit_and_step_between_versions(signed_in: Page, fake_vllm, l
     # Regenerate: a new answer to the same prompt, with the same history; the old one is a version.
     fake_vllm.reply = ["Two,", " again."]
     message(page, "Two.").get_by_role("button", name="Regenerate").click()
-    expect(thread_texts_locator(page)).to_have_text(["First", "One.", "Second", "Two, again."])
+    expect(thread_texts(page)).to_have_text(["First", "One.", "Second", "Two, again."])
     regenerated = answers(page).last
     expect(regenerated.locator(".versions .position")).to_have_text("2 / 2")
     expect(regenerated.get_by_role("button", name="Regenerate")).to_be_visible()
     assert sent_history(fake_vllm) == ["First", "One.", "Second"]
     screenshot(page, "branches-regenerated")
 
-    # ‹ shows the earlier answer, and it stays shown after a reload.
+    # Previous version: the earlier answer, still shown after a reload.
     regenerated.get_by_role("button", name="Previous version").click()
-    expect(thread_texts_locator(page)).to_have_text(["First", "One.", "Second", "Two."])
+    expect(thread_texts(page)).to_have_text(["First", "One.", "Second", "Two."])
     expect(answers(page).last.locator(".versions .position")).to_have_text("1 / 2")
     expect(answers(page).last.get_by_role("button", name="Previous version")).to_be_disabled()
     page.reload()
-    expect(thread_texts_locator(page)).to_have_text(["First", "One.", "Second", "Two."])
+    expect(thread_texts(page)).to_have_text(["First", "One.", "Second", "Two."])
     answers(page).last.get_by_role("button", name="Next version").click()
-    expect(thread_texts_locator(page)).to_have_text(["First", "One.", "Second", "Two, again."])
+    expect(thread_texts(page)).to_have_text(["First", "One.", "Second", "Two, again."])
 
     # Edit a prompt: a new branch from there; the model is sent the history before it.
     second = message(page, "Second")
@@ -69,7 +71,7 @@ def test_regenerate_edit_and_step_between_versions(signed_in: Page, fake_vllm, l
     second.get_by_label("Edited message").fill("Second, edited")
     fake_vllm.reply = ["Edited", " answer."]
     second.get_by_role("button", name="Send").click()
-    expect(thread_texts_locator(page)).to_have_text(["First", "One.", "Second, edited", "Edited answer."])
+    expect(thread_texts(page)).to_have_text(["First", "One.", "Second, edited", "Edited answer."])
     expect(message(page, "Second, edited").locator(".versions .position")).to_have_text("2 / 2")
     assert sent_history(fake_vllm) == ["First", "One.", "Second, edited"]
     screenshot(page, "branches-edited")
@@ -80,7 +82,7 @@ def test_regenerate_edit_and_step_between_versions(signed_in: Page, fake_vllm, l
 
     # Back to the earlier prompt: its branch as it was left, and a prompt sent there is answered with it.
     message(page, "Second, edited").get_by_role("button", name="Previous version").click()
-    expect(thread_texts_locator(page)).to_have_text(["First", "One.", "Second", "Two, again."])
+    expect(thread_texts(page)).to_have_text(["First", "One.", "Second", "Two, again."])
     ask(page, fake_vllm, "Fourth", "Four.")
     assert sent_history(fake_vllm) == ["First", "One.", "Second", "Two, again.", "Fourth"]
 
@@ -88,15 +90,11 @@ def test_regenerate_edit_and_step_between_versions(signed_in: Page, fake_vllm, l
     shown = ["First", "One.", "Second", "Two, again.", "Fourth", "Four."]
     other = page.context.new_page()
     other.goto(f"/c/{conversation.pk}/")
-    expect(thread_texts_locator(other)).to_have_text(shown)
+    expect(thread_texts(other)).to_have_text(shown)
     api = other.request.get(f"/api/conversations/{conversation.pk}").json()
     assert [m["content"] for m in api["messages"]] == shown
     other.close()
     assert Message.objects.count() == 11  # nothing lost: every version is kept
-
-
-def thread_texts_locator(page: Page) -> Locator:
-    return page.locator("#thread article .body")
 
 
 def test_a_regenerated_answer_streams_in_another_tab_and_stops_keeping_the_old_one(signed_in: Page, fake_vllm):
