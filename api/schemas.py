@@ -137,7 +137,7 @@ class MessageOut(Schema):
     time_to_first_token: float | None = Field(description="Seconds")
     duration: float | None = Field(description="Seconds")
     tokens_per_second: float | None = Field(
-        description="The answer's tokens after the first, over the time they took (the first is `time_to_first_token`)"
+        description="The answer's tokens over the time after the first came (that wait is `time_to_first_token`)"
     )
     parent_id: int | None = Field(
         description="The prompt an answer answers, the answer a prompt follows; null for a conversation's first prompts"

@@ -160,16 +160,15 @@ class Message(models.Model):
 
     @property
     def tokens_per_second(self) -> float | None:
-        """How fast the answer was written: its tokens after the first, over the time they took.
+        """How fast the answer was written once it began: its tokens over the time after the first.
 
-        The wait for the first token (a queue, the prompt's processing) is its own figure.
+        The wait for the first token (a queue, the prompt's processing) is its own figure. The
+        operator's view measures the same (ops/figures.py, TOKENS_PER_SECOND).
         """
-        if self.completion_tokens is None or self.duration is None or self.time_to_first_token is None:
+        if not self.completion_tokens or self.duration is None or self.time_to_first_token is None:
             return None
         writing = self.duration - self.time_to_first_token
-        if self.completion_tokens < 2 or writing <= 0:
-            return None
-        return (self.completion_tokens - 1) / writing
+        return self.completion_tokens / writing if writing > 0 else None
 
     @property
     def has_failed(self) -> bool:

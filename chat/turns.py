@@ -19,7 +19,6 @@ at start-up `recover_interrupted_turns` marks whatever a dead process left in "s
 
 import asyncio
 import contextvars
-import itertools
 import logging
 import time
 from collections.abc import AsyncGenerator, Sequence
@@ -245,8 +244,9 @@ def _save_earlier(conversation: Conversation, earlier: Sequence[tuple[str, str]]
         for role, text in earlier
     )
     # Ids first (the databases give them back), then each one's parent.
-    for parent, message in itertools.pairwise([None, *saved]):
-        message.parent_id = parent.pk if parent else after
+    parents = [after, *(message.pk for message in saved)]
+    for message, parent in zip(saved, parents, strict=False):
+        message.parent_id = parent
     Message.objects.bulk_update(saved, ["parent"])
     return saved[-1].pk if saved else after
 

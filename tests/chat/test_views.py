@@ -450,7 +450,7 @@ def test_an_answers_footer_has_its_figures_and_how_it_ended(client, alice):
         model_name="qwen2-7b-instruct",
         finish_reason="length",
         prompt_tokens=42,
-        completion_tokens=101,
+        completion_tokens=100,
         time_to_first_token=0.25,
         duration=4.25,
     )
@@ -461,8 +461,8 @@ def test_an_answers_footer_has_its_figures_and_how_it_ended(client, alice):
     for figure in [
         "qwen2-7b-instruct",
         "0.25 s to first token",
-        "25.0 tokens/s",  # 100 tokens after the first, in 4 seconds
-        "101 tokens",
+        "25.0 tokens/s",  # 100 tokens in the 4 seconds after the first came
+        "100 tokens",
         "42 tokens read",
         "Cut off at max tokens",
         "Regenerate",
