@@ -107,6 +107,14 @@ class Tree:
                 ends.append(here)
         return max(ends)
 
+    def leads_to(self, pk: int, tip: int | None) -> bool:
+        """Whether `pk` is on the branch that ends at `tip`."""
+        while tip is not None:
+            if tip == pk:
+                return True
+            tip = self.parents[tip]
+        return False
+
     def tip(self, recorded: int | None) -> int | None:
         """The recorded tip; for a conversation that has none (yet), its newest message's branch."""
         if recorded in self.parents:
@@ -114,10 +122,17 @@ class Tree:
         return max(self.parents, default=None)
 
 
-def shown_branch(conversation: Conversation) -> Branch:
-    """The branch the conversation shows, from its first prompt to its tip."""
+def shown_branch(conversation: Conversation, *, through: int | None = None) -> Branch:
+    """The branch the conversation shows, from its first prompt to its tip.
+
+    With `through` (a message a search found, say), the branch through that message if the one
+    shown does not hold it: the newest below it, as showing it would lead to, but only to read;
+    nothing is stored until the person sends, regenerates, edits or steps to another version.
+    """
     tree = Tree.of(conversation.pk)
     tip = tree.tip(conversation.branch_tip_id)
+    if through is not None and through in tree and not tree.leads_to(through, tip):
+        tip = tree.newest_tip_under(through)
     return [(message, tree.versions_of(message.pk)) for message in branch_to(tip, Message.objects.all())]
 
 

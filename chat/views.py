@@ -15,13 +15,13 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import Resolver404, resolve, reverse
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseClientRedirect, push_url
+from django_htmx.http import HttpResponseClientRedirect, push_url, replace_url
 from django_htmx.middleware import HtmxDetails
 
 from chat import branches, ownership, rules, sse, turns
 from chat.forms import PromptForm, RenameForm, SendForm, SettingsForm
 from chat.limits import TooManyAnswers
-from chat.models import Conversation, ConversationQuerySet, Message, Someone
+from chat.models import MAX_ID, Conversation, ConversationQuerySet, Message, Someone
 from engine import vllm_client
 from ops import readings
 
@@ -56,7 +56,7 @@ def _branch(branch: branches.Branch) -> dict[str, Any]:
     return {"branch": branch, "tip": branch[-1][0].pk if branch else None}
 
 
-def _page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
+def _page(request: HttpRequest, conversation: Conversation | None, *, through: int | None = None) -> HttpResponse:
     return render(
         request,
         "chat/page.html",
@@ -64,7 +64,7 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
             "conversations": _listed_conversations(request.user),
             "conversation": conversation,
             "open_pk": conversation.pk if conversation else None,
-            **_branch(branches.shown_branch(conversation) if conversation else []),
+            **_branch(branches.shown_branch(conversation, through=through) if conversation else []),
             **_settings_panel(conversation),
         },
     )
@@ -79,7 +79,10 @@ def index(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def conversation(request: HttpRequest, pk: int) -> HttpResponse:
-    return _page(request, ownership.conversation_or_404(request.user, pk))
+    # `?message=` opens the conversation on the branch that holds that message (a search result).
+    message = request.GET.get("message", "")
+    through = int(message) if message.isascii() and message.isdigit() and int(message) <= MAX_ID else None
+    return _page(request, ownership.conversation_or_404(request.user, pk), through=through)
 
 
 def _refused(form: PromptForm | SettingsForm) -> JsonResponse:
@@ -137,7 +140,8 @@ async def _new_branch(request: HtmxHttpRequest, conversation: Conversation, user
         "conversations": [item async for item in _listed_conversations(user)],
         "open_pk": conversation.pk,
     }
-    return render(request, "chat/page.html#branch-shown", context)
+    # The page's address no longer needs to say which branch to show (a search result's did).
+    return replace_url(render(request, "chat/page.html#branch-shown", context), conversation_url(conversation))
 
 
 @login_required

@@ -8,6 +8,7 @@ check waits on a condition through Playwright's auto-waiting expectations; none 
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings

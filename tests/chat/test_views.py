@@ -484,3 +484,30 @@ def test_an_answers_footer_says_how_it_ended(client, alice, status, error, shown
     client.force_login(alice)
     footer = client.get(reverse("chat:answer-footer", args=[conversation.pk, answer.pk])).content.decode()
     assert shown in footer
+
+
+def test_a_search_result_on_another_branch_opens_that_branch_to_read(client, alice, branched):
+    conversation = branched["Q"].conversation
+    client.force_login(alice)
+    url = reverse("chat:conversation", args=[conversation.pk])
+
+    page = client.get(url, {"message": branched["A"].pk}).content.decode()
+
+    assert "First answer" in page and "Better question" not in page
+    assert elements(page)["branch-tip"]["value"] == str(branched["A"].pk)
+    # Only read: the branch shown is as it was, for a reload and other tabs.
+    conversation.refresh_from_db()
+    assert conversation.branch_tip_id == branched["B"].pk
+    # A message on the branch shown, or no message of this conversation, changes nothing.
+    for message in [branched["Q2"].pk, 2**70, "x", ""]:
+        page = client.get(url, {"message": message}).content.decode()
+        assert elements(page)["branch-tip"]["value"] == str(branched["B"].pk), message
+
+
+def test_showing_a_version_sets_the_pages_address_back_to_the_conversations(client, alice, branched):
+    conversation = branched["Q"].conversation
+    client.force_login(alice)
+    response = client.post(
+        reverse("chat:show", args=[conversation.pk, branched["A"].pk]), headers={"HX-Request": "true"}
+    )
+    assert response["HX-Replace-Url"] == reverse("chat:conversation", args=[conversation.pk])

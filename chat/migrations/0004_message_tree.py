@@ -25,7 +25,7 @@ def link_messages_in_order(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('chat', '0002_api_token'),
+        ('chat', '0003_search'),
     ]
 
     operations = [
