@@ -83,6 +83,9 @@ def signed_in(page: Page, live_site, alice) -> Page:
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     expect(page).to_have_url(f"{live_site.url}/")
+    # The page's scripts have run (Enter sends only once chat.js listens): on a busy machine a
+    # test could otherwise type into the page before they do.
+    page.wait_for_load_state()
     return page
 
 

@@ -337,8 +337,10 @@ def test_search_from_the_sidebar_opens_the_conversation_at_the_message(signed_in
     page = signed_in
     trip = Conversation.objects.create(owner=alice, title="Trip notes")
     found = Message.objects.create(conversation=trip, role="user", content="전세계를 여행하고 싶어요: <b>어디</b>부터?")
+    last = found
     for n in range(30):  # enough after it that the conversation's end is a screen away
-        Message.objects.create(conversation=trip, role="assistant", content=f"Paragraph {n} of a long answer.\n" * 3)
+        text = f"Paragraph {n} of a long answer.\n" * 3
+        last = Message.objects.create(conversation=trip, parent=last, role="assistant", content=text)
     Message.objects.create(
         conversation=Conversation.objects.create(owner=bob, title="세계"), role="user", content="세계"
     )
@@ -358,7 +360,7 @@ def test_search_from_the_sidebar_opens_the_conversation_at_the_message(signed_in
     screenshot(page, "search-results")
 
     result.click()
-    expect(page).to_have_url(f"{live_site.url}/c/{trip.pk}/#message-{found.pk}")
+    expect(page).to_have_url(f"{live_site.url}/c/{trip.pk}/?message={found.pk}#message-{found.pk}")
     expect(page.locator(f"#message-{found.pk}")).to_be_in_viewport()
     expect(answers(page).last).not_to_be_in_viewport()
 
@@ -418,4 +420,4 @@ def test_export_a_conversation_and_import_chatgpts_export_from_the_page(signed_i
     expect(page.get_by_role("status")).to_contain_text("Imported 1 conversation with 2 messages")
     screenshot(page, "import-report")
     page.get_by_role("link", name="From ChatGPT").click()
-    expect(page.locator("#thread article")).to_have_text(["Hi", "Hello!"])
+    expect(page.locator("#thread article .body")).to_have_text(["Hi", "Hello!"])

@@ -35,8 +35,8 @@ def ask(page: Page, fake_vllm, prompt: str, *reply: str) -> None:
 
 
 def message(page: Page, text: str) -> Locator:
-    body = page.locator(".body", has_text=re.compile(f"^{re.escape(text)}$"))
-    return page.locator("#thread article").filter(has=body)
+    """The message on screen whose text is `text` (an answer's is rendered: its paragraph is)."""
+    return page.locator("#thread article").filter(has=page.locator(".body").get_by_text(text, exact=True))
 
 
 def test_regenerate_edit_and_step_between_versions(signed_in: Page, fake_vllm, live_site):
