@@ -67,7 +67,7 @@ def test_regenerate_edit_and_step_between_versions(signed_in: Page, fake_vllm, l
 
     # Edit a prompt: a new branch from there; the model is sent the history before it.
     second = message(page, "Second")
-    second.get_by_text("Edit").click()
+    second.get_by_role("button", name="Edit").click()
     second.get_by_label("Edited message").fill("Second, edited")
     fake_vllm.reply = ["Edited", " answer."]
     second.get_by_role("button", name="Send").click()

@@ -89,6 +89,18 @@ Object.assign(htmx.config, {
     if (following) scrollToEnd();
   }
 
+  // Edit under a prompt opens a box with its text, to change and send as a new branch; Cancel
+  // closes it.
+  thread.addEventListener("click", (e) => {
+    const button = e.target.closest(".edit, .cancel-edit");
+    if (!button) return;
+    const meta = button.closest(".meta");
+    const box = meta.querySelector(".edit-box");
+    box.hidden = !box.hidden;
+    meta.querySelector(".edit").setAttribute("aria-expanded", String(!box.hidden));
+    if (!box.hidden) box.querySelector("textarea").focus();
+  });
+
   // A new chat's settings have no conversation to be saved in yet: they go with its first prompt
   // (the prompt form includes them), so Enter in one of them does not send the form by itself.
   document.addEventListener("submit", (e) => {
@@ -116,7 +128,7 @@ Object.assign(htmx.config, {
   // A conversation's own menu, or the form that was sent (the prompt, the settings, an edited
   // prompt); a button under a message (regenerate, its versions, stop) has its say by the prompt.
   function errorBoxFor(elt) {
-    const place = elt.closest("#conversations li") ?? elt.closest("form") ?? promptForm();
+    const place = elt.closest("#conversations li") ?? elt.closest("form, .edit-box") ?? promptForm();
     return place.querySelector(".form-error");
   }
   // The page's own 400s are form errors (JSON), said beside the form. In DEBUG, django-htmx's
