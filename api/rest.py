@@ -25,7 +25,7 @@ from pydantic import Field
 
 from api import delivery, history, workflows
 from api.auth import AuthenticatedRequest, SessionAuth, TokenAuth
-from api.errors import REST, handle_errors
+from api.errors import REST, ApiError, handle_errors
 from api.schemas import (
     ERRORS,
     MAX_ID,
@@ -34,11 +34,15 @@ from api.schemas import (
     ConversationDetail,
     ConversationIn,
     ConversationOut,
+    EditIn,
+    ErrorOut,
     MessageIn,
     MessageOut,
+    RegenerateIn,
+    ShownMessageOut,
     TurnOut,
 )
-from chat import ownership, sse, turns
+from chat import branches, ownership, sse, turns
 from chat.models import Conversation, ConversationQuerySet, Message
 
 api = NinjaAPI(
@@ -75,13 +79,23 @@ def streamed(description: str, **response: Any) -> dict[str, Any]:
     }
 
 
-# From a JSON answer to the routes that follow and stop it.
+# From a JSON turn to the routes that follow, stop or regenerate its answer, edit its prompt or
+# show either.
 ANSWER_LINKS = {
     name: {
-        "operationId": f"api_rest_{name}_message",
-        "parameters": {"conversation_id": "$response.body#/conversation_id", "message_id": "$response.body#/answer/id"},
+        "operationId": operation,
+        "parameters": {
+            "conversation_id": "$response.body#/conversation_id",
+            "message_id": f"$response.body#/{part}/id",
+        },
     }
-    for name in ("follow", "stop")
+    for name, operation, part in [
+        ("follow", "api_rest_follow_message", "answer"),
+        ("stop", "api_rest_stop_message", "answer"),
+        ("regenerate", "api_rest_regenerate_answer", "answer"),
+        ("edit", "api_rest_edit_prompt", "prompt"),
+        ("show", "api_rest_show_message", "prompt"),
+    ]
 }
 
 
@@ -114,9 +128,29 @@ def create_conversation(request: AuthenticatedRequest, data: ConversationIn) -> 
     return 201, conversation
 
 
+def _detail(conversation: Conversation, branch: branches.Branch, tree: list[Message] | None) -> ConversationDetail:
+    shown = [
+        ShownMessageOut.model_validate({**MessageOut.model_validate(message).model_dump(), "versions": versions.ids})
+        for message, versions in branch
+    ]
+    return ConversationDetail.model_validate(
+        {
+            **ConversationOut.model_validate(conversation).model_dump(),
+            "branch_tip_id": branch[-1][0].pk if branch else None,
+            "messages": shown,
+            "tree": None if tree is None else [MessageOut.model_validate(message) for message in tree],
+        }
+    )
+
+
 @api.get("/conversations/{conversation_id}", response={200: ConversationDetail, **ERRORS}, tags=["conversations"])
-def read_conversation(request: AuthenticatedRequest, conversation_id: int = conversation_id()) -> Conversation:
-    return ownership.conversation_or_404(request.auth, conversation_id)
+def read_conversation(
+    request: AuthenticatedRequest, conversation_id: int = conversation_id(), tree: bool = False
+) -> ConversationDetail:
+    """The conversation with the branch shown (as on the page); with `tree=true`, every message too."""
+    conversation = ownership.conversation_or_404(request.auth, conversation_id)
+    messages = list(conversation.messages.order_by("pk")) if tree else None
+    return _detail(conversation, branches.shown_branch(conversation), messages)
 
 
 @api.patch("/conversations/{conversation_id}", response={200: ConversationOut, **ERRORS}, tags=["conversations"])
@@ -168,18 +202,92 @@ async def send_message(
     generating it (stop it with `.../stop`).
     """
     conversation = await ownership.aconversation_or_404(request.auth, conversation_id)
+    after = None
+    if data.parent_id is not None:
+        after = await ownership.amessage_or_404(request.auth, data.parent_id, conversation_pk=conversation_id)
     data.apply_to(conversation)
-    prompt, answer = await turns.start_turn(conversation, data.prompt)
-    if data.stream:
-        response = sse.response(sse.turn_events(answer))
+    return await _answered(conversation, await turns.start_turn(conversation, data.prompt, after=after), data.stream)
+
+
+async def _answered(conversation: Conversation, turn: turns.Turn, stream: bool) -> StreamingHttpResponse | TurnOut:
+    if stream:
+        response = sse.response(sse.turn_events(turn.answer))
         response["X-Conversation-Id"] = str(conversation.pk)
-        response["X-Message-Id"] = str(answer.pk)
+        response["X-Message-Id"] = str(turn.answer.pk)
         return response
     return TurnOut(
         conversation_id=conversation.pk,
-        prompt=MessageOut.model_validate(prompt),
-        answer=MessageOut.model_validate(await delivery.ended(answer)),
+        prompt=MessageOut.model_validate(turn.prompt),
+        answer=MessageOut.model_validate(await delivery.ended(turn.answer)),
     )
+
+
+@api.post(
+    "/conversations/{conversation_id}/messages/{message_id}/regenerate",
+    response={200: TurnOut, 409: ErrorOut, **STARTS_AN_ANSWER},
+    openapi_extra=streamed("JSON, or with `stream: true` Server-Sent Events, as for a new prompt.", links=ANSWER_LINKS),
+    tags=["messages"],
+)
+async def regenerate_answer(
+    request: AuthenticatedRequest,
+    data: RegenerateIn | None = None,
+    conversation_id: int = conversation_id(),
+    message_id: int = Path(..., ge=1, le=MAX_ID),
+) -> StreamingHttpResponse | TurnOut:
+    """A new answer to the prompt this answer answers, with the conversation's settings (those given
+    here are saved on it first). The old answer is kept as another version; the new one is shown.
+
+    409 for an answer that follows no prompt (one saved from an OpenAI request's history can).
+    """
+    conversation = await ownership.aconversation_or_404(request.auth, conversation_id)
+    answer = await ownership.aanswer_or_404(request.auth, message_id, conversation_pk=conversation_id)
+    data = data or RegenerateIn()  # no body: the conversation's settings as they are, answered as JSON
+    data.apply_to(conversation)
+    try:
+        turn = await turns.regenerate(conversation, answer)
+    except turns.NoPrompt as exc:
+        raise ApiError(409, str(exc)) from None
+    return await _answered(conversation, turn, data.stream)
+
+
+@api.post(
+    "/conversations/{conversation_id}/messages/{message_id}/edit",
+    response={200: TurnOut, **STARTS_AN_ANSWER},
+    openapi_extra=streamed("JSON, or with `stream: true` Server-Sent Events, as for a new prompt.", links=ANSWER_LINKS),
+    tags=["messages"],
+)
+async def edit_prompt(
+    request: AuthenticatedRequest,
+    data: EditIn,
+    conversation_id: int = conversation_id(),
+    message_id: int = Path(..., ge=1, le=MAX_ID),
+) -> StreamingHttpResponse | TurnOut:
+    """Send `prompt` in place of this prompt: a new branch from the same point, then shown, with its
+    answer. The earlier branch is kept as another version of the prompt."""
+    conversation = await ownership.aconversation_or_404(request.auth, conversation_id)
+    edited = await ownership.amessage_or_404(
+        request.auth, message_id, conversation_pk=conversation_id, role=Message.Role.USER
+    )
+    data.apply_to(conversation)
+    return await _answered(conversation, await turns.edit_prompt(conversation, edited, data.prompt), data.stream)
+
+
+@api.post(
+    "/conversations/{conversation_id}/messages/{message_id}/show",
+    response={200: ConversationDetail, **ERRORS},
+    tags=["messages"],
+)
+async def show_message(
+    request: AuthenticatedRequest,
+    conversation_id: int = conversation_id(),
+    message_id: int = Path(..., ge=1, le=MAX_ID),
+) -> ConversationDetail:
+    """Show the branch through this message (another version of a prompt or an answer): on the page,
+    in this API, and for the next prompt, which follows the newest message below it."""
+    conversation = await ownership.aconversation_or_404(request.auth, conversation_id)
+    await branches.show(await ownership.amessage_or_404(request.auth, message_id, conversation_pk=conversation_id))
+    await conversation.arefresh_from_db()
+    return _detail(conversation, await branches.ashown_branch(conversation), None)
 
 
 @api.get(

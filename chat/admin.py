@@ -18,8 +18,10 @@ MEASURED = ("prompt_tokens", "completion_tokens", "time_to_first_token", "durati
 class MessageInline(admin.StackedInline[Message, Conversation]):
     model = Message
     extra = 0
-    fields = ("role", "status", "content", "finish_reason", "error", "model_name", *MEASURED)
+    fields = ("role", "parent", "status", "content", "finish_reason", "error", "model_name", *MEASURED)
     readonly_fields = MEASURED
+    # An id box, not a list of every message: a conversation may have thousands.
+    raw_id_fields = ("parent",)
 
 
 class MessageTotal(TypedDict):
@@ -32,6 +34,7 @@ class ConversationAdmin(admin.ModelAdmin[Conversation]):
     list_filter = ("owner", "messages__status", "messages__model_name")
     search_fields = ("title", "messages__content")
     readonly_fields = ("created_at", "updated_at")
+    raw_id_fields = ("branch_tip",)
     inlines = [MessageInline]
     date_hierarchy = "updated_at"
 
@@ -51,7 +54,7 @@ class MessageAdmin(admin.ModelAdmin[Message]):
     search_fields = ("content", "conversation__title")
     readonly_fields = MEASURED
     list_select_related = ("conversation",)
-    raw_id_fields = ("conversation",)
+    raw_id_fields = ("conversation", "parent")
 
 
 @admin.register(ApiToken)

@@ -2,15 +2,21 @@
 
 The JSON is the site's own export format, which chat/imports.py reads back:
 
-    {"format": "chatsite.conversations", "version": 1, "exported_at": "...",
+    {"format": "chatsite.conversations", "version": 2, "exported_at": "...",
      "conversations": [{"id": 7, "title": ..., "system_prompt": ..., "temperature": ...,
                         "max_tokens": ..., "top_p": ..., "created_at": ..., "updated_at": ...,
-                        "messages": [{"id": 31, "role": "user", "content": ..., "status": ..., ...}]}]}
+                        "branch_tip_id": 34,
+                        "messages": [{"id": 31, "parent_id": null, "role": "user", "content": ...,
+                                      "status": ..., ...}, ...]}]}
 
 Every stored field is written, timestamps included, so that an export imported into another
 account and exported again is the same file but for the ids (the database's own numbers, which the
-importing site assigns anew) and `exported_at`. A conversation is a single line of turns on this
-site: it has no branches to export.
+importing site assigns anew) and `exported_at`. A conversation is a tree (chat/branches.py): every
+version of every message is written, each after the one it follows (`parent_id`), with the last
+message of the branch shown (`branch_tip_id`). Version 1, from before there were branches, had
+neither: its messages were one line, and are imported as one.
+
+The Markdown is the conversation as the page shows it: the branch shown.
 """
 
 import itertools
@@ -25,10 +31,11 @@ from django.utils import timezone
 from django.utils.http import content_disposition_header
 from django.utils.text import slugify
 
+from chat.branches import Tree, shown_branch
 from chat.models import Conversation, ConversationQuerySet, Message
 
 FORMAT = "chatsite.conversations"
-VERSION = 1
+VERSION = 2
 
 CONVERSATION_FIELDS = ("title", "system_prompt", "temperature", "max_tokens", "top_p", "created_at", "updated_at")
 MESSAGE_FIELDS = (
@@ -48,7 +55,8 @@ MESSAGE_FIELDS = (
 
 
 def with_messages(conversations: QuerySet[Conversation]) -> QuerySet[Conversation]:
-    return conversations.prefetch_related(Prefetch("messages", queryset=Message.objects.in_order()))
+    # In the order they were written: each message after the one it follows.
+    return conversations.prefetch_related(Prefetch("messages", queryset=Message.objects.order_by("pk")))
 
 
 def _value(value: object) -> object:
@@ -57,12 +65,18 @@ def _value(value: object) -> object:
 
 def conversation_record(conversation: Conversation) -> dict[str, object]:
     """One conversation as the export holds it; its messages must be prefetched (`with_messages`)."""
+    messages = list(conversation.messages.all())
     return {
         "id": conversation.pk,
         **{name: _value(getattr(conversation, name)) for name in CONVERSATION_FIELDS},
+        "branch_tip_id": Tree((m.pk, m.parent_id) for m in messages).tip(conversation.branch_tip_id),
         "messages": [
-            {"id": message.pk, **{name: _value(getattr(message, name)) for name in MESSAGE_FIELDS}}
-            for message in conversation.messages.all()
+            {
+                "id": message.pk,
+                "parent_id": message.parent_id,
+                **{name: _value(getattr(message, name)) for name in MESSAGE_FIELDS},
+            }
+            for message in messages
         ],
     }
 
@@ -100,12 +114,13 @@ ROLE_HEADINGS: dict[str, str] = {Message.Role.USER: "You", Message.Role.ASSISTAN
 
 
 def as_markdown(conversation: Conversation) -> str:
-    """The conversation to read anywhere: a heading per message, the texts as they are (Markdown)."""
+    """The conversation to read anywhere, as the page shows it: a heading per message of the branch
+    shown, the texts as they are (Markdown)."""
     lines = [f"# {conversation.title or 'Conversation'}", ""]
     lines += [f"*{_when(conversation.created_at)} · temperature {conversation.temperature:g}*", ""]
     if conversation.system_prompt:
         lines += ["**System prompt**", "", *_quoted(conversation.system_prompt), ""]
-    for message in conversation.messages.in_order():
+    for message, _ in shown_branch(conversation):
         heading = ROLE_HEADINGS.get(message.role, message.role)
         if message.role == Message.Role.ASSISTANT and message.model_name:
             heading += f" ({message.model_name})"

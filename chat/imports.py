@@ -251,6 +251,10 @@ class Planned:
     created_at: datetime
     updated_at: datetime
     messages: list[tuple[Message, datetime, datetime]] = field(default_factory=list)
+    # Each message's parent and the branch's tip, as places in `messages`; by default the messages
+    # are one line, each after the one before, and the last is shown.
+    parents: list[int | None] | None = None
+    tip: int | None = None
     left_out: Counter[str] = field(default_factory=Counter)
     refused: str = ""  # why the conversation is not imported at all, if it is not
 
@@ -270,6 +274,7 @@ class SiteMessage(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     id: int | None = None  # the exporting site's; a new one is assigned
+    parent_id: int | None = None  # version 2: the id of the message this one follows, given before it
     role: Literal["user", "assistant"]
     content: Text
     status: Literal["streaming", "complete", "stopped", "error", "interrupted"] = "complete"
@@ -301,6 +306,7 @@ class SiteConversation(BaseModel):
     top_p: Annotated[float, AfterValidator(_within(lambda: rules.TOP_P))] | None = None
     created_at: AwareDatetime | None = None
     updated_at: AwareDatetime | None = None
+    branch_tip_id: int | None = None  # version 2: the last message of the branch shown
     messages: list[SiteMessage]
 
 
@@ -308,7 +314,7 @@ class SiteExport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     format: Literal["chatsite.conversations"]
-    version: Literal[1]
+    version: Literal[1, 2]
     exported_at: str | None = None
     conversations: list[SiteConversation]
 
@@ -320,6 +326,7 @@ def _read_site_export(user: User, document: dict[str, Any]) -> list[Planned]:
         raise ImportRefused(_problems(exc)) from None
     now = timezone.now()
     planned = []
+    problems: list[Problem] = []
     for n, record in enumerate(export.conversations):
         conversation = Conversation(owner=user, title=record.title, system_prompt=record.system_prompt)
         for name in ("temperature", "max_tokens", "top_p"):
@@ -327,8 +334,10 @@ def _read_site_export(user: User, document: dict[str, Any]) -> list[Planned]:
                 setattr(conversation, name, value)
         created = record.created_at or now
         plan = Planned(f"conversations[{n}]", conversation, created, record.updated_at or created)
+        if export.version >= 2:
+            problems += _plan_tree(plan, record, n)
         for m in record.messages:
-            message = Message(**m.model_dump(exclude={"id", "created_at", "updated_at"}))
+            message = Message(**m.model_dump(exclude={"id", "parent_id", "created_at", "updated_at"}))
             if message.status == Message.Status.STREAMING:
                 # No turn is generating it here: it ends as a turn cut short by a shutdown does.
                 message.status = Message.Status.INTERRUPTED
@@ -336,7 +345,33 @@ def _read_site_export(user: User, document: dict[str, Any]) -> list[Planned]:
             message_created = m.created_at or created
             plan.messages.append((message, message_created, m.updated_at or message_created))
         planned.append(plan)
+    if problems:
+        raise ImportRefused(problems)
     return planned
+
+
+def _plan_tree(plan: Planned, record: SiteConversation, n: int) -> list[Problem]:
+    """A version 2 conversation's tree: each message's parent and the tip, as places in the file's
+    list, which must give each message after the one it follows (as exports write them)."""
+    places: dict[int, int] = {}
+    plan.parents = []
+    problems = []
+    for i, m in enumerate(record.messages):
+        where = ("conversations", n, "messages", i)
+        if m.parent_id is not None and m.parent_id not in places:
+            problems.append(Problem((*where, "parent_id"), "No message before this one has this id."))
+        plan.parents.append(places.get(m.parent_id) if m.parent_id is not None else None)
+        if m.id is not None:
+            if m.id in places:
+                problems.append(Problem((*where, "id"), "Another message of this conversation has this id."))
+            places[m.id] = i
+    if record.branch_tip_id is not None:
+        if record.branch_tip_id not in places:
+            problems.append(
+                Problem(("conversations", n, "branch_tip_id"), "No message of this conversation has this id.")
+            )
+        plan.tip = places.get(record.branch_tip_id)
+    return problems
 
 
 # --- ChatGPT's export ---------------------------------------------------------------------------
@@ -528,5 +563,18 @@ def _save(planned: list[Planned]) -> None:
         Message.objects.bulk_create([m for m, _, _ in messages], batch_size=500)
         for message, created_at, updated_at in messages:
             message.created_at, message.updated_at = created_at, updated_at
-        Conversation.objects.bulk_update([plan.conversation for plan in planned], ["created_at", "updated_at"], 500)
-        Message.objects.bulk_update([m for m, _, _ in messages], ["created_at", "updated_at"], 500)
+        # With their ids known: each message's parent, and each conversation's branch shown.
+        for plan in planned:
+            _link(plan)
+        conversation_fields = ["created_at", "updated_at", "branch_tip"]
+        Conversation.objects.bulk_update([plan.conversation for plan in planned], conversation_fields, 500)
+        Message.objects.bulk_update([m for m, _, _ in messages], ["created_at", "updated_at", "parent"], 500)
+
+
+def _link(plan: Planned) -> None:
+    saved = [message for message, _, _ in plan.messages]
+    parents = plan.parents if plan.parents is not None else [None, *range(len(saved) - 1)]
+    for message, parent in zip(saved, parents, strict=True):
+        message.parent = None if parent is None else saved[parent]
+    tip = plan.tip if plan.tip is not None else len(saved) - 1
+    plan.conversation.branch_tip = saved[tip] if saved else None

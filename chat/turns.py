@@ -1,5 +1,7 @@
 """One place runs a chat turn; the page, the REST API, the CLI and the OpenAI endpoint all call it.
 
+A turn is a prompt and its answer, an edited prompt and its answer (a new branch beside the old
+one), or a new answer to a prompt (regenerating): all three start here, and run the same way.
 A turn saves the prompt and an empty answer in status "streaming" before anything can fail, then
 generates the answer in a background task that belongs to this process, not to any request: a
 browser that goes away stops following the answer, it does not stop the answer. Followers get the
@@ -22,14 +24,17 @@ import time
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import asdict, dataclass
-from typing import NamedTuple
+from enum import Enum
+from typing import Literal, NamedTuple
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, transaction
+from django.db.models import OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from chat import limits, rules
+from chat import branches, limits, rules
 from chat.context import ContextTooLong, fit_context
 from chat.models import Conversation, Message
 from engine import vllm_client
@@ -189,7 +194,9 @@ async def _single(event: vllm_client.Event) -> AsyncGenerator[vllm_client.Event,
 
 
 async def _earlier_turns(conversation: Conversation, *, before: Message) -> list[dict[str, str]]:
-    earlier = conversation.messages.usable_as_context().filter(pk__lt=before.pk)
+    # The prompt's own branch, whichever branch is shown now: a regenerated or edited turn is
+    # answered with the history it was asked in.
+    earlier = branches.branch_to(before.parent_id, conversation.messages.usable_as_context())
     return [{"role": m.role, "content": m.content} async for m in earlier.only("role", "content")]
 
 
@@ -199,27 +206,75 @@ def options_for(conversation: Conversation) -> GenerationOptions:
     )
 
 
+class _Branch(Enum):
+    SHOWN = "the branch shown"
+
+
+# Where a prompt goes: after a message, first in the conversation (None), or after the tip of the
+# branch shown when the turn starts.
+type Place = int | Literal[_Branch.SHOWN] | None
+
+
+def _tip_now(conversation: Conversation) -> int | None:
+    """The tip of the branch shown, as stored now (another tab may have switched it)."""
+    # A conversation whose messages were saved without a tip continues after the newest of them.
+    newest = Message.objects.filter(conversation=OuterRef("pk")).order_by("-pk").values("pk")[:1]
+    tips = Conversation.objects.filter(pk=conversation.pk).annotate(tip=Coalesce("branch_tip", Subquery(newest)))
+    return tips.values_list("tip", flat=True).first()
+
+
+def _new_answer(conversation: Conversation, prompt: Message) -> Message:
+    answer = Message.objects.create(
+        conversation=conversation,
+        parent=prompt,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.STREAMING,
+        model_name=settings.VLLM_SERVED_MODEL_NAME,
+    )
+    # The new answer is the branch shown, on every page and door, from now on.
+    Conversation.objects.filter(pk=conversation.pk).update(branch_tip=answer)
+    conversation.branch_tip = answer
+    return answer
+
+
+def _save_earlier(conversation: Conversation, earlier: Sequence[tuple[str, str]], *, after: int | None) -> int | None:
+    """Save (role, text) messages given as history, one after the other from `after`; the last one's id."""
+    saved = Message.objects.bulk_create(
+        Message(conversation=conversation, role=role, content=text, status=Message.Status.COMPLETE)
+        for role, text in earlier
+    )
+    # Ids first (the databases give them back), then each one's parent.
+    parents = [after, *(message.pk for message in saved)]
+    for message, parent in zip(saved, parents, strict=False):
+        message.parent_id = parent
+    Message.objects.bulk_update(saved, ["parent"])
+    return saved[-1].pk if saved else after
+
+
 @sync_to_async
 def _save_prompt_and_answer(
-    conversation: Conversation, prompt: str, earlier: Sequence[tuple[str, str]]
+    conversation: Conversation, prompt: str, place: Place, earlier: Sequence[tuple[str, str]] = ()
 ) -> tuple[Message, Message]:
     with transaction.atomic():
         limits.check_room_for_an_answer(conversation.owner_id)  # refused: nothing is saved
         if not conversation.title:
             conversation.title = rules.title_from_prompt(prompt)
+        if place is _Branch.SHOWN:
+            place = _tip_now(conversation) if conversation.pk else None
         conversation.save()  # creates a new one, and moves an old one to the top of the list
-        Message.objects.bulk_create(
-            Message(conversation=conversation, role=role, content=text, status=Message.Status.COMPLETE)
-            for role, text in earlier
+        place = _save_earlier(conversation, earlier, after=place)
+        prompt_message = Message.objects.create(
+            conversation=conversation, parent_id=place, role=Message.Role.USER, content=prompt
         )
-        prompt_message = Message.objects.create(conversation=conversation, role=Message.Role.USER, content=prompt)
-        answer = Message.objects.create(
-            conversation=conversation,
-            role=Message.Role.ASSISTANT,
-            status=Message.Status.STREAMING,
-            model_name=settings.VLLM_SERVED_MODEL_NAME,
-        )
-    return prompt_message, answer
+        return prompt_message, _new_answer(conversation, prompt_message)
+
+
+@sync_to_async
+def _save_answer(conversation: Conversation, prompt: Message) -> Message:
+    with transaction.atomic():
+        limits.check_room_for_an_answer(conversation.owner_id)  # refused: nothing is saved
+        conversation.save()  # moves it to the top of the list, with the settings the answer uses
+        return _new_answer(conversation, prompt)
 
 
 class Turn(NamedTuple):
@@ -227,25 +282,71 @@ class Turn(NamedTuple):
     answer: Message
 
 
-async def start_turn(conversation: Conversation, prompt: str, *, earlier: Sequence[tuple[str, str]] = ()) -> Turn:
+class NoPrompt(Exception):
+    """The answer follows no prompt (it was saved so, e.g. from an OpenAI request's history)."""
+
+
+async def start_turn(
+    conversation: Conversation,
+    prompt: str,
+    *,
+    after: Message | None = None,
+    earlier: Sequence[tuple[str, str]] = (),
+) -> Turn:
     """Save the prompt and an empty answer, then generate the answer in the background.
 
-    The answer starts in status "streaming"; `follow(answer)` streams it. Generation uses the
-    conversation's settings, which are saved (with the conversation, if new) in the same
-    transaction as the prompt, with `earlier` (role, text) messages before it.
+    The prompt follows `after` (a message of the conversation: the page says which, as the person
+    sees it), by default the tip of the branch shown, and `earlier` (role, text) messages saved
+    before it. The answer starts in status "streaming"; `follow(answer)` streams it. Generation
+    uses the conversation's settings, which are saved (with the conversation, if new) in the same
+    transaction as the prompt.
 
     Raises chat.limits.TooManyAnswers, having saved nothing, when the conversation's owner may not
-    start another answer now.
+    start another answer now; so do `edit_prompt` and `regenerate`.
     """
-    prompt_message, answer = await _save_prompt_and_answer(conversation, prompt, earlier)
+    if after is not None and after.conversation_id != conversation.pk:
+        raise ValueError("`after` is a message of another conversation")
+    prompt_message, answer = await _save_prompt_and_answer(
+        conversation, prompt, _Branch.SHOWN if after is None else after.pk, earlier
+    )
+    return _run(conversation, prompt_message, answer)
+
+
+async def edit_prompt(conversation: Conversation, edited: Message, prompt: str) -> Turn:
+    """Send `prompt` in place of the prompt `edited`: a new branch beside it, which is then shown.
+
+    The earlier branch is kept, as a version of the prompt.
+    """
+    if edited.conversation_id != conversation.pk or edited.role != Message.Role.USER:
+        raise ValueError("`edited` is not a prompt of this conversation")
+    prompt_message, answer = await _save_prompt_and_answer(conversation, prompt, edited.parent_id)
+    return _run(conversation, prompt_message, answer)
+
+
+async def regenerate(conversation: Conversation, answer: Message) -> Turn:
+    """A new answer to the prompt `answer` answers, beside it, with the conversation's settings.
+
+    The old answer is kept, as a version; the new one is shown. Raises NoPrompt for an answer that
+    follows no prompt.
+    """
+    if answer.conversation_id != conversation.pk or answer.role != Message.Role.ASSISTANT:
+        raise ValueError("`answer` is not an answer of this conversation")
+    prompts = Message.objects.filter(role=Message.Role.USER)
+    prompt = None if answer.parent_id is None else await prompts.filter(pk=answer.parent_id).afirst()
+    if prompt is None:
+        raise NoPrompt("This answer follows no prompt, so there is nothing to answer again.")
+    return _run(conversation, prompt, await _save_answer(conversation, prompt))
+
+
+def _run(conversation: Conversation, prompt: Message, answer: Message) -> Turn:
     running = RunningTurn(answer)
     _running[answer.pk] = running
     # A fresh context: the request's would tie the turn's database calls to the request's own
     # thread executor (asgiref's ThreadSensitiveContext), which closes when the response ends.
     running.task = asyncio.create_task(
-        running.run(conversation, prompt_message, options_for(conversation)), context=contextvars.Context()
+        running.run(conversation, prompt, options_for(conversation)), context=contextvars.Context()
     )
-    return Turn(prompt_message, answer)
+    return Turn(prompt, answer)
 
 
 async def follow(answer: Message) -> AsyncGenerator[TurnEvent, None]:

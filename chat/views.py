@@ -12,16 +12,16 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import Resolver404, resolve, reverse
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseClientRedirect, push_url
+from django_htmx.http import HttpResponseClientRedirect, push_url, replace_url
 from django_htmx.middleware import HtmxDetails
 
-from chat import ownership, rules, sse, turns
-from chat.forms import RenameForm, SendForm
+from chat import branches, ownership, rules, sse, turns
+from chat.forms import PromptForm, RenameForm, SendForm, SettingsForm
 from chat.limits import TooManyAnswers
-from chat.models import Conversation, ConversationQuerySet, Someone
+from chat.models import MAX_ID, Conversation, ConversationQuerySet, Message, Someone
 from engine import vllm_client
 from ops import readings
 
@@ -37,19 +37,26 @@ def _listed_conversations(user: Someone) -> ConversationQuerySet:
     return Conversation.objects.owned_by(user).newest_first()[:SIDEBAR_LENGTH]
 
 
-def _prompt_form(conversation: Conversation | None) -> dict[str, Any]:
-    """What the prompt form shows: the conversation's settings, within the bounds the server checks."""
+def _settings_panel(conversation: Conversation | None) -> dict[str, Any]:
+    """What the settings panel shows: the conversation's settings, within the bounds the server checks."""
     return {
         "defaults": {
+            "system_prompt": conversation.system_prompt if conversation else "",
             "temperature": conversation.temperature if conversation else settings.CHAT_DEFAULT_TEMPERATURE,
             "top_p": conversation.top_p if conversation else settings.CHAT_DEFAULT_TOP_P,
             "max_tokens": conversation.max_tokens if conversation else settings.CHAT_DEFAULT_MAX_TOKENS,
         },
         "bounds": {"temperature": rules.TEMPERATURE, "top_p": rules.TOP_P, "max_tokens": rules.max_tokens()},
+        "max_prompt_chars": settings.CHAT_MAX_PROMPT_CHARS,
     }
 
 
-def _page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
+def _branch(branch: branches.Branch) -> dict[str, Any]:
+    """The thread: the branch shown, and its last message, which the next prompt follows."""
+    return {"branch": branch, "tip": branch[-1][0].pk if branch else None}
+
+
+def _page(request: HttpRequest, conversation: Conversation | None, *, through: int | None = None) -> HttpResponse:
     return render(
         request,
         "chat/page.html",
@@ -57,8 +64,8 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
             "conversations": _listed_conversations(request.user),
             "conversation": conversation,
             "open_pk": conversation.pk if conversation else None,
-            "messages": list(conversation.messages.in_order()) if conversation else [],
-            **_prompt_form(conversation),
+            **_branch(branches.shown_branch(conversation, through=through) if conversation else []),
+            **_settings_panel(conversation),
         },
     )
 
@@ -72,7 +79,20 @@ def index(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def conversation(request: HttpRequest, pk: int) -> HttpResponse:
-    return _page(request, ownership.conversation_or_404(request.user, pk))
+    # `?message=` opens the conversation on the branch that holds that message (a search result).
+    message = request.GET.get("message", "")
+    through = int(message) if message.isascii() and message.isdigit() and int(message) <= MAX_ID else None
+    return _page(request, ownership.conversation_or_404(request.user, pk), through=through)
+
+
+def _refused(form: PromptForm | SettingsForm) -> JsonResponse:
+    # Nothing is saved: not the prompt, not a new conversation, not a setting.
+    return JsonResponse({"error": form.first_error(), "fields": form.errors.get_json_data()}, status=400)
+
+
+def _too_many(refusal: TooManyAnswers) -> JsonResponse:
+    # Shown where a refused prompt's message is; the prompt stays in the box to send again.
+    return JsonResponse({"error": refusal.message}, status=429, headers={"Retry-After": str(refusal.retry_after)})
 
 
 @login_required
@@ -83,29 +103,113 @@ async def send(request: HtmxHttpRequest, pk: int | None = None) -> HttpResponse:
     conversation = await ownership.aconversation_or_404(user, pk) if pk is not None else Conversation(owner=user)
     form = SendForm(request.POST)
     if not form.is_valid():
-        # Nothing is saved: not the prompt, not a new conversation.
-        return JsonResponse({"error": form.first_error(), "fields": form.errors.get_json_data()}, status=400)
+        return _refused(form)
+    after = None
+    if pk is not None and form.cleaned_data["parent"] is not None:
+        after = await ownership.amessage_or_404(user, form.cleaned_data["parent"], conversation_pk=pk)
     form.apply_to(conversation)
     try:
-        turn = await turns.start_turn(conversation, form.cleaned_data["prompt"])
+        turn = await turns.start_turn(conversation, form.cleaned_data["prompt"], after=after)
     except TooManyAnswers as exc:
-        # Shown where a refused prompt's message is; the prompt stays in the box to send again.
-        return JsonResponse({"error": exc.message}, status=429, headers={"Retry-After": str(exc.retry_after)})
+        return _too_many(exc)
     if not request.htmx:
         return redirect(conversation_url(conversation))  # a form sent without script
     # The page's htmx form: the new turn, and the parts of the page it changes (the `sent` partial).
     context = {
         "conversation": conversation,
-        "messages": list(turn),
+        **_branch(await branches.turn_with_versions(conversation, turn)),
         # Read here: the template may not query the database from this async view.
         "conversations": [item async for item in _listed_conversations(user)],
         "open_pk": conversation.pk,
-        **_prompt_form(conversation),
+        **_settings_panel(conversation),
     }
     response = render(request, "chat/page.html#sent", context)
     if pk is None:
         push_url(response, conversation_url(conversation))
     return response
+
+
+async def _new_branch(request: HtmxHttpRequest, conversation: Conversation, user: User) -> HttpResponse:
+    """The thread, now showing another branch, and the list of conversations (this one may have moved up)."""
+    if not request.htmx:
+        return redirect(conversation_url(conversation))
+    await conversation.arefresh_from_db(fields=["branch_tip"])
+    context = {
+        "conversation": conversation,
+        **_branch(await branches.ashown_branch(conversation)),
+        "conversations": [item async for item in _listed_conversations(user)],
+        "open_pk": conversation.pk,
+    }
+    # The page's address no longer needs to say which branch to show (a search result's did).
+    return replace_url(render(request, "chat/page.html#branch-shown", context), conversation_url(conversation))
+
+
+@login_required
+@require_POST
+async def regenerate(request: HtmxHttpRequest, pk: int, message_pk: int) -> HttpResponse:
+    user = await request.auser()
+    assert isinstance(user, User)
+    conversation = await ownership.aconversation_or_404(user, pk)
+    answer = await ownership.aanswer_or_404(user, message_pk, conversation_pk=pk)
+    try:
+        await turns.regenerate(conversation, answer)
+    except turns.NoPrompt as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
+    except TooManyAnswers as exc:
+        return _too_many(exc)
+    return await _new_branch(request, conversation, user)
+
+
+@login_required
+@require_POST
+async def edit(request: HtmxHttpRequest, pk: int, message_pk: int) -> HttpResponse:
+    user = await request.auser()
+    assert isinstance(user, User)
+    conversation = await ownership.aconversation_or_404(user, pk)
+    edited = await ownership.amessage_or_404(user, message_pk, conversation_pk=pk, role=Message.Role.USER)
+    form = PromptForm(request.POST)
+    if not form.is_valid():
+        return _refused(form)
+    try:
+        await turns.edit_prompt(conversation, edited, form.cleaned_data["prompt"])
+    except TooManyAnswers as exc:
+        return _too_many(exc)
+    return await _new_branch(request, conversation, user)
+
+
+@login_required
+@require_POST
+async def show(request: HtmxHttpRequest, pk: int, message_pk: int) -> HttpResponse:
+    """Show the branch through this version of a message (the arrows beside it)."""
+    user = await request.auser()
+    assert isinstance(user, User)
+    conversation = await ownership.aconversation_or_404(user, pk)
+    await branches.show(await ownership.amessage_or_404(user, message_pk, conversation_pk=pk))
+    return await _new_branch(request, conversation, user)
+
+
+@login_required
+@require_POST
+def change_settings(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    conversation = ownership.conversation_or_404(request.user, pk)
+    form = SettingsForm(request.POST)
+    if not form.is_valid():
+        return _refused(form)
+    form.apply_to(conversation)
+    # Only these: a whole save could write back a branch another tab has just switched.
+    conversation.save(update_fields=[*Conversation.SETTINGS])
+    if not request.htmx:
+        return redirect(conversation_url(conversation))
+    return render(request, "chat/page.html#settings-saved", _settings_panel(conversation))
+
+
+@login_required
+@require_GET
+def answer_footer(request: HttpRequest, pk: int, message_pk: int) -> HttpResponse:
+    """An answer's figures and actions as stored, for the page to show once the answer has ended."""
+    answer = get_object_or_404(Message.objects.answers_of(request.user), pk=message_pk, conversation=pk)
+    versions = branches.Tree.of(pk).versions_of(answer.pk)
+    return render(request, "chat/page.html#answer-footer", {"message": answer, "versions": versions})
 
 
 @login_required

@@ -12,32 +12,14 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
-from playwright.sync_api import Browser, Locator, Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from chat.models import Conversation, Message
 from tests.accounts import PASSWORD
+from tests.browser import answers, open_settings, prompt_box, screenshot, sidebar_item
 from tests.site_server import SiteProcess, site_env
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-def prompt_box(page: Page) -> Locator:
-    return page.get_by_role("textbox", name="Message")
-
-
-def answers(page: Page) -> Locator:
-    return page.locator("#thread article.assistant")
-
-
-def sidebar_item(page: Page, title: str) -> Locator:
-    return page.locator("#conversations li").filter(has=page.get_by_role("link", name=title, exact=True))
-
-
-def screenshot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=ARTIFACTS / f"{name}.png")
 
 
 def test_a_conversation_streams_stops_and_is_found_again(signed_in: Page, fake_vllm, live_site, requested_urls):
@@ -60,7 +42,7 @@ def test_a_conversation_streams_stops_and_is_found_again(signed_in: Page, fake_v
     fake_vllm.token_delay = 0.2
     box.press("Enter")
     answer = answers(page).first
-    expect(page.locator("#thread article.user")).to_have_text("Why run a model locally?\nKeep it short.")
+    expect(page.locator("#thread article.user .body")).to_have_text("Why run a model locally?\nKeep it short.")
     expect(box).to_have_value("")
     # Some of the answer and not yet all of it (only the last token has a full stop).
     expect(answer.locator(".body")).to_have_text(re.compile(r"^Streaming answers[^.]*$"))
@@ -141,7 +123,7 @@ def test_html_in_model_output_is_shown_as_text(signed_in: Page, fake_vllm, dialo
             page.reload()
         expect(answers(page).locator(".body"), moment).to_have_text(shown)
         expect(answers(page).locator(".status"), moment).to_have_text("")
-        expect(page.locator("#thread article.user"), moment).to_have_text("Show me <i>HTML</i>")
+        expect(page.locator("#thread article.user .body"), moment).to_have_text("Show me <i>HTML</i>")
         expect(page.locator("#thread img, #thread b, #thread i, #thread script"), moment).to_have_count(0)
     assert dialogs == []
 
@@ -206,8 +188,9 @@ def test_an_empty_or_too_long_prompt_shows_the_form_error_and_creates_nothing(si
 
 def test_the_settings_go_with_the_prompt_and_stay_for_the_next(signed_in: Page, fake_vllm):
     page = signed_in
+    open_settings(page)
     page.get_by_label("Temperature").fill("0.3")
-    expect(page.locator("#prompt-form output")).to_have_text("0.3")
+    expect(page.locator("#settings output")).to_have_text("0.3")
     page.get_by_label("Top p").fill("0.5")
     page.get_by_label("Max tokens").fill("64")
     prompt_box(page).fill("Hello")
@@ -354,8 +337,10 @@ def test_search_from_the_sidebar_opens_the_conversation_at_the_message(signed_in
     page = signed_in
     trip = Conversation.objects.create(owner=alice, title="Trip notes")
     found = Message.objects.create(conversation=trip, role="user", content="전세계를 여행하고 싶어요: <b>어디</b>부터?")
+    last = found
     for n in range(30):  # enough after it that the conversation's end is a screen away
-        Message.objects.create(conversation=trip, role="assistant", content=f"Paragraph {n} of a long answer.\n" * 3)
+        text = f"Paragraph {n} of a long answer.\n" * 3
+        last = Message.objects.create(conversation=trip, parent=last, role="assistant", content=text)
     Message.objects.create(
         conversation=Conversation.objects.create(owner=bob, title="세계"), role="user", content="세계"
     )
@@ -375,7 +360,7 @@ def test_search_from_the_sidebar_opens_the_conversation_at_the_message(signed_in
     screenshot(page, "search-results")
 
     result.click()
-    expect(page).to_have_url(f"{live_site.url}/c/{trip.pk}/#message-{found.pk}")
+    expect(page).to_have_url(f"{live_site.url}/c/{trip.pk}/?message={found.pk}#message-{found.pk}")
     expect(page.locator(f"#message-{found.pk}")).to_be_in_viewport()
     expect(answers(page).last).not_to_be_in_viewport()
 

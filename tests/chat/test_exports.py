@@ -14,7 +14,7 @@ from django.db import DatabaseError, connection
 from django.test import Client, override_settings
 from django.urls import reverse
 
-from chat import exports, imports, search
+from chat import branches, exports, imports, search
 from chat.models import Conversation, Message
 
 pytestmark = pytest.mark.django_db
@@ -227,9 +227,10 @@ def history(alice):
     first = Conversation.objects.create(
         owner=alice, title="세계 여행", system_prompt="Answer in Korean.\nBe brief.", temperature=0.3, max_tokens=200
     )
-    Message.objects.create(conversation=first, role="user", content="전세계를 여행하고 싶어요")
+    question = Message.objects.create(conversation=first, role="user", content="전세계를 여행하고 싶어요")
     Message.objects.create(
         conversation=first,
+        parent=question,
         role="assistant",
         content="좋아요! 어디부터 갈까요?",
         prompt_tokens=21,
@@ -240,9 +241,14 @@ def history(alice):
         finish_reason="stop",
     )
     second = Conversation.objects.create(owner=alice, title="Recipes <b>&</b> more", top_p=0.5)
-    Message.objects.create(conversation=second, role="user", content="# Markdown stays *as is*")
+    question = Message.objects.create(conversation=second, role="user", content="# Markdown stays *as is*")
     Message.objects.create(
-        conversation=second, role="assistant", content="Half an answer", status="error", error="vLLM went away."
+        conversation=second,
+        parent=question,
+        role="assistant",
+        content="Half an answer",
+        status="error",
+        error="vLLM went away.",
     )
     # Distinct, older timestamps, as a history has: an import must keep them.
     for n, conversation in enumerate([first, second]):
@@ -264,8 +270,12 @@ def without_ids(export: dict) -> dict:
     del export["exported_at"]
     for conversation in export["conversations"]:
         del conversation["id"]
+        ids = {message["id"]: n for n, message in enumerate(conversation["messages"])}
+        # The tree as places in the list, which are the same on both sites.
+        conversation["branch_tip_id"] = ids.get(conversation["branch_tip_id"])
         for message in conversation["messages"]:
             del message["id"]
+            message["parent_id"] = ids.get(message["parent_id"])
     return export
 
 
@@ -278,7 +288,7 @@ def as_file(document: object) -> bytes:
 
 def test_the_json_export_holds_every_field(alice, history):
     export = exported(alice)
-    assert export["format"] == "chatsite.conversations" and export["version"] == 1
+    assert export["format"] == "chatsite.conversations" and export["version"] == 2
     first = export["conversations"][1]  # newest first: the second conversation was updated later
     assert first["title"] == "세계 여행"
     assert first["system_prompt"] == "Answer in Korean.\nBe brief."
@@ -348,6 +358,73 @@ def test_an_answer_exported_while_streaming_is_imported_as_interrupted(bob):
     assert "still being written" in answer.error
 
 
+# --- Branches -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def branched(alice) -> Conversation:
+    """Q → A, A regenerated as A2; Q edited as Q2 → B; the branch shown ends at A2."""
+    conversation = Conversation.objects.create(owner=alice, title="Branched")
+    q = Message.objects.create(conversation=conversation, role="user", content="Question")
+    Message.objects.create(conversation=conversation, parent=q, role="assistant", content="First answer")
+    a2 = Message.objects.create(conversation=conversation, parent=q, role="assistant", content="Second answer")
+    q2 = Message.objects.create(conversation=conversation, role="user", content="Better question")
+    Message.objects.create(conversation=conversation, parent=q2, role="assistant", content="Better answer")
+    conversation.branch_tip = a2
+    conversation.save()
+    return conversation
+
+
+def test_every_version_is_exported_with_what_it_follows_and_the_markdown_is_the_branch_shown(alice, branched):
+    [record] = exported(alice)["conversations"]
+    by_id = {m["id"]: m for m in record["messages"]}
+    assert [(m["content"], by_id[m["parent_id"]]["content"] if m["parent_id"] else None) for m in by_id.values()] == [
+        ("Question", None),
+        ("First answer", "Question"),
+        ("Second answer", "Question"),
+        ("Better question", None),
+        ("Better answer", "Better question"),
+    ]
+    assert by_id[record["branch_tip_id"]]["content"] == "Second answer"
+    markdown = exports.as_markdown(branched)
+    assert "Question" in markdown and "Second answer" in markdown
+    assert "First answer" not in markdown and "Better" not in markdown
+
+
+def test_a_branched_conversation_comes_back_with_its_versions_and_the_branch_shown(alice, bob, branched):
+    before = exported(alice)
+    imports.import_file(bob, as_file(before))
+    assert without_ids(exported(bob)) == without_ids(before)
+    imported = Conversation.objects.get(owner=bob)
+    assert [m.content for m, _ in branches.shown_branch(imported)] == ["Question", "Second answer"]
+    [(_, versions)] = [(m, v) for m, v in branches.shown_branch(imported) if m.role == "user"]
+    assert versions.count == 2
+
+
+def test_a_version_1_export_is_imported_as_one_line(bob):
+    imports.import_file(bob, site_export({"title": "Old", "messages": [
+        {"role": "user", "content": "One"},
+        {"role": "assistant", "content": "Two"},
+        {"role": "user", "content": "Three"},
+    ]}))  # fmt: skip
+    conversation = Conversation.objects.get(owner=bob)
+    assert [m.content for m, _ in branches.shown_branch(conversation)] == ["One", "Two", "Three"]
+
+
+def test_a_tree_that_does_not_hold_together_is_refused(bob):
+    document = {"format": "chatsite.conversations", "version": 2, "conversations": [{"branch_tip_id": 9, "messages": [
+        {"id": 1, "role": "user", "content": "One"},
+        {"id": 2, "parent_id": 3, "role": "assistant", "content": "Two"},
+        {"id": 3, "parent_id": 1, "role": "assistant", "content": "Three"},
+        {"id": 3, "parent_id": 1, "role": "assistant", "content": "Again"},
+    ]}]}  # fmt: skip
+    assert refusal(bob, as_file(document)) == [
+        "conversations[0].messages[1].parent_id: No message before this one has this id.",
+        "conversations[0].messages[3].id: Another message of this conversation has this id.",
+        "conversations[0].branch_tip_id: No message of this conversation has this id.",
+    ]
+
+
 # --- ChatGPT's export ----------------------------------------------------------------------------
 
 
@@ -366,6 +443,9 @@ def test_chatgpts_export_imports_the_branch_chatgpt_showed(bob):
     # ChatGPT dated the answer before the edited prompt it answers: the import keeps the branch's
     # order, never putting an answer before its prompt.
     assert messages[1].created_at == messages[0].created_at
+    # One branch, shown, which the next prompt continues.
+    assert [m for m, _ in branches.shown_branch(runtime)] == messages
+    assert messages[1].parent == messages[0] and runtime.branch_tip == messages[1]
     assert runtime.created_at == datetime.fromtimestamp(1749968327.886819, UTC)
     # An untitled conversation is named after its first prompt, as the site names its own.
     assert untitled.title == "Untitled: what is a trigram?"
@@ -635,8 +715,8 @@ def test_the_commands_say_what_is_wrong(alice, bob, history, tmp_path):
     with pytest.raises(CommandError, match="Cannot read"):
         call_command("importchats", "bob", str(tmp_path / "missing.json"))
     bad = tmp_path / "bad.json"
-    bad.write_text('{"format": "chatsite.conversations", "version": 2, "conversations": []}')
-    with pytest.raises(CommandError, match=r"Nothing was imported: version: Input should be 1"):
+    bad.write_text('{"format": "chatsite.conversations", "version": 3, "conversations": []}')
+    with pytest.raises(CommandError, match=r"Nothing was imported: version: Input should be 1 or 2"):
         call_command("importchats", "bob", str(bad))
 
 

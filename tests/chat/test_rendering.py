@@ -442,6 +442,7 @@ def test_a_long_answer_is_rendered_in_proportion_to_its_length(signed_in: Page, 
     text = (MARKDOWN + "\n") * 13
     fake_vllm.reply = in_deltas(text)
     fake_vllm.token_delay = 0.002
+    page.locator("#settings-panel > summary").click()
     page.locator("input[name=max_tokens]").fill(str(len(fake_vllm.reply) + 10))
     page.evaluate("window.renderedChars = 0; window.longTasks = []")
     answer = ask(page, "Tell me everything")
@@ -462,9 +463,12 @@ def test_a_long_conversation_opens_with_every_answer_rendered(signed_in: Page, a
     """The answers in view are rendered before the page shows; the others follow, a task each."""
     page = signed_in
     conversation = Conversation.objects.create(owner=alice, title="Long one")
-    for i in range(40):
-        Message.objects.create(conversation=conversation, role="user", content=f"Question {i}")
-        Message.objects.create(conversation=conversation, role="assistant", content=MARKDOWN * 3)
+    answer = None
+    for i in range(40):  # one line of turns, each after the one before
+        prompt = Message.objects.create(conversation=conversation, parent=answer, role="user", content=f"Question {i}")
+        answer = Message.objects.create(
+            conversation=conversation, parent=prompt, role="assistant", content=MARKDOWN * 3
+        )
     page.goto(f"/c/{conversation.pk}/")
     bodies = page.locator("#thread article.assistant .body")
     expect(bodies).to_have_count(40)

@@ -236,7 +236,7 @@ def test_the_search_box_gets_results_as_a_partial_with_links_to_the_message(clie
     assert response.status_code == 200
     html = response.content.decode()
     assert "<html" not in html  # only the results, for the sidebar
-    assert f'href="/c/{chat.pk}/#message-{message.pk}"' in html
+    assert f'href="/c/{chat.pk}/?message={message.pk}#message-{message.pk}"' in html
     assert "전<mark>세계</mark>를 여행하고 싶어요" in html
 
 
