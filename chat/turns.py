@@ -29,7 +29,7 @@ from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from chat import limits, rules
+from chat import limits, rules, titles
 from chat.context import ContextTooLong, fit_context
 from chat.models import Conversation, Message
 from engine import vllm_client
@@ -152,6 +152,7 @@ class RunningTurn:
             # records why it ended. Kept, for `stop_turn` to wait on (and as asyncio.shield asks).
             self.finishing = asyncio.ensure_future(self._finish(outcome))
             await asyncio.shield(self.finishing)
+        titles.name_after_first_answer(conversation, self.answer)  # in the background, after the end
 
     async def _checkpoint(self) -> None:
         await Message.objects.filter(pk=self.answer.pk).aupdate(content="".join(self.parts), updated_at=timezone.now())

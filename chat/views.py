@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect, push_url
 from django_htmx.middleware import HtmxDetails
 
-from chat import ownership, rules, sse, turns
+from chat import ownership, rules, sse, titles, turns
 from chat.forms import RenameForm, SendForm
 from chat.limits import TooManyAnswers
 from chat.models import Conversation, ConversationQuerySet, Someone
@@ -100,12 +100,31 @@ async def send(request: HtmxHttpRequest, pk: int | None = None) -> HttpResponse:
         # Read here: the template may not query the database from this async view.
         "conversations": [item async for item in _listed_conversations(user)],
         "open_pk": conversation.pk,
+        # A first answer: once it is done, the page asks for the name the model gives the conversation.
+        "naming_pk": conversation.pk if await _is_first_turn(conversation, turn) else None,
         **_prompt_form(conversation),
     }
     response = render(request, "chat/page.html#sent", context)
     if pk is None:
         push_url(response, conversation_url(conversation))
     return response
+
+
+async def _is_first_turn(conversation: Conversation, turn: turns.Turn) -> bool:
+    if conversation.title_set_by_person:
+        return False
+    return not await conversation.messages.filter(pk__lt=turn.prompt.pk).aexists()
+
+
+@login_required
+@require_GET
+async def title(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """The conversation's sidebar item, once the model has named it (or has failed to)."""
+    conversation = await ownership.aconversation_or_404(await request.auser(), pk)
+    await titles.wait_for_name(conversation.pk)
+    await conversation.arefresh_from_db(fields=["title"])
+    context = {"item": conversation, "open_pk": _open_conversation_pk(request)}
+    return render(request, "chat/page.html#sidebar-item", context)
 
 
 @login_required
