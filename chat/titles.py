@@ -34,14 +34,14 @@ NAMING_WAIT = 30.0
 _naming: dict[int, asyncio.Task[None]] = {}
 
 
-def name_after_first_answer(conversation: Conversation, answer: Message) -> None:
-    """Start naming the conversation in the background if `answer` is its first, and complete."""
-    if answer.status != Message.Status.COMPLETE or conversation.title_set_by_person or conversation.pk in _naming:
+def name_after_first_answer(answer: Message) -> None:
+    """Start naming the answer's conversation in the background if the answer is its first, and complete."""
+    if answer.status != Message.Status.COMPLETE or answer.conversation_id in _naming:
         return
     # A fresh context, like the turn's own task: no request's executor to outlive.
-    task = asyncio.create_task(_name(conversation.pk, answer.pk), context=contextvars.Context())
-    _naming[conversation.pk] = task
-    task.add_done_callback(lambda _: _naming.pop(conversation.pk, None))
+    task = asyncio.create_task(_name(answer.conversation_id, answer.pk), context=contextvars.Context())
+    _naming[answer.conversation_id] = task
+    task.add_done_callback(lambda _: _naming.pop(answer.conversation_id, None))
 
 
 async def _name(conversation_pk: int, answer_pk: int) -> None:
@@ -51,6 +51,8 @@ async def _name(conversation_pk: int, answer_pk: int) -> None:
         if [m.role for m in messages] != [Message.Role.USER, Message.Role.ASSISTANT] or messages[1].pk != answer_pk:
             return
         prompt, answer = messages
+        if await Conversation.objects.filter(pk=conversation_pk, title_set_by_person=True).aexists():
+            return
         named = await vllm_client.complete(
             [
                 {"role": "system", "content": NAMING_INSTRUCTION},

@@ -152,7 +152,6 @@ class RunningTurn:
             # records why it ended. Kept, for `stop_turn` to wait on (and as asyncio.shield asks).
             self.finishing = asyncio.ensure_future(self._finish(outcome))
             await asyncio.shield(self.finishing)
-        titles.name_after_first_answer(conversation, self.answer)  # in the background, after the end
 
     async def _checkpoint(self) -> None:
         await Message.objects.filter(pk=self.answer.pk).aupdate(content="".join(self.parts), updated_at=timezone.now())
@@ -182,6 +181,8 @@ class RunningTurn:
             for name, value in fields.items():
                 setattr(self.answer, name, value)
             _running.pop(self.answer.pk, None)
+            # Started before the end is told, so a follower that then asks for the name finds it coming.
+            titles.name_after_first_answer(self.answer)
             self._publish(TurnEnded(self.answer))
 
 
