@@ -207,6 +207,7 @@ class FakeVLLM:
         self._started = time.time()
         self.requests: list[dict[str, Any]] = []
         self.tokenize_requests: list[dict[str, Any]] = []
+        self.instructed_requests: list[dict[str, Any]] = []  # those answered by `instructed`
         self._set_defaults()
 
     def _set_defaults(self) -> None:
@@ -254,6 +255,7 @@ class FakeVLLM:
         with self._changed:
             self.requests.clear()
             self.tokenize_requests.clear()
+            self.instructed_requests.clear()
             self._disconnects = 0
             self._changed.notify_all()
 
@@ -459,7 +461,8 @@ class FakeVLLM:
 
     def _chat(self, handler: _Handler, body: dict[str, Any]) -> None:
         with self._changed:
-            self.requests.append(body)
+            # The site's own small requests apart, so that `requests` holds the chat alone.
+            (self.instructed_requests if self._instructed_for(body) else self.requests).append(body)
             self._changed.notify_all()
         fault, limit = self._fault, self.max_model_len
         if (instructed := self._instructed_for(body)) is not None and instructed.status != 200:
@@ -676,8 +679,8 @@ class FakeVLLM:
         payload["usage"] = usage
         handler.send_json(200, payload)
 
-    def _instructed_for(self, body: dict[str, Any]) -> Instructed | None:
-        messages = body.get("messages")
+    def _instructed_for(self, body: Any) -> Instructed | None:
+        messages = body.get("messages") if isinstance(body, dict) else None
         if not isinstance(messages, list):
             return None
         system = " ".join(

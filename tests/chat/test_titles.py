@@ -30,7 +30,7 @@ async def answer_and_naming(conversation: Conversation, prompt: str) -> Message:
 
 
 def naming_requests(fake_vllm) -> list[dict]:
-    return [r for r in fake_vllm.requests if titles.NAMING_INSTRUCTION in str(r["messages"])]
+    return [r for r in fake_vllm.instructed_requests if titles.NAMING_INSTRUCTION in str(r["messages"])]
 
 
 async def test_the_model_names_the_conversation_after_its_first_answer(conversation, fake_vllm):
