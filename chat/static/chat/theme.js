@@ -23,28 +23,28 @@
   let current = stored();
   apply(current);
 
-  // The switch goes system → light → dark → system, and says which it is on.
+  // The switch goes system → light → dark → system, and says which it is on. Listened for on the
+  // document, so that it works as soon as it is drawn, before the page's other scripts have run.
   const label = (choice) => `Theme: ${choice}`;
-  document.addEventListener("DOMContentLoaded", () => {
-    document.querySelectorAll("[data-theme-switch]").forEach((button) => {
-      button.textContent = label(current);
-      button.addEventListener("click", () => {
-        const next = CHOICES[(CHOICES.indexOf(current) + 1) % CHOICES.length];
-        try {
-          if (next === "system") localStorage.removeItem(KEY);
-          else localStorage.setItem(KEY, next);
-        } catch { /* not remembered, but still applied to this page */ }
-        current = next;
-        apply(next);
-        document.querySelectorAll("[data-theme-switch]").forEach((each) => { each.textContent = label(next); });
-      });
-    });
+  const showChoice = () => {
+    document.querySelectorAll("[data-theme-switch]").forEach((button) => { button.textContent = label(current); });
+  };
+  document.addEventListener("DOMContentLoaded", showChoice);
+  document.addEventListener("click", (e) => {
+    if (!e.target.closest?.("[data-theme-switch]")) return;
+    current = CHOICES[(CHOICES.indexOf(current) + 1) % CHOICES.length];
+    try {
+      if (current === "system") localStorage.removeItem(KEY);
+      else localStorage.setItem(KEY, current);
+    } catch { /* not remembered, but still applied to this page */ }
+    apply(current);
+    showChoice();
   });
   // Another tab changed it: follow.
   window.addEventListener("storage", (e) => {
     if (e.key !== KEY && e.key !== null) return;
     current = stored();
     apply(current);
-    document.querySelectorAll("[data-theme-switch]").forEach((each) => { each.textContent = label(current); });
+    showChoice();
   });
 })();
