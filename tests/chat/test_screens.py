@@ -184,6 +184,7 @@ def test_esc_stops_the_answer_being_written(signed_in: Page, fake_vllm):
     page = signed_in
     fake_vllm.reply = [f" word{i}" for i in range(200)]
     fake_vllm.token_delay = 0.05
+    expect(page.locator("#backend")).to_have_text("model server up")  # the page's scripts have run
     page.get_by_role("textbox", name="Message").fill("Write at length")
     page.keyboard.press("Enter")
     answer = page.locator("#thread article.assistant")
@@ -254,6 +255,7 @@ def test_every_control_is_reached_by_tab_with_a_visible_focus(signed_in: Page, s
 def test_the_sidebar_shows_the_models_name_for_a_new_conversation_without_a_reload(signed_in: Page, fake_vllm):
     page = signed_in
     fake_vllm.instructed[titles.NAMING_INSTRUCTION] = Instructed(["Sky", " colours", " explained"], delay=0.3)
+    expect(page.locator("#backend")).to_have_text("model server up")  # the page's scripts have run
     page.get_by_role("textbox", name="Message").fill("Why is the sky blue? And why are sunsets red?")
     page.keyboard.press("Enter")
 
