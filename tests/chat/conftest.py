@@ -83,6 +83,9 @@ def signed_in(page: Page, live_site, alice) -> Page:
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     expect(page).to_have_url(f"{live_site.url}/")
+    # The page's deferred scripts have run (they do before DOMContentLoaded): a key pressed sooner
+    # would reach a page that does not listen yet.
+    page.wait_for_load_state("domcontentloaded")
     return page
 
 

@@ -50,6 +50,7 @@ def sign_in(page: Page, live_site) -> None:
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Sign in").click()
     expect(page).to_have_url(f"{live_site.url}/")
+    page.wait_for_load_state("domcontentloaded")
 
 
 def serious_violations(page: Page) -> list[str]:
