@@ -268,3 +268,13 @@ def test_the_sidebar_shows_the_models_name_for_a_new_conversation_without_a_relo
     conversation = Conversation.objects.get()
     assert (conversation.title, conversation.title_set_by_person) == ("Sky colours explained", False)
     assert len(fake_vllm.instructed_requests) == 1
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("theme", THEMES)
+@pytest.mark.parametrize("path", ["/accounts/password_change/", "/account/tokens/"])
+def test_axe_finds_nothing_serious_on_a_persons_own_pages(page: Page, live_site, alice, theme, language, path):
+    page.emulate_media(color_scheme=theme)
+    sign_in(page, live_site)
+    page.goto(path)
+    assert serious_violations(page) == []
