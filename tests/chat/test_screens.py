@@ -9,7 +9,7 @@ import re
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, ViewportSize, expect
 
 from chat import titles
 from chat.models import Conversation, Message
@@ -18,7 +18,7 @@ from tests.fake_vllm import Instructed
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-PHONE = {"width": 375, "height": 740}
+PHONE: ViewportSize = {"width": 375, "height": 740}
 THEMES = ["light", "dark"]
 # The languages the pages are checked in; Korean joins when the site speaks it (issue 12, part 4).
 LANGUAGES = ["en"]
