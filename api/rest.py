@@ -123,6 +123,7 @@ def list_conversations(request: AuthenticatedRequest) -> ConversationQuerySet:
 @api.post("/conversations", response={201: ConversationOut, **ERRORS}, tags=["conversations"])
 def create_conversation(request: AuthenticatedRequest, data: ConversationIn) -> tuple[int, Conversation]:
     conversation = Conversation(owner=request.auth, title=data.title, system_prompt=data.system_prompt)
+    conversation.title_set_by_person = bool(data.title)  # an empty one is named from the first prompt
     data.apply_to(conversation)
     conversation.save()
     return 201, conversation
@@ -161,6 +162,7 @@ def change_conversation(
     conversation = ownership.conversation_or_404(request.auth, conversation_id)
     if data.title is not None:
         conversation.title = data.title
+        conversation.title_set_by_person = True
     if data.system_prompt is not None:
         conversation.system_prompt = data.system_prompt
     data.apply_to(conversation)

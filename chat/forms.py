@@ -77,6 +77,10 @@ class RenameForm(forms.ModelForm[Conversation]):
     def clean_title(self) -> str:
         return rules.clean_new_title(self.cleaned_data["title"])
 
+    def save(self, commit: bool = True) -> Conversation:
+        self.instance.title_set_by_person = True  # the model will not name it over the person
+        return super().save(commit)
+
 
 class TokenForm(forms.ModelForm[ApiToken]):
     # Named when made from the page, so that a list of several says which is which.

@@ -42,6 +42,8 @@ class ConversationQuerySet(models.QuerySet["Conversation"]):
 class Conversation(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=TITLE_LENGTH, blank=True)
+    # A title the person gave is theirs: the model's name for the conversation never replaces it.
+    title_set_by_person = models.BooleanField(default=False)
     system_prompt = models.TextField(blank=True)
     temperature = models.FloatField(default=default_temperature)
     max_tokens = models.PositiveIntegerField(default=default_max_tokens)

@@ -11,6 +11,7 @@ they follow the settings the site runs with (and tests' overrides).
 """
 
 import math
+import re
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -82,6 +83,24 @@ def clean_new_title(text: str) -> str:
 def title_from_prompt(prompt: str) -> str:
     # Stripped again after the cut, which may land just after a space.
     return tidy_title(prompt)[:AUTO_TITLE_LENGTH].rstrip()
+
+
+# What may wrap or end a model's title ("Title: «Trip to Busan».") but is no part of it; the
+# full-width forms are the ones Korean, Chinese and Japanese text uses.
+_TITLE_LABEL = re.compile(r"^\s*(title|제목)\s*[:：]\s*", re.IGNORECASE)  # noqa: RUF001
+_TITLE_WRAPPING = "\"'`“”‘’«»「」『』《》〈〉*#_ "  # noqa: RUF001
+_TITLE_END = ".。!！?？,，;；:：…" + _TITLE_WRAPPING  # noqa: RUF001
+
+
+def title_from_model(text: str) -> str:
+    """The model's name for a conversation, as a title: its first line, without quotes, a label or
+    end punctuation, cut to AUTO_TITLE_LENGTH; empty when nothing is left."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    title = _TITLE_LABEL.sub("", tidy_title(lines[0]))
+    title = title.strip(_TITLE_WRAPPING).rstrip(_TITLE_END)
+    return title[:AUTO_TITLE_LENGTH].rstrip()
 
 
 @dataclass(frozen=True)

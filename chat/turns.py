@@ -34,7 +34,7 @@ from django.db.models import OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from chat import branches, limits, rules
+from chat import branches, limits, rules, titles
 from chat.context import ContextTooLong, fit_context
 from chat.models import Conversation, Message
 from engine import vllm_client
@@ -186,6 +186,8 @@ class RunningTurn:
             for name, value in fields.items():
                 setattr(self.answer, name, value)
             _running.pop(self.answer.pk, None)
+            # Started before the end is told, so a follower that then asks for the name finds it coming.
+            titles.name_after_first_answer(self.answer)
             self._publish(TurnEnded(self.answer))
 
 

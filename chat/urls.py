@@ -28,6 +28,7 @@ urlpatterns = [
     path("c/<id:pk>/", views.conversation, name="conversation"),
     path("c/<id:pk>/send", views.send, name="send"),
     path("c/<id:pk>/rename", views.rename, name="rename"),
+    path("c/<id:pk>/title", views.title, name="title"),
     path("c/<id:pk>/delete", views.delete, name="delete"),
     path("c/<id:pk>/settings", views.change_settings, name="settings"),
     path("c/<id:pk>/m/<id:message_pk>/show", views.show, name="show"),

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect, push_url, replace_url
 from django_htmx.middleware import HtmxDetails
 
-from chat import branches, ownership, rules, sse, turns
+from chat import branches, ownership, rules, sse, titles, turns
 from chat.forms import PromptForm, RenameForm, SendForm, SettingsForm
 from chat.limits import TooManyAnswers
 from chat.models import MAX_ID, Conversation, ConversationQuerySet, Message, Someone
@@ -122,6 +122,8 @@ async def send(request: HtmxHttpRequest, pk: int | None = None) -> HttpResponse:
         "conversations": [item async for item in _listed_conversations(user)],
         "open_pk": conversation.pk,
         **_settings_panel(conversation),
+        # A first answer: once it is done, the page asks for the name the model gives the conversation.
+        "naming_pk": conversation.pk if await _is_first_turn(conversation, turn) else None,
     }
     response = render(request, "chat/page.html#sent", context)
     if pk is None:
@@ -203,6 +205,12 @@ def change_settings(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     return render(request, "chat/page.html#settings-saved", _settings_panel(conversation))
 
 
+async def _is_first_turn(conversation: Conversation, turn: turns.Turn) -> bool:
+    if conversation.title_set_by_person:
+        return False
+    return not await conversation.messages.filter(pk__lt=turn.prompt.pk).aexists()
+
+
 @login_required
 @require_GET
 def answer_footer(request: HttpRequest, pk: int, message_pk: int) -> HttpResponse:
@@ -210,6 +218,17 @@ def answer_footer(request: HttpRequest, pk: int, message_pk: int) -> HttpRespons
     answer = get_object_or_404(Message.objects.answers_of(request.user), pk=message_pk, conversation=pk)
     versions = branches.Tree.of(pk).versions_of(answer.pk)
     return render(request, "chat/page.html#answer-footer", {"message": answer, "versions": versions})
+
+
+@login_required
+@require_GET
+async def title(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """The conversation's sidebar item, once the model has named it (or has failed to)."""
+    conversation = await ownership.aconversation_or_404(await request.auser(), pk)
+    await titles.wait_for_name(conversation.pk)
+    await conversation.arefresh_from_db(fields=["title"])
+    context = {"item": conversation, "open_pk": _open_conversation_pk(request)}
+    return render(request, "chat/page.html#sidebar-item", context)
 
 
 @login_required

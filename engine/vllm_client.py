@@ -366,3 +366,34 @@ def server_load(metrics: str) -> ServerLoad:
         kv_cache_usage=sum(kv_cache) / len(kv_cache) if kv_cache else None,
         generation_tokens=sum(tokens) if (tokens := first("generation_tokens")) is not None else None,
     )
+
+
+async def complete(messages: list[dict[str, str]], options: GenerationOptions) -> str | Failed:
+    """One short chat completion, not streamed: the whole text, or `Failed` saying why not.
+
+    For the site's own small requests (naming a conversation), not for answers a person follows.
+    """
+    body = {
+        "model": settings.VLLM_SERVED_MODEL_NAME,
+        "messages": messages,
+        "temperature": options.temperature,
+        "max_tokens": options.max_tokens,
+        "top_p": options.top_p,
+    }
+    try:
+        response = await http_client().post(f"{settings.VLLM_BASE_URL}/chat/completions", json=body, timeout=_timeout())
+    except (httpx.ConnectError, httpx.ConnectTimeout):
+        return Failed(_unreachable())
+    except httpx.TimeoutException:
+        return Failed(f"The model server did not answer within {settings.VLLM_READ_TIMEOUT:g} seconds.")
+    except httpx.HTTPError as exc:
+        return Failed(f"Could not talk to the model server: {exc}")
+    if response.status_code != 200:
+        return Failed(describe_http_error(response.status_code, response.content))
+    try:
+        text = response.json()["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return Failed("The model server sent an answer without text.")
+    if not isinstance(text, str):
+        return Failed("The model server sent an answer without text.")
+    return _storable(text)

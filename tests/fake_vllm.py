@@ -40,6 +40,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -63,6 +64,17 @@ DEFAULT_REPLY = ("Hello", "!", " How", " can", " I", " help", " you", " today?")
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 SYSTEM_FINGERPRINT = "vllm-0.32.0-fake"
 ENGINE_FAILURE = "EngineCore encountered an issue. See stack trace (above) for the root cause."
+
+
+@dataclass
+class Instructed:
+    """How the fake answers a request whose system message contains a given text (`instructed`):
+    the site's own small requests (naming a conversation) apart from the chat it streams."""
+
+    reply: list[str]
+    status: int = 200  # anything else: an error body of that status instead
+    delay: float = 0.0  # seconds before answering
+
 
 _PIECES = re.compile(r"<\|im_start\|>|<\|im_end\|>|\n|(?:(?!<\|im_(?:start|end)\|>)\S)+")
 _SPECIAL_IDS = {"<|im_start|>": 151644, "<|im_end|>": 151645, "\n": 198}
@@ -195,6 +207,7 @@ class FakeVLLM:
         self._started = time.time()
         self.requests: list[dict[str, Any]] = []
         self.tokenize_requests: list[dict[str, Any]] = []
+        self.instructed_requests: list[dict[str, Any]] = []  # those answered by `instructed`
         self._set_defaults()
 
     def _set_defaults(self) -> None:
@@ -206,6 +219,8 @@ class FakeVLLM:
         # What /metrics says of the queue and the KV cache (running is counted from real requests).
         self.waiting = 0
         self.kv_cache_usage = 0.0
+        # Answers to requests by their system message's text (see Instructed); others get `reply`.
+        self.instructed: dict[str, Instructed] = {}
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -240,6 +255,7 @@ class FakeVLLM:
         with self._changed:
             self.requests.clear()
             self.tokenize_requests.clear()
+            self.instructed_requests.clear()
             self._disconnects = 0
             self._changed.notify_all()
 
@@ -445,9 +461,16 @@ class FakeVLLM:
 
     def _chat(self, handler: _Handler, body: dict[str, Any]) -> None:
         with self._changed:
-            self.requests.append(body)
+            # The site's own small requests apart, so that `requests` holds the chat alone.
+            (self.instructed_requests if self._instructed_for(body) else self.requests).append(body)
             self._changed.notify_all()
         fault, limit = self._fault, self.max_model_len
+        if (instructed := self._instructed_for(body)) is not None and instructed.status != 200:
+            time.sleep(instructed.delay)
+            handler.send_json(
+                instructed.status, _error_body(instructed.status, ENGINE_FAILURE, "InternalServerError", None)
+            )
+            return
 
         def bad_request(message: str, param: str | None) -> None:
             handler.send_json(400, _error_body(400, message, "BadRequestError", param))
@@ -548,7 +571,8 @@ class FakeVLLM:
 
     def _stream(self, handler: _Handler, body: dict[str, Any], prompt_tokens: int, max_tokens: int, epoch: int) -> None:
         fault, fault_after, delay = self._fault, self.fault_after, self.token_delay
-        deltas = list(self.reply)
+        instructed = self._instructed_for(body)
+        deltas = list(instructed.reply if instructed else self.reply)
         finish_reason = "length" if len(deltas) >= max_tokens else "stop"
         deltas = deltas[:max_tokens]
         connection = handler.connection
@@ -634,10 +658,13 @@ class FakeVLLM:
         if fault == "error_frame":
             handler.send_json(500, _error_body(500, ENGINE_FAILURE, "InternalServerError", None))
             return
-        deltas = list(self.reply)
+        instructed = self._instructed_for(body)
+        deltas = list(instructed.reply if instructed else self.reply)
         finish_reason = "length" if len(deltas) >= max_tokens else "stop"
         deltas = deltas[:max_tokens]
-        self._pause(handler.connection, epoch, self.token_delay * len(deltas))
+        self._pause(
+            handler.connection, epoch, (instructed.delay if instructed else 0.0) + self.token_delay * len(deltas)
+        )
         with self._changed:
             self._generated_tokens += len(deltas)
             self._changed.notify_all()
@@ -651,6 +678,15 @@ class FakeVLLM:
         payload |= {"model": body["model"], "choices": [choice], "system_fingerprint": SYSTEM_FINGERPRINT}
         payload["usage"] = usage
         handler.send_json(200, payload)
+
+    def _instructed_for(self, body: Any) -> Instructed | None:
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(messages, list):
+            return None
+        system = " ".join(
+            _text(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "system"
+        )
+        return next((answer for text, answer in self.instructed.items() if text in system), None)
 
     def _pause(self, connection: socket.socket, epoch: int, seconds: float) -> None:
         """Wait between two tokens, noticing at once if the client goes away meanwhile."""

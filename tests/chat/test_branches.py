@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from django.db.backends.utils import CursorWrapper
 
-from chat import branches, turns
+from chat import branches, titles, turns
 from chat.branches import Tree, Versions
 from chat.models import Conversation, Message
 from chat.turns import Turn, TurnEnded
@@ -228,12 +228,18 @@ async def test_regenerating_editing_and_switching_cost_the_same_in_a_long_conver
     async def costs(turn_count: int) -> dict[str, tuple[list[str], int]]:
         conversation = await Conversation.objects.acreate(owner=alice)
         sent = [await answered(fake_vllm, turns.start_turn(conversation, f"Q{i}"), f"A{i}.") for i in range(turn_count)]
+        # The model names the conversation after its first answer, in the background: its queries are
+        # not the measured actions'.
+        await titles.wait_for_name(conversation.pk)
         middle = sent[turn_count // 2]
         measured: dict[str, tuple[list[str], int]] = {}
 
         async def measure(name: str, action) -> None:
             before = len(statements)
             await action
+            # A finished answer starts a look at whether the model should name the conversation (it
+            # is not the first, so no): counted here, not in whichever action comes next.
+            await titles.wait_for_name(conversation.pk)
             measured[name] = (writes(statements[before:]), len(statements) - before)
 
         async def regenerate() -> None:

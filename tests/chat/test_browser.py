@@ -245,6 +245,7 @@ def test_with_debug_on_a_form_error_is_still_said_beside_the_form(chromium: Brow
         page.get_by_label("Password").fill(PASSWORD)
         page.get_by_role("button", name="Sign in").click()
         expect(page).to_have_url(f"{debug_site.url}/")
+        page.wait_for_load_state("domcontentloaded")  # the page's scripts listen
         prompt_box(page).press("Enter")
         expect(page.locator("#prompt-form").get_by_role("alert")).to_have_text("Type a message first.")
         expect(prompt_box(page)).to_be_visible()
@@ -314,6 +315,7 @@ def test_a_prompt_over_the_persons_limits_is_refused_with_a_message_and_kept(chr
         page.get_by_label("Password").fill(PASSWORD)
         page.get_by_role("button", name="Sign in").click()
         expect(page).to_have_url(f"{site.url}/")
+        page.wait_for_load_state("domcontentloaded")  # the page's scripts listen
         # An answer of hers is being generated (in another tab, or by another door).
         elsewhere = Conversation.objects.create(owner=alice, title="Elsewhere")
         Message.objects.create(conversation=elsewhere, role="assistant", status=Message.Status.STREAMING)

@@ -15,7 +15,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 # Before the search index too: undoing the tree rebuilds chat_message on SQLite, which drops the
 # index's triggers, so the way back goes to before they were made, and the way forward makes them.
 BEFORE_THE_TREE = ("chat", "0002_api_token")
-THE_TREE = ("chat", "0004_message_tree")
 
 
 @pytest.fixture
@@ -23,6 +22,10 @@ def migrate() -> Iterator[MigrationExecutor]:
     """Migrates to where a test asks; back to the latest afterwards, for the tests that follow."""
     executor = MigrationExecutor(connection)
     yield executor
+    to_latest(executor)
+
+
+def to_latest(executor: MigrationExecutor) -> None:
     executor.loader.build_graph()
     executor.migrate(executor.loader.graph.leaf_nodes())
 
@@ -50,7 +53,8 @@ def test_each_conversation_becomes_one_branch_in_the_order_it_was_written(migrat
     other = OldConversation.objects.create(owner_id=alice.pk, title="Other")
     alone = OldMessage.objects.create(conversation=other, role="user", content="Just this")
 
-    apps_at(migrate, THE_TREE)
+    # The tree (0004) and every migration after it: the site's models below are the latest ones.
+    to_latest(migrate)
 
     conversation = Conversation.objects.get(pk=chat.pk)
     assert conversation.branch_tip_id == written[-1].pk

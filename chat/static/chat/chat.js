@@ -64,6 +64,8 @@ Object.assign(htmx.config, {
       finish(data);
       const tokens = data.usage && data.usage.completion_tokens;
       if (tokens) meta.querySelector(".usage").textContent = `${tokens} tokens`;
+      // The conversation's sidebar item, if it waits for the model's name for it, now asks (titles.py).
+      document.body.dispatchEvent(new CustomEvent("chat:answered"));
     });
     source.addEventListener("error", (e) => {
       if (e.data) {
