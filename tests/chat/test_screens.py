@@ -38,8 +38,21 @@ See [the docs](https://example.com/docs) and `inline code`."""
 @pytest.fixture
 def shown_conversation(alice) -> Conversation:
     conversation = Conversation.objects.create(owner=alice, title="Running models locally")
-    Message.objects.create(conversation=conversation, role="user", content="How do I run a model locally?")
-    Message.objects.create(conversation=conversation, role="assistant", content=ANSWER, completion_tokens=42)
+    prompt = Message.objects.create(conversation=conversation, role="user", content="How do I run a model locally?")
+    # Two answers to the prompt (one regenerated): the answer shown has versions, and its figures.
+    Message.objects.create(conversation=conversation, parent=prompt, role="assistant", content="Use vLLM.")
+    answer = Message.objects.create(
+        conversation=conversation,
+        parent=prompt,
+        role="assistant",
+        content=ANSWER,
+        model_name="Qwen/Qwen3-0.6B",
+        time_to_first_token=0.25,
+        prompt_tokens=20,
+        completion_tokens=42,
+    )
+    conversation.branch_tip = answer
+    conversation.save(update_fields=["branch_tip"])
     Conversation.objects.create(owner=alice, title="Another conversation")
     return conversation
 
@@ -89,10 +102,20 @@ def test_axe_finds_nothing_serious_on_the_chat_page(
     page.goto(f"/c/{shown_conversation.pk}/")
     expect(page.locator("#thread .code-block")).to_be_visible()  # the answer rendered as markdown
     expect(page.locator("#backend")).to_have_text("model server up")
+    expect(page.get_by_role("navigation", name="Versions")).to_contain_text("2 / 2")
     assert serious_violations(page) == []
-    # With a conversation's actions menu open.
+    # With the settings panel open.
+    page.locator("#settings-panel > summary").click()
+    expect(page.get_by_label("System prompt")).to_be_visible()
+    assert serious_violations(page) == []
+    # With search results in the sidebar (on a phone, in its menu).
     if viewport:
         page.get_by_role("button", name="Conversations").click()
+    page.get_by_role("searchbox", name="Search conversations").fill("locally")
+    expect(page.get_by_role("list", name="Search results").get_by_role("link").first).to_be_in_viewport()
+    assert serious_violations(page) == []
+    page.get_by_role("searchbox", name="Search conversations").fill("")
+    # With a conversation's actions menu open.
     page.locator("#conversations li.current summary").click()
     expect(page.get_by_role("textbox", name="New title")).to_be_visible()
     assert serious_violations(page) == []
