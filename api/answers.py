@@ -7,8 +7,6 @@ text (vLLM down, a refused request) becomes an HTTP error instead of an empty st
 
 from collections.abc import AsyncIterator
 
-from django.conf import settings
-
 from chat import turns
 from chat.context import fit_context
 from chat.models import Message
@@ -63,5 +61,5 @@ async def check_fits(*, system_prompt: str, prompt: str, max_tokens: int) -> Non
         earlier=[],
         prompt=prompt,
         max_tokens=max_tokens,
-        context_length=settings.CHAT_CONTEXT_LENGTH,
+        context_length=(await vllm_client.served_model()).context_length,
     )

@@ -6,6 +6,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from engine import vllm_client
+
 
 def default_temperature() -> float:
     return settings.CHAT_DEFAULT_TEMPERATURE
@@ -26,9 +28,9 @@ TOP_P_RANGE = (0.01, 1.0)
 
 
 def max_tokens_range() -> tuple[int, int]:
-    # Read when asked, so it follows the settings. The answer must leave room for at least one
-    # prompt token in the context window.
-    return 1, settings.CHAT_CONTEXT_LENGTH - 1
+    # Read when asked, so it follows the model vLLM serves. The answer must leave room for at least
+    # one prompt token in the context window.
+    return 1, vllm_client.context_length() - 1
 
 
 def out_of_range(label: str, low: float, high: float) -> str:

@@ -75,7 +75,9 @@ class RunningTurn:
         for queue in self._followers:
             queue.put_nowait(event)
 
-    async def run(self, conversation: Conversation, prompt: Message, options: GenerationOptions) -> None:
+    async def run(
+        self, conversation: Conversation, prompt: Message, options: GenerationOptions, model: vllm_client.ServedModel
+    ) -> None:
         started = time.monotonic()
         first_token_after: float | None = None
         last_checkpoint = started
@@ -87,12 +89,12 @@ class RunningTurn:
                     earlier=await _earlier_turns(conversation, before=prompt),
                     prompt=prompt.content,
                     max_tokens=options.max_tokens,
-                    context_length=settings.CHAT_CONTEXT_LENGTH,
+                    context_length=model.context_length,
                 )
             except ContextTooLong as exc:
                 events: AsyncIterator[vllm_client.Event] = _single(Failed(str(exc)))
             else:
-                events = vllm_client.stream_chat(context.messages, options)
+                events = vllm_client.stream_chat(context.messages, options, model=model.id)
             # Closed on the way out, whatever the way: a stop or a failed write that lands during a
             # checkpoint finds the stream paused at a delta, and only closing it closes the
             # request to vLLM (which then frees its slot) now rather than when it is collected.
@@ -162,7 +164,7 @@ def options_for(conversation: Conversation) -> GenerationOptions:
 
 
 @sync_to_async
-def _save_prompt_and_answer(conversation: Conversation, prompt: str) -> tuple[Message, Message]:
+def _save_prompt_and_answer(conversation: Conversation, prompt: str, model_name: str) -> tuple[Message, Message]:
     with transaction.atomic():
         if not conversation.title:
             conversation.title = " ".join(prompt.split())[:TITLE_LENGTH]
@@ -172,7 +174,7 @@ def _save_prompt_and_answer(conversation: Conversation, prompt: str) -> tuple[Me
             conversation=conversation,
             role=Message.Role.ASSISTANT,
             status=Message.Status.STREAMING,
-            model_name=settings.VLLM_SERVED_MODEL_NAME,
+            model_name=model_name,
         )
     return prompt_message, answer
 
@@ -189,13 +191,15 @@ async def start_turn(conversation: Conversation, prompt: str) -> Turn:
     conversation's settings, which are saved (with the conversation, if new) in the same
     transaction as the prompt.
     """
-    prompt_message, answer = await _save_prompt_and_answer(conversation, prompt)
+    # The model vLLM serves now answers, and the answer records it: vLLM refuses a request for any other.
+    model = await vllm_client.served_model()
+    prompt_message, answer = await _save_prompt_and_answer(conversation, prompt, model.id)
     running = RunningTurn(answer)
     _running[answer.pk] = running
     # A fresh context: the request's would tie the turn's database calls to the request's own
     # thread executor (asgiref's ThreadSensitiveContext), which closes when the response ends.
     running.task = asyncio.create_task(
-        running.run(conversation, prompt_message, options_for(conversation)), context=contextvars.Context()
+        running.run(conversation, prompt_message, options_for(conversation), model), context=contextvars.Context()
     )
     return Turn(prompt_message, answer)
 

@@ -128,14 +128,18 @@ LOGGING = {
 
 # --- The model server -------------------------------------------------------------------------
 VLLM_BASE_URL = env.str("VLLM_BASE_URL", default="http://127.0.0.1:8000/v1").rstrip("/")
-VLLM_SERVED_MODEL_NAME = env.str("VLLM_SERVED_MODEL_NAME", default="qwen2-7b-instruct")
+# Empty: the site asks vLLM (/v1/models) which model it serves, and runvllm serves a model under
+# its own short name (qwen2-7b-instruct, smollm2-135m-instruct). Set, it is that name for both.
+VLLM_SERVED_MODEL_NAME = env.str("VLLM_SERVED_MODEL_NAME", default="")
 VLLM_CONNECT_TIMEOUT = env.float("VLLM_CONNECT_TIMEOUT", default=5.0)
 # vLLM sends no byte before the first token: queueing and prefill come first, so this must
 # cover the worst queue wait, not just the gap between two tokens.
 VLLM_READ_TIMEOUT = env.float("VLLM_READ_TIMEOUT", default=300.0)
 
 # --- runvllm: the managed vLLM server -----------------------------------------------------------
-VLLM_MODEL = env.str("VLLM_MODEL", default="Qwen/Qwen2-7B-Instruct")
+# A hub id, a local folder, or "starter". Empty: Qwen/Qwen2-7B-Instruct when this machine can have
+# it, else the starter model (engine/server/choice.py). A model named here is never replaced.
+VLLM_MODEL = env.str("VLLM_MODEL", default="")
 VLLM_HOST = env.str("VLLM_HOST", default="127.0.0.1")
 VLLM_PORT = env.int("VLLM_PORT", default=8000)
 VLLM_MAX_MODEL_LEN = env.int("VLLM_MAX_MODEL_LEN", default=2048)
@@ -164,8 +168,9 @@ VLLM_SERVER_MODULE = env.str("VLLM_SERVER_MODULE", default="vllm.entrypoints.ope
 VLLM_CPUS = env.str("VLLM_CPUS", default="")
 
 # --- A chat turn --------------------------------------------------------------------------------
-# The seed's defaults; the context length must match vLLM's --max-model-len.
-CHAT_CONTEXT_LENGTH = env.int("CHAT_CONTEXT_LENGTH", default=VLLM_MAX_MODEL_LEN)
+# The seed's defaults. The context length is vLLM's own (its max_model_len, from /v1/models);
+# set, this caps it. While vLLM cannot be asked, the site assumes VLLM_MAX_MODEL_LEN.
+CHAT_CONTEXT_LENGTH = env.int("CHAT_CONTEXT_LENGTH", default=None)
 CHAT_DEFAULT_TEMPERATURE = env.float("CHAT_DEFAULT_TEMPERATURE", default=0.7)
 CHAT_DEFAULT_MAX_TOKENS = env.int("CHAT_DEFAULT_MAX_TOKENS", default=512)
 CHAT_DEFAULT_TOP_P = env.float("CHAT_DEFAULT_TOP_P", default=0.9)

@@ -9,10 +9,14 @@ from pathlib import Path
 
 from django.conf import settings
 
+from engine.server import starter
+
 type Output = Callable[[str], None]
 
 # How many of a process's last output lines are kept to explain a failure.
 LAST_LINES = 20
+# What vLLM serves when no model is named and this machine can have it (see choice.py).
+DEFAULT_MODEL = "Qwen/Qwen2-7B-Instruct"
 
 
 class ServerError(Exception):
@@ -49,9 +53,17 @@ class ServerConfig:
             "cpus": cpu_list(settings.VLLM_CPUS),
         }
         values.update({name: value for name, value in overrides.items() if value is not None})
-        values["venv"] = Path(str(values["venv"])).expanduser()
-        values["model"] = _model_argument(str(values["model"]))
-        values["extra_args"] = tuple(values.get("extra_args") or ())
+        values["venv"] = venv = Path(str(values["venv"])).expanduser()
+        model = str(values["model"] or DEFAULT_MODEL)
+        extra_args = tuple(values.get("extra_args") or ())
+        if starter.is_starter(model):
+            # Its folder may not be built yet: that happens once vLLM, which builds it, is installed.
+            model = str(starter.folder(venv))
+            extra_args = (*starter.VLLM_ARGS, *extra_args)  # the person's own come last, and win
+        else:
+            model = _model_argument(model)
+        values.update(model=model, extra_args=extra_args)
+        values["served_model_name"] = values["served_model_name"] or served_name_for(model)
         return cls(**values)  # type: ignore[arg-type]
 
     @property
@@ -71,6 +83,10 @@ class ServerConfig:
     @property
     def model_is_folder(self) -> bool:
         return Path(self.model).is_dir()
+
+    @property
+    def is_starter(self) -> bool:
+        return starter.is_starter(self.model)
 
     def command(self) -> list[str]:
         command = [
@@ -127,6 +143,12 @@ def cpu_list(text: str) -> frozenset[int]:
     except ValueError:
         raise ServerError(f"VLLM_CPUS={text!r} is not a CPU list such as 0 or 0-2,5.") from None
     return frozenset(cpus)
+
+
+def served_name_for(model: str) -> str:
+    """The name vLLM serves a model under unless told otherwise: Qwen/Qwen2-7B-Instruct is
+    qwen2-7b-instruct, a folder its own name, the starter model smollm2-135m-instruct."""
+    return Path(model).name.lower()
 
 
 def _model_argument(model: str) -> str:
