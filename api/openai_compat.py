@@ -24,7 +24,6 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI, Schema
@@ -39,7 +38,8 @@ from chat import sse, turns
 from chat.context import ContextTooLong
 from chat.models import Conversation, Message
 from chat.turns import TurnEnded, TurnEvent
-from engine.vllm_client import TextDelta
+from engine import vllm_client
+from engine.vllm_client import ServedModel, TextDelta
 
 openai_api = NinjaAPI(
     title="OpenAI-compatible API",
@@ -152,11 +152,11 @@ def _checked(text: str, check, param: str) -> str:
 class Exchange:
     """The request as a conversation: its system prompt, earlier messages, and the prompt."""
 
-    def __init__(self, request: ChatCompletionIn) -> None:
-        if request.model != settings.VLLM_SERVED_MODEL_NAME:
+    def __init__(self, request: ChatCompletionIn, served: ServedModel) -> None:
+        if request.model != served.id:
             raise OpenAIError(
                 404,
-                f"The model `{request.model}` does not exist. This site serves {settings.VLLM_SERVED_MODEL_NAME}.",
+                f"The model `{request.model}` does not exist. This site serves {served.id or 'no model now'}.",
                 param="model",
                 code="model_not_found",
             )
@@ -199,7 +199,7 @@ class Exchange:
 
 @openai_api.post("/chat/completions")
 async def chat_completions(request: HttpRequest, data: ChatCompletionIn):
-    exchange = Exchange(data)
+    exchange = Exchange(data, await vllm_client.served_model())
     conversation = exchange.conversation(request.auth)
     try:
         await answers.check_fits(
@@ -290,23 +290,26 @@ async def _chunks(answer: Message, events: AsyncIterator[TurnEvent], *, include_
             await asyncio.shield(turns.stop_turn(answer))
 
 
-def _model_card() -> dict[str, Any]:
+def _model_card(served: ServedModel) -> dict[str, Any]:
+    # The model vLLM serves now, as vLLM names it; the context is the one the site fits to.
     return {
-        "id": settings.VLLM_SERVED_MODEL_NAME,
+        "id": served.id,
         "object": "model",
         "created": STARTED,
         "owned_by": "vllm",
-        "max_model_len": settings.CHAT_CONTEXT_LENGTH,
+        "max_model_len": served.context_length,
     }
 
 
 @openai_api.get("/models")
-def list_models(request: HttpRequest):
-    return {"object": "list", "data": [_model_card()]}
+async def list_models(request: HttpRequest):
+    served = await vllm_client.served_model()
+    return {"object": "list", "data": [_model_card(served)] if served.id else []}
 
 
 @openai_api.get("/models/{path:model}")
-def retrieve_model(request: HttpRequest, model: str):
-    if model != settings.VLLM_SERVED_MODEL_NAME:
+async def retrieve_model(request: HttpRequest, model: str):
+    served = await vllm_client.served_model()
+    if not served.id or model != served.id:
         raise OpenAIError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
-    return _model_card()
+    return _model_card(served)

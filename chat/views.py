@@ -7,6 +7,7 @@ The views that start, follow or stop a turn are async: the turn runs on the serv
 
 from urllib.parse import urlsplit
 
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -25,6 +26,7 @@ SIDEBAR_LENGTH = 200
 
 def _page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
     conversations = Conversation.objects.owned_by(request.user).newest_first()[:SIDEBAR_LENGTH]
+    model = async_to_sync(vllm_client.served_model)()  # the page names the model that will answer
     return render(
         request,
         "chat/page.html",
@@ -37,7 +39,8 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
                 "temperature": conversation.temperature if conversation else settings.CHAT_DEFAULT_TEMPERATURE,
                 "max_tokens": conversation.max_tokens if conversation else settings.CHAT_DEFAULT_MAX_TOKENS,
             },
-            "context_length": settings.CHAT_CONTEXT_LENGTH,
+            "context_length": model.context_length,
+            "model": model,
             "max_prompt_chars": settings.CHAT_MAX_PROMPT_CHARS,
         },
     )
@@ -129,6 +132,8 @@ async def healthz(request: HttpRequest) -> JsonResponse:
     report = {"site": "ok", "vllm": "ok" if health.ok else "unavailable"}
     if (await request.auser()).is_authenticated:
         report["detail"] = health.detail
+        if health.ok:
+            report["model"] = vllm_client.known_model().display_name
     return JsonResponse(report, status=200 if health.ok else 503)
 
 

@@ -29,6 +29,7 @@ INSTALLED_APPS = [
     "channels",
     "django_htmx",
     "ninja",  # its own static files serve the API docs' scripts (no CDN)
+    "accounts",  # signing in, and the first account of a new site
     "chat",  # the conversations: models, the turn, the page, the admin
     "engine",  # the model server: the vLLM client, and installing and running vLLM
     "api",  # the doors for programs: REST, model-compose's workflows, OpenAI-compatible /v1
