@@ -114,6 +114,7 @@ def standin(tmp_path):
         pids = tmp_path / "pids"
         record = tmp_path / "record.json"
         log_file = tmp_path / "logs" / "vllm.log"
+        model = tmp_path / "Qwen2-7B-Instruct"  # a folder: the model is named, and nothing looks at a hub
         port = free_port()
         started: list[ManageCommand] = []
 
@@ -125,6 +126,11 @@ def standin(tmp_path):
                 "VLLM_SERVER_MODULE": "tests.standin_vllm",
                 "VLLM_LOG_FILE": str(self.log_file),
                 "VLLM_PORT": str(self.port),
+                "VLLM_MODEL": str(self.model),
+                "VLLM_SERVED_MODEL_NAME": "qwen2-7b-instruct",
+                # Were anything to look at the model hub, it would find nothing there, at once.
+                "HF_ENDPOINT": "http://127.0.0.1:9",
+                "HF_HOME": str(tmp_path / "hf-home"),
                 "VLLM_STOP_GRACE": "5",
                 "VLLM_RESTART_BACKOFF": "0.3",
                 "STANDIN_PIDS": str(self.pids),
@@ -140,6 +146,7 @@ def standin(tmp_path):
         def recorded_pids(self) -> list[int]:
             return [int(pid) for pid in self.pids.read_text().split()] if self.pids.exists() else []
 
+    Standin.model.mkdir()
     (Standin.venv / "bin").mkdir(parents=True)
     (Standin.venv / "bin" / "python").symlink_to(sys.executable)
     standin = Standin()
@@ -297,7 +304,16 @@ def test_ready_means_health_and_the_served_model_and_is_logged(standin):
     log = standin.log_file.read_text()
     assert "runvllm: " in log and "--served-model-name qwen2-7b-instruct" in log
     assert "Application startup complete." in log
-    assert "Application startup complete." in runvllm.output  # and on the terminal
+    assert "Application startup complete." not in runvllm.output  # vLLM's own output is for the log
+    runvllm.process.send_signal(signal.SIGTERM)
+    assert runvllm.finish() == 0
+
+
+def test_verbosity_2_shows_vllms_own_output_on_the_terminal_too(standin):
+    runvllm = standin.run("-v", "2")
+    runvllm.wait_for("vLLM is ready")
+
+    assert "Application startup complete." in runvllm.output
     runvllm.process.send_signal(signal.SIGTERM)
     assert runvllm.finish() == 0
 
@@ -314,13 +330,16 @@ def test_the_wait_shows_elapsed_time_and_the_latest_log_line(standin):
     assert runvllm.finish() == 0
 
 
-def test_a_crash_during_start_exits_nonzero_with_vllms_last_lines(standin):
+def test_a_crash_during_start_exits_nonzero_with_the_reason_and_leaves_the_traceback_in_the_log(standin):
     runvllm = standin.run(STANDIN_CRASH_DURING_START="7")
 
     assert runvllm.finish() == 1
-    assert "CommandError: vLLM exited with code 7 while starting. Its last log lines:" in runvllm.output
-    error = runvllm.output.split("CommandError:", 1)[1]
-    assert "RuntimeError: stand-in engine failed to load the model" in error
+    assert runvllm.lines[-1] == (
+        "CommandError: vLLM exited with code 7 while starting: RuntimeError: stand-in engine failed to load the "
+        f"model. vLLM's own output is in {standin.log_file}."
+    )
+    assert "Traceback" not in runvllm.output
+    assert "Traceback (most recent call last):" in standin.log_file.read_text()
 
 
 def test_timeout_bounds_the_wait_and_stops_vllm(standin):
@@ -462,8 +481,7 @@ def test_a_crash_after_start_ends_runvllm_without_restart(standin):
     runvllm = standin.run(STANDIN_CRASH_AFTER="1.5", STANDIN_CHILD="1")
 
     assert runvllm.finish() == 1
-    assert "vLLM exited with code 3 after it was ready" in runvllm.output
-    assert "stand-in engine died" in runvllm.output.split("CommandError:", 1)[1]
+    assert "vLLM exited with code 3 after it was ready: Its last words: stand-in engine died." in runvllm.output
     assert not [pid for pid in standin.recorded_pids() if alive(pid)]
 
 
@@ -473,11 +491,9 @@ def test_restart_brings_vllm_back_with_a_doubling_pause(standin, tmp_path):
     runvllm = standin.run("--restart", STANDIN_CRASH_AFTER="1.5", STANDIN_CRASHES=str(crashes), STANDIN_CHILD="1")
 
     runvllm.wait_for("vLLM is ready", count=3)
-    restarts = [line for line in runvllm.lines if "restarting it in" in line]
-    assert restarts == [
-        "vLLM exited with code 3 after it was ready; restarting it in 0.3 s.",
-        "vLLM exited with code 3 after it was ready; restarting it in 0.6 s.",
-    ]
+    restarts = [line for line in runvllm.lines if "Restarting it in" in line]
+    assert [line.split(": ", 1)[0] for line in restarts] == ["vLLM exited with code 3 after it was ready"] * 2
+    assert [line.rsplit(". ", 1)[1] for line in restarts] == ["Restarting it in 0.3 s.", "Restarting it in 0.6 s."]
     pids = standin.recorded_pids()
     assert len(pids) == 6  # three servers, each with its engine
     assert [pid for pid in pids if alive(pid)] == pids[-2:]  # each crash took its engine along
@@ -674,3 +690,35 @@ class _Lines:
 
     def flush(self) -> None:
         pass
+
+
+# --- Which model: the default falls back to the starter model, a named one never does --------------------
+
+
+def test_the_default_model_falls_back_to_the_starter_model_when_the_hub_is_out_of_reach(standin):
+    built = standin.venv.parent / "models" / "smollm2-135m-instruct"  # as if built by an earlier run
+    built.mkdir(parents=True)
+    (built / "config.json").write_text("{}")
+    runvllm = standin.run(VLLM_MODEL="", VLLM_SERVED_MODEL_NAME="")
+    runvllm.wait_for("vLLM is ready")
+
+    assert runvllm.lines[0].startswith("Qwen2-7B-Instruct, the default model, cannot run here: it is not in the")
+    assert "cannot be downloaded (http://127.0.0.1:9 cannot be reached" in runvllm.lines[0]
+    argv = json.loads(standin.record.read_text())["argv"]
+    assert argv[argv.index("--model") + 1] == str(built)
+    assert argv[argv.index("--served-model-name") + 1] == "smollm2-135m-instruct"
+    assert argv[-2:] == ["--dtype", "float32"]
+    assert f"serves smollm2-135m-instruct (pid {standin.recorded_pids()[0]})" in runvllm.output
+    runvllm.process.send_signal(signal.SIGTERM)
+    assert runvllm.finish() == 0
+
+
+def test_a_named_model_that_cannot_be_had_is_an_error_and_nothing_starts(standin):
+    runvllm = standin.run("--model", "Qwen/Qwen2-7B-Instruct")
+
+    assert runvllm.finish() == 1
+    assert runvllm.lines[-1].startswith(
+        "CommandError: Cannot serve Qwen/Qwen2-7B-Instruct: it is not in the Hugging Face cache"
+    )
+    assert "starter" not in runvllm.output.split("CommandError", 1)[0]  # nothing was put in its place
+    assert not standin.pids.exists()
