@@ -45,7 +45,8 @@ def test_up_migrates_starts_vllm_then_serves_the_site_against_it(standin, tmp_pa
     assert (
         output.index("Applying chat.0001_initial") < output.index("vLLM is ready") < output.index("Starting the site")
     )
-    assert f"The chat is at http://127.0.0.1:{site_port}/" in output
+    # A fresh database has no account: the sign-in page makes the first one, and up says so.
+    assert f"The chat is at http://127.0.0.1:{site_port}/ (Ctrl-C stops it). Open it to create your account." in output
     health = httpx.get(f"http://127.0.0.1:{site_port}/healthz", timeout=10)
     assert health.status_code == 200, health.text
     assert health.json()["vllm"] == "ok"
