@@ -200,7 +200,8 @@ class Supervisor:
         elif now >= self._next_progress:
             self._next_progress = now + PROGRESS_EVERY
             latest = self.server.latest_line()[:160]
-            self.out(f"Waiting for vLLM to be ready: {now - self._started_at:.0f} s" + (f" ({latest})" if latest else ""))
+            said = f" ({latest})" if latest else ""
+            self.out(f"Waiting for vLLM to be ready: {now - self._started_at:.0f} s{said}")
 
     def _exited(self, code: int, now: float) -> None:
         # Its engine may outlive the API server: clear the whole group before anything else.
