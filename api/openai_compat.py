@@ -153,7 +153,8 @@ class Exchange:
     """The request as a conversation: its system prompt, earlier messages, and the prompt."""
 
     def __init__(self, request: ChatCompletionIn, served: ServedModel) -> None:
-        if request.model != served.id:
+        # While vLLM cannot say what it serves, the request goes on, to fail as "vLLM is down" (503).
+        if served.live and request.model != served.id:
             raise OpenAIError(
                 404,
                 f"The model `{request.model}` does not exist. This site serves {served.id or 'no model now'}.",
