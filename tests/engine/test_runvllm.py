@@ -22,6 +22,7 @@ from django.core.management import CommandError, call_command
 
 from engine.server.config import ServerConfig, ServerError, cpu_list
 from engine.server.processes import group_members, term_on_parent_death
+from engine.server.supervisor import why_vllm_failed
 from tests.site_server import ROOT
 
 
@@ -722,3 +723,33 @@ def test_a_named_model_that_cannot_be_had_is_an_error_and_nothing_starts(standin
     )
     assert "starter" not in runvllm.output.split("CommandError", 1)[0]  # nothing was put in its place
     assert not standin.pids.exists()
+
+
+# --- Why vLLM failed, in a sentence ----------------------------------------------------------------------
+
+HUB_TRACEBACK = """(APIServer pid=81) Traceback (most recent call last):
+(APIServer pid=81)   File "/venv/lib/python3.11/site-packages/huggingface_hub/file_download.py", line 1543, in _raise
+(APIServer pid=81)     raise LocalEntryNotFoundError(
+(APIServer pid=81) OSError: We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them
+in the cached files."""
+
+
+@pytest.mark.parametrize(
+    ("output", "code", "reason"),
+    [
+        (HUB_TRACEBACK, 1, "It could not fetch Qwen/Qwen2-7B-Instruct: the model hub cannot be reached, and the"),
+        (
+            "(EngineCore pid=9) Traceback (most recent call last):\n"
+            "(EngineCore pid=9) ValueError: Unsupported CPU attention configuration: head_dim=16\n",
+            1,
+            "ValueError: Unsupported CPU attention configuration: head_dim=16.",
+        ),
+        ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", 1, "It ran out of memory loading"),
+        ("huggingface_hub.errors.GatedRepoError: 401 Client Error.", 1, "The model hub lets only signed-in people"),
+        ("INFO Loading weights took 1.2 s", -9, "It was killed (signal 9): the kernel does that when memory runs out"),
+        ("", -15, "It was killed by signal 15."),
+        ("INFO Loading weights took 1.2 s\n\n", 3, "Its last words: INFO Loading weights took 1.2 s"),
+    ],
+)
+def test_why_vllm_failed_is_one_readable_sentence(output, code, reason):
+    assert why_vllm_failed(output.splitlines(), "Qwen/Qwen2-7B-Instruct", code).startswith(reason)
