@@ -115,6 +115,11 @@ class ServerConfig:
         if self.model_is_folder:
             # Everything vLLM needs is in the folder: nothing is fetched, nothing is announced.
             env.setdefault("HF_HUB_OFFLINE", "1")
+        if self.is_starter:
+            # vLLM's CPU build otherwise reserves 92% of the machine's memory for its KV cache, and
+            # refuses to start while other programs hold more than the rest. The starter model's
+            # 2048-token context needs a few MB of it: 1 GiB is plenty, and leaves room for the rest.
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         # What activating the environment would do, for anything vLLM starts by name (compilers).
         env["VIRTUAL_ENV"] = str(self.venv)
         env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"

@@ -244,6 +244,10 @@ class Supervisor:
         self.out("vLLM has stopped.")
 
 
+_VLLM_PREFIX = re.compile(r"^\(\w[\w-]* pid=\d+\)\s*(?:[A-Z]+ \d\d-\d\d [\d:]+ \[[^\]]+\]\s*)?")
+_EXCEPTION = re.compile(r"^([\w.]+\.)?\w*(Error|Exception|Exit)\b")
+
+
 def why_vllm_failed(lines: list[str], model: str, code: int) -> str:
     """A sentence on why vLLM stopped, from its last output lines: the common failures in plain
     words, anything else as the exception it ended with."""
@@ -263,11 +267,15 @@ def why_vllm_failed(lines: list[str], model: str, code: int) -> str:
         return f"It ran out of memory loading {model}: it needs a machine with more memory, or a smaller model."
     if code == -9:
         return "It was killed (signal 9): the kernel does that when memory runs out, which is likely what happened."
-    for line in reversed(lines):
-        # The exception a traceback ends with, without the "(EngineCore pid=...)" vLLM puts first.
-        bare = re.sub(r"^\(\w+ pid=\d+\)\s*", "", line.strip())
-        if re.match(r"^([\w.]+\.)?\w*(Error|Exception|Exit)\b", bare):
-            return f"{bare.rstrip('.')}."
+    # The exceptions its tracebacks end with, without the "(EngineCore pid=...) ERROR <time> [file]"
+    # vLLM puts before a line. The engine's and the API server's own only say "see the root cause
+    # above": the root cause is the last exception before them.
+    raised = [bare for line in lines if _EXCEPTION.match(bare := _VLLM_PREFIX.sub("", line.strip()))]
+    causes = [line for line in raised if not re.search(r"[Ss]ee (the )?(root cause|stack trace)", line)]
+    if cause := (causes or raised or [None])[-1]:
+        if "memory utilization" in cause:
+            return f"There is not enough free memory for it: {cause}"
+        return f"{cause.rstrip('.')}."
     last = next((line.strip() for line in reversed(lines) if line.strip()), "")
     return f"Its last words: {last}" if last else "It said nothing."
 

@@ -696,6 +696,16 @@ class _Lines:
 # --- Which model: the default falls back to the starter model, a named one never does --------------------
 
 
+def test_the_starter_model_gets_a_kv_cache_its_size_unless_told_otherwise(settings, tmp_path, monkeypatch):
+    settings.VLLM_VENV = tmp_path / "vllm-venv"
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+
+    assert ServerConfig.from_settings(model="starter").environment()["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert "VLLM_CPU_KVCACHE_SPACE" not in ServerConfig.from_settings(model="Qwen/Qwen2-7B-Instruct").environment()
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")
+    assert ServerConfig.from_settings(model="starter").environment()["VLLM_CPU_KVCACHE_SPACE"] == "4"
+
+
 def test_the_default_model_falls_back_to_the_starter_model_when_the_hub_is_out_of_reach(standin):
     built = standin.venv.parent / "models" / "smollm2-135m-instruct"  # as if built by an earlier run
     built.mkdir(parents=True)
@@ -734,6 +744,17 @@ HUB_TRACEBACK = """(APIServer pid=81) Traceback (most recent call last):
 in the cached files."""
 
 
+# vLLM 0.32's CPU build, started while other programs held a third of the memory: the worker's
+# exception is the cause, the engine's and the API server's after it only point back at it.
+MEMORY_TRACEBACK = """(VllmWorker-0 pid=334) ERROR 11-25 14:15:01 [multiproc_executor.py:953]     raise ValueError(
+(VllmWorker-0 pid=334) ERROR 11-25 14:15:01 [multiproc_executor.py:953] ValueError: Available memory on node 0 \
+(12.03/14.46 GiB) on startup is less than desired CPU memory utilization (0.92, 13.31 GiB).
+(EngineCore pid=32741) ERROR 11-25 14:15:05 [core.py:1510] EngineCore failed to start.
+(EngineCore pid=32741) ERROR 11-25 14:15:05 [core.py:1510] Exception: WorkerProc initialization failed due to an \
+exception in a background process. See stack trace for root cause.
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}"""
+
+
 @pytest.mark.parametrize(
     ("output", "code", "reason"),
     [
@@ -748,6 +769,7 @@ in the cached files."""
         ("huggingface_hub.errors.GatedRepoError: 401 Client Error.", 1, "The model hub lets only signed-in people"),
         ("INFO Loading weights took 1.2 s", -9, "It was killed (signal 9): the kernel does that when memory runs out"),
         ("", -15, "It was killed by signal 15."),
+        (MEMORY_TRACEBACK, 1, "There is not enough free memory for it: ValueError: Available memory on node 0"),
         ("INFO Loading weights took 1.2 s\n\n", 3, "Its last words: INFO Loading weights took 1.2 s"),
     ],
 )
