@@ -54,7 +54,6 @@ def _vllm_environment(**extra: str) -> dict[str, str]:
         **os.environ,
         "HF_HUB_OFFLINE": "1",  # the model is made here; nothing may come from a hub
         "VLLM_SERVED_MODEL_NAME": "",  # each model under its own name, as on a fresh machine
-        "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB: plenty for a 2048-token context, small for the CI machine
         # One CPU left to the site and the tests: vLLM busy-waits on all it may use while it
         # generates, and on two cores the site would not stream a token until the answer ended.
         "VLLM_CPUS": ",".join(map(str, cpus[:-1] or cpus)),
