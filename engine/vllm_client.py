@@ -351,6 +351,15 @@ async def count_prompt_tokens(messages: list[dict[str, str]], *, model: str | No
     return None
 
 
+async def _get(url: str) -> httpx.Response:
+    try:
+        return await http_client().get(url, timeout=3.0)
+    except httpx.RemoteProtocolError:
+        # A kept-alive connection that vLLM closed since its last answer (it restarted, say) fails
+        # like this on its next use: once more, on a new connection, before calling vLLM down.
+        return await http_client().get(url, timeout=3.0)
+
+
 @dataclass(frozen=True, slots=True)
 class Health:
     ok: bool
@@ -361,10 +370,10 @@ async def check_health() -> Health:
     """Ready means /health answers 200 and /v1/models lists a model (the one named in
     VLLM_SERVED_MODEL_NAME, if that is set). What it lists is noted as the model in use."""
     try:
-        health = await http_client().get(f"{server_root()}/health", timeout=3.0)
+        health = await _get(f"{server_root()}/health")
         if health.status_code != 200:
             return Health(False, f"vLLM answers /health with {health.status_code}")
-        models = await http_client().get(f"{settings.VLLM_BASE_URL}/models", timeout=3.0)
+        models = await _get(f"{settings.VLLM_BASE_URL}/models")
         listed = models.json().get("data", []) if models.status_code == 200 else []
         served = [m.get("id") for m in listed]
     except (httpx.ConnectError, httpx.ConnectTimeout):

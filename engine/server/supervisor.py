@@ -277,7 +277,7 @@ def why_vllm_failed(lines: list[str], model: str, code: int) -> str:
             return f"There is not enough free memory for it: {cause}"
         return f"{cause.rstrip('.')}."
     last = next((line.strip() for line in reversed(lines) if line.strip()), "")
-    return f"Its last words: {last}" if last else "It said nothing."
+    return f"Its last words: {last.rstrip('.')}." if last else "It said nothing."
 
 
 def prepare(config: ServerConfig, out: Output, device: str) -> None:

@@ -770,7 +770,7 @@ RuntimeError: Engine core initialization failed. See root cause above. Failed co
         ("INFO Loading weights took 1.2 s", -9, "It was killed (signal 9): the kernel does that when memory runs out"),
         ("", -15, "It was killed by signal 15."),
         (MEMORY_TRACEBACK, 1, "There is not enough free memory for it: ValueError: Available memory on node 0"),
-        ("INFO Loading weights took 1.2 s\n\n", 3, "Its last words: INFO Loading weights took 1.2 s"),
+        ("INFO Loading weights took 1.2 s\n\n", 3, "Its last words: INFO Loading weights took 1.2 s."),
     ],
 )
 def test_why_vllm_failed_is_one_readable_sentence(output, code, reason):
