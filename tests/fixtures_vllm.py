@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from engine import vllm_client
 from tests.fake_vllm import FakeVLLM
 
 
@@ -20,6 +21,7 @@ def fake_vllm(fake_vllm_server: FakeVLLM, settings) -> Iterator[FakeVLLM]:
     fake_vllm_server.reset()
     settings.VLLM_BASE_URL = fake_vllm_server.base_url
     settings.VLLM_SERVED_MODEL_NAME = fake_vllm_server.served_model_name
+    vllm_client.forget_served_model()  # what an earlier test's vLLM served is no news about this one
     yield fake_vllm_server
     # Ends streams a test left stalled, so their threads don't outlive it.
     fake_vllm_server.reset()
