@@ -25,3 +25,10 @@ def fake_vllm(fake_vllm_server: FakeVLLM, settings) -> Iterator[FakeVLLM]:
     yield fake_vllm_server
     # Ends streams a test left stalled, so their threads don't outlive it.
     fake_vllm_server.reset()
+
+
+@pytest.fixture(autouse=True)
+def no_served_model_from_an_earlier_test() -> None:
+    # The site keeps what vLLM last said it serves (engine/vllm_client.py): one test's vLLM, real or
+    # fake, must not decide another's bounds and model.
+    vllm_client.forget_served_model()

@@ -310,7 +310,9 @@ def test_a_second_ctrl_c_cuts_the_grace_period_short(standin):
 
 
 def test_runvllm_stops_vllm_when_its_terminal_goes_away(standin):
-    runvllm = standin.run(STANDIN_CHATTER="0.2", STANDIN_CHILD="1")
+    # At -v 2 vLLM's chatter reaches the terminal, so runvllm writes to it and finds it gone. (Else
+    # it writes nothing after the start, and closing the pipe here would wait on the reader thread.)
+    runvllm = standin.run("-v", "2", STANDIN_CHATTER="0.2", STANDIN_CHILD="1")
     runvllm.wait_for("vLLM is ready")
     pids = standin.recorded_pids()
 
