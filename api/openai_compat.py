@@ -24,7 +24,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from functools import partial
 from typing import Any, Literal
 
-from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, StreamingHttpResponse
@@ -39,7 +38,8 @@ from chat import rules, sse, turns
 from chat.context import ContextTooLong, check_prompt_fits
 from chat.models import Conversation, Message
 from chat.turns import TurnEnded, TurnEvent
-from engine.vllm_client import TextDelta
+from engine import vllm_client
+from engine.vllm_client import ServedModel, TextDelta
 
 openai_api = NinjaAPI(
     title="OpenAI-compatible API",
@@ -109,11 +109,12 @@ def _checked(text: str, rule: Callable[[str], str], param: str) -> str:
 class Exchange:
     """The request as a conversation: its system prompt, earlier messages, and the prompt."""
 
-    def __init__(self, request: ChatCompletionIn) -> None:
-        if request.model != settings.VLLM_SERVED_MODEL_NAME:
+    def __init__(self, request: ChatCompletionIn, served: ServedModel) -> None:
+        # While vLLM cannot say what it serves, the request goes on, to fail as "vLLM is down" (503).
+        if served.live and request.model != served.id:
             raise ApiError(
                 404,
-                f"The model `{request.model}` does not exist. This site serves {settings.VLLM_SERVED_MODEL_NAME}.",
+                f"The model `{request.model}` does not exist. This site serves {served.id or 'no model now'}.",
                 param="model",
                 code="model_not_found",
             )
@@ -149,7 +150,7 @@ class Exchange:
 async def chat_completions(
     request: AuthenticatedRequest, data: ChatCompletionIn
 ) -> StreamingHttpResponse | dict[str, Any]:
-    exchange = Exchange(data)
+    exchange = Exchange(data, await vllm_client.served_model())
     conversation = exchange.conversation(request.auth)
     try:
         await check_prompt_fits(
@@ -214,23 +215,26 @@ async def _chunks(answer: Message, events: AsyncIterator[TurnEvent], *, include_
     yield sse.frame("[DONE]")
 
 
-def _model_card() -> dict[str, Any]:
+def _model_card(served: ServedModel) -> dict[str, Any]:
+    # The model vLLM serves now, as vLLM names it; the context is the one the site fits to.
     return {
-        "id": settings.VLLM_SERVED_MODEL_NAME,
+        "id": served.id,
         "object": "model",
         "created": STARTED,
         "owned_by": "vllm",
-        "max_model_len": settings.CHAT_CONTEXT_LENGTH,
+        "max_model_len": served.context_length,
     }
 
 
 @openai_api.get("/models")
-def list_models(request: HttpRequest) -> dict[str, Any]:
-    return {"object": "list", "data": [_model_card()]}
+async def list_models(request: HttpRequest) -> dict[str, Any]:
+    served = await vllm_client.served_model()
+    return {"object": "list", "data": [_model_card(served)] if served.id else []}
 
 
 @openai_api.get("/models/{path:model}")
-def retrieve_model(request: HttpRequest, model: str) -> dict[str, Any]:
-    if model != settings.VLLM_SERVED_MODEL_NAME:
+async def retrieve_model(request: HttpRequest, model: str) -> dict[str, Any]:
+    served = await vllm_client.served_model()
+    if not served.id or model != served.id:
         raise ApiError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
-    return _model_card()
+    return _model_card(served)

@@ -236,6 +236,7 @@ class TaskOut(Schema):
         description="The answer's text: whole once the task has ended; while it is processing, the text so far."
     )
     error: str | None
+    model: str = Field("", description="The model that answers, as vLLM names it (empty if none did).")
 
 
 class TaskStarted(Schema):

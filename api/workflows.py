@@ -43,6 +43,7 @@ from chat import ownership, sse, turns
 from chat.context import ContextTooLong, check_prompt_fits
 from chat.models import Conversation, Message
 from chat.turns import TurnEnded, TurnEvent
+from engine import vllm_client
 from engine.vllm_client import TextDelta
 
 router = Router(tags=["model-compose workflows"])
@@ -90,7 +91,7 @@ def workflow() -> WorkflowOut:
     return WorkflowOut(
         workflow_id=WORKFLOW_ID,
         title="Chat with vLLM server",
-        description="Generate text responses using vLLM server",
+        description=f"Generate text responses using vLLM server ({vllm_client.known_model().display_name})",
         default=True,
         input=[
             WorkflowVariable(name="prompt", type="text", required=True),
@@ -158,7 +159,8 @@ def task(answer: Message) -> TaskOut:
         status, error = "failed", turns.INTERRUPTED_TEXT
     if status != "failed":
         error = None
-    return TaskOut(task_id=str(answer.pk), status=status, output=turns.text_so_far(answer) or None, error=error)
+    output = turns.text_so_far(answer) or None
+    return TaskOut(task_id=str(answer.pk), status=status, output=output, error=error, model=answer.model_name)
 
 
 @router.get("/tasks/{task_id}", response={200: TaskOut | str, 202: TaskOut, 409: ErrorOut, **ERRORS})

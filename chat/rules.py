@@ -6,8 +6,8 @@ these rules, so a person reads the same message for the same mistake on the page
 from the CLI and from an OpenAI SDK. A rule raises Django's ValidationError; each door words it in
 its own shape.
 
-The bounds that follow the settings (prompt length, context length) are read when a rule runs, so
-they follow the settings the site runs with (and tests' overrides).
+The bounds that follow the settings (prompt length) or the model vLLM serves (context length) are
+read when a rule runs, so they follow the settings the site runs with (and tests' overrides).
 """
 
 import math
@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+
+from engine import vllm_client
 
 # The longest title a person may give a conversation (the database column's size).
 TITLE_LENGTH = 200
@@ -136,5 +138,6 @@ TOP_P = Bounds("Top p", 0.01, 1.0)
 
 
 def max_tokens() -> Bounds:
-    # The answer must leave room for at least one prompt token in the context window.
-    return Bounds("Max tokens", 1, settings.CHAT_CONTEXT_LENGTH - 1)
+    # Read when asked, so it follows the model vLLM serves. The answer must leave room for at least
+    # one prompt token in the context window.
+    return Bounds("Max tokens", 1, vllm_client.context_length() - 1)

@@ -98,7 +98,9 @@ class RunningTurn:
         for queue in self._followers:
             queue.put_nowait(event)
 
-    async def run(self, conversation: Conversation, prompt: Message, options: GenerationOptions) -> None:
+    async def run(
+        self, conversation: Conversation, prompt: Message, options: GenerationOptions, model: vllm_client.ServedModel
+    ) -> None:
         started = time.monotonic()
         first_token_after: float | None = None
         last_checkpoint = started
@@ -110,12 +112,12 @@ class RunningTurn:
                     earlier=await _earlier_turns(conversation, before=prompt),
                     prompt=prompt.content,
                     max_tokens=options.max_tokens,
-                    context_length=settings.CHAT_CONTEXT_LENGTH,
+                    context_length=model.context_length,
                 )
             except ContextTooLong as exc:
                 events: AsyncGenerator[vllm_client.Event, None] = _single(Failed(str(exc)))
             else:
-                events = vllm_client.stream_chat(context.messages, options)
+                events = vllm_client.stream_chat(context.messages, options, model=model.id)
             # Closed on the way out, whatever the way: a stop or a failed write that lands during a
             # checkpoint finds the stream paused at a delta, and only closing it closes the
             # request to vLLM (which then frees its slot) now rather than when it is collected.
@@ -225,13 +227,13 @@ def _tip_now(conversation: Conversation) -> int | None:
     return tips.values_list("tip", flat=True).first()
 
 
-def _new_answer(conversation: Conversation, prompt: Message) -> Message:
+def _new_answer(conversation: Conversation, prompt: Message, model_name: str) -> Message:
     answer = Message.objects.create(
         conversation=conversation,
         parent=prompt,
         role=Message.Role.ASSISTANT,
         status=Message.Status.STREAMING,
-        model_name=settings.VLLM_SERVED_MODEL_NAME,
+        model_name=model_name,
     )
     # The new answer is the branch shown, on every page and door, from now on.
     Conversation.objects.filter(pk=conversation.pk).update(branch_tip=answer)
@@ -255,7 +257,11 @@ def _save_earlier(conversation: Conversation, earlier: Sequence[tuple[str, str]]
 
 @sync_to_async
 def _save_prompt_and_answer(
-    conversation: Conversation, prompt: str, place: Place, earlier: Sequence[tuple[str, str]] = ()
+    conversation: Conversation,
+    prompt: str,
+    place: Place,
+    model_name: str,
+    earlier: Sequence[tuple[str, str]] = (),
 ) -> tuple[Message, Message]:
     with transaction.atomic():
         limits.check_room_for_an_answer(conversation.owner_id)  # refused: nothing is saved
@@ -268,15 +274,15 @@ def _save_prompt_and_answer(
         prompt_message = Message.objects.create(
             conversation=conversation, parent_id=place, role=Message.Role.USER, content=prompt
         )
-        return prompt_message, _new_answer(conversation, prompt_message)
+        return prompt_message, _new_answer(conversation, prompt_message, model_name)
 
 
 @sync_to_async
-def _save_answer(conversation: Conversation, prompt: Message) -> Message:
+def _save_answer(conversation: Conversation, prompt: Message, model_name: str) -> Message:
     with transaction.atomic():
         limits.check_room_for_an_answer(conversation.owner_id)  # refused: nothing is saved
         conversation.save()  # moves it to the top of the list, with the settings the answer uses
-        return _new_answer(conversation, prompt)
+        return _new_answer(conversation, prompt, model_name)
 
 
 class Turn(NamedTuple):
@@ -308,10 +314,12 @@ async def start_turn(
     """
     if after is not None and after.conversation_id != conversation.pk:
         raise ValueError("`after` is a message of another conversation")
+    # The model vLLM serves now answers, and the answer records it: vLLM refuses a request for any other.
+    model = await vllm_client.served_model()
     prompt_message, answer = await _save_prompt_and_answer(
-        conversation, prompt, _Branch.SHOWN if after is None else after.pk, earlier
+        conversation, prompt, _Branch.SHOWN if after is None else after.pk, model.id, earlier
     )
-    return _run(conversation, prompt_message, answer)
+    return _run(conversation, prompt_message, answer, model)
 
 
 async def edit_prompt(conversation: Conversation, edited: Message, prompt: str) -> Turn:
@@ -321,8 +329,9 @@ async def edit_prompt(conversation: Conversation, edited: Message, prompt: str) 
     """
     if edited.conversation_id != conversation.pk or edited.role != Message.Role.USER:
         raise ValueError("`edited` is not a prompt of this conversation")
-    prompt_message, answer = await _save_prompt_and_answer(conversation, prompt, edited.parent_id)
-    return _run(conversation, prompt_message, answer)
+    model = await vllm_client.served_model()
+    prompt_message, answer = await _save_prompt_and_answer(conversation, prompt, edited.parent_id, model.id)
+    return _run(conversation, prompt_message, answer, model)
 
 
 async def regenerate(conversation: Conversation, answer: Message) -> Turn:
@@ -337,16 +346,17 @@ async def regenerate(conversation: Conversation, answer: Message) -> Turn:
     prompt = None if answer.parent_id is None else await prompts.filter(pk=answer.parent_id).afirst()
     if prompt is None:
         raise NoPrompt("This answer follows no prompt, so there is nothing to answer again.")
-    return _run(conversation, prompt, await _save_answer(conversation, prompt))
+    model = await vllm_client.served_model()
+    return _run(conversation, prompt, await _save_answer(conversation, prompt, model.id), model)
 
 
-def _run(conversation: Conversation, prompt: Message, answer: Message) -> Turn:
+def _run(conversation: Conversation, prompt: Message, answer: Message, model: vllm_client.ServedModel) -> Turn:
     running = RunningTurn(answer)
     _running[answer.pk] = running
     # A fresh context: the request's would tie the turn's database calls to the request's own
     # thread executor (asgiref's ThreadSensitiveContext), which closes when the response ends.
     running.task = asyncio.create_task(
-        running.run(conversation, prompt, options_for(conversation)), context=contextvars.Context()
+        running.run(conversation, prompt, options_for(conversation), model), context=contextvars.Context()
     )
     return Turn(prompt, answer)
 

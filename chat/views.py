@@ -8,6 +8,7 @@ The views that start, follow or stop a turn are async: the turn runs on the serv
 from typing import Any
 from urllib.parse import urlsplit
 
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
@@ -23,6 +24,7 @@ from chat.forms import PromptForm, RenameForm, SendForm, SettingsForm
 from chat.limits import TooManyAnswers
 from chat.models import MAX_ID, Conversation, ConversationQuerySet, Message, Someone
 from engine import vllm_client
+from engine.server import starter
 from ops import readings
 
 SIDEBAR_LENGTH = 200
@@ -38,11 +40,12 @@ def _listed_conversations(user: Someone) -> ConversationQuerySet:
 
 
 def _settings_panel(conversation: Conversation | None) -> dict[str, Any]:
-    """What the settings panel shows: the conversation's settings, within the bounds the server checks."""
+    """What the settings panel shows: the conversation's settings, within the bounds the server checks
+    (the context length is the model's vLLM last said it serves)."""
     return {
         "defaults": {
             "system_prompt": conversation.system_prompt if conversation else "",
-            "temperature": conversation.temperature if conversation else settings.CHAT_DEFAULT_TEMPERATURE,
+            "temperature": conversation.temperature if conversation else _default_temperature(),
             "top_p": conversation.top_p if conversation else settings.CHAT_DEFAULT_TOP_P,
             "max_tokens": conversation.max_tokens if conversation else settings.CHAT_DEFAULT_MAX_TOKENS,
         },
@@ -57,6 +60,7 @@ def _branch(branch: branches.Branch) -> dict[str, Any]:
 
 
 def _page(request: HttpRequest, conversation: Conversation | None, *, through: int | None = None) -> HttpResponse:
+    model = async_to_sync(vllm_client.served_model)()  # the page names the model that will answer
     return render(
         request,
         "chat/page.html",
@@ -66,8 +70,14 @@ def _page(request: HttpRequest, conversation: Conversation | None, *, through: i
             "open_pk": conversation.pk if conversation else None,
             **_branch(branches.shown_branch(conversation, through=through) if conversation else []),
             **_settings_panel(conversation),
+            "model": model,
         },
     )
+
+
+def _default_temperature() -> float:
+    # The starter model is asked greedily: sampled, its answers derail (engine/server/starter.py).
+    return starter.TEMPERATURE if vllm_client.known_model().is_starter else settings.CHAT_DEFAULT_TEMPERATURE
 
 
 @login_required
@@ -282,6 +292,8 @@ async def healthz(request: HttpRequest) -> JsonResponse:
     report = {"site": "ok", "vllm": "ok" if health.ok else "unavailable"}
     if (await request.auser()).is_authenticated:
         report["detail"] = health.detail
+        if health.ok:
+            report["model"] = vllm_client.known_model().display_name
     return JsonResponse(report, status=200 if health.ok else 503)
 
 

@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "channels",
     "django_htmx",
     "ninja",  # its own static files serve the API docs' scripts (no CDN)
+    "accounts",  # signing in, and the first account of a new site
     "chat",  # the conversations: models, the turn, the page, the admin
     "engine",  # the model server: the vLLM client, and installing and running vLLM
     "api",  # the doors for programs: REST, model-compose's workflows, OpenAI-compatible /v1
@@ -203,7 +204,9 @@ AXES_LOCKOUT_CALLABLE = "chat.sign_in.locked_out"
 
 # --- The model server -------------------------------------------------------------------------
 VLLM_BASE_URL: str = env.str("VLLM_BASE_URL", default="http://127.0.0.1:8000/v1").rstrip("/")
-VLLM_SERVED_MODEL_NAME: str = env.str("VLLM_SERVED_MODEL_NAME", default="qwen2-7b-instruct")
+# Empty: the site asks vLLM (/v1/models) which model it serves, and runvllm serves a model under
+# its own short name (qwen2-7b-instruct, smollm2-135m-instruct). Set, it is that name for both.
+VLLM_SERVED_MODEL_NAME: str = env.str("VLLM_SERVED_MODEL_NAME", default="")
 VLLM_CONNECT_TIMEOUT: float = env.float("VLLM_CONNECT_TIMEOUT", default=5.0)
 # Connections the site may hold open to vLLM at once: one per answer streaming. Past it an answer
 # waits VLLM_CONNECT_TIMEOUT seconds for one, then ends with an error saying so.
@@ -213,7 +216,9 @@ VLLM_MAX_CONNECTIONS: int = env.int("VLLM_MAX_CONNECTIONS", default=1000)
 VLLM_READ_TIMEOUT: float = env.float("VLLM_READ_TIMEOUT", default=300.0)
 
 # --- runvllm: the managed vLLM server -----------------------------------------------------------
-VLLM_MODEL: str = env.str("VLLM_MODEL", default="Qwen/Qwen2-7B-Instruct")
+# A hub id, a local folder, or "starter". Empty: Qwen/Qwen2-7B-Instruct when this machine can have
+# it, else the starter model (engine/server/choice.py). A model named here is never replaced.
+VLLM_MODEL: str = env.str("VLLM_MODEL", default="")
 VLLM_HOST: str = env.str("VLLM_HOST", default="127.0.0.1")
 VLLM_PORT: int = env.int("VLLM_PORT", default=8000)
 VLLM_MAX_MODEL_LEN: int = env.int("VLLM_MAX_MODEL_LEN", default=2048)
@@ -244,8 +249,9 @@ VLLM_SERVER_MODULE: str = env.str("VLLM_SERVER_MODULE", default="vllm.entrypoint
 VLLM_CPUS: str = env.str("VLLM_CPUS", default="")
 
 # --- A chat turn --------------------------------------------------------------------------------
-# The seed's defaults; the context length must match vLLM's --max-model-len.
-CHAT_CONTEXT_LENGTH: int = env.int("CHAT_CONTEXT_LENGTH", default=VLLM_MAX_MODEL_LEN)
+# The seed's defaults. The context length is vLLM's own (its max_model_len, from /v1/models);
+# set, this caps it. While vLLM cannot be asked, the site assumes VLLM_MAX_MODEL_LEN.
+CHAT_CONTEXT_LENGTH: int | None = env.int("CHAT_CONTEXT_LENGTH", default=None)
 CHAT_DEFAULT_TEMPERATURE: float = env.float("CHAT_DEFAULT_TEMPERATURE", default=0.7)
 CHAT_DEFAULT_MAX_TOKENS: int = env.int("CHAT_DEFAULT_MAX_TOKENS", default=512)
 CHAT_DEFAULT_TOP_P: float = env.float("CHAT_DEFAULT_TOP_P", default=0.9)

@@ -3,6 +3,7 @@ from django.contrib import admin
 from django.contrib.auth import urls as auth_urls
 from django.urls import include, path
 
+from accounts import views as sign_in_pages
 from api.openai_compat import openai_api
 from api.rest import api
 
@@ -17,6 +18,9 @@ accounts = [
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    # Before Django's own sign-in page, which it stands in for.
+    path("accounts/login/", sign_in_pages.sign_in, name="login"),
+    path("accounts/first-account/", sign_in_pages.first_account, name="first-account"),
     path("accounts/", include(accounts)),
     path("api/", api.urls),
     path("v1/", openai_api.urls),

@@ -189,9 +189,15 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FakeVLLM:
-    def __init__(self, served_model_name: str = "qwen2-7b-instruct", max_model_len: int = 2048) -> None:
+    def __init__(
+        self,
+        served_model_name: str = "qwen2-7b-instruct",
+        max_model_len: int = 2048,
+        root: str = "/models/qwen2-tiny-random",  # what /v1/models says vLLM loaded
+    ) -> None:
         self.served_model_name = served_model_name
         self.max_model_len = max_model_len
+        self.model_root = root
         self.port = 0
         self._changed = threading.Condition()
         self._server: _Server | None = None
@@ -390,7 +396,7 @@ class FakeVLLM:
                     "object": "model",
                     "created": created,
                     "owned_by": "vllm",
-                    "root": "/models/qwen2-tiny-random",
+                    "root": self.model_root,
                     "parent": None,
                     "max_model_len": self.max_model_len,
                     "permission": [

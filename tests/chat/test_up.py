@@ -26,7 +26,8 @@ def test_up_migrates_starts_vllm_then_serves_the_site_against_it(standin, tmp_pa
     assert (
         output.index("Applying chat.0001_initial") < output.index("vLLM is ready") < output.index("Starting the site")
     )
-    assert f"The chat is at http://127.0.0.1:{site_port}/" in output
+    # A fresh database has no account: the sign-in page makes the first one, and up says so.
+    assert f"The chat is at http://127.0.0.1:{site_port}/ (Ctrl-C stops it). Open it to create your account." in output
     health = httpx.get(f"http://127.0.0.1:{site_port}/healthz", timeout=10)
     assert health.status_code == 200, health.text
     assert health.json()["vllm"] == "ok"
@@ -115,7 +116,10 @@ def test_up_restarts_a_crashed_vllm_while_the_site_stays_up(standin, tmp_path):
 
     up.wait_for("vLLM is ready", count=2, timeout=30)
 
-    assert "vLLM exited with code 3 after it was ready; restarting it in 0.3 s." in up.output
+    assert (
+        "vLLM exited with code 3 after it was ready: Its last words: stand-in engine died. "
+        f"vLLM's own output is in {standin.log_file}. Restarting it in 0.3 s."
+    ) in up.output
     assert httpx.get(f"http://127.0.0.1:{site_port}/healthz", timeout=10).json()["vllm"] == "ok"
     assert [pid for pid in site if alive(pid)]  # the same daphne throughout
     up.process.send_signal(signal.SIGTERM)

@@ -8,6 +8,7 @@ from django.utils import translation
 from chat import rules
 from chat.models import Conversation, Message
 from tests.chat.page_html import elements
+from tests.fake_vllm import FakeVLLM
 
 pytestmark = pytest.mark.django_db
 
@@ -262,11 +263,11 @@ def bounds(field: dict[str, str | None]) -> tuple[float, float]:
 
 
 def test_the_prompt_form_offers_the_bounds_the_server_checks(client, alice, settings):
-    settings.CHAT_CONTEXT_LENGTH = 4096
     client.force_login(alice)
-    # In a language that writes 0,7: HTML still needs 0.7.
-    with translation.override("de"):
-        fields = elements(client.get(reverse("chat:index")).content.decode())
+    # The context is the one vLLM serves, as its /v1/models says.
+    with FakeVLLM(max_model_len=4096) as vllm, translation.override("de"):  # a language that writes 0,7
+        settings.VLLM_BASE_URL, settings.VLLM_SERVED_MODEL_NAME = vllm.base_url, ""
+        fields = elements(client.get(reverse("chat:index")).content.decode())  # HTML still needs 0.7
     assert bounds(fields["temperature"]) == (rules.TEMPERATURE.low, rules.TEMPERATURE.high)
     assert bounds(fields["top_p"]) == (rules.TOP_P.low, rules.TOP_P.high)
     assert bounds(fields["max_tokens"]) == (rules.max_tokens().low, rules.max_tokens().high) == (1, 4095)

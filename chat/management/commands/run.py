@@ -48,6 +48,9 @@ class Command(BaseCommand):
         answer = asyncio.run(self.run_turn(owner, workflow_input))
         if answer.content:
             self.stdout.write("")  # the line break after the answer
+        if answer.model_name and options["verbosity"] > 0:
+            # On stderr, so that stdout is the answer alone, as model-compose prints it.
+            self.stderr.write(f"(answered by {answer.model_name})")
         if answer.has_failed:
             raise CommandError(answer.error)
         if answer.status == Message.Status.STOPPED:
