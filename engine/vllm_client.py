@@ -503,7 +503,8 @@ async def complete(messages: list[dict[str, str]], options: GenerationOptions) -
     For the site's own small requests (naming a conversation), not for answers a person follows.
     """
     body = {
-        "model": settings.VLLM_SERVED_MODEL_NAME,
+        # The model vLLM says it serves, as for answers: VLLM_SERVED_MODEL_NAME may be left unset.
+        "model": (await served_model()).id,
         "messages": messages,
         "temperature": options.temperature,
         "max_tokens": options.max_tokens,
