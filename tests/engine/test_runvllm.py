@@ -423,6 +423,10 @@ def fake_python(tmp_path, settings, monkeypatch):
     settings.VLLM_VENV = tmp_path / "vllm-venv"
     settings.VLLM_PIP_ARGS = "--extra-index-url https://example.org/cpu"
     settings.VLLM_SERVER_MODULE = "json"  # any module the real python can import stands in for vLLM's
+    # A folder: the model is named and at hand, so the install neither asks a model hub nor falls
+    # back to building the starter model (which needs the real vLLM's torch).
+    settings.VLLM_MODEL = str(tmp_path / "at-hand" / "Qwen2-7B-Instruct")
+    (tmp_path / "at-hand" / "Qwen2-7B-Instruct").mkdir(parents=True)
 
     class Fake:
         def calls(self) -> list[str]:

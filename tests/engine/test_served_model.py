@@ -12,6 +12,7 @@ from chat.models import ApiToken, Conversation, Message
 from chat.turns import TurnEnded
 from engine import vllm_client
 from engine.vllm_client import ServedModel
+from tests.chat.page_html import elements
 from tests.fake_vllm import FakeVLLM
 
 STARTER_ROOT = "/root/.cache/chatsite/models/smollm2-135m-instruct"
@@ -139,8 +140,9 @@ def test_the_page_names_the_starter_model_and_how_to_run_qwen2(serving, client: 
 
     assert '<span class="model-name" title="' + STARTER_ROOT + '">SmolLM2-135M-Instruct (starter model)</span>' in page
     assert "VLLM_MODEL=/path/to/Qwen2-7B-Instruct make run" in page
-    assert 'name="max_tokens" min="1" max="2047"' in page
-    assert 'name="temperature" min="0" max="2" step="0.05" value="0.0"' in page  # greedy: see starter.TEMPERATURE
+    fields = elements(page)
+    assert (fields["max_tokens"]["min"], fields["max_tokens"]["max"]) == ("1", "2047")
+    assert float(fields["temperature"]["value"] or "nan") == 0.0  # greedy: see starter.TEMPERATURE
 
 
 @pytest.mark.django_db
@@ -152,8 +154,9 @@ def test_the_page_names_another_model_plainly_and_follows_its_context(serving, c
 
     assert ">Qwen2-7B-Instruct</span>" in page
     assert "starter model" not in page
-    assert 'name="max_tokens" min="1" max="4095"' in page
-    assert 'name="temperature" min="0" max="2" step="0.05" value="0.7"' in page
+    fields = elements(page)
+    assert (fields["max_tokens"]["min"], fields["max_tokens"]["max"]) == ("1", "4095")
+    assert float(fields["temperature"]["value"] or "nan") == 0.7
 
 
 @pytest.mark.django_db
