@@ -39,11 +39,25 @@
     const page = document.createElement("template");
     page.innerHTML = html;
     const added = [...page.content.children];
-    keepView(() => line.replaceWith(page.content));
+    // The answers are rendered at once, with their true height (chat.css: .arriving), so that the
+    // view is kept by that height. Left to the browser, an answer's blocks would be laid out as
+    // they neared the screen, each from a guessed height, and the reader's view would jump.
+    added.forEach((element) => element.classList.add("arriving"));
+    keepView(() => {
+      line.replaceWith(page.content);
+      for (const element of added) element.querySelectorAll("article.assistant .body:not(.markdown)").forEach(render);
+    });
     added.forEach((element) => htmx.process(element)); // their versions, Edit and Regenerate buttons
-    // Rendered answers are taller or shorter than their text: each keeps the view as it changes.
-    ChatAnswer.showAll(thread, keepView);
+    // Once drawn, each block's height is remembered (contain-intrinsic-size: auto), and the browser
+    // may skip laying out the ones off screen again.
+    requestAnimationFrame(() => requestAnimationFrame(() => added.forEach((element) => element.classList.remove("arriving"))));
     watch();
+  }
+
+  function render(body) {
+    const answer = ChatAnswer.follow(body, keepView); // a long one goes on rendering in slices
+    answer.append(body.textContent);
+    answer.finish();
   }
 
   function failed(line, message) {
