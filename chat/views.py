@@ -27,6 +27,7 @@ from engine import vllm_client
 from engine.server import starter
 from ops import readings
 
+
 class HtmxHttpRequest(HttpRequest):
     # As django-htmx's example types it: its middleware gives every request `htmx`.
     htmx: HtmxDetails

@@ -3,6 +3,7 @@ of paging (tests/chat/test_long_histories.py, bench/long_histories.py): a thousa
 the site would take minutes."""
 
 from datetime import timedelta
+from itertools import pairwise
 
 from django.contrib.auth.models import User
 from django.db import transaction
@@ -29,7 +30,7 @@ def long_conversation(owner: User, messages: int, *, title: str = "A long one") 
         for n in range(messages)
     )
     # Each reply's parent is the message before it: known once they have ids.
-    for parent, reply in zip(chain, chain[1:], strict=False):
+    for parent, reply in pairwise(chain):
         reply.parent = parent
     Message.objects.bulk_update(chain[1:], ["parent"], batch_size=500)
     Conversation.objects.filter(pk=conversation.pk).update(branch_tip=chain[-1] if chain else None)

@@ -154,7 +154,9 @@ class TestTheThread:
         forked = fork(conversation, main[41], 2)
         # The fork's own branch is long: its first message is above its newest page.
         for n in range(60):
-            forked.append(Message.objects.create(conversation=conversation, parent=forked[-1], role="user", content=f"{n}"))
+            forked.append(
+                Message.objects.create(conversation=conversation, parent=forked[-1], role="user", content=f"{n}")
+            )
         client.force_login(alice)
         response = client.post(
             reverse("chat:show", args=[conversation.pk, forked[0].pk]), headers={"HX-Request": "true"}
@@ -165,7 +167,7 @@ class TestTheThread:
 
     @pytest.mark.parametrize(
         "before",
-        [None, "", "abc", "0", "-1", "1.5", " 1", "１２", "99999999999999999999", "9223372036854775808"],
+        [None, "", "abc", "0", "-1", "1.5", " 1", "\uff11\uff12", "99999999999999999999", "9223372036854775808"],
     )
     def test_a_bad_before_is_a_400(self, client, alice, before):
         conversation = long_conversation(alice, 40)
@@ -178,7 +180,7 @@ class TestTheThread:
     def test_a_message_of_another_conversation_is_a_404(self, client, alice):
         mine, other = long_conversation(alice, 40), long_conversation(alice, 40)
         client.force_login(alice)
-        response = client.get(reverse("chat:older", args=[mine.pk]), {"before": other.messages.last().pk})
+        response = client.get(reverse("chat:older", args=[mine.pk]), {"before": other.branch_tip_id})
         assert response.status_code == 404
         response = client.get(reverse("chat:older", args=[mine.pk]), {"before": 9_000_000})
         assert response.status_code == 404
@@ -187,7 +189,7 @@ class TestTheThread:
         alices = long_conversation(alice, 40)
         bobs = long_conversation(bob, 40)
         client.force_login(bob)
-        inside = alices.messages.last().pk
+        inside = alices.branch_tip_id
         assert client.get(reverse("chat:older", args=[alices.pk]), {"before": inside}).status_code == 404
         # Nor through his own conversation's URL.
         assert client.get(reverse("chat:older", args=[bobs.pk]), {"before": inside}).status_code == 404
@@ -260,7 +262,9 @@ class TestTheSidebar:
         assert MORE.search(html)
 
     @pytest.mark.parametrize(
-        "after", [None, "", "x", "1-", "-1", "1-0", "1-1-1", "1_1", "１-1", "123456789012345678-1", "1-99999999999999999999"]
+        "after",
+        [None, "", "x", "1-", "-1", "1-0", "1-1-1", "1_1", "\uff11-1"]
+        + ["123456789012345678-1", "1-99999999999999999999"],
     )
     def test_a_bad_place_is_a_400(self, client, alice, after):
         client.force_login(alice)
