@@ -13,6 +13,8 @@ conversation in Debian's Chromium as that person. Then:
   scrolling the list to its end to the next conversations being in it, and the request's time.
 
     .venv/bin/python bench/long_histories.py [--messages 1000] [--conversations 5000] [--runs 5] [--pages 10]
+
+`--pages 0` times the first screen alone, as it can be on a site that renders the whole branch.
 """
 
 import argparse
@@ -151,6 +153,9 @@ def main() -> None:
                 articles = page.locator("#thread article").count()
                 print(f"  the page: {first_screens[-1]['size'] / 1024:.0f} KiB on the wire, {articles} messages in it")
 
+                if not args.pages:  # the first screen alone (as of a site that does not page)
+                    browser.close()
+                    return
                 print("Scrolling up to earlier messages:")
                 scrolled = [page.evaluate(SCROLL_AND_TIME, ["#thread", "article", True]) for _ in range(args.pages)]
                 figures("scrolled to the top → earlier page on it", scrolled)
