@@ -6,16 +6,19 @@ Django's test client, and, for scrolling, in Chromium against the site in daphne
 """
 
 import re
+from datetime import timedelta
 
 import pytest
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils import timezone
 from playwright.sync_api import Page, expect
 
 from chat import branches, sidebar
 from chat.models import Conversation, Message
+from tests.browser import answers, prompt_box
 from tests.histories import fork, long_conversation, many_conversations, text_of
 
 ARTICLE = re.compile(r'<article class="message (user|assistant) [a-z]+" id="message-([0-9]+)"')
@@ -368,3 +371,41 @@ def test_the_sidebar_loads_more_as_it_scrolls(signed_in: Page, live_site, alice)
     titles = page.eval_on_selector_all("#conversations li > a", "all => all.map(a => a.textContent)")
     assert titles == [c.title for c in reversed(made)]
     expect(page.locator("#conversations li.more")).to_have_count(0)
+
+
+def scroll_the_sidebar_to_its_end(page: Page) -> None:
+    items = page.locator("#conversations li:not(.more)")
+    for _ in range(20):
+        if not page.locator("#conversations li.more").count():
+            return
+        shown = items.count()
+        page.locator("#conversations").evaluate("list => { list.scrollTop = list.scrollHeight; }")
+        expect(items).not_to_have_count(shown)
+    raise AssertionError("the list kept growing")
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_after_a_send_the_sidebar_is_its_first_page_again(signed_in: Page, live_site, fake_vllm, alice):
+    page = signed_in
+    made = many_conversations(alice, 120)
+    # The oldest conversation, with a turn in it already (so the model is not asked to name it).
+    old = long_conversation(alice, 2, title="The old one")
+    Conversation.objects.filter(pk=old.pk).update(updated_at=timezone.now() - timedelta(days=30))
+    page.goto(f"/c/{old.pk}/")
+    items = page.locator("#conversations li:not(.more)")
+    scroll_the_sidebar_to_its_end(page)
+    expect(items).to_have_count(121)
+    expect(items.last).to_have_class("current")
+
+    fake_vllm.reply = ["Fine."]
+    prompt_box(page).fill("Still there?")
+    prompt_box(page).press("Enter")
+    expect(answers(page).last.locator(".body")).to_have_text("Fine.")
+    # The list swapped in after the send: its first page, this conversation first, nothing twice.
+    expect(items).to_have_count(sidebar.PAGE)
+    expect(items.first).to_have_id(f"conversation-{old.pk}")
+    expect(items.first).to_have_class("current")
+    scroll_the_sidebar_to_its_end(page)
+    titles = page.eval_on_selector_all("#conversations li > a", "all => all.map(a => a.textContent)")
+    assert titles == ["The old one"] + [c.title for c in reversed(made)]
