@@ -339,6 +339,30 @@ def test_scrolling_up_a_thousand_messages_to_the_first(signed_in: Page, live_sit
 
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True)
+def test_an_earlier_pages_version_buttons_work(signed_in: Page, live_site, alice):
+    page = signed_in
+    conversation = long_conversation(alice, 200)
+    main = list(conversation.messages.order_by("pk"))
+    forked = fork(conversation, main[41], 2)
+    page.goto(f"/c/{conversation.pk}/")
+    versioned = page.locator(f"#message-{main[41].pk}")
+    for _ in range(20):
+        if versioned.count():
+            break
+        top_id, _ = page.evaluate(THREAD_TOP)
+        expect(page.locator("#thread article").first).not_to_have_id(top_id)
+    versioned.get_by_role("button", name="Next version").click()
+    # The thread now shows the other branch, at the version stepped to.
+    shown = page.locator(f"#message-{forked[0].pk}")
+    expect(shown).to_contain_text("Fork 0")
+    expect(shown).to_be_in_viewport()
+    expect(shown.locator(".versions .position")).to_have_text("2 / 2")
+    expect(page.locator("#thread article").last).to_contain_text("Fork 1")
+    assert Conversation.objects.get(pk=conversation.pk).branch_tip_id == forked[-1].pk
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
 def test_a_search_result_far_up_opens_at_the_message(signed_in: Page, live_site, alice):
     page = signed_in
     conversation = long_conversation(alice, 1000)
