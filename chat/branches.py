@@ -11,8 +11,12 @@ another tab, the API and the model's history all read the same branch.
 
 A reply is always saved after its parent, so it has a larger id: a branch in id order is a branch
 from its first prompt down. A branch's messages are read in one query (a recursive one, which
-SQLite and PostgreSQL both run), for the page as for the model's history, so that the model sees
-the branch on screen. The versions need the tree's shape (ids and parents), read in one more.
+SQLite and PostgreSQL both run) for the model's history, the API and the exports. The versions need
+the tree's shape (ids and parents), read in one more.
+
+The page shows a long branch a page at a time (`shown_page`, `page_before`): the branch is found
+in the tree's shape, which is read anyway, and only the messages on the page are read and rendered,
+so that opening a conversation of a thousand messages costs about what opening one of thirty does.
 """
 
 from collections import defaultdict
