@@ -98,7 +98,7 @@ def index(request: HttpRequest) -> HttpResponse:
 @require_GET
 def conversation(request: HttpRequest, pk: int) -> HttpResponse:
     # `?message=` opens the conversation on the branch that holds that message (a search result).
-    # The page holds the branch from there down, so that the message is on it.
+    # The page then holds at least the branch from that message down, so that it is on the page.
     through = _message_id(request.GET.get("message", ""))
     return _page(request, ownership.conversation_or_404(request.user, pk), through=through)
 
