@@ -11,8 +11,12 @@ another tab, the API and the model's history all read the same branch.
 
 A reply is always saved after its parent, so it has a larger id: a branch in id order is a branch
 from its first prompt down. A branch's messages are read in one query (a recursive one, which
-SQLite and PostgreSQL both run), for the page as for the model's history, so that the model sees
-the branch on screen. The versions need the tree's shape (ids and parents), read in one more.
+SQLite and PostgreSQL both run) for the model's history, the API and the exports. The versions need
+the tree's shape (ids and parents), read in one more.
+
+The page shows a long branch a page at a time (`shown_page`, `page_before`): the branch is found
+in the tree's shape, which is read anyway, and only the messages on the page are read and rendered,
+so that opening a conversation of a thousand messages costs about what opening one of thirty does.
 """
 
 from collections import defaultdict
@@ -115,6 +119,14 @@ class Tree:
             tip = self.parents[tip]
         return False
 
+    def path_to(self, tip: int | None) -> list[int]:
+        """The ids on the branch that ends at `tip`, from the first prompt down."""
+        path = []
+        while tip is not None:
+            path.append(tip)
+            tip = self.parents[tip]
+        return path[::-1]
+
     def tip(self, recorded: int | None) -> int | None:
         """The recorded tip; for a conversation that has none (yet), its newest message's branch."""
         if recorded in self.parents:
@@ -137,6 +149,54 @@ def shown_branch(conversation: Conversation, *, through: int | None = None) -> B
 
 
 ashown_branch = sync_to_async(shown_branch)
+
+# How many messages of a branch the page renders at a time: a screen or two of them. The reader
+# scrolling up asks for the ones before (`page_before`).
+PAGE = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Part of a branch as the page shows it, and, if the branch goes on above it, its first
+    message: the page before this one ends just above it."""
+
+    messages: Branch
+    earlier: int | None
+
+
+def _page(tree: Tree, path: list[int], start: int) -> Page:
+    # The branch's shape is already read; only the messages shown are, whatever the branch's length.
+    messages = Message.objects.filter(pk__in=path[start:]).order_by("pk")
+    return Page([(message, tree.versions_of(message.pk)) for message in messages], path[start] if start > 0 else None)
+
+
+def shown_page(conversation: Conversation, *, through: int | None = None, size: int = PAGE) -> Page:
+    """The end of the branch the conversation shows (see `shown_branch`): its newest `size`
+    messages, or, with `through` further up, from that message down, so that it is on the page."""
+    tree = Tree.of(conversation.pk)
+    tip = tree.tip(conversation.branch_tip_id)
+    if through is not None and through in tree and not tree.leads_to(through, tip):
+        tip = tree.newest_tip_under(through)
+    path = tree.path_to(tip)
+    start = max(len(path) - size, 0)
+    if through in path:
+        start = min(start, path.index(through))
+    return _page(tree, path, start)
+
+
+ashown_page = sync_to_async(shown_page)
+
+
+def page_before(conversation_pk: int, before: int, *, size: int = PAGE) -> Page | None:
+    """The `size` messages above `before` on its branch, or None if `before` is not one of the
+    conversation's messages. A message has one parent, so the messages above it are the same
+    whichever branch below it is shown: no tip needed, and a page asked for before another tab
+    switched the branch still joins the one on screen."""
+    tree = Tree.of(conversation_pk)
+    if before not in tree:
+        return None
+    path = tree.path_to(tree.parents[before])
+    return _page(tree, path, max(len(path) - size, 0))
 
 
 async def turn_with_versions(conversation: Conversation, messages: Iterable[Message]) -> Branch:

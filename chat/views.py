@@ -12,22 +12,20 @@ from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import Resolver404, resolve, reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect, push_url, replace_url
 from django_htmx.middleware import HtmxDetails
 
-from chat import branches, ownership, rules, sse, titles, turns
+from chat import branches, ownership, rules, sidebar, sse, titles, turns
 from chat.forms import PromptForm, RenameForm, SendForm, SettingsForm
 from chat.limits import TooManyAnswers
-from chat.models import MAX_ID, Conversation, ConversationQuerySet, Message, Someone
+from chat.models import MAX_ID, Conversation, Message
 from engine import vllm_client
 from engine.server import starter
 from ops import readings
-
-SIDEBAR_LENGTH = 200
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -35,8 +33,9 @@ class HtmxHttpRequest(HttpRequest):
     htmx: HtmxDetails
 
 
-def _listed_conversations(user: Someone) -> ConversationQuerySet:
-    return Conversation.objects.owned_by(user).newest_first()[:SIDEBAR_LENGTH]
+def _listed(listing: sidebar.Listing) -> dict[str, Any]:
+    """The sidebar's list: a page of it, and where the next one starts (chat/sidebar.py)."""
+    return {"conversations": listing.conversations, "sidebar_next": listing.next_place}
 
 
 def _settings_panel(conversation: Conversation | None) -> dict[str, Any]:
@@ -59,16 +58,25 @@ def _branch(branch: branches.Branch) -> dict[str, Any]:
     return {"branch": branch, "tip": branch[-1][0].pk if branch else None}
 
 
+def _shown(page: branches.Page) -> dict[str, Any]:
+    """The thread: the end of the branch shown, and, above it, where the earlier messages are asked for."""
+    return {**_branch(page.messages), "earlier": page.earlier}
+
+
+def _message_id(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_ID else None
+
+
 def _page(request: HttpRequest, conversation: Conversation | None, *, through: int | None = None) -> HttpResponse:
     model = async_to_sync(vllm_client.served_model)()  # the page names the model that will answer
     return render(
         request,
         "chat/page.html",
         {
-            "conversations": _listed_conversations(request.user),
+            **_listed(sidebar.first_page(request.user)),
             "conversation": conversation,
             "open_pk": conversation.pk if conversation else None,
-            **_branch(branches.shown_branch(conversation, through=through) if conversation else []),
+            **(_shown(branches.shown_page(conversation, through=through)) if conversation else _branch([])),
             **_settings_panel(conversation),
             "model": model,
         },
@@ -90,9 +98,36 @@ def index(request: HttpRequest) -> HttpResponse:
 @require_GET
 def conversation(request: HttpRequest, pk: int) -> HttpResponse:
     # `?message=` opens the conversation on the branch that holds that message (a search result).
-    message = request.GET.get("message", "")
-    through = int(message) if message.isascii() and message.isdigit() and int(message) <= MAX_ID else None
+    # The page then holds at least the branch from that message down, so that it is on the page.
+    through = _message_id(request.GET.get("message", ""))
     return _page(request, ownership.conversation_or_404(request.user, pk), through=through)
+
+
+@login_required
+@require_GET
+def older(request: HttpRequest, pk: int) -> HttpResponse:
+    """The messages above `?before=` on its branch, a page of them: the reader has scrolled up to
+    the top of the thread (paging.js puts them there)."""
+    conversation = ownership.conversation_or_404(request.user, pk)
+    before = _message_id(request.GET.get("before", ""))
+    if before is None:
+        return JsonResponse({"error": "`before` must be the id of a message."}, status=400)
+    page = branches.page_before(conversation.pk, before)
+    if page is None:
+        raise Http404("No such message in this conversation.")
+    return render(request, "chat/page.html#older-page", {"conversation": conversation, **_shown(page)})
+
+
+@login_required
+@require_GET
+def conversation_list(request: HtmxHttpRequest) -> HttpResponse:
+    """The next page of the sidebar's list, as its last item scrolls into view."""
+    try:
+        listing = sidebar.page_after(request.user, request.GET.get("after", ""))
+    except sidebar.BadPlace:
+        return JsonResponse({"error": "`after` is not a place in the list."}, status=400)
+    context = {**_listed(listing), "open_pk": _open_conversation_pk(request)}
+    return render(request, "chat/page.html#sidebar-page", context)
 
 
 def _refused(form: PromptForm | SettingsForm) -> JsonResponse:
@@ -129,7 +164,7 @@ async def send(request: HtmxHttpRequest, pk: int | None = None) -> HttpResponse:
         "conversation": conversation,
         **_branch(await branches.turn_with_versions(conversation, turn)),
         # Read here: the template may not query the database from this async view.
-        "conversations": [item async for item in _listed_conversations(user)],
+        **_listed(await sidebar.afirst_page(user)),
         "open_pk": conversation.pk,
         **_settings_panel(conversation),
         # A first answer: once it is done, the page asks for the name the model gives the conversation.
@@ -141,15 +176,19 @@ async def send(request: HtmxHttpRequest, pk: int | None = None) -> HttpResponse:
     return response
 
 
-async def _new_branch(request: HtmxHttpRequest, conversation: Conversation, user: User) -> HttpResponse:
-    """The thread, now showing another branch, and the list of conversations (this one may have moved up)."""
+async def _new_branch(
+    request: HtmxHttpRequest, conversation: Conversation, user: User, *, through: int | None = None
+) -> HttpResponse:
+    """The thread, now showing another branch, and the list of conversations (this one may have moved up).
+    With `through` (the version switched to), the thread holds the branch from that message down:
+    the page scrolls to it."""
     if not request.htmx:
         return redirect(conversation_url(conversation))
     await conversation.arefresh_from_db(fields=["branch_tip"])
     context = {
         "conversation": conversation,
-        **_branch(await branches.ashown_branch(conversation)),
-        "conversations": [item async for item in _listed_conversations(user)],
+        **_shown(await branches.ashown_page(conversation, through=through)),
+        **_listed(await sidebar.afirst_page(user)),
         "open_pk": conversation.pk,
     }
     # The page's address no longer needs to say which branch to show (a search result's did).
@@ -197,7 +236,7 @@ async def show(request: HtmxHttpRequest, pk: int, message_pk: int) -> HttpRespon
     assert isinstance(user, User)
     conversation = await ownership.aconversation_or_404(user, pk)
     await branches.show(await ownership.amessage_or_404(user, message_pk, conversation_pk=pk))
-    return await _new_branch(request, conversation, user)
+    return await _new_branch(request, conversation, user, through=message_pk)
 
 
 @login_required

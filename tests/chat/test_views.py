@@ -27,6 +27,7 @@ def every_url(conversation, answer):
     """Each URL of a conversation, with the method it answers to."""
     return [
         ("get", reverse("chat:conversation", args=[conversation.pk]), {}),
+        ("get", reverse("chat:older", args=[conversation.pk]), {"before": answer.pk}),
         ("get", reverse("chat:stream", args=[conversation.pk, answer.pk]), {}),
         ("post", reverse("chat:stop", args=[conversation.pk, answer.pk]), {}),
         ("post", reverse("chat:send", args=[conversation.pk]), {"prompt": "Tell me"}),
@@ -58,6 +59,7 @@ def test_the_owner_reaches_every_url(client, alices_conversation, alice):
     client.force_login(alice)
     expected = {
         "conversation": 200,
+        "older": 200,
         "stream": 200,
         "stop": 200,
         "rename": 302,
