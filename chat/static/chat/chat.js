@@ -158,10 +158,29 @@ Object.assign(htmx.config, {
     showError(e.detail.requestConfig.elt, "You were signed out. Reload the page to sign in again.");
   });
 
-  // Enter sends, Shift+Enter is a new line.
+  // Enter sends, Shift+Enter is a new line; but an Enter that ends a Hangul syllable's composition
+  // (or a Japanese or Chinese one's) only ends it: the next Enter sends the whole text, once.
+  // Chromium and Firefox say the IME has the key (isComposing, keyCode 229). Safari ends the
+  // composition first and then sends the Enter's keydown as a plain one (as Chrome on Windows
+  // sends a second one): that keydown, coming within moments of compositionend, is the same key.
+  // A person's own next Enter comes far later than that.
+  const SAME_KEY_MS = 100;
+  // The box being composed in; a box that a sent prompt's fresh form replaced composes nothing.
+  let composingIn = null;
+  let compositionEndedAt = -Infinity;
+  document.addEventListener("compositionstart", (e) => {
+    if (e.target.id === "prompt") composingIn = e.target;
+  });
+  document.addEventListener("compositionend", (e) => {
+    if (e.target.id !== "prompt") return;
+    composingIn = null;
+    compositionEndedAt = performance.now();
+  });
   document.addEventListener("keydown", (e) => {
-    if (e.target.id !== "prompt" || e.key !== "Enter" || e.shiftKey || e.isComposing) return;
-    e.preventDefault();
+    if (e.target.id !== "prompt" || e.key !== "Enter" || e.shiftKey) return;
+    if (e.isComposing || e.keyCode === 229 || composingIn === e.target) return; // the IME's: it commits the syllable
+    e.preventDefault(); // no new line either: the syllable was the Enter's whole work
+    if (performance.now() - compositionEndedAt < SAME_KEY_MS) return;
     if (!answering()) e.target.form.requestSubmit();
   });
 
