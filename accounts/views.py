@@ -74,7 +74,9 @@ def first_account(request: HttpRequest) -> HttpResponse:
 
 
 def _taken(request: HttpRequest) -> HttpResponse:
-    messages.info(request, gettext("The site's first account has just been made (in another browser?): sign in with it."))
+    messages.info(
+        request, gettext("The site's first account has just been made (in another browser?): sign in with it.")
+    )
     return redirect("login")
 
 

@@ -22,7 +22,9 @@ NEXT_KEY_MS = 300
 
 
 def compose(ime: CDPSession, syllable: str) -> None:
-    ime.send("Input.imeSetComposition", {"text": syllable, "selectionStart": len(syllable), "selectionEnd": len(syllable)})
+    ime.send(
+        "Input.imeSetComposition", {"text": syllable, "selectionStart": len(syllable), "selectionEnd": len(syllable)}
+    )
 
 
 def commit(ime: CDPSession, syllable: str) -> None:
@@ -96,7 +98,8 @@ def test_safaris_order_compositionend_before_a_plain_enter_keydown_does_not_send
         """() => {
           const box = document.getElementById("prompt");
           box.dispatchEvent(new CompositionEvent("compositionend", { data: "요", bubbles: true }));
-          const enter = new KeyboardEvent("keydown", { key: "Enter", code: "Enter", keyCode: 13, bubbles: true, cancelable: true });
+          const enter = new KeyboardEvent(
+            "keydown", { key: "Enter", code: "Enter", keyCode: 13, bubbles: true, cancelable: true });
           box.dispatchEvent(enter);
           return enter.defaultPrevented;
         }"""
