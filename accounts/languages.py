@@ -43,7 +43,6 @@ def remember(request: HttpRequest, language: str) -> None:
     assert request.user.is_authenticated
     LanguageChoice.objects.update_or_create(person=request.user, defaults={"language": language})
     request.session[SESSION_KEY] = language
-    translation.activate(language)
 
 
 @receiver(user_logged_in)

@@ -8,6 +8,16 @@ from tests.site_server import SiteProcess, site_env
 pytest_plugins = ["tests.fixtures_vllm", "tests.fixtures_api", "tests.fixtures_standin_vllm"]
 
 
+@pytest.fixture(autouse=True)
+def site_language():
+    """Each test ends in the site's own language. Django's test client runs a request in the test's
+    thread, and the language the request activated (a Korean Accept-Language) stays active there."""
+    yield
+    from django.utils import translation
+
+    translation.deactivate()
+
+
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, tmp_path_factory):
     # A file, not SQLite's in-memory database: the site under test runs in its own process and

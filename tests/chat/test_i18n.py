@@ -15,6 +15,8 @@ from django.urls import reverse
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from accounts.models import LanguageChoice
+from chat import turns
+from chat.models import Conversation, Message
 from tests.accounts import PASSWORD
 
 pytestmark = pytest.mark.django_db
@@ -50,6 +52,26 @@ def test_a_prompt_too_long_is_refused_in_korean(client: Client, alice, settings)
         reverse("chat:send-new"), {"prompt": "hi", "temperature": "warm"}, headers={"accept-language": "ko"}
     )
     assert response.json()["error"] == "Temperature(온도) 값은 숫자여야 해요."
+
+
+def test_an_interrupted_answer_is_explained_in_the_readers_language(client: Client, alice):
+    conversation = Conversation.objects.create(owner=alice, title="여행")
+    prompt = Message.objects.create(conversation=conversation, role="user", content="부산 여행 계획")
+    Message.objects.create(
+        conversation=conversation,
+        parent=prompt,
+        role="assistant",
+        content="먼저",
+        status=Message.Status.INTERRUPTED,
+        error=turns.INTERRUPTED_TEXT,  # stored in English, as every answer's error is
+    )
+    client.force_login(alice)
+    korean = client.get(reverse("chat:conversation", args=[conversation.pk]), headers={"accept-language": "ko"})
+    assert '<span class="status">중단됨</span>' in korean.content.decode()
+    assert "답변이 끝나기 전에 사이트가 멈췄어요." in korean.content.decode()
+    english = client.get(reverse("chat:conversation", args=[conversation.pk]), headers={"accept-language": "en"})
+    assert '<span class="status">Interrupted</span>' in english.content.decode()
+    assert turns.INTERRUPTED_TEXT in english.content.decode()
 
 
 def test_the_scripts_texts_come_in_the_pages_language(client: Client):

@@ -165,9 +165,9 @@ Object.assign(htmx.config, {
   // Enter sends, Shift+Enter is a new line; but an Enter that ends a Hangul syllable's composition
   // (or a Japanese or Chinese one's) only ends it: the next Enter sends the whole text, once.
   // Chromium and Firefox say the IME has the key (isComposing, keyCode 229). Safari ends the
-  // composition first and then sends the Enter's keydown as a plain one (as Chrome on Windows
-  // sends a second one): that keydown, coming within moments of compositionend, is the same key.
-  // A person's own next Enter comes far later than that.
+  // composition first and then fires the Enter's keydown as a plain one (some IMEs on Windows
+  // fire a second, plain keydown after compositionend too): a keydown within moments of
+  // compositionend is the key that ended it. A person's own next Enter comes far later.
   const SAME_KEY_MS = 100;
   // The box being composed in; a box that a sent prompt's fresh form replaced composes nothing.
   let composingIn = null;
