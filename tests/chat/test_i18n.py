@@ -5,6 +5,7 @@ The first tests ask the site through Django's test client; the rest use it in Ch
 does, against the site in daphne (tests/chat/conftest.py).
 """
 
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -72,6 +73,38 @@ def test_an_interrupted_answer_is_explained_in_the_readers_language(client: Clie
     english = client.get(reverse("chat:conversation", args=[conversation.pk]), headers={"accept-language": "en"})
     assert '<span class="status">Interrupted</span>' in english.content.decode()
     assert turns.INTERRUPTED_TEXT in english.content.decode()
+
+
+def test_a_new_sites_first_account_page_speaks_korean(client: Client):
+    html = client.get(reverse("login"), headers={"accept-language": "ko"}).content.decode()
+    assert "환영해요. 이 사이트에는 아직 계정이 없어요." in html and ">계정 만들기</button>" in html
+    # Django's own texts (its password rules) come in Korean from Django's catalogue.
+    refused = client.post(
+        reverse("first-account"),
+        {"username": "alice", "password1": "one-password-1", "password2": "another-password-2"},
+        headers={"accept-language": "ko"},
+    )
+    assert refused.status_code == 400
+    assert "비밀번호가 일치하지 않습니다" in refused.content.decode()
+
+
+def test_a_refused_import_is_explained_in_korean(client: Client, alice):
+    client.force_login(alice)
+    upload = io.BytesIO(b"not json")
+    upload.name = "conversations.json"
+    response = client.post(reverse("chat:import"), {"file": upload}, headers={"accept-language": "ko"})
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert "아무것도 가져오지 않았어요" in html and "올바른 JSON 파일이 아니에요" in html
+
+
+def test_the_admins_own_texts_speak_korean(client: Client, admin_user):
+    client.force_login(admin_user)
+    index = client.get(reverse("admin:index"), headers={"accept-language": "ko"}).content.decode()
+    assert "운영자 화면" in index and "채팅 사용량과 모델 서버 상태를 차트로 보기" in index
+    Conversation.objects.create(owner=admin_user, title="여행")
+    conversations = client.get(reverse("admin:chat_conversation_changelist"), headers={"accept-language": "ko"})
+    assert re.search(r'<th scope="col" class="[^"]*column-message_count[^"]*">.*?메시지', conversations.text, re.S)
 
 
 def test_the_scripts_texts_come_in_the_pages_language(client: Client):
