@@ -1,4 +1,5 @@
 import pytest
+from django.utils import translation
 
 from tests.accounts import PASSWORD
 from tests.site_server import SiteProcess, site_env
@@ -13,8 +14,6 @@ def site_language():
     """Each test ends in the site's own language. Django's test client runs a request in the test's
     thread, and the language the request activated (a Korean Accept-Language) stays active there."""
     yield
-    from django.utils import translation
-
     translation.deactivate()
 
 
