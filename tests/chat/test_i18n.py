@@ -43,6 +43,19 @@ def test_a_failed_sign_in_is_explained_in_korean(client: Client, alice):
     assert "사용자 이름과 비밀번호가 맞지 않아요. 다시 시도하세요." in response.content.decode()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_locked_out_sign_in_is_explained_in_korean(client: Client, alice):
+    for _ in range(5):  # the site's default limit of failures for an account
+        response = client.post(
+            reverse("login"), {"username": "alice", "password": "wrong"}, headers={"accept-language": "ko"}
+        )
+    assert response.status_code == 429
+    assert re.search(
+        r"이 계정 또는 이 주소에서 로그인에 너무 자주 실패했어요\. 15분 뒤, \d\d:\d\d UTC 이후에 다시 시도하세요\.",
+        response.content.decode(),
+    )
+
+
 def test_a_prompt_too_long_is_refused_in_korean(client: Client, alice, settings):
     settings.CHAT_MAX_PROMPT_CHARS = 100
     client.force_login(alice)
