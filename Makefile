@@ -10,12 +10,12 @@ PORT ?= 8080
 PYTHON_312 := $(shell for c in python3.14 python3.13 python3.12 $$HOME/.pyenv/versions/3.1[2-9]*/bin/python; do \
 	$$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$c; break; }; done)
 
-.PHONY: run test lint format clean chromium nginx postgresql vendor bench
+.PHONY: run test lint format clean chromium nginx postgresql gettext messages vendor bench
 
 run: $(VENV)/.site .env
 	$(PY) manage.py up --host $(HOST) --port $(PORT)
 
-test: .env lint chromium nginx postgresql
+test: .env lint chromium nginx postgresql gettext
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) -m pytest --cov --cov-report=term
 
@@ -58,6 +58,20 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
 # The browser tests drive Debian's Chromium (Playwright's own browser download is not reachable).
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+
+# The site's texts in Korean (locale/ko/LC_MESSAGES). After adding or changing a text: `make messages`,
+# translate what it added or marked fuzzy in the .po files, and `make messages` again, which compiles
+# them; commit the .po and .mo files both (the site runs from the .mo, with no gettext installed).
+# tests/test_messages.py runs this target on a copy of the tree and fails on any text left untranslated.
+MESSAGES_IGNORED := -i node_modules -i tests -i bench -i docs -i deploy -i 'chat/static/chat/vendor/*'
+messages: gettext
+	$(PY) manage.py makemessages --locale ko --no-obsolete $(MESSAGES_IGNORED)
+	$(PY) manage.py makemessages --domain djangojs --locale ko --no-obsolete $(MESSAGES_IGNORED)
+	$(PY) manage.py compilemessages --locale ko -i .venv -i node_modules
+
+# makemessages and compilemessages need GNU gettext's tools (xgettext, msgmerge, msgfmt).
+gettext:
+	@command -v msgfmt >/dev/null && command -v xgettext >/dev/null || { apt-get update -q && apt-get install -y -q gettext; }
 
 # The deployment tests run Debian's nginx in front of the site (deploy/nginx/), over TLS with a
 # certificate that openssl makes for them.

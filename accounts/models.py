@@ -16,3 +16,18 @@ class FirstAccount(models.Model):
 
     def __str__(self) -> str:
         return f"first account: {self.user}"
+
+
+class LanguageChoice(models.Model):
+    """The language a person chose in the page: the site speaks it to them in every browser they
+    sign in from, whatever that browser asks for (accounts/languages.py)."""
+
+    person = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="language_choice"
+    )
+    # A code of settings.LANGUAGES, checked by the view that saves it; not `choices`, so that a
+    # language added to the site needs no migration.
+    language = models.CharField(max_length=16)
+
+    def __str__(self) -> str:
+        return f"{self.person}: {self.language}"

@@ -1,18 +1,22 @@
-"""Signing in, and on a site with no account yet, making the first one from the sign-in page."""
+"""Signing in, on a site with no account yet making the first one from the sign-in page, and the
+person's language."""
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model, login
+from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.contrib.auth.views import LoginView
 from django.db import IntegrityError, transaction
-from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseBase
 from django.shortcuts import redirect, render, resolve_url
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.translation import gettext
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
 
+from accounts import languages
 from accounts.forms import FirstAccountForm
 from accounts.models import FirstAccount
 
@@ -70,8 +74,24 @@ def first_account(request: HttpRequest) -> HttpResponse:
 
 
 def _taken(request: HttpRequest) -> HttpResponse:
-    messages.info(request, "The site's first account has just been made (in another browser?): sign in with it.")
+    messages.info(
+        request, gettext("The site's first account has just been made (in another browser?): sign in with it.")
+    )
     return redirect("login")
+
+
+@login_required
+@require_POST
+def choose_language(request: HttpRequest) -> HttpResponse:
+    """The page's language menu: the person's language from now on, in every browser they use."""
+    language = request.POST.get("language", "")
+    if not languages.is_offered(language):
+        return HttpResponseBadRequest(gettext("The site does not speak that language."))
+    languages.remember(request, language)
+    # The menu changes on its own (htmx): the whole page is drawn again in the new language.
+    if request.headers.get("HX-Request") == "true":
+        return HttpResponse(status=204, headers={"HX-Refresh": "true"})
+    return redirect(_next(request) or resolve_url(settings.LOGIN_REDIRECT_URL))
 
 
 def _next(request: HttpRequest) -> str:

@@ -7,6 +7,7 @@ from django.contrib.auth.models import User
 from django.db.models import Count, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
+from django.utils.translation import gettext, gettext_lazy
 from django_stubs_ext import WithAnnotations
 
 from chat.models import ApiToken, Conversation, Message
@@ -42,7 +43,7 @@ class ConversationAdmin(admin.ModelAdmin[Conversation]):
         return super().get_queryset(request).select_related("owner").annotate(message_total=Count("messages"))
 
     # Quoted: WithAnnotations takes its two arguments only in the type checker, not at run time.
-    @admin.display(description="Messages", ordering="message_total")
+    @admin.display(description=gettext_lazy("Messages"), ordering="message_total")
     def message_count(self, conversation: "WithAnnotations[Conversation, MessageTotal]") -> int:
         return conversation.message_total
 
@@ -75,7 +76,8 @@ class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
             # The only time the secret is shown: only its hash is stored.
             self.message_user(
                 request,
-                f"The new token's secret is {secret} — copy it now, it will not be shown again.",
+                gettext("The new token's secret is %(secret)s — copy it now, it will not be shown again.")
+                % {"secret": secret},
                 messages.WARNING,
             )
         super().save_model(request, obj, form, change)

@@ -3,13 +3,17 @@
 from typing import Any
 
 from django import forms
+from django.utils.functional import lazy
+from django.utils.translation import gettext_lazy
 
 from chat import rules
 from chat.models import MAX_ID, ApiToken, Conversation
 
 
 def _setting(field: type[forms.Field], bounds: rules.Bounds) -> forms.Field:
-    return field(required=False, validators=[bounds.check], error_messages={"invalid": bounds.not_a_number})
+    # Lazy: the form class is made once, its message is read in each request's language.
+    not_a_number = lazy(lambda: bounds.not_a_number, str)()
+    return field(required=False, validators=[bounds.check], error_messages={"invalid": not_a_number})
 
 
 class _Form(forms.Form):
@@ -84,7 +88,7 @@ class RenameForm(forms.ModelForm[Conversation]):
 
 class TokenForm(forms.ModelForm[ApiToken]):
     # Named when made from the page, so that a list of several says which is which.
-    name = forms.CharField(max_length=100, help_text="What it is for, e.g. “laptop CLI”.")
+    name = forms.CharField(max_length=100, help_text=gettext_lazy("What it is for, e.g. “laptop CLI”."))
 
     class Meta:
         model = ApiToken

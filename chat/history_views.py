@@ -9,6 +9,7 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import render
+from django.utils.translation import gettext
 from django.views.decorators.http import require_GET, require_http_methods
 
 from chat import exports, imports, ownership, search
@@ -59,7 +60,7 @@ def import_history(request: HttpRequest) -> HttpResponse:
             raise imports.ImportTooLarge(settings.CHAT_IMPORT_MAX_BYTES)
         upload = request.FILES.get("file")
         if upload is None:
-            raise imports.ImportRefused([imports.Problem((), "Choose a file to import.")])
+            raise imports.ImportRefused([imports.Problem((), gettext("Choose a file to import."))])
         assert isinstance(request.user, User)  # login_required lets only someone signed in this far
         with upload:
             context["report"] = imports.import_file(request.user, upload)

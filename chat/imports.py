@@ -32,6 +32,7 @@ from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
+from django.utils.translation import gettext, gettext_noop, ngettext
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticCustomError
@@ -87,11 +88,15 @@ class ImportRefused(Exception):
 
 class ImportTooLarge(ImportRefused):
     def __init__(self, limit: int) -> None:
-        super().__init__([Problem((), f"The file is larger than the {_size(limit)} an import may be.")])
+        super().__init__(
+            [Problem((), gettext("The file is larger than the %(size)s an import may be.") % {"size": _size(limit)})]
+        )
 
 
 def _size(count: int) -> str:
-    return f"{count / 1024 / 1024:g} MB" if count >= 1024 * 1024 else f"{count:,} bytes"
+    if count >= 1024 * 1024:
+        return f"{count / 1024 / 1024:g} MB"
+    return ngettext("%(count)s byte", "%(count)s bytes", count) % {"count": f"{count:,}"}
 
 
 @dataclass(slots=True)
@@ -181,7 +186,7 @@ def _contents(upload: IO[bytes] | bytes) -> bytes:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             inside = [i for i in archive.infolist() if i.filename.rsplit("/", 1)[-1] == "conversations.json"]
             if not inside:
-                raise ImportRefused([Problem((), "The zip file holds no conversations.json.")])
+                raise ImportRefused([Problem((), gettext("The zip file holds no conversations.json."))])
             # What the archive says the file's size is, checked before it is unpacked, then what
             # unpacking gives, in case the archive lied.
             if inside[0].file_size > limit:
@@ -189,7 +194,7 @@ def _contents(upload: IO[bytes] | bytes) -> bytes:
             with archive.open(inside[0]) as member:
                 data = member.read(limit + 1)
     except (zipfile.BadZipFile, NotImplementedError, RuntimeError, OSError) as exc:
-        raise ImportRefused([Problem((), f"The zip file cannot be read: {exc}")]) from None
+        raise ImportRefused([Problem((), gettext("The zip file cannot be read: %(why)s") % {"why": exc})]) from None
     if len(data) > limit:
         raise ImportTooLarge(limit)
     return data
@@ -199,19 +204,23 @@ def _parse(data: bytes) -> Any:
     try:
         return json.loads(data, parse_constant=_no_constant)
     except UnicodeDecodeError:
-        message = "The file is not text in UTF-8 (or UTF-16/32)."
+        message = gettext("The file is not text in UTF-8 (or UTF-16/32).")
     except json.JSONDecodeError as exc:
-        message = f"The file is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}."
+        message = gettext("The file is not valid JSON: %(why)s at line %(line)s, column %(column)s.") % {
+            "why": exc.msg,
+            "line": exc.lineno,
+            "column": exc.colno,
+        }
     except ValueError as exc:
         message = str(exc)
     except RecursionError:
-        message = "The file's JSON is nested too deeply."
+        message = gettext("The file's JSON is nested too deeply.")
     raise ImportRefused([Problem((), message)])
 
 
 def _no_constant(name: str) -> None:
     # Python's json reads NaN and Infinity, which are not JSON and no setting can hold.
-    raise ValueError(f"The file is not valid JSON: {name} is not a number JSON allows.")
+    raise ValueError(gettext("The file is not valid JSON: %(name)s is not a number JSON allows.") % {"name": name})
 
 
 def _storable(value: str) -> str:
@@ -419,11 +428,12 @@ class ChatGPTConversation(BaseModel):
 CHATGPT_EXPORT = TypeAdapter(list[ChatGPTConversation])
 
 # Why a message of ChatGPT's was left out, as the report says it.
-OTHER_BRANCHES = "on other branches (edited prompts, regenerated answers)"
-NOT_SHOWN = "system, tool and hidden messages"
-NOT_TEXT = "not text (reasoning, code, browsing…)"
-EMPTY = "empty"
-ATTACHMENTS = "attachments (images, files, audio)"
+# Reports carry them in English (the API's too); the import page says them in the reader's language.
+OTHER_BRANCHES = gettext_noop("on other branches (edited prompts, regenerated answers)")
+NOT_SHOWN = gettext_noop("system, tool and hidden messages")
+NOT_TEXT = gettext_noop("not text (reasoning, code, browsing…)")
+EMPTY = gettext_noop("empty")
+ATTACHMENTS = gettext_noop("attachments (images, files, audio)")
 # What ChatGPT's finish_details.type means in vLLM's words.
 FINISH_REASONS = {"stop": "stop", "max_tokens": "length"}
 

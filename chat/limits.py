@@ -12,6 +12,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.utils import timezone
+from django.utils.translation import ngettext
 
 from chat.models import Message
 
@@ -43,8 +44,14 @@ def check_room_for_an_answer(owner_pk: int) -> None:
     at_once = settings.CHAT_MAX_ANSWERS_AT_ONCE
     if at_once and answers.streaming().count() >= at_once:
         raise TooManyAnswers(
-            f"You already have {_answers(at_once)} being generated, the most at once. "
-            "Send this when one of them has finished (or stop one).",
+            ngettext(
+                "You already have %(count)s answer being generated, the most at once. "
+                "Send this when one of them has finished (or stop one).",
+                "You already have %(count)s answers being generated, the most at once. "
+                "Send this when one of them has finished (or stop one).",
+                at_once,
+            )
+            % {"count": at_once},
             RETRY_WHILE_GENERATING,
         )
     per_minute = settings.CHAT_MAX_ANSWERS_PER_MINUTE
@@ -59,11 +66,13 @@ def check_room_for_an_answer(owner_pk: int) -> None:
             # Room comes back when the oldest of them is a minute old.
             wait = max(1, math.ceil((recent[-1] + MINUTE - now).total_seconds()))
             raise TooManyAnswers(
-                f"You have started {_answers(per_minute)} in the last minute, the most allowed. "
-                f"Try again in {wait} second{'s' if wait != 1 else ''}.",
+                ngettext(
+                    "You have started %(count)s answer in the last minute, the most allowed.",
+                    "You have started %(count)s answers in the last minute, the most allowed.",
+                    per_minute,
+                )
+                % {"count": per_minute}
+                + " "
+                + ngettext("Try again in %(wait)s second.", "Try again in %(wait)s seconds.", wait) % {"wait": wait},
                 wait,
             )
-
-
-def _answers(count: int) -> str:
-    return f"{count} answer{'s' if count != 1 else ''}"

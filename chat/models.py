@@ -6,6 +6,7 @@ from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import models
 from django.utils import timezone
+from django.utils.translation import pgettext_lazy
 
 from chat.rules import TITLE_LENGTH
 
@@ -124,6 +125,16 @@ class Message(models.Model):
         ERROR = "error"
         INTERRUPTED = "interrupted"
 
+    # What the page calls each status, in the reader's language. Not the choices' labels: those
+    # are part of the migrations' state, and the words are no concern of the database's.
+    STATUS_LABELS = {
+        Status.STREAMING: pgettext_lazy("answer", "Streaming"),
+        Status.COMPLETE: pgettext_lazy("answer", "Complete"),
+        Status.STOPPED: pgettext_lazy("answer", "Stopped"),
+        Status.ERROR: pgettext_lazy("answer", "Error"),
+        Status.INTERRUPTED: pgettext_lazy("answer", "Interrupted"),
+    }
+
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
     # The messages form a tree: regenerating adds an answer beside the old one, editing a prompt
     # a prompt beside it (chat/branches.py).
@@ -159,6 +170,10 @@ class Message(models.Model):
     @property
     def is_streaming(self) -> bool:
         return self.status == self.Status.STREAMING
+
+    @property
+    def status_label(self) -> str:
+        return str(self.STATUS_LABELS[self.Status(self.status)])
 
     @property
     def tokens_per_second(self) -> float | None:

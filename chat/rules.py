@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.utils.functional import Promise
+from django.utils.translation import gettext, gettext_lazy
 
 from engine import vllm_client
 
@@ -33,9 +35,9 @@ def storable(text: str) -> str:
     try:
         text.encode()
     except UnicodeEncodeError:
-        raise ValidationError("Must be valid Unicode text.", code="unicode") from None
+        raise ValidationError(gettext("Must be valid Unicode text."), code="unicode") from None
     if "\x00" in text:
-        raise ValidationError("Null characters are not allowed.", code="null_characters")
+        raise ValidationError(gettext("Null characters are not allowed."), code="null_characters")
     return text
 
 
@@ -44,10 +46,12 @@ def clean_prompt(text: str) -> str:
     limit = settings.CHAT_MAX_PROMPT_CHARS
     if len(text) > limit:
         raise ValidationError(
-            f"This message is too long: at most {limit} characters (it has {len(text)}).", code="prompt_too_long"
+            gettext("This message is too long: at most %(limit)s characters (it has %(length)s).")
+            % {"limit": limit, "length": len(text)},
+            code="prompt_too_long",
         )
     if not (text := storable(text).strip()):
-        raise ValidationError("Type a message first.", code="prompt_empty")
+        raise ValidationError(gettext("Type a message first."), code="prompt_empty")
     return text
 
 
@@ -55,7 +59,8 @@ def clean_system_prompt(text: str) -> str:
     limit = settings.CHAT_MAX_PROMPT_CHARS
     if len(text) > limit:
         raise ValidationError(
-            f"The system prompt is too long: at most {limit} characters.", code="system_prompt_too_long"
+            gettext("The system prompt is too long: at most %(limit)s characters.") % {"limit": limit},
+            code="system_prompt_too_long",
         )
     return storable(text).strip()
 
@@ -70,7 +75,9 @@ def clean_title(text: str) -> str:
     # The length as sent, as the API's schema states it, before the whitespace is tidied.
     if len(text) > TITLE_LENGTH:
         raise ValidationError(
-            f"This title is too long: at most {TITLE_LENGTH} characters (it has {len(text)}).", code="title_too_long"
+            gettext("This title is too long: at most %(limit)s characters (it has %(length)s).")
+            % {"limit": TITLE_LENGTH, "length": len(text)},
+            code="title_too_long",
         )
     return tidy_title(storable(text))
 
@@ -78,7 +85,7 @@ def clean_title(text: str) -> str:
 def clean_new_title(text: str) -> str:
     """A title that renames a conversation: unlike a first title, it cannot be empty."""
     if not (title := clean_title(text)):
-        raise ValidationError("A title cannot be empty.", code="title_empty")
+        raise ValidationError(gettext("A title cannot be empty."), code="title_empty")
     return title
 
 
@@ -109,17 +116,21 @@ def title_from_model(text: str) -> str:
 class Bounds:
     """The range a generation setting must lie in, and what a person is told otherwise."""
 
-    label: str
+    label: str | Promise  # in the reader's language when a message is made
     low: float
     high: float
 
     @property
     def message(self) -> str:
-        return f"{self.label} must be between {_number(self.low)} and {_number(self.high)}."
+        return gettext("%(setting)s must be between %(low)s and %(high)s.") % {
+            "setting": self.label,
+            "low": _number(self.low),
+            "high": _number(self.high),
+        }
 
     @property
     def not_a_number(self) -> str:
-        return f"{self.label} must be a number."
+        return gettext("%(setting)s must be a number.") % {"setting": self.label}
 
     def check[N: (int, float)](self, value: N) -> N:
         if math.isnan(value) or not self.low <= value <= self.high:
@@ -133,11 +144,11 @@ def _number(value: float) -> str:
 
 
 # The generation settings' bounds: the ones vLLM accepts.
-TEMPERATURE = Bounds("Temperature", 0.0, 2.0)
-TOP_P = Bounds("Top p", 0.01, 1.0)
+TEMPERATURE = Bounds(gettext_lazy("Temperature"), 0.0, 2.0)
+TOP_P = Bounds(gettext_lazy("Top p"), 0.01, 1.0)
 
 
 def max_tokens() -> Bounds:
     # Read when asked, so it follows the model vLLM serves. The answer must leave room for at least
     # one prompt token in the context window.
-    return Bounds("Max tokens", 1, vllm_client.context_length() - 1)
+    return Bounds(gettext_lazy("Max tokens"), 1, vllm_client.context_length() - 1)

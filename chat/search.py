@@ -34,6 +34,7 @@ from django.contrib.auth.models import User
 from django.db import connection, connections
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.models import Q
+from django.utils.translation import gettext
 
 from chat.models import Conversation, Message, Someone
 
@@ -59,7 +60,7 @@ class Query:
     @classmethod
     def parse(cls, text: str) -> "Query":
         if len(text) > MAX_QUERY_CHARS:
-            raise InvalidQuery(f"Search for at most {MAX_QUERY_CHARS} characters.")
+            raise InvalidQuery(gettext("Search for at most %(limit)s characters.") % {"limit": MAX_QUERY_CHARS})
         # NUL cannot be stored or sent to PostgreSQL, and no message holds one.
         text = text.replace("\x00", "")
         terms: list[str] = []
@@ -68,7 +69,7 @@ class Query:
             if term and term.casefold() not in {t.casefold() for t in terms}:
                 terms.append(term)
         if len(terms) > MAX_TERMS:
-            raise InvalidQuery(f"Search for at most {MAX_TERMS} words at once.")
+            raise InvalidQuery(gettext("Search for at most %(limit)s words at once.") % {"limit": MAX_TERMS})
         return cls(tuple(terms))
 
     def __bool__(self) -> bool:

@@ -33,6 +33,7 @@ from django.db import DatabaseError, transaction
 from django.db.models import OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
+from django.utils.translation import gettext, gettext_noop
 
 from chat import branches, limits, rules, titles
 from chat.context import ContextTooLong, fit_context
@@ -44,7 +45,8 @@ log = logging.getLogger(__name__)
 
 # Why an answer is "interrupted": the process running it ended (a shutdown, or a crash found at
 # the next start-up) before it did.
-INTERRUPTED_TEXT = "The site stopped before this answer was finished."
+# Stored in English, as every answer's error is; the page says it in the reader's language.
+INTERRUPTED_TEXT = gettext_noop("The site stopped before this answer was finished.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,7 +347,7 @@ async def regenerate(conversation: Conversation, answer: Message) -> Turn:
     prompts = Message.objects.filter(role=Message.Role.USER)
     prompt = None if answer.parent_id is None else await prompts.filter(pk=answer.parent_id).afirst()
     if prompt is None:
-        raise NoPrompt("This answer follows no prompt, so there is nothing to answer again.")
+        raise NoPrompt(gettext("This answer follows no prompt, so there is nothing to answer again."))
     model = await vllm_client.served_model()
     return _run(conversation, prompt, await _save_answer(conversation, prompt, model.id), model)
 

@@ -2,6 +2,7 @@ from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import urls as auth_urls
 from django.urls import include, path
+from django.views.i18n import JavaScriptCatalog
 
 from accounts import views as sign_in_pages
 from api.openai_compat import openai_api
@@ -21,9 +22,12 @@ urlpatterns = [
     # Before Django's own sign-in page, which it stands in for.
     path("accounts/login/", sign_in_pages.sign_in, name="login"),
     path("accounts/first-account/", sign_in_pages.first_account, name="first-account"),
+    path("accounts/language", sign_in_pages.choose_language, name="language"),
     path("accounts/", include(accounts)),
     path("api/", api.urls),
     path("v1/", openai_api.urls),
     path("ops/", include("ops.urls")),
+    # The page scripts' texts in the language of the request (locale/*/LC_MESSAGES/djangojs.po).
+    path("jsi18n/", JavaScriptCatalog.as_view(packages=["chat"]), name="javascript-catalog"),
     path("", include("chat.urls")),
 ]

@@ -1,4 +1,5 @@
 import pytest
+from django.utils import translation
 
 from tests.accounts import PASSWORD
 from tests.site_server import SiteProcess, site_env
@@ -6,6 +7,14 @@ from tests.site_server import SiteProcess, site_env
 # Shared fixtures live in these modules; shared functions and constants in tests/*.py modules of
 # their own, imported from there (never from this file or a test module).
 pytest_plugins = ["tests.fixtures_vllm", "tests.fixtures_api", "tests.fixtures_standin_vllm"]
+
+
+@pytest.fixture(autouse=True)
+def site_language():
+    """Each test ends in the site's own language. Django's test client runs a request in the test's
+    thread, and the language the request activated (a Korean Accept-Language) stays active there."""
+    yield
+    translation.deactivate()
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,35 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 PHONE: ViewportSize = {"width": 375, "height": 740}
 THEMES = ["light", "dark"]
-# The languages the pages are checked in; Korean joins when the site speaks it (issue 12, part 4).
-LANGUAGES = ["en"]
+# The languages the pages are checked in (as the browser asks for them), and the words the checks
+# find their way by in each.
+LANGUAGES = ["en", "ko"]
+WORDS = {
+    "en": {
+        "username": "Username",
+        "password": "Password",
+        "sign in": "Sign in",
+        "model server up": "model server up",
+        "versions": "Versions",
+        "system prompt": "System prompt",
+        "conversations": "Conversations",
+        "search": "Search conversations",
+        "results": "Search results",
+        "new title": "New title",
+    },
+    "ko": {
+        "username": "사용자 이름",
+        "password": "비밀번호",
+        "sign in": "로그인",
+        "model server up": "모델 서버 정상",
+        "versions": "버전",
+        "system prompt": "시스템 프롬프트",
+        "conversations": "대화 목록",
+        "search": "대화 검색",
+        "results": "검색 결과",
+        "new title": "새 제목",
+    },
+}
 ANSWER = """Two options:
 
 | Option | Cost |
@@ -78,13 +105,16 @@ def serious_violations(page: Page) -> list[str]:
 @pytest.mark.parametrize("language", LANGUAGES)
 @pytest.mark.parametrize("theme", THEMES)
 def test_axe_finds_nothing_serious_on_the_sign_in_page(page: Page, live_site, alice, theme, language):
+    words = WORDS[language]
     page.emulate_media(color_scheme=theme)
+    page.set_extra_http_headers({"Accept-Language": language})
     page.goto("/accounts/login/")
+    expect(page.locator("html")).to_have_attribute("lang", language)
     assert serious_violations(page) == []
     # A failed sign-in shows its error: checked too.
-    page.get_by_label("Username").fill("alice")
-    page.get_by_label("Password").fill("not the password")
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_label(words["username"]).fill("alice")
+    page.get_by_label(words["password"]).fill("not the password")
+    page.get_by_role("button", name=words["sign in"]).click()
     expect(page.get_by_role("alert")).to_be_visible()
     assert serious_violations(page) == []
 
@@ -95,29 +125,32 @@ def test_axe_finds_nothing_serious_on_the_sign_in_page(page: Page, live_site, al
 def test_axe_finds_nothing_serious_on_the_chat_page(
     page: Page, live_site, fake_vllm, shown_conversation, theme, language, viewport
 ):
+    words = WORDS[language]
     page.emulate_media(color_scheme=theme)
     if viewport:
         page.set_viewport_size(viewport)
     sign_in(page, live_site)
+    page.set_extra_http_headers({"Accept-Language": language})
     page.goto(f"/c/{shown_conversation.pk}/")
+    expect(page.locator("html")).to_have_attribute("lang", language)
     expect(page.locator("#thread .code-block")).to_be_visible()  # the answer rendered as markdown
-    expect(page.locator("#backend")).to_have_text("model server up")
-    expect(page.get_by_role("navigation", name="Versions")).to_contain_text("2 / 2")
+    expect(page.locator("#backend")).to_have_text(words["model server up"])
+    expect(page.get_by_role("navigation", name=words["versions"])).to_contain_text("2 / 2")
     assert serious_violations(page) == []
     # With the settings panel open.
     page.locator("#settings-panel > summary").click()
-    expect(page.get_by_label("System prompt")).to_be_visible()
+    expect(page.get_by_label(words["system prompt"])).to_be_visible()
     assert serious_violations(page) == []
     # With search results in the sidebar (on a phone, in its menu).
     if viewport:
-        page.get_by_role("button", name="Conversations").click()
-    page.get_by_role("searchbox", name="Search conversations").fill("locally")
-    expect(page.get_by_role("list", name="Search results").get_by_role("link").first).to_be_in_viewport()
+        page.get_by_role("button", name=words["conversations"]).click()
+    page.get_by_role("searchbox", name=words["search"]).fill("locally")
+    expect(page.get_by_role("list", name=words["results"]).get_by_role("link").first).to_be_in_viewport()
     assert serious_violations(page) == []
-    page.get_by_role("searchbox", name="Search conversations").fill("")
+    page.get_by_role("searchbox", name=words["search"]).fill("")
     # With a conversation's actions menu open.
     page.locator("#conversations li.current summary").click()
-    expect(page.get_by_role("textbox", name="New title")).to_be_visible()
+    expect(page.get_by_role("textbox", name=words["new title"])).to_be_visible()
     assert serious_violations(page) == []
 
 
@@ -299,5 +332,7 @@ def test_the_sidebar_shows_the_models_name_for_a_new_conversation_without_a_relo
 def test_axe_finds_nothing_serious_on_a_persons_own_pages(page: Page, live_site, alice, theme, language, path):
     page.emulate_media(color_scheme=theme)
     sign_in(page, live_site)
+    page.set_extra_http_headers({"Accept-Language": language})
     page.goto(path)
+    expect(page.locator("html")).to_have_attribute("lang", language)
     assert serious_violations(page) == []

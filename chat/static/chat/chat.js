@@ -25,8 +25,12 @@ Object.assign(htmx.config, {
   const answering = () => !!thread.querySelector("[data-stream-url]");
   const updateSendButton = () => { promptForm().querySelector(".send").disabled = answering(); };
 
-  // As the server labels Message.Status; a complete answer needs none.
-  const statusLabel = (status) => (status === "complete" ? "" : status.charAt(0).toUpperCase() + status.slice(1));
+  // As the server labels Message.Status (Message.STATUS_LABELS); a complete answer needs none.
+  const STATUS_LABELS = {
+    streaming: pgettext("answer", "Streaming"), stopped: pgettext("answer", "Stopped"),
+    error: pgettext("answer", "Error"), interrupted: pgettext("answer", "Interrupted"),
+  };
+  const statusLabel = (status) => (status === "complete" ? "" : STATUS_LABELS[status] ?? status);
 
   // Keep the newest text in view, unless the reader has scrolled up to read something else.
   const nearBottom = () => thread.scrollHeight - thread.scrollTop - thread.clientHeight < 80;
@@ -63,7 +67,7 @@ Object.assign(htmx.config, {
       const data = JSON.parse(e.data);
       finish(data);
       const tokens = data.usage && data.usage.completion_tokens;
-      if (tokens) meta.querySelector(".usage").textContent = `${tokens} tokens`;
+      if (tokens) meta.querySelector(".usage").textContent = interpolate(ngettext("%s token", "%s tokens", tokens), [tokens]);
       // The conversation's sidebar item, if it waits for the model's name for it, now asks (titles.py).
       document.body.dispatchEvent(new CustomEvent("chat:answered"));
     });
@@ -76,7 +80,7 @@ Object.assign(htmx.config, {
         // Not a dropped connection, which EventSource retries by itself: the site refused the
         // stream (the conversation is gone, or the session ended).
         finish({ status: "interrupted" });
-        meta.querySelector(".error").textContent = "This answer can no longer be followed. Reload the page to see it.";
+        meta.querySelector(".error").textContent = gettext("This answer can no longer be followed. Reload the page to see it.");
       }
     });
     updateSendButton();
@@ -141,12 +145,12 @@ Object.assign(htmx.config, {
     if (xhr.status === 400 && xhr.getResponseHeader("Content-Type")?.startsWith("application/json")) e.stopPropagation();
   });
   document.body.addEventListener("htmx:responseError", (e) => {
-    let message = `The site answered ${e.detail.xhr.status}.`;
+    let message = interpolate(gettext("The site answered %s."), [e.detail.xhr.status]);
     try { message = JSON.parse(e.detail.xhr.responseText).error || message; } catch { /* not JSON */ }
     showError(e.detail.elt, message);
   });
   document.body.addEventListener("htmx:sendError", (e) => {
-    showError(e.detail.elt, "The site could not be reached. Try again.");
+    showError(e.detail.elt, gettext("The site could not be reached. Try again."));
   });
   // An answer from another address than the one asked: the site sent the request to the sign-in
   // page, as the session has ended. That page is not to be swapped into this one.
@@ -155,13 +159,32 @@ Object.assign(htmx.config, {
     if (!responsePath || responsePath === finalRequestPath) return;
     e.detail.shouldSwap = false;
     // Here `elt` is where the answer would go; the request came from `requestConfig.elt`.
-    showError(e.detail.requestConfig.elt, "You were signed out. Reload the page to sign in again.");
+    showError(e.detail.requestConfig.elt, gettext("You were signed out. Reload the page to sign in again."));
   });
 
-  // Enter sends, Shift+Enter is a new line.
+  // Enter sends, Shift+Enter is a new line; but an Enter that ends a Hangul syllable's composition
+  // (or a Japanese or Chinese one's) only ends it: the next Enter sends the whole text, once.
+  // Chromium and Firefox say the IME has the key (isComposing, keyCode 229). Safari ends the
+  // composition first and then fires the Enter's keydown as a plain one (some IMEs on Windows
+  // fire a second, plain keydown after compositionend too): a keydown within moments of
+  // compositionend is the key that ended it. A person's own next Enter comes far later.
+  const SAME_KEY_MS = 100;
+  // The box being composed in; a box that a sent prompt's fresh form replaced composes nothing.
+  let composingIn = null;
+  let compositionEndedAt = -Infinity;
+  document.addEventListener("compositionstart", (e) => {
+    if (e.target.id === "prompt") composingIn = e.target;
+  });
+  document.addEventListener("compositionend", (e) => {
+    if (e.target.id !== "prompt") return;
+    composingIn = null;
+    compositionEndedAt = performance.now();
+  });
   document.addEventListener("keydown", (e) => {
-    if (e.target.id !== "prompt" || e.key !== "Enter" || e.shiftKey || e.isComposing) return;
-    e.preventDefault();
+    if (e.target.id !== "prompt" || e.key !== "Enter" || e.shiftKey) return;
+    if (e.isComposing || e.keyCode === 229 || composingIn === e.target) return; // the IME's: it commits the syllable
+    e.preventDefault(); // no new line either: the syllable was the Enter's whole work
+    if (performance.now() - compositionEndedAt < SAME_KEY_MS) return;
     if (!answering()) e.target.form.requestSubmit();
   });
 
@@ -179,7 +202,7 @@ Object.assign(htmx.config, {
   // The tab's title follows the current conversation's, once the site has named or renamed it.
   document.body.addEventListener("htmx:afterSettle", () => {
     const current = document.querySelector("#conversations li.current > a");
-    if (current) document.title = `${current.textContent} · Local chat`;
+    if (current) document.title = `${current.textContent} · ${gettext("Local chat")}`;
   });
 
   const backend = document.getElementById("backend");
@@ -187,12 +210,12 @@ Object.assign(htmx.config, {
     try {
       const health = await (await fetch("/healthz")).json();
       backend.className = `backend ${health.vllm === "ok" ? "up" : "down"}`;
-      backend.textContent = health.vllm === "ok" ? "model server up" : "model server down";
+      backend.textContent = health.vllm === "ok" ? gettext("model server up") : gettext("model server down");
       backend.title = health.detail;
     } catch {
       backend.className = "backend down";
-      backend.textContent = "site unreachable";
-      backend.title = "The site did not answer.";
+      backend.textContent = gettext("site unreachable");
+      backend.title = gettext("The site did not answer.");
     }
   }
   checkBackend();

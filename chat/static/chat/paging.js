@@ -29,11 +29,11 @@
     try {
       const response = await fetch(line.dataset.olderUrl, { headers: { "HX-Request": "true" } });
       // Sent elsewhere: the session has ended, and the answer is the sign-in page.
-      if (response.redirected) return failed(line, "You were signed out. Reload the page to sign in again.");
-      if (!response.ok) return failed(line, `Earlier messages could not be loaded (the site answered ${response.status}).`);
+      if (response.redirected) return failed(line, gettext("You were signed out. Reload the page to sign in again."));
+      if (!response.ok) return failed(line, interpolate(gettext("Earlier messages could not be loaded (the site answered %s)."), [response.status]));
       html = await response.text();
     } catch {
-      return failed(line, "Earlier messages could not be loaded: the site could not be reached.");
+      return failed(line, gettext("Earlier messages could not be loaded: the site could not be reached."));
     }
     if (!line.isConnected) return; // the thread shows another branch meanwhile
     const page = document.createElement("template");
@@ -63,9 +63,9 @@
   function failed(line, message) {
     const retry = document.createElement("button");
     retry.type = "button";
-    retry.textContent = "Try again";
+    retry.textContent = gettext("Try again");
     retry.addEventListener("click", () => {
-      line.replaceChildren("Loading earlier messages…");
+      line.replaceChildren(gettext("Loading earlier messages…"));
       loadOlder(line);
     });
     line.replaceChildren(message, " ", retry);

@@ -35,7 +35,7 @@
   // A code block has a header naming its language, with a button that copies the code.
   const codeHead = (language) =>
     `<div class="code-head"><span class="language">${escapeHtml(language)}</span>` +
-    `<button type="button" class="copy-code" title="Copy the code">Copy</button></div>`;
+    `<button type="button" class="copy-code" title="${escapeHtml(gettext("Copy the code"))}">${escapeHtml(gettext("Copy"))}</button></div>`;
   const { fence, code_block: codeBlock } = markdown.renderer.rules;
   markdown.renderer.rules.fence = (tokens, i, ...rest) => {
     const language = tokens[i].info.trim().split(/\s+/)[0];
@@ -48,8 +48,8 @@
   markdown.renderer.rules.image = (tokens, i, options, env, self) => {
     const src = tokens[i].attrGet("src");
     const alt = self.renderInlineAsText(tokens[i].children, options, env);
-    return `<a href="${escapeHtml(src)}" class="image-link" title="Image, not loaded: ${escapeHtml(src)}">` +
-      `Image: ${escapeHtml(alt || src)}</a>`;
+    return `<a href="${escapeHtml(src)}" class="image-link" title="${escapeHtml(interpolate(gettext("Image, not loaded: %s"), [src]))}">` +
+      `${escapeHtml(interpolate(gettext("Image: %s"), [alt || src]))}</a>`;
   };
 
   // Math as Qwen2 writes it: $…$ and \(…\) inline, $$…$$ and \[…\] displayed. KaTeX shows a
@@ -405,7 +405,7 @@
       scratch.remove();
     }
     const label = button.textContent;
-    button.textContent = "Copied";
+    button.textContent = gettext("Copied");
     setTimeout(() => { button.textContent = label; }, 1500);
   }
 

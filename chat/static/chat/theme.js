@@ -25,7 +25,10 @@
 
   // The switch goes system → light → dark → system, and says which it is on. Listened for on the
   // document, so that it works as soon as it is drawn, before the page's other scripts have run.
-  const label = (choice) => `Theme: ${choice}`;
+  // The page's gettext (jsi18n, loaded before this script) says it in the page's language.
+  const label = (choice) => ({
+    system: gettext("Theme: system"), light: gettext("Theme: light"), dark: gettext("Theme: dark"),
+  })[choice];
   const showChoice = () => {
     document.querySelectorAll("[data-theme-switch]").forEach((button) => { button.textContent = label(current); });
   };
