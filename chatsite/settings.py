@@ -80,6 +80,23 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE", "timeout": 20}
     )
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # psycopg 3's pool: the turns' database calls run on many threads, each closing its connection
+    # when done (as Channels' database_sync_to_async does), which hands it back to the pool.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "pool", {"min_size": 2, "max_size": env.int("DATABASE_POOL_SIZE", default=20), "timeout": 20}
+    )
+
+# How the site's worker processes reach one another (a follow or a stop landing on a worker that
+# does not generate the answer): Redis when there is more than one, else within the one process.
+REDIS_URL: str = env.str("REDIS_URL", default="")
+CHANNEL_LAYERS: dict[str, dict[str, object]] = {
+    "default": (
+        {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+        if REDIS_URL
+        else {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+    )
+}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -178,6 +195,10 @@ CHAT_DEFAULT_MAX_TOKENS: int = env.int("CHAT_DEFAULT_MAX_TOKENS", default=512)
 CHAT_DEFAULT_TOP_P: float = env.float("CHAT_DEFAULT_TOP_P", default=0.9)
 CHAT_MAX_PROMPT_CHARS: int = env.int("CHAT_MAX_PROMPT_CHARS", default=16000)
 CHAT_CHECKPOINT_SECONDS: float = env.float("CHAT_CHECKPOINT_SECONDS", default=2.0)
+# How long the worker generating an answer holds it without renewing (it renews every third of
+# this): a worker killed mid-answer leaves it "streaming" until then, when any worker marks it
+# interrupted. Longer than the worst pause of a busy worker's event loop or database.
+CHAT_LEASE_SECONDS: float = env.float("CHAT_LEASE_SECONDS", default=15.0)
 
 # --- API: the REST API (/api/), model-compose's workflow routes, the OpenAI-compatible /v1/ -------
 # The largest request body the API accepts, in bytes; a larger one is refused with 413.

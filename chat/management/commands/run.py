@@ -8,6 +8,7 @@ keeps what was generated.
 
 import asyncio
 import json
+from contextlib import aclosing
 from typing import Any
 
 from django.conf import settings
@@ -59,12 +60,13 @@ class Command(BaseCommand):
         workflow_input.apply_to(conversation)
         _, answer = await turns.start_turn(conversation, workflow_input.prompt)
         try:
-            async for event in turns.follow(answer):
-                if isinstance(event, TextDelta):
-                    self.stdout.write(event.text, ending="")
-                    self.stdout.flush()
-                elif isinstance(event, TurnEnded):
-                    return event.message
+            async with aclosing(turns.follow(answer)) as events:
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        self.stdout.write(event.text, ending="")
+                        self.stdout.flush()
+                    elif isinstance(event, TurnEnded):
+                        return event.message
             raise AssertionError("a turn's events end with TurnEnded")
         except asyncio.CancelledError:
             # Ctrl-C: asyncio.run cancels this task; stopping records the answer as "stopped".
