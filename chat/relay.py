@@ -98,11 +98,12 @@ async def follow(answer: Message, since: int, look: Look) -> AsyncGenerator[tupl
     channel = await layer().new_channel()
     await layer().group_add(group_for(answer.pk), channel)
     offset = since
+    waiting_for_reply = False
     asked = 0.0
 
     async def ask() -> None:
-        nonlocal asked
-        asked = time.monotonic()
+        nonlocal waiting_for_reply, asked
+        waiting_for_reply, asked = True, time.monotonic()
         request = {"type": "turn.follow", "answer": answer.pk, "since": offset, "reply_to": channel}
         await send(answer.worker, request)
 
@@ -116,10 +117,12 @@ async def follow(answer: Message, since: int, look: Look) -> AsyncGenerator[tupl
                 message = {"type": "quiet"}
             match message:
                 case {"type": "turn.delta" | "turn.text", "offset": int(start), "text": str(text)}:
+                    if message["type"] == "turn.text":
+                        waiting_for_reply = False
                     if start > offset:
-                        # A gap: messages were dropped. Ask again, unless an answer to a recent ask
+                        # A gap: messages were dropped. Ask again, unless the reply to the last ask
                         # (which covers the gap) may still be on its way.
-                        if time.monotonic() - asked > quiet_period() / 2:
+                        if not waiting_for_reply or time.monotonic() - asked > quiet_period():
                             await ask()
                         continue
                     if new := text[offset - start :]:

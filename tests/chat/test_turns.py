@@ -399,10 +399,11 @@ async def test_a_final_write_that_fails_is_stored_as_an_error_with_the_text(
     assert (await turns.stop_turn(answer)).status == Message.Status.ERROR
 
 
+@pytest.mark.parametrize("failure", [DatabaseError("connection lost"), RuntimeError("a bug in a driver")])
 async def test_a_database_that_refuses_every_final_write_still_ends_the_turn(
-    conversation, fake_vllm, failing_final_writes, settings, monkeypatch
+    conversation, fake_vllm, failing_final_writes, settings, monkeypatch, failure
 ):
-    failed = failing_final_writes(DatabaseError("connection lost"), count=1000)
+    failed = failing_final_writes(failure, count=1000)
     fake_vllm.reply = ["unsaved", " answer"]
     _, answer = await turns.start_turn(conversation, "Go")
 
