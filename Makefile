@@ -10,12 +10,12 @@ PORT ?= 8080
 PYTHON_312 := $(shell for c in python3.14 python3.13 python3.12 $$HOME/.pyenv/versions/3.1[2-9]*/bin/python; do \
 	$$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$c; break; }; done)
 
-.PHONY: run test lint format clean chromium
+.PHONY: run test lint format clean chromium servers
 
 run: $(VENV)/.site .env
 	$(PY) manage.py up --host $(HOST) --port $(PORT)
 
-test: .env lint chromium
+test: .env lint chromium servers
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) -m pytest --cov --cov-report=term
 
@@ -49,6 +49,11 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
 # The browser tests drive Debian's Chromium (Playwright's own browser download is not reachable).
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+
+# The several-workers tests start a real PostgreSQL and Redis (tests/servers.py), Debian's.
+servers:
+	@{ ls /usr/lib/postgresql/*/bin/postgres && command -v redis-server; } >/dev/null 2>&1 || \
+		{ apt-get update -q && apt-get install -y -q postgresql redis-server; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage

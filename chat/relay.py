@@ -80,7 +80,14 @@ async def listen(handle: Callable[[dict[str, Any]], Coroutine[Any, Any, None]]) 
     that a slow stop does not hold up the next request."""
     handling: set[asyncio.Task[None]] = set()
     while True:
-        message = await layer().receive(WORKER)
+        try:
+            message = await layer().receive(WORKER)
+        except Exception:
+            # Redis away for a moment: this worker's answers are still stored, and the others
+            # fall back on the database meanwhile.
+            log.exception("This worker's mailbox could not receive; trying again")
+            await asyncio.sleep(1)
+            continue
         task = asyncio.create_task(handle(message))
         handling.add(task)
         task.add_done_callback(handling.discard)
@@ -114,6 +121,9 @@ async def follow(answer: Message, since: int, look: Look) -> AsyncGenerator[tupl
                 async with asyncio.timeout(quiet_period()):
                     message = await layer().receive(channel)
             except TimeoutError:
+                message = {"type": "quiet"}
+            except Exception:
+                log.exception("Could not receive answer %s's deltas; reading the database", answer.pk)
                 message = {"type": "quiet"}
             match message:
                 case {"type": "turn.delta" | "turn.text", "offset": int(start), "text": str(text)}:

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 from asgiref.sync import async_to_sync, sync_to_async
 from asgiref.typing import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
+from channels.db import aclose_old_connections
 from django.conf import settings
 from django.db import transaction
 from django.http import Http404
@@ -296,8 +297,13 @@ async def _single(event: vllm_client.Event) -> AsyncGenerator[vllm_client.Event,
 
 
 async def _earlier_turns(conversation: Conversation, *, before: Message) -> list[dict[str, str]]:
-    earlier = conversation.messages.usable_as_context().filter(pk__lt=before.pk)
-    return [{"role": m.role, "content": m.content} async for m in earlier.only("role", "content")]
+    return await _read_earlier_turns(conversation.pk, before.pk)
+
+
+@off_the_loop
+def _read_earlier_turns(conversation_pk: int, before_pk: int) -> list[dict[str, str]]:
+    earlier = Message.objects.filter(conversation=conversation_pk, pk__lt=before_pk).usable_as_context()
+    return [{"role": m.role, "content": m.content} for m in earlier.only("role", "content")]
 
 
 def options_for(conversation: Conversation) -> GenerationOptions:
@@ -306,7 +312,8 @@ def options_for(conversation: Conversation) -> GenerationOptions:
     )
 
 
-# --- The turn's writes: each on a thread with its own connection, conditional on still owning it ---
+# --- The turn's reads and writes: each on a thread with its own connection (see `off_the_loop`), the
+# writes conditional on still owning the answer ---
 
 
 @off_the_loop
@@ -420,6 +427,10 @@ async def follow(answer: Message, since: int = 0) -> AsyncGenerator[TurnEvent, N
     Cancelling or closing the follower (the browser went away) leaves the turn running.
     """
     await _start_worker()
+    # A follower may wait minutes: the connection its request used (with PostgreSQL, one of the
+    # pool's few) goes back now, not when the stream ends. The request's own thread holds it, so
+    # it is closed there; what this follower reads later, it reads on threads of its own.
+    await aclose_old_connections()
     running = _running.get(answer.pk)
     if running is not None:
         async with aclosing(running.events(since)) as events:
@@ -543,7 +554,14 @@ async def _start_worker() -> None:
     _worker_tasks.clear()
     for job in (_keep_leases(loop), relay.listen(_answer_request)):
         task = loop.create_task(job, context=contextvars.Context())
+        task.add_done_callback(_worker_job_ended)
         _worker_tasks.add(task)
+
+
+def _worker_job_ended(task: asyncio.Task[None]) -> None:
+    # Held in _worker_tasks, a failed job would never be collected, so never reported: say it now.
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("This worker's %s stopped", task.get_coro(), exc_info=exc)
 
 
 async def _keep_leases(loop: asyncio.AbstractEventLoop) -> None:

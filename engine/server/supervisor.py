@@ -2,6 +2,7 @@
 
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -258,13 +259,30 @@ class Site:
     host: str
     port: int
     env: dict[str, str]
+    workers: int = 1  # daphne processes, sharing one listening socket when more than one
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/"
 
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "daphne", "-b", self.host, "-p", str(self.port), "chatsite.asgi:application"]
+    def command(self, fd: int | None = None) -> list[str]:
+        where = ["-b", self.host, "-p", str(self.port)] if fd is None else ["--fd", str(fd)]
+        return [sys.executable, "-m", "daphne", *where, "chatsite.asgi:application"]
+
+
+def start_site(site: Site) -> list[subprocess.Popen[bytes]]:
+    """The site's daphne processes: one listening itself, or `site.workers` sharing one socket.
+
+    The socket is made here and inherited by each worker (daphne's --fd): the kernel hands each
+    new connection to one of them, and a worker that dies takes no port with it.
+    """
+    if site.workers == 1:
+        return [start_group(site.command(), site.env, cwd=settings.BASE_DIR)]
+    with socket.create_server((site.host, site.port), backlog=1024) as listening:
+        fd = listening.fileno()
+        return [
+            start_group(site.command(fd), site.env, cwd=settings.BASE_DIR, pass_fds=(fd,)) for _ in range(site.workers)
+        ]
 
 
 def run_with_site(site: Site, out: Output, *, vllm: ServerConfig | None, device: str, timeout: float) -> None:
@@ -275,7 +293,7 @@ def run_with_site(site: Site, out: Output, *, vllm: ServerConfig | None, device:
     """
     with StopSignals().installed() as signals:
         supervisor: Supervisor | None = None
-        daphne: subprocess.Popen[bytes] | None = None
+        workers: list[subprocess.Popen[bytes]] = []
         try:
             if vllm is not None and already_serving(vllm):
                 out(f"A vLLM serving {vllm.served_model_name!r} already answers at {vllm.base_url}: using it.")
@@ -285,14 +303,16 @@ def run_with_site(site: Site, out: Output, *, vllm: ServerConfig | None, device:
                 supervisor.start()
                 supervisor.wait_until_ready(stop=lambda: signals.requested)
             if not signals.requested:
-                out(f"Starting the site: {shlex.join(site.command())}")
-                daphne = start_group(site.command(), site.env, cwd=settings.BASE_DIR)
-                _wait_for_site(daphne, site, stop=lambda: signals.requested)
+                many = f" as {site.workers} worker processes" if site.workers > 1 else ""
+                out(f"Starting the site{many}: {shlex.join(site.command())}")
+                workers = start_site(site)
+                _wait_for_site(workers[0], site, stop=lambda: signals.requested)
                 out(f"The chat is at {site.url} (Ctrl-C stops it).")
-            # daphne is None only when a stop was asked for before it started.
-            while daphne is not None and not signals.requested:
-                if (code := daphne.poll()) is not None:
-                    raise ServerError(f"The site (daphne) exited with code {code}.")
+            # No workers only when a stop was asked for before they started.
+            while workers and not signals.requested:
+                for daphne in workers:
+                    if (code := daphne.poll()) is not None:
+                        raise ServerError(f"The site (daphne pid {daphne.pid}) exited with code {code}.")
                 if supervisor is not None:
                     supervisor.poll()
                     supervisor.wait(0.5)
@@ -300,9 +320,12 @@ def run_with_site(site: Site, out: Output, *, vllm: ServerConfig | None, device:
                     time.sleep(0.5)
             out(f"Received {signals.received[0]}.")
         finally:
-            if daphne is not None and daphne.poll() is None:
+            if any(daphne.poll() is None for daphne in workers):
                 out("Stopping the site...")
-                stop_group(daphne, SITE_STOP_GRACE, signals.forced)
+                for daphne in workers:
+                    daphne.send_signal(signal.SIGTERM)  # all at once: each finishes its answers' writes
+                for daphne in workers:
+                    stop_group(daphne, SITE_STOP_GRACE, signals.forced)
             if supervisor is not None:
                 supervisor.stop()
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import gc
+import threading
 from contextlib import suppress
 
 import pytest
@@ -580,3 +581,24 @@ async def test_a_stream_that_is_closed_or_done_stops_following_at_once(conversat
         assert running.followers == 0
     finally:
         gc.enable()
+
+
+async def test_turns_read_and_write_the_database_side_by_side_not_one_at_a_time(alice, fake_vllm, monkeypatch):
+    # Each turn's database calls run on threads of their own (as Channels' database_sync_to_async),
+    # not queued on asgiref's one shared thread: two turns can be inside one at the same time.
+    fake_vllm.reply = ["fine"]
+    both_reading = threading.Barrier(2, timeout=5)
+    usable_as_context = MessageQuerySet.usable_as_context
+
+    def read_together(self):
+        both_reading.wait()  # broken, and the turn fails, unless the other turn reads meanwhile
+        return usable_as_context(self)
+
+    monkeypatch.setattr(MessageQuerySet, "usable_as_context", read_together)
+    first = await Conversation.objects.acreate(owner=alice, title="One")
+    second = await Conversation.objects.acreate(owner=alice, title="Two")
+    answers = [(await turns.start_turn(conversation, "Hi")).answer for conversation in (first, second)]
+
+    ended = await asyncio.gather(*(run_to_end(answer) for answer in answers))
+
+    assert [message.status for _, message in ended] == [Message.Status.COMPLETE] * 2
