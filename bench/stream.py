@@ -26,8 +26,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.accounts import login  # noqa: E402
 from tests.fake_vllm import FakeVLLM  # noqa: E402
-from tests.site_server import SiteProcess, csrf_headers, login  # noqa: E402
+from tests.site_server import SiteProcess, csrf_headers  # noqa: E402
 
 
 def one_answer(site_url: str, text_expected: str) -> tuple[float, float, int]:
@@ -37,7 +38,9 @@ def one_answer(site_url: str, text_expected: str) -> tuple[float, float, int]:
         # As the page's htmx form sends it; the answer's stream URL is in the turn it gets back.
         headers = {**csrf_headers(client), "HX-Request": "true"}
         sent = client.post("/c/new/send", data={"prompt": "Go", "max_tokens": "2047"}, headers=headers)
-        url = re.search(r'data-stream-url="([^"]+)"', sent.text)[1]
+        found = re.search(r'data-stream-url="([^"]+)"', sent.text)
+        assert found, "the sent turn has its stream's URL"
+        url = found[1]
         first = None
         events = 0
         text = ""

@@ -278,7 +278,11 @@ def start_site(site: Site) -> list[subprocess.Popen[bytes]]:
     """
     if site.workers == 1:
         return [start_group(site.command(), site.env, cwd=settings.BASE_DIR)]
-    with socket.create_server((site.host, site.port), backlog=1024) as listening:
+    try:
+        listening = socket.create_server((site.host, site.port), backlog=1024)
+    except OSError as exc:
+        raise ServerError(f"The site cannot listen on {site.url}: {exc.strerror or exc}") from exc
+    with listening:
         fd = listening.fileno()
         return [
             start_group(site.command(fd), site.env, cwd=settings.BASE_DIR, pass_fds=(fd,)) for _ in range(site.workers)
@@ -306,13 +310,13 @@ def run_with_site(site: Site, out: Output, *, vllm: ServerConfig | None, device:
                 many = f" as {site.workers} worker processes" if site.workers > 1 else ""
                 out(f"Starting the site{many}: {shlex.join(site.command())}")
                 workers = start_site(site)
-                _wait_for_site(workers[0], site, stop=lambda: signals.requested)
+                _wait_for_site(workers, site, stop=lambda: signals.requested)
                 out(f"The chat is at {site.url} (Ctrl-C stops it).")
             # No workers only when a stop was asked for before they started.
             while workers and not signals.requested:
                 for daphne in workers:
                     if (code := daphne.poll()) is not None:
-                        raise ServerError(f"The site (daphne pid {daphne.pid}) exited with code {code}.")
+                        raise ServerError(f"The site (daphne) exited with code {code} (pid {daphne.pid}).")
                 if supervisor is not None:
                     supervisor.poll()
                     supervisor.wait(0.5)
@@ -330,16 +334,26 @@ def run_with_site(site: Site, out: Output, *, vllm: ServerConfig | None, device:
                 supervisor.stop()
 
 
-def _wait_for_site(daphne: subprocess.Popen[bytes], site: Site, stop: Callable[[], bool]) -> None:
+def _wait_for_site(workers: list[subprocess.Popen[bytes]], site: Site, stop: Callable[[], bool]) -> None:
     deadline = time.monotonic() + SITE_START_TIMEOUT
     while not stop():
-        if (code := daphne.poll()) is not None:
-            raise ServerError(f"The site (daphne) exited with code {code} while starting.")
-        try:
-            with socket.create_connection((site.host, site.port), timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise ServerError(f"The site did not listen on {site.url} within {SITE_START_TIMEOUT:g} s.") from None
-            with suppress(subprocess.TimeoutExpired):
-                daphne.wait(timeout=0.1)
+        for daphne in workers:
+            if (code := daphne.poll()) is not None:
+                raise ServerError(f"The site (daphne) exited with code {code} while starting.")
+        if _answers(site):
+            return
+        if time.monotonic() > deadline:
+            raise ServerError(f"The site did not answer on {site.url} within {SITE_START_TIMEOUT:g} s.")
+        with suppress(subprocess.TimeoutExpired):
+            workers[0].wait(timeout=0.1)
+
+
+def _answers(site: Site) -> bool:
+    """Whether the site answers HTTP. A connection alone says nothing with several workers: their
+    socket, made before they start, accepts connections into its backlog at once."""
+    try:
+        with socket.create_connection((site.host, site.port), timeout=1) as connection:
+            connection.sendall(f"HEAD / HTTP/1.0\r\nHost: {site.host}\r\n\r\n".encode())
+            return connection.recv(1) != b""
+    except OSError:
+        return False

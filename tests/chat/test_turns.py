@@ -6,7 +6,7 @@ import threading
 from contextlib import suppress
 
 import pytest
-from asgiref.sync import sync_to_async
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.db import DatabaseError
 from django.db.backends.utils import CursorWrapper
 from django.http import Http404
@@ -449,11 +449,17 @@ async def test_a_follow_landing_between_the_commit_and_the_turns_start_follows_i
     def save_then_follow(*args, **kwargs):
         # Runs on the thread that saves, right after the commit: the loop follows meanwhile.
         saved = save(*args, **kwargs)
-        follower = asyncio.run_coroutine_threadsafe(run_to_end(saved[1].answer), loop)
+        follower = asyncio.run_coroutine_threadsafe(follow_as_another_request(saved[1].answer), loop)
         early.append(asyncio.wrap_future(follower, loop=loop))
         with suppress(TimeoutError):
             follower.result(timeout=1)  # as long as it would take to settle the answer, if it did
         return saved
+
+    async def follow_as_another_request(answer: Message) -> tuple[str, Message]:
+        # Its own thread for the database, as Django gives each request: this test's thread is
+        # the one still saving.
+        async with ThreadSensitiveContext():
+            return await run_to_end(answer)
 
     loop = asyncio.get_running_loop()
     monkeypatch.setattr(turns, "_save_prompt_and_answer", save_then_follow)
