@@ -110,13 +110,14 @@ def main() -> None:
                         else postgresql.create_database(f"bench_{workers}")
                     )
                     env = site_env(url, redis.url, fake)
-                    site = SiteWorkers(env, workers=workers).start()
+                    site = SiteWorkers(env, workers=workers, quiet=True).start()
                     try:
                         headers = {"Authorization": f"Bearer {env['TOKEN']}"}
+                        # Warm up every worker (imports, connections) before measuring.
+                        asyncio.run(many_streams(f"{site.url}/v1/chat/completions", headers, workers * 3))
                         for n in levels:
                             first, rate = asyncio.run(many_streams(f"{site.url}/v1/chat/completions", headers, n))
                             rows.append((name, n, first - direct[n][0], rate / direct[n][1]))
-                            print(f"{name}, {n} streams: done", file=sys.stderr)
                     finally:
                         site.stop()
     finally:

@@ -77,8 +77,9 @@ class SiteWorkers:
     serves it (engine/server/supervisor.py's `Site`), each also on a port of its own so that a test
     can send a request to the worker it chooses."""
 
-    def __init__(self, env: dict[str, str], workers: int = 3) -> None:
+    def __init__(self, env: dict[str, str], workers: int = 3, *, quiet: bool = False) -> None:
         self.env = env
+        self.quiet = quiet  # no access log (a benchmark's thousands of requests)
         self.site = Site("127.0.0.1", free_port(), env, workers=workers)
         self.url = f"http://127.0.0.1:{self.site.port}"
         self.listening = socket.create_server((self.site.host, self.site.port), backlog=1024)
@@ -113,7 +114,12 @@ class Worker:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         fd = site.listening.fileno()
-        command = [*site.site.command(fd), "-e", f"tcp:port={port}:interface=127.0.0.1"]
+        command = [
+            *site.site.command(fd),
+            "-e",
+            f"tcp:port={port}:interface=127.0.0.1",
+            *(["-v", "0"] if site.quiet else []),
+        ]
         self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **site.env}, pass_fds=(fd,))
 
     @property

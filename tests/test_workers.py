@@ -101,6 +101,20 @@ def test_a_turn_started_on_a_is_followed_live_from_b_and_stopped_from_c(site_wor
     assert fake_vllm.wait_for_disconnect(timeout=5)  # A closed its request to vLLM
 
 
+def test_deleting_a_conversation_on_c_stops_its_turn_on_a(site_workers, fake_vllm):
+    fake_vllm.reply = [f" w{i}" for i in range(400)]
+    fake_vllm.token_delay = 0.02
+    a, _, c = site_workers.workers
+    conversation, answer = start_turn(a, site_workers)
+
+    with api(c.url, site_workers) as client:
+        assert client.delete(f"/conversations/{conversation}").status_code == 204
+
+    assert fake_vllm.wait_for_disconnect(timeout=10)  # A stopped generating
+    with psycopg.connect(site_workers.env["DATABASE_URL"]) as connection:
+        assert connection.execute("SELECT count(*) FROM chat_message WHERE id = %s", (answer,)).fetchone() == (0,)
+
+
 def test_a_worker_starting_and_a_follow_elsewhere_leave_a_live_answer_alone(site_workers, fake_vllm):
     fake_vllm.reply = [f" w{i}" for i in range(400)]
     fake_vllm.token_delay = 0.04  # 16 s: longer than a worker takes to start on a busy machine
