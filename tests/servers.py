@@ -83,7 +83,8 @@ class PostgreSQL:
         if self.process and self.process.poll() is None:
             # Through pg_ctl: the process started here may be runuser's, which passes no signal on.
             # "fast": ends the sessions without waiting for them.
-            stop = [*self._as_postgres, self.bin / "pg_ctl", "-D", self.folder / "data", "-m", "fast", "-w", "stop"]
+            data = str(self.folder / "data")
+            stop = [*self._as_postgres, str(self.bin / "pg_ctl"), "-D", data, "-m", "fast", "-w", "stop"]
             subprocess.run(stop, check=False, stdout=subprocess.DEVNULL, timeout=60)
             try:
                 self.process.wait(30)
