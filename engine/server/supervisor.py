@@ -307,8 +307,11 @@ def run_with_site(site: Site, out: Output, *, vllm: ServerConfig | None, device:
                 supervisor.start()
                 supervisor.wait_until_ready(stop=lambda: signals.requested)
             if not signals.requested:
-                many = f" as {site.workers} worker processes" if site.workers > 1 else ""
-                out(f"Starting the site{many}: {shlex.join(site.command())}")
+                if site.workers == 1:
+                    out(f"Starting the site: {shlex.join(site.command())}")
+                else:
+                    each = shlex.join(site.command(fd=0)).replace("--fd 0", "--fd <socket>")
+                    out(f"Starting the site as {site.workers} worker processes on {site.url}, each: {each}")
                 workers = start_site(site)
                 _wait_for_site(workers, site, stop=lambda: signals.requested)
                 out(f"The chat is at {site.url} (Ctrl-C stops it).")
