@@ -114,7 +114,7 @@ async def test_the_owner_renews_its_lease_while_it_generates_even_without_deltas
 
     await wait_for_async(renewed_twice, what="the lease to be renewed")
     await asyncio.sleep(1)  # longer than a lease: alive all the same
-    assert turns.recover_interrupted_turns() == 0
+    assert await sync_to_async(turns.recover_interrupted_turns)() == 0
     assert (await stored(answer)).status == Message.Status.STREAMING
     await turns.stop_turn(answer)
 
