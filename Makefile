@@ -10,12 +10,12 @@ PORT ?= 8080
 PYTHON_312 := $(shell for c in python3.14 python3.13 python3.12 $$HOME/.pyenv/versions/3.1[2-9]*/bin/python; do \
 	$$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$c; break; }; done)
 
-.PHONY: run test lint format clean chromium servers
+.PHONY: run test lint format clean chromium nginx servers vendor bench
 
 run: $(VENV)/.site .env
 	$(PY) manage.py up --host $(HOST) --port $(PORT)
 
-test: .env lint chromium servers
+test: .env lint chromium nginx servers
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) -m pytest --cov --cov-report=term
 
@@ -24,6 +24,15 @@ lint: $(VENV)/.dev .env
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+
+# What the site adds to an answer's stream, door by door, beside a fake vLLM (bench/README.md).
+# Not part of `make test`: it takes minutes and its figures depend on the machine. BENCH_ARGS=--quick
+bench: $(VENV)/.bench .env
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+$(VENV)/.bench: bench/requirements.txt | $(VENV)/.site
+	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	touch $@
 
 format: $(VENV)/.dev
 	$(PY) -m ruff check --fix .
@@ -50,10 +59,35 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
 
-# The several-workers tests start a real PostgreSQL and Redis (tests/servers.py), Debian's.
+# The deployment tests run Debian's nginx in front of the site (deploy/nginx/), over TLS with a
+# certificate that openssl makes for them.
+nginx:
+	@{ command -v nginx || test -x /usr/sbin/nginx; } >/dev/null && command -v openssl >/dev/null || \
+		{ apt-get update -q && apt-get install -y -q nginx openssl; }
+
+# The chat page's browser libraries, pinned in package.json and package-lock.json, are kept in the
+# repository as static files (the site serves them itself: no CDN, no build step to run it). This
+# target brings them back from the npm registry, with their licenses, after a version change.
+VENDOR := chat/static/chat/vendor
+NPM := node_modules
+vendor: package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund
+	rm -rf $(VENDOR)
+	mkdir -p $(VENDOR)/markdown-it $(VENDOR)/markdown-it-task-lists $(VENDOR)/highlight.js $(VENDOR)/dompurify $(VENDOR)/katex/fonts
+	cp $(NPM)/markdown-it/dist/browser/markdown-it.umd.min.js $(NPM)/markdown-it/LICENSE $(VENDOR)/markdown-it/
+	cp $(NPM)/markdown-it-task-lists/dist/markdown-it-task-lists.min.js $(NPM)/markdown-it-task-lists/LICENSE $(VENDOR)/markdown-it-task-lists/
+	cp $(NPM)/@highlightjs/cdn-assets/highlight.min.js $(NPM)/@highlightjs/cdn-assets/styles/github.min.css \
+		$(NPM)/@highlightjs/cdn-assets/LICENSE $(VENDOR)/highlight.js/
+	cp $(NPM)/dompurify/dist/purify.min.js $(NPM)/dompurify/LICENSE $(VENDOR)/dompurify/
+	cp $(NPM)/katex/dist/katex.min.js $(NPM)/katex/dist/katex.min.css $(NPM)/katex/LICENSE $(VENDOR)/katex/
+	@# Browsers that run the page read WOFF2, the first format katex.min.css offers; the others are never asked for.
+	cp $(NPM)/katex/dist/fonts/*.woff2 $(VENDOR)/katex/fonts/
+
+# Search, export and import are tested on PostgreSQL too, and the several-workers tests run the site
+# on PostgreSQL and Redis (tests/servers.py): real servers the tests start from Debian's packages.
 servers:
 	@{ ls /usr/lib/postgresql/*/bin/postgres && command -v redis-server; } >/dev/null 2>&1 || \
 		{ apt-get update -q && apt-get install -y -q postgresql redis-server; }
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage
+	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage $(NPM)

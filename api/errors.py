@@ -6,8 +6,9 @@
   that does not validate, as OpenAI's own API answers, so that its SDKs raise the right exception.
 
 Both get the same statuses and messages otherwise: 400 for a body that is not JSON, 401 without a
-valid token (or, for REST, a session), 404, and 413 for a body over API_MAX_BODY_BYTES (refused by
-api/middleware.py before any view reads it).
+valid token (or, for REST, a session), 404, 413 for a body over API_MAX_BODY_BYTES (refused by
+api/middleware.py before any view reads it), and 429 with `Retry-After` when the caller may not
+start another answer now (chat/limits.py).
 """
 
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from typing import Any
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+
+from chat.limits import TooManyAnswers
 
 
 class ApiError(Exception):
@@ -31,10 +34,11 @@ class ApiError(Exception):
         param: str | None = None,
         code: str | None = None,
         errors: list[dict[str, Any]] | None = None,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.errors = errors
+        self.errors, self.retry_after = errors, retry_after
 
 
 def _rest_body(error: ApiError) -> dict[str, Any]:
@@ -60,6 +64,8 @@ class Door:
         response = JsonResponse(self.body(error), status=error.status, content_type="application/json; charset=utf-8")
         if error.status == 401:
             response["WWW-Authenticate"] = "Bearer"
+        if error.retry_after is not None:
+            response["Retry-After"] = str(error.retry_after)
         return response
 
 
@@ -96,6 +102,9 @@ def refusal(door: Door, exc: Exception) -> ApiError:
     match exc:
         case ApiError():
             return exc
+        case TooManyAnswers():
+            # OpenAI's own type and code for too many requests; its SDKs retry after Retry-After.
+            return ApiError(429, exc.message, type="requests", code="rate_limit_exceeded", retry_after=exc.retry_after)
         case AuthenticationError():
             return ApiError(401, door.sign_in, code="invalid_api_key")
         case HttpError(status_code=400) if isinstance(exc.__cause__, ValueError):
@@ -120,8 +129,11 @@ def refusal(door: Door, exc: Exception) -> ApiError:
 def handle_errors(api: NinjaAPI, door: Door) -> None:
     """Answer the API's errors in the door's shape."""
 
-    def handler(request: HttpRequest, exc: Exception) -> HttpResponse:
+    def handler(request: HttpRequest, exc: Exception | type[Exception]) -> HttpResponse:
+        # ninja's type lets a handler be given the class too; it passes what was raised, and a
+        # raised class is always made an instance by Python.
+        assert isinstance(exc, Exception)
         return door.response(refusal(door, exc))
 
-    for kind in (ApiError, AuthenticationError, HttpError, ValidationError, Http404):
+    for kind in (ApiError, AuthenticationError, HttpError, ValidationError, Http404, TooManyAnswers):
         api.add_exception_handler(kind, handler)

@@ -4,47 +4,66 @@ Only the API's doors (/api/ and the OpenAI-compatible /v1/) are limited; each ge
 own shape (api/errors.py). The chat page's forms keep Django's own limits.
 """
 
+from collections.abc import Awaitable, Callable
+from typing import cast
+
 from asgiref.sync import iscoroutinefunction
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.utils.decorators import sync_and_async_middleware
 
 from api import errors
+from chat import imports
+
+# The rest of Django's chain, as the server runs it: sync, or async (a coroutine function).
+type SyncChain = Callable[[HttpRequest], HttpResponseBase]
+type AsyncChain = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
+
+# Its body is a file to import: it may be as large as an import (chat/imports.py).
+IMPORT_PATH = "/api/import"
 
 
 @sync_and_async_middleware
-def limit_api_body(get_response):
+def limit_api_body(get_response: SyncChain | AsyncChain) -> SyncChain | AsyncChain:
+    # Under ASGI Django passes an async chain (a coroutine function), under WSGI a sync one.
     if iscoroutinefunction(get_response):
+        async_response = cast(AsyncChain, get_response)
 
-        async def middleware(request: HttpRequest):
-            return _refusal(request) or await get_response(request)
+        async def middleware(request: HttpRequest) -> HttpResponseBase:
+            return _refusal(request) or await async_response(request)
 
-    else:
+        return middleware
 
-        def middleware(request: HttpRequest):
-            return _refusal(request) or get_response(request)
+    sync_response = cast(SyncChain, get_response)
 
-    return middleware
+    def sync_middleware(request: HttpRequest) -> HttpResponseBase:
+        return _refusal(request) or sync_response(request)
+
+    return sync_middleware
 
 
 def _refusal(request: HttpRequest) -> HttpResponse | None:
     if (door := errors.door_at(request.path_info)) is None:
         return None
-    limit = settings.API_MAX_BODY_BYTES
-    if _size(request) <= limit:
+    limit = imports.upload_limit() if request.path_info == IMPORT_PATH else settings.API_MAX_BODY_BYTES
+    if _size(request, limit) <= limit:
         return None
     message = f"The request body is too large: at most {limit} bytes are accepted."
     return door.response(errors.ApiError(413, message, code="request_too_large"))
 
 
-def _size(request: HttpRequest) -> float:
+def _size(request: HttpRequest, limit: int) -> float:
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         declared = 0
-    if declared > settings.API_MAX_BODY_BYTES:
+    if declared > limit:
         return declared  # refused without reading it
+    if request.path_info == IMPORT_PATH:
+        # A file upload: Django spools it to disk as it parses it, where reading `body` would hold
+        # it in memory (and refuse it over DATA_UPLOAD_MAX_MEMORY_SIZE); the import measures the file.
+        return declared
     try:
         # A chunked body declares no length: measure what arrived.
         return len(request.body)

@@ -10,9 +10,10 @@ history. `GET /v1/models` lists the one served model. Authentication is an API t
 Errors come back in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`:
 400 for a request that is not valid (bad JSON, wrong types, out-of-range settings, no prompt, a
 prompt that cannot fit the context with room for max_tokens: `context_length_exceeded`),
-401 without a valid token, 404 for another model, 413 for a body over API_MAX_BODY_BYTES, and
-for an answer that failed before any text 503 if vLLM is down or 502 if vLLM failed or refused
-(the message says which). A stream that fails later ends with an error frame, then `[DONE]`, as
+401 without a valid token, 404 for another model, 413 for a body over API_MAX_BODY_BYTES, 429
+(`rate_limit_exceeded`, with `Retry-After`) over the caller's limits on answers, and for an
+answer that failed before any text 503 if vLLM is down or 502 if vLLM failed or refused (the
+message says which). A stream that fails later ends with an error frame, then `[DONE]`, as
 vLLM's does. A client that goes away stops the answer, which closes the request to vLLM, as vLLM
 itself aborts a request whose client left.
 """
@@ -23,23 +24,22 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from functools import partial
 from typing import Any, Literal
 
-from asgiref.sync import sync_to_async
-from django.conf import settings
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
-from django.db import transaction
-from django.http import HttpRequest
+from django.http import HttpRequest, StreamingHttpResponse
 from ninja import NinjaAPI, Schema
 from pydantic import BaseModel, ConfigDict, Field
 
 from api import delivery
-from api.auth import TokenAuth
+from api.auth import AuthenticatedRequest, TokenAuth
 from api.errors import OPENAI, ApiError, handle_errors
 from api.schemas import GenerationSettings, MaxTokens
 from chat import rules, sse, turns
 from chat.context import ContextTooLong, check_prompt_fits
 from chat.models import Conversation, Message
 from chat.turns import TurnEnded, TurnEvent
-from engine.vllm_client import TextDelta
+from engine import vllm_client
+from engine.vllm_client import ServedModel, TextDelta
 
 openai_api = NinjaAPI(
     title="OpenAI-compatible API",
@@ -109,11 +109,12 @@ def _checked(text: str, rule: Callable[[str], str], param: str) -> str:
 class Exchange:
     """The request as a conversation: its system prompt, earlier messages, and the prompt."""
 
-    def __init__(self, request: ChatCompletionIn) -> None:
-        if request.model != settings.VLLM_SERVED_MODEL_NAME:
+    def __init__(self, request: ChatCompletionIn, served: ServedModel) -> None:
+        # While vLLM cannot say what it serves, the request goes on, to fail as "vLLM is down" (503).
+        if served.live and request.model != served.id:
             raise ApiError(
                 404,
-                f"The model `{request.model}` does not exist. This site serves {settings.VLLM_SERVED_MODEL_NAME}.",
+                f"The model `{request.model}` does not exist. This site serves {served.id or 'no model now'}.",
                 param="model",
                 code="model_not_found",
             )
@@ -136,27 +137,20 @@ class Exchange:
         if request.max_completion_tokens is not None:
             self.settings = request.model_copy(update={"max_tokens": request.max_completion_tokens})
 
-    def conversation(self, user) -> Conversation:
+    def conversation(self, user: User) -> Conversation:
         conversation = Conversation(owner=user, system_prompt=self.system_prompt)
         self.settings.apply_to(conversation)
         return conversation
-
-    @sync_to_async
-    def save(self, conversation: Conversation) -> None:
-        with transaction.atomic():
-            conversation.save()
-            Message.objects.bulk_create(
-                Message(conversation=conversation, role=role, content=text, status=Message.Status.COMPLETE)
-                for role, text in self.earlier
-            )
 
 
 # --- The routes ---------------------------------------------------------------------------------
 
 
 @openai_api.post("/chat/completions")
-async def chat_completions(request: HttpRequest, data: ChatCompletionIn):
-    exchange = Exchange(data)
+async def chat_completions(
+    request: AuthenticatedRequest, data: ChatCompletionIn
+) -> StreamingHttpResponse | dict[str, Any]:
+    exchange = Exchange(data, await vllm_client.served_model())
     conversation = exchange.conversation(request.auth)
     try:
         await check_prompt_fits(
@@ -164,8 +158,8 @@ async def chat_completions(request: HttpRequest, data: ChatCompletionIn):
         )
     except ContextTooLong as exc:
         raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
-    await exchange.save(conversation)
-    _, answer = await turns.start_turn(conversation, exchange.prompt)
+    # The earlier messages are saved with the prompt, in one transaction: a refused turn saves none.
+    _, answer = await turns.start_turn(conversation, exchange.prompt, earlier=exchange.earlier)
     if not data.stream:
         return _completion(await delivery.whole(answer))
     include_usage = bool(data.stream_options and data.stream_options.include_usage)
@@ -221,23 +215,26 @@ async def _chunks(answer: Message, events: AsyncIterator[TurnEvent], *, include_
     yield sse.frame("[DONE]")
 
 
-def _model_card() -> dict[str, Any]:
+def _model_card(served: ServedModel) -> dict[str, Any]:
+    # The model vLLM serves now, as vLLM names it; the context is the one the site fits to.
     return {
-        "id": settings.VLLM_SERVED_MODEL_NAME,
+        "id": served.id,
         "object": "model",
         "created": STARTED,
         "owned_by": "vllm",
-        "max_model_len": settings.CHAT_CONTEXT_LENGTH,
+        "max_model_len": served.context_length,
     }
 
 
 @openai_api.get("/models")
-def list_models(request: HttpRequest):
-    return {"object": "list", "data": [_model_card()]}
+async def list_models(request: HttpRequest) -> dict[str, Any]:
+    served = await vllm_client.served_model()
+    return {"object": "list", "data": [_model_card(served)] if served.id else []}
 
 
 @openai_api.get("/models/{path:model}")
-def retrieve_model(request: HttpRequest, model: str):
-    if model != settings.VLLM_SERVED_MODEL_NAME:
+async def retrieve_model(request: HttpRequest, model: str) -> dict[str, Any]:
+    served = await vllm_client.served_model()
+    if not served.id or model != served.id:
         raise ApiError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
-    return _model_card()
+    return _model_card(served)

@@ -8,30 +8,42 @@ server's event loop.
 
 Errors are JSON `{"detail": "..."}` (api/errors.py): 400 for a body that is not JSON, 401 without a
 token or a session, 404, 413 for a body over API_MAX_BODY_BYTES, 422 (with `errors`, one per field)
-for a request that does not validate.
+for a request that does not validate, 429 (with `Retry-After`) for a prompt over the caller's limits
+on answers (chat/limits.py).
 """
 
-from django.http import HttpRequest
-from ninja import NinjaAPI, Path
+from typing import Any
+
+from django.http import StreamingHttpResponse
+from django.http.multipartparser import MultiPartParserError
+from ninja import NinjaAPI
 from ninja.pagination import LimitOffsetPagination, paginate
+
+# The function itself: to a type checker `ninja.Path` is an Annotated alias, which cannot be called.
+from ninja.params.functions import Path
 from pydantic import Field
 
-from api import delivery, workflows
-from api.auth import SessionAuth, TokenAuth
-from api.errors import REST, handle_errors
+from api import delivery, history, workflows
+from api.auth import AuthenticatedRequest, SessionAuth, TokenAuth
+from api.errors import REST, ApiError, handle_errors
 from api.schemas import (
     ERRORS,
     MAX_ID,
+    STARTS_AN_ANSWER,
     ConversationChange,
     ConversationDetail,
     ConversationIn,
     ConversationOut,
+    EditIn,
+    ErrorOut,
     MessageIn,
     MessageOut,
+    RegenerateIn,
+    ShownMessageOut,
     TurnOut,
 )
-from chat import ownership, sse, turns
-from chat.models import Conversation
+from chat import branches, ownership, sse, turns
+from chat.models import Conversation, ConversationQuerySet, Message
 
 api = NinjaAPI(
     title="Chat site API",
@@ -59,7 +71,7 @@ ANSWER_EVENT = {
 }
 
 
-def streamed(description: str, **response) -> dict:
+def streamed(description: str, **response: Any) -> dict[str, Any]:
     return {
         "responses": {
             200: {"description": description, "content": {"text/event-stream": {"schema": ANSWER_EVENT}}, **response},
@@ -67,13 +79,23 @@ def streamed(description: str, **response) -> dict:
     }
 
 
-# From a JSON answer to the routes that follow and stop it.
+# From a JSON turn to the routes that follow, stop or regenerate its answer, edit its prompt or
+# show either.
 ANSWER_LINKS = {
     name: {
-        "operationId": f"api_rest_{name}_message",
-        "parameters": {"conversation_id": "$response.body#/conversation_id", "message_id": "$response.body#/answer/id"},
+        "operationId": operation,
+        "parameters": {
+            "conversation_id": "$response.body#/conversation_id",
+            "message_id": f"$response.body#/{part}/id",
+        },
     }
-    for name in ("follow", "stop")
+    for name, operation, part in [
+        ("follow", "api_rest_follow_message", "answer"),
+        ("stop", "api_rest_stop_message", "answer"),
+        ("regenerate", "api_rest_regenerate_answer", "answer"),
+        ("edit", "api_rest_edit_prompt", "prompt"),
+        ("show", "api_rest_show_message", "prompt"),
+    ]
 }
 
 
@@ -83,7 +105,8 @@ class Page(LimitOffsetPagination):
         offset: int = Field(0, ge=0, le=MAX_ID)
 
 
-def conversation_id() -> int:
+def conversation_id() -> Any:
+    # Not an int: django-ninja's marker for a path parameter, used as the parameter's default.
     return Path(..., ge=1, le=MAX_ID)
 
 
@@ -92,30 +115,54 @@ def conversation_id() -> int:
 
 @api.get("/conversations", response={200: list[ConversationOut], **ERRORS}, tags=["conversations"])
 @paginate(Page)
-def list_conversations(request: HttpRequest):
+def list_conversations(request: AuthenticatedRequest) -> ConversationQuerySet:
     """The user's conversations, most recently active first."""
     return Conversation.objects.owned_by(request.auth).newest_first()
 
 
 @api.post("/conversations", response={201: ConversationOut, **ERRORS}, tags=["conversations"])
-def create_conversation(request: HttpRequest, data: ConversationIn):
+def create_conversation(request: AuthenticatedRequest, data: ConversationIn) -> tuple[int, Conversation]:
     conversation = Conversation(owner=request.auth, title=data.title, system_prompt=data.system_prompt)
+    conversation.title_set_by_person = bool(data.title)  # an empty one is named from the first prompt
     data.apply_to(conversation)
     conversation.save()
     return 201, conversation
 
 
+def _detail(conversation: Conversation, branch: branches.Branch, tree: list[Message] | None) -> ConversationDetail:
+    shown = [
+        ShownMessageOut.model_validate({**MessageOut.model_validate(message).model_dump(), "versions": versions.ids})
+        for message, versions in branch
+    ]
+    return ConversationDetail.model_validate(
+        {
+            **ConversationOut.model_validate(conversation).model_dump(),
+            "branch_tip_id": branch[-1][0].pk if branch else None,
+            "messages": shown,
+            "tree": None if tree is None else [MessageOut.model_validate(message) for message in tree],
+        }
+    )
+
+
 @api.get("/conversations/{conversation_id}", response={200: ConversationDetail, **ERRORS}, tags=["conversations"])
-def read_conversation(request: HttpRequest, conversation_id: int = conversation_id()):
-    return ownership.conversation_or_404(request.auth, conversation_id)
+def read_conversation(
+    request: AuthenticatedRequest, conversation_id: int = conversation_id(), tree: bool = False
+) -> ConversationDetail:
+    """The conversation with the branch shown (as on the page); with `tree=true`, every message too."""
+    conversation = ownership.conversation_or_404(request.auth, conversation_id)
+    messages = list(conversation.messages.order_by("pk")) if tree else None
+    return _detail(conversation, branches.shown_branch(conversation), messages)
 
 
 @api.patch("/conversations/{conversation_id}", response={200: ConversationOut, **ERRORS}, tags=["conversations"])
-def change_conversation(request: HttpRequest, data: ConversationChange, conversation_id: int = conversation_id()):
+def change_conversation(
+    request: AuthenticatedRequest, data: ConversationChange, conversation_id: int = conversation_id()
+) -> Conversation:
     """Rename it (`title`), or change its system prompt or generation settings for the next turns."""
     conversation = ownership.conversation_or_404(request.auth, conversation_id)
     if data.title is not None:
         conversation.title = data.title
+        conversation.title_set_by_person = True
     if data.system_prompt is not None:
         conversation.system_prompt = data.system_prompt
     data.apply_to(conversation)
@@ -124,7 +171,9 @@ def change_conversation(request: HttpRequest, data: ConversationChange, conversa
 
 
 @api.delete("/conversations/{conversation_id}", response={204: None, **ERRORS}, tags=["conversations"])
-async def delete_conversation(request: HttpRequest, conversation_id: int = conversation_id()):
+async def delete_conversation(
+    request: AuthenticatedRequest, conversation_id: int = conversation_id()
+) -> tuple[int, None]:
     """Deletes it with its messages, stopping an answer still being generated."""
     conversation = await ownership.aconversation_or_404(request.auth, conversation_id)
     await turns.stop_turns_in(conversation)
@@ -137,7 +186,7 @@ async def delete_conversation(request: HttpRequest, conversation_id: int = conve
 
 @api.post(
     "/conversations/{conversation_id}/messages",
-    response={200: TurnOut, **ERRORS},
+    response={200: TurnOut, **STARTS_AN_ANSWER},
     openapi_extra=streamed(
         'JSON, or with `stream: true` Server-Sent Events: `delta` (`{"text"}`) events, then `done` or '
         "`error`, as the chat page receives them.",
@@ -145,7 +194,9 @@ async def delete_conversation(request: HttpRequest, conversation_id: int = conve
     ),
     tags=["messages"],
 )
-async def send_message(request: HttpRequest, data: MessageIn, conversation_id: int = conversation_id()):
+async def send_message(
+    request: AuthenticatedRequest, data: MessageIn, conversation_id: int = conversation_id()
+) -> StreamingHttpResponse | TurnOut:
     """Send a prompt; the answer comes back once complete, or as it is generated with `stream: true`.
 
     Generation settings given here are saved on the conversation, as the page does. The answer is
@@ -153,14 +204,92 @@ async def send_message(request: HttpRequest, data: MessageIn, conversation_id: i
     generating it (stop it with `.../stop`).
     """
     conversation = await ownership.aconversation_or_404(request.auth, conversation_id)
+    after = None
+    if data.parent_id is not None:
+        after = await ownership.amessage_or_404(request.auth, data.parent_id, conversation_pk=conversation_id)
     data.apply_to(conversation)
-    prompt, answer = await turns.start_turn(conversation, data.prompt)
-    if data.stream:
-        response = sse.response(sse.turn_events(answer))
+    return await _answered(conversation, await turns.start_turn(conversation, data.prompt, after=after), data.stream)
+
+
+async def _answered(conversation: Conversation, turn: turns.Turn, stream: bool) -> StreamingHttpResponse | TurnOut:
+    if stream:
+        response = sse.response(sse.turn_events(turn.answer))
         response["X-Conversation-Id"] = str(conversation.pk)
-        response["X-Message-Id"] = str(answer.pk)
+        response["X-Message-Id"] = str(turn.answer.pk)
         return response
-    return TurnOut(conversation_id=conversation.pk, prompt=prompt, answer=await delivery.ended(answer))
+    return TurnOut(
+        conversation_id=conversation.pk,
+        prompt=MessageOut.model_validate(turn.prompt),
+        answer=MessageOut.model_validate(await delivery.ended(turn.answer)),
+    )
+
+
+@api.post(
+    "/conversations/{conversation_id}/messages/{message_id}/regenerate",
+    response={200: TurnOut, 409: ErrorOut, **STARTS_AN_ANSWER},
+    openapi_extra=streamed("JSON, or with `stream: true` Server-Sent Events, as for a new prompt.", links=ANSWER_LINKS),
+    tags=["messages"],
+)
+async def regenerate_answer(
+    request: AuthenticatedRequest,
+    data: RegenerateIn | None = None,
+    conversation_id: int = conversation_id(),
+    message_id: int = Path(..., ge=1, le=MAX_ID),
+) -> StreamingHttpResponse | TurnOut:
+    """A new answer to the prompt this answer answers, with the conversation's settings (those given
+    here are saved on it first). The old answer is kept as another version; the new one is shown.
+
+    409 for an answer that follows no prompt (one saved from an OpenAI request's history can).
+    """
+    conversation = await ownership.aconversation_or_404(request.auth, conversation_id)
+    answer = await ownership.aanswer_or_404(request.auth, message_id, conversation_pk=conversation_id)
+    data = data or RegenerateIn()  # no body: the conversation's settings as they are, answered as JSON
+    data.apply_to(conversation)
+    try:
+        turn = await turns.regenerate(conversation, answer)
+    except turns.NoPrompt as exc:
+        raise ApiError(409, str(exc)) from None
+    return await _answered(conversation, turn, data.stream)
+
+
+@api.post(
+    "/conversations/{conversation_id}/messages/{message_id}/edit",
+    response={200: TurnOut, **STARTS_AN_ANSWER},
+    openapi_extra=streamed("JSON, or with `stream: true` Server-Sent Events, as for a new prompt.", links=ANSWER_LINKS),
+    tags=["messages"],
+)
+async def edit_prompt(
+    request: AuthenticatedRequest,
+    data: EditIn,
+    conversation_id: int = conversation_id(),
+    message_id: int = Path(..., ge=1, le=MAX_ID),
+) -> StreamingHttpResponse | TurnOut:
+    """Send `prompt` in place of this prompt: a new branch from the same point, then shown, with its
+    answer. The earlier branch is kept as another version of the prompt."""
+    conversation = await ownership.aconversation_or_404(request.auth, conversation_id)
+    edited = await ownership.amessage_or_404(
+        request.auth, message_id, conversation_pk=conversation_id, role=Message.Role.USER
+    )
+    data.apply_to(conversation)
+    return await _answered(conversation, await turns.edit_prompt(conversation, edited, data.prompt), data.stream)
+
+
+@api.post(
+    "/conversations/{conversation_id}/messages/{message_id}/show",
+    response={200: ConversationDetail, **ERRORS},
+    tags=["messages"],
+)
+async def show_message(
+    request: AuthenticatedRequest,
+    conversation_id: int = conversation_id(),
+    message_id: int = Path(..., ge=1, le=MAX_ID),
+) -> ConversationDetail:
+    """Show the branch through this message (another version of a prompt or an answer): on the page,
+    in this API, and for the next prompt, which follows the newest message below it."""
+    conversation = await ownership.aconversation_or_404(request.auth, conversation_id)
+    await branches.show(await ownership.amessage_or_404(request.auth, message_id, conversation_pk=conversation_id))
+    await conversation.arefresh_from_db()
+    return _detail(conversation, await branches.ashown_branch(conversation), None)
 
 
 @api.get(
@@ -170,10 +299,10 @@ async def send_message(request: HttpRequest, data: MessageIn, conversation_id: i
     tags=["messages"],
 )
 async def follow_message(
-    request: HttpRequest,
+    request: AuthenticatedRequest,
     conversation_id: int = conversation_id(),
     message_id: int = Path(..., ge=1, le=MAX_ID),
-):
+) -> StreamingHttpResponse:
     """Follow an answer, from its text so far (or from where `Last-Event-ID` says the client left
     off); an answer that has ended streams whole, then `done`."""
     answer = await ownership.aanswer_or_404(request.auth, message_id, conversation_pk=conversation_id)
@@ -186,13 +315,15 @@ async def follow_message(
     tags=["messages"],
 )
 async def stop_message(
-    request: HttpRequest,
+    request: AuthenticatedRequest,
     conversation_id: int = conversation_id(),
     message_id: int = Path(..., ge=1, le=MAX_ID),
-):
+) -> Message:
     """Stop an answer being generated; its text so far is kept, in status `stopped`."""
     answer = await ownership.aanswer_or_404(request.auth, message_id, conversation_pk=conversation_id)
     return await turns.stop_turn(answer)
 
 
 api.add_router("", workflows.router)
+api.add_router("", history.router)  # search, export and import
+api.add_exception_handler(MultiPartParserError, history.malformed_upload)

@@ -99,11 +99,29 @@ class ConversationChange(GenerationSettings):
     system_prompt: SystemPrompt | None = None
 
 
+Stream = Annotated[
+    bool, Field(description="Answer as Server-Sent Events (`delta`, then `done` or `error`) instead of JSON.")
+]
+MessageId = Annotated[int, Field(ge=1, le=MAX_ID), BeforeValidator(_integral)]
+
+
 class MessageIn(GenerationSettings):
     prompt: Prompt
-    stream: bool = Field(
-        False, description="Answer as Server-Sent Events (`delta`, then `done` or `error`) instead of JSON."
+    parent_id: MessageId | None = Field(
+        None,
+        description="The message the prompt follows, which starts a new branch if other messages follow it too. "
+        "By default, the last message of the branch shown.",
     )
+    stream: Stream = False
+
+
+class EditIn(GenerationSettings):
+    prompt: Prompt = Field(description="The prompt to send in place of the edited one.")
+    stream: Stream = False
+
+
+class RegenerateIn(GenerationSettings):
+    stream: Stream = False
 
 
 class MessageOut(Schema):
@@ -118,8 +136,21 @@ class MessageOut(Schema):
     model_name: str
     time_to_first_token: float | None = Field(description="Seconds")
     duration: float | None = Field(description="Seconds")
+    tokens_per_second: float | None = Field(
+        description="The answer's tokens over the time after the first came (that wait is `time_to_first_token`)"
+    )
+    parent_id: int | None = Field(
+        description="The prompt an answer answers, the answer a prompt follows; null for a conversation's first prompts"
+    )
     created_at: datetime
     updated_at: datetime
+
+
+class ShownMessageOut(MessageOut):
+    versions: list[int] = Field(
+        description="The ids of this message and its siblings (its regenerated answers, or its edited prompts), "
+        "oldest first. `POST .../messages/{id}/show` shows another."
+    )
 
 
 class ConversationOut(Schema):
@@ -134,7 +165,11 @@ class ConversationOut(Schema):
 
 
 class ConversationDetail(ConversationOut):
-    messages: list[MessageOut]
+    branch_tip_id: int | None = Field(description="The last message of the branch shown; the next prompt follows it")
+    messages: list[ShownMessageOut] = Field(description="The branch shown, from the first prompt to `branch_tip_id`")
+    tree: list[MessageOut] | None = Field(
+        None, description="With `?tree=true`: every message, of every branch, in the order they were written"
+    )
 
 
 class TurnOut(Schema):
@@ -156,6 +191,8 @@ class ErrorOut(Schema):
 
 # What any API route may answer besides its success.
 ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 413: ErrorOut, 422: ErrorOut}
+# ... and a route that starts an answer: 429 (with Retry-After) over the caller's limits (chat/limits.py).
+STARTS_AN_ANSWER = {**ERRORS, 429: ErrorOut}
 
 
 # --- model-compose's workflow run -------------------------------------------------------------
@@ -199,6 +236,7 @@ class TaskOut(Schema):
         description="The answer's text: whole once the task has ended; while it is processing, the text so far."
     )
     error: str | None
+    model: str = Field("", description="The model that answers, as vLLM names it (empty if none did).")
 
 
 class TaskStarted(Schema):

@@ -10,7 +10,8 @@ Where this differs from model-compose, it is to keep the seed's README true:
   without it); the stream is the same either way.
 - A run that fails before any text (vLLM down) is an HTTP error (503, or 502 if vLLM answered but
   failed), `{"detail": ...}`; one that fails later ends its stream with an `event: error` frame,
-  which EventSource clients tell from the text.
+  which EventSource clients tell from the text. A run over the caller's limits on answers is 429,
+  with `Retry-After` (chat/limits.py).
 - A task is the run's answer: its id is the answer message's id, its state is the message's status
   (`cancelled` when stopped), and its `output` is the text so far.
 A client that goes away from a streamed run stops it, as model-compose closes the model's stream
@@ -21,16 +22,28 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator
 
 from django.conf import settings
-from django.http import Http404, HttpRequest
+from django.http import Http404, HttpRequest, StreamingHttpResponse
 from ninja import Router
 from ninja.errors import HttpError
 
 from api import delivery
-from api.schemas import ERRORS, MAX_ID, ErrorOut, TaskOut, TaskStarted, WorkflowOut, WorkflowRunIn, WorkflowVariable
+from api.auth import AuthenticatedRequest
+from api.schemas import (
+    ERRORS,
+    MAX_ID,
+    STARTS_AN_ANSWER,
+    ErrorOut,
+    TaskOut,
+    TaskStarted,
+    WorkflowOut,
+    WorkflowRunIn,
+    WorkflowVariable,
+)
 from chat import ownership, sse, turns
 from chat.context import ContextTooLong, check_prompt_fits
 from chat.models import Conversation, Message
 from chat.turns import TurnEnded, TurnEvent
+from engine import vllm_client
 from engine.vllm_client import TextDelta
 
 router = Router(tags=["model-compose workflows"])
@@ -65,7 +78,7 @@ SSE_TEXT = {
         }
     }
 }
-TASK_STATUS = {
+TASK_STATUS: dict[str, str] = {  # looked up by a Message's status, which reads as a plain str
     Message.Status.STREAMING: "processing",
     Message.Status.COMPLETE: "completed",
     Message.Status.STOPPED: "cancelled",
@@ -78,7 +91,7 @@ def workflow() -> WorkflowOut:
     return WorkflowOut(
         workflow_id=WORKFLOW_ID,
         title="Chat with vLLM server",
-        description="Generate text responses using vLLM server",
+        description=f"Generate text responses using vLLM server ({vllm_client.known_model().display_name})",
         default=True,
         input=[
             WorkflowVariable(name="prompt", type="text", required=True),
@@ -89,13 +102,13 @@ def workflow() -> WorkflowOut:
 
 
 @router.get("/workflows", response={200: list[WorkflowOut], **ERRORS})
-def list_workflows(request: HttpRequest, include_schema: bool = True):
+def list_workflows(request: HttpRequest, include_schema: bool = True) -> list[WorkflowOut]:
     """The one workflow, with its input and output (always: `include_schema` is accepted for model-compose)."""
     return [workflow()]
 
 
 @router.get("/workflows/{workflow_id}/schema", response={200: WorkflowOut, **ERRORS})
-def workflow_schema(request: HttpRequest, workflow_id: str):
+def workflow_schema(request: HttpRequest, workflow_id: str) -> WorkflowOut:
     if workflow_id != WORKFLOW_ID:
         raise HttpError(404, f"Workflow '{workflow_id}' not found.")
     return workflow()
@@ -103,10 +116,10 @@ def workflow_schema(request: HttpRequest, workflow_id: str):
 
 @router.post(
     "/workflows/runs",
-    response={200: TaskStarted, 502: ErrorOut, 503: ErrorOut, **ERRORS},
+    response={200: TaskStarted, 502: ErrorOut, 503: ErrorOut, **STARTS_AN_ANSWER},
     openapi_extra=SSE_TEXT,
 )
-async def run_workflow(request: HttpRequest, run: WorkflowRunIn):
+async def run_workflow(request: AuthenticatedRequest, run: WorkflowRunIn) -> TaskStarted | StreamingHttpResponse:
     """Run "Chat with vLLM server" as a turn of a new conversation of the caller's."""
     if run.workflow_id not in (None, WORKFLOW_ID):
         raise HttpError(404, f"Workflow '{run.workflow_id}' not found.")
@@ -132,7 +145,7 @@ async def _sse_text(events: AsyncIterator[TurnEvent]) -> AsyncGenerator[str]:
             yield sse.frame(event.message.error, "error")
 
 
-async def _owned_task(request: HttpRequest, task_id: str) -> Message:
+async def _owned_task(request: AuthenticatedRequest, task_id: str) -> Message:
     # A task id is a string in model-compose: one that is not an answer's id is simply not found.
     if not re.fullmatch(r"[0-9]{1,19}", task_id) or int(task_id) > MAX_ID:
         raise Http404
@@ -144,11 +157,15 @@ def task(answer: Message) -> TaskOut:
     whose worker died is interrupted, so "failed", not "processing" for ever)."""
     status = TASK_STATUS[answer.status]
     error = answer.error or None if status == "failed" else None
-    return TaskOut(task_id=str(answer.pk), status=status, output=answer.content or None, error=error)
+    return TaskOut(
+        task_id=str(answer.pk), status=status, output=answer.content or None, error=error, model=answer.model_name
+    )
 
 
 @router.get("/tasks/{task_id}", response={200: TaskOut | str, 202: TaskOut, 409: ErrorOut, **ERRORS})
-async def task_state(request: HttpRequest, task_id: str, output_only: bool = False):
+async def task_state(
+    request: AuthenticatedRequest, task_id: str, output_only: bool = False
+) -> TaskOut | tuple[int, TaskOut] | str:
     """The run's state; with `output_only`, the answer's text alone once completed (202 until then)."""
     state = task(await turns.current(await _owned_task(request, task_id)))
     if not output_only:
@@ -161,6 +178,6 @@ async def task_state(request: HttpRequest, task_id: str, output_only: bool = Fal
 
 
 @router.post("/tasks/{task_id}/cancel", response={200: TaskOut, **ERRORS})
-async def cancel_task(request: HttpRequest, task_id: str):
+async def cancel_task(request: AuthenticatedRequest, task_id: str) -> TaskOut:
     """Stop the run's answer; its text so far is kept. A task that has ended is left as it is."""
     return task(await turns.stop_turn(await _owned_task(request, task_id)))

@@ -38,9 +38,9 @@ def one_answer(site_url: str, text_expected: str) -> tuple[float, float, int]:
         # As the page's htmx form sends it; the answer's stream URL is in the turn it gets back.
         headers = {**csrf_headers(client), "HX-Request": "true"}
         sent = client.post("/c/new/send", data={"prompt": "Go", "max_tokens": "2047"}, headers=headers)
-        found = re.search(r'data-stream-url="([^"]+)"', sent.text)
-        assert found, "the sent turn has its stream's URL"
-        url = found[1]
+        streaming = re.search(r'data-stream-url="([^"]+)"', sent.text)
+        assert streaming is not None, sent.text
+        url = streaming[1]
         first = None
         events = 0
         text = ""

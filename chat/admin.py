@@ -1,6 +1,9 @@
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from django.contrib import admin, messages
+from django.contrib.admin.options import InlineModelAdmin
+from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.models import User
 from django.db.models import Count, QuerySet
 from django.forms import ModelForm
 from django.http import HttpRequest
@@ -15,8 +18,10 @@ MEASURED = ("prompt_tokens", "completion_tokens", "time_to_first_token", "durati
 class MessageInline(admin.StackedInline[Message, Conversation]):
     model = Message
     extra = 0
-    fields = ("role", "status", "content", "finish_reason", "error", "model_name", *MEASURED)
+    fields = ("role", "parent", "status", "content", "finish_reason", "error", "model_name", *MEASURED)
     readonly_fields = MEASURED
+    # An id box, not a list of every message: a conversation may have thousands.
+    raw_id_fields = ("parent",)
 
 
 class MessageTotal(TypedDict):
@@ -29,6 +34,7 @@ class ConversationAdmin(admin.ModelAdmin[Conversation]):
     list_filter = ("owner", "messages__status", "messages__model_name")
     search_fields = ("title", "messages__content")
     readonly_fields = ("created_at", "updated_at")
+    raw_id_fields = ("branch_tip",)
     inlines = [MessageInline]
     date_hierarchy = "updated_at"
 
@@ -48,7 +54,7 @@ class MessageAdmin(admin.ModelAdmin[Message]):
     search_fields = ("content", "conversation__title")
     readonly_fields = MEASURED
     list_select_related = ("conversation",)
-    raw_id_fields = ("conversation",)
+    raw_id_fields = ("conversation", "parent")
 
 
 @admin.register(ApiToken)
@@ -73,3 +79,31 @@ class ApiTokenAdmin(admin.ModelAdmin[ApiToken]):
                 messages.WARNING,
             )
         super().save_model(request, obj, form, change)
+
+
+class ApiTokenInline(admin.TabularInline[ApiToken, User]):
+    """A person's tokens on their page in the admin: which exist and when each was last used, never a
+    secret (only its hash is stored, and not shown). Deleting one here revokes it."""
+
+    model = ApiToken
+    extra = 0
+    fields = ("name", "prefix", "created_at", "last_used_at")
+    readonly_fields = fields
+    can_delete = True
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: User | None = None) -> bool:
+        return False  # a new token's secret is shown once, by the token admin's own add page
+
+
+# Django's user admin already creates people and deactivates them ("Active"); it gains their tokens.
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class PersonAdmin(UserAdmin[User]):
+    inlines = [*UserAdmin.inlines, ApiTokenInline]
+
+    def get_inlines(self, request: HttpRequest, obj: User | None) -> list[type[InlineModelAdmin[Any, Any]]]:
+        # Someone being added has no tokens yet: the add page stays Django's own two-step form.
+        return list(super().get_inlines(request, obj)) if obj is not None else []

@@ -13,8 +13,6 @@ tell (an older server, or one that is down), the estimate decides.
 
 from dataclasses import dataclass
 
-from django.conf import settings
-
 from engine import vllm_client
 
 # <|im_start|>, the role's line break, <|im_end|> and the line break after it.
@@ -89,5 +87,5 @@ async def check_prompt_fits(*, system_prompt: str, prompt: str, max_tokens: int)
         earlier=[],
         prompt=prompt,
         max_tokens=max_tokens,
-        context_length=settings.CHAT_CONTEXT_LENGTH,
+        context_length=(await vllm_client.served_model()).context_length,
     )

@@ -42,10 +42,22 @@ class ConversationQuerySet(models.QuerySet["Conversation"]):
 class Conversation(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=TITLE_LENGTH, blank=True)
+    # A title the person gave is theirs: the model's name for the conversation never replaces it.
+    title_set_by_person = models.BooleanField(default=False)
     system_prompt = models.TextField(blank=True)
     temperature = models.FloatField(default=default_temperature)
     max_tokens = models.PositiveIntegerField(default=default_max_tokens)
     top_p = models.FloatField(default=default_top_p)
+    # Where the next prompt goes: what the page shows, what the API returns as the conversation's
+    # messages, and what the model sees as history, all follow this one field (chat/branches.py).
+    branch_tip = models.ForeignKey(
+        "Message",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The last message of the branch shown.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -58,15 +70,24 @@ class Conversation(models.Model):
     def __str__(self) -> str:
         return self.title or f"Conversation {self.pk}"
 
+    # What the settings panel saves.
+    SETTINGS = ("system_prompt", "temperature", "max_tokens", "top_p")
+
     def change_settings(
-        self, *, temperature: float | None = None, max_tokens: int | None = None, top_p: float | None = None
+        self,
+        *,
+        system_prompt: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        top_p: float | None = None,
     ) -> None:
-        """Use these generation settings for the next turns; a setting left None is kept as it is.
+        """Use these settings for the next turns; a setting left None is kept as it is.
 
         The names set are remembered (`changed_settings`): a turn saves only those, so that it does
         not write back the others as this copy had them over a change made meanwhile elsewhere.
         """
-        for name, value in (("temperature", temperature), ("max_tokens", max_tokens), ("top_p", top_p)):
+        changes = {"system_prompt": system_prompt, "temperature": temperature, "max_tokens": max_tokens, "top_p": top_p}
+        for name, value in changes.items():
             if value is not None:
                 setattr(self, name, value)
                 self.changed_settings.add(name)
@@ -81,11 +102,13 @@ class Conversation(models.Model):
 
 
 class MessageQuerySet(models.QuerySet["Message"]):
+    def of(self, user: Someone) -> "MessageQuerySet":
+        """The messages in the user's conversations: how every door reaches one."""
+        return self.filter(conversation__owner=user) if user.is_authenticated else self.none()
+
     def answers_of(self, user: Someone) -> "MessageQuerySet":
         """The answers in the user's conversations: how every door reaches one to follow or stop."""
-        if not user.is_authenticated:
-            return self.none()
-        return self.filter(conversation__owner=user, role=Message.Role.ASSISTANT)
+        return self.of(user).filter(role=Message.Role.ASSISTANT)
 
     def streaming(self) -> "MessageQuerySet":
         return self.filter(status=Message.Status.STREAMING)
@@ -120,6 +143,16 @@ class Message(models.Model):
         INTERRUPTED = "interrupted"
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    # The messages form a tree: regenerating adds an answer beside the old one, editing a prompt
+    # a prompt beside it (chat/branches.py).
+    parent = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="replies",
+        help_text="The prompt this answers, or the answer this prompt follows; none for a first prompt.",
+    )
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETE, db_index=True)
@@ -148,6 +181,18 @@ class Message(models.Model):
     @property
     def is_streaming(self) -> bool:
         return self.status == self.Status.STREAMING
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """How fast the answer was written once it began: its tokens over the time after the first.
+
+        The wait for the first token (a queue, the prompt's processing) is its own figure. The
+        operator's view measures the same (ops/figures.py, TOKENS_PER_SECOND).
+        """
+        if not self.completion_tokens or self.duration is None or self.time_to_first_token is None:
+            return None
+        writing = self.duration - self.time_to_first_token
+        return self.completion_tokens / writing if writing > 0 else None
 
     @property
     def has_failed(self) -> bool:

@@ -6,15 +6,18 @@ these rules, so a person reads the same message for the same mistake on the page
 from the CLI and from an OpenAI SDK. A rule raises Django's ValidationError; each door words it in
 its own shape.
 
-The bounds that follow the settings (prompt length, context length) are read when a rule runs, so
-they follow the settings the site runs with (and tests' overrides).
+The bounds that follow the settings (prompt length) or the model vLLM serves (context length) are
+read when a rule runs, so they follow the settings the site runs with (and tests' overrides).
 """
 
 import math
+import re
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+
+from engine import vllm_client
 
 # The longest title a person may give a conversation (the database column's size).
 TITLE_LENGTH = 200
@@ -84,6 +87,24 @@ def title_from_prompt(prompt: str) -> str:
     return tidy_title(prompt)[:AUTO_TITLE_LENGTH].rstrip()
 
 
+# What may wrap or end a model's title ("Title: «Trip to Busan».") but is no part of it; the
+# full-width forms are the ones Korean, Chinese and Japanese text uses.
+_TITLE_LABEL = re.compile(r"^\s*(title|제목)\s*[:：]\s*", re.IGNORECASE)  # noqa: RUF001
+_TITLE_WRAPPING = "\"'`“”‘’«»「」『』《》〈〉*#_ "  # noqa: RUF001
+_TITLE_END = ".。!！?？,，;；:：…" + _TITLE_WRAPPING  # noqa: RUF001
+
+
+def title_from_model(text: str) -> str:
+    """The model's name for a conversation, as a title: its first line, without quotes, a label or
+    end punctuation, cut to AUTO_TITLE_LENGTH; empty when nothing is left."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    title = _TITLE_LABEL.sub("", tidy_title(lines[0]))
+    title = title.strip(_TITLE_WRAPPING).rstrip(_TITLE_END)
+    return title[:AUTO_TITLE_LENGTH].rstrip()
+
+
 @dataclass(frozen=True)
 class Bounds:
     """The range a generation setting must lie in, and what a person is told otherwise."""
@@ -117,5 +138,6 @@ TOP_P = Bounds("Top p", 0.01, 1.0)
 
 
 def max_tokens() -> Bounds:
-    # The answer must leave room for at least one prompt token in the context window.
-    return Bounds("Max tokens", 1, settings.CHAT_CONTEXT_LENGTH - 1)
+    # Read when asked, so it follows the model vLLM serves. The answer must leave room for at least
+    # one prompt token in the context window.
+    return Bounds("Max tokens", 1, vllm_client.context_length() - 1)

@@ -1,5 +1,7 @@
 """One place runs a chat turn; the page, the REST API, the CLI and the OpenAI endpoint all call it.
 
+A turn is a prompt and its answer, an edited prompt and its answer (a new branch beside the old
+one), or a new answer to a prompt (regenerating): all three start here, and run the same way.
 A turn saves the prompt and an empty answer in status "streaming" before anything can fail, then
 generates the answer in a background task of this worker process, not of any request: a browser
 that goes away stops following the answer, it does not stop the answer. Followers get the text so
@@ -20,22 +22,26 @@ Channels layer (chat/relay.py), with the database as the truth when a message is
 
 import asyncio
 import contextvars
+import functools
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from enum import Enum
+from typing import Any, Literal, NamedTuple
 
 from asgiref.sync import async_to_sync, sync_to_async
 from asgiref.typing import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
 from channels.db import aclose_old_connections
 from django.conf import settings
 from django.db import DatabaseError, transaction
+from django.db.models import OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.utils import timezone
 
-from chat import leases, relay, rules
+from chat import branches, leases, limits, relay, rules, titles
 from chat.context import ContextTooLong, fit_context
 from chat.leases import INTERRUPTED_TEXT as INTERRUPTED_TEXT
 from chat.leases import WORKER, off_the_loop
@@ -151,7 +157,9 @@ class RunningTurn:
         finally:
             self.followers -= 1
 
-    async def run(self, conversation: Conversation, prompt: Message, options: GenerationOptions) -> None:
+    async def run(
+        self, conversation: Conversation, prompt: Message, options: GenerationOptions, model: vllm_client.ServedModel
+    ) -> None:
         started = time.monotonic()
         first_token_after: float | None = None
         last_checkpoint = started
@@ -169,12 +177,12 @@ class RunningTurn:
                     earlier=await _earlier_turns(conversation, before=prompt),
                     prompt=prompt.content,
                     max_tokens=options.max_tokens,
-                    context_length=settings.CHAT_CONTEXT_LENGTH,
+                    context_length=model.context_length,
                 )
             except ContextTooLong as exc:
                 events: AsyncGenerator[vllm_client.Event, None] = _single(Failed(str(exc)))
             else:
-                events = vllm_client.stream_chat(context.messages, options)
+                events = vllm_client.stream_chat(context.messages, options, model=model.id)
             # Closed on the way out, whatever the way: a stop or a failed write that lands during a
             # checkpoint finds the stream paused at a delta, and only closing it closes the
             # request to vLLM (which then frees its slot) now rather than when it is collected.
@@ -251,6 +259,8 @@ class RunningTurn:
                 setattr(self.answer, name, value)
             self.ended = self.answer
             _running.pop(self.answer.pk, None)
+            # Started before the end is told, so a follower that then asks for the name finds it coming.
+            titles.name_after_first_answer(self.answer)
             self._tell()
             self._over.set()
 
@@ -297,13 +307,16 @@ async def _single(event: vllm_client.Event) -> AsyncGenerator[vllm_client.Event,
 
 
 async def _earlier_turns(conversation: Conversation, *, before: Message) -> list[dict[str, str]]:
-    return await _read_earlier_turns(conversation.pk, before.pk)
+    return await _read_earlier_turns(conversation.pk, before.parent_id)
 
 
 @off_the_loop
-def _read_earlier_turns(conversation_pk: int, before_pk: int) -> list[dict[str, str]]:
-    earlier = Message.objects.filter(conversation=conversation_pk, pk__lt=before_pk).usable_as_context()
-    return [{"role": m.role, "content": m.content} for m in earlier.only("role", "content")]
+def _read_earlier_turns(conversation_pk: int, parent_pk: int | None) -> list[dict[str, str]]:
+    # The prompt's own branch, whichever branch is shown now: a regenerated or edited turn is
+    # answered with the history it was asked in.
+    usable = Message.objects.filter(conversation=conversation_pk).usable_as_context()
+    earlier = branches.branch_to(parent_pk, usable).only("role", "content")
+    return [{"role": m.role, "content": m.content} for m in earlier]
 
 
 def options_for(conversation: Conversation) -> GenerationOptions:
@@ -347,53 +360,125 @@ def _look(pk: int) -> Message | None:
     return stored
 
 
-def _save_prompt_and_answer(
-    conversation: Conversation, prompt: str, loop: asyncio.AbstractEventLoop
-) -> tuple[Message, RunningTurn]:
-    registered: list[int] = []
-    try:
-        with transaction.atomic():
-            return _save_and_register(conversation, prompt, loop, registered)
-    except BaseException:
-        for pk in registered:  # the commit failed: the answer never existed
-            _running.pop(pk, None)
-        raise
+class _Branch(Enum):
+    SHOWN = "the branch shown"
 
 
-def _save_and_register(
-    conversation: Conversation, prompt: str, loop: asyncio.AbstractEventLoop, registered: list[int]
-) -> tuple[Message, RunningTurn]:
+# Where a prompt goes: after a message, first in the conversation (None), or after the tip of the
+# branch shown when the turn starts.
+type Place = int | Literal[_Branch.SHOWN] | None
+
+
+def _tip_now(conversation: Conversation) -> int | None:
+    """The tip of the branch shown, as stored now (another tab may have switched it)."""
+    # A conversation whose messages were saved without a tip continues after the newest of them.
+    newest = Message.objects.filter(conversation=OuterRef("pk")).order_by("-pk").values("pk")[:1]
+    tips = Conversation.objects.filter(pk=conversation.pk).annotate(tip=Coalesce("branch_tip", Subquery(newest)))
+    return tips.values_list("tip", flat=True).first()
+
+
+def _save_earlier(conversation: Conversation, earlier: Sequence[tuple[str, str]], *, after: int | None) -> int | None:
+    """Save (role, text) messages given as history, one after the other from `after`; the last one's id."""
+    saved = Message.objects.bulk_create(
+        Message(conversation=conversation, role=role, content=text, status=Message.Status.COMPLETE)
+        for role, text in earlier
+    )
+    # Ids first (the databases give them back), then each one's parent.
+    parents = [after, *(message.pk for message in saved)]
+    for message, parent in zip(saved, parents, strict=False):
+        message.parent_id = parent
+    Message.objects.bulk_update(saved, ["parent"])
+    return saved[-1].pk if saved else after
+
+
+def _touch(conversation: Conversation, prompt: str | None) -> None:
+    """Save a new conversation; move an old one to the top of the list, with the settings the
+    answer uses. Raises Http404 if it has been deleted meanwhile."""
     now = timezone.now()
     if conversation._state.adding:
-        conversation.title = conversation.title or rules.title_from_prompt(prompt)
+        conversation.title = conversation.title or rules.title_from_prompt(prompt or "")
         conversation.save()
-    else:
-        # Only what this turn changes: a full save would write back this copy's title and
-        # settings over a rename or a change made since it was read.
-        changed = {name: getattr(conversation, name) for name in conversation.changed_settings}
-        conversations = Conversation.objects.filter(pk=conversation.pk)
-        if not conversations.update(updated_at=now, **changed):
-            raise Http404("This conversation has been deleted.")
-        if not conversation.title:
-            title = rules.title_from_prompt(prompt)
-            if conversations.filter(title="").update(title=title):
-                conversation.title = title
-        conversation.updated_at = now
-    prompt_message = Message.objects.create(conversation=conversation, role=Message.Role.USER, content=prompt)
+        return
+    # Only what this turn changes: a full save would write back this copy's title and settings over
+    # a rename or a change made since it was read.
+    changed = {name: getattr(conversation, name) for name in conversation.changed_settings}
+    conversations = Conversation.objects.filter(pk=conversation.pk)
+    if not conversations.update(updated_at=now, **changed):
+        raise Http404("This conversation has been deleted.")
+    if prompt is not None and not conversation.title:
+        title = rules.title_from_prompt(prompt)
+        if conversations.filter(title="").update(title=title):
+            conversation.title = title
+    conversation.updated_at = now
+
+
+def _new_answer(
+    conversation: Conversation, prompt: Message, model_name: str, loop: asyncio.AbstractEventLoop
+) -> RunningTurn:
     answer = Message.objects.create(
         conversation=conversation,
+        parent=prompt,
         role=Message.Role.ASSISTANT,
         status=Message.Status.STREAMING,
-        model_name=settings.VLLM_SERVED_MODEL_NAME,
+        model_name=model_name,
         worker=WORKER,
-        lease_until=leases.lease_from(now),
+        lease_until=leases.lease_from(timezone.now()),
     )
-    # Registered before the commit: whoever reads the answer once it is committed finds it
-    # running here, never a "streaming" answer that no turn runs.
+    # The new answer is the branch shown, on every page and door, from now on.
+    Conversation.objects.filter(pk=conversation.pk).update(branch_tip=answer)
+    conversation.branch_tip = answer
+    # Registered before the commit (the caller's transaction): whoever reads the answer once it is
+    # committed finds it running here, never a "streaming" answer that no turn runs.
     running = RunningTurn(answer, loop)
     _running[answer.pk] = running
-    registered.append(answer.pk)
-    return prompt_message, running
+    return running
+
+
+def _in_one_transaction[**P](save: Callable[P, RunningTurn]) -> Callable[P, RunningTurn]:
+    """`save`, all or nothing: if its transaction does not commit, the answer it registered as
+    running never existed, and is no longer registered."""
+
+    @functools.wraps(save)
+    def saved(*args: P.args, **kwargs: P.kwargs) -> RunningTurn:
+        before = set(_running)
+        try:
+            with transaction.atomic():
+                return save(*args, **kwargs)
+        except BaseException:
+            for pk in set(_running) - before:
+                _running.pop(pk, None)
+            raise
+
+    return saved
+
+
+@_in_one_transaction
+def _save_prompt_and_answer(
+    conversation: Conversation,
+    prompt: str,
+    place: Place,
+    model_name: str,
+    earlier: Sequence[tuple[str, str]],
+    loop: asyncio.AbstractEventLoop,
+) -> RunningTurn:
+    limits.check_room_for_an_answer(conversation.owner_id)  # refused: nothing is saved
+    if place is _Branch.SHOWN:
+        place = None if conversation._state.adding else _tip_now(conversation)
+    _touch(conversation, prompt)
+    place = _save_earlier(conversation, earlier, after=place)
+    prompt_message = Message.objects.create(
+        conversation=conversation, parent_id=place, role=Message.Role.USER, content=prompt
+    )
+    return _new_answer(conversation, prompt_message, model_name, loop)
+
+
+@_in_one_transaction
+def _save_answer(
+    conversation: Conversation, prompt: Message, model_name: str, loop: asyncio.AbstractEventLoop
+) -> RunningTurn:
+    limits.check_room_for_an_answer(conversation.owner_id)  # refused: nothing is saved
+    _touch(conversation, None)
+    return _new_answer(conversation, prompt, model_name, loop)
 
 
 class Turn(NamedTuple):
@@ -401,23 +486,83 @@ class Turn(NamedTuple):
     answer: Message
 
 
-async def start_turn(conversation: Conversation, prompt: str) -> Turn:
+class NoPrompt(Exception):
+    """The answer follows no prompt (it was saved so, e.g. from an OpenAI request's history)."""
+
+
+async def start_turn(
+    conversation: Conversation,
+    prompt: str,
+    *,
+    after: Message | None = None,
+    earlier: Sequence[tuple[str, str]] = (),
+) -> Turn:
     """Save the prompt and an empty answer, then generate the answer in the background.
 
-    The answer starts in status "streaming"; `follow(answer)` streams it. Generation uses the
-    conversation's settings; those changed through `change_settings` are saved (with the
-    conversation, if new) in the same transaction as the prompt. Raises Http404 if the
-    conversation has been deleted meanwhile.
+    The prompt follows `after` (a message of the conversation: the page says which, as the person
+    sees it), by default the tip of the branch shown, and `earlier` (role, text) messages saved
+    before it. The answer starts in status "streaming"; `follow(answer)` streams it. Generation
+    uses the conversation's settings; those changed through `change_settings` are saved (with the
+    conversation, if new) in the same transaction as the prompt.
+
+    Raises chat.limits.TooManyAnswers, having saved nothing, when the conversation's owner may not
+    start another answer now, and Http404 if the conversation has been deleted meanwhile; so do
+    `edit_prompt` and `regenerate`.
     """
+    if after is not None and after.conversation_id != conversation.pk:
+        raise ValueError("`after` is a message of another conversation")
     await _start_worker()
-    loop = asyncio.get_running_loop()
-    prompt_message, running = await sync_to_async(_save_prompt_and_answer)(conversation, prompt, loop)
+    # The model vLLM serves now answers, and the answer records it: vLLM refuses a request for any other.
+    model = await vllm_client.served_model()
+    place: Place = _Branch.SHOWN if after is None else after.pk
+    running = await sync_to_async(_save_prompt_and_answer)(
+        conversation, prompt, place, model.id, earlier, asyncio.get_running_loop()
+    )
+    assert running.answer.parent is not None
+    return _run(conversation, running.answer.parent, running, model)
+
+
+async def edit_prompt(conversation: Conversation, edited: Message, prompt: str) -> Turn:
+    """Send `prompt` in place of the prompt `edited`: a new branch beside it, which is then shown.
+
+    The earlier branch is kept, as a version of the prompt.
+    """
+    if edited.conversation_id != conversation.pk or edited.role != Message.Role.USER:
+        raise ValueError("`edited` is not a prompt of this conversation")
+    await _start_worker()
+    model = await vllm_client.served_model()
+    running = await sync_to_async(_save_prompt_and_answer)(
+        conversation, prompt, edited.parent_id, model.id, (), asyncio.get_running_loop()
+    )
+    assert running.answer.parent is not None
+    return _run(conversation, running.answer.parent, running, model)
+
+
+async def regenerate(conversation: Conversation, answer: Message) -> Turn:
+    """A new answer to the prompt `answer` answers, beside it, with the conversation's settings.
+
+    The old answer is kept, as a version; the new one is shown. Raises NoPrompt for an answer that
+    follows no prompt.
+    """
+    if answer.conversation_id != conversation.pk or answer.role != Message.Role.ASSISTANT:
+        raise ValueError("`answer` is not an answer of this conversation")
+    prompts = Message.objects.filter(role=Message.Role.USER)
+    prompt = None if answer.parent_id is None else await prompts.filter(pk=answer.parent_id).afirst()
+    if prompt is None:
+        raise NoPrompt("This answer follows no prompt, so there is nothing to answer again.")
+    await _start_worker()
+    model = await vllm_client.served_model()
+    running = await sync_to_async(_save_answer)(conversation, prompt, model.id, asyncio.get_running_loop())
+    return _run(conversation, prompt, running, model)
+
+
+def _run(conversation: Conversation, prompt: Message, running: RunningTurn, model: vllm_client.ServedModel) -> Turn:
     # A fresh context: the request's would tie the turn's database calls to the request's own
     # thread executor (asgiref's ThreadSensitiveContext), which closes when the response ends.
     running.task = asyncio.create_task(
-        running.run(conversation, prompt_message, options_for(conversation)), context=contextvars.Context()
+        running.run(conversation, prompt, options_for(conversation), model), context=contextvars.Context()
     )
-    return Turn(prompt_message, running.answer)
+    return Turn(prompt, running.answer)
 
 
 async def follow(answer: Message, since: int = 0) -> AsyncGenerator[TurnEvent, None]:

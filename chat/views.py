@@ -8,19 +8,24 @@ The views that start, follow or stop a turn are async: the turn runs on the serv
 from typing import Any
 from urllib.parse import urlsplit
 
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import redirect, render
+from django.contrib.auth.models import User
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import Resolver404, resolve, reverse
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseClientRedirect, push_url
+from django_htmx.http import HttpResponseClientRedirect, push_url, replace_url
 from django_htmx.middleware import HtmxDetails
 
-from chat import ownership, rules, sse, turns
-from chat.forms import RenameForm, SendForm
-from chat.models import Conversation, ConversationQuerySet
+from chat import branches, ownership, rules, sse, titles, turns
+from chat.forms import PromptForm, RenameForm, SendForm, SettingsForm
+from chat.limits import TooManyAnswers
+from chat.models import MAX_ID, Conversation, ConversationQuerySet, Message, Someone
 from engine import vllm_client
+from engine.server import starter
+from ops import readings
 
 SIDEBAR_LENGTH = 200
 
@@ -30,23 +35,32 @@ class HtmxHttpRequest(HttpRequest):
     htmx: HtmxDetails
 
 
-def _listed_conversations(user: Any) -> ConversationQuerySet:
+def _listed_conversations(user: Someone) -> ConversationQuerySet:
     return Conversation.objects.owned_by(user).newest_first()[:SIDEBAR_LENGTH]
 
 
-def _prompt_form(conversation: Conversation | None) -> dict[str, Any]:
-    """What the prompt form shows: the conversation's settings, within the bounds the server checks."""
+def _settings_panel(conversation: Conversation | None) -> dict[str, Any]:
+    """What the settings panel shows: the conversation's settings, within the bounds the server checks
+    (the context length is the model's vLLM last said it serves)."""
     return {
         "defaults": {
-            "temperature": conversation.temperature if conversation else settings.CHAT_DEFAULT_TEMPERATURE,
+            "system_prompt": conversation.system_prompt if conversation else "",
+            "temperature": conversation.temperature if conversation else _default_temperature(),
             "top_p": conversation.top_p if conversation else settings.CHAT_DEFAULT_TOP_P,
             "max_tokens": conversation.max_tokens if conversation else settings.CHAT_DEFAULT_MAX_TOKENS,
         },
         "bounds": {"temperature": rules.TEMPERATURE, "top_p": rules.TOP_P, "max_tokens": rules.max_tokens()},
+        "max_prompt_chars": settings.CHAT_MAX_PROMPT_CHARS,
     }
 
 
-def _page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
+def _branch(branch: branches.Branch) -> dict[str, Any]:
+    """The thread: the branch shown, and its last message, which the next prompt follows."""
+    return {"branch": branch, "tip": branch[-1][0].pk if branch else None}
+
+
+def _page(request: HttpRequest, conversation: Conversation | None, *, through: int | None = None) -> HttpResponse:
+    model = async_to_sync(vllm_client.served_model)()  # the page names the model that will answer
     return render(
         request,
         "chat/page.html",
@@ -54,10 +68,16 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
             "conversations": _listed_conversations(request.user),
             "conversation": conversation,
             "open_pk": conversation.pk if conversation else None,
-            "messages": list(conversation.messages.in_order()) if conversation else [],
-            **_prompt_form(conversation),
+            **_branch(branches.shown_branch(conversation, through=through) if conversation else []),
+            **_settings_panel(conversation),
+            "model": model,
         },
     )
+
+
+def _default_temperature() -> float:
+    # The starter model is asked greedily: sampled, its answers derail (engine/server/starter.py).
+    return starter.TEMPERATURE if vllm_client.known_model().is_starter else settings.CHAT_DEFAULT_TEMPERATURE
 
 
 @login_required
@@ -69,30 +89,51 @@ def index(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def conversation(request: HttpRequest, pk: int) -> HttpResponse:
-    return _page(request, ownership.conversation_or_404(request.user, pk))
+    # `?message=` opens the conversation on the branch that holds that message (a search result).
+    message = request.GET.get("message", "")
+    through = int(message) if message.isascii() and message.isdigit() and int(message) <= MAX_ID else None
+    return _page(request, ownership.conversation_or_404(request.user, pk), through=through)
+
+
+def _refused(form: PromptForm | SettingsForm) -> JsonResponse:
+    # Nothing is saved: not the prompt, not a new conversation, not a setting.
+    return JsonResponse({"error": form.first_error(), "fields": form.errors.get_json_data()}, status=400)
+
+
+def _too_many(refusal: TooManyAnswers) -> JsonResponse:
+    # Shown where a refused prompt's message is; the prompt stays in the box to send again.
+    return JsonResponse({"error": refusal.message}, status=429, headers={"Retry-After": str(refusal.retry_after)})
 
 
 @login_required
 @require_POST
 async def send(request: HtmxHttpRequest, pk: int | None = None) -> HttpResponse:
     user = await request.auser()
+    assert isinstance(user, User)  # login_required lets only someone signed in this far
     conversation = await ownership.aconversation_or_404(user, pk) if pk is not None else Conversation(owner=user)
     form = SendForm(request.POST)
     if not form.is_valid():
-        # Nothing is saved: not the prompt, not a new conversation.
-        return JsonResponse({"error": form.first_error(), "fields": form.errors.get_json_data()}, status=400)
+        return _refused(form)
+    after = None
+    if pk is not None and form.cleaned_data["parent"] is not None:
+        after = await ownership.amessage_or_404(user, form.cleaned_data["parent"], conversation_pk=pk)
     form.apply_to(conversation)
-    turn = await turns.start_turn(conversation, form.cleaned_data["prompt"])
+    try:
+        turn = await turns.start_turn(conversation, form.cleaned_data["prompt"], after=after)
+    except TooManyAnswers as exc:
+        return _too_many(exc)
     if not request.htmx:
         return redirect(conversation_url(conversation))  # a form sent without script
     # The page's htmx form: the new turn, and the parts of the page it changes (the `sent` partial).
     context = {
         "conversation": conversation,
-        "messages": list(turn),
+        **_branch(await branches.turn_with_versions(conversation, turn)),
         # Read here: the template may not query the database from this async view.
         "conversations": [item async for item in _listed_conversations(user)],
         "open_pk": conversation.pk,
-        **_prompt_form(conversation),
+        **_settings_panel(conversation),
+        # A first answer: once it is done, the page asks for the name the model gives the conversation.
+        "naming_pk": conversation.pk if await _is_first_turn(conversation, turn) else None,
     }
     response = render(request, "chat/page.html#sent", context)
     if pk is None:
@@ -100,9 +141,109 @@ async def send(request: HtmxHttpRequest, pk: int | None = None) -> HttpResponse:
     return response
 
 
+async def _new_branch(request: HtmxHttpRequest, conversation: Conversation, user: User) -> HttpResponse:
+    """The thread, now showing another branch, and the list of conversations (this one may have moved up)."""
+    if not request.htmx:
+        return redirect(conversation_url(conversation))
+    await conversation.arefresh_from_db(fields=["branch_tip"])
+    context = {
+        "conversation": conversation,
+        **_branch(await branches.ashown_branch(conversation)),
+        "conversations": [item async for item in _listed_conversations(user)],
+        "open_pk": conversation.pk,
+    }
+    # The page's address no longer needs to say which branch to show (a search result's did).
+    return replace_url(render(request, "chat/page.html#branch-shown", context), conversation_url(conversation))
+
+
+@login_required
+@require_POST
+async def regenerate(request: HtmxHttpRequest, pk: int, message_pk: int) -> HttpResponse:
+    user = await request.auser()
+    assert isinstance(user, User)
+    conversation = await ownership.aconversation_or_404(user, pk)
+    answer = await ownership.aanswer_or_404(user, message_pk, conversation_pk=pk)
+    try:
+        await turns.regenerate(conversation, answer)
+    except turns.NoPrompt as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
+    except TooManyAnswers as exc:
+        return _too_many(exc)
+    return await _new_branch(request, conversation, user)
+
+
+@login_required
+@require_POST
+async def edit(request: HtmxHttpRequest, pk: int, message_pk: int) -> HttpResponse:
+    user = await request.auser()
+    assert isinstance(user, User)
+    conversation = await ownership.aconversation_or_404(user, pk)
+    edited = await ownership.amessage_or_404(user, message_pk, conversation_pk=pk, role=Message.Role.USER)
+    form = PromptForm(request.POST)
+    if not form.is_valid():
+        return _refused(form)
+    try:
+        await turns.edit_prompt(conversation, edited, form.cleaned_data["prompt"])
+    except TooManyAnswers as exc:
+        return _too_many(exc)
+    return await _new_branch(request, conversation, user)
+
+
+@login_required
+@require_POST
+async def show(request: HtmxHttpRequest, pk: int, message_pk: int) -> HttpResponse:
+    """Show the branch through this version of a message (the arrows beside it)."""
+    user = await request.auser()
+    assert isinstance(user, User)
+    conversation = await ownership.aconversation_or_404(user, pk)
+    await branches.show(await ownership.amessage_or_404(user, message_pk, conversation_pk=pk))
+    return await _new_branch(request, conversation, user)
+
+
+@login_required
+@require_POST
+def change_settings(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    conversation = ownership.conversation_or_404(request.user, pk)
+    form = SettingsForm(request.POST)
+    if not form.is_valid():
+        return _refused(form)
+    form.apply_to(conversation)
+    # Only these: a whole save could write back a branch another tab has just switched.
+    conversation.save(update_fields=[*Conversation.SETTINGS])
+    if not request.htmx:
+        return redirect(conversation_url(conversation))
+    return render(request, "chat/page.html#settings-saved", _settings_panel(conversation))
+
+
+async def _is_first_turn(conversation: Conversation, turn: turns.Turn) -> bool:
+    if conversation.title_set_by_person:
+        return False
+    return not await conversation.messages.filter(pk__lt=turn.prompt.pk).aexists()
+
+
 @login_required
 @require_GET
-async def stream(request: HttpRequest, pk: int, message_pk: int) -> HttpResponse:
+def answer_footer(request: HttpRequest, pk: int, message_pk: int) -> HttpResponse:
+    """An answer's figures and actions as stored, for the page to show once the answer has ended."""
+    answer = get_object_or_404(Message.objects.answers_of(request.user), pk=message_pk, conversation=pk)
+    versions = branches.Tree.of(pk).versions_of(answer.pk)
+    return render(request, "chat/page.html#answer-footer", {"message": answer, "versions": versions})
+
+
+@login_required
+@require_GET
+async def title(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """The conversation's sidebar item, once the model has named it (or has failed to)."""
+    conversation = await ownership.aconversation_or_404(await request.auser(), pk)
+    await titles.wait_for_name(conversation.pk)
+    await conversation.arefresh_from_db(fields=["title"])
+    context = {"item": conversation, "open_pk": _open_conversation_pk(request)}
+    return render(request, "chat/page.html#sidebar-item", context)
+
+
+@login_required
+@require_GET
+async def stream(request: HttpRequest, pk: int, message_pk: int) -> StreamingHttpResponse:
     answer = await ownership.aanswer_or_404(await request.auser(), message_pk, conversation_pk=pk)
     return sse.response(sse.turn_events(answer, since=sse.resumed_from(request)))
 
@@ -147,9 +288,12 @@ async def delete(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 async def healthz(request: HttpRequest) -> JsonResponse:
     # Open to monitors; only a signed-in person is told where vLLM is and what it serves.
     health = await vllm_client.check_health()
+    await readings.note_health(health)  # the operator's view draws the recent ones
     report = {"site": "ok", "vllm": "ok" if health.ok else "unavailable"}
     if (await request.auser()).is_authenticated:
         report["detail"] = health.detail
+        if health.ok:
+            report["model"] = vllm_client.known_model().display_name
     return JsonResponse(report, status=200 if health.ok else 503)
 
 

@@ -1,5 +1,6 @@
 """Every knob comes from the environment (or `.env`); `.env.example` documents each one."""
 
+from datetime import timedelta
 from pathlib import Path
 
 import django_stubs_ext
@@ -31,12 +32,16 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "servestatic.runserver_nostatic",
     "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "axes",  # counts failed sign-ins and locks out (chat/sign_in.py); its admin unlocks
     "channels",
     "django_htmx",
     "ninja",  # its own static files serve the API docs' scripts (no CDN)
+    "accounts",  # signing in, and the first account of a new site
     "chat",  # the conversations: models, the turn, the page, the admin
     "engine",  # the model server: the vLLM client, and installing and running vLLM
     "api",  # the doors for programs: REST, model-compose's workflows, OpenAI-compatible /v1
+    "ops",  # the operator's view: figures and charts of use, the model server's health and load
 ]
 
 MIDDLEWARE = [
@@ -53,6 +58,8 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "api.middleware.limit_api_body",
+    # Last, as axes asks: it turns a refused sign-in into chat/sign_in.py's answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "chatsite.urls"
@@ -113,6 +120,8 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Axes first: it refuses a locked-out account or address before any password is checked.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:index"
 LOGOUT_REDIRECT_URL = "login"
@@ -126,6 +135,22 @@ STATIC_URL = "static/"
 # Serve straight from the apps' static folders: no collectstatic step before the site runs.
 SERVESTATIC_USE_FINDERS = True
 SERVESTATIC_AUTOREFRESH = DEBUG
+
+# --- HTTPS, behind a proxy that terminates TLS (deploy/nginx/chatsite.conf) -----------------------
+# One switch turns on everything HTTPS asks for; each part can still be set on its own.
+HTTPS = env.bool("DJANGO_HTTPS", default=False)
+# The proxy says in X-Forwarded-Proto whether the browser came over HTTPS. Only with the switch on:
+# a site reached directly must not believe a header any client can send.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if HTTPS else None
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=HTTPS)
+# A monitor may ask the site itself, on its plain-HTTP port behind the proxy, whether it is up.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+SESSION_COOKIE_SECURE = env.bool("DJANGO_SESSION_COOKIE_SECURE", default=HTTPS)
+CSRF_COOKIE_SECURE = env.bool("DJANGO_CSRF_COOKIE_SECURE", default=HTTPS)
+# A year, as browsers' preload lists ask; a first deployment unsure of its HTTPS may start lower.
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=365 * 24 * 3600 if HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=HTTPS)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=HTTPS)
 
 SESSION_COOKIE_HTTPONLY = True
 CSRF_COOKIE_HTTPONLY = True  # no script reads it: the chat script, htmx and the API docs take the token from the page
@@ -155,16 +180,69 @@ LOGGING = {
     },
 }
 
+# --- Mail: only for password reset links ---------------------------------------------------------
+# Without EMAIL_HOST the site has no mailer: the password reset pages do not exist (chatsite/urls.py)
+# and nothing ever tries to send mail.
+# Not a setting of that name: Django 6.1 refuses its old EMAIL_* settings beside MAILERS.
+mail_host = env.str("EMAIL_HOST", default="")
+MAILERS = (
+    {
+        "default": {
+            "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+            "OPTIONS": {
+                "host": mail_host,
+                "port": env.int("EMAIL_PORT", default=587),
+                "username": env.str("EMAIL_HOST_USER", default=""),
+                "password": env.str("EMAIL_HOST_PASSWORD", default=""),
+                "use_tls": env.bool("EMAIL_USE_TLS", default=True),
+                "use_ssl": env.bool("EMAIL_USE_SSL", default=False),
+                "timeout": 10,
+            },
+        }
+    }
+    if mail_host
+    else {}
+)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="webmaster@localhost")
+# No mailer is a choice, not a mistake, so no warning about it; sending would still fail loudly.
+SILENCED_SYSTEM_CHECKS = [] if MAILERS else ["mail.W001"]
+
+# --- Signing in (chat/sign_in.py, with django-axes) ---------------------------------------------
+# Failed sign-ins, on the page or in the admin, that lock out an account, or an address (many people
+# may share one), for SIGN_IN_LOCKOUT_MINUTES after the last (0: until an admin unlocks it). A
+# limit of 0 counts none of that kind.
+SIGN_IN_FAILURES_PER_ACCOUNT = env.int("SIGN_IN_FAILURES_PER_ACCOUNT", default=5)
+SIGN_IN_FAILURES_PER_ADDRESS = env.int("SIGN_IN_FAILURES_PER_ADDRESS", default=20)
+SIGN_IN_LOCKOUT_MINUTES = env.int("SIGN_IN_LOCKOUT_MINUTES", default=15)
+AXES_LOCKOUT_PARAMETERS = [
+    parameter
+    for parameter, limit in (("username", SIGN_IN_FAILURES_PER_ACCOUNT), ("ip_address", SIGN_IN_FAILURES_PER_ADDRESS))
+    if limit
+]
+AXES_ENABLED = bool(AXES_LOCKOUT_PARAMETERS)
+AXES_HANDLER = "chat.sign_in.SignInThrottle"
+AXES_FAILURE_LIMIT = "chat.sign_in.loosest_limit"
+AXES_COOLOFF_TIME = timedelta(minutes=SIGN_IN_LOCKOUT_MINUTES) if SIGN_IN_LOCKOUT_MINUTES else None
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "chat.sign_in.locked_out"
+
 # --- The model server -------------------------------------------------------------------------
 VLLM_BASE_URL: str = env.str("VLLM_BASE_URL", default="http://127.0.0.1:8000/v1").rstrip("/")
-VLLM_SERVED_MODEL_NAME: str = env.str("VLLM_SERVED_MODEL_NAME", default="qwen2-7b-instruct")
+# Empty: the site asks vLLM (/v1/models) which model it serves, and runvllm serves a model under
+# its own short name (qwen2-7b-instruct, smollm2-135m-instruct). Set, it is that name for both.
+VLLM_SERVED_MODEL_NAME: str = env.str("VLLM_SERVED_MODEL_NAME", default="")
 VLLM_CONNECT_TIMEOUT: float = env.float("VLLM_CONNECT_TIMEOUT", default=5.0)
+# Connections the site may hold open to vLLM at once: one per answer streaming. Past it an answer
+# waits VLLM_CONNECT_TIMEOUT seconds for one, then ends with an error saying so.
+VLLM_MAX_CONNECTIONS: int = env.int("VLLM_MAX_CONNECTIONS", default=1000)
 # vLLM sends no byte before the first token: queueing and prefill come first, so this must
 # cover the worst queue wait, not just the gap between two tokens.
 VLLM_READ_TIMEOUT: float = env.float("VLLM_READ_TIMEOUT", default=300.0)
 
 # --- runvllm: the managed vLLM server -----------------------------------------------------------
-VLLM_MODEL: str = env.str("VLLM_MODEL", default="Qwen/Qwen2-7B-Instruct")
+# A hub id, a local folder, or "starter". Empty: Qwen/Qwen2-7B-Instruct when this machine can have
+# it, else the starter model (engine/server/choice.py). A model named here is never replaced.
+VLLM_MODEL: str = env.str("VLLM_MODEL", default="")
 VLLM_HOST: str = env.str("VLLM_HOST", default="127.0.0.1")
 VLLM_PORT: int = env.int("VLLM_PORT", default=8000)
 VLLM_MAX_MODEL_LEN: int = env.int("VLLM_MAX_MODEL_LEN", default=2048)
@@ -195,8 +273,9 @@ VLLM_SERVER_MODULE: str = env.str("VLLM_SERVER_MODULE", default="vllm.entrypoint
 VLLM_CPUS: str = env.str("VLLM_CPUS", default="")
 
 # --- A chat turn --------------------------------------------------------------------------------
-# The seed's defaults; the context length must match vLLM's --max-model-len.
-CHAT_CONTEXT_LENGTH: int = env.int("CHAT_CONTEXT_LENGTH", default=VLLM_MAX_MODEL_LEN)
+# The seed's defaults. The context length is vLLM's own (its max_model_len, from /v1/models);
+# set, this caps it. While vLLM cannot be asked, the site assumes VLLM_MAX_MODEL_LEN.
+CHAT_CONTEXT_LENGTH: int | None = env.int("CHAT_CONTEXT_LENGTH", default=None)
 CHAT_DEFAULT_TEMPERATURE: float = env.float("CHAT_DEFAULT_TEMPERATURE", default=0.7)
 CHAT_DEFAULT_MAX_TOKENS: int = env.int("CHAT_DEFAULT_MAX_TOKENS", default=512)
 CHAT_DEFAULT_TOP_P: float = env.float("CHAT_DEFAULT_TOP_P", default=0.9)
@@ -206,6 +285,13 @@ CHAT_CHECKPOINT_SECONDS: float = env.float("CHAT_CHECKPOINT_SECONDS", default=2.
 # this): a worker killed mid-answer leaves it "streaming" until then, when any worker marks it
 # interrupted. Longer than the worst pause of a busy worker's event loop or database.
 CHAT_LEASE_SECONDS: float = env.float("CHAT_LEASE_SECONDS", default=15.0)
+# What one person may ask of the model, on every door: answers generating at once, and answers
+# started in any minute (0: no limit). Superusers, who run the site, are exempt unless this says no.
+CHAT_MAX_ANSWERS_AT_ONCE: int = env.int("CHAT_MAX_ANSWERS_AT_ONCE", default=3)
+CHAT_MAX_ANSWERS_PER_MINUTE: int = env.int("CHAT_MAX_ANSWERS_PER_MINUTE", default=20)
+CHAT_LIMITS_EXEMPT_SUPERUSERS: bool = env.bool("CHAT_LIMITS_EXEMPT_SUPERUSERS", default=True)
+# The largest file the page, the API and `importchats` import (a ChatGPT export's zip or JSON).
+CHAT_IMPORT_MAX_BYTES: int = env.int("CHAT_IMPORT_MAX_BYTES", default=64 * 1024 * 1024)
 
 # --- API: the REST API (/api/), model-compose's workflow routes, the OpenAI-compatible /v1/ -------
 # The largest request body the API accepts, in bytes; a larger one is refused with 413.

@@ -1,13 +1,29 @@
+from django.conf import settings
 from django.contrib import admin
+from django.contrib.auth import urls as auth_urls
 from django.urls import include, path
 
+from accounts import views as sign_in_pages
 from api.openai_compat import openai_api
 from api.rest import api
 
+# Resetting a password mails a link: without a mailer (EMAIL_HOST unset) these pages do not exist,
+# so nobody is offered a reset that cannot arrive, and no request makes the site try to send mail.
+RESET_BY_MAIL = {"password_reset", "password_reset_done", "password_reset_confirm", "password_reset_complete"}
+accounts = [
+    url
+    for url in auth_urls.urlpatterns
+    if "default" in settings.MAILERS or getattr(url, "name", None) not in RESET_BY_MAIL
+]
+
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("accounts/", include("django.contrib.auth.urls")),
+    # Before Django's own sign-in page, which it stands in for.
+    path("accounts/login/", sign_in_pages.sign_in, name="login"),
+    path("accounts/first-account/", sign_in_pages.first_account, name="first-account"),
+    path("accounts/", include(accounts)),
     path("api/", api.urls),
     path("v1/", openai_api.urls),
+    path("ops/", include("ops.urls")),
     path("", include("chat.urls")),
 ]

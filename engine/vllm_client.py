@@ -8,14 +8,19 @@ store: what vLLM's JSON can hold but no database can (see `_storable`) becomes U
 
 import asyncio
 import json
+import math
 import re
+import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 import httpx
 from django.conf import settings
+
+from engine.server import starter
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +62,10 @@ _clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClien
 def http_client() -> httpx.AsyncClient:
     loop = asyncio.get_running_loop()
     if (shared := _clients.get(loop)) is None or shared.is_closed:
-        shared = httpx.AsyncClient(
-            timeout=_timeout(), limits=httpx.Limits(max_connections=100, max_keepalive_connections=20)
-        )
+        # Each streaming answer holds one connection for as long as it streams, and vLLM queues
+        # requests itself: a small cap here would make the site, not vLLM, the queue.
+        limits = httpx.Limits(max_connections=settings.VLLM_MAX_CONNECTIONS, max_keepalive_connections=100)
+        shared = httpx.AsyncClient(timeout=_timeout(), limits=limits)
         _clients[loop] = shared
     return shared
 
@@ -79,14 +85,123 @@ def server_root() -> str:
     return settings.VLLM_BASE_URL.removesuffix("/v1")
 
 
-async def stream_chat(messages: list[dict[str, str]], options: GenerationOptions) -> AsyncGenerator[Event, None]:
+# --- Which model vLLM serves ----------------------------------------------------------------------
+
+# How long what /v1/models said is taken as true: a page, a turn and the health light each want
+# it, and vLLM is restarted with another model seldom.
+SERVED_MODEL_TTL = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """The model vLLM serves, as its /v1/models says, or as the settings assume while it cannot say."""
+
+    id: str  # the name to ask vLLM for; "" when not known
+    max_model_len: int
+    root: str = ""  # what vLLM loaded: a model hub id or a folder
+    live: bool = False  # said by vLLM, not assumed
+
+    @property
+    def context_length(self) -> int:
+        """The context a conversation must fit: vLLM's own, capped by CHAT_CONTEXT_LENGTH if set."""
+        if settings.CHAT_CONTEXT_LENGTH:
+            return min(settings.CHAT_CONTEXT_LENGTH, self.max_model_len)
+        return self.max_model_len
+
+    @property
+    def is_starter(self) -> bool:
+        return self.id == starter.SERVED_NAME or (bool(self.root) and starter.is_starter(self.root))
+
+    @property
+    def display_name(self) -> str:
+        """The model's own name for people: "Qwen2-7B-Instruct", "SmolLM2-135M-Instruct (starter model)"."""
+        if self.is_starter:
+            return f"{starter.DISPLAY_NAME} (starter model)"
+        # The hub id's or the folder's last part keeps the model's own capitals; the served name is lower case.
+        return PurePath(self.root).name if self.root else (self.id or "unknown model")
+
+
+_served: dict[str, Any] = {}
+
+
+def assumed_model() -> ServedModel:
+    """What the settings say, for while vLLM cannot be asked."""
+    return ServedModel(settings.VLLM_SERVED_MODEL_NAME, settings.VLLM_MAX_MODEL_LEN)
+
+
+def known_model() -> ServedModel:
+    """The model vLLM was last seen serving (however long ago), else the settings' assumption.
+    For code that cannot wait on the network, such as a form's bounds."""
+    if _served.get("key") == _cache_key():
+        known: ServedModel = _served["model"]
+        return known
+    return assumed_model()
+
+
+def context_length() -> int:
+    return known_model().context_length
+
+
+def forget_served_model() -> None:
+    _served.clear()
+
+
+def _cache_key() -> tuple[str, str]:
+    return (settings.VLLM_BASE_URL, settings.VLLM_SERVED_MODEL_NAME)
+
+
+async def served_model() -> ServedModel:
+    """The model vLLM serves: from its /v1/models at most every SERVED_MODEL_TTL seconds, the
+    settings' assumption while it cannot be asked."""
+    if _served.get("key") == _cache_key() and time.monotonic() - _served["at"] < SERVED_MODEL_TTL:
+        fresh: ServedModel = _served["model"]
+        return fresh
+    try:
+        # A client of its own: this is called from sync views too (through async_to_sync), each on
+        # an event loop that ends with the call, where the pooled client would be left open.
+        async with httpx.AsyncClient(timeout=httpx.Timeout(3.0, connect=settings.VLLM_CONNECT_TIMEOUT)) as http:
+            response = await http.get(f"{settings.VLLM_BASE_URL}/models")
+        listed = response.json()["data"] if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        listed = None
+    return _remember(listed)
+
+
+def _remember(listed: Any) -> ServedModel:
+    """Note what vLLM's /v1/models listed (None: it could not be asked) and return the model in use."""
+    model = assumed_model()
+    if isinstance(listed, list):
+        wanted = settings.VLLM_SERVED_MODEL_NAME
+        for entry in listed:
+            if isinstance(entry, dict) and entry.get("id") and (not wanted or entry["id"] == wanted):
+                length = entry.get("max_model_len")
+                model = ServedModel(
+                    id=str(entry["id"]),
+                    max_model_len=length if isinstance(length, int) and length > 0 else settings.VLLM_MAX_MODEL_LEN,
+                    root=str(entry.get("root") or ""),
+                    live=True,
+                )
+                break
+    _served.update(key=_cache_key(), model=model, at=time.monotonic())
+    return model
+
+
+# --- A chat completion ------------------------------------------------------------------------------
+
+
+async def stream_chat(
+    messages: list[dict[str, str]], options: GenerationOptions, *, model: str | None = None
+) -> AsyncGenerator[Event, None]:
     """Stream one chat completion as events; the last event is `Usage`, `Finished` or `Failed`.
 
-    Closing this generator (or cancelling the task iterating it) closes the HTTP connection,
-    which is how vLLM learns to abort the request and free its slot.
+    `model` is the served name to ask for, by default the one vLLM serves. Closing this generator
+    (or cancelling the task iterating it) closes the HTTP connection, which is how vLLM learns to
+    abort the request and free its slot.
     """
+    if model is None:
+        model = (await served_model()).id
     body = {
-        "model": settings.VLLM_SERVED_MODEL_NAME,
+        "model": model,
         "messages": messages,
         "temperature": options.temperature,
         "max_tokens": options.max_tokens,
@@ -100,7 +215,9 @@ async def stream_chat(messages: list[dict[str, str]], options: GenerationOptions
         async with http_client().stream("POST", url, json=body, timeout=_timeout()) as response:
             if response.status_code != 200:
                 await response.aread()
-                yield Failed(describe_http_error(response.status_code, response.content))
+                if response.status_code == 404:
+                    forget_served_model()  # vLLM may have been restarted with another model: ask again
+                yield Failed(describe_http_error(response.status_code, response.content, model))
                 return
             async for data in _sse_data(response):
                 if data == "[DONE]":
@@ -128,6 +245,12 @@ async def stream_chat(messages: list[dict[str, str]], options: GenerationOptions
     except (httpx.ConnectError, httpx.ConnectTimeout):
         # A connect timeout is a server that is not there, not a slow answer.
         yield Failed(_unreachable())
+    except httpx.PoolTimeout:
+        # Not vLLM's doing: every connection the site may open to it is carrying an answer.
+        yield Failed(
+            f"The site is already streaming {settings.VLLM_MAX_CONNECTIONS} answers from the model server, "
+            "its most at once. Try again in a moment."
+        )
     except httpx.TimeoutException:
         if finished:
             return
@@ -214,7 +337,7 @@ def _error_param(body: Any) -> str | None:
     return None
 
 
-def describe_http_error(status: int, content: bytes) -> str:
+def describe_http_error(status: int, content: bytes, model: str | None = None) -> str:
     try:
         body = json.loads(content)
     except ValueError:
@@ -223,7 +346,7 @@ def describe_http_error(status: int, content: bytes) -> str:
     param = _error_param(body)
     if status == 400 and param == "max_tokens" and "maximum context length" in text:
         # vLLM >= 0.6: the prompt fits, but not with room for max_tokens more.
-        limit = _number_after(r"maximum context length is (\d+)", text) or settings.CHAT_CONTEXT_LENGTH
+        limit = _number_after(r"maximum context length is (\d+)", text) or context_length()
         asked = _number_after(r"'max_tokens' is too large: (\d+)", text)
         answer = f"a {asked}-token answer" if asked else "the answer asked for"
         return (
@@ -231,19 +354,17 @@ def describe_http_error(status: int, content: bytes) -> str:
             "Ask for fewer tokens or start a new conversation."
         )
     if status == 400 and (param == "input_tokens" or "maximum context length" in text):
-        limit = _number_after(r"maximum context length is (\d+)", text) or settings.CHAT_CONTEXT_LENGTH
+        limit = _number_after(r"maximum context length is (\d+)", text) or context_length()
         return (
             f"This conversation is too long for the model's {limit}-token context. "
             "Start a new conversation or shorten the message."
         )
     if status == 400 and param == "max_tokens":
-        limit = _number_after(r"max_model_len=(\d+)", text) or settings.CHAT_CONTEXT_LENGTH
+        limit = _number_after(r"max_model_len=(\d+)", text) or context_length()
         return f"Max tokens is larger than the model's {limit}-token context allows. Ask for fewer tokens."
     if status == 404 and (param == "model" or "does not exist" in text):
-        return (
-            f"The model server does not serve a model named {settings.VLLM_SERVED_MODEL_NAME!r} ({text}). "
-            "Check VLLM_SERVED_MODEL_NAME."
-        )
+        named = model if model is not None else known_model().id
+        return f"The model server does not serve a model named {named!r} ({text}). Check VLLM_SERVED_MODEL_NAME."
     if status >= 500:
         return f"The model server failed ({status}): {text}"
     return f"The model server refused the request ({status}): {text}"
@@ -254,12 +375,14 @@ def _number_after(pattern: str, text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-async def count_prompt_tokens(messages: list[dict[str, str]]) -> int | None:
+async def count_prompt_tokens(messages: list[dict[str, str]], *, model: str | None = None) -> int | None:
     """The exact prompt length after the chat template, from vLLM's /tokenize; None if unknown."""
+    if model is None:
+        model = (await served_model()).id
     try:
         response = await http_client().post(
             f"{server_root()}/tokenize",
-            json={"model": settings.VLLM_SERVED_MODEL_NAME, "messages": messages},
+            json={"model": model, "messages": messages},
             timeout=10.0,
         )
         if response.status_code == 200:
@@ -269,6 +392,15 @@ async def count_prompt_tokens(messages: list[dict[str, str]]) -> int | None:
     return None
 
 
+async def _get(url: str) -> httpx.Response:
+    try:
+        return await http_client().get(url, timeout=3.0)
+    except httpx.RemoteProtocolError:
+        # A kept-alive connection that vLLM closed since its last answer (it restarted, say) fails
+        # like this on its next use: once more, on a new connection, before calling vLLM down.
+        return await http_client().get(url, timeout=3.0)
+
+
 @dataclass(frozen=True, slots=True)
 class Health:
     ok: bool
@@ -276,17 +408,122 @@ class Health:
 
 
 async def check_health() -> Health:
-    """Ready means /health answers 200 and /v1/models lists the served model."""
+    """Ready means /health answers 200 and /v1/models lists a model (the one named in
+    VLLM_SERVED_MODEL_NAME, if that is set). What it lists is noted as the model in use."""
     try:
-        health = await http_client().get(f"{server_root()}/health", timeout=3.0)
+        health = await _get(f"{server_root()}/health")
         if health.status_code != 200:
             return Health(False, f"vLLM answers /health with {health.status_code}")
-        models = await http_client().get(f"{settings.VLLM_BASE_URL}/models", timeout=3.0)
-        served = [m.get("id") for m in models.json().get("data", [])] if models.status_code == 200 else []
+        models = await _get(f"{settings.VLLM_BASE_URL}/models")
+        listed = models.json().get("data", []) if models.status_code == 200 else []
+        served = [m.get("id") for m in listed]
     except (httpx.ConnectError, httpx.ConnectTimeout):
         return Health(False, _unreachable())
     except (httpx.HTTPError, ValueError, AttributeError) as exc:
         return Health(False, f"vLLM did not answer properly: {exc}")
-    if settings.VLLM_SERVED_MODEL_NAME not in served:
-        return Health(False, f"vLLM serves {served or 'no model'}, not {settings.VLLM_SERVED_MODEL_NAME!r}")
-    return Health(True, f"vLLM serves {settings.VLLM_SERVED_MODEL_NAME}")
+    model = _remember(listed)
+    if not model.live:
+        if wanted := settings.VLLM_SERVED_MODEL_NAME:
+            return Health(False, f"vLLM serves {served or 'no model'}, not {wanted!r}")
+        return Health(False, "vLLM serves no model")
+    return Health(True, f"vLLM serves {model.id}")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLoad:
+    """What vLLM's /metrics says now, summed over its engines; None where it does not say."""
+
+    running: float | None  # requests generating now
+    waiting: float | None  # requests queued for a slot
+    kv_cache_usage: float | None  # the share of the KV cache in use, 0 to 1
+    generation_tokens: float | None  # tokens generated since vLLM started: a counter, for a rate
+
+
+# vLLM's metric names (v0.32's vllm/v1/metrics/loggers.py); the KV-cache gauge had another name
+# before vLLM 0.10. A counter's samples end in `_total`, as prometheus_client writes them.
+_LOAD_METRICS = {
+    "running": ("vllm:num_requests_running",),
+    "waiting": ("vllm:num_requests_waiting",),
+    "kv_cache_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+    "generation_tokens": ("vllm:generation_tokens_total",),
+}
+# A sample line of the Prometheus text format: a name, maybe {labels}, a value, maybe a timestamp.
+_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{.*\})?\s+(\S+)")
+
+
+def parse_metrics(text: str) -> dict[str, list[float]]:
+    """Each metric's samples, one per set of labels (vLLM labels them by engine and model)."""
+    samples: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not (match := _SAMPLE.match(line)):
+            continue
+        try:
+            value = float(match.group(2))
+        except ValueError:
+            continue
+        if not math.isfinite(value):
+            continue  # NaN or ±Inf: nothing a figure can show
+        samples.setdefault(match.group(1), []).append(value)
+    return samples
+
+
+async def read_load() -> ServerLoad | Failed:
+    """vLLM's load now, from its /metrics."""
+    try:
+        response = await http_client().get(f"{server_root()}/metrics", timeout=3.0)
+    except (httpx.ConnectError, httpx.ConnectTimeout):
+        return Failed(_unreachable())
+    except httpx.HTTPError as exc:
+        return Failed(f"vLLM did not answer /metrics: {exc}")
+    if response.status_code != 200:
+        return Failed(f"vLLM answers /metrics with {response.status_code}")
+    return server_load(response.text)
+
+
+def server_load(metrics: str) -> ServerLoad:
+    """Requests and tokens summed over vLLM's engines; the KV cache's use is their mean, each engine
+    having a cache of its own."""
+    samples = parse_metrics(metrics)
+
+    def first(field: str) -> list[float] | None:
+        return next((samples[name] for name in _LOAD_METRICS[field] if name in samples), None)
+
+    kv_cache = first("kv_cache_usage")
+    return ServerLoad(
+        running=sum(running) if (running := first("running")) is not None else None,
+        waiting=sum(waiting) if (waiting := first("waiting")) is not None else None,
+        kv_cache_usage=sum(kv_cache) / len(kv_cache) if kv_cache else None,
+        generation_tokens=sum(tokens) if (tokens := first("generation_tokens")) is not None else None,
+    )
+
+
+async def complete(messages: list[dict[str, str]], options: GenerationOptions) -> str | Failed:
+    """One short chat completion, not streamed: the whole text, or `Failed` saying why not.
+
+    For the site's own small requests (naming a conversation), not for answers a person follows.
+    """
+    body = {
+        # The model vLLM says it serves, as for answers: VLLM_SERVED_MODEL_NAME may be left unset.
+        "model": (await served_model()).id,
+        "messages": messages,
+        "temperature": options.temperature,
+        "max_tokens": options.max_tokens,
+        "top_p": options.top_p,
+    }
+    try:
+        response = await http_client().post(f"{settings.VLLM_BASE_URL}/chat/completions", json=body, timeout=_timeout())
+    except (httpx.ConnectError, httpx.ConnectTimeout):
+        return Failed(_unreachable())
+    except httpx.TimeoutException:
+        return Failed(f"The model server did not answer within {settings.VLLM_READ_TIMEOUT:g} seconds.")
+    except httpx.HTTPError as exc:
+        return Failed(f"Could not talk to the model server: {exc}")
+    if response.status_code != 200:
+        return Failed(describe_http_error(response.status_code, response.content))
+    try:
+        text = response.json()["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return Failed("The model server sent an answer without text.")
+    if not isinstance(text, str):
+        return Failed("The model server sent an answer without text.")
+    return _storable(text)

@@ -2,7 +2,8 @@
 
 It speaks what /work/shared/vllm-protocol.md recorded from vLLM 0.32: the same routes, JSON
 shapes, error bodies and SSE frames, sent with chunked transfer encoding over HTTP/1.1 as uvicorn
-does. Knobs (`reply`, `token_delay`, `fault`, `fault_after`, `line_end`) can be changed between requests;
+does. Knobs (`reply`, `token_delay`, `fault`, `fault_after`, `line_end`, and what /metrics says of the
+queue and the KV cache: `waiting`, `kv_cache_usage`) can be changed between requests;
 `reset()` restores them and clears what was recorded.
 
 The tokenizer is deterministic and shared by /tokenize, the context-length checks and
@@ -39,6 +40,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -62,6 +64,17 @@ DEFAULT_REPLY = ("Hello", "!", " How", " can", " I", " help", " you", " today?")
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 SYSTEM_FINGERPRINT = "vllm-0.32.0-fake"
 ENGINE_FAILURE = "EngineCore encountered an issue. See stack trace (above) for the root cause."
+
+
+@dataclass
+class Instructed:
+    """How the fake answers a request whose system message contains a given text (`instructed`):
+    the site's own small requests (naming a conversation) apart from the chat it streams."""
+
+    reply: list[str]
+    status: int = 200  # anything else: an error body of that status instead
+    delay: float = 0.0  # seconds before answering
+
 
 _PIECES = re.compile(r"<\|im_start\|>|<\|im_end\|>|\n|(?:(?!<\|im_(?:start|end)\|>)\S)+")
 _SPECIAL_IDS = {"<|im_start|>": 151644, "<|im_end|>": 151645, "\n": 198}
@@ -178,9 +191,15 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class FakeVLLM:
-    def __init__(self, served_model_name: str = "qwen2-7b-instruct", max_model_len: int = 2048) -> None:
+    def __init__(
+        self,
+        served_model_name: str = "qwen2-7b-instruct",
+        max_model_len: int = 2048,
+        root: str = "/models/qwen2-tiny-random",  # what /v1/models says vLLM loaded
+    ) -> None:
         self.served_model_name = served_model_name
         self.max_model_len = max_model_len
+        self.model_root = root
         self.port = 0
         self._changed = threading.Condition()
         self._server: _Server | None = None
@@ -191,8 +210,12 @@ class FakeVLLM:
         self._fault: str | None = None
         self._running = 0
         self._disconnects = 0
+        # vLLM's vllm:generation_tokens counter: it only grows, as in a vLLM that never restarts.
+        self._generated_tokens = 0
+        self._started = time.time()
         self.requests: list[dict[str, Any]] = []
         self.tokenize_requests: list[dict[str, Any]] = []
+        self.instructed_requests: list[dict[str, Any]] = []  # those answered by `instructed`
         self._set_defaults()
 
     def _set_defaults(self) -> None:
@@ -201,6 +224,11 @@ class FakeVLLM:
         self.fault_after = 2
         # What ends each SSE line: "\n" as uvicorn sends it, or "\r" or "\r\n", which SSE allows too.
         self.line_end = "\n"
+        # What /metrics says of the queue and the KV cache (running is counted from real requests).
+        self.waiting = 0
+        self.kv_cache_usage = 0.0
+        # Answers to requests by their system message's text (see Instructed); others get `reply`.
+        self.instructed: dict[str, Instructed] = {}
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -235,6 +263,7 @@ class FakeVLLM:
         with self._changed:
             self.requests.clear()
             self.tokenize_requests.clear()
+            self.instructed_requests.clear()
             self._disconnects = 0
             self._changed.notify_all()
 
@@ -301,6 +330,12 @@ class FakeVLLM:
         with self._changed:
             return self._running
 
+    @property
+    def generated_tokens(self) -> int:
+        """Tokens sent since the fake started, as vllm:generation_tokens_total counts them."""
+        with self._changed:
+            return self._generated_tokens
+
     def disconnects(self) -> int:
         """Streams whose client closed the connection before the stream ended, since the last reset."""
         with self._changed:
@@ -363,7 +398,7 @@ class FakeVLLM:
                     "object": "model",
                     "created": created,
                     "owned_by": "vllm",
-                    "root": "/models/qwen2-tiny-random",
+                    "root": self.model_root,
                     "parent": None,
                     "max_model_len": self.max_model_len,
                     "permission": [
@@ -387,6 +422,8 @@ class FakeVLLM:
         }
 
     def _metrics(self) -> str:
+        # Written as prometheus_client writes vLLM 0.32's metrics (vllm/v1/metrics/loggers.py): a
+        # counter's sample ends in _total, with a _created sample beside it.
         labels = f'engine="0",model_name="{self.served_model_name}"'
         return (
             "# HELP vllm:num_requests_running Number of requests in model execution batches.\n"
@@ -394,7 +431,14 @@ class FakeVLLM:
             f"vllm:num_requests_running{{{labels}}} {float(self.running)}\n"
             "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
             "# TYPE vllm:num_requests_waiting gauge\n"
-            f"vllm:num_requests_waiting{{{labels}}} 0.0\n"
+            f"vllm:num_requests_waiting{{{labels}}} {float(self.waiting)}\n"
+            "# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.\n"
+            "# TYPE vllm:kv_cache_usage_perc gauge\n"
+            f"vllm:kv_cache_usage_perc{{{labels}}} {float(self.kv_cache_usage)}\n"
+            "# HELP vllm:generation_tokens_total Number of generation tokens processed.\n"
+            "# TYPE vllm:generation_tokens_total counter\n"
+            f"vllm:generation_tokens_total{{{labels}}} {float(self.generated_tokens)}\n"
+            f"vllm:generation_tokens_created{{{labels}}} {self._started}\n"
         )
 
     def _model_not_found(self, handler: _Handler, model: Any) -> None:
@@ -425,9 +469,16 @@ class FakeVLLM:
 
     def _chat(self, handler: _Handler, body: dict[str, Any]) -> None:
         with self._changed:
-            self.requests.append(body)
+            # The site's own small requests apart, so that `requests` holds the chat alone.
+            (self.instructed_requests if self._instructed_for(body) else self.requests).append(body)
             self._changed.notify_all()
         fault, limit = self._fault, self.max_model_len
+        if (instructed := self._instructed_for(body)) is not None and instructed.status != 200:
+            time.sleep(instructed.delay)
+            handler.send_json(
+                instructed.status, _error_body(instructed.status, ENGINE_FAILURE, "InternalServerError", None)
+            )
+            return
 
         def bad_request(message: str, param: str | None) -> None:
             handler.send_json(400, _error_body(400, message, "BadRequestError", param))
@@ -528,7 +579,8 @@ class FakeVLLM:
 
     def _stream(self, handler: _Handler, body: dict[str, Any], prompt_tokens: int, max_tokens: int, epoch: int) -> None:
         fault, fault_after, delay = self._fault, self.fault_after, self.token_delay
-        deltas = list(self.reply)
+        instructed = self._instructed_for(body)
+        deltas = list(instructed.reply if instructed else self.reply)
         finish_reason = "length" if len(deltas) >= max_tokens else "stop"
         deltas = deltas[:max_tokens]
         connection = handler.connection
@@ -586,6 +638,9 @@ class FakeVLLM:
                 break
             self._pause(connection, epoch, delay)
             frame(chunk({"content": deltas[sent]}))
+            with self._changed:
+                self._generated_tokens += 1
+                self._changed.notify_all()
         if fault == "no_done":
             send("")
             return
@@ -611,10 +666,16 @@ class FakeVLLM:
         if fault == "error_frame":
             handler.send_json(500, _error_body(500, ENGINE_FAILURE, "InternalServerError", None))
             return
-        deltas = list(self.reply)
+        instructed = self._instructed_for(body)
+        deltas = list(instructed.reply if instructed else self.reply)
         finish_reason = "length" if len(deltas) >= max_tokens else "stop"
         deltas = deltas[:max_tokens]
-        self._pause(handler.connection, epoch, self.token_delay * len(deltas))
+        self._pause(
+            handler.connection, epoch, (instructed.delay if instructed else 0.0) + self.token_delay * len(deltas)
+        )
+        with self._changed:
+            self._generated_tokens += len(deltas)
+            self._changed.notify_all()
         message = {"role": "assistant", "content": "".join(deltas), "refusal": None, "annotations": None}
         message |= {"audio": None, "function_call": None, "reasoning": None}
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
@@ -625,6 +686,15 @@ class FakeVLLM:
         payload |= {"model": body["model"], "choices": [choice], "system_fingerprint": SYSTEM_FINGERPRINT}
         payload["usage"] = usage
         handler.send_json(200, payload)
+
+    def _instructed_for(self, body: Any) -> Instructed | None:
+        messages = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(messages, list):
+            return None
+        system = " ".join(
+            _text(m.get("content")) for m in messages if isinstance(m, dict) and m.get("role") == "system"
+        )
+        return next((answer for text, answer in self.instructed.items() if text in system), None)
 
     def _pause(self, connection: socket.socket, epoch: int, seconds: float) -> None:
         """Wait between two tokens, noticing at once if the client goes away meanwhile."""

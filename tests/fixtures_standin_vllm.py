@@ -20,6 +20,7 @@ def standin(tmp_path):
         pids = tmp_path / "pids"
         record = tmp_path / "record.json"
         log_file = tmp_path / "logs" / "vllm.log"
+        model = tmp_path / "Qwen2-7B-Instruct"  # a folder: the model is named, and nothing looks at a hub
         port = free_port()
         started: list[ManageCommand] = []
 
@@ -31,6 +32,11 @@ def standin(tmp_path):
                 "VLLM_SERVER_MODULE": "tests.standin_vllm",
                 "VLLM_LOG_FILE": str(self.log_file),
                 "VLLM_PORT": str(self.port),
+                "VLLM_MODEL": str(self.model),
+                "VLLM_SERVED_MODEL_NAME": "qwen2-7b-instruct",
+                # Were anything to look at the model hub, it would find nothing there, at once.
+                "HF_ENDPOINT": "http://127.0.0.1:9",
+                "HF_HOME": str(tmp_path / "hf-home"),
                 "VLLM_STOP_GRACE": "5",
                 "VLLM_RESTART_BACKOFF": "0.3",
                 "STANDIN_PIDS": str(self.pids),
@@ -46,6 +52,7 @@ def standin(tmp_path):
         def recorded_pids(self) -> list[int]:
             return [int(pid) for pid in self.pids.read_text().split()] if self.pids.exists() else []
 
+    Standin.model.mkdir()
     (Standin.venv / "bin").mkdir(parents=True)
     (Standin.venv / "bin" / "python").symlink_to(sys.executable)
     standin = Standin()

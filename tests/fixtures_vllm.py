@@ -4,7 +4,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.fake_vllm import FakeVLLM
+from chat.titles import NAMING_INSTRUCTION
+from engine import vllm_client
+from tests.fake_vllm import FakeVLLM, Instructed
 
 
 @pytest.fixture(scope="session")
@@ -18,8 +20,19 @@ def fake_vllm_server() -> Iterator[FakeVLLM]:
 def fake_vllm(fake_vllm_server: FakeVLLM, settings) -> Iterator[FakeVLLM]:
     """The fake vLLM with default knobs and no records, and the site's settings pointing at it."""
     fake_vllm_server.reset()
+    # The model declines to name conversations unless a test asks otherwise (tests/chat/test_titles.py):
+    # a title stays the first prompt's words, as the tests of everything else expect.
+    fake_vllm_server.instructed[NAMING_INSTRUCTION] = Instructed([], status=503)
     settings.VLLM_BASE_URL = fake_vllm_server.base_url
     settings.VLLM_SERVED_MODEL_NAME = fake_vllm_server.served_model_name
+    vllm_client.forget_served_model()  # what an earlier test's vLLM served is no news about this one
     yield fake_vllm_server
     # Ends streams a test left stalled, so their threads don't outlive it.
     fake_vllm_server.reset()
+
+
+@pytest.fixture(autouse=True)
+def no_served_model_from_an_earlier_test() -> None:
+    # The site keeps what vLLM last said it serves (engine/vllm_client.py): one test's vLLM, real or
+    # fake, must not decide another's bounds and model.
+    vllm_client.forget_served_model()

@@ -30,14 +30,18 @@ def site_env(fake_vllm_server, **overrides: str) -> dict[str, str]:
 
 
 class SiteProcess:
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], daphne_args: tuple[str, ...] = ()) -> None:
         self.env = env
+        self.daphne_args = daphne_args
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, within: float = 30.0) -> "SiteProcess":
-        command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"]
+        command = [
+            *(sys.executable, "-m", "daphne", *self.daphne_args),
+            *("-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"),
+        ]
         self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **self.env})
         wait_for(self._answers, within, "daphne to answer")
         return self

@@ -99,6 +99,8 @@ def main() -> None:
     log(f"non-default args: model={args.model} port={args.port}")
     if code := os.environ.get("STANDIN_CRASH_DURING_START"):
         log("Loading model weights")
+        print("Traceback (most recent call last):", flush=True)
+        print('  File "standin_vllm.py", line 1, in <module>', flush=True)
         print("RuntimeError: stand-in engine failed to load the model", flush=True)
         sys.exit(int(code))
     delay = float(os.environ.get("STANDIN_DELAY", "0.2"))

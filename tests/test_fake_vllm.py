@@ -7,7 +7,7 @@ import httpx
 import pytest
 
 from chat.context import estimate_tokens
-from tests.fake_vllm import DEFAULT_REPLY, FakeVLLM, count_tokens
+from tests.fake_vllm import DEFAULT_REPLY, FakeVLLM, Instructed, count_tokens
 
 MESSAGES = [{"role": "user", "content": "Say hello, please."}]
 
@@ -226,3 +226,23 @@ def test_refuse_closes_the_port_and_reset_reopens_the_same_one(fake_vllm: FakeVL
         fake_vllm.reset()
         assert fake_vllm.port == port
         assert client.get(f"{fake_vllm.root}/health").status_code == 200
+
+
+def test_an_instructed_request_gets_its_own_answer_and_record(fake_vllm: FakeVLLM):
+    fake_vllm.instructed["Name this"] = Instructed(["Sky", " colours"])
+    fake_vllm.instructed["Refuse this"] = Instructed([], status=503)
+    naming = {"role": "system", "content": "Name this conversation."}
+    chat = {"role": "user", "content": "Why is the sky blue?"}
+
+    named = httpx.post(f"{fake_vllm.base_url}/chat/completions", json=chat_body(messages=[naming, chat], stream=False))
+    refused = httpx.post(
+        f"{fake_vllm.base_url}/chat/completions",
+        json=chat_body(messages=[{"role": "system", "content": "Refuse this."}, chat], stream=False),
+    )
+    answered = httpx.post(f"{fake_vllm.base_url}/chat/completions", json=chat_body(messages=[chat], stream=False))
+
+    assert named.json()["choices"][0]["message"]["content"] == "Sky colours"
+    assert refused.status_code == 503
+    assert answered.json()["choices"][0]["message"]["content"] == "".join(DEFAULT_REPLY)
+    assert [r["messages"] for r in fake_vllm.requests] == [[chat]]
+    assert len(fake_vllm.instructed_requests) == 2

@@ -12,7 +12,7 @@ from collections.abc import Callable
 POLL_EVERY = 0.02  # seconds
 
 
-def wait_for[T](condition: Callable[[], T], within: float = 10.0, what: str = "the condition") -> T:
+def wait_for[T](condition: Callable[[], T | None], within: float = 10.0, what: str = "the condition") -> T:
     """Polls `condition` until it returns something true, and returns that; fails after `within` s."""
     deadline = time.monotonic() + within
     while not (result := condition()):

@@ -9,10 +9,14 @@ from pathlib import Path
 
 from django.conf import settings
 
+from engine.server import starter
+
 type Output = Callable[[str], None]
 
 # How many of a process's last output lines are kept to explain a failure.
 LAST_LINES = 20
+# What vLLM serves when no model is named and this machine can have it (see choice.py).
+DEFAULT_MODEL = "Qwen/Qwen2-7B-Instruct"
 
 
 class ServerError(Exception):
@@ -47,12 +51,21 @@ class ServerConfig:
         extra_args: Sequence[str] = (),
     ) -> "ServerConfig":
         """The settings, with each argument that is not None in their place."""
+        venv = Path(settings.VLLM_VENV).expanduser()
+        chosen = (settings.VLLM_MODEL if model is None else model) or DEFAULT_MODEL
+        if starter.is_starter(chosen):
+            # Its folder may not be built yet: that happens once vLLM, which builds it, is installed.
+            chosen = str(starter.folder(venv))
+            extra_args = (*starter.VLLM_ARGS, *extra_args)  # the person's own come last, and win
+        else:
+            chosen = _model_argument(chosen)
+        name = settings.VLLM_SERVED_MODEL_NAME if served_model_name is None else served_model_name
         return cls(
-            venv=Path(settings.VLLM_VENV).expanduser(),
-            model=_model_argument(settings.VLLM_MODEL if model is None else model),
+            venv=venv,
+            model=chosen,
             host=settings.VLLM_HOST if host is None else host,
             port=settings.VLLM_PORT if port is None else port,
-            served_model_name=settings.VLLM_SERVED_MODEL_NAME if served_model_name is None else served_model_name,
+            served_model_name=name or served_name_for(chosen),
             max_model_len=settings.VLLM_MAX_MODEL_LEN if max_model_len is None else max_model_len,
             gpu_memory_utilization=(
                 settings.VLLM_GPU_MEMORY_UTILIZATION if gpu_memory_utilization is None else gpu_memory_utilization
@@ -81,6 +94,10 @@ class ServerConfig:
     def model_is_folder(self) -> bool:
         return Path(self.model).is_dir()
 
+    @property
+    def is_starter(self) -> bool:
+        return starter.is_starter(self.model)
+
     def command(self) -> list[str]:
         command = [
             str(self.python),
@@ -108,6 +125,11 @@ class ServerConfig:
         if self.model_is_folder:
             # Everything vLLM needs is in the folder: nothing is fetched, nothing is announced.
             env.setdefault("HF_HUB_OFFLINE", "1")
+        if self.is_starter:
+            # vLLM's CPU build otherwise reserves 92% of the machine's memory for its KV cache, and
+            # refuses to start while other programs hold more than the rest. The starter model's
+            # 2048-token context needs a few MB of it: 1 GiB is plenty, and leaves room for the rest.
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         # What activating the environment would do, for anything vLLM starts by name (compilers).
         env["VIRTUAL_ENV"] = str(self.venv)
         env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
@@ -136,6 +158,12 @@ def cpu_list(text: str) -> frozenset[int]:
     except ValueError:
         raise ServerError(f"VLLM_CPUS={text!r} is not a CPU list such as 0 or 0-2,5.") from None
     return frozenset(cpus)
+
+
+def served_name_for(model: str) -> str:
+    """The name vLLM serves a model under unless told otherwise: Qwen/Qwen2-7B-Instruct is
+    qwen2-7b-instruct, a folder its own name, the starter model smollm2-135m-instruct."""
+    return Path(model).name.lower()
 
 
 def _model_argument(model: str) -> str:

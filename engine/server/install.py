@@ -77,11 +77,11 @@ def install(config: ServerConfig, out: Output, device: str = "auto") -> None:
     out(f"Installing vLLM for {plan.device} into {config.venv} (a first install takes several minutes).")
     if not config.python.exists():
         config.venv.parent.mkdir(parents=True, exist_ok=True)
-        _run_step([settings.VLLM_PYTHON, "-m", "venv", str(config.venv)], out, "Creating vLLM's environment")
+        run_step([settings.VLLM_PYTHON, "-m", "venv", str(config.venv)], out, "Creating vLLM's environment")
     pip = [str(config.python), "-m", "pip"]
-    _run_step([*pip, "install", *plan.pip_args, *plan.packages], out, f"pip install {' '.join(plan.packages)}")
+    run_step([*pip, "install", *plan.pip_args, *plan.packages], out, f"pip install {' '.join(plan.packages)}")
     if plan.remove:
-        _run_step([*pip, "uninstall", "-y", *plan.remove], out, f"pip uninstall {' '.join(plan.remove)}")
+        run_step([*pip, "uninstall", "-y", *plan.remove], out, f"pip uninstall {' '.join(plan.remove)}")
     if problem := import_problem(config.venv, config.module):
         raise ServerError(f"vLLM was installed, but its python cannot import {config.module}:\n{problem}")
     out(f"vLLM is installed in {config.venv}.")
@@ -93,7 +93,7 @@ def ensure_installed(config: ServerConfig, out: Output, device: str = "auto") ->
         install(config, out, device)
 
 
-def _run_step(command: list[str], out: Output, what: str) -> None:
+def run_step(command: list[str], out: Output, what: str) -> None:
     out(f"$ {shlex.join(command)}")
     lines: deque[str] = deque(maxlen=LAST_LINES)
     try:

@@ -1,6 +1,7 @@
 """Keeping vLLM up (runvllm), and vLLM with the site beside it (up)."""
 
 import os
+import re
 import shlex
 import signal
 import socket
@@ -16,6 +17,7 @@ from typing import TextIO
 
 from django.conf import settings
 
+from engine.server import starter
 from engine.server.config import LAST_LINES, Output, ServerConfig, ServerError
 from engine.server.install import ensure_installed
 from engine.server.processes import StopSignals, already_serving, not_ready_because, start_group, stop_group
@@ -25,17 +27,25 @@ PROGRESS_EVERY = 5.0
 # The longest pause between two restarts; a server that stayed up this long starts over at the
 # shortest pause when it next crashes.
 MAX_BACKOFF = 60.0
+# How many of vLLM's last output lines are searched for why it failed: a Python traceback through
+# vLLM's engine processes runs to a hundred lines and more.
+SEARCHED_LINES = 400
 
 # --- One running vLLM ----------------------------------------------------------------------------
 
 
 class ServerProcess:
-    """One vLLM process group, its output copied to the terminal and to the log file."""
+    """One vLLM process group, its output copied to the log file (and to the terminal if `echo`).
 
-    def __init__(self, config: ServerConfig, out: Output) -> None:
+    The terminal gets what a person needs instead: progress while vLLM starts, and a readable
+    reason when it fails. vLLM's own output, with its tracebacks, is for the log file.
+    """
+
+    def __init__(self, config: ServerConfig, out: Output, echo: bool = False) -> None:
         self.config = config
         self.out = out
-        self.lines: deque[str] = deque(maxlen=LAST_LINES)
+        self.echo = echo
+        self.lines: deque[str] = deque(maxlen=SEARCHED_LINES)
         self.process: subprocess.Popen[bytes] | None = None
         self._tee: threading.Thread | None = None
 
@@ -78,7 +88,8 @@ class ServerProcess:
             for raw in process.stdout:
                 line = raw.decode(errors="replace").rstrip()
                 self.lines.append(line)
-                self.out(line)
+                if self.echo:
+                    self.out(line)
                 if log:
                     try:
                         log.write(line + "\n")
@@ -101,7 +112,12 @@ class ServerProcess:
         return next((line for line in reversed(self.lines) if line.strip()), "")
 
     def last_lines(self) -> str:
-        return "\n".join(self.lines)
+        return "\n".join(list(self.lines)[-LAST_LINES:])
+
+    def failure(self, code: int) -> str:
+        """Why vLLM exited, for a person, and where its own account of it is."""
+        where = f" vLLM's own output is in {self.config.log_file}." if self.config.log_file else ""
+        return f"{why_vllm_failed(list(self.lines), self.config.model, code)}{where}"
 
     def stop(self, grace: float, force: Callable[[], bool] = lambda: False) -> None:
         if self.process is None:
@@ -129,13 +145,14 @@ class Supervisor:
         timeout: float,
         restart: bool = False,
         force: Callable[[], bool] = lambda: False,
+        echo: bool = False,
     ) -> None:
         self.config = config
         self.force = force
         self.out = out
         self.timeout = timeout
         self.restart = restart
-        self.server = ServerProcess(config, out)
+        self.server = ServerProcess(config, out, echo)
         self.ready = False
         self.ever_ready = False
         self.backoff = settings.VLLM_RESTART_BACKOFF
@@ -183,9 +200,9 @@ class Supervisor:
             )
         elif now >= self._next_progress:
             self._next_progress = now + PROGRESS_EVERY
-            self.out(
-                f"Waiting for vLLM to be ready: {now - self._started_at:.0f} s ({self.server.latest_line()[:160]})"
-            )
+            latest = self.server.latest_line()[:160]
+            said = f" ({latest})" if latest else ""
+            self.out(f"Waiting for vLLM to be ready: {now - self._started_at:.0f} s{said}")
 
     def _exited(self, code: int, now: float) -> None:
         # Its engine may outlive the API server: clear the whole group before anything else.
@@ -194,10 +211,12 @@ class Supervisor:
         self.ready = False
         what = "while starting" if not was_ready else "after it was ready"
         if not self.ever_ready or not self.restart:
-            raise ServerError(f"vLLM exited with code {code} {what}. Its last log lines:\n{self.server.last_lines()}")
+            raise ServerError(f"vLLM exited with code {code} {what}: {self.server.failure(code)}")
         if was_ready and now - self._ready_at >= MAX_BACKOFF:
             self.backoff = settings.VLLM_RESTART_BACKOFF
-        self.out(f"vLLM exited with code {code} {what}; restarting it in {self.backoff:g} s.")
+        self.out(
+            f"vLLM exited with code {code} {what}: {self.server.failure(code)} Restarting it in {self.backoff:g} s."
+        )
         self._restart_at = now + self.backoff
         self.backoff = min(self.backoff * 2, MAX_BACKOFF)
 
@@ -226,7 +245,50 @@ class Supervisor:
         self.out("vLLM has stopped.")
 
 
-def run(config: ServerConfig, out: Output, *, device: str, timeout: float, restart: bool) -> None:
+_VLLM_PREFIX = re.compile(r"^\(\w[\w-]* pid=\d+\)\s*(?:[A-Z]+ \d\d-\d\d [\d:]+ \[[^\]]+\]\s*)?")
+_EXCEPTION = re.compile(r"^([\w.]+\.)?\w*(Error|Exception|Exit)\b")
+
+
+def why_vllm_failed(lines: list[str], model: str, code: int) -> str:
+    """A sentence on why vLLM stopped, from its last output lines: the common failures in plain
+    words, anything else as the exception it ended with."""
+    text = "\n".join(lines)
+    if code < 0 and not text.strip():
+        return f"It was killed by signal {-code}."
+    if re.search(r"couldn't connect to|LocalEntryNotFoundError|OfflineModeIsEnabled|outgoing traffic has been", text):
+        return (
+            f"It could not fetch {model}: the model hub cannot be reached, and the model is not in the "
+            "Hugging Face cache. Give a folder that holds the model (--model /path/to/folder, or VLLM_MODEL)."
+        )
+    if re.search(r"GatedRepoError|401 Client Error|gated repo", text):
+        return f"The model hub lets only signed-in people have {model}: set HF_TOKEN to a token that may."
+    if re.search(r"RepositoryNotFoundError|is not a valid model identifier|Repository Not Found", text):
+        return f"There is no model {model} on the model hub (a private one needs HF_TOKEN), nor a folder of that name."
+    if re.search(r"OutOfMemoryError|out of memory|Cannot allocate memory|[Ii]nsufficient memory", text):
+        return f"It ran out of memory loading {model}: it needs a machine with more memory, or a smaller model."
+    if code == -9:
+        return "It was killed (signal 9): the kernel does that when memory runs out, which is likely what happened."
+    # The exceptions its tracebacks end with, without the "(EngineCore pid=...) ERROR <time> [file]"
+    # vLLM puts before a line. The engine's and the API server's own only say "see the root cause
+    # above": the root cause is the last exception before them.
+    raised = [bare for line in lines if _EXCEPTION.match(bare := _VLLM_PREFIX.sub("", line.strip()))]
+    causes = [line for line in raised if not re.search(r"[Ss]ee (the )?(root cause|stack trace)", line)]
+    if cause := next(reversed(causes or raised), None):
+        if "memory utilization" in cause:
+            return f"There is not enough free memory for it: {cause}"
+        return f"{cause.rstrip('.')}."
+    last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+    return f"Its last words: {last.rstrip('.')}." if last else "It said nothing."
+
+
+def prepare(config: ServerConfig, out: Output, device: str) -> None:
+    """Everything vLLM needs before it can start: itself, and the starter model if it is to serve it."""
+    ensure_installed(config, out, device)
+    if config.is_starter:
+        starter.ensure_built(config, out)
+
+
+def run(config: ServerConfig, out: Output, *, device: str, timeout: float, restart: bool, echo: bool = False) -> None:
     """runvllm: start vLLM (installing it first if needed), wait until it is ready, and keep it
     until a signal says stop."""
     if already_serving(config):
@@ -235,9 +297,9 @@ def run(config: ServerConfig, out: Output, *, device: str, timeout: float, resta
             "not starting a second one."
         )
         return
-    ensure_installed(config, out, device)
+    prepare(config, out, device)
     with StopSignals().installed() as signals:
-        supervisor = Supervisor(config, out, timeout=timeout, restart=restart, force=signals.forced)
+        supervisor = Supervisor(config, out, timeout=timeout, restart=restart, force=signals.forced, echo=echo)
         try:
             supervisor.start()
             while not signals.requested:
@@ -259,6 +321,7 @@ class Site:
     host: str
     port: int
     env: dict[str, str]
+    greeting: str = ""  # said after the address
     workers: int = 1  # daphne processes, sharing one listening socket when more than one
 
     @property
@@ -267,7 +330,12 @@ class Site:
 
     def command(self, fd: int | None = None) -> list[str]:
         where = ["-b", self.host, "-p", str(self.port)] if fd is None else ["--fd", str(fd)]
-        return [sys.executable, "-m", "daphne", *where, "chatsite.asgi:application"]
+        daphne = [sys.executable, "-m", "daphne", *where]
+        if settings.HTTPS:
+            # Behind the HTTPS proxy (deploy/nginx/) the browser's address is the one the proxy
+            # forwards: sign-in throttling counts failures by it.
+            daphne.append("--proxy-headers")
+        return [*daphne, "chatsite.asgi:application"]
 
 
 def start_site(site: Site) -> list[subprocess.Popen[bytes]]:
@@ -289,7 +357,9 @@ def start_site(site: Site) -> list[subprocess.Popen[bytes]]:
         ]
 
 
-def run_with_site(site: Site, out: Output, *, vllm: ServerConfig | None, device: str, timeout: float) -> None:
+def run_with_site(
+    site: Site, out: Output, *, vllm: ServerConfig | None, device: str, timeout: float, echo: bool = False
+) -> None:
     """up: vLLM (unless `vllm` is None: an external one), then the site once vLLM is ready.
 
     vLLM is restarted after a crash while the site stays up: the chat says the model server is
@@ -302,8 +372,8 @@ def run_with_site(site: Site, out: Output, *, vllm: ServerConfig | None, device:
             if vllm is not None and already_serving(vllm):
                 out(f"A vLLM serving {vllm.served_model_name!r} already answers at {vllm.base_url}: using it.")
             elif vllm is not None:
-                ensure_installed(vllm, out, device)
-                supervisor = Supervisor(vllm, out, timeout=timeout, restart=True, force=signals.forced)
+                prepare(vllm, out, device)
+                supervisor = Supervisor(vllm, out, timeout=timeout, restart=True, force=signals.forced, echo=echo)
                 supervisor.start()
                 supervisor.wait_until_ready(stop=lambda: signals.requested)
             if not signals.requested:
@@ -314,7 +384,7 @@ def run_with_site(site: Site, out: Output, *, vllm: ServerConfig | None, device:
                     out(f"Starting the site as {site.workers} worker processes on {site.url}, each: {each}")
                 workers = start_site(site)
                 _wait_for_site(workers, site, stop=lambda: signals.requested)
-                out(f"The chat is at {site.url} (Ctrl-C stops it).")
+                out(f"The chat is at {site.url} (Ctrl-C stops it).{site.greeting}")
             # No workers only when a stop was asked for before they started.
             while workers and not signals.requested:
                 for daphne in workers:

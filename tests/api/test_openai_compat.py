@@ -4,6 +4,7 @@ import httpx
 import openai
 import pytest
 
+from chat import branches
 from chat.models import Conversation, Message
 from tests.waiting import wait_for
 
@@ -63,6 +64,13 @@ def test_a_completion_answers_and_the_exchange_is_saved_in_the_callers_history(c
     answer = conversation.messages.last()
     assert answer is not None
     assert completion.id == f"chatcmpl-{answer.pk}"
+    # Saved as one branch, as the page shows it and would continue it.
+    assert [m.content for m, _ in branches.shown_branch(conversation)] == [
+        "Hi",
+        "Hello! How can I help?",
+        "Why local models?",
+        "Local models keep data home.",
+    ]
 
 
 def test_a_streamed_completion_arrives_in_chunks_then_usage(client, alice, fake_vllm):

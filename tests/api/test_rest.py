@@ -32,6 +32,9 @@ EVERY_ROUTE = [
     ("POST", "/conversations/{c}/messages"),
     ("GET", "/conversations/{c}/messages/{m}/stream"),
     ("POST", "/conversations/{c}/messages/{m}/stop"),
+    ("POST", "/conversations/{c}/messages/{m}/regenerate"),
+    ("POST", "/conversations/{c}/messages/{m}/edit"),
+    ("POST", "/conversations/{c}/messages/{m}/show"),
     ("GET", "/workflows"),
     ("GET", "/workflows/__default__/schema"),
     ("POST", "/workflows/runs"),
@@ -42,6 +45,8 @@ BODIES = {
     "POST /conversations": {"title": "x"},
     "PATCH /conversations/{c}": {"title": "Mine now"},
     "POST /conversations/{c}/messages": {"prompt": "Tell me"},
+    "POST /conversations/{c}/messages/{m}/regenerate": {},
+    "POST /conversations/{c}/messages/{m}/edit": {"prompt": "Tell me"},
     "POST /workflows/runs": {"input": {"prompt": "Tell me"}},
 }
 

@@ -84,7 +84,14 @@ def test_without_waiting_a_pending_task_comes_back_and_can_be_polled_to_completi
     assert started.json() == {"task_id": started.json()["task_id"], "status": "pending"}
     task_id = started.json()["task_id"]
     state = poll(alice_api, task_id, lambda s: s["status"] != "processing")
-    assert state == {"task_id": task_id, "status": "completed", "output": "Done later.", "error": None}
+    # The model is the one vLLM says it serves: the site was given no name for it.
+    assert state == {
+        "task_id": task_id,
+        "status": "completed",
+        "output": "Done later.",
+        "error": None,
+        "model": "qwen2-7b-instruct",
+    }
     assert alice_api.get(f"/tasks/{task_id}", params={"output_only": True}).json() == "Done later."
     assert Message.objects.get(pk=int(task_id)).conversation.owner == alice
 

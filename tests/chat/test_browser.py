@@ -1,122 +1,25 @@
 """The chat page in a real headless Chromium, used as a person uses it, against the live site.
 
 The site runs in its own daphne process on the test database (`live_site`) and answers from the
-fake vLLM on loopback (`fake_vllm`). Every check waits on a condition through Playwright's
-auto-waiting expectations; none sleeps.
+fake vLLM on loopback (`fake_vllm`); Chromium and the page come from tests/chat/conftest.py. Every
+check waits on a condition through Playwright's auto-waiting expectations; none sleeps.
 """
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
-from playwright.sync_api import Browser, Dialog, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from chat.models import Conversation, Message
 from tests.accounts import PASSWORD
+from tests.browser import answers, open_settings, prompt_box, screenshot, sidebar_item
 from tests.site_server import SiteProcess, site_env
 
-CHROMIUM = Path("/usr/bin/chromium")
-# Playwright's own browser download does not work here; Debian's Chromium does. The last four
-# flags keep it from phoning home (component updates, sync...), which this machine refuses noisily.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-# How Chromium and htmx log an error status the page got: the tests check that the page shows it.
-ERROR_STATUS_LOGGED = re.compile(r"Failed to load resource: the server responded with|Response Status Error Code")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    """One Chromium for this module's tests.
-
-    Playwright's sync API marks its own event loop as running in this thread between its calls.
-    While it lives, Django would refuse the tests' (truly synchronous) ORM calls as "async
-    unsafe", and pytest-asyncio could not run a loop of its own: hence the lifted check, and a
-    module scope rather than a session one, so that both end before other modules' tests run.
-    """
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def requested_urls() -> list[str]:
-    """Every URL the page asked for, in order."""
-    return []
-
-
-@pytest.fixture
-def page(chromium: Browser, live_site, requested_urls: list[str]) -> Iterator[Page]:
-    context = chromium.new_context(base_url=live_site.url, viewport={"width": 1280, "height": 800})
-    context.on("request", lambda request: requested_urls.append(request.url))
-    page = context.new_page()
-    # Script errors, and whatever the Content-Security-Policy blocked.
-    faults: list[str] = []
-    page.on("pageerror", lambda error: faults.append(str(error)))
-    page.on("console", lambda message: faults.append(message.text) if message.type == "error" else None)
-    yield page
-    context.close()
-    # A private chat: nothing the page loads or sends may go anywhere but the site itself.
-    assert [url for url in requested_urls if not url.startswith(f"{live_site.url}/")] == []
-    assert [fault for fault in faults if not ERROR_STATUS_LOGGED.match(fault)] == []
-
-
-@pytest.fixture
-def signed_in(page: Page, live_site, alice) -> Page:
-    page.goto("/")
-    expect(page).to_have_url(re.compile(r"/accounts/login/\?next=/$"))
-    page.get_by_label("Username").fill("alice")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page).to_have_url(f"{live_site.url}/")
-    return page
-
-
-@pytest.fixture
-def dialogs(page: Page) -> list[str]:
-    """Messages of the dialogs the page opened. Alerts are dismissed; a test answers its confirms."""
-    opened: list[str] = []
-
-    def record(dialog: Dialog) -> None:
-        opened.append(dialog.message)
-        if dialog.type == "alert":
-            dialog.dismiss()
-
-    page.on("dialog", record)
-    return opened
-
-
-def prompt_box(page: Page) -> Locator:
-    return page.get_by_role("textbox", name="Message")
-
-
-def answers(page: Page) -> Locator:
-    return page.locator("#thread article.assistant")
-
-
-def sidebar_item(page: Page, title: str) -> Locator:
-    return page.locator("#conversations li").filter(has=page.get_by_role("link", name=title, exact=True))
-
-
-def screenshot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=ARTIFACTS / f"{name}.png")
 
 
 def test_a_conversation_streams_stops_and_is_found_again(signed_in: Page, fake_vllm, live_site, requested_urls):
@@ -139,7 +42,7 @@ def test_a_conversation_streams_stops_and_is_found_again(signed_in: Page, fake_v
     fake_vllm.token_delay = 0.2
     box.press("Enter")
     answer = answers(page).first
-    expect(page.locator("#thread article.user")).to_have_text("Why run a model locally?\nKeep it short.")
+    expect(page.locator("#thread article.user .body")).to_have_text("Why run a model locally?\nKeep it short.")
     expect(box).to_have_value("")
     # Some of the answer and not yet all of it (only the last token has a full stop).
     expect(answer.locator(".body")).to_have_text(re.compile(r"^Streaming answers[^.]*$"))
@@ -188,8 +91,9 @@ def test_a_conversation_streams_stops_and_is_found_again(signed_in: Page, fake_v
     expect(box).to_have_value("Too soon")
     expect(page.locator("#thread article.user")).to_have_count(2)
     assert len([url for url in requested_urls if url.endswith("/send")]) == 2
-    partial = second.locator(".body").text_content()
-    full = "".join(fake_vllm.reply)
+    # As rendered markdown: a paragraph, without the answer's leading space.
+    partial = (second.locator(".body").text_content() or "").strip()
+    full = "".join(fake_vllm.reply).strip()
     assert partial and len(partial) < len(full) and full.startswith(partial)
     screenshot(page, "chat-stopped")
 
@@ -219,7 +123,7 @@ def test_html_in_model_output_is_shown_as_text(signed_in: Page, fake_vllm, dialo
             page.reload()
         expect(answers(page).locator(".body"), moment).to_have_text(shown)
         expect(answers(page).locator(".status"), moment).to_have_text("")
-        expect(page.locator("#thread article.user"), moment).to_have_text("Show me <i>HTML</i>")
+        expect(page.locator("#thread article.user .body"), moment).to_have_text("Show me <i>HTML</i>")
         expect(page.locator("#thread img, #thread b, #thread i, #thread script"), moment).to_have_count(0)
     assert dialogs == []
 
@@ -284,8 +188,9 @@ def test_an_empty_or_too_long_prompt_shows_the_form_error_and_creates_nothing(si
 
 def test_the_settings_go_with_the_prompt_and_stay_for_the_next(signed_in: Page, fake_vllm):
     page = signed_in
+    open_settings(page)
     page.get_by_label("Temperature").fill("0.3")
-    expect(page.locator("#prompt-form output")).to_have_text("0.3")
+    expect(page.locator("#settings output")).to_have_text("0.3")
     page.get_by_label("Top p").fill("0.5")
     page.get_by_label("Max tokens").fill("64")
     prompt_box(page).fill("Hello")
@@ -340,6 +245,7 @@ def test_with_debug_on_a_form_error_is_still_said_beside_the_form(chromium: Brow
         page.get_by_label("Password").fill(PASSWORD)
         page.get_by_role("button", name="Sign in").click()
         expect(page).to_have_url(f"{debug_site.url}/")
+        page.wait_for_load_state("domcontentloaded")  # the page's scripts listen
         prompt_box(page).press("Enter")
         expect(page.locator("#prompt-form").get_by_role("alert")).to_have_text("Type a message first.")
         expect(prompt_box(page)).to_be_visible()
@@ -396,3 +302,124 @@ def test_the_sign_in_page_rejects_a_wrong_password(page: Page, alice, live_site)
     expect(page.get_by_label("Username")).to_have_value("alice")
     expect(page.get_by_label("Password")).to_be_focused()
     screenshot(page, "sign-in")
+
+
+def test_a_prompt_over_the_persons_limits_is_refused_with_a_message_and_kept(chromium: Browser, alice, fake_vllm):
+    # A site of its own: the tests' site has no limits on answers.
+    site = SiteProcess(site_env(fake_vllm, CHAT_MAX_ANSWERS_AT_ONCE="1")).start()
+    context = chromium.new_context(base_url=site.url)
+    try:
+        page = context.new_page()
+        page.goto("/accounts/login/")
+        page.get_by_label("Username").fill("alice")
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page).to_have_url(f"{site.url}/")
+        page.wait_for_load_state("domcontentloaded")  # the page's scripts listen
+        # An answer of hers is being generated (in another tab, or by another door).
+        elsewhere = Conversation.objects.create(owner=alice, title="Elsewhere")
+        Message.objects.create(conversation=elsewhere, role="assistant", status=Message.Status.STREAMING)
+
+        prompt_box(page).fill("Hello")
+        prompt_box(page).press("Enter")
+
+        expect(page.locator("#prompt-form").get_by_role("alert")).to_have_text(
+            "You already have 1 answer being generated, the most at once. "
+            "Send this when one of them has finished (or stop one)."
+        )
+        expect(prompt_box(page)).to_have_value("Hello")
+        assert Message.objects.count() == 1
+        assert fake_vllm.requests == []
+    finally:
+        context.close()
+        site.stop()
+
+
+def test_search_from_the_sidebar_opens_the_conversation_at_the_message(signed_in: Page, alice, bob, live_site):
+    page = signed_in
+    trip = Conversation.objects.create(owner=alice, title="Trip notes")
+    found = Message.objects.create(conversation=trip, role="user", content="전세계를 여행하고 싶어요: <b>어디</b>부터?")
+    last = found
+    for n in range(30):  # enough after it that the conversation's end is a screen away
+        text = f"Paragraph {n} of a long answer.\n" * 3
+        last = Message.objects.create(conversation=trip, parent=last, role="assistant", content=text)
+    Message.objects.create(
+        conversation=Conversation.objects.create(owner=bob, title="세계"), role="user", content="세계"
+    )
+    page.reload()
+    conversations = page.locator("#conversations")
+    expect(conversations).to_be_visible()
+
+    box = page.get_by_role("searchbox", name="Search conversations")
+    box.press_sequentially("세계", delay=50)
+    results = page.get_by_role("list", name="Search results")
+    expect(results.get_by_role("link")).to_have_count(1)  # Bob's never shows
+    result = results.get_by_role("link")
+    expect(result).to_contain_text("Trip notes")
+    expect(result.locator("mark")).to_have_text("세계")
+    expect(result).to_contain_text("You: 전세계를 여행하고 싶어요: <b>어디</b>부터?")  # as text, not markup
+    expect(conversations).to_be_hidden()  # the results take the list's place
+    screenshot(page, "search-results")
+
+    result.click()
+    expect(page).to_have_url(f"{live_site.url}/c/{trip.pk}/?message={found.pk}#message-{found.pk}")
+    expect(page.locator(f"#message-{found.pk}")).to_be_in_viewport()
+    expect(answers(page).last).not_to_be_in_viewport()
+
+    # Nothing to find says so; clearing the box brings the conversation list back.
+    box = page.get_by_role("searchbox", name="Search conversations")
+    box.fill("우주여행")
+    expect(page.locator("#search-results")).to_have_text("Nothing found for “우주여행”.")
+    box.fill("")
+    expect(page.locator("#conversations")).to_be_visible()
+    expect(page.locator("#search-results")).to_have_text("")
+
+
+def test_export_a_conversation_and_import_chatgpts_export_from_the_page(signed_in: Page, alice, live_site, tmp_path):
+    page = signed_in
+    chat = Conversation.objects.create(owner=alice, title="세계 여행")
+    Message.objects.create(conversation=chat, role="user", content="Where first?")
+    page.goto(f"/c/{chat.pk}/")
+    item = sidebar_item(page, "세계 여행")
+    item.get_by_label("Actions for 세계 여행").click()
+    with page.expect_download() as download:
+        item.get_by_role("link", name="Markdown").click()
+    assert download.value.suggested_filename == f"세계-여행-{chat.pk}.md"
+    assert "## You\n\nWhere first?" in Path(download.value.path()).read_text()
+
+    chatgpt = tmp_path / "conversations.json"
+    chatgpt.write_text(
+        json.dumps(
+            [
+                {
+                    "title": "From ChatGPT",
+                    "create_time": 1700000000.0,
+                    "current_node": "a",
+                    "mapping": {
+                        "root": {"message": None, "parent": None, "children": ["q"]},
+                        "q": {
+                            "message": {
+                                "author": {"role": "user"},
+                                "content": {"content_type": "text", "parts": ["Hi"]},
+                            },
+                            "parent": "root",
+                        },
+                        "a": {
+                            "message": {
+                                "author": {"role": "assistant"},
+                                "content": {"content_type": "text", "parts": ["Hello!"]},
+                            },
+                            "parent": "q",
+                        },
+                    },
+                }
+            ]
+        )
+    )
+    page.get_by_role("link", name="Import", exact=True).click()
+    page.get_by_label("File").set_input_files(chatgpt)
+    page.get_by_role("button", name="Import").click()
+    expect(page.get_by_role("status")).to_contain_text("Imported 1 conversation with 2 messages")
+    screenshot(page, "import-report")
+    page.get_by_role("link", name="From ChatGPT").click()
+    expect(page.locator("#thread article .body")).to_have_text(["Hi", "Hello!"])

@@ -37,12 +37,18 @@ def send(client: httpx.Client, prompt: str, url: str = "/c/new/send", **fields) 
 STREAMING_ANSWER = re.compile(r'data-stream-url="(/c/\d+/m/(\d+)/stream)"')
 
 
+def _streaming_answer(sent: httpx.Response) -> re.Match[str]:
+    streaming = STREAMING_ANSWER.search(sent.text)
+    assert streaming is not None, sent.text
+    return streaming
+
+
 def stream_url(sent: httpx.Response) -> str:
-    return STREAMING_ANSWER.search(sent.text)[1]
+    return _streaming_answer(sent)[1]
 
 
 def answer_pk(sent: httpx.Response) -> int:
-    return int(STREAMING_ANSWER.search(sent.text)[2])
+    return int(_streaming_answer(sent)[2])
 
 
 def test_a_prompt_streams_to_the_browser_and_is_found_again(browser, fake_vllm):
@@ -152,11 +158,11 @@ def test_an_answer_outlives_the_browser_and_can_be_followed_live_again(browser, 
     page = browser.get(sent.headers["HX-Push-Url"])
     assert 'data-stream-url="' in page.text
     with browser.stream("GET", stream_url(sent)) as response:
-        events = list(sse_events(response.iter_lines()))
-    assert events[0][1]["text"].startswith(seen)  # it begins with the text so far, in one delta
-    text = "".join(data["text"] for name, data in events if name == "delta")
+        reopened = list(sse_events(response.iter_lines()))
+    assert reopened[0][1]["text"].startswith(seen)  # it begins with the text so far, in one delta
+    text = "".join(data["text"] for name, data in reopened if name == "delta")
     assert text == "".join(fake_vllm.reply)
-    assert events[-1][1]["status"] == "complete"
+    assert reopened[-1][1]["status"] == "complete"
     assert fake_vllm.disconnects() == 0
     assert Message.objects.get(pk=answer_pk(sent)).content == text
 

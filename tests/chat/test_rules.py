@@ -61,7 +61,7 @@ def test_the_page_and_the_api_tidy_a_title_alike():
 
 
 def test_a_large_context_bound_is_written_whole(settings):
-    settings.CHAT_CONTEXT_LENGTH = 1048576
+    settings.VLLM_MAX_MODEL_LEN = 1048576  # the context the site assumes until vLLM says otherwise
     says = "Max tokens must be between 1 and 1048575."  # not "1.04858e+06"
     assert page_error(SendForm({"prompt": "hi", "max_tokens": "0"})) == says
     assert api_error(MessageIn, {"prompt": "hi", "max_tokens": 0}) == says

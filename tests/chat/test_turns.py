@@ -12,7 +12,7 @@ from django.db.backends.utils import CursorWrapper
 from django.http import Http404
 
 from api import delivery
-from chat import sse, turns
+from chat import sse, titles, turns
 from chat.models import Conversation, Message, MessageQuerySet
 from chat.turns import TurnEnded
 from engine.vllm_client import TextDelta
@@ -256,9 +256,11 @@ async def test_a_turns_queries_do_not_grow_with_the_answers_length(conversation,
         before = query_counter["queries"]
         _, answer = await turns.start_turn(conversation, "Go")
         text, _ = await run_to_end(answer)
+        await titles.wait_for_name(conversation.pk)  # its look at whether this is the first answer
         assert len(text) > deltas
         return query_counter["queries"] - before
 
+    await queries_for(1)  # the first answer: the model names the conversation after it
     short, long = await queries_for(5), await queries_for(500)
     assert short == long
 
@@ -449,7 +451,7 @@ async def test_a_follow_landing_between_the_commit_and_the_turns_start_follows_i
     def save_then_follow(*args, **kwargs):
         # Runs on the thread that saves, right after the commit: the loop follows meanwhile.
         saved = save(*args, **kwargs)
-        follower = asyncio.run_coroutine_threadsafe(follow_as_another_request(saved[1].answer), loop)
+        follower = asyncio.run_coroutine_threadsafe(follow_as_another_request(saved.answer), loop)
         early.append(asyncio.wrap_future(follower, loop=loop))
         with suppress(TimeoutError):
             follower.result(timeout=1)  # as long as it would take to settle the answer, if it did

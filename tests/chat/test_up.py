@@ -5,6 +5,7 @@ import socket
 
 import httpx
 
+from engine.server.supervisor import Site
 from tests.ports import free_port, listening
 from tests.processes import alive, children
 
@@ -25,7 +26,8 @@ def test_up_migrates_starts_vllm_then_serves_the_site_against_it(standin, tmp_pa
     assert (
         output.index("Applying chat.0001_initial") < output.index("vLLM is ready") < output.index("Starting the site")
     )
-    assert f"The chat is at http://127.0.0.1:{site_port}/" in output
+    # A fresh database has no account: the sign-in page makes the first one, and up says so.
+    assert f"The chat is at http://127.0.0.1:{site_port}/ (Ctrl-C stops it). Open it to create your account." in output
     health = httpx.get(f"http://127.0.0.1:{site_port}/healthz", timeout=10)
     assert health.status_code == 200, health.text
     assert health.json()["vllm"] == "ok"
@@ -114,7 +116,10 @@ def test_up_restarts_a_crashed_vllm_while_the_site_stays_up(standin, tmp_path):
 
     up.wait_for("vLLM is ready", count=2, timeout=30)
 
-    assert "vLLM exited with code 3 after it was ready; restarting it in 0.3 s." in up.output
+    assert (
+        "vLLM exited with code 3 after it was ready: Its last words: stand-in engine died. "
+        f"vLLM's own output is in {standin.log_file}. Restarting it in 0.3 s."
+    ) in up.output
     assert httpx.get(f"http://127.0.0.1:{site_port}/healthz", timeout=10).json()["vllm"] == "ok"
     assert [pid for pid in site if alive(pid)]  # the same daphne throughout
     up.process.send_signal(signal.SIGTERM)
@@ -169,3 +174,12 @@ def test_up_refuses_several_workers_when_redis_does_not_answer(standin, tmp_path
 
     assert up.finish() == 1
     assert "needs Redis, and the one at REDIS_URL does not answer" in up.output
+
+
+def test_behind_the_https_proxy_up_has_daphne_take_the_browsers_address_from_it(settings):
+    site = Site("127.0.0.1", 8080, {})
+    assert "--proxy-headers" not in site.command()  # reached directly, a client could claim any address
+
+    settings.HTTPS = True
+
+    assert site.command()[-2:] == ["--proxy-headers", "chatsite.asgi:application"]

@@ -8,6 +8,7 @@ from django.utils import translation
 from chat import rules
 from chat.models import Conversation, Message
 from tests.chat.page_html import elements
+from tests.fake_vllm import FakeVLLM
 
 pytestmark = pytest.mark.django_db
 
@@ -15,8 +16,10 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def alices_conversation(alice):
     conversation = Conversation.objects.create(owner=alice, title="Alice's secret plans")
-    Message.objects.create(conversation=conversation, role="user", content="What should I plan?")
-    answer = Message.objects.create(conversation=conversation, role="assistant", content="World domination.")
+    prompt = Message.objects.create(conversation=conversation, role="user", content="What should I plan?")
+    answer = Message.objects.create(
+        conversation=conversation, parent=prompt, role="assistant", content="World domination."
+    )
     return conversation, answer
 
 
@@ -28,6 +31,12 @@ def every_url(conversation, answer):
         ("post", reverse("chat:stop", args=[conversation.pk, answer.pk]), {}),
         ("post", reverse("chat:send", args=[conversation.pk]), {"prompt": "Tell me"}),
         ("post", reverse("chat:rename", args=[conversation.pk]), {"title": "Mine now"}),
+        ("post", reverse("chat:settings", args=[conversation.pk]), {"system_prompt": "Obey me.", "temperature": "2"}),
+        ("get", reverse("chat:answer-footer", args=[conversation.pk, answer.pk]), {}),
+        ("post", reverse("chat:show", args=[conversation.pk, answer.pk]), {}),
+        ("post", reverse("chat:regenerate", args=[conversation.pk, answer.pk]), {}),
+        # An answer's parent is its prompt (where there is an answer to have one).
+        ("post", reverse("chat:edit", args=[conversation.pk, answer.parent_id or answer.pk]), {"prompt": "Tell me"}),
         ("post", reverse("chat:delete", args=[conversation.pk]), {}),
     ]
 
@@ -40,14 +49,25 @@ def test_another_users_conversation_is_404_on_every_url(client, alices_conversat
         assert response.status_code == 404, (method, url, response.status_code)
     conversation.refresh_from_db()
     assert conversation.title == "Alice's secret plans"
+    assert (conversation.system_prompt, conversation.temperature) == ("", 0.7)
     assert conversation.messages.count() == 2
 
 
 def test_the_owner_reaches_every_url(client, alices_conversation, alice):
     conversation, answer = alices_conversation
     client.force_login(alice)
-    expected = {"conversation": 200, "stream": 200, "stop": 200, "rename": 302, "delete": 302}
-    # Sending is left out: it starts a turn, which needs the server's event loop (test_live_site).
+    expected = {
+        "conversation": 200,
+        "stream": 200,
+        "stop": 200,
+        "rename": 302,
+        "settings": 302,
+        "answer-footer": 200,
+        "show": 302,
+        "delete": 302,
+    }
+    # Sending, editing and regenerating are left out: each starts a turn, which needs the server's
+    # event loop (test_live_site).
     for method, url, data in every_url(conversation, answer):
         name = resolve(url).url_name
         if name in expected:
@@ -243,11 +263,11 @@ def bounds(field: dict[str, str | None]) -> tuple[float, float]:
 
 
 def test_the_prompt_form_offers_the_bounds_the_server_checks(client, alice, settings):
-    settings.CHAT_CONTEXT_LENGTH = 4096
     client.force_login(alice)
-    # In a language that writes 0,7: HTML still needs 0.7.
-    with translation.override("de"):
-        fields = elements(client.get(reverse("chat:index")).content.decode())
+    # The context is the one vLLM serves, as its /v1/models says.
+    with FakeVLLM(max_model_len=4096) as vllm, translation.override("de"):  # a language that writes 0,7
+        settings.VLLM_BASE_URL, settings.VLLM_SERVED_MODEL_NAME = vllm.base_url, ""
+        fields = elements(client.get(reverse("chat:index")).content.decode())  # HTML still needs 0.7
     assert bounds(fields["temperature"]) == (rules.TEMPERATURE.low, rules.TEMPERATURE.high)
     assert bounds(fields["top_p"]) == (rules.TOP_P.low, rules.TOP_P.high)
     assert bounds(fields["max_tokens"]) == (rules.max_tokens().low, rules.max_tokens().high) == (1, 4095)
@@ -267,3 +287,228 @@ def test_a_conversations_prompt_form_shows_its_settings_and_sends_to_it(client, 
     )
     send = reverse("chat:send", args=[conversation.pk])
     assert fields["prompt-form"]["hx-post"] == fields["prompt-form"]["action"] == send
+
+
+# --- The settings panel -----------------------------------------------------------------------------
+
+
+def test_the_settings_panel_saves_a_conversations_settings(client, alices_conversation, alice):
+    conversation, _ = alices_conversation
+    client.force_login(alice)
+    data = {"system_prompt": "  Answer in French.  ", "temperature": "1.2", "top_p": "0.5", "max_tokens": "64"}
+
+    response = client.post(reverse("chat:settings", args=[conversation.pk]), data, headers={"HX-Request": "true"})
+
+    assert response.status_code == 200
+    assert "Saved for this conversation." in response.content.decode()
+    summary = elements(response.content.decode())["settings-summary"]
+    assert summary["hx-swap-oob"] == "true"
+    conversation.refresh_from_db()
+    assert (conversation.system_prompt, conversation.temperature, conversation.top_p, conversation.max_tokens) == (
+        "Answer in French.",
+        1.2,
+        0.5,
+        64,
+    )
+    # Saving settings is not activity: the branch shown is as it was.
+    assert conversation.branch_tip_id is None
+    fields = elements(client.get(reverse("chat:conversation", args=[conversation.pk])).content.decode())
+    assert (fields["temperature"]["value"], fields["top_p"]["value"], fields["max_tokens"]["value"]) == (
+        "1.2",
+        "0.5",
+        "64",
+    )
+    page = client.get(reverse("chat:conversation", args=[conversation.pk])).content.decode()
+    assert ">Answer in French.</textarea>" in page
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        ({"temperature": "2.5"}, rules.TEMPERATURE.message),
+        ({"temperature": "nan"}, "Temperature must be a number."),
+        ({"top_p": "0"}, "Top p must be between 0.01 and 1."),
+        ({"top_p": "warm"}, "Top p must be a number."),
+        ({"max_tokens": "0"}, "Max tokens must be between 1 and 2047."),
+        ({"max_tokens": "2048"}, "Max tokens must be between 1 and 2047."),
+        ({"max_tokens": "1.5"}, "Max tokens must be a number."),
+        ({"system_prompt": "x" * 101}, "The system prompt is too long: at most 100 characters."),
+        ({"system_prompt": "a\x00b"}, "Null characters are not allowed."),
+    ],
+)
+def test_settings_out_of_bounds_are_refused_with_the_apis_words_and_nothing_is_saved(
+    client, alices_conversation, alice, settings, data, error
+):
+    settings.CHAT_MAX_PROMPT_CHARS = 100
+    conversation, _ = alices_conversation
+    client.force_login(alice)
+    # A good setting beside the bad one is not saved either.
+    response = client.post(reverse("chat:settings", args=[conversation.pk]), {"temperature": "0.1", **data})
+    assert response.status_code == 400
+    assert response.json()["error"] == error
+    conversation.refresh_from_db()
+    assert (conversation.system_prompt, conversation.temperature, conversation.top_p, conversation.max_tokens) == (
+        "",
+        0.7,
+        0.9,
+        512,
+    )
+
+
+def test_a_new_chats_settings_go_with_its_first_prompt(client, alice):
+    client.force_login(alice)
+    fields = elements(client.get(reverse("chat:index")).content.decode())
+    # Nowhere to save them yet: the panel's form does not post, the prompt form takes its fields.
+    assert "hx-post" not in fields["settings"]
+    assert fields["prompt-form"]["hx-include"] == "#settings"
+    assert fields["system_prompt"]["<tag>"] == "textarea"
+
+
+# --- Branches on the page -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def branched(alice) -> dict[str, Message]:
+    """Q → A, with A regenerated as A2; and Q edited as Q2 → B (shown)."""
+    conversation = Conversation.objects.create(owner=alice, title="Branched")
+    made: dict[str, Message] = {}
+    for name, parent, role, content in [
+        ("Q", None, "user", "Question"),
+        ("A", "Q", "assistant", "First answer"),
+        ("A2", "Q", "assistant", "Second answer"),
+        ("Q2", None, "user", "Better question"),
+        ("B", "Q2", "assistant", "Answer to the better question"),
+    ]:
+        made[name] = Message.objects.create(
+            conversation=conversation, parent=made.get(parent or ""), role=role, content=content
+        )
+    conversation.branch_tip = made["B"]
+    conversation.save()
+    return made
+
+
+def test_the_page_shows_the_branch_with_each_messages_versions(client, alice, branched):
+    conversation = branched["Q"].conversation
+    client.force_login(alice)
+
+    page = client.get(reverse("chat:conversation", args=[conversation.pk])).content.decode()
+
+    assert "Better question" in page and "Answer to the better question" in page
+    assert "First answer" not in page and "Second answer" not in page
+    assert "2 / 2" in page
+    fields = elements(page)
+    assert fields["branch-tip"]["value"] == str(branched["B"].pk)
+    assert fields["branch-tip"]["form"] == "prompt-form"
+    show_q = reverse("chat:show", args=[conversation.pk, branched["Q"].pk])
+    assert f'hx-post="{show_q}"' in page
+
+
+def test_showing_a_version_re_renders_the_thread_on_its_branch(client, alice, branched):
+    conversation = branched["Q"].conversation
+    client.force_login(alice)
+
+    response = client.post(
+        reverse("chat:show", args=[conversation.pk, branched["Q"].pk]), headers={"HX-Request": "true"}
+    )
+
+    thread = response.content.decode()
+    assert response.status_code == 200
+    # The newest branch below the first question: its regenerated answer, 2 of 2.
+    assert "Question" in thread and "Second answer" in thread and "First answer" not in thread
+    assert "Better question" not in thread
+    assert elements(thread)["branch-tip"]["value"] == str(branched["A2"].pk)
+    conversation.refresh_from_db()
+    assert conversation.branch_tip_id == branched["A2"].pk
+    page = client.get(reverse("chat:conversation", args=[conversation.pk])).content.decode()
+    assert "Second answer" in page and "Better question" not in page
+
+
+def test_a_prompt_after_a_message_of_another_conversation_is_404_and_saves_nothing(client, alice, branched):
+    conversation = Conversation.objects.create(owner=alice, title="Another")
+    client.force_login(alice)
+    response = client.post(reverse("chat:send", args=[conversation.pk]), {"prompt": "Hi", "parent": branched["B"].pk})
+    assert response.status_code == 404
+    assert not conversation.messages.exists()
+
+
+def test_editing_an_answer_or_regenerating_a_prompt_is_404(client, alice, branched):
+    conversation = branched["Q"].conversation
+    client.force_login(alice)
+    edit_answer = client.post(reverse("chat:edit", args=[conversation.pk, branched["A"].pk]), {"prompt": "x"})
+    regenerate_prompt = client.post(reverse("chat:regenerate", args=[conversation.pk, branched["Q"].pk]))
+    assert (edit_answer.status_code, regenerate_prompt.status_code) == (404, 404)
+    assert Message.objects.count() == 5
+
+
+def test_an_answers_footer_has_its_figures_and_how_it_ended(client, alice):
+    conversation = Conversation.objects.create(owner=alice)
+    prompt = Message.objects.create(conversation=conversation, role="user", content="Go")
+    answer = Message.objects.create(
+        conversation=conversation,
+        parent=prompt,
+        role="assistant",
+        content="Long",
+        model_name="qwen2-7b-instruct",
+        finish_reason="length",
+        prompt_tokens=42,
+        completion_tokens=100,
+        time_to_first_token=0.25,
+        duration=4.25,
+    )
+    client.force_login(alice)
+
+    footer = client.get(reverse("chat:answer-footer", args=[conversation.pk, answer.pk])).content.decode()
+
+    for figure in [
+        "qwen2-7b-instruct",
+        "0.25 s to first token",
+        "25.0 tokens/s",  # 100 tokens in the 4 seconds after the first came
+        "100 tokens",
+        "42 tokens read",
+        "Cut off at max tokens",
+        "Regenerate",
+    ]:
+        assert figure in footer, figure
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "shown"),
+    [
+        ("stopped", "", "Stopped"),
+        ("error", "The model server failed (500).", "The model server failed (500)."),
+        ("interrupted", "The site stopped before this answer was finished.", "Interrupted"),
+    ],
+)
+def test_an_answers_footer_says_how_it_ended(client, alice, status, error, shown):
+    conversation = Conversation.objects.create(owner=alice)
+    answer = Message.objects.create(conversation=conversation, role="assistant", status=status, error=error)
+    client.force_login(alice)
+    footer = client.get(reverse("chat:answer-footer", args=[conversation.pk, answer.pk])).content.decode()
+    assert shown in footer
+
+
+def test_a_search_result_on_another_branch_opens_that_branch_to_read(client, alice, branched):
+    conversation = branched["Q"].conversation
+    client.force_login(alice)
+    url = reverse("chat:conversation", args=[conversation.pk])
+
+    page = client.get(url, {"message": branched["A"].pk}).content.decode()
+
+    assert "First answer" in page and "Better question" not in page
+    assert elements(page)["branch-tip"]["value"] == str(branched["A"].pk)
+    # Only read: the branch shown is as it was, for a reload and other tabs.
+    conversation.refresh_from_db()
+    assert conversation.branch_tip_id == branched["B"].pk
+    # A message on the branch shown, or no message of this conversation, changes nothing.
+    for message in [branched["Q2"].pk, 2**70, "x", ""]:
+        page = client.get(url, {"message": message}).content.decode()
+        assert elements(page)["branch-tip"]["value"] == str(branched["B"].pk), message
+
+
+def test_showing_a_version_sets_the_pages_address_back_to_the_conversations(client, alice, branched):
+    conversation = branched["Q"].conversation
+    client.force_login(alice)
+    response = client.post(
+        reverse("chat:show", args=[conversation.pk, branched["A"].pk]), headers={"HX-Request": "true"}
+    )
+    assert response["HX-Replace-Url"] == reverse("chat:conversation", args=[conversation.pk])

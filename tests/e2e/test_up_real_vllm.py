@@ -1,20 +1,21 @@
-"""`manage.py up`, the README's one command, with a real vLLM: a turn over real sockets, then Ctrl-C.
+"""`manage.py up`, the README's one command, as a new user on a machine with no model hub meets it:
+the default model cannot be had, so up says why and serves the starter model; the first account
+is made on the sign-in page; a question gets a real answer over real sockets; Ctrl-C stops all.
 
-It starts a vLLM of its own (the suite's shared one stays up), on a database it migrates itself,
-and is driven as a person drives it: a browser's HTTP to daphne, then Ctrl-C in the terminal.
+It starts a vLLM of its own (the suite's shared one stays up), on a database it migrates itself.
+The model hub is "out of reach" by pointing HF_ENDPOINT at a closed port on loopback, and the
+Hugging Face cache at an empty folder: nothing leaves the machine.
 """
 
 import re
 import signal
-import subprocess
-import sys
 
 import httpx
 import pytest
 
 from engine.server.processes import group_members
-from tests.accounts import PASSWORD, login
-from tests.commands import ROOT, ManageCommand
+from tests.accounts import PASSWORD
+from tests.commands import ManageCommand
 from tests.ports import free_port, listening
 from tests.processes import alive, children
 from tests.site_server import csrf_headers
@@ -23,34 +24,55 @@ from tests.sse import sse_events
 pytestmark = [pytest.mark.realvllm, pytest.mark.timeout(30 * 60)]
 
 
-def test_up_serves_a_streamed_turn_from_its_own_vllm_and_ctrl_c_stops_both(tiny_model, vllm_environment, tmp_path):
+def test_up_on_a_machine_without_the_model_hub_serves_the_starter_model_and_ctrl_c_stops_both(
+    starter_model, vllm_environment, tmp_path
+):
     site_port, vllm_port = free_port(), free_port()
     env = vllm_environment(
         DATABASE_URL=f"sqlite:///{tmp_path / 'fresh.sqlite3'}",
-        VLLM_MODEL=str(tiny_model),
+        VLLM_MODEL="",  # the default, as on a fresh clone
         VLLM_PORT=str(vllm_port),
         VLLM_LOG_FILE=str(tmp_path / "vllm.log"),
         VLLM_BASE_URL="http://127.0.0.1:9/v1",  # up must point the site at the vLLM it runs instead
+        HF_ENDPOINT="http://127.0.0.1:9",
+        HF_HOME=str(tmp_path / "hf-home"),
     )
+    env.pop("HF_HUB_OFFLINE")  # up is to find out for itself that there is no hub
     up = ManageCommand("up", "--port", str(site_port), env=env)
     try:
         up.wait_for("The chat is at", timeout=15 * 60)
-        server = int(up.output.split("vLLM is ready after", 1)[1].split("(pid ", 1)[1].split(")", 1)[0])
-        processes = sorted({*group_members(server), *children(up.process.pid)})
-        create_alice = (
-            f"from django.contrib.auth.models import User; User.objects.create_user('alice', password='{PASSWORD}')"
+        output = up.output
+        assert "Qwen2-7B-Instruct, the default model, cannot run here" in output
+        assert "Serving the starter model instead: SmolLM2-135M-Instruct" in output
+        assert f"--model {starter_model} " in output
+        assert f"The chat is at http://127.0.0.1:{site_port}/ (Ctrl-C stops it). Open it to create your account." in (
+            output
         )
-        subprocess.run([sys.executable, "manage.py", "shell", "-c", create_alice], cwd=ROOT, env=env, check=True)
+        server = int(output.split("vLLM is ready after", 1)[1].split("(pid ", 1)[1].split(")", 1)[0])
+        processes = sorted({*group_members(server), *children(up.process.pid)})
 
-        with httpx.Client(base_url=f"http://127.0.0.1:{site_port}", timeout=60) as browser:
-            login(browser, "alice")
+        with httpx.Client(base_url=f"http://127.0.0.1:{site_port}", timeout=120) as browser:
+            assert "create yours" in browser.get("/accounts/login/").text
+            created = browser.post(
+                "/accounts/first-account/",
+                data={
+                    "username": "ada",
+                    "password1": PASSWORD,
+                    "password2": PASSWORD,
+                    "csrfmiddlewaretoken": browser.cookies["csrftoken"],
+                },
+            )
+            assert created.status_code == 302 and created.headers["location"] == "/", created.text
+            assert "SmolLM2-135M-Instruct (starter model)" in browser.get("/").text
             sent = browser.post(
                 "/c/new/send",
-                data={"prompt": "Explain the benefits of local AI models", "max_tokens": "32"},
+                data={"prompt": "What is the capital of France?", "temperature": "0", "max_tokens": "64"},
                 headers={**csrf_headers(browser), "HX-Request": "true"},  # as the page's htmx form sends it
             )
             assert sent.status_code == 200, sent.text
-            stream_url = re.search(r'data-stream-url="([^"]+)"', sent.text)[1]
+            streaming = re.search(r'data-stream-url="([^"]+)"', sent.text)
+            assert streaming is not None, sent.text
+            stream_url = streaming[1]
             with browser.stream("GET", stream_url) as response:
                 assert response.headers["content-type"].startswith("text/event-stream")
                 events = list(sse_events(response.iter_lines()))
@@ -58,7 +80,7 @@ def test_up_serves_a_streamed_turn_from_its_own_vllm_and_ctrl_c_stops_both(tiny_
         assert events[0][0] == "delta"
         assert events[-1][0] == "done", events[-1]
         assert events[-1][1]["status"] == "complete"
-        assert events[-1][1]["usage"]["completion_tokens"] == 32
+        assert "Paris" in "".join(data["text"] for name, data in events if name == "delta")
 
         up.process.send_signal(signal.SIGINT)
 

@@ -18,6 +18,7 @@ from django.core.management import CommandError, call_command
 
 from engine.server.config import ServerConfig, ServerError, cpu_list
 from engine.server.processes import group_members
+from engine.server.supervisor import why_vllm_failed
 from tests.commands import ROOT
 from tests.ports import listening
 from tests.processes import alive
@@ -169,7 +170,16 @@ def test_ready_means_health_and_the_served_model_and_is_logged(standin):
     log = standin.log_file.read_text()
     assert "runvllm: " in log and "--served-model-name qwen2-7b-instruct" in log
     assert "Application startup complete." in log
-    assert "Application startup complete." in runvllm.output  # and on the terminal
+    assert "Application startup complete." not in runvllm.output  # vLLM's own output is for the log
+    runvllm.process.send_signal(signal.SIGTERM)
+    assert runvllm.finish() == 0
+
+
+def test_verbosity_2_shows_vllms_own_output_on_the_terminal_too(standin):
+    runvllm = standin.run("-v", "2")
+    runvllm.wait_for("vLLM is ready")
+
+    assert "Application startup complete." in runvllm.output
     runvllm.process.send_signal(signal.SIGTERM)
     assert runvllm.finish() == 0
 
@@ -186,13 +196,16 @@ def test_the_wait_shows_elapsed_time_and_the_latest_log_line(standin):
     assert runvllm.finish() == 0
 
 
-def test_a_crash_during_start_exits_nonzero_with_vllms_last_lines(standin):
+def test_a_crash_during_start_exits_nonzero_with_the_reason_and_leaves_the_traceback_in_the_log(standin):
     runvllm = standin.run(STANDIN_CRASH_DURING_START="7")
 
     assert runvllm.finish() == 1
-    assert "CommandError: vLLM exited with code 7 while starting. Its last log lines:" in runvllm.output
-    error = runvllm.output.split("CommandError:", 1)[1]
-    assert "RuntimeError: stand-in engine failed to load the model" in error
+    assert runvllm.lines[-1] == (
+        "CommandError: vLLM exited with code 7 while starting: RuntimeError: stand-in engine failed to load the "
+        f"model. vLLM's own output is in {standin.log_file}."
+    )
+    assert "Traceback" not in runvllm.output
+    assert "Traceback (most recent call last):" in standin.log_file.read_text()
 
 
 def test_timeout_bounds_the_wait_and_stops_vllm(standin):
@@ -297,7 +310,9 @@ def test_a_second_ctrl_c_cuts_the_grace_period_short(standin):
 
 
 def test_runvllm_stops_vllm_when_its_terminal_goes_away(standin):
-    runvllm = standin.run(STANDIN_CHATTER="0.2", STANDIN_CHILD="1")
+    # At -v 2 vLLM's chatter reaches the terminal, so runvllm writes to it and finds it gone. (Else
+    # it writes nothing after the start, and closing the pipe here would wait on the reader thread.)
+    runvllm = standin.run("-v", "2", STANDIN_CHATTER="0.2", STANDIN_CHILD="1")
     runvllm.wait_for("vLLM is ready")
     pids = standin.recorded_pids()
 
@@ -326,8 +341,7 @@ def test_a_crash_after_start_ends_runvllm_without_restart(standin):
     runvllm = standin.run(STANDIN_CRASH_AFTER="1.5", STANDIN_CHILD="1")
 
     assert runvllm.finish() == 1
-    assert "vLLM exited with code 3 after it was ready" in runvllm.output
-    assert "stand-in engine died" in runvllm.output.split("CommandError:", 1)[1]
+    assert "vLLM exited with code 3 after it was ready: Its last words: stand-in engine died." in runvllm.output
     assert not [pid for pid in standin.recorded_pids() if alive(pid)]
 
 
@@ -337,11 +351,9 @@ def test_restart_brings_vllm_back_with_a_doubling_pause(standin, tmp_path):
     runvllm = standin.run("--restart", STANDIN_CRASH_AFTER="1.5", STANDIN_CRASHES=str(crashes), STANDIN_CHILD="1")
 
     runvllm.wait_for("vLLM is ready", count=3)
-    restarts = [line for line in runvllm.lines if "restarting it in" in line]
-    assert restarts == [
-        "vLLM exited with code 3 after it was ready; restarting it in 0.3 s.",
-        "vLLM exited with code 3 after it was ready; restarting it in 0.6 s.",
-    ]
+    restarts = [line for line in runvllm.lines if "Restarting it in" in line]
+    assert [line.split(": ", 1)[0] for line in restarts] == ["vLLM exited with code 3 after it was ready"] * 2
+    assert [line.rsplit(". ", 1)[1] for line in restarts] == ["Restarting it in 0.3 s.", "Restarting it in 0.6 s."]
     pids = standin.recorded_pids()
     assert len(pids) == 6  # three servers, each with its engine
     assert [pid for pid in pids if alive(pid)] == pids[-2:]  # each crash took its engine along
@@ -411,6 +423,10 @@ def fake_python(tmp_path, settings, monkeypatch):
     settings.VLLM_VENV = tmp_path / "vllm-venv"
     settings.VLLM_PIP_ARGS = "--extra-index-url https://example.org/cpu"
     settings.VLLM_SERVER_MODULE = "json"  # any module the real python can import stands in for vLLM's
+    # A folder: the model is named and at hand, so the install neither asks a model hub nor falls
+    # back to building the starter model (which needs the real vLLM's torch).
+    settings.VLLM_MODEL = str(tmp_path / "at-hand" / "Qwen2-7B-Instruct")
+    (tmp_path / "at-hand" / "Qwen2-7B-Instruct").mkdir(parents=True)
 
     class Fake:
         def calls(self) -> list[str]:
@@ -538,3 +554,87 @@ class _Lines:
 
     def flush(self) -> None:
         pass
+
+
+# --- Which model: the default falls back to the starter model, a named one never does --------------------
+
+
+def test_the_starter_model_gets_a_kv_cache_its_size_unless_told_otherwise(settings, tmp_path, monkeypatch):
+    settings.VLLM_VENV = tmp_path / "vllm-venv"
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+
+    assert ServerConfig.from_settings(model="starter").environment()["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert "VLLM_CPU_KVCACHE_SPACE" not in ServerConfig.from_settings(model="Qwen/Qwen2-7B-Instruct").environment()
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "4")
+    assert ServerConfig.from_settings(model="starter").environment()["VLLM_CPU_KVCACHE_SPACE"] == "4"
+
+
+def test_the_default_model_falls_back_to_the_starter_model_when_the_hub_is_out_of_reach(standin):
+    built = standin.venv.parent / "models" / "smollm2-135m-instruct"  # as if built by an earlier run
+    built.mkdir(parents=True)
+    (built / "config.json").write_text("{}")
+    runvllm = standin.run(VLLM_MODEL="", VLLM_SERVED_MODEL_NAME="")
+    runvllm.wait_for("vLLM is ready")
+
+    assert runvllm.lines[0].startswith("Qwen2-7B-Instruct, the default model, cannot run here: it is not in the")
+    assert "cannot be downloaded (http://127.0.0.1:9 cannot be reached" in runvllm.lines[0]
+    argv = json.loads(standin.record.read_text())["argv"]
+    assert argv[argv.index("--model") + 1] == str(built)
+    assert argv[argv.index("--served-model-name") + 1] == "smollm2-135m-instruct"
+    assert argv[-2:] == ["--dtype", "float32"]
+    assert f"serves smollm2-135m-instruct (pid {standin.recorded_pids()[0]})" in runvllm.output
+    runvllm.process.send_signal(signal.SIGTERM)
+    assert runvllm.finish() == 0
+
+
+def test_a_named_model_that_cannot_be_had_is_an_error_and_nothing_starts(standin):
+    runvllm = standin.run("--model", "Qwen/Qwen2-7B-Instruct")
+
+    assert runvllm.finish() == 1
+    assert runvllm.lines[-1].startswith(
+        "CommandError: Cannot serve Qwen/Qwen2-7B-Instruct: it is not in the Hugging Face cache"
+    )
+    assert "starter" not in runvllm.output.split("CommandError", 1)[0]  # nothing was put in its place
+    assert not standin.pids.exists()
+
+
+# --- Why vLLM failed, in a sentence ----------------------------------------------------------------------
+
+HUB_TRACEBACK = """(APIServer pid=81) Traceback (most recent call last):
+(APIServer pid=81)   File "/venv/lib/python3.11/site-packages/huggingface_hub/file_download.py", line 1543, in _raise
+(APIServer pid=81)     raise LocalEntryNotFoundError(
+(APIServer pid=81) OSError: We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them
+in the cached files."""
+
+
+# vLLM 0.32's CPU build, started while other programs held a third of the memory: the worker's
+# exception is the cause, the engine's and the API server's after it only point back at it.
+MEMORY_TRACEBACK = """(VllmWorker-0 pid=334) ERROR 11-25 14:15:01 [multiproc_executor.py:953]     raise ValueError(
+(VllmWorker-0 pid=334) ERROR 11-25 14:15:01 [multiproc_executor.py:953] ValueError: Available memory on node 0 \
+(12.03/14.46 GiB) on startup is less than desired CPU memory utilization (0.92, 13.31 GiB).
+(EngineCore pid=32741) ERROR 11-25 14:15:05 [core.py:1510] EngineCore failed to start.
+(EngineCore pid=32741) ERROR 11-25 14:15:05 [core.py:1510] Exception: WorkerProc initialization failed due to an \
+exception in a background process. See stack trace for root cause.
+RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): {}"""
+
+
+@pytest.mark.parametrize(
+    ("output", "code", "reason"),
+    [
+        (HUB_TRACEBACK, 1, "It could not fetch Qwen/Qwen2-7B-Instruct: the model hub cannot be reached, and the"),
+        (
+            "(EngineCore pid=9) Traceback (most recent call last):\n"
+            "(EngineCore pid=9) ValueError: Unsupported CPU attention configuration: head_dim=16\n",
+            1,
+            "ValueError: Unsupported CPU attention configuration: head_dim=16.",
+        ),
+        ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", 1, "It ran out of memory loading"),
+        ("huggingface_hub.errors.GatedRepoError: 401 Client Error.", 1, "The model hub lets only signed-in people"),
+        ("INFO Loading weights took 1.2 s", -9, "It was killed (signal 9): the kernel does that when memory runs out"),
+        ("", -15, "It was killed by signal 15."),
+        (MEMORY_TRACEBACK, 1, "There is not enough free memory for it: ValueError: Available memory on node 0"),
+        ("INFO Loading weights took 1.2 s\n\n", 3, "Its last words: INFO Loading weights took 1.2 s."),
+    ],
+)
+def test_why_vllm_failed_is_one_readable_sentence(output, code, reason):
+    assert why_vllm_failed(output.splitlines(), "Qwen/Qwen2-7B-Instruct", code).startswith(reason)

@@ -2,7 +2,9 @@
 
 import asyncio
 import socket
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -335,6 +337,22 @@ async def test_cancelling_the_task_reading_the_stream_hangs_up_on_vllm(fake_vllm
     assert fake_vllm.wait_for(lambda: fake_vllm.running == 0)
 
 
+async def test_more_answers_than_the_site_may_stream_at_once_says_so(fake_vllm: FakeVLLM, settings):
+    # One connection allowed, and it is held by an answer that streams on; the next answer waits
+    # VLLM_CONNECT_TIMEOUT for a connection, then says why it got none (not "vLLM did not answer").
+    settings.VLLM_MAX_CONNECTIONS = 1
+    settings.VLLM_CONNECT_TIMEOUT = 0.3
+    fake_vllm.fault = "stall"
+    first = vllm_client.stream_chat(MESSAGES, OPTIONS)
+    assert isinstance(await anext(first), TextDelta)
+
+    events = await asyncio.wait_for(collect(), timeout=10)
+
+    most = "The site is already streaming 1 answers from the model server, its most at once."
+    assert events == [Failed(f"{most} Try again in a moment.")]
+    await first.aclose()
+
+
 # --- health and token counts -----------------------------------------------------------------------
 
 
@@ -378,3 +396,36 @@ async def test_count_prompt_tokens_is_none_when_vllm_cannot_tell(fake_vllm: Fake
         fake_vllm.fault = fault
 
     assert await vllm_client.count_prompt_tokens(MESSAGES) is None
+
+
+async def test_health_tries_again_when_vllm_hangs_up_without_an_answer(settings):
+    # What a kept-alive connection does when vLLM closes it as the request goes out (a restart,
+    # or the fake vLLM's reset between tests): no answer at all, on the first request only.
+    hung_up: list[str] = []
+
+    class HangsUpOnce(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if not hung_up:
+                hung_up.append(self.path)
+                self.close_connection = True
+                return
+            body = b'{"data": [{"id": "qwen2-7b-instruct"}]}' if self.path == "/v1/models" else b""
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), HangsUpOnce)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings.VLLM_BASE_URL = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    settings.VLLM_SERVED_MODEL_NAME = ""
+    try:
+        assert await vllm_client.check_health() == vllm_client.Health(True, "vLLM serves qwen2-7b-instruct")
+        assert hung_up == ["/health"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        vllm_client.forget_served_model()

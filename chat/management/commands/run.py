@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from api.schemas import WorkflowInput
 from chat import turns
+from chat.limits import TooManyAnswers
 from chat.models import Conversation, Message
 from chat.turns import TurnEnded
 from engine import vllm_client
@@ -48,6 +49,9 @@ class Command(BaseCommand):
         answer = asyncio.run(self.run_turn(owner, workflow_input))
         if answer.content:
             self.stdout.write("")  # the line break after the answer
+        if answer.model_name and options["verbosity"] > 0:
+            # On stderr, so that stdout is the answer alone, as model-compose prints it.
+            self.stderr.write(f"(answered by {answer.model_name})")
         if answer.has_failed:
             raise CommandError(answer.error)
         if answer.status == Message.Status.STOPPED:
@@ -58,7 +62,10 @@ class Command(BaseCommand):
     async def run_turn(self, owner: User, workflow_input: WorkflowInput) -> Message:
         conversation = Conversation(owner=owner)
         workflow_input.apply_to(conversation)
-        _, answer = await turns.start_turn(conversation, workflow_input.prompt)
+        try:
+            _, answer = await turns.start_turn(conversation, workflow_input.prompt)
+        except TooManyAnswers as exc:
+            raise CommandError(exc.message) from None
         try:
             async with aclosing(turns.follow(answer)) as events:
                 async for event in events:

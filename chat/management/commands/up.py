@@ -4,6 +4,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -38,6 +39,8 @@ class Command(BaseCommand):
         check_workers(options["workers"])
         # A fresh machine has no database yet; an up-to-date one makes this a no-op.
         call_command("migrate", interactive=False, verbosity=min(options["verbosity"], 1))
+        # The sign-in page offers to create the first account while there is none.
+        greeting = "" if get_user_model()._default_manager.exists() else " Open it to create your account."
         env = dict(os.environ)
         try:
             if options["no_vllm"]:
@@ -45,17 +48,17 @@ class Command(BaseCommand):
                 health = asyncio.run(vllm_client.check_health())
                 out(f"The site will use the vLLM at {settings.VLLM_BASE_URL}: {health.detail.rstrip('.')}.")
             else:
-                managed = server_config(options)
-                # The site talks to the vLLM it runs, whatever VLLM_BASE_URL says.
-                env.update(VLLM_BASE_URL=managed.base_url, VLLM_SERVED_MODEL_NAME=managed.served_model_name)
-                if options["max_model_len"]:
-                    env["CHAT_CONTEXT_LENGTH"] = str(managed.max_model_len)
+                managed = server_config(options, out)
+                # The site talks to the vLLM it runs, whatever VLLM_BASE_URL says; it asks that vLLM
+                # which model it serves and how long its context is.
+                env["VLLM_BASE_URL"] = managed.base_url
             run_with_site(
-                Site(options["host"], options["port"], env, workers=options["workers"]),
+                Site(options["host"], options["port"], env, greeting, workers=options["workers"]),
                 out,
                 vllm=managed,
                 device=options["device"],
                 timeout=options["timeout"],
+                echo=options["verbosity"] > 1,
             )
         except ServerError as exc:
             raise CommandError(str(exc)) from exc

@@ -1,7 +1,8 @@
 // The chat page's script. htmx sends a prompt and swaps in the site's answer to it (the new turn,
-// a fresh prompt form, the list of conversations), and stops an answer; this script follows each
-// answer as Server-Sent Events and says what went wrong with a request.
-// Model output only ever goes into text nodes, so it is never interpreted as HTML.
+// a fresh prompt form, the list of conversations), stops an answer, regenerates one, sends an
+// edited prompt, shows another version, and saves the settings; this script follows each answer as
+// Server-Sent Events and says what went wrong with a request.
+// Prompts only ever go into text nodes; answers are rendered by render.js (ChatAnswer), safely.
 
 // Deferred like htmx and after it, so this runs before htmx reads the page. No eval: the
 // Content-Security-Policy would refuse it anyway. No history snapshots: they would copy
@@ -30,6 +31,11 @@ Object.assign(htmx.config, {
   // Keep the newest text in view, unless the reader has scrolled up to read something else.
   const nearBottom = () => thread.scrollHeight - thread.scrollTop - thread.clientHeight < 80;
   const scrollToEnd = () => { thread.scrollTop = thread.scrollHeight; };
+  const keepEndInView = (change) => {
+    const following = nearBottom();
+    change();
+    if (following) scrollToEnd();
+  };
 
   function follow(article) {
     if (article.dataset.following) return;
@@ -37,21 +43,13 @@ Object.assign(htmx.config, {
     const body = article.querySelector(".body");
     const meta = article.querySelector(".meta");
     const source = new EventSource(article.dataset.streamUrl);
-    let text = null; // the text node deltas go to; none until the first delta of a connection
+    const answer = ChatAnswer.follow(body, keepEndInView);
     // Each (re)connection starts again with the whole text so far.
-    source.addEventListener("open", () => { text = null; });
-    source.addEventListener("delta", (e) => {
-      const following = nearBottom();
-      if (text === null) {
-        body.textContent = "";
-        text = body.appendChild(document.createTextNode(""));
-      }
-      text.appendData(JSON.parse(e.data).text);
-      if (following) scrollToEnd();
-    });
+    source.addEventListener("open", () => answer.restart());
+    source.addEventListener("delta", (e) => answer.append(JSON.parse(e.data).text));
     const finish = (data) => {
       source.close();
-      if (text === null) body.textContent = "";
+      answer.finish();
       article.classList.remove("streaming");
       article.classList.add(data.status);
       article.removeAttribute("aria-busy");
@@ -59,12 +57,15 @@ Object.assign(htmx.config, {
       meta.querySelector(".stop")?.remove();
       meta.querySelector(".status").textContent = statusLabel(data.status);
       updateSendButton();
+      if (data.message_id) showEnded(article);
     };
     source.addEventListener("done", (e) => {
       const data = JSON.parse(e.data);
       finish(data);
       const tokens = data.usage && data.usage.completion_tokens;
       if (tokens) meta.querySelector(".usage").textContent = `${tokens} tokens`;
+      // The conversation's sidebar item, if it waits for the model's name for it, now asks (titles.py).
+      document.body.dispatchEvent(new CustomEvent("chat:answered"));
     });
     source.addEventListener("error", (e) => {
       if (e.data) {
@@ -81,10 +82,39 @@ Object.assign(htmx.config, {
     updateSendButton();
   }
 
-  // A sent prompt's turn has been added to the thread: follow its answer.
+  // An answer has ended: its footer as the site now has it, with the figures (model, time to first
+  // token, speed, tokens) the end brought, and Regenerate. One rendering, the site's, live and after
+  // a reload alike.
+  async function showEnded(article) {
+    const following = nearBottom();
+    await htmx.ajax("GET", article.dataset.footerUrl, { target: article.querySelector(".meta"), swap: "outerHTML" });
+    if (following) scrollToEnd();
+  }
+
+  // Edit under a prompt opens a box with its text, to change and send as a new branch; Cancel
+  // closes it.
+  thread.addEventListener("click", (e) => {
+    const button = e.target.closest(".edit, .cancel-edit");
+    if (!button) return;
+    const meta = button.closest(".meta");
+    const box = meta.querySelector(".edit-box");
+    box.hidden = !box.hidden;
+    meta.querySelector(".edit").setAttribute("aria-expanded", String(!box.hidden));
+    if (!box.hidden) box.querySelector("textarea").focus();
+  });
+
+  // A new chat's settings have no conversation to be saved in yet: they go with its first prompt
+  // (the prompt form includes them), so Enter in one of them does not send the form by itself.
+  document.addEventListener("submit", (e) => {
+    if (e.target.id === "settings" && !e.target.hasAttribute("hx-post")) e.preventDefault();
+  });
+
+  // A sent prompt's turn has been added to the thread, or the thread shows another branch: follow
+  // its answer.
   document.body.addEventListener("htmx:afterSwap", (e) => {
     if (e.target !== thread) return;
     thread.querySelector(".empty")?.remove();
+    ChatAnswer.showAll(thread, keepEndInView);
     thread.querySelectorAll("[data-stream-url]").forEach(follow);
     scrollToEnd();
   });
@@ -92,10 +122,16 @@ Object.assign(htmx.config, {
   // What went wrong with a request htmx made, said beside the form that made it (the prompt form,
   // or a conversation's rename and delete).
   function showError(elt, message) {
-    const box = elt.closest("li, #prompt-form")?.querySelector(".form-error");
+    const box = errorBoxFor(elt);
     if (!box) return;
     box.textContent = message;
     box.hidden = false;
+  }
+  // A conversation's own menu, or the form that was sent (the prompt, the settings, an edited
+  // prompt); a button under a message (regenerate, its versions, stop) has its say by the prompt.
+  function errorBoxFor(elt) {
+    const place = elt.closest("#conversations li") ?? elt.closest("form, .edit-box") ?? promptForm();
+    return place.querySelector(".form-error");
   }
   // The page's own 400s are form errors (JSON), said beside the form. In DEBUG, django-htmx's
   // script (listening on the document) would show them as the whole page, as it does Django's
@@ -162,6 +198,10 @@ Object.assign(htmx.config, {
   checkBackend();
   setInterval(checkBackend, 15000);
 
+  ChatAnswer.showAll(thread, keepEndInView);
   thread.querySelectorAll("[data-stream-url]").forEach(follow);
-  scrollToEnd();
+  // A search result opens the conversation at the message it found, not at the end.
+  const found = location.hash.startsWith("#message-") && document.getElementById(location.hash.slice(1));
+  if (found) found.scrollIntoView({ block: "center" });
+  else scrollToEnd();
 })();

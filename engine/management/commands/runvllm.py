@@ -4,15 +4,26 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from engine.server.config import ServerConfig, ServerError, terminal
-from engine.server.install import install, is_installed
-from engine.server.supervisor import run
+from engine.server import starter
+from engine.server.choice import DEFAULT_DISPLAY_NAME, choose, gather
+from engine.server.config import DEFAULT_MODEL, Output, ServerConfig, ServerError, terminal
+from engine.server.install import is_installed
+from engine.server.supervisor import prepare, run
 
 
 def add_server_arguments(parser: CommandParser) -> None:
     """The vLLM options runvllm and up share; each defaults to its VLLM_* setting."""
-    parser.add_argument("--model", help=f"model hub id or local model folder (default {settings.VLLM_MODEL})")
-    parser.add_argument("--served-model-name", help=f"default {settings.VLLM_SERVED_MODEL_NAME}")
+    parser.add_argument(
+        "--model",
+        help=f"a model hub id, a local model folder, or {starter.NAME!r} for the starter model "
+        f"({starter.DISPLAY_NAME}, no model hub needed). Default: VLLM_MODEL if set, else {DEFAULT_MODEL} "
+        "when this machine can have it, else the starter model",
+    )
+    parser.add_argument(
+        "--served-model-name",
+        help="the name vLLM serves the model under (default: VLLM_SERVED_MODEL_NAME, else the model's own name, "
+        f"such as {DEFAULT_DISPLAY_NAME.lower()})",
+    )
     parser.add_argument("--max-model-len", type=int, help=f"default {settings.VLLM_MAX_MODEL_LEN}")
     parser.add_argument("--gpu-memory-utilization", type=float, help="default: vLLM's own")
     parser.add_argument(
@@ -30,10 +41,21 @@ def add_server_arguments(parser: CommandParser) -> None:
 
 
 def server_config(
-    options: dict[str, Any], *, host: str | None = None, port: int | None = None, extra_args: Sequence[str] = ()
+    options: dict[str, Any],
+    out: Output,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    extra_args: Sequence[str] = (),
 ) -> ServerConfig:
+    """The vLLM to run: the model named, or the best this machine can have (saying so if that is
+    not the default model)."""
+    requested = options["model"] or settings.VLLM_MODEL or None
+    choice = choose(requested, lambda model: gather(model, options["device"]))
+    if choice.note:
+        out(choice.note)
     return ServerConfig.from_settings(
-        model=options["model"],
+        model=choice.model,
         served_model_name=options["served_model_name"],
         max_model_len=options["max_model_len"],
         gpu_memory_utilization=options["gpu_memory_utilization"],
@@ -54,7 +76,11 @@ class Command(BaseCommand):
         add_server_arguments(parser)
         parser.add_argument("--host", help=f"default {settings.VLLM_HOST}")
         parser.add_argument("--port", type=int, help=f"default {settings.VLLM_PORT}")
-        parser.add_argument("--install", action="store_true", help="install vLLM into VLLM_VENV and exit")
+        parser.add_argument(
+            "--install",
+            action="store_true",
+            help="install vLLM into VLLM_VENV, and the model to serve if it is the starter model, then exit",
+        )
         parser.add_argument("--restart", action="store_true", help="restart vLLM after a crash, with backoff")
         parser.add_argument("vllm_args", nargs="*", metavar="-- VLLM_ARG", help="passed to vLLM unchanged")
 
@@ -62,14 +88,20 @@ class Command(BaseCommand):
         out = terminal(self.stdout.write, self.stdout.flush)
         try:
             config = server_config(
-                options, host=options["host"], port=options["port"], extra_args=tuple(options["vllm_args"])
+                options, out, host=options["host"], port=options["port"], extra_args=tuple(options["vllm_args"])
             )
             if options["install"]:
                 if is_installed(config):
                     out(f"vLLM is already installed in {config.venv}.")
-                else:
-                    install(config, out, options["device"])
+                prepare(config, out, options["device"])
                 return
-            run(config, out, device=options["device"], timeout=options["timeout"], restart=options["restart"])
+            run(
+                config,
+                out,
+                device=options["device"],
+                timeout=options["timeout"],
+                restart=options["restart"],
+                echo=options["verbosity"] > 1,
+            )
         except ServerError as exc:
             raise CommandError(str(exc)) from exc

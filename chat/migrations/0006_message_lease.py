@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('chat', '0002_api_token'),
+        ('chat', '0005_conversation_title_set_by_person'),
     ]
 
     operations = [

@@ -1,0 +1,1 @@
+"""The site's own benchmark: `make bench` (bench/README.md)."""

@@ -1,0 +1,69 @@
+"""How many answers one person may have generating at once, and start in a minute.
+
+Every door starts a turn through chat/turns.py, which asks here inside the transaction that saves
+the prompt, after locking the person's row: the count and the new answer are one step, so two
+requests (in one worker or in two) cannot both see room for one more answer. The counts are the
+stored answers, which every worker shares. A refused turn saves nothing.
+"""
+
+import math
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from chat.models import Message
+
+MINUTE = timedelta(minutes=1)
+# When to try again after "too many at once": an answer's end cannot be known, and most take
+# seconds to tens of seconds.
+RETRY_WHILE_GENERATING = 5
+
+
+class TooManyAnswers(Exception):
+    """A person may not start another answer now: `retry_after` says in how many seconds to try."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.message, self.retry_after = message, retry_after
+
+
+def check_room_for_an_answer(owner_pk: int) -> None:
+    """Raise TooManyAnswers if the person may not start an answer now.
+
+    Call it inside the transaction that saves the answer. It locks the person's row until that
+    transaction ends (on SQLite, whose transactions here begin IMMEDIATE, the whole database is
+    already locked), so a second request of theirs waits here until the first has saved its answer.
+    """
+    owner = get_user_model()._default_manager.select_for_update().get(pk=owner_pk)
+    if owner.is_superuser and settings.CHAT_LIMITS_EXEMPT_SUPERUSERS:
+        return
+    answers = Message.objects.answers_of(owner)
+    at_once = settings.CHAT_MAX_ANSWERS_AT_ONCE
+    if at_once and answers.streaming().count() >= at_once:
+        raise TooManyAnswers(
+            f"You already have {_answers(at_once)} being generated, the most at once. "
+            "Send this when one of them has finished (or stop one).",
+            RETRY_WHILE_GENERATING,
+        )
+    per_minute = settings.CHAT_MAX_ANSWERS_PER_MINUTE
+    if per_minute:
+        now = timezone.now()
+        recent = list(
+            answers.filter(created_at__gt=now - MINUTE)
+            .order_by("-created_at")
+            .values_list("created_at", flat=True)[:per_minute]
+        )
+        if len(recent) >= per_minute:
+            # Room comes back when the oldest of them is a minute old.
+            wait = max(1, math.ceil((recent[-1] + MINUTE - now).total_seconds()))
+            raise TooManyAnswers(
+                f"You have started {_answers(per_minute)} in the last minute, the most allowed. "
+                f"Try again in {wait} second{'s' if wait != 1 else ''}.",
+                wait,
+            )
+
+
+def _answers(count: int) -> str:
+    return f"{count} answer{'s' if count != 1 else ''}"
