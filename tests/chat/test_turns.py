@@ -541,6 +541,8 @@ async def test_a_turn_whose_rows_are_gone_stops_at_its_next_checkpoint(conversat
     _, answer = await turns.start_turn(conversation, "Talk a lot")
     await first_delta(answer)
 
+    # The conversation points at its answer (the branch shown): let go of it first.
+    await Conversation.objects.filter(pk=conversation.pk).aupdate(branch_tip=None)
     await sync_to_async(Message.objects.filter(conversation=conversation)._raw_delete)("default")
 
     assert await asyncio.to_thread(fake_vllm.wait_for_disconnect, timeout=5)
