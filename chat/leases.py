@@ -10,10 +10,12 @@ These are plain (sync) functions: the turn calls them off the event loop, each o
 a connection of its own (`off_the_loop`).
 """
 
+import logging
 import os
 import secrets
 import socket
 from collections.abc import Awaitable, Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from channels.db import database_sync_to_async
@@ -21,6 +23,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from chat.models import Message
+
+log = logging.getLogger(__name__)
 
 # Why an answer is "interrupted": the worker generating it ended (a shutdown, or a crash noticed
 # once its lease expired) before it did.
@@ -46,6 +50,16 @@ def off_the_loop[**P, R](function: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     every other turn's.
     """
     return database_sync_to_async(function, thread_sensitive=False)
+
+
+# Leases are renewed on a thread of their own. On the shared pool a renewal would queue behind every
+# turn's reads and writes, and under load come too late: a live answer would be taken for dead.
+_lease_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leases")
+
+
+def on_the_lease_thread[**P, R](function: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+    """`function` as `off_the_loop` makes it, but on the leases' own thread."""
+    return database_sync_to_async(function, thread_sensitive=False, executor=_lease_thread)
 
 
 def lease_from(now: datetime) -> datetime:
@@ -74,7 +88,11 @@ def interrupt_expired(pk: int | None = None) -> int:
     expired = Message.objects.lease_expired(now)
     if pk is not None:
         expired = expired.filter(pk=pk)
-    return expired.update(status=Message.Status.INTERRUPTED, error=INTERRUPTED_TEXT, updated_at=now)
+    marked = expired.update(status=Message.Status.INTERRUPTED, error=INTERRUPTED_TEXT, updated_at=now)
+    if marked:
+        # Rare, and worth an operator's attention: a worker died, or could not renew in time.
+        log.warning("Marked %d answer(s) interrupted: their worker's lease expired%s", marked, f" ({pk})" if pk else "")
+    return marked
 
 
 def interrupt_orphan(pk: int) -> int:

@@ -713,9 +713,9 @@ async def _keep_leases(loop: asyncio.AbstractEventLoop) -> None:
         await asyncio.sleep(settings.CHAT_LEASE_SECONDS / 3)
         try:
             mine = {pk: turn for pk, turn in list(_running.items()) if turn.loop is loop and turn.finishing is None}
-            for pk in await off_the_loop(leases.renew)(list(mine)):
+            for pk in await leases.on_the_lease_thread(leases.renew)(list(mine)):
                 mine[pk].lose()
-            await off_the_loop(leases.interrupt_expired)()
+            await leases.on_the_lease_thread(leases.interrupt_expired)()
         except Exception:
             # The database is away for now: try again next time, well within the lease.
             log.exception("Could not renew this worker's leases")

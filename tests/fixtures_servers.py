@@ -84,3 +84,13 @@ def site_workers(postgresql, redis_server, fake_vllm) -> Iterator[SiteWorkers]:
     site = SiteWorkers(workers_env(postgresql, redis_server, fake_vllm)).start()
     yield site
     site.stop()
+
+
+@pytest.fixture
+def busy_site_workers(postgresql, redis_server, fake_vllm) -> Iterator[SiteWorkers]:
+    """`site_workers` with the site's own lease (15 s): under a burst of hundreds of streams on a
+    small machine a worker's loop can lag its renewals by seconds, and the tests' 3 s lease, short
+    so that a killed worker's answers are settled quickly, would take live answers for dead."""
+    site = SiteWorkers(workers_env(postgresql, redis_server, fake_vllm, CHAT_LEASE_SECONDS="15")).start()
+    yield site
+    site.stop()

@@ -233,7 +233,7 @@ async def one_client(site: SiteWorkers, number: int, client: Client, rng: random
     return client
 
 
-def test_many_streams_across_three_workers_with_clients_leaving_and_stopping(site_workers, fake_vllm):
+def test_many_streams_across_three_workers_with_clients_leaving_and_stopping(busy_site_workers, fake_vllm):
     fake_vllm.reply = [f" w{i}" for i in range(40)]
     fake_vllm.token_delay = 0.05  # 2 s an answer
     rng = random.Random(9)
@@ -242,20 +242,24 @@ def test_many_streams_across_three_workers_with_clients_leaving_and_stopping(sit
     rng.shuffle(roles)
 
     async def everyone() -> list[Client]:
-        return await asyncio.gather(*(one_client(site_workers, n, Client(role), rng) for n, role in enumerate(roles)))
+        return await asyncio.gather(
+            *(one_client(busy_site_workers, n, Client(role), rng) for n, role in enumerate(roles))
+        )
 
     clients = asyncio.run(everyone())
 
     assert all(status < 500 for client in clients for status in client.statuses), "a 5xx"
     answers = {client.answer: client for client in clients}
     wait_for(
-        lambda: all(stored(site_workers, answer)["status"] in TERMINAL for answer in answers), 60, "every answer to end"
+        lambda: all(stored(busy_site_workers, answer)["status"] in TERMINAL for answer in answers),
+        60,
+        "every answer to end",
     )
     whole = "".join(fake_vllm.reply)
     owners = set()
     for answer, client in answers.items():
-        row = stored(site_workers, answer)
-        owners.add(owner_pid(site_workers, answer))
+        row = stored(busy_site_workers, answer)
+        owners.add(owner_pid(busy_site_workers, answer))
         # Never shorter than what a connected client received, and the same text.
         assert row["content"].startswith(client.received), (row, client)
         if client.role == "reads":
@@ -265,4 +269,4 @@ def test_many_streams_across_three_workers_with_clients_leaving_and_stopping(sit
         else:
             assert row["status"] in ("stopped", "complete"), (row, client)
             assert client.ended == row["status"] and client.received == row["content"], (row, client)
-    assert owners == {worker.pid for worker in site_workers.workers}
+    assert owners == {worker.pid for worker in busy_site_workers.workers}
