@@ -10,12 +10,12 @@ PORT ?= 8080
 PYTHON_312 := $(shell for c in python3.14 python3.13 python3.12 $$HOME/.pyenv/versions/3.1[2-9]*/bin/python; do \
 	$$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$c; break; }; done)
 
-.PHONY: run test lint format clean chromium nginx postgresql gettext messages vendor bench
+.PHONY: run test lint format clean chromium nginx servers gettext messages vendor bench
 
 run: $(VENV)/.site .env
 	$(PY) manage.py up --host $(HOST) --port $(PORT)
 
-test: .env lint chromium nginx postgresql gettext
+test: .env lint chromium nginx servers gettext
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) -m pytest --cov --cov-report=term
 
@@ -97,9 +97,11 @@ vendor: package.json package-lock.json
 	@# Browsers that run the page read WOFF2, the first format katex.min.css offers; the others are never asked for.
 	cp $(NPM)/katex/dist/fonts/*.woff2 $(VENDOR)/katex/fonts/
 
-# Search, export and import are tested on PostgreSQL too: a server the tests start from Debian's package.
-postgresql:
-	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q postgresql; }
+# Search, export and import are tested on PostgreSQL too, and the several-workers tests run the site
+# on PostgreSQL and Redis (tests/servers.py): real servers the tests start from Debian's packages.
+servers:
+	@{ ls /usr/lib/postgresql/*/bin/postgres && command -v redis-server; } >/dev/null 2>&1 || \
+		{ apt-get update -q && apt-get install -y -q postgresql redis-server; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .coverage $(NPM)

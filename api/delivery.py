@@ -30,9 +30,10 @@ Frames = Callable[[AsyncIterator[TurnEvent]], AsyncGenerator[str]]
 
 async def ended(answer: Message) -> Message:
     """The answer as stored once its turn has ended."""
-    async for event in turns.follow(answer):
-        if isinstance(event, TurnEnded):
-            return event.message
+    async with aclosing(turns.follow(answer)) as events:
+        async for event in events:
+            if isinstance(event, TurnEnded):
+                return event.message
     raise AssertionError("a turn's events end with TurnEnded")
 
 
@@ -66,15 +67,17 @@ async def stream(answer: Message, frames: Frames) -> StreamingHttpResponse:
     try:
         first = await anext(events)
     except asyncio.CancelledError:
+        await events.aclose()
         await asyncio.shield(turns.stop_turn(answer))
         raise
     if isinstance(first, TurnEnded) and first.message.has_failed and not first.message.content:
+        await events.aclose()
         raise await _failure(first.message)
     return sse.response(_until_the_end(answer, first, events, frames))
 
 
 async def _until_the_end(
-    answer: Message, first: TurnEvent, rest: AsyncIterator[TurnEvent], frames: Frames
+    answer: Message, first: TurnEvent, rest: AsyncGenerator[TurnEvent], frames: Frames
 ) -> AsyncIterator[str]:
     ended = False
 
@@ -91,7 +94,7 @@ async def _until_the_end(
     try:
         # Closed here, not left to the garbage collector: when the client goes away, the response
         # closes only this generator.
-        async with aclosing(frames(events())) as door_frames:
+        async with aclosing(rest), aclosing(frames(events())) as door_frames:
             async for frame in door_frames:
                 yield frame
     finally:

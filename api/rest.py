@@ -303,9 +303,10 @@ async def follow_message(
     conversation_id: int = conversation_id(),
     message_id: int = Path(..., ge=1, le=MAX_ID),
 ) -> StreamingHttpResponse:
-    """Follow an answer, from its text so far; an answer that has ended streams whole, then `done`."""
+    """Follow an answer, from its text so far (or from where `Last-Event-ID` says the client left
+    off); an answer that has ended streams whole, then `done`."""
     answer = await ownership.aanswer_or_404(request.auth, message_id, conversation_pk=conversation_id)
-    return sse.response(sse.turn_events(answer))
+    return sse.response(sse.turn_events(answer, since=sse.resumed_from(request)))
 
 
 @api.post(

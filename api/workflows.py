@@ -153,14 +153,13 @@ async def _owned_task(request: AuthenticatedRequest, task_id: str) -> Message:
 
 
 def task(answer: Message) -> TaskOut:
-    status, error = TASK_STATUS[answer.status], answer.error or None
-    if answer.is_streaming and not turns.is_running(answer):
-        # Left "streaming" by a site process that died: it will never finish.
-        status, error = "failed", turns.INTERRUPTED_TEXT
-    if status != "failed":
-        error = None
-    output = turns.text_so_far(answer) or None
-    return TaskOut(task_id=str(answer.pk), status=status, output=output, error=error, model=answer.model_name)
+    """The task of an answer as `turns.current` or `turns.stop_turn` gave it (settled: an answer
+    whose worker died is interrupted, so "failed", not "processing" for ever)."""
+    status = TASK_STATUS[answer.status]
+    error = answer.error or None if status == "failed" else None
+    return TaskOut(
+        task_id=str(answer.pk), status=status, output=answer.content or None, error=error, model=answer.model_name
+    )
 
 
 @router.get("/tasks/{task_id}", response={200: TaskOut | str, 202: TaskOut, 409: ErrorOut, **ERRORS})
@@ -168,7 +167,7 @@ async def task_state(
     request: AuthenticatedRequest, task_id: str, output_only: bool = False
 ) -> TaskOut | tuple[int, TaskOut] | str:
     """The run's state; with `output_only`, the answer's text alone once completed (202 until then)."""
-    state = task(await _owned_task(request, task_id))
+    state = task(await turns.current(await _owned_task(request, task_id)))
     if not output_only:
         return state
     if state.status in ("pending", "processing"):

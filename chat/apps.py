@@ -1,14 +1,19 @@
 from typing import Any
 
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate
+from django.db.models.signals import post_delete, post_migrate
 
 
 class ChatConfig(AppConfig):
     name = "chat"
 
     def ready(self) -> None:
+        from chat import turns
+
         post_migrate.connect(_repair_search_index, sender=self)
+        # However an answer is deleted (with its conversation, on the page, in the admin, from a
+        # shell), its generation stops.
+        post_delete.connect(turns.answer_deleted, sender="chat.Message", dispatch_uid="chat.answer_deleted")
 
 
 def _repair_search_index(sender: AppConfig, using: str, **kwargs: Any) -> None:

@@ -1,6 +1,6 @@
 import hashlib
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
@@ -82,11 +82,24 @@ class Conversation(models.Model):
         max_tokens: int | None = None,
         top_p: float | None = None,
     ) -> None:
-        """Use these settings for the next turns; a setting left None is kept as it is."""
+        """Use these settings for the next turns; a setting left None is kept as it is.
+
+        The names set are remembered (`changed_settings`): a turn saves only those, so that it does
+        not write back the others as this copy had them over a change made meanwhile elsewhere.
+        """
         changes = {"system_prompt": system_prompt, "temperature": temperature, "max_tokens": max_tokens, "top_p": top_p}
         for name, value in changes.items():
             if value is not None:
                 setattr(self, name, value)
+                self.changed_settings.add(name)
+
+    @property
+    def changed_settings(self) -> set[str]:
+        # Made on first use rather than in __init__, which Django's docs advise models not to override.
+        if "_changed_settings" not in self.__dict__:
+            self.__dict__["_changed_settings"] = set()
+        changed: set[str] = self.__dict__["_changed_settings"]
+        return changed
 
 
 class MessageQuerySet(models.QuerySet["Message"]):
@@ -100,6 +113,11 @@ class MessageQuerySet(models.QuerySet["Message"]):
 
     def streaming(self) -> "MessageQuerySet":
         return self.filter(status=Message.Status.STREAMING)
+
+    def lease_expired(self, now: datetime) -> "MessageQuerySet":
+        """Answers still "streaming" whose owner has not renewed its lease in time: it died (or ran
+        before answers had leases). Nothing generates them any more."""
+        return self.streaming().filter(models.Q(lease_until__lt=now) | models.Q(lease_until__isnull=True))
 
     def in_order(self) -> "MessageQuerySet":
         return self.order_by("created_at", "pk")
@@ -158,6 +176,10 @@ class Message(models.Model):
     duration = models.FloatField(null=True, blank=True, help_text="Seconds")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # While it streams: the worker process generating it, and until when that worker holds it. The
+    # owner renews the lease as it goes; once it has expired, any worker may mark it interrupted.
+    worker = models.CharField(max_length=100, blank=True, editable=False)
+    lease_until = models.DateTimeField(null=True, blank=True, editable=False)
 
     objects = MessageQuerySet.as_manager()
 

@@ -3,37 +3,50 @@
 The page and the REST API both stream a turn through here, so a client sees the same events
 whichever door it came in by. The other doors' streams (model-compose's sse-text, OpenAI's chunks)
 have their own events but are framed by `frame` here too.
+
+Each event's `id:` is how many characters of the answer the client has once it has that event. A
+client that reconnects sends it back as `Last-Event-ID` (EventSource does so by itself) and gets
+the answer from there on, with nothing missed and nothing twice, whichever worker it reaches.
 """
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
-from django.http import StreamingHttpResponse
+from django.http import HttpRequest, StreamingHttpResponse
 
 from chat import turns
 from chat.models import Message
+from chat.turns import TurnDelta
 from engine.vllm_client import TextDelta
 
 LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
-def frame(data: str, name: str | None = None) -> str:
+def frame(data: str, name: str | None = None, id: int | None = None) -> str:
     """One server-sent event: a `data:` line per line of `data`, as the SSE spec wants them."""
-    head = f"event: {name}\n" if name else ""
+    head = (f"event: {name}\n" if name else "") + (f"id: {id}\n" if id is not None else "")
     return head + "".join(f"data: {line}\n" for line in LINE_BREAK.split(data)) + "\n"
 
 
-def event(name: str, data: dict[str, Any]) -> str:
+def event(name: str, data: dict[str, Any], id: int | None = None) -> str:
     # JSON keeps a delta's line breaks inside one `data:` line.
-    return frame(json.dumps(data, ensure_ascii=False), name)
+    return frame(json.dumps(data, ensure_ascii=False), name, id)
+
+
+def resumed_from(request: HttpRequest) -> int:
+    """Where a reconnecting client left off (its Last-Event-ID), or 0; anything else is ignored."""
+    last = request.headers.get("Last-Event-ID", "").strip()
+    return int(last) if last.isascii() and last.isdigit() and len(last) <= 18 else 0
 
 
 def ended(answer: Message) -> str:
     """The closing event for an answer in its final state."""
     if answer.has_failed:
-        return event("error", {"message_id": answer.pk, "status": answer.status, "message": answer.error})
+        data = {"message_id": answer.pk, "status": answer.status, "message": answer.error}
+        return event("error", data, id=len(answer.content))
     return event(
         "done",
         {
@@ -43,15 +56,21 @@ def ended(answer: Message) -> str:
             "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens},
             "timings": {"time_to_first_token": answer.time_to_first_token, "duration": answer.duration},
         },
+        id=len(answer.content),
     )
 
 
-async def turn_events(answer: Message) -> AsyncIterator[str]:
-    async for turn_event in turns.follow(answer):
-        if isinstance(turn_event, TextDelta):
-            yield event("delta", {"text": turn_event.text})
-        else:
-            yield ended(turn_event.message)
+async def turn_events(answer: Message, since: int = 0) -> AsyncGenerator[str]:
+    """The answer's events from character `since` on (see `resumed_from`)."""
+    # Closed as soon as this is: the response closes only this generator when the client leaves.
+    async with aclosing(turns.follow(answer, since)) as turn_events:
+        async for turn_event in turn_events:
+            if isinstance(turn_event, TurnDelta):
+                yield event("delta", {"text": turn_event.text}, id=turn_event.offset + len(turn_event.text))
+            elif isinstance(turn_event, TextDelta):
+                yield event("delta", {"text": turn_event.text})
+            else:
+                yield ended(turn_event.message)
 
 
 def response(events: AsyncIterator[str]) -> StreamingHttpResponse:

@@ -3,9 +3,9 @@
 A turn is a prompt and its answer, an edited prompt and its answer (a new branch beside the old
 one), or a new answer to a prompt (regenerating): all three start here, and run the same way.
 A turn saves the prompt and an empty answer in status "streaming" before anything can fail, then
-generates the answer in a background task that belongs to this process, not to any request: a
-browser that goes away stops following the answer, it does not stop the answer. Followers get the
-text so far and then every delta, so a page opened mid-answer sees it growing live.
+generates the answer in a background task of this worker process, not of any request: a browser
+that goes away stops following the answer, it does not stop the answer. Followers get the text so
+far and then every delta, so a page opened mid-answer sees it growing live.
 
 The answer is checkpointed at most every CHAT_CHECKPOINT_SECONDS and written in full once at the
 end, so a turn's database work does not grow with the answer's length. Every turn ends in a stored,
@@ -13,40 +13,52 @@ explained state: complete, stopped, error or interrupted. Whatever fails inside 
 checkpoint, a bug, the final write itself), the answer ends with the text it had, the turn stops
 running, and every follower gets `TurnEnded`.
 
-Running turns live in this process's memory: the site is served by one ASGI process (daphne), and
-at start-up `recover_interrupted_turns` marks whatever a dead process left in "streaming".
+The site may run as several worker processes. The worker that starts a turn owns its answer: it
+holds a lease on it in the database (chat/leases.py), renewed at each checkpoint and by a timer,
+and only an answer whose lease has expired is marked interrupted, by whichever worker notices.
+Any worker can follow or stop any answer: one that it does not generate is reached through the
+Channels layer (chat/relay.py), with the database as the truth when a message is lost.
 """
 
 import asyncio
 import contextvars
+import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import asdict, dataclass
 from enum import Enum
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.typing import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
+from channels.db import aclose_old_connections
 from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.db.models import OuterRef, Subquery
 from django.db.models.functions import Coalesce
+from django.http import Http404
 from django.utils import timezone
-from django.utils.translation import gettext, gettext_noop
+from django.utils.translation import gettext
 
-from chat import branches, limits, rules, titles
+from chat import branches, leases, limits, relay, rules, titles
 from chat.context import ContextTooLong, fit_context
+from chat.leases import INTERRUPTED_TEXT as INTERRUPTED_TEXT
+from chat.leases import WORKER, off_the_loop
 from chat.models import Conversation, Message
 from engine import vllm_client
 from engine.vllm_client import Failed, Finished, GenerationOptions, TextDelta, Usage
 
 log = logging.getLogger(__name__)
 
-# Why an answer is "interrupted": the process running it ended (a shutdown, or a crash found at
-# the next start-up) before it did.
-# Stored in English, as every answer's error is; the page says it in the reader's language.
-INTERRUPTED_TEXT = gettext_noop("The site stopped before this answer was finished.")
+
+@dataclass(frozen=True, slots=True)
+class TurnDelta(TextDelta):
+    """A delta as a follower gets it: with the character offset in the answer where it starts, so
+    that a client that reconnects can say how much it has (SSE's Last-Event-ID)."""
+
+    offset: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,33 +84,79 @@ class Outcome:
     duration: float | None = None  # seconds
 
 
-# Strong references to the running tasks: asyncio keeps only weak ones.
+class TurnLost(Exception):
+    """The answer's row is no longer this worker's to write: deleted, or marked interrupted by a
+    worker that found this one's lease expired."""
+
+
+# How many deltas a follower may fall behind before it gets them merged into one.
+BEHIND = 32
+
+# The turns this process generates, by answer id. Also the strong references to their tasks, which
+# asyncio keeps only weakly.
 _running: dict[int, "RunningTurn"] = {}
 
 
 class RunningTurn:
-    def __init__(self, answer: Message) -> None:
+    def __init__(self, answer: Message, loop: asyncio.AbstractEventLoop) -> None:
         self.answer = answer
+        self.loop = loop
         self.parts: list[str] = []
+        self.length = 0
         self.stop_requested = False
+        self.lost = False
+        self.started = False
         self.task: asyncio.Task[None] | None = None
         self.finishing: asyncio.Task[None] | None = None
-        self._followers: set[asyncio.Queue[TurnEvent]] = set()
+        self.ended: Message | None = None
+        self.followers = 0
+        # Set, and replaced by a fresh one, whenever there is news (a delta, the end): followers
+        # keep no queue of their own, only how far they have read.
+        self._news = asyncio.Event()
+        self._over = asyncio.Event()
+        self._publisher: asyncio.Task[None] | None = None
 
-    def subscribe(self) -> asyncio.Queue[TurnEvent]:
-        # No await between reading the text so far and joining: no delta can fall in between.
-        queue: asyncio.Queue[TurnEvent] = asyncio.Queue()
-        if self.parts:
-            queue.put_nowait(TextDelta("".join(self.parts)))
-        self._followers.add(queue)
-        return queue
+    def text(self) -> str:
+        return "".join(self.parts)
 
-    def unsubscribe(self, queue: asyncio.Queue[TurnEvent]) -> None:
-        self._followers.discard(queue)
+    def _append(self, text: str) -> None:
+        self.parts.append(text)
+        self.length += len(text)
+        self._tell()
 
-    def _publish(self, event: TurnEvent) -> None:
-        for queue in self._followers:
-            queue.put_nowait(event)
+    def _tell(self) -> None:
+        self._news.set()
+        self._news = asyncio.Event()
+
+    async def events(self, since: int = 0, *, merged: bool = False) -> AsyncGenerator[TurnEvent]:
+        """The text from character `since` on, then each new delta, then `TurnEnded`.
+
+        A follower holds only how far it has read, never a backlog of its own: one that has fallen
+        more than BEHIND deltas behind (or asks for `merged` deltas) gets everything that came
+        meanwhile as one delta. One that keeps up gets the deltas as vLLM sent them.
+        """
+        self.followers += 1
+        try:
+            text, read = self.text(), len(self.parts)
+            offset = min(max(since, 0), len(text))
+            if offset < len(text):
+                yield TurnDelta(text[offset:], offset)
+                offset = len(text)
+            while True:
+                news = self._news
+                if len(self.parts) > read:
+                    upto = len(self.parts) if merged or len(self.parts) - read > BEHIND else read + 1
+                    new = "".join(self.parts[read:upto])
+                    read = upto
+                    yield TurnDelta(new, offset)
+                    offset += len(new)
+                elif self.ended is not None:
+                    yield TurnEnded(self.ended)
+                    return
+                else:
+                    await news.wait()
+        finally:
+            self.followers -= 1
 
     async def run(
         self, conversation: Conversation, prompt: Message, options: GenerationOptions, model: vllm_client.ServedModel
@@ -108,6 +166,12 @@ class RunningTurn:
         last_checkpoint = started
         outcome = Outcome()
         try:
+            # The first thing, with no await before it: a stop that comes before the task has
+            # started cancels nothing (a coroutine cancelled before its first step skips its
+            # `finally`), so it is read here instead.
+            self.started = True
+            if self.stop_requested:
+                raise asyncio.CancelledError
             try:
                 context = await fit_context(
                     system_prompt=conversation.system_prompt,
@@ -129,8 +193,7 @@ class RunningTurn:
                         case TextDelta(text=text):
                             if first_token_after is None:
                                 first_token_after = time.monotonic() - started
-                            self.parts.append(text)
-                            self._publish(event)
+                            self._append(text)
                             if time.monotonic() - last_checkpoint >= settings.CHAT_CHECKPOINT_SECONDS:
                                 await self._checkpoint()
                                 last_checkpoint = time.monotonic()
@@ -150,6 +213,10 @@ class RunningTurn:
                 outcome.status = Message.Status.INTERRUPTED
                 outcome.error = INTERRUPTED_TEXT
             raise
+        except TurnLost:
+            log.warning("Turn %s is no longer this worker's: deleted, or taken for dead", self.answer.pk)
+            outcome.status = Message.Status.INTERRUPTED
+            outcome.error = INTERRUPTED_TEXT
         except Exception as exc:
             log.exception("Turn %s failed", self.answer.pk)
             outcome.status = Message.Status.ERROR
@@ -158,23 +225,25 @@ class RunningTurn:
             outcome.time_to_first_token = first_token_after
             outcome.duration = time.monotonic() - started
             # Shielded: a stop or a shutdown cancels the task, and must not cancel the write that
-            # records why it ended. Kept, for `stop_turn` to wait on (and as asyncio.shield asks).
+            # records why it ended. Kept, as asyncio.shield asks.
             self.finishing = asyncio.ensure_future(self._finish(outcome))
             await asyncio.shield(self.finishing)
 
     async def _checkpoint(self) -> None:
-        await Message.objects.filter(pk=self.answer.pk).aupdate(content="".join(self.parts), updated_at=timezone.now())
+        # Renews the lease too: a worker that checkpoints is alive.
+        if not await _save_checkpoint(self.answer.pk, self.text()):
+            raise TurnLost
 
     async def _finish(self, outcome: Outcome) -> None:
-        fields = {**asdict(outcome), "content": "".join(self.parts), "updated_at": timezone.now()}
+        fields: dict[str, Any] = {**asdict(outcome), "content": self.text(), "updated_at": timezone.now()}
         try:
             try:
-                await Message.objects.filter(pk=self.answer.pk).aupdate(**fields)
+                await _save_end(self.answer.pk, fields)
             except Exception as exc:
                 # Any error at all: one of the values may be what the database refused, so once
                 # more with only the text and our own words. If that fails too, the row stays
-                # "streaming" with no turn running it, which the next look at it (`_settled`, or
-                # `recover_interrupted_turns`) settles as interrupted.
+                # "streaming" with no turn running it, which the next look at it settles as
+                # interrupted (`_look` here, or any worker once the lease has expired).
                 log.exception("Could not save the end of turn %s", self.answer.pk)
                 fields = {
                     "status": Message.Status.ERROR,
@@ -182,17 +251,56 @@ class RunningTurn:
                     "content": fields["content"],
                     "updated_at": timezone.now(),
                 }
-                await Message.objects.filter(pk=self.answer.pk).aupdate(**fields)
+                await _save_end(self.answer.pk, fields)
         except Exception:
             log.exception("Could not save turn %s at all", self.answer.pk)
         finally:
             # Even when cancelled (a shutdown): no follower may wait for an end that never comes.
             for name, value in fields.items():
                 setattr(self.answer, name, value)
+            self.ended = self.answer
             _running.pop(self.answer.pk, None)
             # Started before the end is told, so a follower that then asks for the name finds it coming.
             titles.name_after_first_answer(self.answer)
-            self._publish(TurnEnded(self.answer))
+            self._tell()
+            self._over.set()
+
+    def request_stop(self) -> None:
+        """Stop generating, keeping the text: the answer ends "stopped". Returns at once."""
+        self.stop_requested = True
+        if self.task is not None and self.started:
+            self.task.cancel()
+
+    async def stop(self) -> None:
+        """`request_stop`, and return once the answer's end is stored."""
+        self.request_stop()
+        await self._over.wait()  # not the task: cancelling this stop must not cancel the turn's end
+
+    def lose(self) -> None:
+        """The row is no longer this worker's (see TurnLost): stop generating into it."""
+        if self.ended is None and self.finishing is None:
+            self.lost = True
+            if self.task is not None and self.started:
+                self.task.cancel()
+
+    def publish_to_other_workers(self) -> None:
+        """From now on, send each delta to the answer's group on the layer, for other workers'
+        followers; started by the first one to ask, so a turn nobody follows elsewhere costs the
+        layer nothing."""
+        if self._publisher is None:
+            self._publisher = asyncio.create_task(self._publish(self.length), context=contextvars.Context())
+
+    async def _publish(self, since: int) -> None:
+        try:
+            async with aclosing(self.events(since, merged=True)) as events:
+                async for event in events:
+                    if isinstance(event, TurnDelta):
+                        await relay.publish(self.answer.pk, event.offset, event.text)
+                    else:
+                        await relay.publish_end(self.answer.pk, self.length)
+        except Exception:
+            # The layer is down: followers elsewhere read the database instead.
+            log.exception("Could not pass turn %s to the other workers", self.answer.pk)
 
 
 async def _single(event: vllm_client.Event) -> AsyncGenerator[vllm_client.Event, None]:
@@ -200,16 +308,57 @@ async def _single(event: vllm_client.Event) -> AsyncGenerator[vllm_client.Event,
 
 
 async def _earlier_turns(conversation: Conversation, *, before: Message) -> list[dict[str, str]]:
+    return await _read_earlier_turns(conversation.pk, before.parent_id)
+
+
+@off_the_loop
+def _read_earlier_turns(conversation_pk: int, parent_pk: int | None) -> list[dict[str, str]]:
     # The prompt's own branch, whichever branch is shown now: a regenerated or edited turn is
     # answered with the history it was asked in.
-    earlier = branches.branch_to(before.parent_id, conversation.messages.usable_as_context())
-    return [{"role": m.role, "content": m.content} async for m in earlier.only("role", "content")]
+    usable = Message.objects.filter(conversation=conversation_pk).usable_as_context()
+    earlier = branches.branch_to(parent_pk, usable).only("role", "content")
+    return [{"role": m.role, "content": m.content} for m in earlier]
 
 
 def options_for(conversation: Conversation) -> GenerationOptions:
     return GenerationOptions(
         temperature=conversation.temperature, max_tokens=conversation.max_tokens, top_p=conversation.top_p
     )
+
+
+# --- The turn's reads and writes: each on a thread with its own connection (see `off_the_loop`), the
+# writes conditional on still owning the answer ---
+
+
+@off_the_loop
+def _save_checkpoint(pk: int, text: str) -> bool:
+    now = timezone.now()
+    mine = Message.objects.streaming().filter(pk=pk, worker=WORKER)
+    return mine.update(content=text, updated_at=now, lease_until=leases.lease_from(now)) == 1
+
+
+@off_the_loop
+def _save_end(pk: int, fields: dict[str, Any]) -> None:
+    mine = Message.objects.filter(pk=pk, worker=WORKER)
+    if mine.streaming().update(**fields):
+        return
+    # Marked interrupted meanwhile by a worker that found this one's lease expired: that stays
+    # (it was marked once, and said so), with all of the text this worker generated.
+    mine.filter(status=Message.Status.INTERRUPTED).update(content=fields["content"])
+
+
+@off_the_loop
+def _look(pk: int) -> Message | None:
+    """The answer as stored, settled: one that nothing generates any more (its owner's lease has
+    expired, or its owner is this worker and runs no turn for it) is marked interrupted first.
+    None if it has been deleted."""
+    stored = Message.objects.filter(pk=pk).first()
+    if stored is None or not stored.is_streaming:
+        return stored
+    orphan = stored.worker == WORKER and pk not in _running
+    if (orphan and leases.interrupt_orphan(pk)) or leases.interrupt_expired(pk):
+        stored.refresh_from_db()
+    return stored
 
 
 class _Branch(Enum):
@@ -229,20 +378,6 @@ def _tip_now(conversation: Conversation) -> int | None:
     return tips.values_list("tip", flat=True).first()
 
 
-def _new_answer(conversation: Conversation, prompt: Message, model_name: str) -> Message:
-    answer = Message.objects.create(
-        conversation=conversation,
-        parent=prompt,
-        role=Message.Role.ASSISTANT,
-        status=Message.Status.STREAMING,
-        model_name=model_name,
-    )
-    # The new answer is the branch shown, on every page and door, from now on.
-    Conversation.objects.filter(pk=conversation.pk).update(branch_tip=answer)
-    conversation.branch_tip = answer
-    return answer
-
-
 def _save_earlier(conversation: Conversation, earlier: Sequence[tuple[str, str]], *, after: int | None) -> int | None:
     """Save (role, text) messages given as history, one after the other from `after`; the last one's id."""
     saved = Message.objects.bulk_create(
@@ -257,34 +392,94 @@ def _save_earlier(conversation: Conversation, earlier: Sequence[tuple[str, str]]
     return saved[-1].pk if saved else after
 
 
-@sync_to_async
+def _touch(conversation: Conversation, prompt: str | None) -> None:
+    """Save a new conversation; move an old one to the top of the list, with the settings the
+    answer uses. Raises Http404 if it has been deleted meanwhile."""
+    now = timezone.now()
+    if conversation._state.adding:
+        conversation.title = conversation.title or rules.title_from_prompt(prompt or "")
+        conversation.save()
+        return
+    # Only what this turn changes: a full save would write back this copy's title and settings over
+    # a rename or a change made since it was read.
+    changed = {name: getattr(conversation, name) for name in conversation.changed_settings}
+    conversations = Conversation.objects.filter(pk=conversation.pk)
+    if not conversations.update(updated_at=now, **changed):
+        raise Http404("This conversation has been deleted.")
+    if prompt is not None and not conversation.title:
+        title = rules.title_from_prompt(prompt)
+        if conversations.filter(title="").update(title=title):
+            conversation.title = title
+    conversation.updated_at = now
+
+
+def _new_answer(
+    conversation: Conversation, prompt: Message, model_name: str, loop: asyncio.AbstractEventLoop
+) -> RunningTurn:
+    answer = Message.objects.create(
+        conversation=conversation,
+        parent=prompt,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.STREAMING,
+        model_name=model_name,
+        worker=WORKER,
+        lease_until=leases.lease_from(timezone.now()),
+    )
+    # The new answer is the branch shown, on every page and door, from now on.
+    Conversation.objects.filter(pk=conversation.pk).update(branch_tip=answer)
+    conversation.branch_tip = answer
+    # Registered before the commit (the caller's transaction): whoever reads the answer once it is
+    # committed finds it running here, never a "streaming" answer that no turn runs.
+    running = RunningTurn(answer, loop)
+    _running[answer.pk] = running
+    return running
+
+
+def _in_one_transaction[**P](save: Callable[P, RunningTurn]) -> Callable[P, RunningTurn]:
+    """`save`, all or nothing: if its transaction does not commit, the answer it registered as
+    running never existed, and is no longer registered."""
+
+    @functools.wraps(save)
+    def saved(*args: P.args, **kwargs: P.kwargs) -> RunningTurn:
+        before = set(_running)
+        try:
+            with transaction.atomic():
+                return save(*args, **kwargs)
+        except BaseException:
+            for pk in set(_running) - before:
+                _running.pop(pk, None)
+            raise
+
+    return saved
+
+
+@_in_one_transaction
 def _save_prompt_and_answer(
     conversation: Conversation,
     prompt: str,
     place: Place,
     model_name: str,
-    earlier: Sequence[tuple[str, str]] = (),
-) -> tuple[Message, Message]:
-    with transaction.atomic():
-        limits.check_room_for_an_answer(conversation.owner_id)  # refused: nothing is saved
-        if not conversation.title:
-            conversation.title = rules.title_from_prompt(prompt)
-        if place is _Branch.SHOWN:
-            place = _tip_now(conversation) if conversation.pk else None
-        conversation.save()  # creates a new one, and moves an old one to the top of the list
-        place = _save_earlier(conversation, earlier, after=place)
-        prompt_message = Message.objects.create(
-            conversation=conversation, parent_id=place, role=Message.Role.USER, content=prompt
-        )
-        return prompt_message, _new_answer(conversation, prompt_message, model_name)
+    earlier: Sequence[tuple[str, str]],
+    loop: asyncio.AbstractEventLoop,
+) -> RunningTurn:
+    limits.check_room_for_an_answer(conversation.owner_id)  # refused: nothing is saved
+    if place is _Branch.SHOWN:
+        place = None if conversation._state.adding else _tip_now(conversation)
+    _touch(conversation, prompt)
+    place = _save_earlier(conversation, earlier, after=place)
+    prompt_message = Message.objects.create(
+        conversation=conversation, parent_id=place, role=Message.Role.USER, content=prompt
+    )
+    return _new_answer(conversation, prompt_message, model_name, loop)
 
 
-@sync_to_async
-def _save_answer(conversation: Conversation, prompt: Message, model_name: str) -> Message:
-    with transaction.atomic():
-        limits.check_room_for_an_answer(conversation.owner_id)  # refused: nothing is saved
-        conversation.save()  # moves it to the top of the list, with the settings the answer uses
-        return _new_answer(conversation, prompt, model_name)
+@_in_one_transaction
+def _save_answer(
+    conversation: Conversation, prompt: Message, model_name: str, loop: asyncio.AbstractEventLoop
+) -> RunningTurn:
+    limits.check_room_for_an_answer(conversation.owner_id)  # refused: nothing is saved
+    _touch(conversation, None)
+    return _new_answer(conversation, prompt, model_name, loop)
 
 
 class Turn(NamedTuple):
@@ -308,20 +503,24 @@ async def start_turn(
     The prompt follows `after` (a message of the conversation: the page says which, as the person
     sees it), by default the tip of the branch shown, and `earlier` (role, text) messages saved
     before it. The answer starts in status "streaming"; `follow(answer)` streams it. Generation
-    uses the conversation's settings, which are saved (with the conversation, if new) in the same
-    transaction as the prompt.
+    uses the conversation's settings; those changed through `change_settings` are saved (with the
+    conversation, if new) in the same transaction as the prompt.
 
     Raises chat.limits.TooManyAnswers, having saved nothing, when the conversation's owner may not
-    start another answer now; so do `edit_prompt` and `regenerate`.
+    start another answer now, and Http404 if the conversation has been deleted meanwhile; so do
+    `edit_prompt` and `regenerate`.
     """
     if after is not None and after.conversation_id != conversation.pk:
         raise ValueError("`after` is a message of another conversation")
+    await _start_worker()
     # The model vLLM serves now answers, and the answer records it: vLLM refuses a request for any other.
     model = await vllm_client.served_model()
-    prompt_message, answer = await _save_prompt_and_answer(
-        conversation, prompt, _Branch.SHOWN if after is None else after.pk, model.id, earlier
+    place: Place = _Branch.SHOWN if after is None else after.pk
+    running = await sync_to_async(_save_prompt_and_answer)(
+        conversation, prompt, place, model.id, earlier, asyncio.get_running_loop()
     )
-    return _run(conversation, prompt_message, answer, model)
+    assert running.answer.parent is not None
+    return _run(conversation, running.answer.parent, running, model)
 
 
 async def edit_prompt(conversation: Conversation, edited: Message, prompt: str) -> Turn:
@@ -331,9 +530,13 @@ async def edit_prompt(conversation: Conversation, edited: Message, prompt: str) 
     """
     if edited.conversation_id != conversation.pk or edited.role != Message.Role.USER:
         raise ValueError("`edited` is not a prompt of this conversation")
+    await _start_worker()
     model = await vllm_client.served_model()
-    prompt_message, answer = await _save_prompt_and_answer(conversation, prompt, edited.parent_id, model.id)
-    return _run(conversation, prompt_message, answer, model)
+    running = await sync_to_async(_save_prompt_and_answer)(
+        conversation, prompt, edited.parent_id, model.id, (), asyncio.get_running_loop()
+    )
+    assert running.answer.parent is not None
+    return _run(conversation, running.answer.parent, running, model)
 
 
 async def regenerate(conversation: Conversation, answer: Message) -> Turn:
@@ -348,93 +551,195 @@ async def regenerate(conversation: Conversation, answer: Message) -> Turn:
     prompt = None if answer.parent_id is None else await prompts.filter(pk=answer.parent_id).afirst()
     if prompt is None:
         raise NoPrompt(gettext("This answer follows no prompt, so there is nothing to answer again."))
+    await _start_worker()
     model = await vllm_client.served_model()
-    return _run(conversation, prompt, await _save_answer(conversation, prompt, model.id), model)
+    running = await sync_to_async(_save_answer)(conversation, prompt, model.id, asyncio.get_running_loop())
+    return _run(conversation, prompt, running, model)
 
 
-def _run(conversation: Conversation, prompt: Message, answer: Message, model: vllm_client.ServedModel) -> Turn:
-    running = RunningTurn(answer)
-    _running[answer.pk] = running
+def _run(conversation: Conversation, prompt: Message, running: RunningTurn, model: vllm_client.ServedModel) -> Turn:
     # A fresh context: the request's would tie the turn's database calls to the request's own
     # thread executor (asgiref's ThreadSensitiveContext), which closes when the response ends.
     running.task = asyncio.create_task(
         running.run(conversation, prompt, options_for(conversation), model), context=contextvars.Context()
     )
-    return Turn(prompt, answer)
+    return Turn(prompt, running.answer)
 
 
-async def follow(answer: Message) -> AsyncGenerator[TurnEvent, None]:
-    """The answer's text so far as one delta, then each new delta, then `TurnEnded`.
+async def follow(answer: Message, since: int = 0) -> AsyncGenerator[TurnEvent, None]:
+    """The answer's text from character `since` on (the text so far, as one delta), then each new
+    delta, then `TurnEnded`; whichever worker generates it.
 
-    Cancelling the follower (the browser went away) leaves the turn running.
+    Cancelling or closing the follower (the browser went away) leaves the turn running.
     """
+    await _start_worker()
+    # A follower may wait minutes: the connection its request used (with PostgreSQL, one of the
+    # pool's few) goes back now, not when the stream ends. The request's own thread holds it, so
+    # it is closed there; what this follower reads later, it reads on threads of its own.
+    await aclose_old_connections()
     running = _running.get(answer.pk)
-    if running is None:
-        stored = await _settled(answer)
-        if stored.content:
-            yield TextDelta(stored.content)
-        yield TurnEnded(stored)
+    if running is not None:
+        async with aclosing(running.events(since)) as events:
+            async for event in events:
+                yield event
         return
-    queue = running.subscribe()
-    try:
-        while True:
-            event = await queue.get()
-            yield event
-            if isinstance(event, TurnEnded):
-                return
-    finally:
-        running.unsubscribe(queue)
+    offset = max(since, 0)
+    stored = await _look(answer.pk)
+    while stored is not None and stored.is_streaming:
+        # Generated by another worker (its lease is alive: `_look` settled it otherwise).
+        async with aclosing(relay.follow(stored, offset, lambda: _look(answer.pk))) as pieces:
+            async for start, text in pieces:
+                yield TurnDelta(text, start)
+                offset = start + len(text)
+        stored = await _look(answer.pk)
+    if stored is None:
+        stored = _deleted(answer)
+    if len(stored.content) > offset:
+        yield TurnDelta(stored.content[offset:], offset)
+    yield TurnEnded(stored)
 
 
-async def _settled(answer: Message) -> Message:
-    stored = await Message.objects.aget(pk=answer.pk)
-    if stored.is_streaming and stored.pk not in _running:
-        # No task in this process runs it, and this process is the only one that runs turns.
-        await Message.objects.filter(pk=stored.pk, status=Message.Status.STREAMING).aupdate(
-            status=Message.Status.INTERRUPTED, error=INTERRUPTED_TEXT, updated_at=timezone.now()
-        )
-        await stored.arefresh_from_db()
-    return stored
+def _deleted(answer: Message) -> Message:
+    # Deleting an answer stops it, so one deleted while followed ends as stopped.
+    answer.status = Message.Status.STOPPED if answer.is_streaming else answer.status
+    return answer
 
 
 async def stop_turn(answer: Message) -> Message:
-    """Cancel the answer's generation (closing the request to vLLM) and return it as stored.
+    """Stop the answer's generation (closing the request to vLLM) and return it as stored, from
+    whichever worker generates it.
 
     The partial text is kept and the status becomes "stopped". Stopping an answer that has already
     ended changes nothing.
     """
+    await _start_worker()
     running = _running.get(answer.pk)
-    if running is not None and running.task is not None:
-        running.stop_requested = True
-        running.task.cancel()
-        await asyncio.wait({running.task})
-        if running.finishing is not None:
-            # A stop that lands during the final write ends the task before the write is done.
-            await asyncio.wait({running.finishing})  # not `await`: cancelling this stop must not cancel it
-    return await _settled(answer)
+    if running is not None:
+        await running.stop()
+    elif (stored := await _look(answer.pk)) is not None and stored.is_streaming:
+        await relay.stop(stored, lambda: _look(answer.pk))
+    return await _look(answer.pk) or _deleted(answer)
 
 
 async def stop_turns_in(conversation: Conversation) -> None:
-    for running in [r for r in _running.values() if r.answer.conversation_id == conversation.pk]:
-        await stop_turn(running.answer)
+    """Stop every answer still generating in the conversation, on whichever worker (before it is
+    deleted: a turn must not go on writing into deleted rows)."""
+    streaming = [answer async for answer in conversation.messages.streaming()]
+    await asyncio.gather(*(stop_turn(answer) for answer in streaming))
+
+
+async def current(answer: Message) -> Message:
+    """The answer now: as stored (settled, see `_look`), with its live text if generated here
+    (the database lags by up to a checkpoint)."""
+    await _start_worker()
+    stored = await _look(answer.pk) or _deleted(answer)
+    if (running := _running.get(answer.pk)) is not None and stored.is_streaming:
+        stored.content = running.text()
+    return stored
 
 
 def is_running(answer: Message) -> bool:
+    """Whether this worker generates the answer now."""
     return answer.pk in _running
 
 
-def text_so_far(answer: Message) -> str:
-    """The answer's text now: live while it streams here (the database lags by a checkpoint)."""
-    running = _running.get(answer.pk)
-    return "".join(running.parts) if running else answer.content
+def answer_deleted(sender: type[Message], instance: Message, using: str, **kwargs: Any) -> None:
+    """Deleting an answer that is being generated stops it, once the delete is committed (a
+    post_delete signal: see chat/apps.py)."""
+    if instance.is_streaming:
+        pk, worker = instance.pk, instance.worker
+        transaction.on_commit(lambda: stop_deleted(pk, worker), using=using)
+
+
+def stop_deleted(pk: int, worker: str) -> None:
+    """Stop generating answer `pk`, which has just been deleted (from any thread: a signal calls
+    this). Returns at once; the owner would also find out by itself at its next checkpoint or
+    lease renewal."""
+    running = _running.get(pk)
+    if running is not None:
+        running.loop.call_soon_threadsafe(running.request_stop)
+    elif worker and worker != WORKER:
+        async_to_sync(relay.send)(worker, {"type": "turn.stop", "answer": pk, "reply_to": None})
 
 
 def recover_interrupted_turns() -> int:
-    """Mark answers left "streaming" by a process that died; call once at start-up."""
+    """Mark interrupted the answers whose worker died (their lease has expired); a worker's start
+    does it once, and every worker does it again as it runs. Live answers are left alone."""
     try:
-        return Message.objects.streaming().update(
-            status=Message.Status.INTERRUPTED, error=INTERRUPTED_TEXT, updated_at=timezone.now()
-        )
+        return leases.interrupt_expired()
     except DatabaseError:
         # Not migrated yet: nothing can be left over.
         return 0
+
+
+# --- This process as a worker: its leases and its mailbox ---------------------------------------
+
+_worker_loop: asyncio.AbstractEventLoop | None = None
+_worker_tasks: set[asyncio.Task[None]] = set()
+
+
+def worker_started(application: ASGI3Application) -> ASGI3Application:
+    """The ASGI application, starting this worker's own jobs (`_start_worker`) at its first call."""
+
+    async def app(scope: Scope, receive: ASGIReceiveCallable, send: ASGISendCallable) -> None:
+        await _start_worker()
+        await application(scope, receive, send)
+
+    return app
+
+
+async def _start_worker() -> None:
+    """Start, once per event loop, what this worker does besides its turns: renewing its leases
+    (and marking dead workers' answers interrupted), and answering other workers' requests."""
+    global _worker_loop
+    loop = asyncio.get_running_loop()
+    if _worker_loop is loop:
+        return
+    _worker_loop = loop
+    _worker_tasks.clear()
+    for job in (_keep_leases(loop), relay.listen(_answer_request)):
+        task = loop.create_task(job, context=contextvars.Context())
+        task.add_done_callback(_worker_job_ended)
+        _worker_tasks.add(task)
+
+
+def _worker_job_ended(task: asyncio.Task[None]) -> None:
+    # Held in _worker_tasks, a failed job would never be collected, so never reported: say it now.
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("This worker's %s stopped", task.get_coro(), exc_info=exc)
+
+
+async def _keep_leases(loop: asyncio.AbstractEventLoop) -> None:
+    while True:
+        await asyncio.sleep(settings.CHAT_LEASE_SECONDS / 3)
+        try:
+            mine = {pk: turn for pk, turn in list(_running.items()) if turn.loop is loop and turn.finishing is None}
+            for pk in await leases.on_the_lease_thread(leases.renew)(list(mine)):
+                mine[pk].lose()
+            await leases.on_the_lease_thread(leases.interrupt_expired)()
+        except Exception:
+            # The database is away for now: try again next time, well within the lease.
+            log.exception("Could not renew this worker's leases")
+
+
+async def _answer_request(message: dict[str, Any]) -> None:
+    """Another worker asks about an answer this one generates (chat/relay.py)."""
+    try:
+        match message:
+            case {"type": "turn.follow", "answer": int(pk), "since": int(since), "reply_to": str(reply_to)}:
+                running = _running.get(pk)
+                if running is None or running.ended is not None:
+                    await relay.send(reply_to, {"type": "turn.text", "offset": since, "text": "", "running": False})
+                    return
+                text = running.text()
+                since = min(max(since, 0), len(text))
+                running.publish_to_other_workers()
+                reply = {"type": "turn.text", "offset": since, "text": text[since:], "running": True}
+                await relay.send(reply_to, reply)
+            case {"type": "turn.stop", "answer": int(pk), "reply_to": reply_to}:
+                if (running := _running.get(pk)) is not None:
+                    await running.stop()
+                if reply_to:
+                    await relay.send(reply_to, {"type": "turn.stopped"})
+    except Exception:
+        log.exception("Could not answer %s", message.get("type"))

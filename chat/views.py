@@ -284,7 +284,7 @@ async def title(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 @require_GET
 async def stream(request: HttpRequest, pk: int, message_pk: int) -> StreamingHttpResponse:
     answer = await ownership.aanswer_or_404(await request.auser(), message_pk, conversation_pk=pk)
-    return sse.response(sse.turn_events(answer))
+    return sse.response(sse.turn_events(answer, since=sse.resumed_from(request)))
 
 
 @login_required

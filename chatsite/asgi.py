@@ -8,10 +8,12 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
-from chat.turns import recover_interrupted_turns  # noqa: E402
+from chat.turns import recover_interrupted_turns, worker_started  # noqa: E402
 
-# A process that died mid-answer left messages in "streaming": this process is the only one
-# that runs turns, so at start-up none of them can still be running.
+# A worker that died mid-answer left it "streaming": once its lease has expired, it is marked
+# interrupted. Another worker's live answers are left alone.
 recover_interrupted_turns()
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+# The worker's own jobs (renewing its leases, sweeping dead workers' answers, answering other
+# workers) start with the first request: daphne has no start-up hook on its event loop.
+application = worker_started(ProtocolTypeRouter({"http": django_asgi_app}))

@@ -30,7 +30,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
-    "whitenoise.runserver_nostatic",
+    "servestatic.runserver_nostatic",
     "django.contrib.staticfiles",
     "django.contrib.humanize",
     "axes",  # counts failed sign-ins and locks out (chat/sign_in.py); its admin unlocks
@@ -46,7 +46,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Async, as every middleware here: a sync-only one would send each request, the answers' streams
+    # too, through a thread and back.
+    "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     # The person's own language once signed in, else the browser's (accounts/languages.py).
     "accounts.languages.PersonsLanguageMiddleware",
@@ -89,6 +91,28 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE", "timeout": 20}
     )
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # psycopg 3's pool: the turns' database calls run on many threads, each closing its connection
+    # when done (as Channels' database_sync_to_async does), which hands it back to the pool.
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+        "pool", {"min_size": 2, "max_size": env.int("DATABASE_POOL_SIZE", default=20), "timeout": 20}
+    )
+
+# How the site's worker processes reach one another (a follow or a stop landing on a worker that
+# does not generate the answer): Redis when there is more than one, else within the one process.
+REDIS_URL: str = env.str("REDIS_URL", default="")
+CHANNEL_LAYERS: dict[str, dict[str, object]] = {
+    "default": (
+        {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # redis-py's default read timeout (5 s) is also channels-redis' longest blocking read:
+            # an idle worker's mailbox would time out instead of waiting again.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}]},
+        }
+        if REDIS_URL
+        else {"BACKEND": "channels.layers.InMemoryChannelLayer"}
+    )
+}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -115,8 +139,8 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 # Serve straight from the apps' static folders: no collectstatic step before the site runs.
-WHITENOISE_USE_FINDERS = True
-WHITENOISE_AUTOREFRESH = DEBUG
+SERVESTATIC_USE_FINDERS = True
+SERVESTATIC_AUTOREFRESH = DEBUG
 
 # --- HTTPS, behind a proxy that terminates TLS (deploy/nginx/chatsite.conf) -----------------------
 # One switch turns on everything HTTPS asks for; each part can still be set on its own.
@@ -263,6 +287,10 @@ CHAT_DEFAULT_MAX_TOKENS: int = env.int("CHAT_DEFAULT_MAX_TOKENS", default=512)
 CHAT_DEFAULT_TOP_P: float = env.float("CHAT_DEFAULT_TOP_P", default=0.9)
 CHAT_MAX_PROMPT_CHARS: int = env.int("CHAT_MAX_PROMPT_CHARS", default=16000)
 CHAT_CHECKPOINT_SECONDS: float = env.float("CHAT_CHECKPOINT_SECONDS", default=2.0)
+# How long the worker generating an answer holds it without renewing (it renews every third of
+# this): a worker killed mid-answer leaves it "streaming" until then, when any worker marks it
+# interrupted. Longer than the worst pause of a busy worker's event loop or database.
+CHAT_LEASE_SECONDS: float = env.float("CHAT_LEASE_SECONDS", default=15.0)
 # What one person may ask of the model, on every door: answers generating at once, and answers
 # started in any minute (0: no limit). Superusers, who run the site, are exempt unless this says no.
 CHAT_MAX_ANSWERS_AT_ONCE: int = env.int("CHAT_MAX_ANSWERS_AT_ONCE", default=3)

@@ -6,7 +6,12 @@ from tests.site_server import SiteProcess, site_env
 
 # Shared fixtures live in these modules; shared functions and constants in tests/*.py modules of
 # their own, imported from there (never from this file or a test module).
-pytest_plugins = ["tests.fixtures_vllm", "tests.fixtures_api", "tests.fixtures_standin_vllm"]
+pytest_plugins = [
+    "tests.fixtures_vllm",
+    "tests.fixtures_api",
+    "tests.fixtures_standin_vllm",
+    "tests.fixtures_servers",
+]
 
 
 @pytest.fixture(autouse=True)

@@ -133,6 +133,8 @@ class _ClientGone(Exception):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # uvicorn's backlog (socketserver's is 5): hundreds of streams may connect at once.
+    request_queue_size = 2048
     fake: "FakeVLLM"
 
     def server_bind(self) -> None:

@@ -2,12 +2,14 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 
 import httpx
 from django.conf import settings
 
+from engine.server.supervisor import Site
 from tests.commands import ROOT
 from tests.ports import free_port
 from tests.waiting import wait_for
@@ -72,3 +74,72 @@ class SiteProcess:
 
 def csrf_headers(client: httpx.Client) -> dict[str, str]:
     return {"X-CSRFToken": client.cookies["csrftoken"]}
+
+
+class SiteWorkers:
+    """The site as several daphne workers sharing one listening socket, as `manage.py up --workers N`
+    serves it (engine/server/supervisor.py's `Site`), each also on a port of its own so that a test
+    can send a request to the worker it chooses."""
+
+    def __init__(self, env: dict[str, str], workers: int = 3, *, quiet: bool = False) -> None:
+        self.env = env
+        self.quiet = quiet  # no access log (a benchmark's thousands of requests)
+        self.site = Site("127.0.0.1", free_port(), env, workers=workers)
+        self.url = f"http://127.0.0.1:{self.site.port}"
+        self.listening = socket.create_server((self.site.host, self.site.port), backlog=1024)
+        self.workers: list[Worker] = []
+
+    def start(self) -> "SiteWorkers":
+        for _ in range(self.site.workers):
+            self.add_worker()
+        return self
+
+    def add_worker(self) -> "Worker":
+        worker = Worker(self, free_port())
+        self.workers.append(worker)
+        wait_for(worker.answers, 30, "a daphne worker to answer")
+        return worker
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            if worker.process.poll() is None:
+                worker.process.send_signal(signal.SIGTERM)
+        for worker in self.workers:
+            try:
+                worker.process.wait(15)
+            except subprocess.TimeoutExpired:
+                worker.process.kill()
+                worker.process.wait()
+        self.listening.close()
+
+
+class Worker:
+    def __init__(self, site: SiteWorkers, port: int) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        fd = site.listening.fileno()
+        command = [
+            *site.site.command(fd),
+            "-e",
+            f"tcp:port={port}:interface=127.0.0.1",
+            *(["-v", "0"] if site.quiet else []),
+        ]
+        self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **site.env}, pass_fds=(fd,))
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise RuntimeError(f"daphne exited with {self.process.returncode}")
+        try:
+            httpx.get(f"{self.url}/accounts/login/", timeout=1.0)
+        except httpx.TransportError:
+            return False
+        return True
+
+    def kill(self) -> None:
+        """kill -9: no chance to write anything."""
+        self.process.kill()
+        self.process.wait()

@@ -18,6 +18,7 @@ class _Frame:
     def __init__(self) -> None:
         self.name = "message"
         self.data: list[str] = []
+        self.last_id = ""  # as EventSource keeps it: the last `id:` seen, kept across events
 
     def read(self, line: str) -> tuple[str, str] | None:
         """The (event name, data) this line completes, if it ends a frame with data in it."""
@@ -29,6 +30,8 @@ class _Frame:
         value = value.removeprefix(" ")
         if field == "event":
             self.name = value
+        elif field == "id":
+            self.last_id = value
         elif field == "data":
             self.data.append(value)
         return None
@@ -46,6 +49,15 @@ def sse_events(lines: Iterable[str]) -> Iterator[tuple[str, Any]]:
     """(event name, decoded JSON data) for each event in `lines`."""
     for name, data in sse_frames(lines):
         yield name, json.loads(data)
+
+
+def sse_events_with_ids(lines: Iterable[str]) -> Iterator[tuple[str, Any, str]]:
+    """(event name, decoded JSON data, the last event id) for each event in `lines`: the id is what
+    a reconnecting EventSource sends as Last-Event-ID."""
+    frame = _Frame()
+    for line in lines:
+        if ended := frame.read(line):
+            yield ended[0], json.loads(ended[1]), frame.last_id
 
 
 async def sse_events_async(chunks: AsyncIterable[bytes | str]) -> AsyncIterator[tuple[str, Any]]:

@@ -116,6 +116,7 @@ def start_group(
     stdout: int | None = None,
     stderr: int | None = None,
     cwd: Path | None = None,
+    pass_fds: tuple[int, ...] = (),
 ) -> subprocess.Popen[bytes]:
     """Start a process as the leader of its own session and process group.
 
@@ -132,6 +133,7 @@ def start_group(
         cwd=cwd,
         start_new_session=True,
         preexec_fn=term_on_parent_death,
+        pass_fds=pass_fds,
     )
 
 

@@ -3,6 +3,7 @@
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -321,18 +322,39 @@ class Site:
     port: int
     env: dict[str, str]
     greeting: str = ""  # said after the address
+    workers: int = 1  # daphne processes, sharing one listening socket when more than one
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}/"
 
-    def command(self) -> list[str]:
-        daphne = [sys.executable, "-m", "daphne", "-b", self.host, "-p", str(self.port)]
+    def command(self, fd: int | None = None) -> list[str]:
+        where = ["-b", self.host, "-p", str(self.port)] if fd is None else ["--fd", str(fd)]
+        daphne = [sys.executable, "-m", "daphne", *where]
         if settings.HTTPS:
             # Behind the HTTPS proxy (deploy/nginx/) the browser's address is the one the proxy
             # forwards: sign-in throttling counts failures by it.
             daphne.append("--proxy-headers")
         return [*daphne, "chatsite.asgi:application"]
+
+
+def start_site(site: Site) -> list[subprocess.Popen[bytes]]:
+    """The site's daphne processes: one listening itself, or `site.workers` sharing one socket.
+
+    The socket is made here and inherited by each worker (daphne's --fd): the kernel hands each
+    new connection to one of them, and a worker that dies takes no port with it.
+    """
+    if site.workers == 1:
+        return [start_group(site.command(), site.env, cwd=settings.BASE_DIR)]
+    try:
+        listening = socket.create_server((site.host, site.port), backlog=1024)
+    except OSError as exc:
+        raise ServerError(f"The site cannot listen on {site.url}: {exc.strerror or exc}") from exc
+    with listening:
+        fd = listening.fileno()
+        return [
+            start_group(site.command(fd), site.env, cwd=settings.BASE_DIR, pass_fds=(fd,)) for _ in range(site.workers)
+        ]
 
 
 def run_with_site(
@@ -345,7 +367,7 @@ def run_with_site(
     """
     with StopSignals().installed() as signals:
         supervisor: Supervisor | None = None
-        daphne: subprocess.Popen[bytes] | None = None
+        workers: list[subprocess.Popen[bytes]] = []
         try:
             if vllm is not None and already_serving(vllm):
                 out(f"A vLLM serving {vllm.served_model_name!r} already answers at {vllm.base_url}: using it.")
@@ -355,14 +377,19 @@ def run_with_site(
                 supervisor.start()
                 supervisor.wait_until_ready(stop=lambda: signals.requested)
             if not signals.requested:
-                out(f"Starting the site: {shlex.join(site.command())}")
-                daphne = start_group(site.command(), site.env, cwd=settings.BASE_DIR)
-                _wait_for_site(daphne, site, stop=lambda: signals.requested)
+                if site.workers == 1:
+                    out(f"Starting the site: {shlex.join(site.command())}")
+                else:
+                    each = shlex.join(site.command(fd=0)).replace("--fd 0", "--fd <socket>")
+                    out(f"Starting the site as {site.workers} worker processes on {site.url}, each: {each}")
+                workers = start_site(site)
+                _wait_for_site(workers, site, stop=lambda: signals.requested)
                 out(f"The chat is at {site.url} (Ctrl-C stops it).{site.greeting}")
-            # daphne is None only when a stop was asked for before it started.
-            while daphne is not None and not signals.requested:
-                if (code := daphne.poll()) is not None:
-                    raise ServerError(f"The site (daphne) exited with code {code}.")
+            # No workers only when a stop was asked for before they started.
+            while workers and not signals.requested:
+                for daphne in workers:
+                    if (code := daphne.poll()) is not None:
+                        raise ServerError(f"The site (daphne) exited with code {code} (pid {daphne.pid}).")
                 if supervisor is not None:
                     supervisor.poll()
                     supervisor.wait(0.5)
@@ -370,23 +397,36 @@ def run_with_site(
                     time.sleep(0.5)
             out(f"Received {signals.received[0]}.")
         finally:
-            if daphne is not None and daphne.poll() is None:
+            if any(daphne.poll() is None for daphne in workers):
                 out("Stopping the site...")
-                stop_group(daphne, SITE_STOP_GRACE, signals.forced)
+                for daphne in workers:
+                    daphne.send_signal(signal.SIGTERM)  # all at once: each finishes its answers' writes
+                for daphne in workers:
+                    stop_group(daphne, SITE_STOP_GRACE, signals.forced)
             if supervisor is not None:
                 supervisor.stop()
 
 
-def _wait_for_site(daphne: subprocess.Popen[bytes], site: Site, stop: Callable[[], bool]) -> None:
+def _wait_for_site(workers: list[subprocess.Popen[bytes]], site: Site, stop: Callable[[], bool]) -> None:
     deadline = time.monotonic() + SITE_START_TIMEOUT
     while not stop():
-        if (code := daphne.poll()) is not None:
-            raise ServerError(f"The site (daphne) exited with code {code} while starting.")
-        try:
-            with socket.create_connection((site.host, site.port), timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise ServerError(f"The site did not listen on {site.url} within {SITE_START_TIMEOUT:g} s.") from None
-            with suppress(subprocess.TimeoutExpired):
-                daphne.wait(timeout=0.1)
+        for daphne in workers:
+            if (code := daphne.poll()) is not None:
+                raise ServerError(f"The site (daphne) exited with code {code} while starting.")
+        if _answers(site):
+            return
+        if time.monotonic() > deadline:
+            raise ServerError(f"The site did not answer on {site.url} within {SITE_START_TIMEOUT:g} s.")
+        with suppress(subprocess.TimeoutExpired):
+            workers[0].wait(timeout=0.1)
+
+
+def _answers(site: Site) -> bool:
+    """Whether the site answers HTTP. A connection alone says nothing with several workers: their
+    socket, made before they start, accepts connections into its backlog at once."""
+    try:
+        with socket.create_connection((site.host, site.port), timeout=1) as connection:
+            connection.sendall(f"HEAD / HTTP/1.0\r\nHost: {site.host}\r\n\r\n".encode())
+            return connection.recv(1) != b""
+    except OSError:
+        return False

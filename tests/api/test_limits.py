@@ -39,7 +39,15 @@ def limited_site(django_db_setup, django_db_blocker, fake_vllm_server) -> Iterat
 def alice_answering(alice) -> Message:
     """An answer of Alice's being generated, as another worker of the site would be generating it."""
     conversation = Conversation.objects.create(owner=alice, title="Elsewhere")
-    return Message.objects.create(conversation=conversation, role="assistant", status=Message.Status.STREAMING)
+    # With a live lease: one with none (or an expired one) is a dead worker's, which any worker
+    # that notices marks interrupted, and which then counts no more.
+    return Message.objects.create(
+        conversation=conversation,
+        role="assistant",
+        status=Message.Status.STREAMING,
+        worker="another-worker",
+        lease_until=timezone.now() + timedelta(hours=1),
+    )
 
 
 def every_door(site: SiteProcess, token: str) -> dict[str, httpx.Response]:

@@ -11,7 +11,7 @@ from django.core.management import call_command
 from chat.models import ApiToken, Conversation, Message
 from tests.accounts import login
 from tests.site_server import csrf_headers
-from tests.sse import sse_events, sse_frames
+from tests.sse import sse_events, sse_events_with_ids, sse_frames
 from tests.waiting import wait_for
 
 live = pytest.mark.django_db(transaction=True)
@@ -223,6 +223,26 @@ def test_a_prompt_streams_the_same_events_as_the_page(alice_api, fake_vllm):
     # An ended answer can be followed again, whole.
     with alice_api.stream("GET", f"/conversations/{conversation['id']}/messages/{done['message_id']}/stream") as again:
         assert [name for name, _ in sse_events(again.iter_lines())] == ["delta", "done"]
+
+
+@live
+def test_each_event_says_how_far_the_client_is_and_a_reconnect_resumes_from_there(alice_api, fake_vllm):
+    fake_vllm.reply = ["one", " two", " three"]
+    conversation = alice_api.post("/conversations", json={}).json()
+    turn = alice_api.post(f"/conversations/{conversation['id']}/messages", json={"prompt": "Count"}).json()
+    url = f"/conversations/{conversation['id']}/messages/{turn['answer']['id']}/stream"
+
+    def follow(last_event_id: str | None) -> list[tuple[str, str, str]]:
+        headers = {"Last-Event-ID": last_event_id} if last_event_id is not None else {}
+        with alice_api.stream("GET", url, headers=headers) as response:
+            assert response.status_code == 200
+            return [(name, data.get("text", ""), id) for name, data, id in sse_events_with_ids(response.iter_lines())]
+
+    assert follow(None) == [("delta", "one two three", "13"), ("done", "", "13")]
+    assert follow("3") == [("delta", " two three", "13"), ("done", "", "13")]
+    assert follow("13") == [("done", "", "13")]
+    for nonsense in ("-1", "three", "1e3", "9" * 40, ""):
+        assert follow(nonsense)[0] == ("delta", "one two three", "13"), nonsense  # from the start, never a 500
 
 
 @live

@@ -54,6 +54,7 @@ def test_the_seeds_curl_prints_the_answer_as_sse_text_and_saves_it(live_site, al
 
 def test_a_chunk_with_line_breaks_is_one_data_line_per_line(alice_api, fake_vllm):
     fake_vllm.reply = ["First line\nsecond", "\n\n", "after a blank line\r\nend"]
+    fake_vllm.token_delay = 0.3  # each chunk its own event: a follower that joins late gets the text so far as one
     with alice_api.stream("POST", "/workflows/runs", json={"input": {"prompt": "Lines"}}) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")

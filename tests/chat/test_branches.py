@@ -288,7 +288,7 @@ async def test_a_regenerated_answer_streams_to_every_follower_and_stops_with_the
     followers = [asyncio.ensure_future(text_of(again.answer)) for _ in range(2)]
 
     async def has_text() -> bool:
-        return turns.text_so_far(again.answer) == "uno dos"
+        return (await turns.current(again.answer)).content == "uno dos"
 
     await wait_for_async(has_text)
     stopped = await turns.stop_turn(again.answer)

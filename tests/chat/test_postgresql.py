@@ -2,8 +2,8 @@
 
 What differs by database (chat/search.py's index and queries, the import's one transaction) is
 tested by running those tests' modules once more, in a pytest of their own whose DATABASE_URL is a
-real PostgreSQL server started for the purpose (tests/postgresql.py). `make test` installs
-Debian's `postgresql` package; without it, this is skipped.
+real PostgreSQL server (the run's own, tests/servers.py). `make test` installs Debian's
+`postgresql` package; without it, this is skipped (a failure in CI).
 """
 
 import os
@@ -13,19 +13,17 @@ import sys
 import pytest
 
 from tests.commands import ROOT
-from tests.postgresql import installed, postgresql_server
+from tests.servers import PostgreSQL
 
 MODULES = ["tests/chat/test_search.py", "tests/chat/test_exports.py", "tests/api/test_history.py"]
 
 
-@pytest.mark.skipif(not installed(), reason="PostgreSQL is not installed (apt-get install postgresql)")
 @pytest.mark.timeout(600)
-def test_search_export_and_import_pass_on_postgresql():
-    with postgresql_server() as database_url:
-        env = {**os.environ, "DATABASE_URL": database_url}
-        # The module's tests, and none of this one (it would start another server, forever).
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *MODULES]
-        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
+def test_search_export_and_import_pass_on_postgresql(postgresql: PostgreSQL):
+    env = {**os.environ, "DATABASE_URL": postgresql.create_database("chat_history")}
+    # The module's tests, and none of this one (it would start another server, forever).
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *MODULES]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
     assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
     summary = result.stdout.strip().splitlines()[-1]
     assert " passed" in summary and "failed" not in summary

@@ -2,12 +2,17 @@
 
 import asyncio
 import gc
+import threading
+from contextlib import suppress
 
 import pytest
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.db import DatabaseError
 from django.db.backends.utils import CursorWrapper
+from django.http import Http404
 
-from chat import titles, turns
+from api import delivery
+from chat import sse, titles, turns
 from chat.models import Conversation, Message, MessageQuerySet
 from chat.turns import TurnEnded
 from engine.vllm_client import TextDelta
@@ -243,6 +248,9 @@ def query_counter(monkeypatch):
 
 
 async def test_a_turns_queries_do_not_grow_with_the_answers_length(conversation, fake_vllm, query_counter):
+    conversation.title = "Titled"  # the first turn of an untitled conversation also writes its title
+    await conversation.asave()
+
     async def queries_for(deltas: int) -> int:
         fake_vllm.reply = [f" t{i}" for i in range(deltas)]
         before = query_counter["queries"]
@@ -354,15 +362,16 @@ def failing_final_writes(monkeypatch):
 
     def fail(error: Exception, count: int) -> list[dict]:
         failed: list[dict] = []
-        update = MessageQuerySet.aupdate
+        update = MessageQuerySet.update
 
-        async def aupdate(self, **fields):
+        # The turn writes from threads of its own (sync ORM calls), hence `update`, not `aupdate`.
+        def failing_update(self, **fields):
             if "status" in fields and len(failed) < count:
                 failed.append(fields)
                 raise error
-            return await update(self, **fields)
+            return update(self, **fields)
 
-        monkeypatch.setattr(MessageQuerySet, "aupdate", aupdate)
+        monkeypatch.setattr(MessageQuerySet, "update", failing_update)
         return failed
 
     return fail
@@ -393,10 +402,11 @@ async def test_a_final_write_that_fails_is_stored_as_an_error_with_the_text(
     assert (await turns.stop_turn(answer)).status == Message.Status.ERROR
 
 
+@pytest.mark.parametrize("failure", [DatabaseError("connection lost"), RuntimeError("a bug in a driver")])
 async def test_a_database_that_refuses_every_final_write_still_ends_the_turn(
-    conversation, fake_vllm, failing_final_writes, settings, monkeypatch
+    conversation, fake_vllm, failing_final_writes, settings, monkeypatch, failure
 ):
-    failed = failing_final_writes(DatabaseError("connection lost"), count=1000)
+    failed = failing_final_writes(failure, count=1000)
     fake_vllm.reply = ["unsaved", " answer"]
     _, answer = await turns.start_turn(conversation, "Go")
 
@@ -426,3 +436,179 @@ async def test_an_exception_before_streaming_ends_the_answer_in_error(conversati
     assert "boom" in stored.error
     assert text == ""
     assert not turns.is_running(answer)
+
+
+# --- defects found by reading the code (issue 9), each pinned down ---
+
+
+async def test_a_follow_landing_between_the_commit_and_the_turns_start_follows_it(conversation, fake_vllm, monkeypatch):
+    # The follower runs right after the answer is committed and before start_turn goes on: it must
+    # see a live answer, not one that no turn runs (which it would mark interrupted).
+    fake_vllm.reply = ["live", " answer"]
+    save = turns._save_prompt_and_answer
+    early: list[asyncio.Future] = []
+
+    def save_then_follow(*args, **kwargs):
+        # Runs on the thread that saves, right after the commit: the loop follows meanwhile.
+        saved = save(*args, **kwargs)
+        follower = asyncio.run_coroutine_threadsafe(follow_as_another_request(saved.answer), loop)
+        early.append(asyncio.wrap_future(follower, loop=loop))
+        with suppress(TimeoutError):
+            follower.result(timeout=1)  # as long as it would take to settle the answer, if it did
+        return saved
+
+    async def follow_as_another_request(answer: Message) -> tuple[str, Message]:
+        # Its own thread for the database, as Django gives each request: this test's thread is
+        # the one still saving.
+        async with ThreadSensitiveContext():
+            return await run_to_end(answer)
+
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(turns, "_save_prompt_and_answer", save_then_follow)
+    _, answer = await turns.start_turn(conversation, "Now")
+
+    text, ended = await asyncio.wait_for(early[0], 10)
+
+    assert ended.status == Message.Status.COMPLETE
+    assert text == "live answer"
+    assert (await Message.objects.aget(pk=answer.pk)).status == Message.Status.COMPLETE
+
+
+async def test_a_turn_saves_only_what_it_changes_on_the_conversation(conversation, fake_vllm):
+    fake_vllm.reply = ["ok"]
+    conversation.title = "Old title"
+    await conversation.asave()
+    seen_by_the_request = await Conversation.objects.aget(pk=conversation.pk)
+    # Meanwhile, in another request: a rename and a new temperature.
+    await Conversation.objects.filter(pk=conversation.pk).aupdate(title="Renamed", temperature=0.1)
+    seen_by_the_request.change_settings(max_tokens=100)  # what the prompt form sent
+
+    _, answer = await turns.start_turn(seen_by_the_request, "Go on")
+    await run_to_end(answer)
+
+    stored = await Conversation.objects.aget(pk=conversation.pk)
+    assert stored.title == "Renamed"
+    assert stored.temperature == 0.1
+    assert stored.max_tokens == 100
+    assert stored.updated_at > conversation.updated_at
+
+
+async def test_an_untitled_conversations_first_turn_titles_it_unless_renamed_meanwhile(conversation, fake_vllm):
+    fake_vllm.reply = ["ok"]
+    renamed = await Conversation.objects.acreate(owner_id=conversation.owner_id)
+    await Conversation.objects.filter(pk=renamed.pk).aupdate(title="Chosen")
+
+    _, first = await turns.start_turn(conversation, "Title me")
+    _, second = await turns.start_turn(renamed, "Not me")
+    await run_to_end(first)
+    await run_to_end(second)
+
+    assert (await Conversation.objects.aget(pk=conversation.pk)).title == "Title me"
+    assert (await Conversation.objects.aget(pk=renamed.pk)).title == "Chosen"
+
+
+async def test_a_turn_in_a_conversation_deleted_meanwhile_is_not_found_and_saves_nothing(conversation, fake_vllm):
+    seen_by_the_request = await Conversation.objects.aget(pk=conversation.pk)
+    await Conversation.objects.filter(pk=conversation.pk).adelete()
+
+    with pytest.raises(Http404):
+        await turns.start_turn(seen_by_the_request, "Anyone?")
+
+    assert not await Conversation.objects.filter(pk=conversation.pk).aexists()  # not brought back
+    assert not await Message.objects.filter(conversation_id=conversation.pk).aexists()
+    assert fake_vllm.requests == []
+
+
+async def test_deleting_a_conversation_anywhere_stops_its_turn(conversation, fake_vllm):
+    # As the admin and a shell delete: a queryset delete, not the page's stop-then-delete.
+    fake_vllm.reply = [f" w{i}" for i in range(500)]
+    fake_vllm.token_delay = 0.02
+    _, answer = await turns.start_turn(conversation, "Talk a lot")
+    await first_delta(answer)
+
+    await sync_to_async(Conversation.objects.filter(pk=conversation.pk).delete)()
+
+    assert await asyncio.to_thread(fake_vllm.wait_for_disconnect, timeout=5)
+    await wait_for_async(lambda: not turns.is_running(answer), what="the turn to end")
+    assert not await Message.objects.filter(pk=answer.pk).aexists()
+
+
+async def test_a_turn_whose_rows_are_gone_stops_at_its_next_checkpoint(conversation, fake_vllm, settings):
+    # Rows deleted without Django's signals (raw SQL, another program): the turn finds out itself.
+    settings.CHAT_CHECKPOINT_SECONDS = 0.05
+    fake_vllm.reply = [f" w{i}" for i in range(500)]
+    fake_vllm.token_delay = 0.02
+    _, answer = await turns.start_turn(conversation, "Talk a lot")
+    await first_delta(answer)
+
+    # The conversation points at its answer (the branch shown): let go of it first.
+    await Conversation.objects.filter(pk=conversation.pk).aupdate(branch_tip=None)
+    await sync_to_async(Message.objects.filter(conversation=conversation)._raw_delete)("default")
+
+    assert await asyncio.to_thread(fake_vllm.wait_for_disconnect, timeout=5)
+    await wait_for_async(lambda: not turns.is_running(answer), what="the turn to end")
+
+
+async def test_a_slow_follower_gets_what_came_meanwhile_as_one_delta(conversation, fake_vllm):
+    fake_vllm.reply = ["first", *[f" w{i}" for i in range(100)]]
+    fake_vllm.token_delay = 0.005
+    fake_vllm.fault = "stall"
+    fake_vllm.fault_after = 101
+    _, answer = await turns.start_turn(conversation, "Many deltas")
+    follower = turns.follow(answer)
+    first = await anext(follower)
+    assert isinstance(first, TextDelta) and first.text == "first"
+    running = turns._running[answer.pk]
+    await wait_for_async(lambda: len(running.parts) == 101, what="every delta to arrive")
+
+    # The follower read nothing while 100 deltas came: it holds no backlog, and gets them at once.
+    caught_up = await anext(follower)
+
+    assert isinstance(caught_up, turns.TurnDelta) and caught_up.offset == len("first")
+    assert caught_up.text == "".join(fake_vllm.reply[1:])
+    await follower.aclose()
+    await turns.stop_turn(answer)
+
+
+async def test_a_stream_that_is_closed_or_done_stops_following_at_once(conversation, fake_vllm):
+    fake_vllm.reply = ["one", " two"]
+    fake_vllm.fault = "stall"
+    fake_vllm.fault_after = 1
+    _, answer = await turns.start_turn(conversation, "Go")
+    running = turns._running[answer.pk]
+    gc.disable()  # each follower must end when its stream does, not when it is collected
+    try:
+        stream = sse.turn_events(answer)
+        await anext(stream)
+        assert running.followers == 1
+        await stream.aclose()  # the browser went away
+        assert running.followers == 0
+
+        ended = asyncio.create_task(delivery.ended(answer))
+        await wait_for_async(lambda: running.followers == 1)
+        await turns.stop_turn(answer)
+        assert (await ended).status == Message.Status.STOPPED
+        assert running.followers == 0
+    finally:
+        gc.enable()
+
+
+async def test_turns_read_and_write_the_database_side_by_side_not_one_at_a_time(alice, fake_vllm, monkeypatch):
+    # Each turn's database calls run on threads of their own (as Channels' database_sync_to_async),
+    # not queued on asgiref's one shared thread: two turns can be inside one at the same time.
+    fake_vllm.reply = ["fine"]
+    both_reading = threading.Barrier(2, timeout=5)
+    usable_as_context = MessageQuerySet.usable_as_context
+
+    def read_together(self):
+        both_reading.wait()  # broken, and the turn fails, unless the other turn reads meanwhile
+        return usable_as_context(self)
+
+    monkeypatch.setattr(MessageQuerySet, "usable_as_context", read_together)
+    first = await Conversation.objects.acreate(owner=alice, title="One")
+    second = await Conversation.objects.acreate(owner=alice, title="Two")
+    answers = [(await turns.start_turn(conversation, "Hi")).answer for conversation in (first, second)]
+
+    ended = await asyncio.gather(*(run_to_end(answer) for answer in answers))
+
+    assert [message.status for _, message in ended] == [Message.Status.COMPLETE] * 2

@@ -126,6 +126,56 @@ def test_up_restarts_a_crashed_vllm_while_the_site_stays_up(standin, tmp_path):
     assert up.finish() == 0
 
 
+def test_up_serves_the_site_from_several_workers_on_one_port(standin, tmp_path, redis_server, fake_vllm):
+    site_port = free_port()
+    up = standin.run(
+        "--port",
+        str(site_port),
+        "--no-vllm",
+        "--workers",
+        "3",
+        command="up",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        REDIS_URL=redis_server.url,
+        VLLM_BASE_URL=fake_vllm.base_url,
+    )
+    up.wait_for("The chat is at", timeout=90)
+
+    assert "Starting the site as 3 worker processes" in up.output
+    workers = children(up.process.pid)
+    assert len(workers) == 3
+    for _ in range(6):  # each on a connection of its own: any worker may take it
+        assert httpx.get(f"http://127.0.0.1:{site_port}/healthz", timeout=10).json()["vllm"] == "ok"
+
+    up.process.send_signal(signal.SIGINT)
+    assert up.finish() == 0
+    assert not [pid for pid in workers if alive(pid)]
+    assert not listening(site_port)
+
+
+def test_up_refuses_several_workers_without_redis(standin, tmp_path):
+    up = standin.run("--port", str(free_port()), "--no-vllm", "--workers", "2", command="up", REDIS_URL="")
+
+    assert up.finish() == 1
+    assert "--workers 2 needs Redis" in up.output and "REDIS_URL" in up.output
+    assert "Applying" not in up.output  # said before anything is done
+
+
+def test_up_refuses_several_workers_when_redis_does_not_answer(standin, tmp_path):
+    up = standin.run(
+        "--port",
+        str(free_port()),
+        "--no-vllm",
+        "--workers",
+        "2",
+        command="up",
+        REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+    )
+
+    assert up.finish() == 1
+    assert "needs Redis, and the one at REDIS_URL does not answer" in up.output
+
+
 def test_behind_the_https_proxy_up_has_daphne_take_the_browsers_address_from_it(settings):
     site = Site("127.0.0.1", 8080, {})
     assert "--proxy-headers" not in site.command()  # reached directly, a client could claim any address

@@ -8,6 +8,7 @@ keeps what was generated.
 
 import asyncio
 import json
+from contextlib import aclosing
 from typing import Any
 
 from django.conf import settings
@@ -66,12 +67,13 @@ class Command(BaseCommand):
         except TooManyAnswers as exc:
             raise CommandError(exc.message) from None
         try:
-            async for event in turns.follow(answer):
-                if isinstance(event, TextDelta):
-                    self.stdout.write(event.text, ending="")
-                    self.stdout.flush()
-                elif isinstance(event, TurnEnded):
-                    return event.message
+            async with aclosing(turns.follow(answer)) as events:
+                async for event in events:
+                    if isinstance(event, TextDelta):
+                        self.stdout.write(event.text, ending="")
+                        self.stdout.flush()
+                    elif isinstance(event, TurnEnded):
+                        return event.message
             raise AssertionError("a turn's events end with TurnEnded")
         except asyncio.CancelledError:
             # Ctrl-C: asyncio.run cancels this task; stopping records the answer as "stopped".

@@ -2,6 +2,7 @@ import asyncio
 import os
 from typing import Any
 
+import redis
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
@@ -25,10 +26,17 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-vllm", action="store_true", help="start no vLLM: the site uses the one at VLLM_BASE_URL"
         )
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=1,
+            help="the site's daphne processes, on one port (default %(default)s); more than one needs REDIS_URL",
+        )
         add_server_arguments(parser)
 
     def handle(self, *args: str, **options: Any) -> None:
         out = terminal(self.stdout.write, self.stdout.flush)
+        check_workers(options["workers"])
         # A fresh machine has no database yet; an up-to-date one makes this a no-op.
         call_command("migrate", interactive=False, verbosity=min(options["verbosity"], 1))
         # The sign-in page offers to create the first account while there is none.
@@ -45,7 +53,7 @@ class Command(BaseCommand):
                 # which model it serves and how long its context is.
                 env["VLLM_BASE_URL"] = managed.base_url
             run_with_site(
-                Site(options["host"], options["port"], env, greeting),
+                Site(options["host"], options["port"], env, greeting, workers=options["workers"]),
                 out,
                 vllm=managed,
                 device=options["device"],
@@ -54,3 +62,23 @@ class Command(BaseCommand):
             )
         except ServerError as exc:
             raise CommandError(str(exc)) from exc
+
+
+def check_workers(workers: int) -> None:
+    """Several workers pass answers and stops to each other through Redis: refuse to start them
+    without one, rather than serve a site where a follow that lands on the wrong worker hangs."""
+    if workers < 1:
+        raise CommandError("--workers must be 1 or more.")
+    if workers == 1:
+        return
+    if not settings.REDIS_URL:
+        raise CommandError(
+            f"--workers {workers} needs Redis: the workers pass each answer's text and stop requests to "
+            "each other through it. Set REDIS_URL (e.g. redis://127.0.0.1:6379/0) to a running Redis server."
+        )
+    try:  # said now, not by every worker's first request
+        redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=5).ping()
+    except (redis.RedisError, ValueError) as exc:
+        raise CommandError(
+            f"--workers {workers} needs Redis, and the one at REDIS_URL does not answer: {exc}"
+        ) from None

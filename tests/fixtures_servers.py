@@ -1,0 +1,96 @@
+"""A real PostgreSQL and Redis for the run, and the site on them as several workers; registered
+from tests/conftest.py.
+
+Without the servers' programs (outside `make test`, which installs them) their tests are skipped,
+except in CI, where that is a failure."""
+
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import NoReturn
+
+import pytest
+
+from tests.accounts import PASSWORD
+from tests.commands import ROOT
+from tests.fake_vllm import FakeVLLM
+from tests.servers import PostgreSQL, Redis, postgresql_bin, redis_bin
+from tests.site_server import SiteWorkers
+
+_databases = itertools.count(1)
+
+
+def _missing(what: str) -> NoReturn:
+    message = f"{what} is not installed (apt-get install postgresql redis-server; `make test` does)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgresql() -> Iterator[PostgreSQL]:
+    if (bin := postgresql_bin()) is None:
+        _missing("PostgreSQL")
+    server = PostgreSQL(bin).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Redis]:
+    if (program := redis_bin()) is None:
+        _missing("redis-server")
+    server = Redis(program).start()
+    yield server
+    server.stop()
+
+
+def manage(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return done.stdout.strip()
+
+
+def workers_env(postgresql: PostgreSQL, redis_server: Redis, fake: FakeVLLM, **overrides: str) -> dict[str, str]:
+    """A fresh, migrated PostgreSQL database with alice in it, Redis, the fake vLLM; short leases."""
+    env = {
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": postgresql.create_database(f"chat_{next(_databases)}"),
+        "REDIS_URL": redis_server.url,
+        "VLLM_BASE_URL": fake.base_url,
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "CHAT_LEASE_SECONDS": "3",
+        "CHAT_CHECKPOINT_SECONDS": "0.2",
+        **overrides,
+    }
+    manage(env, "migrate", "-v0")
+    create = f"from django.contrib.auth.models import User; User.objects.create_user('alice', password={PASSWORD!r})"
+    manage(env, "shell", "-c", create)
+    env["ALICE_TOKEN"] = manage(env, "createtoken", "alice")
+    return env
+
+
+@pytest.fixture
+def site_workers(postgresql, redis_server, fake_vllm) -> Iterator[SiteWorkers]:
+    """The site as three daphne workers on one port, on PostgreSQL and Redis, against the fake vLLM."""
+    site = SiteWorkers(workers_env(postgresql, redis_server, fake_vllm)).start()
+    yield site
+    site.stop()
+
+
+@pytest.fixture
+def busy_site_workers(postgresql, redis_server, fake_vllm) -> Iterator[SiteWorkers]:
+    """`site_workers` with the site's own lease (15 s): under a burst of hundreds of streams on a
+    small machine a worker's loop can lag its renewals by seconds, and the tests' 3 s lease, short
+    so that a killed worker's answers are settled quickly, would take live answers for dead."""
+    site = SiteWorkers(workers_env(postgresql, redis_server, fake_vllm, CHAT_LEASE_SECONDS="15")).start()
+    yield site
+    site.stop()
