@@ -86,6 +86,15 @@ def test_a_quoted_phrase_is_one_term(alice, chat):
     words = say(chat, "brown and quick")
     assert found(alice, '"quick brown"') == [phrase.pk]
     assert found(alice, "quick brown") == [words.pk, phrase.pk]
+    # Whatever the case, with words of any length, in any script, its wildcards literal.
+    korean = say(chat, "We go to the Big Apple: 세계 여행 100% sure")
+    assert found(alice, '"TO THE big"') == [korean.pk]
+    assert found(alice, '"the to"') == []
+    assert found(alice, '"세계 여"') == [korean.pk]
+    assert found(alice, '"계 여행 1"') == [korean.pk]
+    assert found(alice, '"100% sure"') == [korean.pk]
+    assert found(alice, '"100_ sure"') == [] and found(alice, '"10% sure"') == []
+    assert found(alice, '"brown fox" "the quick"') == [phrase.pk]
 
 
 def test_finds_conversations_by_title(alice, chat):
@@ -349,7 +358,7 @@ def test_postgresql_serves_the_search_from_its_trigram_index(alice, chat):
 
 def test_postgresql_reads_a_persons_messages_newest_first_from_their_own_index(alice, chat):
     """A common term: reading the person's messages newest first, stopping at the page's end, with
-    no join to the conversations (what made a search of a large history take 125 ms, not 10)."""
+    no join to the conversations, nor a test of another person's texts (bench/search.py measures it)."""
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL's index of each message's owner")
     say(chat, "a common word")
