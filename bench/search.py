@@ -6,6 +6,7 @@ use the same words (search must skip them), then times `chat.search.search`, the
 box and `GET /api/search`, for several kinds of query. The target is under 50 ms p50.
 
     .venv/bin/python bench/search.py [--conversations 10000] [--messages-per 20] [--runs 30]
+    .venv/bin/python bench/search.py --postgresql    # on a PostgreSQL server started for the run
     .venv/bin/python bench/search.py --database-url postgres://user@host/db   # an empty database
 
 Given a database it has filled before (--database-url), it measures again without filling.
@@ -119,10 +120,27 @@ def main() -> None:
     parser.add_argument("--messages-per", type=int, default=20)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--database-url", help="an empty database to fill (default: a scratch SQLite file)")
+    parser.add_argument(
+        "--postgresql", action="store_true", help="start a scratch PostgreSQL server (as the tests do) and fill it"
+    )
     args = parser.parse_args()
+    if args.postgresql:
+        from tests.servers import PostgreSQL, postgresql_bin
 
+        if (programs := postgresql_bin()) is None:
+            parser.error("--postgresql needs Debian's postgresql package (apt-get install postgresql)")
+        server = PostgreSQL(programs).start()
+        try:
+            run(args, server.create_database("bench"))
+        finally:
+            server.stop()
+    else:
+        run(args, args.database_url)
+
+
+def run(args: argparse.Namespace, database_url: str | None) -> None:
     scratch = tempfile.TemporaryDirectory()
-    os.environ["DATABASE_URL"] = args.database_url or f"sqlite:///{scratch.name}/bench.sqlite3"
+    os.environ["DATABASE_URL"] = database_url or f"sqlite:///{scratch.name}/bench.sqlite3"
     os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only")
     os.environ["DJANGO_SETTINGS_MODULE"] = "chatsite.settings"
     import django

@@ -7,7 +7,7 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.state import StateApps
 
-from chat import branches
+from chat import branches, search
 from chat.models import Conversation, Message
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -71,3 +71,21 @@ def test_each_conversation_becomes_one_branch_in_the_order_it_was_written(migrat
     other_now = Conversation.objects.get(pk=other.pk)
     assert other_now.branch_tip_id == alone.pk
     assert Message.objects.get(pk=alone.pk).parent_id is None
+
+
+def test_messages_written_before_search_knew_their_owner_are_found_after(migrate, alice, bob):
+    # PostgreSQL's search reads each message's owner from a column that 0007 adds and fills.
+    owners = ("chat", "0007_message_owner")
+    migrate.loader.build_graph()
+    before = next(iter(migrate.loader.graph.node_map[owners].parents)).key
+    old = apps_at(migrate, before)
+    OldConversation, OldMessage = old.get_model("chat", "Conversation"), old.get_model("chat", "Message")
+    mine = OldConversation.objects.create(owner_id=alice.pk, title="Old chat")
+    theirs = OldConversation.objects.create(owner_id=bob.pk, title="Bob's")
+    written = OldMessage.objects.create(conversation=mine, role="user", content="the lighthouse keeper")
+    OldMessage.objects.create(conversation=theirs, role="user", content="bob's lighthouse")
+
+    to_latest(migrate)
+
+    assert [hit.message_id for hit in search.search(alice, "lighthouse").messages] == [written.pk]
+    assert [hit.message_id for hit in search.search(alice, "li").messages] == [written.pk]

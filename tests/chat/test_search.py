@@ -5,6 +5,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from chat import search
@@ -85,6 +86,15 @@ def test_a_quoted_phrase_is_one_term(alice, chat):
     words = say(chat, "brown and quick")
     assert found(alice, '"quick brown"') == [phrase.pk]
     assert found(alice, "quick brown") == [words.pk, phrase.pk]
+    # Whatever the case, with words of any length, in any script, its wildcards literal.
+    korean = say(chat, "We go to the Big Apple: 세계 여행 100% sure")
+    assert found(alice, '"TO THE big"') == [korean.pk]
+    assert found(alice, '"the to"') == []
+    assert found(alice, '"세계 여"') == [korean.pk]
+    assert found(alice, '"계 여행 1"') == [korean.pk]
+    assert found(alice, '"100% sure"') == [korean.pk]
+    assert found(alice, '"100_ sure"') == [] and found(alice, '"10% sure"') == []
+    assert found(alice, '"brown fox" "the quick"') == [phrase.pk]
 
 
 def test_finds_conversations_by_title(alice, chat):
@@ -107,6 +117,19 @@ def test_only_the_persons_own_conversations(alice, bob, chat):
     assert found(bob, "password is") == []
     assert found(alice, "세계") == []
     assert found(alice, "bob") == [] and found(alice, "b") == []
+
+
+def test_a_message_is_found_by_whoever_owns_its_conversation_now(alice, bob, chat):
+    # PostgreSQL's search reads the owner each message carries (chat/search.py): it must follow.
+    message = say(chat, "notes on the glacier trip")
+    chat.owner = bob
+    chat.save()
+    assert found(alice, "glacier") == [] and found(alice, "gl") == []
+    assert found(bob, "glacier") == [message.pk] and found(bob, "gl") == [message.pk]
+    alices = Conversation.objects.create(owner=alice, title="Mine again")
+    Message.objects.filter(pk=message.pk).update(conversation=alices)
+    assert found(alice, "glacier") == [message.pk]
+    assert found(bob, "glacier") == []
 
 
 def test_newest_first_a_page_at_a_time(alice, chat):
@@ -331,3 +354,25 @@ def test_postgresql_serves_the_search_from_its_trigram_index(alice, chat):
             cursor.execute("RESET enable_seqscan")
     assert "chat_message_content_trgm" in plan
     assert found(alice, "세계를") and found(alice, "twist")
+
+
+def test_postgresql_reads_a_persons_messages_newest_first_from_their_own_index(alice, chat):
+    """A common term: reading the person's messages newest first, stopping at the page's end, with
+    no join to the conversations, nor a test of another person's texts (bench/search.py measures it)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL's index of each message's owner")
+    say(chat, "a common word")
+    with CaptureQueriesContext(connection) as queries:
+        search.search(alice, "common")
+    sql = next(q["sql"] for q in queries.captured_queries if "LIKE" in q["sql"] and "chat_message" in q["sql"])
+    assert "chat_conversation" not in sql
+    with connection.cursor() as cursor:
+        cursor.execute("SET enable_seqscan = off")  # a handful of rows: let the plan show the index can serve
+        cursor.execute("SET enable_bitmapscan = off")
+        try:
+            cursor.execute("EXPLAIN " + sql)
+            plan = str(cursor.fetchall())
+        finally:
+            cursor.execute("RESET enable_seqscan")
+            cursor.execute("RESET enable_bitmapscan")
+    assert "Index Scan Backward using chat_message_owner_newest" in plan
