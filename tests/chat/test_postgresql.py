@@ -15,7 +15,12 @@ import pytest
 from tests.commands import ROOT
 from tests.servers import PostgreSQL
 
-MODULES = ["tests/chat/test_search.py", "tests/chat/test_exports.py", "tests/api/test_history.py"]
+MODULES = [
+    "tests/chat/test_search.py",
+    "tests/chat/test_exports.py",
+    "tests/api/test_history.py",
+    "tests/chat/test_migrations.py",  # 0007 fills each message's owner on PostgreSQL
+]
 
 
 @pytest.mark.timeout(600)
