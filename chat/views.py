@@ -140,11 +140,17 @@ def _too_many(refusal: TooManyAnswers) -> JsonResponse:
     return JsonResponse({"error": refusal.message}, status=429, headers={"Retry-After": str(refusal.retry_after)})
 
 
+async def _signed_in(request: HtmxHttpRequest) -> User:
+    """The person who sent the request, in a view that login_required lets no one else reach."""
+    user = await request.auser()
+    assert isinstance(user, User)
+    return user
+
+
 @login_required
 @require_POST
 async def send(request: HtmxHttpRequest, pk: int | None = None) -> HttpResponse:
-    user = await request.auser()
-    assert isinstance(user, User)  # login_required lets only someone signed in this far
+    user = await _signed_in(request)
     conversation = await ownership.aconversation_or_404(user, pk) if pk is not None else Conversation(owner=user)
     form = SendForm(request.POST)
     if not form.is_valid():
@@ -198,8 +204,7 @@ async def _new_branch(
 @login_required
 @require_POST
 async def regenerate(request: HtmxHttpRequest, pk: int, message_pk: int) -> HttpResponse:
-    user = await request.auser()
-    assert isinstance(user, User)
+    user = await _signed_in(request)
     conversation = await ownership.aconversation_or_404(user, pk)
     answer = await ownership.aanswer_or_404(user, message_pk, conversation_pk=pk)
     try:
@@ -214,8 +219,7 @@ async def regenerate(request: HtmxHttpRequest, pk: int, message_pk: int) -> Http
 @login_required
 @require_POST
 async def edit(request: HtmxHttpRequest, pk: int, message_pk: int) -> HttpResponse:
-    user = await request.auser()
-    assert isinstance(user, User)
+    user = await _signed_in(request)
     conversation = await ownership.aconversation_or_404(user, pk)
     edited = await ownership.amessage_or_404(user, message_pk, conversation_pk=pk, role=Message.Role.USER)
     form = PromptForm(request.POST)
@@ -232,8 +236,7 @@ async def edit(request: HtmxHttpRequest, pk: int, message_pk: int) -> HttpRespon
 @require_POST
 async def show(request: HtmxHttpRequest, pk: int, message_pk: int) -> HttpResponse:
     """Show the branch through this version of a message (the arrows beside it)."""
-    user = await request.auser()
-    assert isinstance(user, User)
+    user = await _signed_in(request)
     conversation = await ownership.aconversation_or_404(user, pk)
     await branches.show(await ownership.amessage_or_404(user, message_pk, conversation_pk=pk))
     return await _new_branch(request, conversation, user, through=message_pk)

@@ -1,11 +1,31 @@
 """The chat page as the browser tests find their way around it (Chromium and the signed-in page are
-tests/chat/conftest.py's fixtures)."""
+tests/fixtures_browser.py's fixtures)."""
 
+import re
 from pathlib import Path
 
-from playwright.sync_api import Locator, Page
+from playwright.sync_api import Locator, Page, expect
+
+from tests.accounts import PASSWORD
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+# Where signing in leads: the chat page, at the site's root.
+CHAT_PAGE = re.compile(r"^https?://[^/]+/$")
+
+
+def sign_in(page: Page, username: str) -> None:
+    """Open the chat page signed out, be sent to sign in, and come back to it signed in."""
+    page.goto("/")
+    expect(page).to_have_url(re.compile(r"/accounts/login/\?next=/$"))
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(CHAT_PAGE)
+    # The URL changes before the page's deferred scripts have run: a key pressed sooner would reach
+    # a page that does not handle it yet.
+    page.wait_for_load_state("load")
 
 
 def prompt_box(page: Page) -> Locator:
@@ -24,6 +44,6 @@ def open_settings(page: Page) -> None:
     page.locator("#settings-panel > summary").click()
 
 
-def screenshot(page: Page, name: str) -> None:
+def screenshot(page: Page, name: str, *, full_page: bool = False) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=ARTIFACTS / f"{name}.png")
+    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=full_page)

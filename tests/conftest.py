@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.fixtures_api",
     "tests.fixtures_standin_vllm",
     "tests.fixtures_servers",
+    "tests.fixtures_browser",
 ]
 
 

@@ -1,7 +1,7 @@
 """The chat page in a real headless Chromium, used as a person uses it, against the live site.
 
 The site runs in its own daphne process on the test database (`live_site`) and answers from the
-fake vLLM on loopback (`fake_vllm`); Chromium and the page come from tests/chat/conftest.py. Every
+fake vLLM on loopback (`fake_vllm`); Chromium and the page come from tests/fixtures_browser.py. Every
 check waits on a condition through Playwright's auto-waiting expectations; none sleeps.
 """
 
@@ -15,8 +15,7 @@ from django.conf import settings as django_settings
 from playwright.sync_api import Browser, Page, expect
 
 from chat.models import Conversation, Message
-from tests.accounts import PASSWORD
-from tests.browser import answers, open_settings, prompt_box, screenshot, sidebar_item
+from tests.browser import answers, open_settings, prompt_box, screenshot, sidebar_item, sign_in
 from tests.site_server import SiteProcess, site_env
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -240,12 +239,7 @@ def test_with_debug_on_a_form_error_is_still_said_beside_the_form(chromium: Brow
     context = chromium.new_context(base_url=debug_site.url)
     try:
         page = context.new_page()
-        page.goto("/accounts/login/")
-        page.get_by_label("Username").fill("alice")
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Sign in").click()
-        expect(page).to_have_url(f"{debug_site.url}/")
-        page.wait_for_load_state("domcontentloaded")  # the page's scripts listen
+        sign_in(page, "alice")
         prompt_box(page).press("Enter")
         expect(page.locator("#prompt-form").get_by_role("alert")).to_have_text("Type a message first.")
         expect(prompt_box(page)).to_be_visible()
@@ -310,12 +304,7 @@ def test_a_prompt_over_the_persons_limits_is_refused_with_a_message_and_kept(chr
     context = chromium.new_context(base_url=site.url)
     try:
         page = context.new_page()
-        page.goto("/accounts/login/")
-        page.get_by_label("Username").fill("alice")
-        page.get_by_label("Password").fill(PASSWORD)
-        page.get_by_role("button", name="Sign in").click()
-        expect(page).to_have_url(f"{site.url}/")
-        page.wait_for_load_state("domcontentloaded")  # the page's scripts listen
+        sign_in(page, "alice")
         # An answer of hers is being generated (in another tab, or by another door).
         elsewhere = Conversation.objects.create(owner=alice, title="Elsewhere")
         Message.objects.create(conversation=elsewhere, role="assistant", status=Message.Status.STREAMING)

@@ -2,7 +2,7 @@
 then theirs in every browser they sign in from, and no one else's.
 
 The first tests ask the site through Django's test client; the rest use it in Chromium, as a person
-does, against the site in daphne (tests/chat/conftest.py).
+does, against the site in daphne (tests/fixtures_browser.py).
 """
 
 import io

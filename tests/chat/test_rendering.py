@@ -2,7 +2,7 @@
 
 The fake vLLM sends each answer in small deltas of varying size, so that every construct (a fence,
 a link, a tag, a formula) arrives split across several of them. The page's own checks (from
-tests/chat/conftest.py) hold throughout: no script error, nothing the CSP blocked, and no request
+tests/fixtures_browser.py) hold throughout: no script error, nothing the CSP blocked, and no request
 to anywhere but the site.
 """
 

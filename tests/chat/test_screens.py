@@ -1,6 +1,6 @@
 """The chat page on any screen and by keyboard, in both themes, and checked by axe-core, in Chromium.
 
-The site runs in daphne against the fake vLLM (tests/chat/conftest.py). axe-core comes bundled with
+The site runs in daphne against the fake vLLM (tests/fixtures_browser.py). axe-core comes bundled with
 axe-playwright-python (no network); it is run on each page in each theme and must find nothing
 serious or critical.
 """
@@ -13,7 +13,7 @@ from playwright.sync_api import Browser, Page, ViewportSize, expect
 
 from chat import titles
 from chat.models import Conversation, Message
-from tests.accounts import PASSWORD
+from tests.browser import sign_in
 from tests.fake_vllm import Instructed
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -84,15 +84,6 @@ def shown_conversation(alice) -> Conversation:
     return conversation
 
 
-def sign_in(page: Page, live_site) -> None:
-    page.goto("/accounts/login/")
-    page.get_by_label("Username").fill("alice")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page).to_have_url(f"{live_site.url}/")
-    page.wait_for_load_state("domcontentloaded")
-
-
 def serious_violations(page: Page) -> list[str]:
     results = Axe().run(page)
     return [
@@ -129,7 +120,7 @@ def test_axe_finds_nothing_serious_on_the_chat_page(
     page.emulate_media(color_scheme=theme)
     if viewport:
         page.set_viewport_size(viewport)
-    sign_in(page, live_site)
+    sign_in(page, "alice")
     page.set_extra_http_headers({"Accept-Language": language})
     page.goto(f"/c/{shown_conversation.pk}/")
     expect(page.locator("html")).to_have_attribute("lang", language)
@@ -163,7 +154,7 @@ WHITE, DARK = "rgb(255, 255, 255)", "rgb(33, 33, 33)"
 
 def test_the_theme_follows_the_system_until_the_person_chooses_one(page: Page, live_site, alice):
     page.emulate_media(color_scheme="dark")
-    sign_in(page, live_site)
+    sign_in(page, "alice")
     switch = page.locator("[data-theme-switch]")
     expect(switch).to_have_text("Theme: system")
     assert background(page) == DARK
@@ -206,7 +197,7 @@ def test_on_a_phone_the_chat_fills_the_screen_and_the_conversations_are_a_menu(
     context = chromium.new_context(base_url=live_site.url, viewport=PHONE, has_touch=True, is_mobile=True)
     page = context.new_page()
     try:
-        sign_in(page, live_site)
+        sign_in(page, "alice")
         page.goto(f"/c/{shown_conversation.pk}/")
         toggle = page.get_by_role("button", name="Conversations")
         sidebar = page.locator("#sidebar")
@@ -331,7 +322,7 @@ def test_the_sidebar_shows_the_models_name_for_a_new_conversation_without_a_relo
 @pytest.mark.parametrize("path", ["/accounts/password_change/", "/account/tokens/"])
 def test_axe_finds_nothing_serious_on_a_persons_own_pages(page: Page, live_site, alice, theme, language, path):
     page.emulate_media(color_scheme=theme)
-    sign_in(page, live_site)
+    sign_in(page, "alice")
     page.set_extra_http_headers({"Accept-Language": language})
     page.goto(path)
     expect(page.locator("html")).to_have_attribute("lang", language)

@@ -7,26 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 from django.conf import settings as django_settings
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from chat.models import Message
 from tests.accounts import PASSWORD
-from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.site_server import SiteProcess
 
 pytestmark = [pytest.mark.realvllm, pytest.mark.browser, pytest.mark.timeout(30 * 60)]
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    # As in tests/chat/test_browser.py: Playwright's loop would make Django refuse the tests' ORM calls.
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -46,6 +33,7 @@ def site(real_vllm, django_db_setup) -> Iterator[SiteProcess]:
 
 @pytest.fixture
 def page(chromium: Browser, site: SiteProcess) -> Iterator[Page]:
+    # Not the shared page (tests/fixtures_browser.py): this one is on the site that talks to the real vLLM.
     context = chromium.new_context(base_url=site.url, viewport={"width": 1280, "height": 800})
     page = context.new_page()
     yield page

@@ -1,7 +1,6 @@
 """engine.vllm_client reads vLLM's load from its /metrics (Prometheus text), over a real socket."""
 
 import httpx
-import pytest
 
 from engine import vllm_client
 from engine.vllm_client import Failed, ServerLoad
@@ -56,21 +55,24 @@ def test_samples_are_parsed_whatever_their_labels_say():
     assert not any(name.startswith("#") for name in samples)
 
 
-# Known and not yet understood: with `waiting` set, the fake's stalled stream sometimes ends as the
-# site reads /metrics, so `running` reads 0. Left visible (not strict) until the fake is fixed.
-@pytest.mark.xfail(reason="the fake's stalled stream can end when /metrics is read", strict=False)
 async def test_the_load_is_read_from_the_fake_while_it_generates(fake_vllm: FakeVLLM):
     fake_vllm.fault, fake_vllm.fault_after = "stall", 3
     fake_vllm.waiting, fake_vllm.kv_cache_usage = 2, 0.4
+    tokens_before = fake_vllm.generated_tokens  # a counter over the whole run, as vLLM's is
     body = {"model": "qwen2-7b-instruct", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     async with httpx.AsyncClient() as client:
         async with client.stream("POST", f"{fake_vllm.base_url}/chat/completions", json=body) as response:
-            async for line in response.aiter_lines():
+            # Held in a name: an async generator left by `break` and dropped is closed by asyncio
+            # soon after, and httpx closes the connection of an unfinished response, which ends
+            # the generation (vLLM would abort it) while /metrics is being read.
+            lines = response.aiter_lines()
+            async for line in lines:
                 if line.startswith("data:") and "content" in line and '"content":""' not in line:
                     break  # the first delta is out: the request is generating
             # A stalled generation: the three tokens are out, the fourth never comes.
-            fake_vllm.wait_for(lambda: fake_vllm.generated_tokens >= 3)
+            fake_vllm.wait_for(lambda: fake_vllm.generated_tokens >= tokens_before + 3)
             load = await vllm_client.read_load()
+            assert fake_vllm.disconnects() == 0
 
     assert load == ServerLoad(
         running=1.0, waiting=2.0, kv_cache_usage=0.4, generation_tokens=fake_vllm.generated_tokens

@@ -2,66 +2,21 @@
 they work under the site's Content-Security-Policy, and fetch nothing from elsewhere."""
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from chat.models import ApiToken, Conversation
 from tests.accounts import PASSWORD
-from tests.chromium import CHROMIUM, CHROMIUM_ARGS
+from tests.browser import screenshot, sign_in
 from tests.ops.answers import store_answers
-
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    # As in tests/chat/test_browser.py: the lifted async check lets the tests use the ORM while
-    # Playwright's loop is marked running in this thread; a module scope ends both in time.
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    with pytest.MonkeyPatch.context() as patch, sync_playwright() as playwright:
-        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(chromium: Browser, live_site) -> Iterator[Page]:
-    context = chromium.new_context(base_url=live_site.url, viewport={"width": 1280, "height": 900})
-    requested: list[str] = []
-    context.on("request", lambda request: requested.append(request.url))
-    page = context.new_page()
-    faults: list[str] = []  # script errors, and whatever the Content-Security-Policy blocked
-    page.on("pageerror", lambda error: faults.append(str(error)))
-    page.on("console", lambda message: faults.append(message.text) if message.type == "error" else None)
-    yield page
-    context.close()
-    assert [url for url in requested if not url.startswith(f"{live_site.url}/")] == []
-    assert faults == []
-
-
-def sign_in(page: Page, username: str) -> None:
-    page.goto("/accounts/login/")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    expect(page.get_by_role("textbox", name="Message")).to_be_visible()
-
-
-def screenshot(page: Page, name: str) -> None:
-    ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
-
-
 def test_a_token_is_made_from_the_page_shown_once_and_revoked(page: Page, alice, fake_vllm):
     sign_in(page, "alice")
-    screenshot(page, "account-links")
+    screenshot(page, "account-links", full_page=True)
     page.get_by_role("link", name="API tokens").click()
     expect(page.get_by_role("heading", name="API tokens")).to_be_visible()
     expect(page.get_by_text("No tokens yet.")).to_be_visible()
@@ -73,7 +28,7 @@ def test_a_token_is_made_from_the_page_shown_once_and_revoked(page: Page, alice,
     expect(secret).to_have_value(re.compile(r"^cs_"))
     assert ApiToken.objects.user_for(secret.input_value()) == alice
     expect(page.get_by_role("row").filter(has_text="laptop CLI")).to_contain_text("never")
-    screenshot(page, "account-tokens")
+    screenshot(page, "account-tokens", full_page=True)
 
     page.get_by_role("button", name="Revoke laptop CLI").click()
     expect(page.get_by_text("No tokens yet.")).to_be_visible()
@@ -101,4 +56,4 @@ def test_the_operator_sees_charts_and_the_model_server_live(page: Page, django_u
     expect(live.locator(".gauges")).to_contain_text("up")
     expect(live.locator(".gauges")).to_contain_text("50.0%")
     expect(live.get_by_role("img", name="KV-cache use")).to_be_visible()
-    screenshot(page, "operators-view")
+    screenshot(page, "operators-view", full_page=True)
