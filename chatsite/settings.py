@@ -96,6 +96,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
             "timeout": 20,
         }
     )
+    # Kept open for the life of the thread that opened it. The turns' database calls run on pool
+    # threads (chat/leases.py's `off_the_loop`), and a connection closed after each one meant a new
+    # one for the next: SQLite then reads the whole schema again at its first statement, about
+    # 8 ms of CPU, several times per turn (bench/README.md). A handful of threads, so a handful of
+    # connections; PostgreSQL's are pooled instead (below).
+    DATABASES["default"].setdefault("CONN_MAX_AGE", None)
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # psycopg 3's pool: the turns' database calls run on many threads, each closing its connection
     # when done (as Channels' database_sync_to_async does), which hands it back to the pool.
