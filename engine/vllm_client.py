@@ -7,9 +7,11 @@ store: what vLLM's JSON can hold but no database can (see `_storable`) becomes U
 """
 
 import asyncio
+import functools
 import json
 import math
 import re
+import ssl
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -65,9 +67,17 @@ def http_client() -> httpx.AsyncClient:
         # Each streaming answer holds one connection for as long as it streams, and vLLM queues
         # requests itself: a small cap here would make the site, not vLLM, the queue.
         limits = httpx.Limits(max_connections=settings.VLLM_MAX_CONNECTIONS, max_keepalive_connections=100)
-        shared = httpx.AsyncClient(timeout=_timeout(), limits=limits)
+        shared = httpx.AsyncClient(timeout=_timeout(), limits=limits, verify=_tls())
         _clients[loop] = shared
     return shared
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """What httpx would build for each client (certifi's CAs, or SSL_CERT_FILE), built once: loading
+    the CAs costs tens of milliseconds of CPU, which every client made paid, even for plain HTTP
+    (bench/README.md: a fifth of the site's CPU in a burst of turns)."""
+    return httpx.create_ssl_context()
 
 
 def _timeout() -> httpx.Timeout:
@@ -144,6 +154,7 @@ def context_length() -> int:
 
 def forget_served_model() -> None:
     _served.clear()
+    _asking.clear()  # a question asked before this may be answered by the model that is gone
 
 
 def _cache_key() -> tuple[str, str]:
@@ -156,10 +167,24 @@ async def served_model() -> ServedModel:
     if _served.get("key") == _cache_key() and time.monotonic() - _served["at"] < SERVED_MODEL_TTL:
         fresh: ServedModel = _served["model"]
         return fresh
+    # One question at a time per event loop: a burst of turns that all find the note stale wait
+    # for the same answer instead of each asking. Shielded: a caller that is cancelled (its client
+    # left) does not cancel the others' question.
+    loop = asyncio.get_running_loop()
+    if (asking := _asking.get(loop)) is None or asking.done():
+        asking = _asking[loop] = loop.create_task(_ask_served_model())
+    return await asyncio.shield(asking)
+
+
+_asking: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[ServedModel]]" = weakref.WeakKeyDictionary()
+
+
+async def _ask_served_model() -> ServedModel:
     try:
         # A client of its own: this is called from sync views too (through async_to_sync), each on
         # an event loop that ends with the call, where the pooled client would be left open.
-        async with httpx.AsyncClient(timeout=httpx.Timeout(3.0, connect=settings.VLLM_CONNECT_TIMEOUT)) as http:
+        timeout = httpx.Timeout(3.0, connect=settings.VLLM_CONNECT_TIMEOUT)
+        async with httpx.AsyncClient(timeout=timeout, verify=_tls()) as http:
             response = await http.get(f"{settings.VLLM_BASE_URL}/models")
         listed = response.json()["data"] if response.status_code == 200 else None
     except (httpx.HTTPError, ValueError, KeyError, TypeError):

@@ -3,6 +3,7 @@
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -425,6 +426,44 @@ async def test_health_tries_again_when_vllm_hangs_up_without_an_answer(settings)
     try:
         assert await vllm_client.check_health() == vllm_client.Health(True, "vLLM serves qwen2-7b-instruct")
         assert hung_up == ["/health"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        vllm_client.forget_served_model()
+
+
+async def test_a_burst_of_turns_asks_vllm_which_model_once(settings):
+    # Every turn asks which model vLLM serves; when the note is stale, a burst of them must not
+    # each ask (each with a client of its own: a fifth of the site's CPU in bench/README.md's
+    # profile of a 100-stream burst).
+    asked: list[str] = []
+
+    class SlowModels(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            time.sleep(0.3)  # long enough for the whole burst to find the note stale
+            body = b'{"data": [{"id": "qwen2-7b-instruct", "max_model_len": 4096}]}'
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowModels)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings.VLLM_BASE_URL = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    settings.VLLM_SERVED_MODEL_NAME = ""
+    vllm_client.forget_served_model()
+    try:
+        first = asyncio.ensure_future(vllm_client.served_model())
+        await asyncio.sleep(0.05)
+        first.cancel()  # a client that leaves does not cancel the others' question
+        models = await asyncio.gather(*(vllm_client.served_model() for _ in range(50)))
+        assert asked == ["/v1/models"]
+        assert {model.id for model in models} == {"qwen2-7b-instruct"}
+        assert all(model.live and model.max_model_len == 4096 for model in models)
     finally:
         server.shutdown()
         server.server_close()
