@@ -39,7 +39,15 @@ def limited_site(django_db_setup, django_db_blocker, fake_vllm_server) -> Iterat
 def alice_answering(alice) -> Message:
     """An answer of Alice's being generated, as another worker of the site would be generating it."""
     conversation = Conversation.objects.create(owner=alice, title="Elsewhere")
-    return Message.objects.create(conversation=conversation, role="assistant", status=Message.Status.STREAMING)
+    # With that worker's live lease: without one, the first worker to renew its own leases (the
+    # site's, or a test's) would mark it interrupted, and Alice would no longer be at her limit.
+    return Message.objects.create(
+        conversation=conversation,
+        role="assistant",
+        status=Message.Status.STREAMING,
+        worker="worker.elsewhere.1.abcd",
+        lease_until=timezone.now() + timedelta(hours=1),
+    )
 
 
 def every_door(site: SiteProcess, token: str) -> dict[str, httpx.Response]:
