@@ -271,11 +271,7 @@ async def stream_chat(
         # A connect timeout is a server that is not there, not a slow answer.
         yield Failed(_unreachable())
     except httpx.PoolTimeout:
-        # Not vLLM's doing: every connection the site may open to it is carrying an answer.
-        yield Failed(
-            f"The site is already streaming {settings.VLLM_MAX_CONNECTIONS} answers from the model server, "
-            "its most at once. Try again in a moment."
-        )
+        yield Failed(_pool_full())
     except httpx.TimeoutException:
         if finished:
             return
@@ -332,6 +328,14 @@ async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
             lines.append(value[1:] if value.startswith(" ") else value)
     if lines:
         yield "\n".join(lines)
+
+
+def _pool_full() -> str:
+    # Not vLLM's doing: every connection the site may open to it is carrying an answer.
+    return (
+        f"The site is already streaming {settings.VLLM_MAX_CONNECTIONS} answers from the model server, "
+        "its most at once. Try again in a moment."
+    )
 
 
 def _unreachable() -> str:
@@ -539,6 +543,8 @@ async def complete(messages: list[dict[str, str]], options: GenerationOptions) -
         response = await http_client().post(f"{settings.VLLM_BASE_URL}/chat/completions", json=body, timeout=_timeout())
     except (httpx.ConnectError, httpx.ConnectTimeout):
         return Failed(_unreachable())
+    except httpx.PoolTimeout:
+        return Failed(_pool_full())
     except httpx.TimeoutException:
         return Failed(f"The model server did not answer within {settings.VLLM_READ_TIMEOUT:g} seconds.")
     except httpx.HTTPError as exc:

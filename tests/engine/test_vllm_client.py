@@ -13,6 +13,7 @@ import pytest
 from engine import vllm_client
 from engine.vllm_client import Failed, Finished, GenerationOptions, TextDelta, Usage
 from tests.fake_vllm import DEFAULT_REPLY, ENGINE_FAILURE, FakeVLLM, count_tokens
+from tests.waiting import wait_for_async
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}]
 OPTIONS = GenerationOptions(temperature=0.7, max_tokens=64, top_p=0.9)
@@ -351,6 +352,53 @@ async def test_more_answers_than_the_site_may_stream_at_once_says_so(fake_vllm: 
 
     most = "The site is already streaming 1 answers from the model server, its most at once."
     assert events == [Failed(f"{most} Try again in a moment.")]
+    await first.aclose()
+
+
+async def test_every_way_an_answer_ends_gives_its_connection_back(fake_vllm: FakeVLLM, settings):
+    # One connection allowed: each answer below must hand it back when it ends, however it ends,
+    # or the next one waits for it and fails (bench/README.md: after a load, every new turn failed).
+    settings.VLLM_MAX_CONNECTIONS = 1
+    settings.VLLM_CONNECT_TIMEOUT = 0.5
+
+    assert (await collect())[-1] == Usage(count_tokens(MESSAGES), len(DEFAULT_REPLY))  # read to the end
+    closed = vllm_client.stream_chat(MESSAGES, OPTIONS)
+    assert isinstance(await anext(closed), TextDelta)
+    await closed.aclose()  # a follower that stops the answer
+    fake_vllm.fault = "server_error"
+    assert isinstance((await collect())[-1], Failed)  # refused by vLLM
+    fake_vllm.fault, fake_vllm.fault_after = "stall", 1
+
+    async def until_cancelled() -> None:
+        async for _ in vllm_client.stream_chat(MESSAGES, OPTIONS):
+            pass
+
+    task = asyncio.ensure_future(until_cancelled())  # a turn's task, cancelled mid-answer
+    await wait_for_async(lambda: fake_vllm.running == 1, 5, "the answer to start")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    fake_vllm.fault = None
+
+    assert await asyncio.wait_for(collect(), timeout=10) == [
+        *answer(DEFAULT_REPLY),
+        Finished("stop"),
+        Usage(count_tokens(MESSAGES), len(DEFAULT_REPLY)),
+    ]
+
+
+async def test_a_short_request_past_the_connection_limit_says_so(fake_vllm: FakeVLLM, settings):
+    # The site's own small requests (naming a conversation) share the pool with the answers.
+    settings.VLLM_MAX_CONNECTIONS = 1
+    settings.VLLM_CONNECT_TIMEOUT = 0.3
+    fake_vllm.fault = "stall"
+    first = vllm_client.stream_chat(MESSAGES, OPTIONS)
+    assert isinstance(await anext(first), TextDelta)
+
+    named = await asyncio.wait_for(vllm_client.complete(MESSAGES, OPTIONS), timeout=10)
+
+    most = "The site is already streaming 1 answers from the model server, its most at once."
+    assert named == Failed(f"{most} Try again in a moment.")
     await first.aclose()
 
 
