@@ -98,9 +98,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
     # Kept open for the life of the thread that opened it. The turns' database calls run on pool
     # threads (chat/leases.py's `off_the_loop`), and a connection closed after each one meant a new
-    # one for the next: SQLite then reads the whole schema again at its first statement, about
-    # 8 ms of CPU, several times per turn (bench/README.md). A handful of threads, so a handful of
-    # connections; PostgreSQL's are pooled instead (below).
+    # one for the next: Django's setup of a connection and SQLite's first read of the schema cost
+    # about 1.5 ms of CPU (ten plain queries), several times per turn (bench/README.md). A handful
+    # of threads, so a handful of connections; PostgreSQL's are pooled instead (below).
     DATABASES["default"].setdefault("CONN_MAX_AGE", None)
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # psycopg 3's pool: the turns' database calls run on many threads, each closing its connection

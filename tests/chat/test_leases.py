@@ -156,8 +156,8 @@ def test_the_cli_owns_its_answers_like_any_worker(alice, fake_vllm, capsys):
 
 
 async def test_database_calls_off_the_loop_keep_their_threads_connections():
-    # With SQLite a new connection reads the whole schema again at its first statement (about
-    # 8 ms of CPU): a turn's few calls off the loop must not each open one (bench/README.md).
+    # A new SQLite connection costs about ten queries' CPU (Django's setup, SQLite's read of the
+    # schema): a turn's few calls off the loop must not each open one (bench/README.md).
     opened: list[int] = []
 
     def count(sender, connection, **kwargs):
