@@ -294,19 +294,22 @@ def _storable(text: str) -> str:
 
 # SSE ends a line at CRLF, LF or CR only. httpx's `aiter_lines` (like `str.splitlines`) also ends
 # one at U+2028, U+2029, U+0085 and a few controls, which JSON leaves unescaped inside a delta.
-_LINE_END = re.compile(r"\r\n|\r|\n")
+# Split as bytes, before decoding: in UTF-8 no character but CR and LF themselves has a CR or LF
+# byte, so every line is whole characters, and the common case (LF only) needs no regex.
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
-async def _sse_lines(response: httpx.Response) -> AsyncIterator[str]:
-    pending = ""
+async def _sse_lines(response: httpx.Response) -> AsyncIterator[bytes]:
+    pending = b""
     after_cr = False  # the last read ended with a CR, whose LF may start the next one
-    async for text in response.aiter_text():
-        if not text:
+    async for chunk in response.aiter_bytes():
+        if not chunk:
             continue
-        if after_cr and text[0] == "\n":
-            text = text[1:]
-        after_cr = text.endswith("\r")
-        *lines, pending = _LINE_END.split(pending + text)
+        if after_cr and chunk[:1] == b"\n":
+            chunk = chunk[1:]
+        after_cr = chunk.endswith(b"\r")
+        data = pending + chunk
+        *lines, pending = _LINE_END.split(data) if b"\r" in data else data.split(b"\n")
         for line in lines:
             yield line
     if pending:
@@ -315,19 +318,19 @@ async def _sse_lines(response: httpx.Response) -> AsyncIterator[str]:
 
 async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
     """The data of each server-sent event: `data:` with or without its space, comments skipped."""
-    lines: list[str] = []
+    lines: list[bytes] = []
     async for line in _sse_lines(response):
         if not line:
             if lines:
-                yield "\n".join(lines)
+                yield b"\n".join(lines).decode(errors="replace")
                 lines = []
-        elif line.startswith(":"):
+        elif line.startswith(b":"):
             continue  # a comment, such as a keep-alive ping
-        elif line.startswith("data:"):
+        elif line.startswith(b"data:"):
             value = line[5:]
-            lines.append(value[1:] if value.startswith(" ") else value)
+            lines.append(value[1:] if value.startswith(b" ") else value)
     if lines:
-        yield "\n".join(lines)
+        yield b"\n".join(lines).decode(errors="replace")
 
 
 def _pool_full() -> str:
