@@ -24,8 +24,8 @@ from chat.models import Message
 from chat.turns import TurnEnded, TurnEvent
 from engine import vllm_client
 
-# A door's events as its stream's frames (chat/sse.py's `frame`, one string each).
-Frames = Callable[[AsyncIterator[TurnEvent]], AsyncGenerator[str]]
+# A door's events as its stream's frames (chat/sse.py's `frame`, bytes each).
+Frames = Callable[[AsyncIterator[TurnEvent]], AsyncGenerator[bytes]]
 
 
 async def ended(answer: Message) -> Message:
@@ -78,7 +78,7 @@ async def stream(answer: Message, frames: Frames) -> StreamingHttpResponse:
 
 async def _until_the_end(
     answer: Message, first: TurnEvent, rest: AsyncGenerator[TurnEvent], frames: Frames
-) -> AsyncIterator[str]:
+) -> AsyncIterator[bytes]:
     ended = False
 
     async def events() -> AsyncIterator[TurnEvent]:

@@ -187,22 +187,29 @@ def _completion(answer: Message) -> dict[str, Any]:
     return {**_head(answer, "chat.completion"), "choices": [choice], "usage": _usage(answer)}
 
 
-def _data(payload: Any) -> str:
+def _data(payload: Any) -> bytes:
     return sse.frame(json.dumps(payload, ensure_ascii=False))
 
 
-async def _chunks(answer: Message, events: AsyncIterator[TurnEvent], *, include_usage: bool) -> AsyncGenerator[str]:
+async def _chunks(answer: Message, events: AsyncIterator[TurnEvent], *, include_usage: bool) -> AsyncGenerator[bytes]:
     head = _head(answer, "chat.completion.chunk")
     extra = {"usage": None} if include_usage else {}
 
-    def chunk(delta: dict[str, str], finish_reason: str | None = None) -> str:
+    def chunk(delta: dict[str, str], finish_reason: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return _data({**head, "choices": [choice], **extra})
+
+    # A token's chunk differs from the next only in its text: the rest is encoded once, around a
+    # placeholder (NUL, which JSON writes as \u0000 and no later field holds), and only the text per token.
+    before, _, after = chunk({"content": "\0"}).decode().rpartition('"\\u0000"')
+
+    def token(text: str) -> bytes:
+        return f"{before}{json.dumps(text, ensure_ascii=False)}{after}".encode()
 
     yield chunk({"role": "assistant", "content": ""})
     async for event in events:
         if isinstance(event, TextDelta):
-            yield chunk({"content": event.text})
+            yield token(event.text)
         elif isinstance(event, TurnEnded):
             message = event.message
             if message.has_failed:

@@ -137,7 +137,7 @@ async def run_workflow(request: AuthenticatedRequest, run: WorkflowRunIn) -> Tas
     return await delivery.stream(answer, _sse_text)
 
 
-async def _sse_text(events: AsyncIterator[TurnEvent]) -> AsyncGenerator[str]:
+async def _sse_text(events: AsyncIterator[TurnEvent]) -> AsyncGenerator[bytes]:
     async for event in events:
         if isinstance(event, TextDelta):
             yield sse.frame(event.text)

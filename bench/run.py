@@ -129,6 +129,10 @@ class Bench:
             "CHAT_CONTEXT_LENGTH": "100000",
             "VLLM_MAX_MODEL_LEN": "100000",
             "DJANGO_DEBUG": "false",
+            # The per-person limits on answers (chat/limits.py) would refuse the load generator's
+            # one user past a few answers at once: the benchmark measures the relay, not them.
+            "CHAT_MAX_ANSWERS_AT_ONCE": "0",
+            "CHAT_MAX_ANSWERS_PER_MINUTE": "0",
             "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
             "DJANGO_SECRET_KEY": os.environ.get("DJANGO_SECRET_KEY", "bench-only-secret-" + "x" * 40),
         }

@@ -25,15 +25,27 @@ from engine.vllm_client import TextDelta
 LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
-def frame(data: str, name: str | None = None, id: int | None = None) -> str:
+# Frames are bytes: given text, Django's StreamingHttpResponse would encode each one itself,
+# looking the charset up in the Content-Type header again for every frame, so for every token.
+
+
+def frame(data: str, name: str | None = None, id: int | None = None) -> bytes:
     """One server-sent event: a `data:` line per line of `data`, as the SSE spec wants them."""
     head = (f"event: {name}\n" if name else "") + (f"id: {id}\n" if id is not None else "")
-    return head + "".join(f"data: {line}\n" for line in LINE_BREAK.split(data)) + "\n"
+    if "\n" not in data and "\r" not in data:  # a token's JSON, say: one line, and no regex to find that out
+        return f"{head}data: {data}\n\n".encode()
+    return (head + "".join(f"data: {line}\n" for line in LINE_BREAK.split(data)) + "\n").encode()
 
 
-def event(name: str, data: dict[str, Any], id: int | None = None) -> str:
+def event(name: str, data: dict[str, Any], id: int | None = None) -> bytes:
     # JSON keeps a delta's line breaks inside one `data:` line.
     return frame(json.dumps(data, ensure_ascii=False), name, id)
+
+
+def delta(text: str, id: int | None = None) -> bytes:
+    """`event("delta", {"text": text}, id)`, built for every token: only the text is JSON-encoded."""
+    head = "event: delta\n" if id is None else f"event: delta\nid: {id}\n"
+    return f'{head}data: {{"text": {json.dumps(text, ensure_ascii=False)}}}\n\n'.encode()
 
 
 def resumed_from(request: HttpRequest) -> int:
@@ -42,7 +54,7 @@ def resumed_from(request: HttpRequest) -> int:
     return int(last) if last.isascii() and last.isdigit() and len(last) <= 18 else 0
 
 
-def ended(answer: Message) -> str:
+def ended(answer: Message) -> bytes:
     """The closing event for an answer in its final state."""
     if answer.has_failed:
         data = {"message_id": answer.pk, "status": answer.status, "message": answer.error}
@@ -60,20 +72,20 @@ def ended(answer: Message) -> str:
     )
 
 
-async def turn_events(answer: Message, since: int = 0) -> AsyncGenerator[str]:
+async def turn_events(answer: Message, since: int = 0) -> AsyncGenerator[bytes]:
     """The answer's events from character `since` on (see `resumed_from`)."""
     # Closed as soon as this is: the response closes only this generator when the client leaves.
     async with aclosing(turns.follow(answer, since)) as turn_events:
         async for turn_event in turn_events:
             if isinstance(turn_event, TurnDelta):
-                yield event("delta", {"text": turn_event.text}, id=turn_event.offset + len(turn_event.text))
+                yield delta(turn_event.text, id=turn_event.offset + len(turn_event.text))
             elif isinstance(turn_event, TextDelta):
-                yield event("delta", {"text": turn_event.text})
+                yield delta(turn_event.text)
             else:
                 yield ended(turn_event.message)
 
 
-def response(events: AsyncIterator[str]) -> StreamingHttpResponse:
+def response(events: AsyncIterator[bytes]) -> StreamingHttpResponse:
     # An async iterator: under ASGI a sync one would be buffered whole before the first byte.
     streaming = StreamingHttpResponse(events, content_type="text/event-stream; charset=utf-8")
     streaming["Cache-Control"] = "no-cache"

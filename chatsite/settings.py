@@ -88,9 +88,22 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL lets the page read a conversation while a turn checkpoints its answer;
     # IMMEDIATE makes writers queue on the lock instead of failing with "database is locked".
+    # synchronous=NORMAL: in WAL mode a commit then waits for no fsync (the WAL is synced at each
+    # checkpoint), and a crash of the site loses nothing; only a power cut may lose the last
+    # commits, never the database. With FULL, every turn's few writes each waited for the disk.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        {"init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE", "timeout": 20}
+        {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+        }
     )
+    # Kept open for the life of the thread that opened it. The turns' database calls run on pool
+    # threads (chat/leases.py's `off_the_loop`), and a connection closed after each one meant a new
+    # one for the next: Django's setup of a connection and SQLite's first read of the schema cost
+    # about 1.5 ms of CPU (ten plain queries), several times per turn (bench/README.md). A handful
+    # of threads, so a handful of connections; PostgreSQL's are pooled instead (below).
+    DATABASES["default"].setdefault("CONN_MAX_AGE", None)
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # psycopg 3's pool: the turns' database calls run on many threads, each closing its connection
     # when done (as Channels' database_sync_to_async does), which hands it back to the pool.

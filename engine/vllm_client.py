@@ -7,9 +7,11 @@ store: what vLLM's JSON can hold but no database can (see `_storable`) becomes U
 """
 
 import asyncio
+import functools
 import json
 import math
 import re
+import ssl
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -65,9 +67,17 @@ def http_client() -> httpx.AsyncClient:
         # Each streaming answer holds one connection for as long as it streams, and vLLM queues
         # requests itself: a small cap here would make the site, not vLLM, the queue.
         limits = httpx.Limits(max_connections=settings.VLLM_MAX_CONNECTIONS, max_keepalive_connections=100)
-        shared = httpx.AsyncClient(timeout=_timeout(), limits=limits)
+        shared = httpx.AsyncClient(timeout=_timeout(), limits=limits, verify=_tls())
         _clients[loop] = shared
     return shared
+
+
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """What httpx would build for each client (certifi's CAs, or SSL_CERT_FILE), built once: loading
+    the CAs costs tens of milliseconds of CPU, which every client made paid, even for plain HTTP
+    (bench/README.md: a fifth of the site's CPU in a burst of turns)."""
+    return httpx.create_ssl_context()
 
 
 def _timeout() -> httpx.Timeout:
@@ -144,6 +154,7 @@ def context_length() -> int:
 
 def forget_served_model() -> None:
     _served.clear()
+    _asking.clear()  # a question asked before this may be answered by the model that is gone
 
 
 def _cache_key() -> tuple[str, str]:
@@ -156,10 +167,24 @@ async def served_model() -> ServedModel:
     if _served.get("key") == _cache_key() and time.monotonic() - _served["at"] < SERVED_MODEL_TTL:
         fresh: ServedModel = _served["model"]
         return fresh
+    # One question at a time per event loop: a burst of turns that all find the note stale wait
+    # for the same answer instead of each asking. Shielded: a caller that is cancelled (its client
+    # left) does not cancel the others' question.
+    loop = asyncio.get_running_loop()
+    if (asking := _asking.get(loop)) is None or asking.done():
+        asking = _asking[loop] = loop.create_task(_ask_served_model())
+    return await asyncio.shield(asking)
+
+
+_asking: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[ServedModel]]" = weakref.WeakKeyDictionary()
+
+
+async def _ask_served_model() -> ServedModel:
     try:
         # A client of its own: this is called from sync views too (through async_to_sync), each on
         # an event loop that ends with the call, where the pooled client would be left open.
-        async with httpx.AsyncClient(timeout=httpx.Timeout(3.0, connect=settings.VLLM_CONNECT_TIMEOUT)) as http:
+        timeout = httpx.Timeout(3.0, connect=settings.VLLM_CONNECT_TIMEOUT)
+        async with httpx.AsyncClient(timeout=timeout, verify=_tls()) as http:
             response = await http.get(f"{settings.VLLM_BASE_URL}/models")
         listed = response.json()["data"] if response.status_code == 200 else None
     except (httpx.HTTPError, ValueError, KeyError, TypeError):
@@ -246,11 +271,7 @@ async def stream_chat(
         # A connect timeout is a server that is not there, not a slow answer.
         yield Failed(_unreachable())
     except httpx.PoolTimeout:
-        # Not vLLM's doing: every connection the site may open to it is carrying an answer.
-        yield Failed(
-            f"The site is already streaming {settings.VLLM_MAX_CONNECTIONS} answers from the model server, "
-            "its most at once. Try again in a moment."
-        )
+        yield Failed(_pool_full())
     except httpx.TimeoutException:
         if finished:
             return
@@ -273,19 +294,22 @@ def _storable(text: str) -> str:
 
 # SSE ends a line at CRLF, LF or CR only. httpx's `aiter_lines` (like `str.splitlines`) also ends
 # one at U+2028, U+2029, U+0085 and a few controls, which JSON leaves unescaped inside a delta.
-_LINE_END = re.compile(r"\r\n|\r|\n")
+# Split as bytes, before decoding: in UTF-8 no character but CR and LF themselves has a CR or LF
+# byte, so every line is whole characters, and the common case (LF only) needs no regex.
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
-async def _sse_lines(response: httpx.Response) -> AsyncIterator[str]:
-    pending = ""
+async def _sse_lines(response: httpx.Response) -> AsyncIterator[bytes]:
+    pending = b""
     after_cr = False  # the last read ended with a CR, whose LF may start the next one
-    async for text in response.aiter_text():
-        if not text:
+    async for chunk in response.aiter_bytes():
+        if not chunk:
             continue
-        if after_cr and text[0] == "\n":
-            text = text[1:]
-        after_cr = text.endswith("\r")
-        *lines, pending = _LINE_END.split(pending + text)
+        if after_cr and chunk[:1] == b"\n":
+            chunk = chunk[1:]
+        after_cr = chunk.endswith(b"\r")
+        data = pending + chunk
+        *lines, pending = _LINE_END.split(data) if b"\r" in data else data.split(b"\n")
         for line in lines:
             yield line
     if pending:
@@ -294,19 +318,27 @@ async def _sse_lines(response: httpx.Response) -> AsyncIterator[str]:
 
 async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
     """The data of each server-sent event: `data:` with or without its space, comments skipped."""
-    lines: list[str] = []
+    lines: list[bytes] = []
     async for line in _sse_lines(response):
         if not line:
             if lines:
-                yield "\n".join(lines)
+                yield b"\n".join(lines).decode(errors="replace")
                 lines = []
-        elif line.startswith(":"):
+        elif line.startswith(b":"):
             continue  # a comment, such as a keep-alive ping
-        elif line.startswith("data:"):
+        elif line.startswith(b"data:"):
             value = line[5:]
-            lines.append(value[1:] if value.startswith(" ") else value)
+            lines.append(value[1:] if value.startswith(b" ") else value)
     if lines:
-        yield "\n".join(lines)
+        yield b"\n".join(lines).decode(errors="replace")
+
+
+def _pool_full() -> str:
+    # Not vLLM's doing: every connection the site may open to it is carrying an answer.
+    return (
+        f"The site is already streaming {settings.VLLM_MAX_CONNECTIONS} answers from the model server, "
+        "its most at once. Try again in a moment."
+    )
 
 
 def _unreachable() -> str:
@@ -514,6 +546,8 @@ async def complete(messages: list[dict[str, str]], options: GenerationOptions) -
         response = await http_client().post(f"{settings.VLLM_BASE_URL}/chat/completions", json=body, timeout=_timeout())
     except (httpx.ConnectError, httpx.ConnectTimeout):
         return Failed(_unreachable())
+    except httpx.PoolTimeout:
+        return Failed(_pool_full())
     except httpx.TimeoutException:
         return Failed(f"The model server did not answer within {settings.VLLM_READ_TIMEOUT:g} seconds.")
     except httpx.HTTPError as exc:

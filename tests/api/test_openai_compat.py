@@ -96,6 +96,21 @@ def test_a_streamed_completion_arrives_in_chunks_then_usage(client, alice, fake_
     assert Message.objects.get(role="assistant", conversation__owner=alice).content == "Streaming works"
 
 
+def test_a_streamed_tokens_text_is_encoded_whatever_it_holds(client, fake_vllm):
+    # Each token's chunk is built around a placeholder (api/openai_compat.py): quotes, backslashes,
+    # line breaks and U+2028 must come out as JSON strings all the same.
+    fake_vllm.reply = ['He said "hi"', "\\", "\nnext", "\u2028", " café", "\\u0000"]
+
+    chunks = list(
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], stream=True)
+    )
+
+    deltas = [c.choices[0].delta.content for c in chunks[1:] if c.choices and c.choices[0].finish_reason is None]
+    assert deltas == fake_vllm.reply
+    assert {(c.id, c.model, c.object) for c in chunks} == {(chunks[0].id, MODEL, "chat.completion.chunk")}
+    assert all(c.usage is None for c in chunks)
+
+
 def test_the_models_are_the_served_one(client):
     assert [model.id for model in client.models.list()] == [MODEL]
     assert client.models.retrieve(MODEL).id == MODEL

@@ -1,10 +1,13 @@
 """Which answers are alive is the database's word: the owner's lease, renewed while it generates."""
 
 import asyncio
+import threading
 from datetime import timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.db import connection
+from django.db.backends.signals import connection_created
 from django.utils import timezone
 
 from chat import leases, turns
@@ -150,3 +153,25 @@ def test_the_cli_owns_its_answers_like_any_worker(alice, fake_vllm, capsys):
     answer = Message.objects.get(role=Message.Role.ASSISTANT)
     assert answer.status == Message.Status.COMPLETE
     assert answer.worker.startswith("worker.") and answer.lease_until is not None
+
+
+async def test_database_calls_off_the_loop_keep_their_threads_connections():
+    # A new SQLite connection costs about ten queries' CPU (Django's setup, SQLite's read of the
+    # schema): a turn's few calls off the loop must not each open one (bench/README.md).
+    opened: list[int] = []
+
+    def count(sender, connection, **kwargs):
+        opened.append(1)
+
+    def ask() -> int:
+        Message.objects.filter(pk=0).exists()
+        return threading.get_ident()
+
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL's connections are pooled instead")
+    connection_created.connect(count)
+    try:
+        threads = {await leases.off_the_loop(ask)() for _ in range(30)}
+    finally:
+        connection_created.disconnect(count)
+    assert len(opened) <= len(threads) < 30

@@ -3,6 +3,7 @@
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -12,6 +13,7 @@ import pytest
 from engine import vllm_client
 from engine.vllm_client import Failed, Finished, GenerationOptions, TextDelta, Usage
 from tests.fake_vllm import DEFAULT_REPLY, ENGINE_FAILURE, FakeVLLM, count_tokens
+from tests.waiting import wait_for_async
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello."}]
 OPTIONS = GenerationOptions(temperature=0.7, max_tokens=64, top_p=0.9)
@@ -353,6 +355,53 @@ async def test_more_answers_than_the_site_may_stream_at_once_says_so(fake_vllm: 
     await first.aclose()
 
 
+async def test_every_way_an_answer_ends_gives_its_connection_back(fake_vllm: FakeVLLM, settings):
+    # One connection allowed: each answer below must hand it back when it ends, however it ends,
+    # or the next one waits for it and fails (bench/README.md: after a load, every new turn failed).
+    settings.VLLM_MAX_CONNECTIONS = 1
+    settings.VLLM_CONNECT_TIMEOUT = 0.5
+
+    assert (await collect())[-1] == Usage(count_tokens(MESSAGES), len(DEFAULT_REPLY))  # read to the end
+    closed = vllm_client.stream_chat(MESSAGES, OPTIONS)
+    assert isinstance(await anext(closed), TextDelta)
+    await closed.aclose()  # a follower that stops the answer
+    fake_vllm.fault = "server_error"
+    assert isinstance((await collect())[-1], Failed)  # refused by vLLM
+    fake_vllm.fault, fake_vllm.fault_after = "stall", 1
+
+    async def until_cancelled() -> None:
+        async for _ in vllm_client.stream_chat(MESSAGES, OPTIONS):
+            pass
+
+    task = asyncio.ensure_future(until_cancelled())  # a turn's task, cancelled mid-answer
+    await wait_for_async(lambda: fake_vllm.running == 1, 5, "the answer to start")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    fake_vllm.fault = None
+
+    assert await asyncio.wait_for(collect(), timeout=10) == [
+        *answer(DEFAULT_REPLY),
+        Finished("stop"),
+        Usage(count_tokens(MESSAGES), len(DEFAULT_REPLY)),
+    ]
+
+
+async def test_a_short_request_past_the_connection_limit_says_so(fake_vllm: FakeVLLM, settings):
+    # The site's own small requests (naming a conversation) share the pool with the answers.
+    settings.VLLM_MAX_CONNECTIONS = 1
+    settings.VLLM_CONNECT_TIMEOUT = 0.3
+    fake_vllm.fault = "stall"
+    first = vllm_client.stream_chat(MESSAGES, OPTIONS)
+    assert isinstance(await anext(first), TextDelta)
+
+    named = await asyncio.wait_for(vllm_client.complete(MESSAGES, OPTIONS), timeout=10)
+
+    most = "The site is already streaming 1 answers from the model server, its most at once."
+    assert named == Failed(f"{most} Try again in a moment.")
+    await first.aclose()
+
+
 # --- health and token counts -----------------------------------------------------------------------
 
 
@@ -425,6 +474,44 @@ async def test_health_tries_again_when_vllm_hangs_up_without_an_answer(settings)
     try:
         assert await vllm_client.check_health() == vllm_client.Health(True, "vLLM serves qwen2-7b-instruct")
         assert hung_up == ["/health"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        vllm_client.forget_served_model()
+
+
+async def test_a_burst_of_turns_asks_vllm_which_model_once(settings):
+    # Every turn asks which model vLLM serves; when the note is stale, a burst of them must not
+    # each ask (each with a client of its own: a fifth of the site's CPU in bench/README.md's
+    # profile of a 100-stream burst).
+    asked: list[str] = []
+
+    class SlowModels(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            time.sleep(0.3)  # long enough for the whole burst to find the note stale
+            body = b'{"data": [{"id": "qwen2-7b-instruct", "max_model_len": 4096}]}'
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowModels)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    settings.VLLM_BASE_URL = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    settings.VLLM_SERVED_MODEL_NAME = ""
+    vllm_client.forget_served_model()
+    try:
+        first = asyncio.ensure_future(vllm_client.served_model())
+        await asyncio.sleep(0.05)
+        first.cancel()  # a client that leaves does not cancel the others' question
+        models = await asyncio.gather(*(vllm_client.served_model() for _ in range(50)))
+        assert asked == ["/v1/models"]
+        assert {model.id for model in models} == {"qwen2-7b-instruct"}
+        assert all(model.live and model.max_model_len == 4096 for model in models)
     finally:
         server.shutdown()
         server.server_close()
