@@ -11,6 +11,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db.models import Count, Q
 from django.utils import timezone
 from django.utils.translation import ngettext
 
@@ -40,9 +41,17 @@ def check_room_for_an_answer(owner_pk: int) -> None:
     owner = get_user_model()._default_manager.select_for_update().get(pk=owner_pk)
     if owner.is_superuser and settings.CHAT_LIMITS_EXEMPT_SUPERUSERS:
         return
+    at_once, per_minute = settings.CHAT_MAX_ANSWERS_AT_ONCE, settings.CHAT_MAX_ANSWERS_PER_MINUTE
+    if not (at_once or per_minute):
+        return
+    now = timezone.now()
+    streaming, recent = Q(status=Message.Status.STREAMING), Q(created_at__gt=now - MINUTE)
     answers = Message.objects.answers_of(owner)
-    at_once = settings.CHAT_MAX_ANSWERS_AT_ONCE
-    if at_once and answers.streaming().count() >= at_once:
+    # Both counts in one query, over only the rows that either one counts: every turn runs it.
+    counts = answers.filter(streaming | recent).aggregate(
+        streaming=Count("pk", filter=streaming), recent=Count("pk", filter=recent)
+    )
+    if at_once and counts["streaming"] >= at_once:
         raise TooManyAnswers(
             ngettext(
                 "You already have %(count)s answer being generated, the most at once. "
@@ -54,25 +63,19 @@ def check_room_for_an_answer(owner_pk: int) -> None:
             % {"count": at_once},
             RETRY_WHILE_GENERATING,
         )
-    per_minute = settings.CHAT_MAX_ANSWERS_PER_MINUTE
-    if per_minute:
-        now = timezone.now()
-        recent = list(
-            answers.filter(created_at__gt=now - MINUTE)
-            .order_by("-created_at")
-            .values_list("created_at", flat=True)[:per_minute]
-        )
-        if len(recent) >= per_minute:
-            # Room comes back when the oldest of them is a minute old.
-            wait = max(1, math.ceil((recent[-1] + MINUTE - now).total_seconds()))
-            raise TooManyAnswers(
-                ngettext(
-                    "You have started %(count)s answer in the last minute, the most allowed.",
-                    "You have started %(count)s answers in the last minute, the most allowed.",
-                    per_minute,
-                )
-                % {"count": per_minute}
-                + " "
-                + ngettext("Try again in %(wait)s second.", "Try again in %(wait)s seconds.", wait) % {"wait": wait},
-                wait,
+    if per_minute and counts["recent"] >= per_minute:
+        # Room comes back when the per_minute-th newest of them is a minute old; only a refusal
+        # asks which one that is.
+        newest = answers.filter(recent).order_by("-created_at").values_list("created_at", flat=True)
+        wait = max(1, math.ceil((newest[per_minute - 1] + MINUTE - now).total_seconds()))
+        raise TooManyAnswers(
+            ngettext(
+                "You have started %(count)s answer in the last minute, the most allowed.",
+                "You have started %(count)s answers in the last minute, the most allowed.",
+                per_minute,
             )
+            % {"count": per_minute}
+            + " "
+            + ngettext("Try again in %(wait)s second.", "Try again in %(wait)s seconds.", wait) % {"wait": wait},
+            wait,
+        )

@@ -392,29 +392,19 @@ def _save_earlier(conversation: Conversation, earlier: Sequence[tuple[str, str]]
     return saved[-1].pk if saved else after
 
 
-def _touch(conversation: Conversation, prompt: str | None) -> None:
-    """Save a new conversation; move an old one to the top of the list, with the settings the
-    answer uses. Raises Http404 if it has been deleted meanwhile."""
-    now = timezone.now()
-    if conversation._state.adding:
-        conversation.title = conversation.title or rules.title_from_prompt(prompt or "")
-        conversation.save()
-        return
-    # Only what this turn changes: a full save would write back this copy's title and settings over
-    # a rename or a change made since it was read.
-    changed = {name: getattr(conversation, name) for name in conversation.changed_settings}
-    conversations = Conversation.objects.filter(pk=conversation.pk)
-    if not conversations.update(updated_at=now, **changed):
-        raise Http404("This conversation has been deleted.")
-    if prompt is not None and not conversation.title:
-        title = rules.title_from_prompt(prompt)
-        if conversations.filter(title="").update(title=title):
-            conversation.title = title
-    conversation.updated_at = now
+def _save_new(conversation: Conversation, prompt: str) -> None:
+    """Save a conversation the turn starts, titled after its first prompt unless it has a title."""
+    conversation.title = conversation.title or rules.title_from_prompt(prompt)
+    conversation.save()
 
 
 def _new_answer(
-    conversation: Conversation, prompt: Message, model_name: str, loop: asyncio.AbstractEventLoop
+    conversation: Conversation,
+    prompt: Message,
+    model_name: str,
+    loop: asyncio.AbstractEventLoop,
+    *,
+    new_prompt: bool,
 ) -> RunningTurn:
     answer = Message.objects.create(
         conversation=conversation,
@@ -425,14 +415,34 @@ def _new_answer(
         worker=WORKER,
         lease_until=leases.lease_from(timezone.now()),
     )
-    # The new answer is the branch shown, on every page and door, from now on.
-    Conversation.objects.filter(pk=conversation.pk).update(branch_tip=answer)
-    conversation.branch_tip = answer
+    _touch(conversation, answer, prompt.content if new_prompt else None)
     # Registered before the commit (the caller's transaction): whoever reads the answer once it is
     # committed finds it running here, never a "streaming" answer that no turn runs.
     running = RunningTurn(answer, loop)
     _running[answer.pk] = running
     return running
+
+
+def _touch(conversation: Conversation, answer: Message, prompt: str | None) -> None:
+    """Show the branch ending at the new answer, on every page and door from now on, and move the
+    conversation to the top of the list with the settings the answer uses: one UPDATE, after the
+    answer's INSERT, since it needs the answer's id. Raises Http404 if the conversation has been
+    deleted meanwhile (then the caller's transaction takes back the messages just inserted: their
+    foreign keys are checked only at its commit)."""
+    now = timezone.now()
+    # Only what this turn changes: a full save would write back this copy's title and settings over
+    # a rename or a change made since it was read.
+    changed = {name: getattr(conversation, name) for name in conversation.changed_settings}
+    conversations = Conversation.objects.filter(pk=conversation.pk)
+    if not conversations.update(updated_at=now, branch_tip=answer, **changed):
+        raise Http404("This conversation has been deleted.")
+    conversation.branch_tip = answer
+    conversation.updated_at = now
+    # An untitled conversation is titled after a new prompt, not after a regenerated answer's.
+    if prompt is not None and not conversation.title:
+        title = rules.title_from_prompt(prompt)
+        if conversations.filter(title="").update(title=title):
+            conversation.title = title
 
 
 def _in_one_transaction[**P](save: Callable[P, RunningTurn]) -> Callable[P, RunningTurn]:
@@ -463,14 +473,16 @@ def _save_prompt_and_answer(
     loop: asyncio.AbstractEventLoop,
 ) -> RunningTurn:
     limits.check_room_for_an_answer(conversation.owner_id)  # refused: nothing is saved
-    if place is _Branch.SHOWN:
-        place = None if conversation._state.adding else _tip_now(conversation)
-    _touch(conversation, prompt)
+    if conversation._state.adding:
+        _save_new(conversation, prompt)
+        place = None if place is _Branch.SHOWN else place
+    elif place is _Branch.SHOWN:
+        place = _tip_now(conversation)
     place = _save_earlier(conversation, earlier, after=place)
     prompt_message = Message.objects.create(
         conversation=conversation, parent_id=place, role=Message.Role.USER, content=prompt
     )
-    return _new_answer(conversation, prompt_message, model_name, loop)
+    return _new_answer(conversation, prompt_message, model_name, loop, new_prompt=True)
 
 
 @_in_one_transaction
@@ -478,8 +490,7 @@ def _save_answer(
     conversation: Conversation, prompt: Message, model_name: str, loop: asyncio.AbstractEventLoop
 ) -> RunningTurn:
     limits.check_room_for_an_answer(conversation.owner_id)  # refused: nothing is saved
-    _touch(conversation, None)
-    return _new_answer(conversation, prompt, model_name, loop)
+    return _new_answer(conversation, prompt, model_name, loop, new_prompt=False)
 
 
 class Turn(NamedTuple):

@@ -260,6 +260,9 @@ def change_settings(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 async def _is_first_turn(conversation: Conversation, turn: turns.Turn) -> bool:
     if conversation.title_set_by_person:
         return False
+    # A prompt that follows a message is not the first: only one at the root asks the database.
+    if turn.prompt.parent_id is not None:
+        return False
     return not await conversation.messages.filter(pk__lt=turn.prompt.pk).aexists()
 
 

@@ -7,9 +7,10 @@ from contextlib import suppress
 
 import pytest
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 from django.db.backends.utils import CursorWrapper
 from django.http import Http404
+from django.test.utils import CaptureQueriesContext
 
 from api import delivery
 from chat import sse, titles, turns
@@ -263,6 +264,51 @@ async def test_a_turns_queries_do_not_grow_with_the_answers_length(conversation,
     await queries_for(1)  # the first answer: the model names the conversation after it
     short, long = await queries_for(5), await queries_for(500)
     assert short == long
+
+
+@pytest.fixture
+def statements_of_a_turns_start(monkeypatch):
+    """The SQL of each turn's start (its one transaction), as the thread that runs it sends them."""
+    started: list[list[str]] = []
+    for name in ("_save_prompt_and_answer", "_save_answer"):
+        save = getattr(turns, name)
+
+        def captured(*args, save=save, **kwargs):
+            with CaptureQueriesContext(connection) as queries:
+                try:
+                    return save(*args, **kwargs)
+                finally:
+                    started.append([query["sql"] for query in queries.captured_queries])
+
+        monkeypatch.setattr(turns, name, captured)
+    return started
+
+
+async def test_a_turns_start_takes_a_fixed_few_statements(
+    conversation, fake_vllm, settings, statements_of_a_turns_start
+):
+    # The site's own limits, so that their check is counted.
+    settings.CHAT_MAX_ANSWERS_AT_ONCE, settings.CHAT_MAX_ANSWERS_PER_MINUTE = 3, 20
+    conversation.title = "Titled"  # an untitled conversation's first turn also writes its title
+    await conversation.asave()
+    fake_vllm.reply = ["ok"]
+    prompt, answer = await turns.start_turn(conversation, "Go")
+    await run_to_end(answer)
+    await run_to_end((await turns.regenerate(conversation, answer)).answer)
+    _, edited = await turns.edit_prompt(conversation, prompt, "Go on")
+    await run_to_end(edited)
+
+    sent, regenerated, edited_prompt = [[sql.split()[0] for sql in start] for start in statements_of_a_turns_start]
+    # BEGIN; the owner's row, locked; both limits' counts, in one query; the branch shown; the prompt;
+    # the answer; the conversation (its place in the list, the settings changed, the new answer as the
+    # branch shown: one UPDATE); COMMIT.
+    assert sent == ["BEGIN", "SELECT", "SELECT", "SELECT", "INSERT", "INSERT", "UPDATE", "COMMIT"]
+    # The same without the prompt, and where it goes: a new answer to a prompt, an edited prompt
+    # beside the one it edits.
+    assert regenerated == ["BEGIN", "SELECT", "SELECT", "INSERT", "UPDATE", "COMMIT"]
+    assert edited_prompt == ["BEGIN", "SELECT", "SELECT", "INSERT", "INSERT", "UPDATE", "COMMIT"]
+    stored = await Conversation.objects.aget(pk=conversation.pk)
+    assert stored.branch_tip_id == edited.pk
 
 
 async def test_cancelling_without_a_stop_marks_the_answer_interrupted(conversation, fake_vllm):
