@@ -46,7 +46,9 @@ def check_room_for_an_answer(owner_pk: int) -> None:
         return
     now = timezone.now()
     streaming, recent = Q(status=Message.Status.STREAMING), Q(created_at__gt=now - MINUTE)
-    answers = Message.objects.answers_of(owner)
+    # Answers the site generated (they name the worker that did): not the earlier messages an
+    # OpenAI request brings, nor imported ones, which are saved as answers too.
+    answers = Message.objects.answers_of(owner).exclude(worker="")
     # Both counts in one query, over only the rows that either one counts: every turn runs it.
     counts = answers.filter(streaming | recent).aggregate(
         streaming=Count("pk", filter=streaming), recent=Count("pk", filter=recent)

@@ -447,17 +447,20 @@ def _touch(conversation: Conversation, answer: Message, prompt: str | None) -> N
 
 def _in_one_transaction[**P](save: Callable[P, RunningTurn]) -> Callable[P, RunningTurn]:
     """`save`, all or nothing: if its transaction does not commit, the answer it registered as
-    running never existed, and is no longer registered."""
+    running never existed, and is no longer registered. (`save` registers its answer as its last
+    step, so a `save` that raises has registered nothing; only this call's own answer is taken
+    back, never one that another request registered meanwhile.)"""
 
     @functools.wraps(save)
     def saved(*args: P.args, **kwargs: P.kwargs) -> RunningTurn:
-        before = set(_running)
+        running: RunningTurn | None = None
         try:
             with transaction.atomic():
-                return save(*args, **kwargs)
+                running = save(*args, **kwargs)
+            return running
         except BaseException:
-            for pk in set(_running) - before:
-                _running.pop(pk, None)
+            if running is not None:
+                _running.pop(running.answer.pk, None)
             raise
 
     return saved
@@ -527,11 +530,12 @@ async def start_turn(
     # The model vLLM serves now answers, and the answer records it: vLLM refuses a request for any other.
     model = await vllm_client.served_model()
     place: Place = _Branch.SHOWN if after is None else after.pk
-    running = await sync_to_async(_save_prompt_and_answer)(
-        conversation, prompt, place, model.id, earlier, asyncio.get_running_loop()
+    return await _saved_and_run(
+        conversation,
+        model,
+        None,
+        functools.partial(_save_prompt_and_answer, conversation, prompt, place, model.id, earlier),
     )
-    assert running.answer.parent is not None
-    return _run(conversation, running.answer.parent, running, model)
 
 
 async def edit_prompt(conversation: Conversation, edited: Message, prompt: str) -> Turn:
@@ -543,11 +547,12 @@ async def edit_prompt(conversation: Conversation, edited: Message, prompt: str) 
         raise ValueError("`edited` is not a prompt of this conversation")
     await _start_worker()
     model = await vllm_client.served_model()
-    running = await sync_to_async(_save_prompt_and_answer)(
-        conversation, prompt, edited.parent_id, model.id, (), asyncio.get_running_loop()
+    return await _saved_and_run(
+        conversation,
+        model,
+        None,
+        functools.partial(_save_prompt_and_answer, conversation, prompt, edited.parent_id, model.id, ()),
     )
-    assert running.answer.parent is not None
-    return _run(conversation, running.answer.parent, running, model)
 
 
 async def regenerate(conversation: Conversation, answer: Message) -> Turn:
@@ -564,8 +569,47 @@ async def regenerate(conversation: Conversation, answer: Message) -> Turn:
         raise NoPrompt(gettext("This answer follows no prompt, so there is nothing to answer again."))
     await _start_worker()
     model = await vllm_client.served_model()
-    running = await sync_to_async(_save_answer)(conversation, prompt, model.id, asyncio.get_running_loop())
-    return _run(conversation, prompt, running, model)
+    return await _saved_and_run(
+        conversation, model, prompt, functools.partial(_save_answer, conversation, prompt, model.id)
+    )
+
+
+# Turns being saved and started for a caller that may be gone: asyncio holds tasks only weakly.
+_starting: set[asyncio.Task[Turn]] = set()
+
+
+async def _saved_and_run(
+    conversation: Conversation,
+    model: vllm_client.ServedModel,
+    prompt: Message | None,
+    save: Callable[[asyncio.AbstractEventLoop], RunningTurn],
+) -> Turn:
+    """Save the turn's rows (`save`, on the request's own thread, with the connection it already
+    holds) and start generating, as one step.
+
+    A caller cancelled meanwhile (a client that went away while the rows were being saved) cancels
+    neither half: the answer it saved is generated and ends like any other, rather than left
+    "streaming", registered here with no task to end it, which no stop, delete or follower could
+    ever settle. `prompt` is the answer's prompt when it is not a new one.
+    """
+    loop = asyncio.get_running_loop()
+
+    async def save_and_run() -> Turn:
+        running = await sync_to_async(save)(loop)
+        asked = prompt or running.answer.parent
+        assert asked is not None, "a new answer follows its prompt"
+        return _run(conversation, asked, running, model)
+
+    starting = asyncio.ensure_future(save_and_run())
+    _starting.add(starting)
+    starting.add_done_callback(_started)
+    return await asyncio.shield(starting)
+
+
+def _started(starting: asyncio.Task[Turn]) -> None:
+    _starting.discard(starting)
+    if not starting.cancelled():
+        starting.exception()  # read, so that a refusal nobody waits for any more is not logged as lost
 
 
 def _run(conversation: Conversation, prompt: Message, running: RunningTurn, model: vllm_client.ServedModel) -> Turn:

@@ -96,8 +96,8 @@ def test_every_door_refuses_a_fourth_answer_in_a_minute_and_says_when_to_try_aga
     limited_site, alice, alice_token, fake_vllm
 ):
     conversation = Conversation.objects.create(owner=alice, title="Elsewhere")
-    for _ in range(3):
-        Message.objects.create(conversation=conversation, role="assistant", content="Done.")
+    for _ in range(3):  # answered by another worker of the site, as it names on them
+        Message.objects.create(conversation=conversation, role="assistant", content="Done.", worker="another-worker")
 
     refused = every_door(limited_site, alice_token)
 
@@ -177,8 +177,8 @@ def test_two_workers_together_start_no_more_than_the_limit(fake_vllm_server, fak
 
 def test_answers_started_a_minute_ago_no_longer_count(limited_site, alice, alice_token, fake_vllm):
     conversation = Conversation.objects.create(owner=alice)
-    for _ in range(3):
-        Message.objects.create(conversation=conversation, role="assistant", content="Done.")
+    for _ in range(3):  # answered by another worker of the site, as it names on them
+        Message.objects.create(conversation=conversation, role="assistant", content="Done.", worker="another-worker")
     Message.objects.update(created_at=timezone.now() - timedelta(seconds=61))
 
     response = httpx.post(

@@ -63,7 +63,9 @@ async def test_answers_started_in_the_last_minute_are_counted_and_the_wait_is_to
     conversation = await Conversation.objects.acreate(owner=alice)
     # Two answers, one started 50 seconds ago and one 70 seconds ago: only the first counts.
     for seconds_ago in (70, 50):
-        answer = await Message.objects.acreate(conversation=conversation, role="assistant", content="Old")
+        answer = await Message.objects.acreate(
+            conversation=conversation, role="assistant", content="Old", worker="worker.elsewhere.1.abcd"
+        )
         await Message.objects.filter(pk=answer.pk).aupdate(created_at=timezone.now() - timedelta(seconds=seconds_ago))
     _, allowed = await turns.start_turn(conversation, "One more")
     await turns.stop_turn(allowed)
@@ -77,6 +79,20 @@ async def test_answers_started_in_the_last_minute_are_counted_and_the_wait_is_to
         "You have started 2 answers in the last minute, the most allowed. "
         f"Try again in {refused.value.retry_after} seconds."
     )
+
+
+async def test_history_brought_by_a_request_or_an_import_is_not_answers_started(alice, fake_vllm, limits):
+    # The /v1 door saves the earlier messages a client sends, answers among them, and an import
+    # saves answers too: none of them is an answer the site started for the person.
+    limits(per_minute=2)
+    history = [("user", f"Question {n}") if n % 2 == 0 else ("assistant", f"Answer {n}") for n in range(10)]
+    for _ in range(2):
+        _, answer = await turns.start_turn(Conversation(owner=alice), "Go on", earlier=history)
+        await turns.stop_turn(answer)
+
+    with pytest.raises(TooManyAnswers):  # the two started are the most
+        await turns.start_turn(Conversation(owner=alice), "And another", earlier=history)
+    assert await Message.objects.filter(role="assistant").acount() == 2 * (5 + 1)
 
 
 async def test_another_persons_answers_do_not_count(alice, bob, fake_vllm, limits):
