@@ -8,10 +8,12 @@ check waits on a condition through Playwright's auto-waiting expectations; none 
 import json
 import re
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
+from django.utils import timezone
 from playwright.sync_api import Browser, Page, expect
 
 from chat.models import Conversation, Message
@@ -307,7 +309,13 @@ def test_a_prompt_over_the_persons_limits_is_refused_with_a_message_and_kept(chr
         sign_in(page, "alice")
         # An answer of hers is being generated (in another tab, or by another door).
         elsewhere = Conversation.objects.create(owner=alice, title="Elsewhere")
-        Message.objects.create(conversation=elsewhere, role="assistant", status=Message.Status.STREAMING)
+        Message.objects.create(
+            conversation=elsewhere,
+            role="assistant",
+            status=Message.Status.STREAMING,
+            worker="another-worker",
+            lease_until=timezone.now() + timedelta(hours=1),
+        )
 
         prompt_box(page).fill("Hello")
         prompt_box(page).press("Enter")
