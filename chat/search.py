@@ -231,13 +231,21 @@ class Indexed:
     column: str
     index: str
     conversation: str  # the SQL of a row's conversation id, the row being `r`
+    # Which rows are indexed, as SQL about the row `{row}`; every row when empty.
+    indexed_when: str = ""
+
+    def indexed(self, row: str) -> str:
+        return f" WHERE {self.indexed_when.format(row=row)}" if self.indexed_when else ""
 
     @property
     def vocabulary(self) -> str:
         return f"{self.index}_terms"
 
 
-MESSAGES = Indexed("chat_message", "content", "chat_message_search", "r.conversation_id")
+# An answer is indexed once it has ended, not while it streams: each checkpoint rewrites its whole
+# text, and indexing it again each time made a long answer's checkpoints cost more and more (every
+# character is a trigram), the most CPU of anything at a hundred streams (bench/README.md).
+MESSAGES = Indexed("chat_message", "content", "chat_message_search", "r.conversation_id", "{row}.status != 'streaming'")
 TITLES = Indexed("chat_conversation", "title", "chat_conversation_search", "r.id")
 # Two characters that end every indexed text, so that each character of it starts a trigram.
 PADDING = "char(10, 10)"
@@ -361,14 +369,25 @@ def snippet(text: str, terms: tuple[str, ...] | list[str], width: int = SNIPPET_
 def _sqlite_triggers(indexed: Indexed) -> dict[str, str]:
     index, table, column = indexed.index, indexed.table, indexed.column
     # A contentless table is told what to forget with the values it indexed: the 'delete' command.
-    forget = f"INSERT INTO {index}({index}, rowid, {column}) VALUES ('delete', old.id, old.{column} || {PADDING});"
-    learn = f"INSERT INTO {index}(rowid, {column}) VALUES (new.id, new.{column} || {PADDING});"
+    # Both only for the rows that are indexed (`indexed_when`), or the index would be told to forget
+    # what it never learnt.
+    forget = (
+        f"INSERT INTO {index}({index}, rowid, {column}) "
+        f"SELECT 'delete', old.id, old.{column} || {PADDING}{indexed.indexed('old')};"
+    )
+    learn = f"INSERT INTO {index}(rowid, {column}) SELECT new.id, new.{column} || {PADDING}{indexed.indexed('new')};"
+    # Only when the text changed, or whether the row is indexed did: a conversation's save(), and a
+    # turn's status updates until its end, leave it be.
+    changed = f"old.{column} IS NOT new.{column}"
+    columns = column
+    if indexed.indexed_when:
+        was, now = (f"({indexed.indexed_when.format(row=row)})" for row in ("old", "new"))
+        changed += f" OR {was} IS NOT {now}"
+        columns += ", status"
     return {
         f"{index}_insert": f"AFTER INSERT ON {table} BEGIN {learn} END",
         f"{index}_delete": f"AFTER DELETE ON {table} BEGIN {forget} END",
-        # Only when the text changed: a turn's status updates and a conversation's save() leave it be.
-        f"{index}_update": f"AFTER UPDATE OF {column} ON {table} WHEN old.{column} IS NOT new.{column} "
-        f"BEGIN {forget} {learn} END",
+        f"{index}_update": f"AFTER UPDATE OF {columns} ON {table} WHEN {changed} BEGIN {forget} {learn} END",
     }
 
 
@@ -405,8 +424,16 @@ def _index_sqlite_table(execute: Callable[[str], None], indexed: Indexed) -> Non
     execute(f"INSERT INTO {indexed.index}({indexed.index}) VALUES ('delete-all')")
     execute(
         f"INSERT INTO {indexed.index}(rowid, {indexed.column}) "
-        f"SELECT id, {indexed.column} || {PADDING} FROM {indexed.table}"
+        f"SELECT id, {indexed.column} || {PADDING} FROM {indexed.table} AS r{indexed.indexed('r')}"
     )
+
+
+def index_answers_once_ended(schema_editor: BaseDatabaseSchemaEditor) -> None:
+    """Migration 0008: the messages' triggers as `_sqlite_triggers` now writes them, and the index again."""
+    if schema_editor.connection.vendor == "sqlite":
+        for name in _sqlite_triggers(MESSAGES):
+            schema_editor.execute(f"DROP TRIGGER IF EXISTS {name}")
+        _index_sqlite_table(schema_editor.execute, MESSAGES)
 
 
 def drop_index(schema_editor: BaseDatabaseSchemaEditor) -> None:

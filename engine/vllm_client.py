@@ -15,6 +15,7 @@ import ssl
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
@@ -22,6 +23,7 @@ from typing import Any
 import httpx
 from django.conf import settings
 
+from engine import connections
 from engine.server import starter
 
 
@@ -236,16 +238,16 @@ async def stream_chat(
     }
     finished = False
     try:
-        url = f"{settings.VLLM_BASE_URL}/chat/completions"
-        async with http_client().stream("POST", url, json=body, timeout=_timeout()) as response:
-            if response.status_code != 200:
-                await response.aread()
-                if response.status_code == 404:
+        async with _post(body, accept="text/event-stream") as connection:
+            if connection.status != 200:
+                content = await connection.read_all(settings.VLLM_READ_TIMEOUT)
+                if connection.status == 404:
                     forget_served_model()  # vLLM may have been restarted with another model: ask again
-                yield Failed(describe_http_error(response.status_code, response.content, model))
+                yield Failed(describe_http_error(connection.status or 0, content, model))
                 return
-            async for data in _sse_data(response):
+            async for data in _sse_data(connection.body(settings.VLLM_READ_TIMEOUT)):
                 if data == "[DONE]":
+                    connection.read_to_the_end()
                     if not finished:
                         yield Failed("The model server ended the answer without saying why.")
                     return
@@ -257,7 +259,7 @@ async def stream_chat(
                 if "error" in chunk:
                     yield Failed(f"The model server failed while answering: {_error_text(chunk)}")
                     return
-                for choice in chunk.get("choices") or []:
+                for choice in chunk.get("choices") or ():
                     if (text := (choice.get("delta") or {}).get("content")) and isinstance(text, str):
                         yield TextDelta(_storable(text))
                     if reason := choice.get("finish_reason"):
@@ -267,20 +269,33 @@ async def stream_chat(
                     yield Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
             if not finished:
                 yield Failed("The connection to the model server closed before the answer was complete.")
-    except (httpx.ConnectError, httpx.ConnectTimeout):
+    except connections.SlotTimeout:
+        yield Failed(_pool_full())
+    except connections.ConnectFailed:
         # A connect timeout is a server that is not there, not a slow answer.
         yield Failed(_unreachable())
-    except httpx.PoolTimeout:
-        yield Failed(_pool_full())
-    except httpx.TimeoutException:
-        if finished:
-            return
-        yield Failed(f"The model server did not answer within {settings.VLLM_READ_TIMEOUT:g} seconds.")
-    except (httpx.RemoteProtocolError, httpx.ReadError):
+    except connections.ReadTimeout:
+        if not finished:
+            yield Failed(f"The model server did not answer within {settings.VLLM_READ_TIMEOUT:g} seconds.")
+    except connections.Lost:
         if not finished:
             yield Failed("The connection to the model server was lost before the answer was complete.")
-    except httpx.HTTPError as exc:
+    except connections.BadResponse as exc:
         yield Failed(f"Could not talk to the model server: {exc}")
+
+
+def _post(body: dict[str, Any], *, accept: str) -> AbstractAsyncContextManager[connections.Connection]:
+    """A chat completion request to vLLM, on the answers' own connections (engine/connections.py),
+    which the site's short requests share: the site's most at once (VLLM_MAX_CONNECTIONS) counts both."""
+    return connections.post(
+        f"{settings.VLLM_BASE_URL}/chat/completions",
+        json.dumps(body).encode(),
+        tls=_tls(),
+        connect_timeout=settings.VLLM_CONNECT_TIMEOUT,
+        read_timeout=settings.VLLM_READ_TIMEOUT,
+        max_connections=settings.VLLM_MAX_CONNECTIONS,
+        accept=accept,
+    )
 
 
 # A lone UTF-16 surrogate ("\ud800" is valid JSON; UTF-8 has no encoding for it) and NUL
@@ -299,10 +314,10 @@ def _storable(text: str) -> str:
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
-async def _sse_lines(response: httpx.Response) -> AsyncIterator[bytes]:
+async def _sse_lines(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     pending = b""
     after_cr = False  # the last read ended with a CR, whose LF may start the next one
-    async for chunk in response.aiter_bytes():
+    async for chunk in body:
         if not chunk:
             continue
         if after_cr and chunk[:1] == b"\n":
@@ -316,10 +331,10 @@ async def _sse_lines(response: httpx.Response) -> AsyncIterator[bytes]:
         yield pending
 
 
-async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
+async def _sse_data(body: AsyncIterator[bytes]) -> AsyncIterator[str]:
     """The data of each server-sent event: `data:` with or without its space, comments skipped."""
     lines: list[bytes] = []
-    async for line in _sse_lines(response):
+    async for line in _sse_lines(body):
         if not line:
             if lines:
                 yield b"\n".join(lines).decode(errors="replace")
@@ -543,19 +558,20 @@ async def complete(messages: list[dict[str, str]], options: GenerationOptions) -
         "top_p": options.top_p,
     }
     try:
-        response = await http_client().post(f"{settings.VLLM_BASE_URL}/chat/completions", json=body, timeout=_timeout())
-    except (httpx.ConnectError, httpx.ConnectTimeout):
-        return Failed(_unreachable())
-    except httpx.PoolTimeout:
+        async with _post(body, accept="application/json") as connection:
+            status, content = connection.status, await connection.read_all(settings.VLLM_READ_TIMEOUT)
+    except connections.SlotTimeout:
         return Failed(_pool_full())
-    except httpx.TimeoutException:
+    except connections.ConnectFailed:
+        return Failed(_unreachable())
+    except connections.ReadTimeout:
         return Failed(f"The model server did not answer within {settings.VLLM_READ_TIMEOUT:g} seconds.")
-    except httpx.HTTPError as exc:
+    except (connections.Lost, connections.BadResponse) as exc:
         return Failed(f"Could not talk to the model server: {exc}")
-    if response.status_code != 200:
-        return Failed(describe_http_error(response.status_code, response.content))
+    if status != 200:
+        return Failed(describe_http_error(status or 0, content))
     try:
-        text = response.json()["choices"][0]["message"]["content"]
+        text = json.loads(content)["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):
         return Failed("The model server sent an answer without text.")
     if not isinstance(text, str):

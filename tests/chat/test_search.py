@@ -173,6 +173,32 @@ async def test_the_index_follows_a_turns_async_writes(alice, chat):
     assert [hit.message_id for hit in hits.messages] == [answer.pk]
 
 
+def _indexed_trigrams(term: str) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM chat_message_search_terms WHERE term = %s", [term])
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's FTS5 index")
+@pytest.mark.django_db(transaction=True)
+async def test_an_answer_is_indexed_once_it_has_ended_not_at_each_checkpoint(alice, chat):
+    # Each checkpoint rewrites the whole text: indexing it each time cost ever more as the answer
+    # grew, the most CPU of anything at a hundred streams (bench/README.md).
+    answer = await Message.objects.acreate(conversation=chat, role="assistant", content="", status="streaming")
+    await Message.objects.filter(pk=answer.pk).aupdate(content="Halfway through the fjords")
+    assert await sync_to_async(_indexed_trigrams)("fjo") == 0
+    # Stopped (or interrupted): only the status changes, and the text is indexed then.
+    await Message.objects.filter(pk=answer.pk).aupdate(status="stopped")
+    assert await sync_to_async(_indexed_trigrams)("fjo") == 1
+    hits = await sync_to_async(search.search)(alice, "fjords")
+    assert [hit.message_id for hit in hits.messages] == [answer.pk]
+    # A streaming answer deleted leaves the index as it was: it is told to forget only what it learnt.
+    streaming = await Message.objects.acreate(conversation=chat, role="assistant", content="fjords", status="streaming")
+    await streaming.adelete()
+    await answer.adelete()
+    assert await sync_to_async(_indexed_trigrams)("fjo") == 0
+
+
 @pytest.mark.parametrize(
     "text",
     [

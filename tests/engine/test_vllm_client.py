@@ -7,7 +7,6 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-import httpx
 import pytest
 
 from engine import vllm_client
@@ -125,9 +124,7 @@ async def test_a_crlf_split_between_two_reads_is_one_line_end():
         for piece in pieces:
             yield piece
 
-    response = httpx.Response(200, content=body())
-
-    assert [data async for data in vllm_client._sse_data(response)] == ['{"a": 1}', "two", "three", "last"]
+    assert [data async for data in vllm_client._sse_data(body())] == ['{"a": 1}', "two", "three", "last"]
 
 
 async def test_a_bad_byte_is_the_replacement_character_and_a_split_character_stays_whole():
@@ -137,9 +134,7 @@ async def test_a_bad_byte_is_the_replacement_character_and_a_split_character_sta
         for piece in pieces:
             yield piece
 
-    response = httpx.Response(200, content=body())
-
-    assert [data async for data in vllm_client._sse_data(response)] == ["a\ufffdb \u2028 c"]
+    assert [data async for data in vllm_client._sse_data(body())] == ["a\ufffdb \u2028 c"]
 
 
 async def test_text_no_database_can_store_becomes_the_replacement_character(fake_vllm: FakeVLLM):
