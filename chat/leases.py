@@ -10,6 +10,7 @@ These are plain (sync) functions: the turn calls them off the event loop, each o
 a connection of its own (`off_the_loop`).
 """
 
+import functools
 import logging
 import os
 import secrets
@@ -20,6 +21,7 @@ from datetime import datetime, timedelta
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import connections
 from django.utils import timezone
 from django.utils.translation import gettext_noop
 
@@ -45,13 +47,34 @@ WORKER = _worker_name()
 
 def off_the_loop[**P, R](function: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     """`function` as a coroutine that runs on a thread of the default pool, with its own database
-    connection, closed after the call (handed back to the pool with PostgreSQL).
+    connection, closed after the call (handed back to the pool with PostgreSQL); with SQLite, on
+    the one thread of `one_at_a_time`.
 
     What Channels' database_sync_to_async does, but not thread-sensitive: a turn runs in a context
     of its own, where a thread-sensitive call would queue on asgiref's one shared thread behind
-    every other turn's.
+    every other request's sync code.
     """
-    return database_sync_to_async(function, thread_sensitive=False)
+    pooled = database_sync_to_async(function, thread_sensitive=False)
+    serial = database_sync_to_async(function, thread_sensitive=False, executor=_sqlite_thread)
+
+    @functools.wraps(function)
+    async def call(*args: P.args, **kwargs: P.kwargs) -> R:
+        return await (serial if one_at_a_time() else pooled)(*args, **kwargs)
+
+    return call
+
+
+# SQLite lets one writer in at a time, and a connection that finds the lock taken waits for it in
+# SQLite's busy handler, sleeping 1, 2, 5, ... up to 100 ms between tries: under a burst of turns
+# from many threads most of a turn's start went in those sleeps (bench/README.md), while the lock
+# was free most of the time. The turns' reads and writes go one after the other on one thread,
+# with one connection kept open, instead.
+_sqlite_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+
+
+def one_at_a_time() -> bool:
+    """Whether the turns' database work runs on the one thread (SQLite) rather than on many."""
+    return connections["default"].vendor == "sqlite"
 
 
 # Leases are renewed on a thread of their own. On the shared pool a renewal would queue behind every

@@ -580,9 +580,10 @@ async def _saved_and_run(
     prompt: Message | None,
     save: Callable[[asyncio.AbstractEventLoop], RunningTurn],
 ) -> Turn:
-    """Save the turn's rows (`save`, on the request's own thread) and start generating. `prompt` is
-    the answer's prompt when it is not a new one."""
-    running = await sync_to_async(save)(asyncio.get_running_loop())
+    """Save the turn's rows (`save`, on the request's own thread, or SQLite's one: see
+    leases.one_at_a_time) and start generating. `prompt` is the answer's prompt when it is not a new one."""
+    saving = off_the_loop(save) if leases.one_at_a_time() else sync_to_async(save)
+    running = await saving(asyncio.get_running_loop())
     asked = prompt or running.answer.parent
     assert asked is not None, "a new answer follows its prompt"
     return _run(conversation, asked, running, model)

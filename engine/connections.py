@@ -163,8 +163,7 @@ class Connection(asyncio.Protocol):
     # asyncio's callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # a stream's: asyncio.Transport
 
     def data_received(self, data: bytes) -> None:
         self.last_read = time.monotonic()
@@ -421,7 +420,7 @@ async def _connect(origin: Origin, tls: ssl.SSLContext | None, within: float) ->
             return connection
     try:
         async with asyncio.timeout(within):
-            _, connection = await loop.create_connection(
+            transport, connection = await loop.create_connection(
                 lambda: Connection(loop, origin),
                 origin.host,
                 origin.port,
@@ -432,6 +431,8 @@ async def _connect(origin: Origin, tls: ssl.SSLContext | None, within: float) ->
         raise ConnectFailed(f"no connection to {origin.host}:{origin.port} within {within:g} seconds") from None
     except (OSError, ssl.SSLError) as exc:
         raise ConnectFailed(str(exc)) from exc
+    # uvloop calls connection_made at the loop's next turn, after create_connection has returned.
+    connection.transport = transport
     return connection
 
 

@@ -13,7 +13,7 @@ from django.http import Http404
 from django.test.utils import CaptureQueriesContext
 
 from api import delivery
-from chat import sse, titles, turns
+from chat import leases, sse, titles, turns
 from chat.models import Conversation, Message, MessageQuerySet
 from chat.turns import TurnEnded
 from engine.vllm_client import TextDelta
@@ -642,6 +642,8 @@ async def test_a_stream_that_is_closed_or_done_stops_following_at_once(conversat
 async def test_turns_read_and_write_the_database_side_by_side_not_one_at_a_time(alice, fake_vllm, monkeypatch):
     # Each turn's database calls run on threads of their own (as Channels' database_sync_to_async),
     # not queued on asgiref's one shared thread: two turns can be inside one at the same time.
+    # So on PostgreSQL; SQLite lets one writer in at a time (the next test).
+    monkeypatch.setattr(leases, "one_at_a_time", lambda: False)
     fake_vllm.reply = ["fine"]
     both_reading = threading.Barrier(2, timeout=5)
     usable_as_context = MessageQuerySet.usable_as_context
@@ -658,6 +660,27 @@ async def test_turns_read_and_write_the_database_side_by_side_not_one_at_a_time(
     ended = await asyncio.gather(*(run_to_end(answer) for answer in answers))
 
     assert [message.status for _, message in ended] == [Message.Status.COMPLETE] * 2
+
+
+async def test_with_sqlite_the_turns_database_work_goes_one_call_at_a_time_on_one_thread(alice, fake_vllm, monkeypatch):
+    # Calls from many threads would each wait for SQLite's write lock in its busy handler, asleep
+    # for up to 100 ms at a time while the lock was free: under a burst, most of a turn's start.
+    fake_vllm.reply = ["fine"]
+    threads: list[str] = []
+    usable_as_context = MessageQuerySet.usable_as_context
+
+    def noted(self):
+        threads.append(threading.current_thread().name)
+        return usable_as_context(self)
+
+    monkeypatch.setattr(MessageQuerySet, "usable_as_context", noted)
+    conversations = [await Conversation.objects.acreate(owner=alice, title=str(n)) for n in range(3)]
+    answers = [(await turns.start_turn(conversation, "Hi")).answer for conversation in conversations]
+
+    ended = await asyncio.gather(*(run_to_end(answer) for answer in answers))
+
+    assert [message.status for _, message in ended] == [Message.Status.COMPLETE] * 3
+    assert len(threads) == 3 and len(set(threads)) == 1 and threads[0].startswith("sqlite")
 
 
 def test_a_start_that_fails_takes_back_only_its_own_answer(conversation):
