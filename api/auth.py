@@ -23,11 +23,13 @@ class AuthenticatedRequest(HttpRequest):
 
 
 class TokenAuth(HttpBearer):
-    # In an async view, the lookup is awaited (ninja awaits what `__call__` returns when `is_async`):
-    # a sync one would run on a thread made for the request, which with SQLite opens a new database
-    # connection for this one query, the most CPU of anything in an API turn's start
-    # (bench/README.md). In a sync view it runs where the view does.
-    is_async = True
+    def __init__(self) -> None:
+        super().__init__()
+        # In an async view, the lookup is awaited (ninja awaits what `__call__` returns when
+        # `is_async`): a sync one would run on a thread made for the request, which with SQLite
+        # opens a new database connection for this one query (bench/README.md). In a sync view it
+        # runs where the view does.
+        self.is_async = True
 
     def authenticate(self, request: HttpRequest, token: str) -> User | Awaitable[User | None] | None:
         if not token:

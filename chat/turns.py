@@ -89,9 +89,6 @@ class TurnLost(Exception):
     worker that found this one's lease expired."""
 
 
-# How many deltas a follower may fall behind before it gets them merged into one.
-BEHIND = 32
-
 # The turns this process generates, by answer id. Also the strong references to their tasks, which
 # asyncio keeps only weakly.
 _running: dict[int, "RunningTurn"] = {}
@@ -128,12 +125,14 @@ class RunningTurn:
         self._news.set()
         self._news = asyncio.Event()
 
-    async def events(self, since: int = 0, *, merged: bool = False) -> AsyncGenerator[TurnEvent]:
+    async def events(self, since: int = 0) -> AsyncGenerator[TurnEvent]:
         """The text from character `since` on, then each new delta, then `TurnEnded`.
 
-        A follower holds only how far it has read, never a backlog of its own: one that has fallen
-        more than BEHIND deltas behind (or asks for `merged` deltas) gets everything that came
-        meanwhile as one delta. One that keeps up gets the deltas as vLLM sent them.
+        A follower holds only how far it has read, never a backlog of its own. When it reads, it
+        gets everything that came since it last did as one delta: one that keeps up gets the
+        deltas as vLLM sent them, one that has fallen behind (a busy site, a slow client) catches
+        up in one event, and one write to its client, instead of one per delta. Nothing waits to be
+        merged: the deltas are there already.
         """
         self.followers += 1
         try:
@@ -145,8 +144,8 @@ class RunningTurn:
             while True:
                 news = self._news
                 if len(self.parts) > read:
-                    upto = len(self.parts) if merged or len(self.parts) - read > BEHIND else read + 1
-                    new = "".join(self.parts[read:upto])
+                    upto = len(self.parts)
+                    new = self.parts[read] if upto == read + 1 else "".join(self.parts[read:upto])
                     read = upto
                     yield TurnDelta(new, offset)
                     offset += len(new)
@@ -292,7 +291,7 @@ class RunningTurn:
 
     async def _publish(self, since: int) -> None:
         try:
-            async with aclosing(self.events(since, merged=True)) as events:
+            async with aclosing(self.events(since)) as events:
                 async for event in events:
                     if isinstance(event, TurnDelta):
                         await relay.publish(self.answer.pk, event.offset, event.text)
