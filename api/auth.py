@@ -3,8 +3,6 @@
 Both return the user, which django-ninja stores as `request.auth`. A request with neither is 401.
 """
 
-import asyncio
-from collections.abc import Awaitable
 from typing import Any
 
 from django.conf import settings
@@ -12,7 +10,6 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.http import HttpRequest
 from ninja.security import APIKeyCookie, HttpBearer
 
-from chat.leases import off_the_loop
 from chat.models import ApiToken
 
 
@@ -23,25 +20,8 @@ class AuthenticatedRequest(HttpRequest):
 
 
 class TokenAuth(HttpBearer):
-    def __init__(self) -> None:
-        super().__init__()
-        # In an async view, the lookup is awaited (ninja awaits what `__call__` returns when
-        # `is_async`): a sync one would run on a thread made for the request, which with SQLite
-        # opens a new database connection for this one query (bench/README.md). In a sync view it
-        # runs where the view does.
-        self.is_async = True
-
-    def authenticate(self, request: HttpRequest, token: str) -> User | Awaitable[User | None] | None:
-        if not token:
-            return None
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return ApiToken.objects.user_for(token)
-        return _user_for(token)
-
-
-_user_for = off_the_loop(ApiToken.objects.user_for)
+    def authenticate(self, request: HttpRequest, token: str) -> User | None:
+        return ApiToken.objects.user_for(token) if token else None
 
 
 class SessionAuth(APIKeyCookie):
