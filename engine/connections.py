@@ -32,6 +32,9 @@ HIGH_WATER = 256 * 1024
 MAX_HEAD = 64 * 1024
 # Idle kept-alive connections kept per event loop; vLLM's server closes them after 5 s itself.
 MAX_IDLE = 100
+# How long a response read to its end ("[DONE]") may take to send its last bytes (the last chunk's
+# end) before its connection is hung up on rather than used again.
+END_WAIT = 10.0
 
 
 class ConnectFailed(Exception):
@@ -117,9 +120,14 @@ class Origin:
     @classmethod
     def of(cls, url: str) -> "Origin":
         parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:  # not a number, or out of range
+            port = None
+            parts = parts._replace(netloc="")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConnectFailed(f"{url!r} is not an http:// or https:// address")
-        return cls(parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+        return cls(parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80))
 
     @property
     def host_header(self) -> str:
@@ -159,6 +167,7 @@ class Connection(asyncio.Protocol):
         self._keep_alive = True
         self._read_to_the_end = False
         self._release_when_complete = False
+        self._waiting_for_the_end: asyncio.TimerHandle | None = None
 
     # asyncio's callbacks
 
@@ -194,6 +203,9 @@ class Connection(asyncio.Protocol):
 
     def send_request(self, method: str, path: str, body: bytes, accept: str) -> None:
         assert self.transport is not None
+        # The silence that times out a read counts from the request: a kept-alive connection's
+        # last byte may be long past.
+        self.last_read = time.monotonic()
         head = (
             f"{method} {path} HTTP/1.1\r\nHost: {self.origin.host_header}\r\nUser-Agent: chatsite\r\n"
             f"Accept: {accept}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -241,6 +253,8 @@ class Connection(asyncio.Protocol):
             self._release()
         elif self._read_to_the_end and self._error is None and self._keep_alive:
             self._release_when_complete = True
+            # Not for ever: it holds no slot meanwhile, so nothing else would ever close it.
+            self._waiting_for_the_end = self.loop.call_later(END_WAIT, self.close)
         else:
             self.close()
 
@@ -259,7 +273,12 @@ class Connection(asyncio.Protocol):
 
     def _release(self) -> None:
         self._release_when_complete = self._read_to_the_end = False
-        if self.closed or not self._keep_alive or self._error is not None:
+        if self._waiting_for_the_end is not None:
+            self._waiting_for_the_end.cancel()
+            self._waiting_for_the_end = None
+        # Body bytes the reader left (after "[DONE]"), or a socket paused for them: not a
+        # connection to give the next request.
+        if self.closed or not self._keep_alive or self._error is not None or self._body or self._paused:
             self.close()
             return
         idle = _idle.setdefault(self.loop, {}).setdefault(self.origin, deque())
@@ -312,7 +331,7 @@ class Connection(asyncio.Protocol):
 
     def _parse(self) -> None:
         raw = self._raw
-        if self.status is None:
+        while self.status is None:  # more than once after an interim response (100 Continue)
             end = raw.find(b"\r\n\r\n")
             if end < 0:
                 if len(raw) > MAX_HEAD:
@@ -359,12 +378,10 @@ class Connection(asyncio.Protocol):
                     raise BadResponse("a chunk did not end where its size said")
                 self._chunk_state = "size"
             elif self._chunk_state == "size":
-                try:
-                    size = int(line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise BadResponse(f"a chunk's size is not a number: {line[:40]!r}") from None
-                if size < 0:
-                    raise BadResponse("a chunk's size is negative")
+                digits = line.split(b";", 1)[0].strip()
+                if not digits or digits.strip(b"0123456789abcdefABCDEF"):
+                    raise BadResponse(f"a chunk's size is not a number: {line[:40]!r}")
+                size = int(digits, 16)
                 if size:
                     self._left, self._chunk_state = size, "data"
                 else:
@@ -380,7 +397,7 @@ class Connection(asyncio.Protocol):
     def _read_head(self, head: bytes) -> None:
         status_line, *lines = head.decode("latin-1").split("\r\n")
         parts = status_line.split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not (parts[1].isascii() and parts[1].isdigit()):
             raise BadResponse(f"not an HTTP/1.1 response: {status_line[:60]!r}")
         headers: dict[str, str] = {}
         for line in lines:
@@ -391,24 +408,33 @@ class Connection(asyncio.Protocol):
         status = int(parts[1])
         if 100 <= status < 200:
             return  # an interim response (100 Continue): the real one follows
-        self.status, self.headers = status, headers
         self._keep_alive = headers.get("connection", "").lower() != "close" and parts[0] == "HTTP/1.1"
         if "chunked" in headers.get("transfer-encoding", "").lower():
             self._framing = "chunked"
         elif "content-length" in headers:
-            try:
-                self._left = int(headers["content-length"])
-            except ValueError:
-                raise BadResponse("its Content-Length is not a number") from None
+            length = headers["content-length"]
+            if not (length.isascii() and length.isdigit()):
+                raise BadResponse(f"its Content-Length is not a number: {length[:20]!r}")
+            self._left = int(length)
             self._framing = "length"
             self.complete = self._left == 0
         else:
             self._framing, self._keep_alive = "close", False
+        # Last: a head that is refused above is no response at all.
+        self.status, self.headers = status, headers
 
 
 _idle: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Origin, deque[Connection]]]" = (
     weakref.WeakKeyDictionary()
 )
+
+
+def close_idle() -> None:
+    """Hang up this event loop's idle connections, for a loop about to end (the CLI's, a test's):
+    they hold their loop, and their sockets would stay open as long as the process."""
+    for idle in _idle.pop(asyncio.get_running_loop(), {}).values():
+        while idle:
+            idle.pop().close()
 
 
 async def _connect(origin: Origin, tls: ssl.SSLContext | None, within: float) -> Connection:
@@ -475,8 +501,8 @@ async def _request(
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     for attempt in range(2):
         connection = await _connect(origin, tls, connect_timeout)
-        connection.send_request("POST", path, body, accept)
         try:
+            connection.send_request("POST", path, body, accept)
             await connection.head(read_timeout)
         except Lost:
             connection.close()

@@ -144,3 +144,46 @@ async def test_answers_one_after_another_use_one_kept_alive_connection(fake_vllm
 
     assert len(made) == 1
     assert connections.slots().in_use == 0
+
+
+async def test_an_interim_response_and_the_real_one_in_one_read_is_the_real_one():
+    connection = _connection()
+    connection.data_received(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    assert await connection.head(5.0) == 200
+    assert await connection.read_all(5.0) == b"ok"
+
+
+@pytest.mark.parametrize("length", [b"-3", b"+2", b"2_0", b"\xc2\xb2"])
+async def test_a_content_length_that_is_not_digits_is_a_bad_response(length):
+    connection = _connection()
+    connection.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: " + length + b"\r\n\r\nokokokokok")
+
+    with pytest.raises(connections.BadResponse):
+        await connection.head(5.0)
+
+
+async def test_a_kept_alive_connections_read_timeout_counts_from_its_new_request():
+    connection = _connection()
+    connection.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    await connection.read_all(5.0)
+    connection.hand_back()
+    await asyncio.sleep(0.3)  # idle in the pool for longer than the read timeout below
+
+    connection.send_request("POST", "/v1/chat/completions", b"{}", "text/event-stream")
+    waiting = asyncio.create_task(connection.head(0.25))
+    await asyncio.sleep(0.1)
+    connection.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+    assert await waiting == 200
+
+
+async def test_a_response_read_to_its_end_with_bytes_left_is_not_used_again():
+    connection = _connection()
+    connection.data_received(CHUNKED[: CHUNKED.index(b"0\r\n\r\n")])
+    await connection.head(5.0)
+    connection.read_to_the_end()  # "[DONE]": the reader takes nothing more
+    connection.hand_back()
+    connection.data_received(b"0\r\n\r\n")
+
+    assert connection.closed  # its body was never taken: the next request must not be given it

@@ -22,7 +22,7 @@ from chat import turns
 from chat.limits import TooManyAnswers
 from chat.models import Conversation, Message
 from chat.turns import TurnEnded
-from engine import vllm_client
+from engine import connections, vllm_client
 from engine.vllm_client import TextDelta
 
 
@@ -80,6 +80,7 @@ class Command(BaseCommand):
             return await turns.stop_turn(answer)
         finally:
             await vllm_client.http_client().aclose()
+            connections.close_idle()
 
 
 def parse_input(text: str) -> WorkflowInput:
