@@ -9,6 +9,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
 from chat.turns import recover_interrupted_turns, worker_started  # noqa: E402
+from chatsite.request_threads import RequestThreads  # noqa: E402
 
 # A worker that died mid-answer left it "streaming": once its lease has expired, it is marked
 # interrupted. Another worker's live answers are left alone.
@@ -16,4 +17,4 @@ recover_interrupted_turns()
 
 # The worker's own jobs (renewing its leases, sweeping dead workers' answers, answering other
 # workers) start with the first request: daphne has no start-up hook on its event loop.
-application = worker_started(ProtocolTypeRouter({"http": django_asgi_app}))
+application = worker_started(ProtocolTypeRouter({"http": RequestThreads(django_asgi_app)}))

@@ -1,0 +1,86 @@
+import asyncio
+import threading
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db.backends.signals import connection_created
+
+from chat.models import Conversation
+from chatsite.request_threads import RequestThreads
+
+
+class SyncWork:
+    """An ASGI app whose requests run sync code (thread-sensitive, as Django's are) and note where."""
+
+    def __init__(self) -> None:
+        self.threads: list[tuple[int, int]] = []  # each request's two calls' threads
+        self.hold: asyncio.Event | None = None
+
+    async def __call__(self, scope, receive, send):
+        first = await sync_to_async(threading.get_ident)()
+        if self.hold is not None:
+            await self.hold.wait()
+        second = await sync_to_async(threading.get_ident)()
+        self.threads.append((first, second))
+
+
+async def request(app):
+    await app({"type": "http"}, None, None)
+
+
+async def test_a_request_reuses_the_thread_an_earlier_one_gave_back():
+    work = SyncWork()
+    app = RequestThreads(work)
+    for _ in range(3):
+        await request(app)
+    # One thread for all three, each request's calls on it: none made anew.
+    assert len({thread for calls in work.threads for thread in calls}) == 1
+    assert work.threads[0][0] != threading.get_ident()
+
+
+async def test_requests_at_the_same_time_never_share_a_thread():
+    work = SyncWork()
+    work.hold = asyncio.Event()
+    app = RequestThreads(work)
+    both = asyncio.gather(request(app), request(app))
+    await asyncio.sleep(0.1)
+    work.hold.set()
+    await both
+    (a_first, a_second), (b_first, b_second) = work.threads
+    assert a_first == a_second and b_first == b_second  # thread-sensitive: one thread per request
+    assert a_first != b_first
+
+
+async def test_past_the_idle_limit_a_thread_given_back_is_let_go():
+    work = SyncWork()
+    work.hold = asyncio.Event()
+    app = RequestThreads(work, keep_idle=1)
+    both = asyncio.gather(request(app), request(app))
+    await asyncio.sleep(0.1)
+    work.hold.set()
+    await both
+    work.hold = None
+    await request(app)
+    await request(app)
+    kept = {calls[0] for calls in work.threads[2:]}
+    assert len(kept) == 1 and kept <= {calls[0] for calls in work.threads[:2]}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_sequential_requests_open_one_database_connection_not_one_each(settings):
+    opened = []
+
+    def count(sender, connection, **kwargs):
+        opened.append(connection.alias)
+
+    async def reads(scope, receive, send):
+        await Conversation.objects.acount()
+
+    app = RequestThreads(reads)
+    connection_created.connect(count)
+    try:
+        for _ in range(4):
+            await request(app)
+    finally:
+        connection_created.disconnect(count)
+    assert len(opened) <= 1
