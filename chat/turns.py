@@ -573,6 +573,10 @@ async def regenerate(conversation: Conversation, answer: Message) -> Turn:
     )
 
 
+# Turns being saved and started for a caller that may be gone: asyncio holds tasks only weakly.
+_starting: set[asyncio.Task[Turn]] = set()
+
+
 async def _saved_and_run(
     conversation: Conversation,
     model: vllm_client.ServedModel,
@@ -580,12 +584,32 @@ async def _saved_and_run(
     save: Callable[[asyncio.AbstractEventLoop], RunningTurn],
 ) -> Turn:
     """Save the turn's rows (`save`, on the request's own thread, or SQLite's one: see
-    leases.one_at_a_time) and start generating. `prompt` is the answer's prompt when it is not a new one."""
+    leases.one_at_a_time) and start generating, as one step.
+
+    A caller cancelled meanwhile (a client that went away while the rows were being saved) cancels
+    neither half: the answer it saved is generated and ends like any other, rather than left
+    "streaming", registered here with no task to end it, which no stop, delete or follower could
+    ever settle. `prompt` is the answer's prompt when it is not a new one.
+    """
+    loop = asyncio.get_running_loop()
     saving = off_the_loop(save) if leases.one_at_a_time() else sync_to_async(save)
-    running = await saving(asyncio.get_running_loop())
-    asked = prompt or running.answer.parent
-    assert asked is not None, "a new answer follows its prompt"
-    return _run(conversation, asked, running, model)
+
+    async def save_and_run() -> Turn:
+        running = await saving(loop)
+        asked = prompt or running.answer.parent
+        assert asked is not None, "a new answer follows its prompt"
+        return _run(conversation, asked, running, model)
+
+    starting = asyncio.ensure_future(save_and_run())
+    _starting.add(starting)
+    starting.add_done_callback(_started)
+    return await asyncio.shield(starting)
+
+
+def _started(starting: asyncio.Task[Turn]) -> None:
+    _starting.discard(starting)
+    if not starting.cancelled():
+        starting.exception()  # read, so that a refusal nobody waits for any more is not logged as lost
 
 
 def _run(conversation: Conversation, prompt: Message, running: RunningTurn, model: vllm_client.ServedModel) -> Turn:

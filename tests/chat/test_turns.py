@@ -683,6 +683,35 @@ async def test_with_sqlite_the_turns_database_work_goes_one_call_at_a_time_on_on
     assert len(threads) == 3 and len(set(threads)) == 1 and threads[0].startswith("sqlite")
 
 
+async def test_a_start_cancelled_while_its_rows_are_saved_still_runs_its_answer_to_the_end(
+    conversation, fake_vllm, monkeypatch
+):
+    # A client that goes away while its prompt is being saved (a page left, an API client's
+    # timeout) cancels the request; the rows are saved all the same, and their answer must not be
+    # left "streaming" with nothing to end it (no stop, delete or follower could then settle it).
+    fake_vllm.reply = ["still", " answered"]
+    save = turns._save_prompt_and_answer
+    saving = threading.Event()
+
+    def slow_save(*args, **kwargs):
+        saving.set()
+        threading.Event().wait(0.5)  # the client leaves meanwhile
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(turns, "_save_prompt_and_answer", slow_save)
+    start = asyncio.ensure_future(turns.start_turn(conversation, "Then I left"))
+    assert await asyncio.to_thread(saving.wait, 10)
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+
+    answers = Message.objects.filter(role=Message.Role.ASSISTANT)
+    await wait_for_async(lambda: answers.exclude(status=Message.Status.STREAMING).aexists(), what="the answer to end")
+    answer = await answers.aget()
+    assert (answer.status, answer.content) == (Message.Status.COMPLETE, "still answered")
+    await wait_for_async(lambda: not turns.is_running(answer), what="the turn to be let go")
+
+
 def test_a_start_that_fails_takes_back_only_its_own_answer(conversation):
     # Two starts of one person's at once: the one refused (or finding its conversation deleted)
     # after the other registered its answer must not take that one's registration with it.
