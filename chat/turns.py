@@ -192,6 +192,10 @@ class RunningTurn:
                         case TextDelta(text=text):
                             if first_token_after is None:
                                 first_token_after = time.monotonic() - started
+                                # The checkpoints keep text at most CHAT_CHECKPOINT_SECONDS old:
+                                # counted from the first text, not from the request, or a slow
+                                # first token (a busy vLLM or site) would be written alone at once.
+                                last_checkpoint = time.monotonic()
                             self._append(text)
                             if time.monotonic() - last_checkpoint >= settings.CHAT_CHECKPOINT_SECONDS:
                                 await self._checkpoint()
@@ -307,6 +311,8 @@ async def _single(event: vllm_client.Event) -> AsyncGenerator[vllm_client.Event,
 
 
 async def _earlier_turns(conversation: Conversation, *, before: Message) -> list[dict[str, str]]:
+    if before.parent_id is None:
+        return []  # the conversation's first prompt: nothing to read
     return await _read_earlier_turns(conversation.pk, before.parent_id)
 
 

@@ -16,6 +16,7 @@ from api import delivery
 from chat import leases, sse, titles, turns
 from chat.models import Conversation, Message, MessageQuerySet
 from chat.turns import TurnEnded
+from engine import vllm_client
 from engine.vllm_client import TextDelta
 from tests.waiting import wait_for_async
 
@@ -232,6 +233,35 @@ async def test_the_answer_is_checkpointed_while_it_streams(conversation, fake_vl
 
     await wait_for_async(checkpointed)
     await turns.stop_turn(answer)
+
+
+async def test_a_slow_first_token_is_not_checkpointed_alone(conversation, fake_vllm, settings, monkeypatch):
+    # A busy vLLM (or site) answers late: the text is then new, and the checkpoints count its age
+    # from when it came, not from the request.
+    settings.CHAT_CHECKPOINT_SECONDS = 0.3
+    fake_vllm.reply = ["Late", " but", " quick"]
+    fake_vllm.token_delay = 0.05
+    checkpoints = []
+    checkpoint = turns.RunningTurn._checkpoint
+
+    async def counted(self) -> None:
+        checkpoints.append(self.text())
+        await checkpoint(self)
+
+    monkeypatch.setattr(turns.RunningTurn, "_checkpoint", counted)
+    real_stream = vllm_client.stream_chat
+
+    async def late_first_token(*args, **kwargs):
+        await asyncio.sleep(0.5)
+        async for event in real_stream(*args, **kwargs):
+            yield event
+
+    monkeypatch.setattr(vllm_client, "stream_chat", late_first_token)
+    _, answer = await turns.start_turn(conversation, "Busy?")
+    text, ended = await run_to_end(answer)
+
+    assert (text, ended.status) == ("Late but quick", Message.Status.COMPLETE)
+    assert checkpoints == []
 
 
 @pytest.fixture
@@ -675,6 +705,8 @@ async def test_with_sqlite_the_turns_database_work_goes_one_call_at_a_time_on_on
 
     monkeypatch.setattr(MessageQuerySet, "usable_as_context", noted)
     conversations = [await Conversation.objects.acreate(owner=alice, title=str(n)) for n in range(3)]
+    for conversation in conversations:  # earlier turns to read (a first prompt has none)
+        await Message.objects.acreate(conversation=conversation, role=Message.Role.USER, content="Earlier")
     answers = [(await turns.start_turn(conversation, "Hi")).answer for conversation in conversations]
 
     ended = await asyncio.gather(*(run_to_end(answer) for answer in answers))

@@ -514,3 +514,36 @@ def test_showing_a_version_sets_the_pages_address_back_to_the_conversations(clie
         reverse("chat:show", args=[conversation.pk, branched["A"].pk]), headers={"HX-Request": "true"}
     )
     assert response["HX-Replace-Url"] == reverse("chat:conversation", args=[conversation.pk])
+
+
+def test_the_sidebars_items_are_drawn_once_per_title_and_language(client, alice, monkeypatch):
+    # Every send draws the list again: each item is drawn once, then read back, and what it
+    # shows (its title, its language, its own addresses) still follows the conversation.
+    import django.urls
+
+    drawn: list[str] = []
+    real_reverse = django.urls.reverse
+
+    def counted(name, *args, **kwargs):
+        drawn.append(name)
+        return real_reverse(name, *args, **kwargs)
+
+    monkeypatch.setattr(django.urls, "reverse", counted)  # as the {% url %} tag finds it
+    first, second = (Conversation.objects.create(owner=alice, title=title) for title in ("Plans", "Recipes"))
+    client.force_login(alice)
+    page = client.get(reverse("chat:index")).content.decode()
+    assert drawn.count("chat:rename") == 2
+    assert reverse("chat:rename", args=[first.pk]) in page and reverse("chat:rename", args=[second.pk]) in page
+
+    drawn.clear()
+    page = client.get(reverse("chat:index")).content.decode()
+    assert drawn.count("chat:rename") == 0  # read back, not drawn
+    assert reverse("chat:export-json", args=[second.pk]) in page and ">Plans</a>" in page
+
+    Conversation.objects.filter(pk=first.pk).update(title="Plans for 2027")
+    page = client.get(reverse("chat:index"), headers={"accept-language": "ko"}).content.decode()
+    assert ">Plans for 2027</a>" in page and ">Plans</a>" not in page
+    with translation.override("ko"):
+        assert f">{translation.gettext('Rename')}</button>" in page
+    assert ">Rename</button>" not in page
+    assert drawn.count("chat:rename") == 2  # a new title, a new language: drawn again
