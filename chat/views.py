@@ -176,6 +176,10 @@ async def send(request: HtmxHttpRequest, pk: int | None = None) -> HttpResponse:
         # A first answer: once it is done, the page asks for the name the model gives the conversation.
         "naming_pk": conversation.pk if await _is_first_turn(conversation, turn) else None,
     }
+    # Read last, with nothing awaited before the page is drawn: an answer that has already ended
+    # is drawn whole, with no stream whose end would ask for the conversation's name, so the
+    # sidebar item asks for it at once.
+    context["answered"] = not turn.answer.is_streaming
     response = render(request, "chat/page.html#sent", context)
     if pk is None:
         push_url(response, conversation_url(conversation))

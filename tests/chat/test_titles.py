@@ -156,6 +156,7 @@ def test_the_models_words_become_a_tidy_title(said, title):
 
 async def test_the_sidebar_item_comes_back_named_once_the_model_has_named_it(async_client, alice, fake_vllm):
     fake_vllm.instructed[titles.NAMING_INSTRUCTION] = Instructed(["Sky colours"], delay=0.5)
+    fake_vllm.token_delay = 0.2  # the answer still streams when the page is drawn
     await async_client.aforce_login(alice)
     response = await async_client.post(
         reverse("chat:send-new"), {"prompt": "Why is the sky blue"}, headers={"HX-Request": "true"}
@@ -177,6 +178,32 @@ async def test_the_sidebar_item_comes_back_named_once_the_model_has_named_it(asy
     html = item.content.decode()
     assert ">Sky colours</a>" in html
     assert "hx-get" not in html  # asked once
+
+
+async def test_an_answer_ended_before_the_page_was_drawn_has_its_name_asked_for_at_once(
+    async_client, alice, fake_vllm, monkeypatch
+):
+    # A fast answer (or a failure) may end before the send's page is drawn: it comes whole, with no
+    # stream to say it has ended, and the sidebar item must not wait for that word.
+    fake_vllm.instructed[titles.NAMING_INSTRUCTION] = Instructed(["Sky colours"])
+    start_turn = turns.start_turn
+
+    async def ended_at_once(*args, **kwargs):
+        turn = await start_turn(*args, **kwargs)
+        async for _event in turns.follow(turn.answer):
+            pass
+        return turn
+
+    monkeypatch.setattr(turns, "start_turn", ended_at_once)
+    await async_client.aforce_login(alice)
+    response = await async_client.post(
+        reverse("chat:send-new"), {"prompt": "Why is the sky blue"}, headers={"HX-Request": "true"}
+    )
+
+    html = response.content.decode()
+    conversation = await Conversation.objects.aget(owner=alice)
+    assert "data-stream-url" not in html  # drawn whole
+    assert f'hx-get="{reverse("chat:title", args=[conversation.pk])}" hx-trigger="load"' in html
 
 
 async def test_a_second_turn_does_not_ask_for_a_name(async_client, alice, fake_vllm):
