@@ -105,8 +105,15 @@ async def in_thread(chunks: Iterable[str], batch: int = 20) -> AsyncIterator[str
     """
     pieces = iter(chunks)
     take = sync_to_async(lambda: "".join(itertools.islice(pieces, batch)))
-    while text := await take():
-        yield text
+    try:
+        while text := await take():
+            yield text
+    finally:
+        # A download cut short leaves the reading half done, its database cursor open. It is
+        # closed on the thread that read, whose connection serves that thread's next requests
+        # (chatsite/request_threads.py): an open SQLite read would hold them to an old snapshot.
+        if (close := getattr(pieces, "close", None)) is not None:
+            await sync_to_async(close)()
 
 
 # Keyed by the stored role, a plain str; a role with no heading here is written as stored.

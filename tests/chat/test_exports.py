@@ -725,3 +725,31 @@ def test_signed_out_visitors_are_sent_to_sign_in(client: Client, history, name):
     url = reverse(name, args=[history[0].pk]) if name.startswith("chat:export-") else reverse(name)
     response = client.get(url)
     assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
+
+
+async def test_a_download_cut_short_closes_its_reading_on_the_thread_that_read():
+    # Its database cursor is open mid-read: closed anywhere else (or never), it would hold that
+    # thread's connection, which serves the thread's next requests, to an old snapshot.
+    import threading
+
+    from asgiref.sync import ThreadSensitiveContext
+
+    from chat.exports import in_thread
+
+    read_on: list[int] = []
+    closed_on: list[int] = []
+
+    def chunks():
+        try:
+            while True:
+                read_on.append(threading.get_ident())
+                yield "x"
+        finally:
+            closed_on.append(threading.get_ident())
+
+    async with ThreadSensitiveContext():
+        reading = in_thread(chunks(), batch=2)
+        assert await anext(reading) == "xx"
+        await reading.aclose()
+
+    assert closed_on == [read_on[0]]
