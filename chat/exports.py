@@ -21,7 +21,7 @@ The Markdown is the conversation as the page shows it: the branch shown.
 
 import itertools
 import json
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
 from datetime import datetime
 
 from asgiref.sync import sync_to_async
@@ -98,7 +98,7 @@ def as_json(conversations: ConversationQuerySet) -> str:
     return "".join(json_chunks(conversations))
 
 
-async def in_thread(chunks: Iterable[str], batch: int = 20) -> AsyncIterator[str]:
+async def in_thread(chunks: Iterable[str], batch: int = 20) -> AsyncGenerator[str]:
     """`chunks`, read a batch at a time in Django's thread for the ORM, for an async response.
 
     Under ASGI, Django would read a plain iterator whole before sending the first byte.
