@@ -83,7 +83,8 @@ def _tls() -> ssl.SSLContext:
 
 
 def _timeout() -> httpx.Timeout:
-    # Read from settings at each request: the pooled client outlives any change to them.
+    # The shared httpx client's default, for its short requests (health, models, tokenize, metrics);
+    # the answers and titles stream on engine/connections.py, which reads the settings at each request.
     return httpx.Timeout(
         connect=settings.VLLM_CONNECT_TIMEOUT,
         read=settings.VLLM_READ_TIMEOUT,
