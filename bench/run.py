@@ -50,11 +50,10 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -223,9 +222,11 @@ class Bench:
         self.postgresql: PostgreSQL | None = None
         self.redis: Redis | None = None
         self.site_pids: list[int] = []
+        self.worker_ports: list[int] = []  # each worker's own, beside the site's port they share
         self.server_pids: list[int] = []  # PostgreSQL's and Redis's, whose CPU the site's turns spend too
         self.fake_pid = 0
         self.session = self.csrf = self.bearer = ""
+        self.counts: dict[str, Any] = {}  # the queries counted when the last cell ended
 
     def manage(self, *command: str) -> str:
         done = subprocess.run(
@@ -248,8 +249,8 @@ class Bench:
         )
         self.bearer = self.manage("shell", "-c", make_user).strip().splitlines()[-1]
         fake = [sys.executable, "-m", "bench.fake", "--port", str(self.fake_port), "--rate", str(self.args.rate)]
-        self._wait_up(process := self._spawn(fake, "fake"), "fake", lambda: listening(self.fake_port))
-        self.fake_pid = process.pid
+        self._wait_up(fake_process := self._spawn(fake, "fake"), "fake", self.fake_port)
+        self.fake_pid = fake_process.pid
         self._start_site()
         counts = self.queries()
         # The served code must be the --site tree's, and every worker must be counting.
@@ -282,25 +283,25 @@ class Bench:
         served = "bench.asgi:application"
         if self.setup.workers == 1:
             command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.site_port), served]
-            site = self._spawn(command, "daphne")
-            self._wait_up(site, "daphne", lambda: listening(self.site_port))
-            self.site_pids.append(site.pid)
+            self._wait_up(site := self._spawn(command, "daphne"), "daphne", self.site_port)
+            self.site_pids, self.worker_ports = [site.pid], [self.site_port]
             return
         # As `manage.py up --workers N` starts them (engine/server/supervisor.py, start_site): one
         # listening socket made here and inherited by each daphne (--fd), the kernel handing each
         # new connection to one of them. Started here, not through `up`, so that each serves
-        # bench/asgi.py and its queries are counted.
+        # bench/asgi.py and its queries are counted; each also listens on a port of its own, as
+        # the tests' workers do (tests/site_server.py), to tell when it is up and to warm it up.
+        self.worker_ports = [free_port() for _ in range(self.setup.workers)]
         with socket.create_server(("127.0.0.1", self.site_port), backlog=1024) as shared:
             fd = shared.fileno()
-            command = [sys.executable, "-m", "daphne", "--fd", str(fd), served]
-            workers = {f"daphne-{n}": self._spawn(command, f"daphne-{n}", (fd,)) for n in range(self.setup.workers)}
-        for log, worker in workers.items():
-            # The shared socket accepts connections before any worker does: each says when it listens.
-            self._wait_up(worker, log, partial(self._says, log, "Listening on"))
-            self.site_pids.append(worker.pid)
-
-    def _says(self, log: str, text: str) -> bool:
-        return text in (self.logs / f"{log}.log").read_text(errors="replace")
+            workers = []
+            for n, port in enumerate(self.worker_ports):
+                own = f"tcp:port={port}:interface=127.0.0.1"
+                command = [sys.executable, "-m", "daphne", "--fd", str(fd), "-e", own, served]
+                workers.append(self._spawn(command, f"daphne-{n}", (fd,)))
+        for n, (worker, port) in enumerate(zip(workers, self.worker_ports, strict=True)):
+            self._wait_up(worker, f"daphne-{n}", port)
+        self.site_pids = [worker.pid for worker in workers]
 
     def _spawn(self, command: list[str], log: str, fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
         # Their logs (daphne's access log, the site's engine lines) go to a file, not between the figures.
@@ -312,12 +313,12 @@ class Bench:
         self.processes.append(process)
         return process
 
-    def _wait_up(self, process: subprocess.Popen[bytes], log: str, ready: Callable[[], bool]) -> None:
+    def _wait_up(self, process: subprocess.Popen[bytes], log: str, port: int) -> None:
         def up() -> bool:
             if process.poll() is not None:
                 tail = (self.logs / f"{log}.log").read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"{log} exited with {process.returncode}:\n{tail}")
-            return ready()
+            return listening(port)
 
         wait_for(up, 60, f"{log} to listen")
 
@@ -374,12 +375,17 @@ class Bench:
     # --- One cell: one door under one load -------------------------------------------------------
 
     def cell(
-        self, door: str, tokens: int, concurrency: int = 0, arrivals: tuple[float, float] | None = None
+        self,
+        door: str,
+        tokens: int,
+        concurrency: int = 0,
+        arrivals: tuple[float, float] | None = None,
+        port: int = 0,  # one worker's own, not the port they share
     ) -> dict[str, Any]:
         spec: dict[str, Any] = {
             "door": door,
             "tokens": tokens,
-            "site": f"127.0.0.1:{self.site_port}",
+            "site": f"127.0.0.1:{port or self.site_port}",
             "fake": f"127.0.0.1:{self.fake_port}",
             "session": self.session,
             "csrf": self.csrf,
@@ -389,7 +395,8 @@ class Bench:
             spec["arrivals"] = {"rate": arrivals[0], "seconds": arrivals[1]}
         else:
             spec["concurrency"] = concurrency
-        queries_before = self._settled_queries()
+        # Nothing ran since the last cell's counts settled.
+        queries_before = self.counts or self._settled_queries()
         site_cpu, servers_cpu, fake_cpu = (
             cpu_seconds(self.site_pids),
             cpu_seconds(self.server_pids),
@@ -413,7 +420,7 @@ class Bench:
         result["servers_cpu_s"] = cpu_seconds(self.server_pids) - servers_cpu if self.server_pids else None
         result["fake_cpu_s"] = cpu_seconds([self.fake_pid]) - fake_cpu
         result["wall_s"] = wall
-        queries_after = self._settled_queries()
+        queries_after = self.counts = self._settled_queries()
         relayed = door != "direct"
         held = concurrency or None
         result["site_kb_per_stream"] = (memory.peak - rss_before) / 1024 / held if relayed and held else None
@@ -472,8 +479,9 @@ def measure(bench: Bench, grid: Grid, runs: list[dict[str, Any]], profile: str) 
                 flush=True,
             )
 
-    # Warm up: imports, first connections, every worker.
-    bench.cell(grid.doors[0], tokens=5, concurrency=5 * bench.setup.workers)
+    # Warm up: imports, first connections, each worker through its own port.
+    for port in bench.worker_ports:
+        bench.cell(grid.doors[0], tokens=5, concurrency=5, port=port)
     for concurrency in grid.bursts:
         for repeat in range(grid.rounds(concurrency)):
             round_of(f"burst {concurrency}", repeat, tokens=grid.tokens, concurrency=concurrency)
