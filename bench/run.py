@@ -12,14 +12,16 @@ fresh database (a scratch SQLite file, or a scratch PostgreSQL server from tests
 scratch Redis when it has several workers, its own fake and site, and all of them are stopped
 before the next set-up starts. The first set-up gets the full grid (every door, --repeats rounds,
 --arrivals); the others, there to compare with it, the doors of --other-doors, --other-repeats
-rounds and --other-arrivals. By default:
+rounds and --other-arrivals. By default (15 minutes on a busy 2-core box, see bench/README.md):
 
-  sqlite-1 (the targets' set-up)   bursts of 1, 10, 100, 200, 500 streams, every door, 3 rounds
-                                   (1 round of 500), arrivals 20/s for 30 s, the profiled pass
+  sqlite-1 (the targets' set-up)   bursts of 1, 10, 100, 200, 500 streams of 100 tokens, every
+                                   door, 3 rounds (1 of 500), arrivals 20/s for 20 s, the
+                                   profiled pass
   sqlite-3, postgresql-1, -3       the same bursts, the OpenAI door, 1 round, arrivals 20/s for 10 s
 
---quick: bursts of 1, 10, 100 streams of 50 tokens, 1 round, arrivals for 10 s on the first
-set-up and 5 s on the others.
+--quick (6 minutes): bursts of 1, 10, 100 streams of 50 tokens, 1 round, arrivals for 10 s on the
+first set-up and 5 s on the others. Each set-up also runs one answer of 10 and one of 250 tokens
+per door.
 
 Per cell it reports what `vllm bench serve` reports (TTFT, TPOT, ITL, E2EL) and what the site
 added: TTFT and inter-token gap (see bench/load.py for how they are read from the stamps), the
@@ -108,8 +110,8 @@ class Grid:
     profile_at: int  # the burst of the profiled pass; 0: none
 
     def rounds(self, concurrency: int) -> int:
-        # A burst of 500 through four doors takes minutes a round on a 2-core box: one round
-        # keeps `make bench` within its quarter of an hour, and 500 streams are their own median.
+        # A round of 500 through four doors takes 80 s on a 2-core box (the page's alone 32 s): one
+        # keeps `make bench` within its quarter of an hour, and each of its figures is of 500 streams.
         return 1 if concurrency >= 500 else self.repeats
 
 
@@ -252,10 +254,11 @@ class Bench:
         self._wait_up(fake_process := self._spawn(fake, "fake"), "fake", self.fake_port)
         self.fake_pid = fake_process.pid
         self._start_site()
-        counts = self.queries()
-        # The served code must be the --site tree's, and every worker must be counting.
-        if counts["site"] != str(self.site) or counts["workers"] != self.setup.workers:
-            raise RuntimeError(f"the site is not the one asked for: {counts} (expected {self.site})")
+        for port in self.worker_ports:
+            # Each worker's code must be the --site tree's, and each must be counting.
+            counts = self.queries(port)
+            if counts["site"] != str(self.site) or counts["workers"] != self.setup.workers:
+                raise RuntimeError(f"the worker on {port} is not the site asked for ({self.site}): {counts}")
         self._sign_in()
 
     def _start_servers(self) -> None:
@@ -333,7 +336,7 @@ class Bench:
 
     def keep_errors(self, out: IO[str]) -> None:
         """The site's and PostgreSQL's logs without their access and routine lines: their errors, if any."""
-        noise = ('" 200 ', '" 201 ', "HTTP Request:", " LOG:  ")
+        noise = ('" 200 ', '" 201 ', '" 302 ', "HTTP Request:", " LOG:  ", "the database system is starting up")
         for log in sorted([*self.logs.glob("daphne*.log"), *self.logs.glob("postgresql.log")]):
             lines = log.read_text(errors="replace").splitlines()
             kept = [line for line in lines if not any(n in line for n in noise)]
@@ -355,8 +358,8 @@ class Bench:
         if self.postgresql:
             self.postgresql.stop()
 
-    def queries(self) -> dict[str, Any]:
-        response = httpx.get(f"http://127.0.0.1:{self.site_port}/__bench__/queries", timeout=10)
+    def queries(self, port: int = 0) -> dict[str, Any]:
+        response = httpx.get(f"http://127.0.0.1:{port or self.site_port}/__bench__/queries", timeout=10)
         counts: dict[str, Any] = response.json()
         return counts
 
@@ -655,7 +658,7 @@ def chart(rows: list[dict[str, Any]], path: Path) -> None:
 
 DEFAULT_SETUPS = "sqlite-1,sqlite-3,postgresql-1,postgresql-3"
 # --quick changes these defaults; what is given on the command line stands.
-FULL = {"concurrency": "1,10,100,200,500", "repeats": 3, "arrivals": "20x30", "tokens": 100, "other_arrivals": "20x10"}
+FULL = {"concurrency": "1,10,100,200,500", "repeats": 3, "arrivals": "20x20", "tokens": 100, "other_arrivals": "20x10"}
 QUICK = {"concurrency": "1,10,100", "repeats": 1, "arrivals": "20x10", "tokens": 50, "other_arrivals": "20x5"}
 
 
@@ -683,7 +686,9 @@ def arguments() -> tuple[argparse.Namespace, list[Setup], list[Grid]]:
     parser.add_argument("--concurrency", help="burst sizes (default 1,10,100,200,500; --quick 1,10,100)")
     parser.add_argument("--doors", default=",".join(DOORS), help="the first set-up's doors (default %(default)s)")
     parser.add_argument("--repeats", type=int, help="the first set-up's rounds of each burst below 500 (default 3)")
-    parser.add_argument("--arrivals", help="the first set-up's new streams per second x seconds, or 'none' (20x30)")
+    parser.add_argument(
+        "--arrivals", help="the first set-up's new streams per second x seconds, or 'none' (20x20; --quick 20x10)"
+    )
     parser.add_argument("--other-doors", default="openai", help="the other set-ups' doors (default %(default)s)")
     parser.add_argument("--other-repeats", type=int, default=1, help="the other set-ups' rounds (default 1)")
     parser.add_argument("--other-arrivals", help="the other set-ups' arrivals (default 20x10; --quick 20x5)")
