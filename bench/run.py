@@ -12,14 +12,14 @@ fresh database (a scratch SQLite file, or a scratch PostgreSQL server from tests
 scratch Redis when it has several workers, its own fake and site, and all of them are stopped
 before the next set-up starts. The first set-up gets the full grid (every door, --repeats rounds,
 --arrivals); the others, there to compare with it, the doors of --other-doors, --other-repeats
-rounds and --other-arrivals. By default (15 minutes on a busy 2-core box, see bench/README.md):
+rounds and --other-arrivals. By default (12 to 15 minutes on this 2-core box, bench/README.md):
 
   sqlite-1 (the targets' set-up)   bursts of 1, 10, 100, 200, 500 streams of 100 tokens, every
                                    door, 3 rounds (1 of 500), arrivals 20/s for 20 s, the
                                    profiled pass
   sqlite-3, postgresql-1, -3       the same bursts, the OpenAI door, 1 round, arrivals 20/s for 10 s
 
---quick (6 minutes): bursts of 1, 10, 100 streams of 50 tokens, 1 round, arrivals for 10 s on the
+--quick (5 to 6 minutes): bursts of 1, 10, 100 streams of 50 tokens, 1 round, arrivals for 10 s on the
 first set-up and 5 s on the others. Each set-up also runs one answer of 10 and one of 250 tokens
 per door.
 
@@ -343,7 +343,8 @@ class Bench:
             out.write(f"=== {self.setup.name}, {log.name} ===\n" + "\n".join(kept[-5000:]) + "\n")
 
     def stop(self) -> None:
-        # The site first, all workers at once (each finishes its answers' writes), then the fake.
+        # All at once, as `up` stops its workers (each finishes its answers' writes): between cells
+        # nothing streams, so the fake's going too is nothing to the site.
         for process in reversed(self.processes):
             if process.poll() is None:
                 process.terminate()
