@@ -12,7 +12,7 @@ answers is mostly starts) and, at light load, the machine's cost of waking an id
 - the wake-up: an asyncio loop in this process sleeping and waking, on-CPU time per wake from the
   scheduler's own count (/proc/self/schedstat).
 
-    .venv/bin/python -m bench.costs [--door openai] [--streams 100] [--tokens 2000]
+    .venv/bin/python -m bench.costs [--door openai] [--streams 100] [--tokens 2000] [--site ../old-tree]
 """
 
 import argparse
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.run import RESULTS, Bench, cpu_seconds
+from bench.run import RESULTS, ROOT, Bench, Setup, cpu_seconds
 
 
 def on_cpu_us() -> float:
@@ -44,13 +44,14 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=100)
     parser.add_argument("--tokens", type=int, default=2000, help="tokens per answer for the per-token figure")
     parser.add_argument("--name", default="costs")
+    parser.add_argument("--site", type=Path, default=ROOT, help="the checkout whose site is served (bench/run.py's)")
     args = parser.parse_args()
     figures: dict[str, object] = {"door": args.door, "streams": args.streams, "tokens": args.tokens}
     figures["wake_up_us"] = {f"{s * 1000:g} ms asleep": asyncio.run(wake_up_cost(s, 200)) for s in (0.001, 0.02)}
     with tempfile.TemporaryDirectory() as scratch:
-        bench = Bench(argparse.Namespace(database_url="", rate=50.0, workers=1), scratch)
-        bench.start()
+        bench = Bench(argparse.Namespace(rate=50.0), Setup("sqlite", 1), args.site.resolve(), Path(scratch) / "site")
         try:
+            bench.start()
             bench.cell(args.door, tokens=5, concurrency=5)  # warm up
             short = bench.cell(args.door, tokens=3, concurrency=args.streams)
             per_turn = short["site_cpu_s"] / max(short["streams"], 1)
@@ -76,9 +77,9 @@ def main() -> None:
 
 
 def _idle(bench: Bench) -> float:
-    before = cpu_seconds(bench.site_pid)
+    before = cpu_seconds(bench.site_pids)
     time.sleep(3)
-    return (cpu_seconds(bench.site_pid) - before) / 3
+    return (cpu_seconds(bench.site_pids) - before) / 3
 
 
 if __name__ == "__main__":

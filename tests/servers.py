@@ -28,8 +28,9 @@ def redis_bin() -> str | None:
 
 
 class PostgreSQL:
-    def __init__(self, bin: Path) -> None:
+    def __init__(self, bin: Path, log: Path | None = None) -> None:
         self.bin = bin
+        self.log = log  # the server's own log; by default it writes to this process's output
         self.port = free_port()
         self.folder = Path(tempfile.mkdtemp(prefix="chat-postgresql-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -57,7 +58,12 @@ class PostgreSQL:
             "max_connections": "300",
         }
         options = [arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")]
-        self.process = subprocess.Popen([*self._as_postgres, self.bin / "postgres", "-D", data, *options])
+        command = [*self._as_postgres, str(self.bin / "postgres"), "-D", str(data), *options]
+        if self.log is None:
+            self.process = subprocess.Popen(command)
+        else:
+            with open(self.log, "ab") as log:  # the server holds its own copy once started
+                self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         wait_for(lambda: self._answers(), 30, "PostgreSQL to accept connections")
         return self
 
