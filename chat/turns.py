@@ -609,13 +609,24 @@ async def _saved_and_run(
     starting = asyncio.ensure_future(save_and_run())
     _starting.add(starting)
     starting.add_done_callback(_started)
-    return await asyncio.shield(starting)
+    try:
+        return await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        starting.add_done_callback(_failed_unheard)
+        raise
 
 
 def _started(starting: asyncio.Task[Turn]) -> None:
     _starting.discard(starting)
     if not starting.cancelled():
         starting.exception()  # read, so that a refusal nobody waits for any more is not logged as lost
+
+
+def _failed_unheard(starting: asyncio.Task[Turn]) -> None:
+    # Its caller has gone: a refusal needs nobody told, but a failure would otherwise vanish.
+    if not starting.cancelled() and (exc := starting.exception()) is not None:
+        if not isinstance(exc, limits.TooManyAnswers | Http404):
+            log.error("A turn's start failed after its request had gone", exc_info=exc)
 
 
 def _run(conversation: Conversation, prompt: Message, running: RunningTurn, model: vllm_client.ServedModel) -> Turn:

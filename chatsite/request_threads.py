@@ -11,11 +11,13 @@ next request. A thread still serves one request at a time, which is what thread-
 asks for.
 """
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from asgiref.sync import ThreadSensitiveContext
+from django.db import close_old_connections
 
 # Django's ASGIHandler and asgiref's typed applications disagree on the scope's type: any will do.
 type ASGIApplication = Callable[[Any, Any, Any], Awaitable[None]]
@@ -39,10 +41,20 @@ class RequestThreads:
             # The outermost context decides: Django's own ThreadSensitiveContext inside it changes nothing.
             async with ThreadSensitiveContext(executor=thread):
                 await self.application(scope, receive, send)
-        finally:
-            # A call still running there (its request was cancelled) finishes before the next
-            # request's first call starts: the executor runs one call at a time, in order.
-            if len(self._idle) < self.keep_idle:
-                self._idle.append(thread)
-            else:
-                thread.shutdown(wait=False)
+        except BaseException:
+            # Cancelled or failed midway: its sync code may still be running there, and Django's
+            # request_finished, which closes the connections a request's end closes, may never
+            # come. The thread goes back once that code is done and those connections are closed,
+            # so that the next request neither waits behind it nor finds a pooled connection held.
+            loop = asyncio.get_running_loop()
+            settled = thread.submit(close_old_connections)
+            settled.add_done_callback(lambda _: loop.call_soon_threadsafe(self._give_back, thread))
+            raise
+        else:
+            self._give_back(thread)
+
+    def _give_back(self, thread: ThreadPoolExecutor) -> None:
+        if len(self._idle) < self.keep_idle:
+            self._idle.append(thread)
+        else:
+            thread.shutdown(wait=False)

@@ -1,5 +1,6 @@
 import asyncio
 import threading
+import time
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -84,3 +85,39 @@ async def test_sequential_requests_open_one_database_connection_not_one_each(set
     finally:
         connection_created.disconnect(count)
     assert len(opened) <= 1
+
+
+async def test_a_request_cancelled_midway_does_not_hand_its_busy_thread_to_the_next():
+    # A client that leaves (or daphne giving up on a request) cancels it while its sync code still
+    # runs; the next request must not queue behind that code on the same thread.
+    busy = threading.Event()
+    threads: list[int] = []
+
+    async def slow(scope, receive, send):
+        def work():
+            threads.append(threading.get_ident())
+            busy.set()
+            time.sleep(0.5)
+
+        await sync_to_async(work)()
+
+    async def quick(scope, receive, send):
+        threads.append(await sync_to_async(threading.get_ident)())
+
+    app = RequestThreads(slow)
+    cancelled = asyncio.ensure_future(request(app))
+    await asyncio.to_thread(busy.wait, 5)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    app.application = quick
+    await request(app)
+
+    assert threads[1] != threads[0]
+    await asyncio.sleep(0.6)  # the first thread's work ends: it is given back then
+    await request(app)
+    assert threads[0] in app_threads(app)
+
+
+def app_threads(app: RequestThreads) -> set[int | None]:
+    return {ident for executor in app._idle for ident in (t.ident for t in executor._threads)}

@@ -744,6 +744,25 @@ async def test_a_start_cancelled_while_its_rows_are_saved_still_runs_its_answer_
     await wait_for_async(lambda: not turns.is_running(answer), what="the turn to be let go")
 
 
+async def test_a_start_that_fails_after_its_request_has_gone_is_logged(conversation, fake_vllm, monkeypatch, caplog):
+    saving = threading.Event()
+
+    def failing_save(*args, **kwargs):
+        saving.set()
+        threading.Event().wait(0.3)  # the client leaves meanwhile
+        raise DatabaseError("disk I/O error")
+
+    monkeypatch.setattr(turns, "_save_prompt_and_answer", failing_save)
+    start = asyncio.ensure_future(turns.start_turn(conversation, "Then I left"))
+    assert await asyncio.to_thread(saving.wait, 10)
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+
+    await wait_for_async(lambda: "after its request had gone" in caplog.text, what="the failure to be logged")
+    assert "disk I/O error" in caplog.text
+
+
 def test_a_start_that_fails_takes_back_only_its_own_answer(conversation):
     # Two starts of one person's at once: the one refused (or finding its conversation deleted)
     # after the other registered its answer must not take that one's registration with it.
