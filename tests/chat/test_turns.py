@@ -722,7 +722,18 @@ async def test_a_start_cancelled_while_its_rows_are_saved_still_runs_its_answer_
     # timeout) cancels the request; the rows are saved all the same, and their answer must not be
     # left "streaming" with nothing to end it (no stop, delete or follower could then settle it).
     fake_vllm.reply = ["still", " answered"]
-    save = turns._save_prompt_and_answer
+    await leave_while_saving(conversation, monkeypatch, turns._save_prompt_and_answer)
+
+    answers = Message.objects.filter(role=Message.Role.ASSISTANT)
+    await wait_for_async(lambda: answers.exclude(status=Message.Status.STREAMING).aexists(), what="the answer to end")
+    answer = await answers.aget()
+    assert (answer.status, answer.content) == (Message.Status.COMPLETE, "still answered")
+    await wait_for_async(lambda: not turns.is_running(answer), what="the turn to be let go")
+
+
+async def leave_while_saving(conversation, monkeypatch, save) -> None:
+    """Start a turn whose rows take a while to save (`save` saves them), and cancel its start
+    meanwhile, as a client that goes away does."""
     saving = threading.Event()
 
     def slow_save(*args, **kwargs):
@@ -737,27 +748,12 @@ async def test_a_start_cancelled_while_its_rows_are_saved_still_runs_its_answer_
     with pytest.raises(asyncio.CancelledError):
         await start
 
-    answers = Message.objects.filter(role=Message.Role.ASSISTANT)
-    await wait_for_async(lambda: answers.exclude(status=Message.Status.STREAMING).aexists(), what="the answer to end")
-    answer = await answers.aget()
-    assert (answer.status, answer.content) == (Message.Status.COMPLETE, "still answered")
-    await wait_for_async(lambda: not turns.is_running(answer), what="the turn to be let go")
-
 
 async def test_a_start_that_fails_after_its_request_has_gone_is_logged(conversation, fake_vllm, monkeypatch, caplog):
-    saving = threading.Event()
-
     def failing_save(*args, **kwargs):
-        saving.set()
-        threading.Event().wait(0.3)  # the client leaves meanwhile
         raise DatabaseError("disk I/O error")
 
-    monkeypatch.setattr(turns, "_save_prompt_and_answer", failing_save)
-    start = asyncio.ensure_future(turns.start_turn(conversation, "Then I left"))
-    assert await asyncio.to_thread(saving.wait, 10)
-    start.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await start
+    await leave_while_saving(conversation, monkeypatch, failing_save)
 
     await wait_for_async(lambda: "after its request had gone" in caplog.text, what="the failure to be logged")
     assert "disk I/O error" in caplog.text
