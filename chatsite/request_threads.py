@@ -13,6 +13,7 @@ asks for.
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -48,10 +49,14 @@ class RequestThreads:
             # so that the next request neither waits behind it nor finds a pooled connection held.
             loop = asyncio.get_running_loop()
             settled = thread.submit(close_old_connections)
-            settled.add_done_callback(lambda _: loop.call_soon_threadsafe(self._give_back, thread))
+            settled.add_done_callback(lambda _: self._give_back_from_the_thread(loop, thread))
             raise
         else:
             self._give_back(thread)
+
+    def _give_back_from_the_thread(self, loop: asyncio.AbstractEventLoop, thread: ThreadPoolExecutor) -> None:
+        with suppress(RuntimeError):  # the loop has closed: the site is stopping
+            loop.call_soon_threadsafe(self._give_back, thread)
 
     def _give_back(self, thread: ThreadPoolExecutor) -> None:
         if len(self._idle) < self.keep_idle:
