@@ -13,8 +13,8 @@ asks for.
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from typing import Any
 
 from asgiref.sync import ThreadSensitiveContext
