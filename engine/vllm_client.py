@@ -24,6 +24,7 @@ import httpx
 from django.conf import settings
 
 from engine import connections
+from engine.endpoints import Endpoint, default_endpoint
 from engine.server import starter
 
 
@@ -46,6 +47,9 @@ class Usage:
 @dataclass(frozen=True, slots=True)
 class Failed:
     message: str
+    # Nothing came from the model: no connection, or it broke (or a gateway said 502/503/504)
+    # before the first delta. Such an answer may be asked again of another replica.
+    unreachable: bool = False
 
 
 type Event = TextDelta | Finished | Usage | Failed
@@ -195,6 +199,32 @@ async def _ask_served_model() -> ServedModel:
     return _remember(listed)
 
 
+async def list_models(endpoint: Endpoint) -> list[ServedModel] | Failed:
+    """Every model `endpoint` serves now, as its /v1/models lists them (asked now, not cached), or
+    `Failed` saying why it could not be asked."""
+    try:
+        response = await _get(f"{endpoint.base_url}/models")
+        if response.status_code != 200:
+            return Failed(describe_http_error(response.status_code, response.content), unreachable=True)
+        listed = response.json()["data"]
+    except (httpx.ConnectError, httpx.ConnectTimeout):
+        return Failed(f"The model server is not reachable at {endpoint.shown_url}.", unreachable=True)
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        return Failed(f"The model server did not answer properly: {exc}", unreachable=True)
+    return [
+        ServedModel(
+            id=str(entry["id"]),
+            max_model_len=length
+            if isinstance(length := entry.get("max_model_len"), int) and length > 0
+            else settings.VLLM_MAX_MODEL_LEN,
+            root=str(entry.get("root") or ""),
+            live=True,
+        )
+        for entry in (listed if isinstance(listed, list) else [])
+        if isinstance(entry, dict) and entry.get("id")
+    ]
+
+
 def _remember(listed: Any) -> ServedModel:
     """Note what vLLM's /v1/models listed (None: it could not be asked) and return the model in use."""
     model = assumed_model()
@@ -218,11 +248,16 @@ def _remember(listed: Any) -> ServedModel:
 
 
 async def stream_chat(
-    messages: list[dict[str, str]], options: GenerationOptions, *, model: str | None = None
+    messages: list[dict[str, str]],
+    options: GenerationOptions,
+    *,
+    model: str | None = None,
+    endpoint: Endpoint | None = None,
 ) -> AsyncGenerator[Event, None]:
     """Stream one chat completion as events; the last event is `Usage`, `Finished` or `Failed`.
 
-    `model` is the served name to ask for, by default the one vLLM serves. Closing this generator
+    `endpoint` is the server asked, by default VLLM_BASE_URL's; `model` is the served name to ask
+    for, by default the one the default endpoint serves. Closing this generator
     (or cancelling the task iterating it) closes the HTTP connection, which is how vLLM learns to
     abort the request and free its slot.
     """
@@ -239,7 +274,7 @@ async def stream_chat(
     }
     finished = False
     try:
-        async with _post(body, accept="text/event-stream") as connection:
+        async with _post(body, accept="text/event-stream", endpoint=endpoint) as connection:
             if connection.status != 200:
                 content = await connection.read_all(settings.VLLM_READ_TIMEOUT)
                 if connection.status == 404:
@@ -285,11 +320,13 @@ async def stream_chat(
         yield Failed(f"Could not talk to the model server: {exc}")
 
 
-def _post(body: dict[str, Any], *, accept: str) -> AbstractAsyncContextManager[connections.Connection]:
+def _post(
+    body: dict[str, Any], *, accept: str, endpoint: Endpoint | None = None
+) -> AbstractAsyncContextManager[connections.Connection]:
     """A chat completion request to vLLM, on the answers' own connections (engine/connections.py),
     which the site's short requests share: the site's most at once (VLLM_MAX_CONNECTIONS) counts both."""
     return connections.post(
-        f"{settings.VLLM_BASE_URL}/chat/completions",
+        f"{(endpoint or default_endpoint()).base_url}/chat/completions",
         json.dumps(body).encode(),
         tls=_tls(),
         connect_timeout=settings.VLLM_CONNECT_TIMEOUT,
@@ -423,13 +460,15 @@ def _number_after(pattern: str, text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-async def count_prompt_tokens(messages: list[dict[str, str]], *, model: str | None = None) -> int | None:
+async def count_prompt_tokens(
+    messages: list[dict[str, str]], *, model: str | None = None, endpoint: Endpoint | None = None
+) -> int | None:
     """The exact prompt length after the chat template, from vLLM's /tokenize; None if unknown."""
     if model is None:
         model = (await served_model()).id
     try:
         response = await http_client().post(
-            f"{server_root()}/tokenize",
+            f"{(endpoint or default_endpoint()).server_root}/tokenize",
             json={"model": model, "messages": messages},
             timeout=10.0,
         )
@@ -455,14 +494,15 @@ class Health:
     detail: str
 
 
-async def check_health() -> Health:
+async def check_health(endpoint: Endpoint | None = None) -> Health:
     """Ready means /health answers 200 and /v1/models lists a model (the one named in
     VLLM_SERVED_MODEL_NAME, if that is set). What it lists is noted as the model in use."""
+    endpoint = endpoint or default_endpoint()
     try:
-        health = await _get(f"{server_root()}/health")
+        health = await _get(f"{endpoint.server_root}/health")
         if health.status_code != 200:
             return Health(False, f"vLLM answers /health with {health.status_code}")
-        models = await _get(f"{settings.VLLM_BASE_URL}/models")
+        models = await _get(f"{endpoint.base_url}/models")
         listed = models.json().get("data", []) if models.status_code == 200 else []
         served = [m.get("id") for m in listed]
     except (httpx.ConnectError, httpx.ConnectTimeout):
@@ -515,10 +555,10 @@ def parse_metrics(text: str) -> dict[str, list[float]]:
     return samples
 
 
-async def read_load() -> ServerLoad | Failed:
+async def read_load(endpoint: Endpoint | None = None) -> ServerLoad | Failed:
     """vLLM's load now, from its /metrics."""
     try:
-        response = await http_client().get(f"{server_root()}/metrics", timeout=3.0)
+        response = await http_client().get(f"{(endpoint or default_endpoint()).server_root}/metrics", timeout=3.0)
     except (httpx.ConnectError, httpx.ConnectTimeout):
         return Failed(_unreachable())
     except httpx.HTTPError as exc:
@@ -545,21 +585,27 @@ def server_load(metrics: str) -> ServerLoad:
     )
 
 
-async def complete(messages: list[dict[str, str]], options: GenerationOptions) -> str | Failed:
+async def complete(
+    messages: list[dict[str, str]],
+    options: GenerationOptions,
+    *,
+    model: str | None = None,
+    endpoint: Endpoint | None = None,
+) -> str | Failed:
     """One short chat completion, not streamed: the whole text, or `Failed` saying why not.
 
     For the site's own small requests (naming a conversation), not for answers a person follows.
     """
     body = {
         # The model vLLM says it serves, as for answers: VLLM_SERVED_MODEL_NAME may be left unset.
-        "model": (await served_model()).id,
+        "model": model or (await served_model()).id,
         "messages": messages,
         "temperature": options.temperature,
         "max_tokens": options.max_tokens,
         "top_p": options.top_p,
     }
     try:
-        async with _post(body, accept="application/json") as connection:
+        async with _post(body, accept="application/json", endpoint=endpoint) as connection:
             status, content = connection.status, await connection.read_all(settings.VLLM_READ_TIMEOUT)
     except connections.SlotTimeout:
         return Failed(_pool_full())
