@@ -169,12 +169,14 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        self.server.fake._get(self, urlsplit(self.path).path)
+        if self.server.fake._authorized(self):
+            self.server.fake._get(self, urlsplit(self.path).path)
 
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(length) if length else b""
-        self.server.fake._post(self, urlsplit(self.path).path, raw)
+        if self.server.fake._authorized(self):
+            self.server.fake._post(self, urlsplit(self.path).path, raw)
 
     def send_body(self, status: int, body: bytes, content_type: str) -> None:
         try:
@@ -196,8 +198,11 @@ class FakeVLLM:
         served_model_name: str = "qwen2-7b-instruct",
         max_model_len: int = 2048,
         root: str = "/models/qwen2-tiny-random",  # what /v1/models says vLLM loaded
+        api_key: str = "",  # as vLLM's --api-key: every /v1 route wants `Authorization: Bearer <key>`
     ) -> None:
         self.served_model_name = served_model_name
+        self.api_key = api_key
+        self.unauthorized = 0  # requests refused for want of the key
         self.max_model_len = max_model_len
         self.model_root = root
         self.port = 0
@@ -351,6 +356,19 @@ class FakeVLLM:
             return self._changed.wait_for(predicate, timeout)
 
     # --- routes ----------------------------------------------------------------------------------
+
+    def _authorized(self, handler: _Handler) -> bool:
+        """vLLM's --api-key check (its AuthenticationMiddleware): only the /v1 routes want the key;
+        /health, /metrics and /tokenize answer anyone."""
+        if not self.api_key or not urlsplit(handler.path).path.startswith("/v1"):
+            return True
+        if handler.headers.get("authorization") == f"Bearer {self.api_key}":
+            return True
+        with self._changed:
+            self.unauthorized += 1
+            self._changed.notify_all()
+        handler.send_json(401, {"error": "Unauthorized"})
+        return False
 
     def _get(self, handler: _Handler, path: str) -> None:
         if path == "/health":
