@@ -360,6 +360,7 @@ def test_a_history_that_diverges_is_a_conversation_of_its_own(client, alice, bob
     ask(bobs, [*history, {"role": "user", "content": "Second?"}])
 
     assert Conversation.objects.filter(owner=alice).count() == 4
+    first.refresh_from_db()
     assert shown(first) == [("user", "First?"), ("assistant", "One."), ("user", "Second?"), ("assistant", "One.")]
     bobs_conversation = Conversation.objects.get(owner=bob)
     assert shown(bobs_conversation) == shown(first)
