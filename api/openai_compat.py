@@ -4,7 +4,10 @@
 messages become a new conversation of the caller's (system and developer messages its system
 prompt, the others its earlier messages, the last user message the prompt), so persistence,
 context fitting and streaming all come from chat/turns.py, and the exchange is in the caller's
-history. `GET /v1/models` lists the one served model. Authentication is an API token as
+history. A client sends its whole history on every call: a request that repeats an earlier
+request of the caller's (same model, same system prompt, same messages) and the answer it got
+continues that conversation instead (`_start_in_session`), so one SDK session is one
+conversation. `GET /v1/models` lists the one served model. Authentication is an API token as
 `Authorization: Bearer`, as for the REST API.
 
 Errors come back in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`:
@@ -18,14 +21,18 @@ vLLM's does. A client that goes away stops the answer, which closes the request 
 itself aborts a request whose client left.
 """
 
+import hashlib
 import json
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
+from django.db import IntegrityError
 from django.http import HttpRequest, StreamingHttpResponse
 from ninja import NinjaAPI, Schema
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from api import delivery
 from api.auth import AuthenticatedRequest, TokenAuth
 from api.errors import OPENAI, ApiError, handle_errors
+from api.models import Continuation
 from api.schemas import GenerationSettings, MaxTokens
 from chat import rules, sse, turns
 from chat.context import ContextTooLong, check_prompt_fits
@@ -133,6 +141,8 @@ class Exchange:
         self.system_prompt = _checked("\n\n".join(system), rules.clean_system_prompt, "messages")
         self.earlier = [(role, text) for role, text in chat[:-1] if text]
         self.prompt = _checked(chat[-1][1], rules.clean_prompt, f"messages.{len(request.messages) - 1}.content")
+        # As the client sent them, which its next request repeats: the prompt before it was cleaned.
+        self.sent = [*self.earlier, chat[-1]]
         self.settings = request
         if request.max_completion_tokens is not None:
             self.settings = request.model_copy(update={"max_tokens": request.max_completion_tokens})
@@ -151,19 +161,105 @@ async def chat_completions(
     request: AuthenticatedRequest, data: ChatCompletionIn
 ) -> StreamingHttpResponse | dict[str, Any]:
     exchange = Exchange(data, await vllm_client.served_model())
-    conversation = exchange.conversation(request.auth)
-    try:
-        await check_prompt_fits(
-            system_prompt=conversation.system_prompt, prompt=exchange.prompt, max_tokens=conversation.max_tokens
-        )
-    except ContextTooLong as exc:
-        raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
-    # The earlier messages are saved with the prompt, in one transaction: a refused turn saves none.
-    _, answer = await turns.start_turn(conversation, exchange.prompt, earlier=exchange.earlier)
+    answer = await _start_in_session(request.auth, data.model, exchange)
     if not data.stream:
         return _completion(await delivery.whole(answer))
     include_usage = bool(data.stream_options and data.stream_options.include_usage)
     return await delivery.stream(answer, partial(_chunks, answer, include_usage=include_usage))
+
+
+# --- One SDK session, one conversation ----------------------------------------------------------
+# Each answer is recorded (api/models.py: Continuation) under a digest of the request it answered.
+# A later request's prefixes that end just before one of its answers are digested the same way, and
+# looked up at once by the index: nothing scans the caller's conversations.
+
+# How many of a request's answers, from its last, may be the one it continues: a client adds a few
+# messages between calls, not hundreds.
+ANSWERS_LOOKED_AT = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """Where a request goes in its caller's history: after `after`, an answer it repeats (whose
+    conversation it continues, with the messages the request adds before its prompt), or None (a
+    new conversation). `digest` records the request's own answer for its next call."""
+
+    digest: str
+    after: Message | None = None
+    after_digest: str = ""  # `after`'s record, to give back if this request's turn does not start
+    added: Sequence[tuple[str, str]] = ()
+
+
+def _digests(owner: User, model: str, exchange: Exchange) -> dict[int, str]:
+    """SHA-256 of the request's first k messages (with its owner, model and system prompt), for
+    each k at which one of its last ANSWERS_LOOKED_AT answers sits, and for all of them."""
+    head = json.dumps([owner.pk, model, exchange.system_prompt], ensure_ascii=False)
+    running = hashlib.sha256(head.encode())
+    answers = [k for k, (role, _) in enumerate(exchange.sent) if role == "assistant"][-ANSWERS_LOOKED_AT:]
+    wanted, digests = set(answers), {}
+    for k, message in enumerate(exchange.sent):
+        if k in wanted:
+            digests[k] = running.hexdigest()
+        running.update(json.dumps(message, ensure_ascii=False).encode())
+    digests[len(exchange.sent)] = running.hexdigest()
+    return digests
+
+
+def _session(owner: User, model: str, exchange: Exchange) -> Session:
+    """The request's Session: the answer it continues is claimed (its record deleted), so that two
+    requests repeating the same answer at once do not both continue it."""
+    digests = _digests(owner, model, exchange)
+    mine = digests.pop(len(exchange.sent))
+    at = {digest: k for k, digest in digests.items()}
+    # Only the caller's own answers: a digest could never match another person's, and is not trusted to.
+    records = Continuation.objects.filter(digest__in=at, answer__conversation__owner=owner).select_related(
+        "answer__conversation"
+    )
+    for record in sorted(records, key=lambda record: at[record.digest], reverse=True):
+        answer, k = record.answer, at[record.digest]
+        repeated = answer.content == exchange.sent[k][1] and not answer.is_streaming
+        # The conversation's shown branch must still end there: one continued elsewhere since (the
+        # page, the REST API) is no longer this history.
+        claimed = repeated and answer.conversation.branch_tip_id == answer.pk
+        if claimed and Continuation.objects.filter(pk=record.pk).delete()[0]:
+            return Session(mine, answer, record.digest, exchange.sent[k + 1 : -1])
+    return Session(mine)
+
+
+def _record(answer: Message, digest: str) -> None:
+    # A deleted answer (its conversation deleted meanwhile) has nothing to continue.
+    try:
+        Continuation.objects.create(answer=answer, digest=digest)
+    except IntegrityError:
+        pass
+
+
+async def _start_in_session(owner: User, model: str, exchange: Exchange) -> Message:
+    """Start the request's turn, continuing the conversation of the answer it repeats, if any, else
+    in a new conversation; the new answer is recorded for the next call. Raises ApiError 400
+    (context_length_exceeded), and whatever turns.start_turn raises, having saved nothing."""
+    session = await sync_to_async(_session)(owner, model, exchange)
+    if session.after is None:
+        conversation = exchange.conversation(owner)
+    else:
+        conversation = session.after.conversation
+        exchange.settings.apply_to(conversation)
+    try:
+        try:
+            await check_prompt_fits(
+                system_prompt=conversation.system_prompt, prompt=exchange.prompt, max_tokens=conversation.max_tokens
+            )
+        except ContextTooLong as exc:
+            raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
+        # The earlier messages are saved with the prompt, in one transaction: a refused turn saves none.
+        earlier = exchange.earlier if session.after is None else session.added
+        _, answer = await turns.start_turn(conversation, exchange.prompt, after=session.after, earlier=earlier)
+    except Exception:
+        if session.after is not None:  # the client may send the same history again
+            await sync_to_async(_record)(session.after, session.after_digest)
+        raise
+    await sync_to_async(_record)(answer, session.digest)
+    return answer
 
 
 def _finish_reason(answer: Message) -> str:

@@ -1,6 +1,7 @@
 from typing import Any
 
 from django.apps import AppConfig
+from django.core import checks
 from django.db.models.signals import post_delete, post_migrate
 
 
@@ -9,6 +10,9 @@ class ChatConfig(AppConfig):
 
     def ready(self) -> None:
         from chat import turns
+        from chatsite.request_threads import check_asgiref
+
+        checks.register(check_asgiref, checks.Tags.compatibility)
 
         post_migrate.connect(_repair_search_index, sender=self)
         # However an answer is deleted (with its conversation, on the page, in the admin, from a

@@ -12,12 +12,17 @@ asks for.
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import inspect
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
+from importlib.metadata import version
 from typing import Any
 
 from asgiref.sync import ThreadSensitiveContext
+from django.apps import AppConfig
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
 from django.db import close_old_connections
 
 # Django's ASGIHandler and asgiref's typed applications disagree on the scope's type: any will do.
@@ -28,10 +33,42 @@ type ASGIApplication = Callable[[Any, Any, Any], Awaitable[None]]
 KEEP_IDLE = 128
 
 
+# The first asgiref whose ThreadSensitiveContext takes an `executor` (requirements.txt pins it).
+NEEDED_ASGIREF = "3.13.0"
+
+
+def asgiref_problem() -> str | None:
+    """Why the installed asgiref cannot run RequestThreads, or None: its ThreadSensitiveContext
+    must take an `executor`, which older ones refuse with TypeError on every request."""
+    if "executor" in inspect.signature(ThreadSensitiveContext).parameters:
+        return None
+    return (
+        f"asgiref {version('asgiref')} is installed, but the site needs asgiref {NEEDED_ASGIREF} or later: "
+        "chatsite/request_threads.py gives ThreadSensitiveContext an executor, which this version does not "
+        "take, so every request would fail."
+    )
+
+
+def check_asgiref(
+    *,
+    app_configs: Sequence[AppConfig] | None,
+    databases: Sequence[str] | None,
+    **kwargs: Any,
+) -> list[checks.CheckMessage]:
+    """Django system check chatsite.E001: asgiref_problem(), said by `manage.py check`, `up` and `runserver`."""
+    problem = asgiref_problem()
+    if problem is None:
+        return []
+    return [checks.Error(problem, hint="pip install -r requirements.txt", id="chatsite.E001")]
+
+
 class RequestThreads:
     """An ASGI application that runs `application` with each request's sync code on a pooled thread."""
 
     def __init__(self, application: ASGIApplication, keep_idle: int = KEEP_IDLE) -> None:
+        # Said as the site starts (daphne run by hand skips the system checks), not at every request.
+        if problem := asgiref_problem():
+            raise ImproperlyConfigured(problem)
         self.application = application
         self.keep_idle = keep_idle
         self._idle: list[ThreadPoolExecutor] = []

@@ -1,13 +1,19 @@
 import asyncio
 import threading
 import time
+from importlib.metadata import version
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.core.checks import ERROR, run_checks
+from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.signals import connection_created
+from packaging.version import Version
 
 from chat.models import Conversation
+from chatsite import request_threads
 from chatsite.request_threads import RequestThreads
+from tests.commands import ROOT
 
 
 class SyncWork:
@@ -121,3 +127,29 @@ async def test_a_request_cancelled_midway_does_not_hand_its_busy_thread_to_the_n
 
 def app_threads(app: RequestThreads) -> set[int | None]:
     return {ident for executor in app._idle for ident in (t.ident for t in executor._threads)}
+
+
+def test_the_installed_asgiref_passes_the_sites_system_check():
+    assert [message for message in run_checks() if message.id == "chatsite.E001"] == []
+
+
+def test_an_asgiref_whose_thread_context_takes_no_executor_is_refused_clearly(monkeypatch):
+    class OldThreadSensitiveContext:  # asgiref 3.12's: no executor
+        def __init__(self) -> None:
+            pass
+
+    monkeypatch.setattr(request_threads, "ThreadSensitiveContext", OldThreadSensitiveContext)
+
+    # Django's own check run, as `manage.py check`, `up` and `runserver` make it.
+    [error] = [message for message in run_checks() if message.id == "chatsite.E001"]
+    assert error.level == ERROR
+    assert f"asgiref {version('asgiref')} is installed, but the site needs asgiref 3.13.0 or later" in error.msg
+    assert error.hint == "pip install -r requirements.txt"
+    # daphne started by hand runs no checks: the site refuses to start, rather than fail each request.
+    with pytest.raises(ImproperlyConfigured, match=r"needs asgiref 3\.13\.0 or later"):
+        RequestThreads(SyncWork())
+
+
+def test_the_pinned_asgiref_is_one_the_site_can_run_on():
+    pins = dict(line.split("==") for line in (ROOT / "requirements.txt").read_text().splitlines() if "==" in line)
+    assert Version(pins["asgiref"]) >= Version(request_threads.NEEDED_ASGIREF)

@@ -15,8 +15,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
+import openai
 import psycopg
 import pytest
 
@@ -270,3 +272,26 @@ def test_many_streams_across_three_workers_with_clients_leaving_and_stopping(bus
             assert row["status"] in ("stopped", "complete"), (row, client)
             assert client.ended == row["status"] and client.received == row["content"], (row, client)
     assert owners == {worker.pid for worker in busy_site_workers.workers}
+
+
+def test_an_sdk_session_over_every_worker_is_one_conversation_on_postgresql(site_workers, fake_vllm):
+    # Each call on another worker: the conversation it continues is found in the database, not in a worker.
+    history: list[Any] = []
+    for n, worker in enumerate(site_workers.workers):
+        sdk = openai.OpenAI(base_url=f"{worker.url}/v1", api_key=site_workers.env["ALICE_TOKEN"], max_retries=0)
+        history.append({"role": "user", "content": f"Question {n}?"})
+        fake_vllm.reply = [f"Answer {n}."]
+        if n == 1:
+            chunks = sdk.chat.completions.create(model="qwen2-7b-instruct", messages=history, stream=True)
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            text = (
+                sdk.chat.completions.create(model="qwen2-7b-instruct", messages=history).choices[0].message.content
+                or ""
+            )
+        history.append({"role": "assistant", "content": text})
+
+    with api(site_workers.url, site_workers) as client:
+        [conversation] = client.get("/conversations").json()["items"]
+        messages = client.get(f"/conversations/{conversation['id']}").json()["messages"]
+    assert [(m["role"], m["content"]) for m in messages] == [(m["role"], m["content"]) for m in history]

@@ -7,6 +7,7 @@ import concurrent.futures
 import os
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import openai
@@ -190,3 +191,30 @@ def test_answers_started_a_minute_ago_no_longer_count(limited_site, alice, alice
     )
 
     assert response.status_code == 200, response.text
+
+
+def test_an_sdk_sessions_call_refused_continues_its_conversation_when_sent_again(
+    limited_site, alice, alice_token, fake_vllm
+):
+    client = openai.OpenAI(base_url=f"{limited_site.url}/v1", api_key=alice_token, max_retries=0, timeout=15)
+    history: list[Any] = [{"role": "user", "content": "First?"}]
+    answer = client.chat.completions.create(model="qwen2-7b-instruct", messages=history)
+    history += [
+        {"role": "assistant", "content": answer.choices[0].message.content},
+        {"role": "user", "content": "Second?"},
+    ]
+    elsewhere = Message.objects.create(
+        conversation=Conversation.objects.create(owner=alice, title="Elsewhere"),
+        role="assistant",
+        status=Message.Status.STREAMING,
+        worker="another-worker",
+        lease_until=timezone.now() + timedelta(hours=1),
+    )
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="qwen2-7b-instruct", messages=history)
+    elsewhere.conversation.delete()
+
+    client.chat.completions.create(model="qwen2-7b-instruct", messages=history)  # the SDK's retry
+
+    conversation = Conversation.objects.get(owner=alice)
+    assert conversation.messages.count() == 4

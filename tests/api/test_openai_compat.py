@@ -1,5 +1,7 @@
 """The OpenAI-compatible endpoint, driven by the official `openai` package against the live site."""
 
+from typing import Any
+
 import httpx
 import openai
 import pytest
@@ -279,3 +281,114 @@ def test_a_client_that_gives_up_waiting_cancels_the_upstream_request(live_site, 
         impatient.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}])
     assert fake_vllm.wait_for_disconnect()
     wait_for(lambda: Message.objects.filter(role="assistant", status=Message.Status.STOPPED).exists())
+
+
+# --- One SDK session, one conversation ----------------------------------------------------------
+# An OpenAI client keeps the history and sends all of it on every call.
+
+
+def shown(conversation: Conversation) -> list[tuple[str, str]]:
+    return [(m.role, m.content) for m, _ in branches.shown_branch(conversation)]
+
+
+def ask(client: openai.OpenAI, history: list[Any], *, stream: bool = False) -> str:
+    """Send the history as an SDK session does, and add the answer to it, as the session would."""
+    if stream:
+        chunks = client.chat.completions.create(model=MODEL, messages=history, stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    else:
+        text = client.chat.completions.create(model=MODEL, messages=history).choices[0].message.content or ""
+    history.append({"role": "assistant", "content": text})
+    return text
+
+
+def test_a_growing_history_continues_its_conversation_rather_than_storing_it_again(client, alice, fake_vllm):
+    history: list[Any] = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "First?"}]
+    fake_vllm.reply = ["One."]
+    ask(client, history)
+    history.append({"role": "user", "content": "Second?"})
+    fake_vllm.reply = ["Two."]
+    ask(client, history, stream=True)
+    # Messages the client adds before its prompt are saved on the branch, in their place.
+    history += [
+        {"role": "user", "content": "An aside."},
+        {"role": "assistant", "content": "Noted."},
+        {"role": "user", "content": "Third?"},
+    ]
+    fake_vllm.reply = ["Three."]
+    ask(client, history)
+
+    conversation = Conversation.objects.get(owner=alice)  # one, not three
+    assert shown(conversation) == [
+        ("user", "First?"),
+        ("assistant", "One."),
+        ("user", "Second?"),
+        ("assistant", "Two."),
+        ("user", "An aside."),
+        ("assistant", "Noted."),
+        ("user", "Third?"),
+        ("assistant", "Three."),
+    ]
+    assert Message.objects.count() == 8  # each message once
+    assert conversation.system_prompt == "Be brief."
+    assert fake_vllm.requests[-1]["messages"] == history[:-1]  # the model saw the whole history
+
+
+def test_a_history_that_diverges_is_a_conversation_of_its_own(client, alice, bob, bob_token, live_site, fake_vllm):
+    fake_vllm.reply = ["One."]
+    history: list[Any] = [{"role": "user", "content": "First?"}]
+    ask(client, history)
+    ask(client, [*history, {"role": "user", "content": "Second?"}])
+    first = Conversation.objects.get(owner=alice)
+
+    diverging = [
+        # The first answer, not as the site gave it.
+        [
+            {"role": "user", "content": "First?"},
+            {"role": "assistant", "content": "Uno."},
+            {"role": "user", "content": "Next?"},
+        ],
+        # Another system prompt.
+        [{"role": "system", "content": "Be long."}, *history, {"role": "user", "content": "Next?"}],
+        # From the first answer again, which the session has continued past: another branch.
+        [*history, {"role": "user", "content": "Second, again?"}],
+    ]
+    for messages in diverging:
+        ask(client, messages)
+    # The same history from someone else: never another person's conversation.
+    bobs = openai.OpenAI(base_url=f"{live_site.url}/v1", api_key=bob_token, max_retries=0, timeout=15)
+    ask(bobs, [*history, {"role": "user", "content": "Second?"}])
+
+    assert Conversation.objects.filter(owner=alice).count() == 4
+    first.refresh_from_db()
+    assert shown(first) == [("user", "First?"), ("assistant", "One."), ("user", "Second?"), ("assistant", "One.")]
+    bobs_conversation = Conversation.objects.get(owner=bob)
+    assert shown(bobs_conversation) == shown(first)
+
+
+def test_a_conversation_continued_elsewhere_meanwhile_is_not_continued(
+    client, alice, alice_token, live_site, fake_vllm
+):
+    fake_vllm.reply = ["One."]
+    history: list[Any] = [{"role": "user", "content": "First?"}]
+    ask(client, history)
+    conversation = Conversation.objects.get(owner=alice)
+    # Alice goes on in the same conversation through the REST API: its shown branch is no longer the SDK's.
+    response = httpx.post(
+        f"{live_site.url}/api/conversations/{conversation.pk}/messages",
+        json={"prompt": "From elsewhere"},
+        headers={"Authorization": f"Bearer {alice_token}"},
+        timeout=15,
+    )
+    assert response.status_code == 200, response.text
+
+    ask(client, [*history, {"role": "user", "content": "Second?"}])
+
+    assert Conversation.objects.filter(owner=alice).count() == 2
+    conversation.refresh_from_db()
+    assert shown(conversation) == [
+        ("user", "First?"),
+        ("assistant", "One."),
+        ("user", "From elsewhere"),
+        ("assistant", "One."),
+    ]

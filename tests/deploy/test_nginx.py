@@ -3,6 +3,7 @@ in front of the site (DJANGO_HTTPS=true, daphne with --proxy-headers, as `up` ru
 TLS with a certificate made for the test.
 """
 
+import json
 import re
 import shutil
 import signal
@@ -17,6 +18,7 @@ import httpx
 import pytest
 from axes.models import AccessAttempt
 
+from chat.models import Conversation
 from tests.accounts import login
 from tests.commands import ROOT
 from tests.ports import free_port, listening
@@ -245,3 +247,50 @@ def test_the_openai_doors_stream_reaches_the_client_delta_by_delta(nginx, fake_v
     assert arrivals[0] < 1.5, arrivals
     assert end - arrivals[0] > 2.0, (arrivals, end)
     assert len(arrivals) == len(SLOW_REPLY)
+
+
+BIG = 3 * 1024 * 1024  # over the 2m that nginx allows every other request, under the import's 64 MiB
+
+
+def big_export() -> bytes:
+    """This site's JSON export of one conversation of 320 messages of 10,000 characters: over BIG."""
+    messages = [{"role": ("user", "assistant")[n % 2], "content": f"{n} " + "x" * 10_000} for n in range(320)]
+    export = {
+        "format": "chatsite.conversations",
+        "version": 1,
+        "conversations": [{"title": "Big", "messages": messages}],
+    }
+    return json.dumps(export).encode()
+
+
+def test_an_import_larger_than_other_requests_reaches_the_site_on_both_doors(nginx, alice, alice_token):
+    export = big_export()
+    assert len(export) > BIG
+    with nginx.client() as client:
+        login(client, "alice")
+        client.get("/import")
+        page = client.post("/import", files={"file": ("conversations.json", export)}, headers=csrf_headers(client))
+        assert page.status_code == 200, page.text
+        assert "Imported 1 conversation with 320 messages" in page.text
+        api = client.post(
+            "/api/import",
+            files={"file": ("conversations.json", export)},
+            headers={"Authorization": f"Bearer {alice_token}"},
+        )
+        assert api.status_code == 201, api.text
+    assert Conversation.objects.filter(owner=alice, title="Big").count() == 2
+
+
+def test_every_other_request_over_2_mb_is_still_refused_by_nginx(nginx, alice, alice_token):
+    body = b"x" * BIG
+    with nginx.client() as client:
+        login(client, "alice")
+        for path, headers in [
+            ("/c/new/send", csrf_headers(client)),
+            ("/api/conversations", {"Authorization": f"Bearer {alice_token}"}),
+            ("/v1/chat/completions", {"Authorization": f"Bearer {alice_token}"}),
+            ("/importer", csrf_headers(client)),  # only the import's own paths
+        ]:
+            response = client.post(path, content=body, headers=headers)
+            assert response.status_code == 413, (path, response.status_code)
+            assert "nginx" in response.text, path  # nginx's own page: the body never reached the site
