@@ -20,4 +20,4 @@ CHAT_MAX_ANSWERS_PER_MINUTE = env.int("CHAT_MAX_ANSWERS_PER_MINUTE", default=0)
 # seconds ahead (or behind).
 if _skew := env.float("TEST_CLOCK_SKEW_SECONDS", default=0.0):
     _host_now = timezone.now
-    timezone.now = lambda: _host_now() + timedelta(seconds=_skew)  # type: ignore[assignment]
+    timezone.now = lambda: _host_now() + timedelta(seconds=_skew)

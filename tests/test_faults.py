@@ -8,12 +8,13 @@ whole reply, for an answer that completed) or a client was shown that the databa
 That must be 0. Each test adds its row to test-artifacts/faults.md.
 """
 
+import functools
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,11 +105,11 @@ def stored(database_url: str, answer: int) -> dict | None:
     return None if row is None else {"status": row[0], "content": row[1], "error": row[2]}
 
 
-def title_of(database_url: str, conversation: int) -> str:
+def is_named(database_url: str, conversation: int) -> bool:
+    """Whether the model has named the conversation."""
     with psycopg.connect(database_url) as connection:
         row = connection.execute("SELECT title FROM chat_conversation WHERE id = %s", (conversation,)).fetchone()
-    assert row is not None
-    return str(row[0])
+    return row is not None and row[0] == NAMED
 
 
 # --- the table -----------------------------------------------------------------------------------
@@ -181,10 +182,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def waited(seconds: float) -> bool:
+def waited(seconds: float) -> Callable[[], bool]:
     """A condition for wait_for: true once `seconds` from now have passed (a fault's length)."""
     until = time.monotonic() + seconds
-    return lambda: time.monotonic() >= until  # type: ignore[return-value]
+    return lambda: time.monotonic() >= until
 
 
 # --- Redis ---------------------------------------------------------------------------------------
@@ -217,8 +218,8 @@ def test_redis_stopped_and_restarted_mid_answer(postgresql, own_redis, fake_vllm
     a, b, c = (site.add_worker(output=tmp_path / f"worker-{name}.log") for name in "abc")
     token = env["ALICE_TOKEN"]
     try:
-        fake_vllm.reply = [f" w{i}" for i in range(700)]
-        fake_vllm.token_delay = 0.03  # 21 s an answer
+        fake_vllm.reply = [f" w{i}" for i in range(500)]  # within the default max_tokens (512)
+        fake_vllm.token_delay = 0.04  # 20 s an answer
         whole = "".join(fake_vllm.reply)
         followed = start_turn(a.url, token)
         to_stop = start_turn(a.url, token)
@@ -247,8 +248,7 @@ def test_redis_stopped_and_restarted_mid_answer(postgresql, own_redis, fake_vllm
         # The followers waited out the outage (a core each before), and said so once.
         assert all(share < 0.5 for share in busy.values()), busy
         for worker in (b, c):
-            assert 1 <= logged(worker, "The Channels layer failed") <= 2
-            assert logged(worker, "Traceback") <= 3
+            assert 1 <= logged(worker, "ERROR    The Channels layer failed") <= 2
         # They got every character, once, and text live again once Redis was back.
         assert [f.text for f in followers] == [whole, whole]
         assert [f.ended for f in followers] == ["complete", "complete"]
@@ -289,7 +289,7 @@ def test_postgresql_restarted_mid_answer(own_postgresql, redis_server, fake_vllm
         # Each worker has named a conversation (its naming's connection is open) before the restart.
         for worker in (a, b):
             named = untitled_first_turn(worker.url, token)
-            wait_for(lambda named=named: title_of(database, named) == NAMED, 30, "the naming")
+            wait_for(functools.partial(is_named, database, named), 30, "the naming")
 
         fake_vllm.reply = [f" w{i}" for i in range(300)]
         fake_vllm.token_delay = 0.03  # 9 s an answer
@@ -313,7 +313,7 @@ def test_postgresql_restarted_mid_answer(own_postgresql, redis_server, fake_vllm
         fake_vllm.token_delay = 0
         for worker in (a, b):
             named = untitled_first_turn(worker.url, token)
-            wait_for(lambda named=named: title_of(database, named) == NAMED, 30, "the naming after the restart")
+            wait_for(functools.partial(is_named, database, named), 30, "the naming after the restart")
         assert_nothing_lost(counted)
     finally:
         site.stop()
