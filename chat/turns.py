@@ -10,8 +10,10 @@ far and then every delta, so a page opened mid-answer sees it growing live.
 The answer is checkpointed at most every CHAT_CHECKPOINT_SECONDS and written in full once at the
 end, so a turn's database work does not grow with the answer's length. Every turn ends in a stored,
 explained state: complete, stopped, error or interrupted. Whatever fails inside a turn (vLLM, a
-checkpoint, a bug, the final write itself), the answer ends with the text it had, the turn stops
-running, and every follower gets `TurnEnded`.
+bug, the final write itself), the answer ends with the text it had, the turn stops running, and
+every follower gets `TurnEnded`. A database away for a while (a restart, a long lock) only delays
+checkpoints and the final write, which are tried again; a final write that still cannot be made
+leaves the whole text in the log, and says so.
 
 The site may run as several worker processes. The worker that starts a turn owns its answer: it
 holds a lease on it in the database (chat/leases.py), renewed at each checkpoint and by a timer,
@@ -267,7 +269,7 @@ class RunningTurn:
         fields: dict[str, Any] = {**asdict(outcome), "content": self.text(), "updated_at": timezone.now()}
         try:
             try:
-                await self._save_end(fields)
+                await self._save_end_retrying(fields)
             except (OperationalError, InterfaceError):
                 raise  # the database stayed away through every retry: the same again would fail
             except Exception as exc:
@@ -280,7 +282,7 @@ class RunningTurn:
                     "content": fields["content"],
                     "updated_at": timezone.now(),
                 }
-                await self._save_end(fields)
+                await self._save_end_retrying(fields)
         except Exception:
             # The row stays "streaming" with no turn running it, which the next look at it settles
             # as interrupted (`_look` here, or any worker once the lease has expired), with the
@@ -299,7 +301,7 @@ class RunningTurn:
             self._tell()
             self._over.set()
 
-    async def _save_end(self, fields: dict[str, Any]) -> None:
+    async def _save_end_retrying(self, fields: dict[str, Any]) -> None:
         """`_save_end`, tried again while the database is unreachable or locked, for up to a lease's
         time (a PostgreSQL restart, a long SQLite lock); raises the last error after that."""
         deadline = time.monotonic() + settings.CHAT_LEASE_SECONDS

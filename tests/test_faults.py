@@ -5,7 +5,7 @@ Each test counts, over the answers it started: those in flight when the fault ca
 completed, those that ended explained (stopped or deleted by their person, or ended in error or
 interrupted with the reason stored), and the text lost: characters the model sent (the fake's
 whole reply, for an answer that completed) or a client was shown that the database does not hold.
-That must be 0. Each test adds its row to test-artifacts/faults.md.
+That must be 0. Each test adds its row to the table in test-artifacts/faults.md.
 """
 
 import functools
@@ -156,16 +156,16 @@ def tally(fault: str, database_url: str, whole: str, seen: dict[int, list[str]])
 
 
 def record(counted: Tally) -> None:
-    """Print the row and add it to test-artifacts/faults.md."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    table = ARTIFACTS / "faults.md"
+    """Print the row, keep it in test-artifacts/faults/, and write the table of every row kept there
+    (one file per fault: the tests may run in parallel) to test-artifacts/faults.md."""
+    rows = ARTIFACTS / "faults"
+    rows.mkdir(parents=True, exist_ok=True)
+    (rows / f"{counted.fault.split()[0].lower()}.md").write_text(counted.row() + "\n")
     header = (
         "| fault | answers in flight | completed | explained endings | lost text |\n| --- | --- | --- | --- | --- |\n"
     )
-    with open(table, "a") as out:
-        if out.tell() == 0:
-            out.write(header)
-        out.write(counted.row() + "\n")
+    table = header + "".join(path.read_text() for path in sorted(rows.glob("*.md")))
+    (ARTIFACTS / "faults.md").write_text(table)
     print(counted.row())
 
 
