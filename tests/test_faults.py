@@ -235,12 +235,17 @@ def test_redis_stopped_and_restarted_mid_answer(postgresql, own_redis, fake_vllm
         cpu_before = {w.pid: cpu_seconds(w.pid) for w in (b, c)}
         with api(c.url, token) as client:
             stop = client.post(f"/conversations/{to_stop[0]}/messages/{to_stop[1]}/stop")
+            stopped_after = time.monotonic() - down
             delete = client.delete(f"/conversations/{to_delete[0]}")
+            deleted_after = time.monotonic() - down - stopped_after
         assert stop.status_code in (200, 202), stop.text
         assert delete.status_code == 204, delete.text
         wait_for(waited(4), 10, "the outage to last")
         busy = {pid: (cpu_seconds(pid) - before) / (time.monotonic() - down) for pid, before in cpu_before.items()}
         deltas_before_restart = [f.deltas for f in followers]
+        shares = sorted(round(share, 3) for share in busy.values())
+        print(f"Redis down: stop {stop.status_code} in {stopped_after:.1f} s, delete {delete.status_code} in")
+        print(f"{deleted_after:.1f} s; the followers' workers used {shares} of a core meanwhile")
         own_redis.start()
 
         for follower in followers:
