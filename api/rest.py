@@ -160,13 +160,15 @@ def change_conversation(
 ) -> Conversation:
     """Rename it (`title`), or change its system prompt or generation settings for the next turns."""
     conversation = ownership.conversation_or_404(request.auth, conversation_id)
+    renamed = ["title", "title_set_by_person"] if data.title is not None else []
     if data.title is not None:
         conversation.title = data.title
         conversation.title_set_by_person = True
-    if data.system_prompt is not None:
-        conversation.system_prompt = data.system_prompt
+    conversation.change_settings(system_prompt=data.system_prompt)
     data.apply_to(conversation)
-    conversation.save()
+    # Only what the request changes: a whole save would write back this copy's title, branch and
+    # settings over the naming's, a turn's or another request's change made since it was read.
+    conversation.save(update_fields=[*renamed, *conversation.changed_settings, "updated_at"])
     return conversation
 
 
@@ -311,17 +313,20 @@ async def follow_message(
 
 @api.post(
     "/conversations/{conversation_id}/messages/{message_id}/stop",
-    response={200: MessageOut, **ERRORS},
+    response={200: MessageOut, 202: MessageOut, **ERRORS},
     tags=["messages"],
 )
 async def stop_message(
     request: AuthenticatedRequest,
     conversation_id: int = conversation_id(),
     message_id: int = Path(..., ge=1, le=MAX_ID),
-) -> Message:
-    """Stop an answer being generated; its text so far is kept, in status `stopped`."""
+) -> tuple[int, Message]:
+    """Stop an answer being generated; its text so far is kept, in status `stopped`. 202, with the
+    answer still `streaming`, if the stop is recorded but the worker generating it could not be
+    reached: it stops within seconds (follow the answer to see it end)."""
     answer = await ownership.aanswer_or_404(request.auth, message_id, conversation_pk=conversation_id)
-    return await turns.stop_turn(answer)
+    stopped = await turns.stop_turn(answer)
+    return (202 if stopped.is_streaming else 200), stopped
 
 
 api.add_router("", workflows.router)

@@ -83,7 +83,12 @@ class RenameForm(forms.ModelForm[Conversation]):
 
     def save(self, commit: bool = True) -> Conversation:
         self.instance.title_set_by_person = True  # the model will not name it over the person
-        return super().save(commit)
+        conversation = super().save(commit=False)
+        if commit:
+            # Only these: a whole save would write back this copy's branch and settings over a
+            # turn's or another tab's change made since it was read.
+            conversation.save(update_fields=["title", "title_set_by_person", "updated_at"])
+        return conversation
 
 
 class TokenForm(forms.ModelForm[ApiToken]):

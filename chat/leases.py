@@ -6,6 +6,9 @@ answer whose lease has expired was left by a worker that died: whichever worker 
 marks it interrupted, with one conditional UPDATE, so it happens exactly once and never to an
 answer that is still alive. Nothing here is asked of another process, which may be dead.
 
+Leases are written and judged on the database's clock (`Now()`), never a host's: two hosts whose
+clocks differ, or an NTP step on one, must not take each other's live answers for dead.
+
 These are plain (sync) functions: the turn calls them off the event loop, each on a thread with
 a connection of its own (`off_the_loop`).
 """
@@ -17,11 +20,15 @@ import secrets
 import socket
 from collections.abc import Awaitable, Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import timedelta
+from typing import NamedTuple
 
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import connections
+from django.db.models import DateTimeField, ExpressionWrapper
+from django.db.models.expressions import CombinedExpression
+from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.translation import gettext_noop
 
@@ -87,20 +94,25 @@ def on_the_lease_thread[**P, R](function: Callable[P, R]) -> Callable[P, Awaitab
     return database_sync_to_async(function, thread_sensitive=False, executor=_lease_thread)
 
 
-def lease_from(now: datetime) -> datetime:
-    return now + timedelta(seconds=settings.CHAT_LEASE_SECONDS)
+def new_lease() -> ExpressionWrapper[CombinedExpression]:
+    """A lease's end, for an INSERT or UPDATE: a lease's length from now on the database's clock."""
+    return ExpressionWrapper(Now() + timedelta(seconds=settings.CHAT_LEASE_SECONDS), output_field=DateTimeField())
 
 
-def renew(pks: Collection[int]) -> set[int]:
-    """Renew this worker's lease on these answers; returns those it no longer holds (deleted, or
-    marked interrupted by another worker after its lease expired)."""
+class Renewed(NamedTuple):
+    lost: set[int]  # no longer this worker's (deleted, or marked interrupted by another worker)
+    stop: set[int]  # asked to stop by another worker, through the database (`stop_requested_at`)
+
+
+def renew(pks: Collection[int]) -> Renewed:
+    """Renew this worker's lease on these answers; says which it no longer holds and which it has
+    been asked to stop."""
     if not pks:
-        return set()
-    now = timezone.now()
+        return Renewed(set(), set())
     held = Message.objects.streaming().filter(pk__in=pks, worker=WORKER)
-    if held.update(lease_until=lease_from(now)) == len(pks):
-        return set()
-    return set(pks) - set(held.values_list("pk", flat=True))
+    renewed = held.update(lease_until=new_lease())
+    lost = set() if renewed == len(pks) else set(pks) - set(held.values_list("pk", flat=True))
+    return Renewed(lost, set(held.exclude(stop_requested_at=None).values_list("pk", flat=True)))
 
 
 def interrupt_expired(pk: int | None = None) -> int:
@@ -109,11 +121,10 @@ def interrupt_expired(pk: int | None = None) -> int:
     The UPDATE's condition is the check: two workers that notice the same dead answer at once mark
     it once between them, and an answer whose owner renewed in time is left alone.
     """
-    now = timezone.now()
-    expired = Message.objects.lease_expired(now)
+    expired = Message.objects.lease_expired()
     if pk is not None:
         expired = expired.filter(pk=pk)
-    marked = expired.update(status=Message.Status.INTERRUPTED, error=INTERRUPTED_TEXT, updated_at=now)
+    marked = expired.update(status=Message.Status.INTERRUPTED, error=INTERRUPTED_TEXT, updated_at=timezone.now())
     if marked:
         # Rare, and worth an operator's attention: a worker died, or could not renew in time.
         log.warning("Marked %d answer(s) interrupted: their worker's lease expired%s", marked, f" ({pk})" if pk else "")

@@ -1,10 +1,11 @@
 import hashlib
 import secrets
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import models
+from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.translation import pgettext_lazy
 
@@ -114,10 +115,11 @@ class MessageQuerySet(models.QuerySet["Message"]):
     def streaming(self) -> "MessageQuerySet":
         return self.filter(status=Message.Status.STREAMING)
 
-    def lease_expired(self, now: datetime) -> "MessageQuerySet":
+    def lease_expired(self) -> "MessageQuerySet":
         """Answers still "streaming" whose owner has not renewed its lease in time: it died (or ran
-        before answers had leases). Nothing generates them any more."""
-        return self.streaming().filter(models.Q(lease_until__lt=now) | models.Q(lease_until__isnull=True))
+        before answers had leases). Nothing generates them any more. Judged on the database's clock,
+        on which leases are written (chat/leases.py), not this host's."""
+        return self.streaming().filter(models.Q(lease_until__lt=Now()) | models.Q(lease_until__isnull=True))
 
     def in_order(self) -> "MessageQuerySet":
         return self.order_by("created_at", "pk")
@@ -180,6 +182,9 @@ class Message(models.Model):
     # owner renews the lease as it goes; once it has expired, any worker may mark it interrupted.
     worker = models.CharField(max_length=100, blank=True, editable=False)
     lease_until = models.DateTimeField(null=True, blank=True, editable=False)
+    # When a person asked to stop it on a worker that could not reach its owner through the
+    # Channels layer (chat/relay.py): the owner stops at its next checkpoint or lease renewal.
+    stop_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     objects = MessageQuerySet.as_manager()
 

@@ -10,8 +10,10 @@ far and then every delta, so a page opened mid-answer sees it growing live.
 The answer is checkpointed at most every CHAT_CHECKPOINT_SECONDS and written in full once at the
 end, so a turn's database work does not grow with the answer's length. Every turn ends in a stored,
 explained state: complete, stopped, error or interrupted. Whatever fails inside a turn (vLLM, a
-checkpoint, a bug, the final write itself), the answer ends with the text it had, the turn stops
-running, and every follower gets `TurnEnded`.
+bug, the final write itself), the answer ends with the text it had, the turn stops running, and
+every follower gets `TurnEnded`. A database away for a while (a restart, a long lock) only delays
+checkpoints and the final write, which are tried again; a final write that still cannot be made
+leaves the whole text in the log, and says so.
 
 The site may run as several worker processes. The worker that starts a turn owns its answer: it
 holds a lease on it in the database (chat/leases.py), renewed at each checkpoint and by a timer,
@@ -35,12 +37,12 @@ from asgiref.sync import async_to_sync, sync_to_async
 from asgiref.typing import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
 from channels.db import aclose_old_connections
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.db.models import OuterRef, Subquery
 from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.utils import timezone
-from django.utils.translation import gettext
+from django.utils.translation import gettext, gettext_noop
 
 from chat import branches, leases, limits, relay, rules, titles
 from chat.context import ContextTooLong, fit_context
@@ -51,6 +53,12 @@ from engine import vllm_client
 from engine.vllm_client import Failed, Finished, GenerationOptions, TextDelta, Usage
 
 log = logging.getLogger(__name__)
+
+# Why an answer ended in error when even its end could not be saved: what was generated is not
+# lost, it is in the log. Stored in English, as every answer's error is (when it can be stored).
+UNSAVED_TEXT = gettext_noop("The site could not save this answer; its whole text is in the site's log.")
+# What a stop says when the answer's worker could not be reached at once (chat/relay.py `stop`).
+STOP_PENDING_TEXT = gettext_noop("The stop is recorded; the answer stops in a moment.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +120,7 @@ class RunningTurn:
         self._news = asyncio.Event()
         self._over = asyncio.Event()
         self._publisher: asyncio.Task[None] | None = None
+        self.checkpoint_failing = False
 
     def text(self) -> str:
         return "".join(self.parts)
@@ -233,20 +242,39 @@ class RunningTurn:
             await asyncio.shield(self.finishing)
 
     async def _checkpoint(self) -> None:
-        # Renews the lease too: a worker that checkpoints is alive.
-        if not await _save_checkpoint(self.answer.pk, self.text()):
+        """Save the text so far, and renew the lease (a worker that checkpoints is alive).
+
+        Only for durability: a database that fails for a while (a lock held long, a failover) is
+        logged and tried again at the next checkpoint, while the answer goes on. Raises TurnLost if
+        the row is no longer this worker's; stops the turn if another worker asked for a stop
+        through the database (chat/relay.py).
+        """
+        try:
+            saved = await _save_checkpoint(self.answer.pk, self.text())
+        except DatabaseError:
+            if not self.checkpoint_failing:
+                log.warning("Could not checkpoint turn %s; trying again at the next", self.answer.pk, exc_info=True)
+            self.checkpoint_failing = True
+            return
+        if self.checkpoint_failing:
+            log.info("Checkpointed turn %s again", self.answer.pk)
+            self.checkpoint_failing = False
+        if saved == "lost":
             raise TurnLost
+        if saved == "stop":
+            self.stop_requested = True
+            raise asyncio.CancelledError  # ends the turn as a stop from this worker does
 
     async def _finish(self, outcome: Outcome) -> None:
         fields: dict[str, Any] = {**asdict(outcome), "content": self.text(), "updated_at": timezone.now()}
         try:
             try:
-                await _save_end(self.answer.pk, fields)
+                await self._save_end_retrying(fields)
+            except (OperationalError, InterfaceError):
+                raise  # the database stayed away through every retry: the same again would fail
             except Exception as exc:
-                # Any error at all: one of the values may be what the database refused, so once
-                # more with only the text and our own words. If that fails too, the row stays
-                # "streaming" with no turn running it, which the next look at it settles as
-                # interrupted (`_look` here, or any worker once the lease has expired).
+                # One of the values may be what the database refused, so once more with only the
+                # text and our own words.
                 log.exception("Could not save the end of turn %s", self.answer.pk)
                 fields = {
                     "status": Message.Status.ERROR,
@@ -254,9 +282,14 @@ class RunningTurn:
                     "content": fields["content"],
                     "updated_at": timezone.now(),
                 }
-                await _save_end(self.answer.pk, fields)
+                await self._save_end_retrying(fields)
         except Exception:
+            # The row stays "streaming" with no turn running it, which the next look at it settles
+            # as interrupted (`_look` here, or any worker once the lease has expired), with the
+            # last checkpoint's text. The whole text is in the log, and its followers are told so.
             log.exception("Could not save turn %s at all", self.answer.pk)
+            log.error("The text of turn %s, which could not be saved:\n%s", self.answer.pk, fields["content"])
+            fields = {**fields, "status": Message.Status.ERROR, "error": UNSAVED_TEXT}
         finally:
             # Even when cancelled (a shutdown): no follower may wait for an end that never comes.
             for name, value in fields.items():
@@ -267,6 +300,22 @@ class RunningTurn:
             titles.name_after_first_answer(self.answer)
             self._tell()
             self._over.set()
+
+    async def _save_end_retrying(self, fields: dict[str, Any]) -> None:
+        """`_save_end`, tried again while the database is unreachable or locked, for up to a lease's
+        time (a PostgreSQL restart, a long SQLite lock); raises the last error after that."""
+        deadline = time.monotonic() + settings.CHAT_LEASE_SECONDS
+        pause = 0.1
+        while True:
+            try:
+                await _save_end(self.answer.pk, fields)
+                return
+            except (OperationalError, InterfaceError):
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning("Could not save the end of turn %s; trying again", self.answer.pk, exc_info=True)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
 
     def request_stop(self) -> None:
         """Stop generating, keeping the text: the answer ends "stopped". Returns at once."""
@@ -290,20 +339,18 @@ class RunningTurn:
         """From now on, send each delta to the answer's group on the layer, for other workers'
         followers; started by the first one to ask, so a turn nobody follows elsewhere costs the
         layer nothing."""
-        if self._publisher is None:
+        if self._publisher is None or self._publisher.done():
             self._publisher = asyncio.create_task(self._publish(self.length), context=contextvars.Context())
 
     async def _publish(self, since: int) -> None:
-        try:
-            async with aclosing(self.events(since)) as events:
-                async for event in events:
-                    if isinstance(event, TurnDelta):
-                        await relay.publish(self.answer.pk, event.offset, event.text)
-                    else:
-                        await relay.publish_end(self.answer.pk, self.length)
-        except Exception:
-            # The layer is down: followers elsewhere read the database instead.
-            log.exception("Could not pass turn %s to the other workers", self.answer.pk)
+        # A delta the layer fails to take is skipped, not the rest: followers elsewhere find the
+        # gap by its offset and ask for it again (chat/relay.py).
+        async with aclosing(self.events(since)) as events:
+            async for event in events:
+                if isinstance(event, TurnDelta):
+                    await relay.publish(self.answer.pk, event.offset, event.text)
+                else:
+                    await relay.publish_end(self.answer.pk, self.length)
 
 
 async def _single(event: vllm_client.Event) -> AsyncGenerator[vllm_client.Event, None]:
@@ -336,10 +383,20 @@ def options_for(conversation: Conversation) -> GenerationOptions:
 
 
 @off_the_loop
-def _save_checkpoint(pk: int, text: str) -> bool:
-    now = timezone.now()
+def _save_checkpoint(pk: int, text: str) -> Literal["saved", "stop", "lost"]:
+    """One UPDATE while all is well; "stop" if another worker has asked for a stop through the
+    database, "lost" if the row is no longer this worker's."""
     mine = Message.objects.streaming().filter(pk=pk, worker=WORKER)
-    return mine.update(content=text, updated_at=now, lease_until=leases.lease_from(now)) == 1
+    if mine.filter(stop_requested_at=None).update(
+        content=text, updated_at=timezone.now(), lease_until=leases.new_lease()
+    ):
+        return "saved"
+    return "stop" if mine.exists() else "lost"
+
+
+@off_the_loop
+def _record_stop(pk: int) -> None:
+    Message.objects.streaming().filter(pk=pk, stop_requested_at=None).update(stop_requested_at=timezone.now())
 
 
 @off_the_loop
@@ -418,7 +475,7 @@ def _new_answer(
         status=Message.Status.STREAMING,
         model_name=model_name,
         worker=WORKER,
-        lease_until=leases.lease_from(timezone.now()),
+        lease_until=leases.new_lease(),
     )
     _touch(conversation, answer, prompt.content if new_prompt else None)
     # Registered before the commit (the caller's transaction): whoever reads the answer once it is
@@ -689,6 +746,9 @@ async def stop_turn(answer: Message) -> Message:
     if running is not None:
         await running.stop()
     elif (stored := await _look(answer.pk)) is not None and stored.is_streaming:
+        # Recorded first: the owner honours it at its next checkpoint or lease renewal even if the
+        # layer cannot reach it (Redis away).
+        await _record_stop(answer.pk)
         await relay.stop(stored, lambda: _look(answer.pk))
     return await _look(answer.pk) or _deleted(answer)
 
@@ -786,8 +846,11 @@ async def _keep_leases(loop: asyncio.AbstractEventLoop) -> None:
         await asyncio.sleep(settings.CHAT_LEASE_SECONDS / 3)
         try:
             mine = {pk: turn for pk, turn in list(_running.items()) if turn.loop is loop and turn.finishing is None}
-            for pk in await leases.on_the_lease_thread(leases.renew)(list(mine)):
+            renewed = await leases.on_the_lease_thread(leases.renew)(list(mine))
+            for pk in renewed.lost:
                 mine[pk].lose()
+            for pk in renewed.stop:
+                mine[pk].request_stop()
             await leases.on_the_lease_thread(leases.interrupt_expired)()
         except Exception:
             # The database is away for now: try again next time, well within the lease.

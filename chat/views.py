@@ -15,6 +15,7 @@ from django.contrib.auth.models import User
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import Resolver404, resolve, reverse
+from django.utils.translation import gettext
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect, push_url, replace_url
 from django_htmx.middleware import HtmxDetails
@@ -303,7 +304,12 @@ async def stop(request: HttpRequest, pk: int, message_pk: int) -> HttpResponse:
     answer = await turns.stop_turn(
         await ownership.aanswer_or_404(await request.auser(), message_pk, conversation_pk=pk)
     )
-    return JsonResponse({"message_id": answer.pk, "status": answer.status, "content": answer.content})
+    stopped: dict[str, object] = {"message_id": answer.pk, "status": answer.status, "content": answer.content}
+    if answer.is_streaming:
+        # Its worker could not be reached: the stop is recorded, and the answer ends at that
+        # worker's next checkpoint (chat/turns.py `stop_turn`); the stream shows it.
+        stopped["detail"] = gettext(turns.STOP_PENDING_TEXT)
+    return JsonResponse(stopped)
 
 
 @login_required

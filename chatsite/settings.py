@@ -109,7 +109,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         {
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             "transaction_mode": "IMMEDIATE",
-            "timeout": 20,
+            # How long a write waits for another's lock before it fails ("database is locked").
+            "timeout": env.float("SQLITE_LOCK_TIMEOUT", default=20.0),
         }
     )
     # Kept open for the life of the thread that opened it. The turns' database calls run on pool

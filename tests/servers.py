@@ -58,7 +58,11 @@ class PostgreSQL:
             "max_connections": "300",
         }
         options = [arg for name, value in settings.items() for arg in ("-c", f"{name}={value}")]
-        command = [*self._as_postgres, str(self.bin / "postgres"), "-D", str(data), *options]
+        self._command = [*self._as_postgres, str(self.bin / "postgres"), "-D", str(data), *options]
+        return self._run()
+
+    def _run(self) -> "PostgreSQL":
+        command = self._command
         if self.log is None:
             self.process = subprocess.Popen(command)
         else:
@@ -85,7 +89,17 @@ class PostgreSQL:
             connection.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
 
+    def restart(self) -> None:
+        """Stop the server as an operator would (ending every session), and start it again on the
+        same port with the same data."""
+        self._stop_server()
+        self._run()
+
     def stop(self) -> None:
+        self._stop_server()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _stop_server(self) -> None:
         if self.process and self.process.poll() is None:
             # Through pg_ctl: the process started here may be runuser's, which passes no signal on.
             # "fast": ends the sessions without waiting for them.
@@ -97,7 +111,6 @@ class PostgreSQL:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class Redis:

@@ -1,5 +1,9 @@
 """The site's settings for its tests (pytest's DJANGO_SETTINGS_MODULE, and the sites they start)."""
 
+from datetime import timedelta
+
+from django.utils import timezone
+
 from chatsite.settings import *  # noqa: F403
 from chatsite.settings import env
 
@@ -10,3 +14,10 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # pytest-django's `settings`): tests start answers much faster than a person does.
 CHAT_MAX_ANSWERS_AT_ONCE = env.int("CHAT_MAX_ANSWERS_AT_ONCE", default=0)
 CHAT_MAX_ANSWERS_PER_MINUTE = env.int("CHAT_MAX_ANSWERS_PER_MINUTE", default=0)
+
+# A host whose clock is off (tests/test_faults.py starts a worker so): this process's
+# `timezone.now()`, which Django's auto_now fields and the site's own code read, runs this many
+# seconds ahead (or behind).
+if _skew := env.float("TEST_CLOCK_SKEW_SECONDS", default=0.0):
+    _host_now = timezone.now
+    timezone.now = lambda: _host_now() + timedelta(seconds=_skew)

@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 from django.conf import settings
@@ -94,8 +95,10 @@ class SiteWorkers:
             self.add_worker()
         return self
 
-    def add_worker(self) -> "Worker":
-        worker = Worker(self, free_port())
+    def add_worker(self, output: Path | None = None, **env: str) -> "Worker":
+        """Start one more worker, with `env` added to the site's environment, writing its log to
+        `output` if given (else to the tests' own output)."""
+        worker = Worker(self, free_port(), env, output)
         self.workers.append(worker)
         wait_for(worker.answers, 30, "a daphne worker to answer")
         return worker
@@ -114,9 +117,10 @@ class SiteWorkers:
 
 
 class Worker:
-    def __init__(self, site: SiteWorkers, port: int) -> None:
+    def __init__(self, site: SiteWorkers, port: int, env: dict[str, str], output: Path | None = None) -> None:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.output = output
         fd = site.listening.fileno()
         command = [
             *site.site.command(fd),
@@ -124,7 +128,14 @@ class Worker:
             f"tcp:port={port}:interface=127.0.0.1",
             *(["-v", "0"] if site.quiet else []),
         ]
-        self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **site.env}, pass_fds=(fd,))
+        environment = {**os.environ, **site.env, **env}
+        if output is None:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=environment, pass_fds=(fd,))
+        else:
+            with open(output, "ab") as log:  # the worker holds its own copy once started
+                self.process = subprocess.Popen(
+                    command, cwd=ROOT, env=environment, pass_fds=(fd,), stdout=log, stderr=subprocess.STDOUT
+                )
 
     @property
     def pid(self) -> int:

@@ -465,3 +465,29 @@ def test_the_openapi_schema_and_its_docs_are_served_without_any_cdn(live_site):
     assert "/static/ninja/swagger-ui-bundle.js" in docs.text
     assert "cdn" not in docs.text.lower()
     assert httpx.get(f"{live_site.url}/static/ninja/swagger-ui-bundle.js").status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_change_of_settings_racing_the_naming_keeps_the_models_title(client, alice, alice_token):
+    from django.db.models.signals import pre_save
+
+    conversation = Conversation.objects.create(owner=alice, title="First words")
+
+    def named_meanwhile(sender, instance, **kwargs):
+        Conversation.objects.filter(pk=instance.pk).update(title="Named by the model")
+
+    pre_save.connect(named_meanwhile, sender=Conversation)
+    try:
+        response = client.patch(
+            f"/api/conversations/{conversation.pk}",
+            {"temperature": 0.3, "system_prompt": "Be brief."},
+            content_type="application/json",
+            headers={"Authorization": f"Bearer {alice_token}"},
+        )
+    finally:
+        pre_save.disconnect(named_meanwhile, sender=Conversation)
+
+    assert response.status_code == 200, response.content
+    conversation.refresh_from_db()
+    assert conversation.title == "Named by the model" and not conversation.title_set_by_person
+    assert conversation.temperature == 0.3 and conversation.system_prompt == "Be brief."

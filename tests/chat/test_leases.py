@@ -175,3 +175,37 @@ async def test_database_calls_off_the_loop_keep_their_threads_connections():
     finally:
         connection_created.disconnect(count)
     assert len(opened) <= len(threads) < 30
+
+
+# --- clocks: leases on the database's clock, not a host's (issue 20) --------------------------
+
+
+@pytest.fixture
+def skewed_clock(monkeypatch):
+    """This process's `timezone.now()`, off by a given number of seconds, as on a host whose clock is."""
+
+    def skew(seconds: float) -> None:
+        real_now = timezone.now
+        monkeypatch.setattr(timezone, "now", lambda: real_now() + timedelta(seconds=seconds))
+
+    return skew
+
+
+def test_a_worker_whose_clock_runs_ahead_leaves_another_workers_live_answers_alone(conversation, skewed_clock):
+    alive = answer_of(conversation, lease=15)  # renewed just now by its (right) owner
+    skewed_clock(+60)
+
+    assert leases.interrupt_expired() == 0
+    alive.refresh_from_db()
+    assert alive.status == Message.Status.STREAMING
+
+
+def test_a_worker_whose_clock_runs_behind_holds_its_answers_for_a_whole_lease(conversation, skewed_clock, monkeypatch):
+    mine = answer_of(conversation, lease=15, worker=leases.WORKER)
+    skewed_clock(-60)
+    leases.renew([mine.pk])
+
+    monkeypatch.undo()  # another worker, with the right time, looks
+    assert leases.interrupt_expired() == 0
+    mine.refresh_from_db()
+    assert mine.status == Message.Status.STREAMING

@@ -7,7 +7,7 @@ from contextlib import suppress
 
 import pytest
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, OperationalError, connection
 from django.db.backends.utils import CursorWrapper
 from django.http import Http404
 from django.test.utils import CaptureQueriesContext
@@ -408,7 +408,36 @@ async def test_a_lone_surrogate_from_vllm_is_stored_as_the_replacement_character
     assert (await turns.stop_turn(answer)).status == Message.Status.COMPLETE
 
 
-@pytest.mark.parametrize("failure", [DatabaseError("database is locked"), RuntimeError("a bug")])
+async def test_a_checkpoint_that_fails_for_a_while_is_tried_again_and_the_answer_completes(
+    conversation, fake_vllm, settings, monkeypatch, caplog
+):
+    # A checkpoint is only for durability: a database away for a moment (a long SQLite lock, a
+    # PostgreSQL failover) must not end the answer.
+    settings.CHAT_CHECKPOINT_SECONDS = 0
+    fake_vllm.reply = [f" w{i}" for i in range(8)]
+    fake_vllm.token_delay = 0.02
+    save_checkpoint = turns._save_checkpoint
+    failed: list[str] = []
+
+    async def failing_three_times(pk: int, text: str):
+        if len(failed) < 3:
+            failed.append(text)
+            raise OperationalError("database is locked")
+        return await save_checkpoint(pk, text)
+
+    monkeypatch.setattr(turns, "_save_checkpoint", failing_three_times)
+    _, answer = await turns.start_turn(conversation, "Go")
+
+    (text, ended), _ = await all_followers_to_end(answer)
+
+    stored = await Message.objects.aget(pk=answer.pk)
+    assert len(failed) == 3
+    assert stored.status == ended.status == Message.Status.COMPLETE
+    assert stored.content == text == "".join(fake_vllm.reply)
+    assert len([r for r in caplog.records if "Could not checkpoint" in r.getMessage()]) == 1  # once, not per try
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("a bug")])
 async def test_a_checkpoint_that_fails_ends_the_answer_in_error_with_its_text(
     conversation, fake_vllm, settings, monkeypatch, failure
 ):
@@ -496,6 +525,37 @@ async def test_a_database_that_refuses_every_final_write_still_ends_the_turn(
     stopped = await turns.stop_turn(answer)
     assert stopped.status == Message.Status.INTERRUPTED
     assert (await Message.objects.aget(pk=answer.pk)).status == Message.Status.INTERRUPTED
+
+
+async def test_a_final_write_while_the_database_is_away_for_a_moment_is_tried_again(
+    conversation, fake_vllm, failing_final_writes
+):
+    failed = failing_final_writes(OperationalError("server closed the connection unexpectedly"), count=3)
+    fake_vllm.reply = ["all", " of", " it"]
+    _, answer = await turns.start_turn(conversation, "Go")
+
+    (text, ended), _ = await all_followers_to_end(answer)
+
+    assert len(failed) == 3
+    stored = await Message.objects.aget(pk=answer.pk)
+    assert stored.status == ended.status == Message.Status.COMPLETE
+    assert stored.content == text == "all of it"
+
+
+async def test_a_final_write_that_cannot_be_made_says_where_the_text_is(
+    conversation, fake_vllm, failing_final_writes, settings, caplog
+):
+    settings.CHAT_LEASE_SECONDS = 0.6  # how long the final write is tried again
+    failing_final_writes(OperationalError("could not connect to server"), count=1000)
+    fake_vllm.reply = ["every", " word", " of", " it"]
+    _, answer = await turns.start_turn(conversation, "Go")
+
+    (text, ended), _ = await all_followers_to_end(answer)
+
+    assert text == "every word of it"
+    assert ended.status == Message.Status.ERROR
+    assert ended.error == turns.UNSAVED_TEXT and "in the site's log" in ended.error
+    assert any("every word of it" in record.getMessage() for record in caplog.records)
 
 
 async def test_an_exception_before_streaming_ends_the_answer_in_error(conversation, fake_vllm, monkeypatch):

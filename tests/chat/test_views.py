@@ -547,3 +547,36 @@ def test_the_sidebars_items_are_drawn_once_per_title_and_language(client, alice,
         assert f">{translation.gettext('Rename')}</button>" in page
     assert ">Rename</button>" not in page
     assert drawn.count("chat:rename") == 2  # a new title, a new language: drawn again
+
+
+@pytest.fixture
+def changed_meanwhile():
+    """Has another request change the conversation's row between a view's read of it and its save
+    (a turn moving the branch, the naming titling it), as a race would; `fields` say what."""
+    from django.db.models.signals import pre_save
+
+    changes: dict = {}
+
+    def land(sender, instance, **kwargs):
+        if changes:
+            Conversation.objects.filter(pk=instance.pk).update(**changes)
+            changes.clear()
+
+    pre_save.connect(land, sender=Conversation)
+    yield changes
+    pre_save.disconnect(land, sender=Conversation)
+
+
+def test_a_rename_racing_a_turn_keeps_the_turns_branch_and_settings(
+    client, alices_conversation, alice, changed_meanwhile
+):
+    conversation, answer = alices_conversation
+    newer = Message.objects.create(conversation=conversation, parent=answer, role="user", content="And then?")
+    client.force_login(alice)
+    changed_meanwhile.update(branch_tip=newer, temperature=0.1)
+
+    assert client.post(reverse("chat:rename", args=[conversation.pk]), {"title": "Plans"}).status_code == 302
+
+    conversation.refresh_from_db()
+    assert conversation.title == "Plans" and conversation.title_set_by_person
+    assert conversation.branch_tip_id == newer.pk and conversation.temperature == 0.1
