@@ -16,7 +16,7 @@ import logging
 
 from chat import rules
 from chat.models import Conversation, Message
-from engine import vllm_client
+from engine import catalog, vllm_client
 from engine.vllm_client import Failed, GenerationOptions
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,16 @@ async def _name(conversation_pk: int, answer_pk: int) -> None:
         if [m.role for m in messages] != [Message.Role.USER, Message.Role.ASSISTANT] or messages[1].pk != answer_pk:
             return
         prompt, answer = messages
-        if await Conversation.objects.filter(pk=conversation_pk, title_set_by_person=True).aexists():
+        conversation = (
+            await Conversation.objects.filter(pk=conversation_pk).only("title_set_by_person", "model").afirst()
+        )
+        if conversation is None or conversation.title_set_by_person:
+            return
+        try:
+            # The conversation's own model names it: the one whose answer is being named.
+            chosen = await catalog.pick(conversation.model)
+        except catalog.NoSuchModel as exc:
+            log.info("Conversation %s keeps its first words as title: %s", conversation_pk, exc.message)
             return
         named = await vllm_client.complete(
             [
@@ -62,6 +71,8 @@ async def _name(conversation_pk: int, answer_pk: int) -> None:
                 },
             ],
             NAMING_OPTIONS,
+            model=chosen.model.id,
+            endpoint=chosen.endpoint,
         )
         if isinstance(named, Failed):
             log.info("Conversation %s keeps its first words as title: %s", conversation_pk, named.message)
