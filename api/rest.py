@@ -6,14 +6,15 @@ conversation or an answer is always reached through chat/ownership.py, so anothe
 on every route. The operations that start, follow or stop a turn are async: the turn runs on the
 server's event loop.
 
-Errors are JSON `{"detail": "..."}` (api/errors.py): 400 for a body that is not JSON, 401 without a
-token or a session, 404, 413 for a body over API_MAX_BODY_BYTES, 422 (with `errors`, one per field)
-for a request that does not validate, 429 (with `Retry-After`) for a prompt over the caller's limits
-on answers (chat/limits.py).
+Errors are JSON `{"detail": "..."}` (api/errors.py): 400 for a body that is not JSON or a `model`
+no engine serves now, 401 without a token or a session, 404, 413 for a body over API_MAX_BODY_BYTES,
+422 (with `errors`, one per field) for a request that does not validate, 429 (with `Retry-After`)
+for a prompt over the caller's limits on answers (chat/limits.py).
 """
 
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.http import StreamingHttpResponse
 from django.http.multipartparser import MultiPartParserError
 from ninja import NinjaAPI
@@ -44,6 +45,7 @@ from api.schemas import (
 )
 from chat import branches, ownership, sse, turns
 from chat.models import Conversation, ConversationQuerySet, Message
+from engine import catalog
 
 api = NinjaAPI(
     title="Chat site API",
@@ -125,6 +127,7 @@ def create_conversation(request: AuthenticatedRequest, data: ConversationIn) -> 
     conversation = Conversation(owner=request.auth, title=data.title, system_prompt=data.system_prompt)
     conversation.title_set_by_person = bool(data.title)  # an empty one is named from the first prompt
     data.apply_to(conversation)
+    async_to_sync(catalog.check)(conversation.model)  # a model no engine serves now: 400
     conversation.save()
     return 201, conversation
 
@@ -166,6 +169,8 @@ def change_conversation(
     if data.system_prompt is not None:
         conversation.system_prompt = data.system_prompt
     data.apply_to(conversation)
+    if data.model is not None:
+        async_to_sync(catalog.check)(data.model)
     conversation.save()
     return conversation
 

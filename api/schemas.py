@@ -74,6 +74,14 @@ MaxTokens = Annotated[
     Field(description="The longest answer, in tokens.", json_schema_extra=_bounded(rules.max_tokens())),
 ]
 
+ModelName = Annotated[
+    str,
+    Field(
+        max_length=200,
+        description="The model that answers, as `GET /v1/models` lists it; empty: the site's default model.",
+    ),
+]
+
 # Request bodies: strict types, no unknown fields.
 STRICT = ConfigDict(strict=True, extra="forbid")
 
@@ -84,9 +92,12 @@ class GenerationSettings(Schema):
     temperature: Temperature | None = None
     max_tokens: MaxTokens | None = None
     top_p: TopP | None = None
+    model: ModelName | None = None
 
     def apply_to(self, conversation: Conversation) -> None:
-        conversation.change_settings(temperature=self.temperature, max_tokens=self.max_tokens, top_p=self.top_p)
+        conversation.change_settings(
+            temperature=self.temperature, max_tokens=self.max_tokens, top_p=self.top_p, model=self.model
+        )
 
 
 class ConversationIn(GenerationSettings):
@@ -160,6 +171,7 @@ class ConversationOut(Schema):
     temperature: float
     max_tokens: int
     top_p: float
+    model: str = Field(description="The model that answers; empty: the site's default model")
     created_at: datetime
     updated_at: datetime
 
@@ -200,7 +212,7 @@ STARTS_AN_ANSWER = {**ERRORS, 429: ErrorOut}
 
 class WorkflowInput(GenerationSettings):
     """The seed workflow's input: `prompt` and `temperature` (the site's default, 0.7, when not
-    given), plus the `max_tokens` and `top_p` its README lets one add."""
+    given), plus the `max_tokens` and `top_p` its README lets one add, and the `model` to ask."""
 
     prompt: Prompt
 
