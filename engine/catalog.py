@@ -214,8 +214,14 @@ async def check(model: str) -> None:
 async def stream_chat(
     messages: list[dict[str, str]], options: GenerationOptions, chosen: Chosen
 ) -> AsyncGenerator[Event, None]:
-    """vllm_client.stream_chat on the chosen engine, counted in flight; an answer that fails before
-    its first token because the engine was not reached is asked once of another replica."""
+    """vllm_client.stream_chat of the chosen model, counted in flight on the engine that answers:
+    of the model's replicas, the one with the fewest answers in flight now (chosen again here, with
+    no await between choosing and counting, so that answers started together spread out). An answer
+    that fails before its first token because its engine was not reached is asked once of another."""
+    try:
+        chosen = Chosen(chosen.model, (await pick(chosen.model.id)).endpoint)
+    except NoSuchModel:
+        pass  # gone since the turn began: asked where it was, to end with the engine's own words
     for attempt in (1, 2):
         state = _state(chosen.endpoint)
         state.in_flight += 1
