@@ -38,3 +38,23 @@ def no_served_model_from_an_earlier_test() -> None:
     # fake, must not decide another's bounds and model; nor its engines, another's.
     vllm_client.forget_served_model()
     catalog.forget()
+
+
+@pytest.fixture
+def engines(settings, fake_vllm):
+    """add(name, model) starts a fake vLLM serving `model` and makes it an engine (VLLM_ENGINES),
+    beside the default one (`fake_vllm`, serving qwen2-7b-instruct)."""
+    started: list[FakeVLLM] = []
+    settings.VLLM_ENGINES = []
+
+    def add(name: str, model: str) -> FakeVLLM:
+        fake = FakeVLLM(served_model_name=model, root=f"/models/{model}").start()
+        fake.instructed[NAMING_INSTRUCTION] = Instructed([], status=503)  # no titles: `requests` holds answers only
+        started.append(fake)
+        settings.VLLM_ENGINES = [*settings.VLLM_ENGINES, {"name": name, "base_url": fake.base_url}]
+        catalog.forget_engines()
+        return fake
+
+    yield add
+    for fake in started:
+        fake.stop()

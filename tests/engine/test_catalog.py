@@ -5,35 +5,14 @@ import pytest
 
 from chat import turns
 from chat.models import Conversation, Message
-from chat.titles import NAMING_INSTRUCTION
 from chat.turns import TurnEnded
 from engine import catalog
 from engine.models import Engine
 from engine.vllm_client import TextDelta
-from tests.fake_vllm import FakeVLLM, Instructed
+from tests.fake_vllm import FakeVLLM
 from tests.waiting import wait_for_async
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def engines(settings, fake_vllm):
-    """add(name, model) starts a fake vLLM serving `model` and makes it an engine (VLLM_ENGINES),
-    beside the default one (`fake_vllm`, serving qwen2-7b-instruct)."""
-    started: list[FakeVLLM] = []
-    settings.VLLM_ENGINES = []
-
-    def add(name: str, model: str) -> FakeVLLM:
-        fake = FakeVLLM(served_model_name=model, root=f"/models/{model}").start()
-        fake.instructed[NAMING_INSTRUCTION] = Instructed([], status=503)  # no titles: `requests` holds answers only
-        started.append(fake)
-        settings.VLLM_ENGINES = [*settings.VLLM_ENGINES, {"name": name, "base_url": fake.base_url}]
-        catalog.forget_engines()
-        return fake
-
-    yield add
-    for fake in started:
-        fake.stop()
 
 
 async def answered(answer: Message) -> tuple[str, Message]:
