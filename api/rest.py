@@ -6,8 +6,8 @@ conversation or an answer is always reached through chat/ownership.py, so anothe
 on every route. The operations that start, follow or stop a turn are async: the turn runs on the
 server's event loop.
 
-Errors are JSON `{"detail": "..."}` (api/errors.py): 400 for a body that is not JSON or a `model`
-no engine serves now, 401 without a token or a session, 404, 413 for a body over API_MAX_BODY_BYTES,
+Errors are JSON `{"detail": "..."}` (api/errors.py): 400 for a body that is not JSON, 401 without a
+token or a session, 404 (also for a `model` no engine serves now), 413 for a body over API_MAX_BODY_BYTES,
 422 (with `errors`, one per field) for a request that does not validate, 429 (with `Retry-After`)
 for a prompt over the caller's limits on answers (chat/limits.py).
 """
@@ -127,7 +127,7 @@ def create_conversation(request: AuthenticatedRequest, data: ConversationIn) -> 
     conversation = Conversation(owner=request.auth, title=data.title, system_prompt=data.system_prompt)
     conversation.title_set_by_person = bool(data.title)  # an empty one is named from the first prompt
     data.apply_to(conversation)
-    async_to_sync(catalog.check)(conversation.model)  # a model no engine serves now: 400
+    async_to_sync(catalog.check)(conversation.model)  # a model no engine serves now: 404
     conversation.save()
     return 201, conversation
 

@@ -11,7 +11,7 @@ Where this differs from model-compose, it is to keep the seed's README true:
 - A run that fails before any text (vLLM down) is an HTTP error (503, or 502 if vLLM answered but
   failed), `{"detail": ...}`; one that fails later ends its stream with an `event: error` frame,
   which EventSource clients tell from the text. A run over the caller's limits on answers is 429,
-  with `Retry-After` (chat/limits.py); one naming a `model` no engine serves now is 400.
+  with `Retry-After` (chat/limits.py); one naming a `model` no engine serves now is 404.
 - A task is the run's answer: its id is the answer message's id, its state is the message's status
   (`cancelled` when stopped), and its `output` is the text so far.
 A client that goes away from a streamed run stops it, as model-compose closes the model's stream

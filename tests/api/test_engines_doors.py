@@ -107,7 +107,7 @@ def test_rest_a_conversation_keeps_its_model_and_is_answered_by_it(alice_api, sm
     assert alice_api.get(f"/conversations/{pk}").json()["model"] == "big-b"
 
 
-def test_rest_an_unknown_model_is_a_400_with_a_message(alice_api, small, big):
+def test_rest_an_unknown_model_is_a_404_with_a_message(alice_api, small, big):
     pk = alice_api.post("/conversations", json={}).json()["id"]
 
     for response in (
@@ -115,7 +115,7 @@ def test_rest_an_unknown_model_is_a_400_with_a_message(alice_api, small, big):
         alice_api.patch(f"/conversations/{pk}", json={"model": "no-such"}),
         alice_api.post(f"/conversations/{pk}/messages", json={"prompt": "Hi", "model": "no-such"}),
     ):
-        assert response.status_code == 400
+        assert response.status_code == 404
         assert response.json() == {
             "detail": "The model 'no-such' does not exist here. Choose one of the models the site lists."
         }
@@ -130,4 +130,4 @@ def test_workflow_run_takes_a_model(alice_api, small, big):
     assert streamed.status_code == 200
     assert "".join(line.removeprefix("data: ") for line in streamed.text.split("\n\n") if line) == "Big answer."
     assert len(big.requests) == 1
-    assert refused.status_code == 400 and "no-such" in refused.json()["detail"]
+    assert refused.status_code == 404 and "no-such" in refused.json()["detail"]
