@@ -5,6 +5,7 @@ conversation is a 404 on every URL.
 The views that start, follow or stop a turn are async: the turn runs on the server's event loop.
 """
 
+from contextlib import suppress
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -84,10 +85,10 @@ def _last_choice(user: Someone) -> str:
 
 def _page(request: HttpRequest, conversation: Conversation | None, *, through: int | None = None) -> HttpResponse:
     # The page names the model that will answer, and offers the others.
-    models = async_to_sync(_models)(conversation.model if conversation else _last_choice(request.user))
-    if conversation is None and not getattr(models["chosen_offer"], "available", False):
+    chosen = conversation.model if conversation else _last_choice(request.user)
+    models = async_to_sync(_models)(chosen)
+    if conversation is None and chosen and not (models["chosen_offer"] and models["chosen_offer"].available):
         models = async_to_sync(_models)("")  # the last choice is gone: a new chat starts with the default
-    chosen = "" if conversation is None and models["chosen_offer"] is None else models["chosen_model"]
     return render(
         request,
         "chat/page.html",
@@ -96,7 +97,7 @@ def _page(request: HttpRequest, conversation: Conversation | None, *, through: i
             "conversation": conversation,
             "open_pk": conversation.pk if conversation else None,
             **(_shown(branches.shown_page(conversation, through=through)) if conversation else _branch([])),
-            **_settings_panel(conversation, chosen),
+            **_settings_panel(conversation, models["chosen_model"]),
             **models,
         },
     )
@@ -179,9 +180,12 @@ async def _signed_in(request: HtmxHttpRequest) -> User:
 async def send(request: HtmxHttpRequest, pk: int | None = None) -> HttpResponse:
     user = await _signed_in(request)
     conversation = await ownership.aconversation_or_404(user, pk) if pk is not None else Conversation(owner=user)
-    if pk is None:
-        # A new chat takes the person's last choice, unless the page sent one (the picker).
-        conversation.model = await sync_to_async(_last_choice)(user)
+    if pk is None and "model" not in request.POST:
+        # A new chat takes the person's last choice while it is there (the picker sends its own).
+        last = await sync_to_async(_last_choice)(user)
+        with suppress(catalog.NoSuchModel):
+            await catalog.check(last)
+            conversation.model = last
     form = SendForm(request.POST, model=request.POST.get("model") or conversation.model)
     if not form.is_valid():
         return _refused(form)

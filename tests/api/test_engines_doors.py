@@ -66,7 +66,7 @@ def test_v1_models_lists_every_engines_models(client, small, big):
     cards = {card.id: card for card in client.models.list().data}
 
     assert list(cards) == [DEFAULT, "big-b", "smol-a"]
-    assert cards["smol-a"].max_model_len == 1024 and cards["big-b"].max_model_len == 4096  # type: ignore[attr-defined]
+    assert cards["smol-a"].max_model_len == 1024 and cards["big-b"].max_model_len == 4096
     assert client.models.retrieve("big-b").id == "big-b"
 
 
