@@ -42,16 +42,17 @@ def no_served_model_from_an_earlier_test() -> None:
 
 @pytest.fixture
 def engines(settings, fake_vllm):
-    """add(name, model) starts a fake vLLM serving `model` and makes it an engine (VLLM_ENGINES),
-    beside the default one (`fake_vllm`, serving qwen2-7b-instruct)."""
+    """add(name, model, api_key) starts a fake vLLM serving `model` (wanting the key, if any) and
+    makes it an engine (VLLM_ENGINES), beside the default one (`fake_vllm`, serving qwen2-7b-instruct)."""
     started: list[FakeVLLM] = []
     settings.VLLM_ENGINES = []
 
-    def add(name: str, model: str) -> FakeVLLM:
-        fake = FakeVLLM(served_model_name=model, root=f"/models/{model}").start()
+    def add(name: str, model: str, api_key: str = "") -> FakeVLLM:
+        fake = FakeVLLM(served_model_name=model, root=f"/models/{model}", api_key=api_key).start()
         fake.instructed[NAMING_INSTRUCTION] = Instructed([], status=503)  # no titles: `requests` holds answers only
         started.append(fake)
-        settings.VLLM_ENGINES = [*settings.VLLM_ENGINES, {"name": name, "base_url": fake.base_url}]
+        engine = {"name": name, "base_url": fake.base_url, "api_key": api_key}
+        settings.VLLM_ENGINES = [*settings.VLLM_ENGINES, engine]
         catalog.forget_engines()
         return fake
 

@@ -158,3 +158,28 @@ async def test_answers_started_after_a_replica_stopped_mid_answer_go_to_the_othe
 
     assert [(text, ended.status) for text, ended in later] == [("From two.", Message.Status.COMPLETE)] * 3
     assert len(two.requests) == 3
+
+
+async def test_an_answer_whose_replicas_are_all_down_ends_explained_after_one_retry(alice, engines):
+    one = engines("one", "twin")
+    two = engines("two", "twin")
+    await catalog.offered()  # both seen serving it
+    one.stop()
+    two.stop()
+
+    text, ended = await answered(await start(alice, "twin"))
+
+    assert (text, ended.status) == ("", Message.Status.ERROR)
+    assert "not reachable" in ended.error
+
+
+async def test_an_engine_with_a_key_is_asked_with_it(alice, engines):
+    # Needs the client that sends the bearer key (issue 19 §1).
+    keyed = engines("keyed", "keyed-model", api_key="sk-test-key")
+    keyed.reply = ["With", " key."]
+
+    assert "keyed-model" in [offer.model.id for offer in await catalog.offered()]
+    text, ended = await answered(await start(alice, "keyed-model"))
+
+    assert (text, ended.status, ended.model_name) == ("With key.", Message.Status.COMPLETE, "keyed-model")
+    assert keyed.unauthorized == 0
