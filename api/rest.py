@@ -162,6 +162,8 @@ def change_conversation(
     request: AuthenticatedRequest, data: ConversationChange, conversation_id: int = conversation_id()
 ) -> Conversation:
     """Rename it (`title`), or change its system prompt or generation settings for the next turns."""
+    if data.model is not None:
+        async_to_sync(catalog.check)(data.model)  # a model no engine serves now: 404
     conversation = ownership.conversation_or_404(request.auth, conversation_id)
     if data.title is not None:
         conversation.title = data.title
@@ -169,8 +171,6 @@ def change_conversation(
     if data.system_prompt is not None:
         conversation.system_prompt = data.system_prompt
     data.apply_to(conversation)
-    if data.model is not None:
-        async_to_sync(catalog.check)(data.model)
     conversation.save()
     return conversation
 

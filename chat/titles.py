@@ -15,6 +15,7 @@ import contextvars
 import logging
 
 from chat import rules
+from chat.leases import off_the_loop
 from chat.models import Conversation, Message
 from engine import catalog, vllm_client
 from engine.vllm_client import Failed, GenerationOptions
@@ -39,36 +40,29 @@ def name_after_first_answer(answer: Message) -> None:
     if answer.status != Message.Status.COMPLETE or answer.conversation_id in _naming:
         return
     # A fresh context, like the turn's own task: no request's executor to outlive.
-    task = asyncio.create_task(_name(answer.conversation_id, answer.pk), context=contextvars.Context())
+    task = asyncio.create_task(
+        _name(answer.conversation_id, answer.pk, answer.model_name), context=contextvars.Context()
+    )
     _naming[answer.conversation_id] = task
     task.add_done_callback(lambda _: _naming.pop(answer.conversation_id, None))
 
 
-async def _name(conversation_pk: int, answer_pk: int) -> None:
+async def _name(conversation_pk: int, answer_pk: int, model: str) -> None:
+    """Name the conversation with the model that wrote its first answer (`model`), on an engine
+    serving it now."""
     try:
-        messages = [m async for m in Message.objects.filter(conversation_id=conversation_pk).in_order()[:3]]
-        # The first answer only: the prompt before it and it, and nothing else yet.
-        if [m.role for m in messages] != [Message.Role.USER, Message.Role.ASSISTANT] or messages[1].pk != answer_pk:
+        if (first_turn := await _first_turn(conversation_pk, answer_pk)) is None:
             return
-        prompt, answer = messages
-        conversation = (
-            await Conversation.objects.filter(pk=conversation_pk).only("title_set_by_person", "model").afirst()
-        )
-        if conversation is None or conversation.title_set_by_person:
-            return
+        prompt, answer = first_turn
         try:
-            # The conversation's own model names it: the one whose answer is being named.
-            chosen = await catalog.pick(conversation.model)
+            chosen = await catalog.pick(model)
         except catalog.NoSuchModel as exc:
             log.info("Conversation %s keeps its first words as title: %s", conversation_pk, exc.message)
             return
         named = await vllm_client.complete(
             [
                 {"role": "system", "content": NAMING_INSTRUCTION},
-                {
-                    "role": "user",
-                    "content": f"{prompt.content[:EXCERPT_CHARS]}\n\n---\n\n{answer.content[:EXCERPT_CHARS]}",
-                },
+                {"role": "user", "content": f"{prompt[:EXCERPT_CHARS]}\n\n---\n\n{answer[:EXCERPT_CHARS]}"},
             ],
             NAMING_OPTIONS,
             model=chosen.model.id,
@@ -78,11 +72,35 @@ async def _name(conversation_pk: int, answer_pk: int) -> None:
             log.info("Conversation %s keeps its first words as title: %s", conversation_pk, named.message)
             return
         if title := rules.title_from_model(named):
-            # Not `save()`: the naming must neither move the conversation in the list nor undo a
-            # rename that landed meanwhile.
-            await Conversation.objects.filter(pk=conversation_pk, title_set_by_person=False).aupdate(title=title)
+            await _save_title(conversation_pk, title)
     except Exception:
         log.exception("Could not name conversation %s", conversation_pk)
+
+
+# The naming's reads and writes run as the turn's do (`off_the_loop`), each on a connection closed
+# after it: from its fresh context, the async ORM would run them on asgiref's one shared thread, on
+# a connection never closed (with PostgreSQL, held out of the pool, and broken for good once the
+# database restarts).
+
+
+@off_the_loop
+def _first_turn(conversation_pk: int, answer_pk: int) -> tuple[str, str] | None:
+    """The texts of the conversation's first prompt and answer, if `answer_pk` is that answer and
+    the person has not titled the conversation."""
+    messages = list(Message.objects.filter(conversation_id=conversation_pk).in_order()[:3])
+    # The first answer only: the prompt before it and it, and nothing else yet.
+    if [m.role for m in messages] != [Message.Role.USER, Message.Role.ASSISTANT] or messages[1].pk != answer_pk:
+        return None
+    if Conversation.objects.filter(pk=conversation_pk, title_set_by_person=True).exists():
+        return None
+    return messages[0].content, messages[1].content
+
+
+@off_the_loop
+def _save_title(conversation_pk: int, title: str) -> None:
+    # Not `save()`: the naming must neither move the conversation in the list nor undo a rename
+    # that landed meanwhile.
+    Conversation.objects.filter(pk=conversation_pk, title_set_by_person=False).update(title=title)
 
 
 async def wait_for_name(conversation_pk: int) -> None:

@@ -24,6 +24,7 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+from channels.db import database_sync_to_async
 from django.conf import settings
 
 from engine import vllm_client
@@ -113,11 +114,21 @@ async def _engines() -> list[Endpoint]:
     found = [default_endpoint()]
     for entry in settings.VLLM_ENGINES:
         found.append(Endpoint(str(entry["name"]), str(entry["base_url"]).rstrip("/"), str(entry.get("api_key", ""))))
-    found += [engine.endpoint async for engine in Engine.objects.enabled()]
+    found += await _enabled_engines()
     # One name, one engine: the first so named.
     unique = list({endpoint.name: endpoint for endpoint in reversed(found)}.values())[::-1]
     _configured = (time.monotonic(), unique)
     return unique
+
+
+def _read_enabled_engines() -> list[Endpoint]:
+    return [engine.endpoint for engine in Engine.objects.enabled()]
+
+
+# On a thread of the pool, its connection closed after: not thread-sensitive, as a turn's context has
+# no request thread, and asgiref's one shared thread would keep its connection open for ever (with
+# PostgreSQL, out of the pool, and broken once the database restarts).
+_enabled_engines = database_sync_to_async(_read_enabled_engines, thread_sensitive=False)
 
 
 def _state(endpoint: Endpoint) -> EngineState:

@@ -15,7 +15,8 @@ from engine.models import Engine
 from tests.accounts import PASSWORD
 from tests.fake_vllm import FakeVLLM
 
-pytestmark = pytest.mark.django_db
+# Transactions: the catalog reads the engines on a thread of its own, with a connection of its own.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 KEY = "sk-engine-key-that-must-stay-secret"
 
