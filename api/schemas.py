@@ -8,12 +8,12 @@ OpenAPI schema states them as they were at start-up.
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from ninja import Schema
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from chat import rules
@@ -70,7 +70,8 @@ TopP = Annotated[float, checked_by(rules.TOP_P.check), Field(json_schema_extra=_
 MaxTokens = Annotated[
     int,
     BeforeValidator(_integral),
-    checked_by(lambda value: rules.max_tokens().check(value)),
+    # Against the widest model here; GenerationSettings checks it against the model a request names.
+    checked_by(lambda value: rules.max_tokens_of_any_model().check(value)),
     Field(description="The longest answer, in tokens.", json_schema_extra=_bounded(rules.max_tokens())),
 ]
 
@@ -93,6 +94,15 @@ class GenerationSettings(Schema):
     max_tokens: MaxTokens | None = None
     top_p: TopP | None = None
     model: ModelName | None = None
+
+    @model_validator(mode="after")
+    def _fits_the_model(self) -> Self:
+        if self.max_tokens is not None and self.model:
+            try:
+                rules.max_tokens(self.model).check(self.max_tokens)
+            except ValidationError as exc:
+                raise PydanticCustomError("range", "{message}", {"message": exc.messages[0]}) from None
+        return self
 
     def apply_to(self, conversation: Conversation) -> None:
         conversation.change_settings(

@@ -154,3 +154,10 @@ def max_tokens(model: str = "") -> Bounds:
     # one prompt token in the context window.
     served = (catalog.known(model) if model else None) or vllm_client.known_model()
     return Bounds(gettext_lazy("Max tokens"), 1, served.context_length - 1)
+
+
+def max_tokens_of_any_model() -> Bounds:
+    """Bounds of max_tokens for whichever model is asked: the widest of the models known (a request
+    that names no model may be for a conversation on any of them; the turn checks its own)."""
+    widest = max((served.context_length for served in catalog.known_models()), default=0)
+    return Bounds(gettext_lazy("Max tokens"), 1, max(widest, vllm_client.known_model().context_length) - 1)

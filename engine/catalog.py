@@ -190,6 +190,11 @@ def known(model: str) -> ServedModel | None:
     return next((served for state in _states.values() if (served := state.serves(model))), None)
 
 
+def known_models() -> list[ServedModel]:
+    """Every model's card as its engine last listed it, without asking anyone."""
+    return [served for state in _states.values() for served in state.models]
+
+
 async def pick(model: str = "", *, leaving_out: Endpoint | None = None) -> Chosen:
     """The model to ask for (`model`, or the default one if empty) and the engine to ask: of those
     up that serve it, the one with the fewest answers in flight.

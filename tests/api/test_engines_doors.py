@@ -131,3 +131,16 @@ def test_workflow_run_takes_a_model(alice_api, small, big):
     assert "".join(line.removeprefix("data: ") for line in streamed.text.split("\n\n") if line) == "Big answer."
     assert len(big.requests) == 1
     assert refused.status_code == 404 and "no-such" in refused.json()["detail"]
+
+
+def test_max_tokens_is_bounded_by_the_context_of_the_model_named(alice_api, client, small, big):
+    client.models.list()  # the site has asked its engines what they serve
+
+    roomy = alice_api.post("/conversations", json={"model": "big-b", "max_tokens": 3000})
+    cramped = alice_api.post("/conversations", json={"model": "smol-a", "max_tokens": 1500})
+    with pytest.raises(openai.BadRequestError, match="between 1 and 1023"):
+        client.chat.completions.create(model="smol-a", max_tokens=1500, messages=[{"role": "user", "content": "Hi"}])
+
+    assert roomy.status_code == 201 and roomy.json()["max_tokens"] == 3000
+    assert cramped.status_code == 422
+    assert cramped.json()["detail"] == "body: Max tokens must be between 1 and 1023."
