@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.core import checks
 
 from engine import vllm_client
 from engine.endpoints import Endpoint, default_endpoint
@@ -111,14 +112,39 @@ async def _engines() -> list[Endpoint]:
     global _configured
     if time.monotonic() - _configured[0] < TTL:
         return _configured[1]
-    found = [default_endpoint()]
-    for entry in settings.VLLM_ENGINES:
-        found.append(Endpoint(str(entry["name"]), str(entry["base_url"]).rstrip("/"), str(entry.get("api_key", ""))))
-    found += await _enabled_engines()
+    found = [default_endpoint(), *configured_engines(), *await _enabled_engines()]
     # One name, one engine: the first so named.
     unique = list({endpoint.name: endpoint for endpoint in reversed(found)}.values())[::-1]
     _configured = (time.monotonic(), unique)
     return unique
+
+
+def configured_engines() -> list[Endpoint]:
+    """VLLM_ENGINES' engines; an entry that is not {"name", "base_url", "api_key"?} is left out (the
+    system check `engine.E001` names it at start-up)."""
+    return [endpoint for entry in settings.VLLM_ENGINES if (endpoint := _configured_engine(entry)) is not None]
+
+
+def _configured_engine(entry: object) -> Endpoint | None:
+    match entry:
+        case {"name": str(name), "base_url": str(base_url), **rest} if (
+            name and base_url.startswith(("http://", "https://")) and isinstance(key := rest.get("api_key", ""), str)
+        ):
+            return Endpoint(name, base_url.rstrip("/"), key)
+    return None
+
+
+def check_configured_engines(**kwargs: object) -> list[checks.CheckMessage]:
+    """The system check of VLLM_ENGINES (registered in engine/apps.py)."""
+    return [
+        checks.Error(
+            f"VLLM_ENGINES[{index}] is not an engine.",
+            hint='Each one is {"name": "...", "base_url": "http(s)://.../v1", "api_key": "..."} (the key optional).',
+            id="engine.E001",
+        )
+        for index, entry in enumerate(settings.VLLM_ENGINES)
+        if _configured_engine(entry) is None
+    ]
 
 
 def _read_enabled_engines() -> list[Endpoint]:

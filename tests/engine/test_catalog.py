@@ -183,3 +183,15 @@ async def test_an_engine_with_a_key_is_asked_with_it(alice, engines):
 
     assert (text, ended.status, ended.model_name) == ("With key.", Message.Status.COMPLETE, "keyed-model")
     assert keyed.unauthorized == 0
+
+
+def test_an_entry_of_vllm_engines_that_is_no_engine_is_left_out_and_named_by_the_system_check(settings):
+    settings.VLLM_ENGINES = [{"name": "x"}, "gpu2", {"name": "ok", "base_url": "http://gpu2:8000/v1/"}]
+
+    assert [(error.id, error.msg) for error in catalog.check_configured_engines()] == [
+        ("engine.E001", "VLLM_ENGINES[0] is not an engine."),
+        ("engine.E001", "VLLM_ENGINES[1] is not an engine."),
+    ]
+    assert [(engine.name, engine.base_url) for engine in catalog.configured_engines()] == [
+        ("ok", "http://gpu2:8000/v1")
+    ]
