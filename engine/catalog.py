@@ -166,13 +166,13 @@ def _state(endpoint: Endpoint) -> EngineState:
 async def engines() -> list[EngineState]:
     """Every engine, each asked what it serves if what it said is older than TTL seconds."""
     states = [_state(endpoint) for endpoint in await _engines()]
-    await asyncio.gather(*(_fresh(state) for state in states))
+    now = time.monotonic()
+    if stale := [state for state in states if now - state.asked_at >= TTL]:
+        await asyncio.gather(*(_fresh(state) for state in stale))
     return states
 
 
 async def _fresh(state: EngineState) -> None:
-    if time.monotonic() - state.asked_at < TTL:
-        return
     # Shielded: a caller that is cancelled (its client left) does not cancel the others' question.
     asking = _asking.setdefault(asyncio.get_running_loop(), {})
     if (task := asking.get(state.endpoint)) is None or task.done():
