@@ -12,8 +12,10 @@ import pytest
 
 from chat.models import Conversation
 from chat.titles import NAMING_INSTRUCTION
+from engine.models import Engine
 from tests.fake_vllm import FakeVLLM, Instructed
 from tests.site_server import SiteProcess, site_env
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -144,3 +146,22 @@ def test_max_tokens_is_bounded_by_the_context_of_the_model_named(alice_api, clie
     assert roomy.status_code == 201 and roomy.json()["max_tokens"] == 3000
     assert cramped.status_code == 422
     assert cramped.json()["detail"] == "body: Max tokens must be between 1 and 1023."
+
+
+def test_an_engine_staff_add_is_offered_by_the_running_site(client, small, big):
+    with FakeVLLM(served_model_name="added-model") as added:
+        engine = Engine.objects.create(name="added", base_url=added.base_url)
+        try:
+            # Each worker reads which engines there are at most every 10 s (the admin's own worker at once).
+            listed = wait_for(
+                lambda: "added-model" in [card.id for card in client.models.list().data],
+                within=30,
+                what="the site to offer the added engine's model",
+            )
+            completion = client.chat.completions.create(
+                model="added-model", messages=[{"role": "user", "content": "Hi"}]
+            )
+        finally:
+            engine.delete()
+
+    assert listed and completion.choices[0].message.content == "".join(added.reply)
