@@ -6,7 +6,8 @@
   that does not validate, as OpenAI's own API answers, so that its SDKs raise the right exception.
 
 Both get the same statuses and messages otherwise: 400 for a body that is not JSON, 401 without a
-valid token (or, for REST, a session), 404, 413 for a body over API_MAX_BODY_BYTES (refused by
+valid token (or, for REST, a session), 404 (also for a `model` no engine serves now:
+`model_not_found`), 413 for a body over API_MAX_BODY_BYTES (refused by
 api/middleware.py before any view reads it), and 429 with `Retry-After` when the caller may not
 start another answer now (chat/limits.py).
 """
@@ -20,6 +21,7 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from chat.limits import TooManyAnswers
+from engine.catalog import NoSuchModel
 
 
 class ApiError(Exception):
@@ -102,6 +104,9 @@ def refusal(door: Door, exc: Exception) -> ApiError:
     match exc:
         case ApiError():
             return exc
+        case NoSuchModel():
+            # OpenAI's answer for a model it does not have (or not now), on both doors.
+            return ApiError(404, exc.message, param="model", code="model_not_found")
         case TooManyAnswers():
             # OpenAI's own type and code for too many requests; its SDKs retry after Retry-After.
             return ApiError(429, exc.message, type="requests", code="rate_limit_exceeded", retry_after=exc.retry_after)
@@ -135,5 +140,5 @@ def handle_errors(api: NinjaAPI, door: Door) -> None:
         assert isinstance(exc, Exception)
         return door.response(refusal(door, exc))
 
-    for kind in (ApiError, AuthenticationError, HttpError, ValidationError, Http404, TooManyAnswers):
+    for kind in (ApiError, AuthenticationError, HttpError, ValidationError, Http404, TooManyAnswers, NoSuchModel):
         api.add_exception_handler(kind, handler)

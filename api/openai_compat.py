@@ -7,14 +7,16 @@ context fitting and streaming all come from chat/turns.py, and the exchange is i
 history. A client sends its whole history on every call: a request that repeats an earlier
 request of the caller's (same model, same system prompt, same messages) and the answer it got
 continues that conversation instead (`_start_in_session`), so one SDK session is one
-conversation. `GET /v1/models` lists the one served model. Authentication is an API token as
+conversation. `GET /v1/models` lists every model the engines serve now (engine/catalog.py), and a
+request goes to an engine serving its `model`. Authentication is an API token as
 `Authorization: Bearer`, as for the REST API.
 
 Errors come back in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`:
 400 for a request that is not valid (bad JSON, wrong types, out-of-range settings, no prompt, a
 prompt that cannot fit the context with room for max_tokens: `context_length_exceeded`),
-401 without a valid token, 404 for another model, 413 for a body over API_MAX_BODY_BYTES, 429
-(`rate_limit_exceeded`, with `Retry-After`) over the caller's limits on answers, and for an
+401 without a valid token, 404 (`model_not_found`) for a model no engine serves now, 413 for a body
+over API_MAX_BODY_BYTES, 429 (`rate_limit_exceeded`, with `Retry-After`) over the caller's limits on
+answers, and for an
 answer that failed before any text 503 if vLLM is down or 502 if vLLM failed or refused (the
 message says which). A stream that fails later ends with an error frame, then `[DONE]`, as
 vLLM's does. A client that goes away stops the answer, which closes the request to vLLM, as vLLM
@@ -46,7 +48,7 @@ from chat import rules, sse, turns
 from chat.context import ContextTooLong, check_prompt_fits
 from chat.models import Conversation, Message
 from chat.turns import TurnEnded, TurnEvent
-from engine import vllm_client
+from engine import catalog, vllm_client
 from engine.vllm_client import ServedModel, TextDelta
 
 openai_api = NinjaAPI(
@@ -117,15 +119,7 @@ def _checked(text: str, rule: Callable[[str], str], param: str) -> str:
 class Exchange:
     """The request as a conversation: its system prompt, earlier messages, and the prompt."""
 
-    def __init__(self, request: ChatCompletionIn, served: ServedModel) -> None:
-        # While vLLM cannot say what it serves, the request goes on, to fail as "vLLM is down" (503).
-        if served.live and request.model != served.id:
-            raise ApiError(
-                404,
-                f"The model `{request.model}` does not exist. This site serves {served.id or 'no model now'}.",
-                param="model",
-                code="model_not_found",
-            )
+    def __init__(self, request: ChatCompletionIn) -> None:
         if request.n not in (None, 1):
             raise ApiError(400, "Only one choice (n=1) is supported.", param="n", code="invalid_value")
         system: list[str] = []
@@ -160,7 +154,7 @@ class Exchange:
 async def chat_completions(
     request: AuthenticatedRequest, data: ChatCompletionIn
 ) -> StreamingHttpResponse | dict[str, Any]:
-    exchange = Exchange(data, await vllm_client.served_model())
+    exchange = Exchange(data)
     answer = await _start_in_session(request.auth, data.model, exchange)
     if not data.stream:
         return _completion(await delivery.whole(answer))
@@ -246,8 +240,14 @@ async def _start_in_session(owner: User, model: str, exchange: Exchange) -> Mess
         exchange.settings.apply_to(conversation)
     try:
         try:
+            # Routed by `model` (engine/catalog.py): one no engine serves now is a 404, model_not_found.
+            # The default model is never refused: while its engine is down, the answer fails as
+            # "vLLM is down" (503).
             await check_prompt_fits(
-                system_prompt=conversation.system_prompt, prompt=exchange.prompt, max_tokens=conversation.max_tokens
+                system_prompt=conversation.system_prompt,
+                prompt=exchange.prompt,
+                max_tokens=conversation.max_tokens,
+                model=model,
             )
         except ContextTooLong as exc:
             raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
@@ -319,7 +319,7 @@ async def _chunks(answer: Message, events: AsyncIterator[TurnEvent], *, include_
 
 
 def _model_card(served: ServedModel) -> dict[str, Any]:
-    # The model vLLM serves now, as vLLM names it; the context is the one the site fits to.
+    # A model an engine serves now, as the engine names it; the context is the one the site fits to.
     return {
         "id": served.id,
         "object": "model",
@@ -329,15 +329,24 @@ def _model_card(served: ServedModel) -> dict[str, Any]:
     }
 
 
+async def _usable() -> list[ServedModel]:
+    """Every model a person may ask for now: those an engine that is up serves, the default one first
+    (even while its engine is down, as it is never refused)."""
+    default = await vllm_client.served_model()
+    usable = [offer.model for offer in await catalog.offered() if offer.available]
+    if default.id and all(model.id != default.id for model in usable):
+        usable.insert(0, default)
+    return usable
+
+
 @openai_api.get("/models")
 async def list_models(request: HttpRequest) -> dict[str, Any]:
-    served = await vllm_client.served_model()
-    return {"object": "list", "data": [_model_card(served)] if served.id else []}
+    return {"object": "list", "data": [_model_card(served) for served in await _usable()]}
 
 
 @openai_api.get("/models/{path:model}")
 async def retrieve_model(request: HttpRequest, model: str) -> dict[str, Any]:
-    served = await vllm_client.served_model()
-    if not served.id or model != served.id:
+    served = next((served for served in await _usable() if served.id == model), None)
+    if served is None:
         raise ApiError(404, f"The model `{model}` does not exist.", param="model", code="model_not_found")
     return _model_card(served)

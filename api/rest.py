@@ -7,13 +7,14 @@ on every route. The operations that start, follow or stop a turn are async: the 
 server's event loop.
 
 Errors are JSON `{"detail": "..."}` (api/errors.py): 400 for a body that is not JSON, 401 without a
-token or a session, 404, 413 for a body over API_MAX_BODY_BYTES, 422 (with `errors`, one per field)
-for a request that does not validate, 429 (with `Retry-After`) for a prompt over the caller's limits
-on answers (chat/limits.py).
+token or a session, 404 (also for a `model` no engine serves now), 413 for a body over API_MAX_BODY_BYTES,
+422 (with `errors`, one per field) for a request that does not validate, 429 (with `Retry-After`)
+for a prompt over the caller's limits on answers (chat/limits.py).
 """
 
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.http import StreamingHttpResponse
 from django.http.multipartparser import MultiPartParserError
 from ninja import NinjaAPI
@@ -44,6 +45,7 @@ from api.schemas import (
 )
 from chat import branches, ownership, sse, turns
 from chat.models import Conversation, ConversationQuerySet, Message
+from engine import catalog
 
 api = NinjaAPI(
     title="Chat site API",
@@ -125,6 +127,7 @@ def create_conversation(request: AuthenticatedRequest, data: ConversationIn) -> 
     conversation = Conversation(owner=request.auth, title=data.title, system_prompt=data.system_prompt)
     conversation.title_set_by_person = bool(data.title)  # an empty one is named from the first prompt
     data.apply_to(conversation)
+    async_to_sync(catalog.check)(conversation.model)  # a model no engine serves now: 404
     conversation.save()
     return 201, conversation
 
@@ -159,6 +162,8 @@ def change_conversation(
     request: AuthenticatedRequest, data: ConversationChange, conversation_id: int = conversation_id()
 ) -> Conversation:
     """Rename it (`title`), or change its system prompt or generation settings for the next turns."""
+    if data.model is not None:
+        async_to_sync(catalog.check)(data.model)  # a model no engine serves now: 404
     conversation = ownership.conversation_or_404(request.auth, conversation_id)
     renamed = ["title", "title_set_by_person"] if data.title is not None else []
     if data.title is not None:

@@ -8,12 +8,12 @@ OpenAPI schema states them as they were at start-up.
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from ninja import Schema
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from chat import rules
@@ -70,8 +70,17 @@ TopP = Annotated[float, checked_by(rules.TOP_P.check), Field(json_schema_extra=_
 MaxTokens = Annotated[
     int,
     BeforeValidator(_integral),
-    checked_by(lambda value: rules.max_tokens().check(value)),
+    # Against the widest model here; GenerationSettings checks it against the model a request names.
+    checked_by(lambda value: rules.max_tokens_of_any_model().check(value)),
     Field(description="The longest answer, in tokens.", json_schema_extra=_bounded(rules.max_tokens())),
+]
+
+ModelName = Annotated[
+    str,
+    Field(
+        max_length=200,
+        description="The model that answers, as `GET /v1/models` lists it; empty: the site's default model.",
+    ),
 ]
 
 # Request bodies: strict types, no unknown fields.
@@ -84,9 +93,21 @@ class GenerationSettings(Schema):
     temperature: Temperature | None = None
     max_tokens: MaxTokens | None = None
     top_p: TopP | None = None
+    model: ModelName | None = None
+
+    @model_validator(mode="after")
+    def _fits_the_model(self) -> Self:
+        if self.max_tokens is not None and self.model:
+            try:
+                rules.max_tokens(self.model).check(self.max_tokens)
+            except ValidationError as exc:
+                raise PydanticCustomError("range", "{message}", {"message": exc.messages[0]}) from None
+        return self
 
     def apply_to(self, conversation: Conversation) -> None:
-        conversation.change_settings(temperature=self.temperature, max_tokens=self.max_tokens, top_p=self.top_p)
+        conversation.change_settings(
+            temperature=self.temperature, max_tokens=self.max_tokens, top_p=self.top_p, model=self.model
+        )
 
 
 class ConversationIn(GenerationSettings):
@@ -160,6 +181,7 @@ class ConversationOut(Schema):
     temperature: float
     max_tokens: int
     top_p: float
+    model: str = Field(description="The model that answers; empty: the site's default model")
     created_at: datetime
     updated_at: datetime
 
@@ -200,7 +222,7 @@ STARTS_AN_ANSWER = {**ERRORS, 429: ErrorOut}
 
 class WorkflowInput(GenerationSettings):
     """The seed workflow's input: `prompt` and `temperature` (the site's default, 0.7, when not
-    given), plus the `max_tokens` and `top_p` its README lets one add."""
+    given), plus the `max_tokens` and `top_p` its README lets one add, and the `model` to ask."""
 
     prompt: Prompt
 

@@ -11,7 +11,7 @@ Where this differs from model-compose, it is to keep the seed's README true:
 - A run that fails before any text (vLLM down) is an HTTP error (503, or 502 if vLLM answered but
   failed), `{"detail": ...}`; one that fails later ends its stream with an `event: error` frame,
   which EventSource clients tell from the text. A run over the caller's limits on answers is 429,
-  with `Retry-After` (chat/limits.py).
+  with `Retry-After` (chat/limits.py); one naming a `model` no engine serves now is 404.
 - A task is the run's answer: its id is the answer message's id, its state is the message's status
   (`cancelled` when stopped), and its `output` is the text so far.
 A client that goes away from a streamed run stops it, as model-compose closes the model's stream
@@ -96,6 +96,8 @@ def workflow() -> WorkflowOut:
         input=[
             WorkflowVariable(name="prompt", type="text", required=True),
             WorkflowVariable(name="temperature", type="number", default=settings.CHAT_DEFAULT_TEMPERATURE),
+            # Not in the seed: one of the models /v1/models lists; the default model when not given.
+            WorkflowVariable(name="model", type="string", default=""),
         ],
         output=[WorkflowVariable(name=None, type="text", format="sse-text")],
     )
@@ -128,7 +130,9 @@ async def run_workflow(request: AuthenticatedRequest, run: WorkflowRunIn) -> Tas
     conversation = Conversation(owner=request.auth)
     run.input.apply_to(conversation)
     try:
-        await check_prompt_fits(system_prompt="", prompt=run.input.prompt, max_tokens=conversation.max_tokens)
+        await check_prompt_fits(
+            system_prompt="", prompt=run.input.prompt, max_tokens=conversation.max_tokens, model=conversation.model
+        )
     except ContextTooLong as exc:
         raise HttpError(422, str(exc)) from None
     _, answer = await turns.start_turn(conversation, run.input.prompt)

@@ -13,7 +13,8 @@ tell (an older server, or one that is down), the estimate decides.
 
 from dataclasses import dataclass
 
-from engine import vllm_client
+from engine import catalog, vllm_client
+from engine.endpoints import Endpoint
 
 # <|im_start|>, the role's line break, <|im_end|> and the line break after it.
 TEMPLATE_TOKENS_PER_MESSAGE = 4
@@ -43,8 +44,17 @@ def estimate_tokens(messages: list[dict[str, str]]) -> int:
 
 
 async def fit_context(
-    *, system_prompt: str, earlier: list[dict[str, str]], prompt: str, max_tokens: int, context_length: int
+    *,
+    system_prompt: str,
+    earlier: list[dict[str, str]],
+    prompt: str,
+    max_tokens: int,
+    context_length: int,
+    model: str | None = None,
+    endpoint: Endpoint | None = None,
 ) -> FittedContext:
+    """The messages to send `model` on `endpoint` (by default the default engine's), as many
+    earlier turns as fit."""
     budget = context_length - max_tokens
     if budget <= 0:
         raise ContextTooLong(
@@ -58,7 +68,10 @@ async def fit_context(
     while True:
         candidate = head + earlier[start:] + tail
         needed = estimate_tokens(candidate)
-        if needed > budget and (exact := await vllm_client.count_prompt_tokens(candidate)) is not None:
+        if (
+            needed > budget
+            and (exact := await vllm_client.count_prompt_tokens(candidate, model=model, endpoint=endpoint)) is not None
+        ):
             needed = exact
         if needed <= budget:
             return FittedContext(candidate, dropped)
@@ -75,17 +88,21 @@ async def fit_context(
         dropped += 1
 
 
-async def check_prompt_fits(*, system_prompt: str, prompt: str, max_tokens: int) -> None:
-    """Raise ContextTooLong now if no answer could ever be generated for this prompt.
+async def check_prompt_fits(*, system_prompt: str, prompt: str, max_tokens: int, model: str = "") -> None:
+    """Raise ContextTooLong now if no answer could ever be generated for this prompt by `model`
+    (empty: the default model); engine.catalog.NoSuchModel if that model cannot be used now.
 
     The turn would save it as a failed answer; a door that can refuse the request instead (a new
     conversation, whose only context is the prompt) calls this first. Earlier turns are left out:
     fitting drops them all before it gives up.
     """
+    chosen = await catalog.pick(model)
     await fit_context(
         system_prompt=system_prompt,
         earlier=[],
         prompt=prompt,
         max_tokens=max_tokens,
-        context_length=(await vllm_client.served_model()).context_length,
+        context_length=chosen.model.context_length,
+        model=chosen.model.id,
+        endpoint=chosen.endpoint,
     )

@@ -38,11 +38,17 @@ class SettingsForm(_Form):
     system_prompt = forms.CharField(required=False, strip=False)
     temperature = _setting(forms.FloatField, rules.TEMPERATURE)
     top_p = _setting(forms.FloatField, rules.TOP_P)
+    # A model the engines list (engine/catalog.py; the view asks it); empty: the default model.
+    model = forms.CharField(required=False, max_length=200)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, model: str = "", **kwargs: Any) -> None:
+        """`model`: the model the settings are for, whose context bounds max_tokens."""
         super().__init__(*args, **kwargs)
         # Built here, not at import, so that the bounds follow the settings (and tests' overrides).
-        self.fields["max_tokens"] = _setting(forms.IntegerField, rules.max_tokens())
+        self.fields["max_tokens"] = _setting(forms.IntegerField, rules.max_tokens(model))
+
+    def clean_model(self) -> str | None:
+        return None if "model" not in self.data else self.cleaned_data["model"]
 
     def clean_system_prompt(self) -> str | None:
         # An empty system prompt is one to clear; one not sent is left as it is.
@@ -56,6 +62,7 @@ class SettingsForm(_Form):
             temperature=self.cleaned_data.get("temperature"),
             max_tokens=self.cleaned_data.get("max_tokens"),
             top_p=self.cleaned_data.get("top_p"),
+            model=self.cleaned_data.get("model"),
         )
 
 

@@ -50,6 +50,8 @@ class Conversation(models.Model):
     temperature = models.FloatField(default=default_temperature)
     max_tokens = models.PositiveIntegerField(default=default_max_tokens)
     top_p = models.FloatField(default=default_top_p)
+    # The model that answers, as the engines name it (engine/catalog.py); empty: the default model.
+    model = models.CharField(max_length=200, blank=True)
     # Where the next prompt goes: what the page shows, what the API returns as the conversation's
     # messages, and what the model sees as history, all follow this one field (chat/branches.py).
     branch_tip = models.ForeignKey(
@@ -73,7 +75,7 @@ class Conversation(models.Model):
         return self.title or f"Conversation {self.pk}"
 
     # What the settings panel saves.
-    SETTINGS = ("system_prompt", "temperature", "max_tokens", "top_p")
+    SETTINGS = ("system_prompt", "temperature", "max_tokens", "top_p", "model")
 
     def change_settings(
         self,
@@ -82,13 +84,20 @@ class Conversation(models.Model):
         temperature: float | None = None,
         max_tokens: int | None = None,
         top_p: float | None = None,
+        model: str | None = None,
     ) -> None:
         """Use these settings for the next turns; a setting left None is kept as it is.
 
         The names set are remembered (`changed_settings`): a turn saves only those, so that it does
         not write back the others as this copy had them over a change made meanwhile elsewhere.
         """
-        changes = {"system_prompt": system_prompt, "temperature": temperature, "max_tokens": max_tokens, "top_p": top_p}
+        changes = {
+            "system_prompt": system_prompt,
+            "temperature": temperature,
+            "max_tokens": max_tokens,
+            "top_p": top_p,
+            "model": model,
+        }
         for name, value in changes.items():
             if value is not None:
                 setattr(self, name, value)
@@ -101,6 +110,18 @@ class Conversation(models.Model):
             self.__dict__["_changed_settings"] = set()
         changed: set[str] = self.__dict__["_changed_settings"]
         return changed
+
+
+class ModelChoice(models.Model):
+    """The model a person last chose on the page: their new chats start with it."""
+
+    person = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="model_choice"
+    )
+    model = models.CharField(max_length=200)
+
+    def __str__(self) -> str:
+        return f"{self.person}: {self.model}"
 
 
 class MessageQuerySet(models.QuerySet["Message"]):

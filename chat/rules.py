@@ -19,7 +19,7 @@ from django.core.exceptions import ValidationError
 from django.utils.functional import Promise
 from django.utils.translation import gettext, gettext_lazy
 
-from engine import vllm_client
+from engine import catalog, vllm_client
 
 # The longest title a person may give a conversation (the database column's size).
 TITLE_LENGTH = 200
@@ -148,7 +148,16 @@ TEMPERATURE = Bounds(gettext_lazy("Temperature"), 0.0, 2.0)
 TOP_P = Bounds(gettext_lazy("Top p"), 0.01, 1.0)
 
 
-def max_tokens() -> Bounds:
-    # Read when asked, so it follows the model vLLM serves. The answer must leave room for at least
+def max_tokens(model: str = "") -> Bounds:
+    """Bounds of max_tokens for `model` (empty: the default model), as its engine last listed it."""
+    # Read when asked, so it follows the model served. The answer must leave room for at least
     # one prompt token in the context window.
-    return Bounds(gettext_lazy("Max tokens"), 1, vllm_client.context_length() - 1)
+    served = (catalog.known(model) if model else None) or vllm_client.known_model()
+    return Bounds(gettext_lazy("Max tokens"), 1, served.context_length - 1)
+
+
+def max_tokens_of_any_model() -> Bounds:
+    """Bounds of max_tokens for whichever model is asked: the widest of the models known (a request
+    that names no model may be for a conversation on any of them; the turn checks its own)."""
+    widest = max((served.context_length for served in catalog.known_models()), default=0)
+    return Bounds(gettext_lazy("Max tokens"), 1, max(widest, vllm_client.known_model().context_length) - 1)

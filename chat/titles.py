@@ -17,7 +17,7 @@ import logging
 from chat import rules
 from chat.leases import off_the_loop
 from chat.models import Conversation, Message
-from engine import vllm_client
+from engine import catalog, vllm_client
 from engine.vllm_client import Failed, GenerationOptions
 
 log = logging.getLogger(__name__)
@@ -40,22 +40,33 @@ def name_after_first_answer(answer: Message) -> None:
     if answer.status != Message.Status.COMPLETE or answer.conversation_id in _naming:
         return
     # A fresh context, like the turn's own task: no request's executor to outlive.
-    task = asyncio.create_task(_name(answer.conversation_id, answer.pk), context=contextvars.Context())
+    task = asyncio.create_task(
+        _name(answer.conversation_id, answer.pk, answer.model_name), context=contextvars.Context()
+    )
     _naming[answer.conversation_id] = task
     task.add_done_callback(lambda _: _naming.pop(answer.conversation_id, None))
 
 
-async def _name(conversation_pk: int, answer_pk: int) -> None:
+async def _name(conversation_pk: int, answer_pk: int, model: str) -> None:
+    """Name the conversation with the model that wrote its first answer (`model`), on an engine
+    serving it now."""
     try:
         if (first_turn := await _first_turn(conversation_pk, answer_pk)) is None:
             return
         prompt, answer = first_turn
+        try:
+            chosen = await catalog.pick(model)
+        except catalog.NoSuchModel as exc:
+            log.info("Conversation %s keeps its first words as title: %s", conversation_pk, exc.message)
+            return
         named = await vllm_client.complete(
             [
                 {"role": "system", "content": NAMING_INSTRUCTION},
                 {"role": "user", "content": f"{prompt[:EXCERPT_CHARS]}\n\n---\n\n{answer[:EXCERPT_CHARS]}"},
             ],
             NAMING_OPTIONS,
+            model=chosen.model.id,
+            endpoint=chosen.endpoint,
         )
         if isinstance(named, Failed):
             log.info("Conversation %s keeps its first words as title: %s", conversation_pk, named.message)

@@ -49,7 +49,7 @@ from chat.context import ContextTooLong, fit_context
 from chat.leases import INTERRUPTED_TEXT as INTERRUPTED_TEXT
 from chat.leases import WORKER, off_the_loop
 from chat.models import Conversation, Message
-from engine import vllm_client
+from engine import catalog, vllm_client
 from engine.vllm_client import Failed, Finished, GenerationOptions, TextDelta, Usage
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class RunningTurn:
             self.followers -= 1
 
     async def run(
-        self, conversation: Conversation, prompt: Message, options: GenerationOptions, model: vllm_client.ServedModel
+        self, conversation: Conversation, prompt: Message, options: GenerationOptions, chosen: catalog.Chosen
     ) -> None:
         started = time.monotonic()
         first_token_after: float | None = None
@@ -186,12 +186,15 @@ class RunningTurn:
                     earlier=await _earlier_turns(conversation, before=prompt),
                     prompt=prompt.content,
                     max_tokens=options.max_tokens,
-                    context_length=model.context_length,
+                    context_length=chosen.model.context_length,
+                    model=chosen.model.id,
+                    endpoint=chosen.endpoint,
                 )
             except ContextTooLong as exc:
                 events: AsyncGenerator[vllm_client.Event, None] = _single(Failed(str(exc)))
             else:
-                events = vllm_client.stream_chat(context.messages, options, model=model.id)
+                # On the chosen engine, or once on another replica if that one is not reached.
+                events = catalog.stream_chat(context.messages, options, chosen)
             # Closed on the way out, whatever the way: a stop or a failed write that lands during a
             # checkpoint finds the stream paused at a delta, and only closing it closes the
             # request to vLLM (which then frees its slot) now rather than when it is collected.
@@ -583,20 +586,21 @@ async def start_turn(
     conversation, if new) in the same transaction as the prompt.
 
     Raises chat.limits.TooManyAnswers, having saved nothing, when the conversation's owner may not
-    start another answer now, and Http404 if the conversation has been deleted meanwhile; so do
-    `edit_prompt` and `regenerate`.
+    start another answer now, engine.catalog.NoSuchModel, having saved nothing, when the
+    conversation's model cannot be used now, and Http404 if the conversation has been deleted
+    meanwhile; so do `edit_prompt` and `regenerate`.
     """
     if after is not None and after.conversation_id != conversation.pk:
         raise ValueError("`after` is a message of another conversation")
     await _start_worker()
-    # The model vLLM serves now answers, and the answer records it: vLLM refuses a request for any other.
-    model = await vllm_client.served_model()
+    # The conversation's model answers (the default one if it names none), and the answer records it.
+    chosen = await catalog.pick(conversation.model)
     place: Place = _Branch.SHOWN if after is None else after.pk
     return await _saved_and_run(
         conversation,
-        model,
+        chosen,
         None,
-        functools.partial(_save_prompt_and_answer, conversation, prompt, place, model.id, earlier),
+        functools.partial(_save_prompt_and_answer, conversation, prompt, place, chosen.model.id, earlier),
     )
 
 
@@ -608,12 +612,12 @@ async def edit_prompt(conversation: Conversation, edited: Message, prompt: str) 
     if edited.conversation_id != conversation.pk or edited.role != Message.Role.USER:
         raise ValueError("`edited` is not a prompt of this conversation")
     await _start_worker()
-    model = await vllm_client.served_model()
+    chosen = await catalog.pick(conversation.model)
     return await _saved_and_run(
         conversation,
-        model,
+        chosen,
         None,
-        functools.partial(_save_prompt_and_answer, conversation, prompt, edited.parent_id, model.id, ()),
+        functools.partial(_save_prompt_and_answer, conversation, prompt, edited.parent_id, chosen.model.id, ()),
     )
 
 
@@ -630,9 +634,9 @@ async def regenerate(conversation: Conversation, answer: Message) -> Turn:
     if prompt is None:
         raise NoPrompt(gettext("This answer follows no prompt, so there is nothing to answer again."))
     await _start_worker()
-    model = await vllm_client.served_model()
+    chosen = await catalog.pick(conversation.model)
     return await _saved_and_run(
-        conversation, model, prompt, functools.partial(_save_answer, conversation, prompt, model.id)
+        conversation, chosen, prompt, functools.partial(_save_answer, conversation, prompt, chosen.model.id)
     )
 
 
@@ -642,7 +646,7 @@ _starting: set[asyncio.Task[Turn]] = set()
 
 async def _saved_and_run(
     conversation: Conversation,
-    model: vllm_client.ServedModel,
+    chosen: catalog.Chosen,
     prompt: Message | None,
     save: Callable[[asyncio.AbstractEventLoop], RunningTurn],
 ) -> Turn:
@@ -661,7 +665,7 @@ async def _saved_and_run(
         running = await saving(loop)
         asked = prompt or running.answer.parent
         assert asked is not None, "a new answer follows its prompt"
-        return _run(conversation, asked, running, model)
+        return _run(conversation, asked, running, chosen)
 
     starting = asyncio.ensure_future(save_and_run())
     _starting.add(starting)
@@ -686,11 +690,11 @@ def _failed_unheard(starting: asyncio.Task[Turn]) -> None:
             log.error("A turn's start failed after its request had gone", exc_info=exc)
 
 
-def _run(conversation: Conversation, prompt: Message, running: RunningTurn, model: vllm_client.ServedModel) -> Turn:
+def _run(conversation: Conversation, prompt: Message, running: RunningTurn, chosen: catalog.Chosen) -> Turn:
     # A fresh context: the request's would tie the turn's database calls to the request's own
     # thread executor (asgiref's ThreadSensitiveContext), which closes when the response ends.
     running.task = asyncio.create_task(
-        running.run(conversation, prompt, options_for(conversation), model), context=contextvars.Context()
+        running.run(conversation, prompt, options_for(conversation), chosen), context=contextvars.Context()
     )
     return Turn(prompt, running.answer)
 

@@ -5,10 +5,11 @@ conversation is a 404 on every URL.
 The views that start, follow or stop a turn are async: the turn runs on the server's event loop.
 """
 
+from contextlib import suppress
 from typing import Any
 from urllib.parse import urlsplit
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
@@ -23,8 +24,8 @@ from django_htmx.middleware import HtmxDetails
 from chat import branches, ownership, rules, sidebar, sse, titles, turns
 from chat.forms import PromptForm, RenameForm, SendForm, SettingsForm
 from chat.limits import TooManyAnswers
-from chat.models import MAX_ID, Conversation, Message
-from engine import vllm_client
+from chat.models import MAX_ID, Conversation, Message, ModelChoice, Someone
+from engine import catalog, vllm_client
 from engine.server import starter
 from ops import readings
 
@@ -39,9 +40,10 @@ def _listed(listing: sidebar.Listing) -> dict[str, Any]:
     return {"conversations": listing.conversations, "sidebar_next": listing.next_place}
 
 
-def _settings_panel(conversation: Conversation | None) -> dict[str, Any]:
+def _settings_panel(conversation: Conversation | None, model: str = "") -> dict[str, Any]:
     """What the settings panel shows: the conversation's settings, within the bounds the server checks
-    (the context length is the model's vLLM last said it serves)."""
+    (the context length is the chosen model's, as its engine last listed it)."""
+    model = conversation.model if conversation else model
     return {
         "defaults": {
             "system_prompt": conversation.system_prompt if conversation else "",
@@ -49,7 +51,7 @@ def _settings_panel(conversation: Conversation | None) -> dict[str, Any]:
             "top_p": conversation.top_p if conversation else settings.CHAT_DEFAULT_TOP_P,
             "max_tokens": conversation.max_tokens if conversation else settings.CHAT_DEFAULT_MAX_TOKENS,
         },
-        "bounds": {"temperature": rules.TEMPERATURE, "top_p": rules.TOP_P, "max_tokens": rules.max_tokens()},
+        "bounds": {"temperature": rules.TEMPERATURE, "top_p": rules.TOP_P, "max_tokens": rules.max_tokens(model)},
         "max_prompt_chars": settings.CHAT_MAX_PROMPT_CHARS,
     }
 
@@ -68,8 +70,26 @@ def _message_id(text: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_ID else None
 
 
+async def _models(chosen: str) -> dict[str, Any]:
+    """The picker's models, and the one that will answer (`chosen`, or the default model)."""
+    offers = await catalog.offered()
+    default = await vllm_client.served_model()
+    chosen = chosen or default.id
+    offer = next((offer for offer in offers if offer.model.id == chosen), None)
+    return {"model": offer.model if offer else default, "models": offers, "chosen_model": chosen, "chosen_offer": offer}
+
+
+def _last_choice(user: Someone) -> str:
+    """The model the person last chose, for a new chat: if it is still offered."""
+    return ModelChoice.objects.filter(person=user.pk).values_list("model", flat=True).first() or ""
+
+
 def _page(request: HttpRequest, conversation: Conversation | None, *, through: int | None = None) -> HttpResponse:
-    model = async_to_sync(vllm_client.served_model)()  # the page names the model that will answer
+    # The page names the model that will answer, and offers the others.
+    chosen = conversation.model if conversation else _last_choice(request.user)
+    models = async_to_sync(_models)(chosen)
+    if conversation is None and chosen and not (models["chosen_offer"] and models["chosen_offer"].available):
+        models = async_to_sync(_models)("")  # the last choice is gone: a new chat starts with the default
     return render(
         request,
         "chat/page.html",
@@ -78,8 +98,8 @@ def _page(request: HttpRequest, conversation: Conversation | None, *, through: i
             "conversation": conversation,
             "open_pk": conversation.pk if conversation else None,
             **(_shown(branches.shown_page(conversation, through=through)) if conversation else _branch([])),
-            **_settings_panel(conversation),
-            "model": model,
+            **_settings_panel(conversation, models["chosen_model"]),
+            **models,
         },
     )
 
@@ -136,6 +156,14 @@ def _refused(form: PromptForm | SettingsForm) -> JsonResponse:
     return JsonResponse({"error": form.first_error(), "fields": form.errors.get_json_data()}, status=400)
 
 
+def _no_such_model(refusal: catalog.NoSuchModel) -> JsonResponse:
+    return JsonResponse({"error": refusal.message, "fields": {"model": [{"message": refusal.message}]}}, status=400)
+
+
+def _remember_choice(user: Someone, model: str) -> None:
+    ModelChoice.objects.update_or_create(person_id=user.pk, defaults={"model": model})
+
+
 def _too_many(refusal: TooManyAnswers) -> JsonResponse:
     # Shown where a refused prompt's message is; the prompt stays in the box to send again.
     return JsonResponse({"error": refusal.message}, status=429, headers={"Retry-After": str(refusal.retry_after)})
@@ -153,7 +181,13 @@ async def _signed_in(request: HtmxHttpRequest) -> User:
 async def send(request: HtmxHttpRequest, pk: int | None = None) -> HttpResponse:
     user = await _signed_in(request)
     conversation = await ownership.aconversation_or_404(user, pk) if pk is not None else Conversation(owner=user)
-    form = SendForm(request.POST)
+    if pk is None and "model" not in request.POST:
+        # A new chat takes the person's last choice while it is there (the picker sends its own).
+        last = await sync_to_async(_last_choice)(user)
+        with suppress(catalog.NoSuchModel):
+            await catalog.check(last)
+            conversation.model = last
+    form = SendForm(request.POST, model=request.POST.get("model") or conversation.model)
     if not form.is_valid():
         return _refused(form)
     after = None
@@ -164,6 +198,10 @@ async def send(request: HtmxHttpRequest, pk: int | None = None) -> HttpResponse:
         turn = await turns.start_turn(conversation, form.cleaned_data["prompt"], after=after)
     except TooManyAnswers as exc:
         return _too_many(exc)
+    except catalog.NoSuchModel as exc:
+        return _no_such_model(exc)
+    if "model" in conversation.changed_settings:
+        await sync_to_async(_remember_choice)(user, conversation.model)
     if not request.htmx:
         return redirect(conversation_url(conversation))  # a form sent without script
     # The page's htmx form: the new turn, and the parts of the page it changes (the `sent` partial).
@@ -218,6 +256,8 @@ async def regenerate(request: HtmxHttpRequest, pk: int, message_pk: int) -> Http
         return JsonResponse({"error": str(exc)}, status=400)
     except TooManyAnswers as exc:
         return _too_many(exc)
+    except catalog.NoSuchModel as exc:
+        return _no_such_model(exc)
     return await _new_branch(request, conversation, user)
 
 
@@ -234,6 +274,8 @@ async def edit(request: HtmxHttpRequest, pk: int, message_pk: int) -> HttpRespon
         await turns.edit_prompt(conversation, edited, form.cleaned_data["prompt"])
     except TooManyAnswers as exc:
         return _too_many(exc)
+    except catalog.NoSuchModel as exc:
+        return _no_such_model(exc)
     return await _new_branch(request, conversation, user)
 
 
@@ -251,9 +293,15 @@ async def show(request: HtmxHttpRequest, pk: int, message_pk: int) -> HttpRespon
 @require_POST
 def change_settings(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     conversation = ownership.conversation_or_404(request.user, pk)
-    form = SettingsForm(request.POST)
+    form = SettingsForm(request.POST, model=request.POST.get("model") or conversation.model)
     if not form.is_valid():
         return _refused(form)
+    if (model := form.cleaned_data.get("model")) is not None:
+        try:
+            async_to_sync(catalog.check)(model)
+        except catalog.NoSuchModel as exc:
+            return _no_such_model(exc)
+        _remember_choice(request.user, model)
     form.apply_to(conversation)
     # Only these: a whole save could write back a branch another tab has just switched.
     conversation.save(update_fields=[*Conversation.SETTINGS])

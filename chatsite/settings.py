@@ -270,6 +270,9 @@ VLLM_SERVED_MODEL_NAME: str = env.str("VLLM_SERVED_MODEL_NAME", default="")
 VLLM_API_KEY: str = env.str("VLLM_API_KEY", default="")
 # A PEM file of CA certificates to trust for https engines, beside the system's; empty: the system's.
 VLLM_CA_FILE: str = env.str("VLLM_CA_FILE", default="")
+# Engines besides that one, for deployments that keep their configuration in the environment (staff
+# can add more in the admin): a JSON list of {"name", "base_url", "api_key"}, keys optional.
+VLLM_ENGINES: list[dict[str, str]] = env.json("VLLM_ENGINES", default=[])
 VLLM_CONNECT_TIMEOUT: float = env.float("VLLM_CONNECT_TIMEOUT", default=5.0)
 # Connections the site may hold open to vLLM at once: one per answer streaming. Past it an answer
 # waits VLLM_CONNECT_TIMEOUT seconds for one, then ends with an error saying so.

@@ -192,3 +192,15 @@ def endings(days: list[date], error_kinds: int = 10) -> Endings:
         totals={status: sum(per_day.values()) for status, per_day in by_status.items()},
         errors=[ErrorKind(row["error"] or "(no reason given)", row["n"]) for row in errors],
     )
+
+
+def first_token_median_by_model(since: datetime) -> dict[str, float]:
+    """The median time to first token of each model's answers since `since` (nearest rank)."""
+    answers = Message.objects.filter(
+        role=Message.Role.ASSISTANT, created_at__gte=since, time_to_first_token__isnull=False
+    ).order_by()
+    medians: dict[str, float] = {}
+    for model, count in answers.values_list("model_name").annotate(count=Count("pk")):
+        by_time = answers.filter(model_name=model).order_by("time_to_first_token")
+        medians[model] = by_time.values_list("time_to_first_token", flat=True)[(count * 50 + 99) // 100 - 1]
+    return medians

@@ -2,6 +2,7 @@
 
 from datetime import date, timedelta
 
+from asgiref.sync import sync_to_async
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -9,6 +10,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from chat.models import Message
+from engine import catalog
 from ops import charts, figures
 from ops.charts import Axis, Series
 from ops.models import ServerReading
@@ -17,6 +19,7 @@ from ops.readings import take_reading
 PERIODS = (7, 30, 90)  # days the page offers
 DEFAULT_PERIOD = 30
 LIVE_WINDOW = timedelta(hours=1)  # what the live charts show of the readings
+ENGINES_WINDOW = timedelta(hours=24)  # the answers each model's time to first token is the median of
 
 
 def _period(request: HttpRequest) -> int:
@@ -77,6 +80,8 @@ def _people_first(by_person: dict[str, dict[date, int]], usage: figures.Usage) -
 async def live(request: HttpRequest) -> HttpResponse:
     """The model server now and over the last hour: the page asks for this every few seconds."""
     reading = await take_reading()
+    states = await catalog.engines()
+    first_token = await sync_to_async(figures.first_token_median_by_model)(timezone.now() - ENGINES_WINDOW)
     readings = [r async for r in ServerReading.objects.recent(int(LIVE_WINDOW.total_seconds()))]
     moments = [timezone.localtime(r.taken_at) for r in readings]  # drawn in the site's time zone
     axis = Axis(moments, label_format="%H:%M:%S")
@@ -86,8 +91,21 @@ async def live(request: HttpRequest) -> HttpResponse:
         return Series(name, {moment: value * scale for moment, value in values if value is not None})
 
     load = [series("running", "running"), series("waiting", "waiting")]
+    engines = [
+        {
+            "name": state.endpoint.name,
+            "address": state.endpoint.shown_url,  # never the key, nor a password in the URL
+            "up": state.up,
+            "detail": state.detail,
+            "models": [model.id for model in state.models],
+            "in_flight": state.in_flight,
+            "first_token": [(model.id, first_token[model.id]) for model in state.models if model.id in first_token],
+        }
+        for state in states
+    ]
     context = {
         "reading": reading,
+        "engines": engines,
         "kv_cache_percent": None if reading.kv_cache_usage is None else reading.kv_cache_usage * 100,
         "healthy_share": sum(r.healthy for r in readings) / len(readings) if readings else None,
         "readings": readings,

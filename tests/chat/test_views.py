@@ -362,7 +362,7 @@ def test_a_new_chats_settings_go_with_its_first_prompt(client, alice):
     fields = elements(client.get(reverse("chat:index")).content.decode())
     # Nowhere to save them yet: the panel's form does not post, the prompt form takes its fields.
     assert "hx-post" not in fields["settings"]
-    assert fields["prompt-form"]["hx-include"] == "#settings"
+    assert fields["prompt-form"]["hx-include"] == "#settings, #model-choice select"  # and the model picker
     assert fields["system_prompt"]["<tag>"] == "textarea"
 
 
