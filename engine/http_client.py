@@ -182,8 +182,7 @@ async def close_session() -> None:
 class Addressing:
     base: str  # up to /v1, without credentials
     root: str  # beside /v1 (vLLM's /health, /tokenize, /metrics), without credentials
-    auth: aiohttp.BasicAuth | None
-    headers: dict[str, str]
+    headers: dict[str, str]  # the Authorization header, if any
 
 
 @functools.lru_cache(maxsize=64)
@@ -194,10 +193,10 @@ def addressing(endpoint: Endpoint) -> Addressing:
     base = str(url.with_user(None)).rstrip("/")
     root = base.removesuffix("/v1")
     if endpoint.api_key:
-        return Addressing(base, root, None, {"Authorization": f"Bearer {endpoint.api_key}"})
+        return Addressing(base, root, {"Authorization": f"Bearer {endpoint.api_key}"})
     if url.user is not None or url.password is not None:
-        return Addressing(base, root, aiohttp.BasicAuth(url.user or "", url.password or ""), {})
-    return Addressing(base, root, None, {})
+        return Addressing(base, root, {"Authorization": aiohttp.encode_basic_auth(url.user or "", url.password or "")})
+    return Addressing(base, root, {})
 
 
 async def request(
@@ -217,7 +216,6 @@ async def request(
     return await http.request(
         method,
         (where.root if beside_v1 else where.base) + path,
-        auth=where.auth,
         headers=where.headers | headers if headers else where.headers,
         trace_request_ctx=noted or Noted(),
         **options,

@@ -182,7 +182,7 @@ async def list_models(endpoint: Endpoint) -> list[ServedModel] | Failed:
         async with await http_client.request("GET", endpoint, "/models", timeout=timeout) as response:
             status, content = response.status, await response.read()
         if status != 200:
-            return Failed(describe_http_error(status, content), unreachable=True)
+            return Failed(describe_http_error(status, content, key_sent=bool(endpoint.api_key)), unreachable=True)
         listed = json.loads(content)["data"]
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
         return Failed(_connect_failure(exc, endpoint), unreachable=True)
@@ -259,7 +259,8 @@ async def stream_chat(
                 if response.status == 404:
                     forget_served_model()  # vLLM may have been restarted with another model: ask again
                 down = response.status in GATEWAY_DOWN
-                yield Failed(describe_http_error(response.status, content, model), unreachable=down)
+                described = describe_http_error(response.status, content, model, key_sent=bool(endpoint.api_key))
+                yield Failed(described, unreachable=down)
                 return
             async for data in _sse_data(response.content.iter_any()):
                 if data == "[DONE]":
@@ -453,7 +454,7 @@ def _error_param(body: Any) -> str | None:
     return None
 
 
-def describe_http_error(status: int, content: bytes, model: str | None = None) -> str:
+def describe_http_error(status: int, content: bytes, model: str | None = None, *, key_sent: bool = False) -> str:
     try:
         body = json.loads(content)
     except ValueError:
@@ -481,6 +482,11 @@ def describe_http_error(status: int, content: bytes, model: str | None = None) -
     if status == 404 and (param == "model" or "does not exist" in text):
         named = model if model is not None else known_model().id
         return f"The model server does not serve a model named {named!r} ({text}). Check VLLM_SERVED_MODEL_NAME."
+    if status in (401, 403):
+        # vLLM's --api-key answers 401 {"error": "Unauthorized"}; a gateway may say 403.
+        if key_sent:
+            return f"The model server refused the site's API key ({status}: {text}). Check VLLM_API_KEY."
+        return f"The model server wants an API key ({status}: {text}). Set VLLM_API_KEY to the key it was started with."
     if status >= 500:
         return f"The model server failed ({status}): {text}"
     return f"The model server refused the request ({status}): {text}"
@@ -529,6 +535,10 @@ async def check_health(endpoint: Endpoint | None = None) -> Health:
         if status != 200:
             return Health(False, f"vLLM answers /health with {status}")
         status, models = await _get_json(endpoint, "/models")
+        if status in (401, 403):
+            return Health(
+                False, describe_http_error(status, json.dumps(models).encode(), key_sent=bool(endpoint.api_key))
+            )
         listed = models.get("data", []) if status == 200 and isinstance(models, dict) else []
         served = [m.get("id") for m in listed]
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
@@ -647,7 +657,8 @@ async def complete(
     except aiohttp.ClientError as exc:
         return Failed(f"Could not talk to the model server: {exc}", unreachable=True)
     if status != 200:
-        return Failed(describe_http_error(status, content), unreachable=status in GATEWAY_DOWN)
+        described = describe_http_error(status, content, key_sent=bool(endpoint.api_key))
+        return Failed(described, unreachable=status in GATEWAY_DOWN)
     try:
         text = json.loads(content)["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):
