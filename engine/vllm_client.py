@@ -156,15 +156,16 @@ _asking: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[Serv
 
 async def _ask_served_model() -> ServedModel:
     try:
-        status, models = await _get_json(default_endpoint(), "/models")
+        status, models = await get_json(default_endpoint(), "/models")
         listed = models["data"] if status == 200 else None
     except (aiohttp.ClientError, TimeoutError, KeyError, TypeError):
         listed = None
     return _remember(listed)
 
 
-async def _get_json(endpoint: Endpoint, path: str, *, beside_v1: bool = False) -> tuple[int, Any]:
-    """GET `path` of `endpoint`: the status and the JSON body (None if it is not JSON)."""
+async def get_json(endpoint: Endpoint, path: str, *, beside_v1: bool = False) -> tuple[int, Any]:
+    """GET `path` of `endpoint` (beside its /v1: `beside_v1`), within SHORT_REQUEST seconds: the
+    status and the JSON body (None if it is not JSON). Raises aiohttp.ClientError or TimeoutError."""
     timeout = http_client.timeout(SHORT_REQUEST)
     async with await http_client.request("GET", endpoint, path, beside_v1=beside_v1, timeout=timeout) as response:
         content = await response.read()
@@ -531,10 +532,10 @@ async def check_health(endpoint: Endpoint | None = None) -> Health:
     VLLM_SERVED_MODEL_NAME, if that is set). What it lists is noted as the model in use."""
     endpoint = endpoint or default_endpoint()
     try:
-        status, _ = await _get_json(endpoint, "/health", beside_v1=True)
+        status, _ = await get_json(endpoint, "/health", beside_v1=True)
         if status != 200:
             return Health(False, f"vLLM answers /health with {status}")
-        status, models = await _get_json(endpoint, "/models")
+        status, models = await get_json(endpoint, "/models")
         if status in (401, 403):
             return Health(
                 False, describe_http_error(status, json.dumps(models).encode(), key_sent=bool(endpoint.api_key))
