@@ -2,20 +2,25 @@
 with its loop.
 
 Every request to an engine (answers, health, /v1/models, /tokenize, /metrics, runvllm's readiness
-check) goes through it, so each sees what the others see: the same proxy (HTTP_PROXY, HTTPS_PROXY,
-NO_PROXY, through `trust_env`), the same TLS (the system's and certifi's CAs, plus VLLM_CA_FILE),
-the same connection limit (VLLM_MAX_CONNECTIONS) and the same credentials (Basic auth from the base
-URL's user:password, or the endpoint's bearer key).
+check) goes through `request`, so each sees what the others see: the same proxy (HTTP_PROXY,
+HTTPS_PROXY, NO_PROXY), the same TLS (the system's and certifi's CAs, plus VLLM_CA_FILE), the same
+connection limit (VLLM_MAX_CONNECTIONS) and the same credentials (Basic auth from the base URL's
+user:password, or the endpoint's bearer key).
 
 Why aiohttp: an answer is hundreds of tiny frames, and aiohttp reads each for about what the
-hand-written client it replaces did (bench/README.md), 2.5 times less CPU than httpx.
+hand-written client it replaces did (bench/README.md), 2.5 times less CPU than httpx. Two of its
+conveniences cost more than the rest of a request and are done here instead: `trust_env` looks up
+the proxy (and ~/.netrc) on a thread for every request (`proxy_for` reads the environment once per
+change), and `sock_read` re-arms a timer for every frame (`Silence` reads the clock).
 """
 
 import asyncio
 import functools
+import os
 import socket
 import ssl
-from collections.abc import AsyncGenerator
+import urllib.request
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import suppress
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -69,12 +74,19 @@ def tls_context(ca_file: str) -> ssl.SSLContext:
 
 class Noted:
     """What aiohttp's tracing told of one request: whether it is waiting for a connection (the site
-    holds VLLM_MAX_CONNECTIONS at most) and whether it went out on a kept-alive one."""
+    holds VLLM_MAX_CONNECTIONS at most) and whether it went out on a kept-alive one; and the
+    deadline for its response's head (`head_deadline`), set `head_wait` seconds on once it has a
+    connection: making one is the connect timeout's business."""
 
-    __slots__ = ("queued", "reused")
+    __slots__ = ("head_deadline", "head_wait", "queued", "reused")
 
-    def __init__(self) -> None:
+    def __init__(self, head_deadline: asyncio.Timeout | None = None, head_wait: float = 0.0) -> None:
         self.queued = self.reused = False
+        self.head_deadline, self.head_wait = head_deadline, head_wait
+
+    def connected(self) -> None:
+        if self.head_deadline is not None:
+            self.head_deadline.reschedule(asyncio.get_running_loop().time() + self.head_wait)
 
 
 async def _queued(session: aiohttp.ClientSession, context: SimpleNamespace, params: object) -> None:
@@ -90,6 +102,12 @@ async def _dequeued(session: aiohttp.ClientSession, context: SimpleNamespace, pa
 async def _reused(session: aiohttp.ClientSession, context: SimpleNamespace, params: object) -> None:
     if isinstance(noted := context.trace_request_ctx, Noted):
         noted.reused = True
+        noted.connected()
+
+
+async def _made(session: aiohttp.ClientSession, context: SimpleNamespace, params: object) -> None:
+    if isinstance(noted := context.trace_request_ctx, Noted):
+        noted.connected()
 
 
 def _tracing() -> aiohttp.TraceConfig:
@@ -97,18 +115,73 @@ def _tracing() -> aiohttp.TraceConfig:
     tracing.on_connection_queued_start.append(_queued)
     tracing.on_connection_queued_end.append(_dequeued)
     tracing.on_connection_reuseconn.append(_reused)
+    tracing.on_connection_create_end.append(_made)
     return tracing
 
 
-def timeout(total: float | None = None) -> aiohttp.ClientTimeout:
+def timeout(total: float | None = None, *, sock_read: bool = True) -> aiohttp.ClientTimeout:
     """The settings' timeouts as they are now (tests change them): `connect` covers waiting for one
-    of the site's connections and making it; `sock_read` is the longest silence within a response."""
+    of the site's connections and making it; `sock_read` is the longest silence within a response
+    (for a streamed answer, `Silence` keeps it instead)."""
     return aiohttp.ClientTimeout(
         total=total,
         connect=settings.VLLM_CONNECT_TIMEOUT,
         sock_connect=settings.VLLM_CONNECT_TIMEOUT,
-        sock_read=settings.VLLM_READ_TIMEOUT,
+        sock_read=settings.VLLM_READ_TIMEOUT if sock_read else None,
     )
+
+
+class Silence:
+    """A read timeout on a streamed response body that costs a clock read per frame: one timer,
+    which, when it fires before the silence has lasted `seconds`, is set again for when it will
+    have; when it has, the body's next read raises aiohttp.SocketTimeoutError, as `sock_read`'s does.
+    A context manager: its timer ends with the block."""
+
+    def __init__(self, response: aiohttp.ClientResponse, seconds: float) -> None:
+        self.response, self.seconds = response, seconds
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self._timer = self._loop.call_at(self._last + seconds, self._check)
+
+    def __enter__(self) -> "Silence":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body's bytes as they arrive."""
+        async for chunk in self.response.content.iter_any():
+            self._last = self._loop.time()
+            yield chunk
+
+    def _check(self) -> None:
+        if self._loop.time() - self._last >= self.seconds:
+            self.response.content.set_exception(aiohttp.SocketTimeoutError("Timeout on reading data from socket"))
+        else:
+            self._timer = self._loop.call_at(self._last + self.seconds, self._check)
+
+
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "REQUEST_METHOD")
+
+
+def proxy_for(scheme: str, host: str) -> tuple[str | None, dict[str, str] | None]:
+    """The proxy of HTTP_PROXY or HTTPS_PROXY for a request to `host`, unless NO_PROXY leaves it
+    out (as urllib, requests and aiohttp's `trust_env` read them), and its Proxy-Authorization
+    header from the proxy URL's user:password; looked up again only when the variables change."""
+    return _proxy_for(scheme, host, tuple(os.environ.get(name) for name in _PROXY_VARIABLES))
+
+
+@functools.lru_cache(maxsize=256)
+def _proxy_for(scheme: str, host: str, variables: tuple[str | None, ...]) -> tuple[str | None, dict[str, str] | None]:
+    proxies = urllib.request.getproxies_environment()
+    if not (found := proxies.get(scheme)) or urllib.request.proxy_bypass(host):
+        return None, None
+    proxy = URL(found if "://" in found else f"http://{found}")
+    if proxy.user is None and proxy.password is None:
+        return str(proxy), None
+    credentials = aiohttp.encode_basic_auth(proxy.user or "", proxy.password or "")
+    return str(proxy.with_user(None)), {"Proxy-Authorization": credentials}
 
 
 def _new_session() -> aiohttp.ClientSession:
@@ -124,7 +197,6 @@ def _new_session() -> aiohttp.ClientSession:
     )
     return aiohttp.ClientSession(
         connector=connector,
-        trust_env=True,
         timeout=timeout(),
         trace_configs=[_tracing()],
         headers={"User-Agent": "chatsite"},
@@ -183,6 +255,8 @@ class Addressing:
     base: str  # up to /v1, without credentials
     root: str  # beside /v1 (vLLM's /health, /tokenize, /metrics), without credentials
     headers: dict[str, str]  # the Authorization header, if any
+    scheme: str
+    host: str
 
 
 @functools.lru_cache(maxsize=64)
@@ -193,10 +267,12 @@ def addressing(endpoint: Endpoint) -> Addressing:
     base = str(url.with_user(None)).rstrip("/")
     root = base.removesuffix("/v1")
     if endpoint.api_key:
-        return Addressing(base, root, {"Authorization": f"Bearer {endpoint.api_key}"})
-    if url.user is not None or url.password is not None:
-        return Addressing(base, root, {"Authorization": aiohttp.encode_basic_auth(url.user or "", url.password or "")})
-    return Addressing(base, root, {})
+        headers = {"Authorization": f"Bearer {endpoint.api_key}"}
+    elif url.user is not None or url.password is not None:
+        headers = {"Authorization": aiohttp.encode_basic_auth(url.user or "", url.password or "")}
+    else:
+        headers = {}
+    return Addressing(base, root, headers, url.scheme, url.host or "")
 
 
 async def request(
@@ -212,11 +288,14 @@ async def request(
     """Send one request to `path` under the endpoint's base URL (or beside its /v1: `beside_v1`),
     with its credentials; the response once its head has arrived."""
     where = addressing(endpoint)
+    proxy, proxy_headers = proxy_for(where.scheme, where.host)
     http = await session()
     return await http.request(
         method,
         (where.root if beside_v1 else where.base) + path,
         headers=where.headers | headers if headers else where.headers,
+        proxy=proxy,
+        proxy_headers=proxy_headers,
         trace_request_ctx=noted or Noted(),
         **options,
     )

@@ -254,38 +254,40 @@ async def stream_chat(
     finished = delivered = False
     noted = http_client.Noted()
     try:
-        async with _completion(endpoint, body, "text/event-stream", noted) as response:
+        async with _completion(endpoint, body, "text/event-stream", noted, streamed=True) as response:
             if response.status != 200:
-                content = await response.read()
+                content = await _read_body(response)
                 if response.status == 404:
                     forget_served_model()  # vLLM may have been restarted with another model: ask again
                 down = response.status in GATEWAY_DOWN
                 described = describe_http_error(response.status, content, model, key_sent=bool(endpoint.api_key))
                 yield Failed(described, unreachable=down)
                 return
-            async for data in _sse_data(response.content.iter_any()):
-                if data == "[DONE]":
-                    await _read_to_the_end(response)
-                    if not finished:
-                        yield Failed("The model server ended the answer without saying why.")
-                    return
-                try:
-                    chunk = json.loads(data)
-                except json.JSONDecodeError:
-                    yield Failed("The model server sent a frame that is not JSON.")
-                    return
-                if "error" in chunk:
-                    yield Failed(f"The model server failed while answering: {_error_text(chunk)}")
-                    return
-                for choice in chunk.get("choices") or ():
-                    if (text := (choice.get("delta") or {}).get("content")) and isinstance(text, str):
-                        delivered = True
-                        yield TextDelta(_storable(text))
-                    if reason := choice.get("finish_reason"):
-                        finished = True
-                        yield Finished(reason)
-                if usage := chunk.get("usage"):
-                    yield Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+            # Not aiohttp's sock_read, which sets a timer per frame: hundreds per answer.
+            with http_client.Silence(response, settings.VLLM_READ_TIMEOUT) as silence:
+                async for data in _sse_data(silence.chunks()):
+                    if data == "[DONE]":
+                        await _read_to_the_end(response)
+                        if not finished:
+                            yield Failed("The model server ended the answer without saying why.")
+                        return
+                    try:
+                        chunk = json.loads(data)
+                    except json.JSONDecodeError:
+                        yield Failed("The model server sent a frame that is not JSON.")
+                        return
+                    if "error" in chunk:
+                        yield Failed(f"The model server failed while answering: {_error_text(chunk)}")
+                        return
+                    for choice in chunk.get("choices") or ():
+                        if (text := (choice.get("delta") or {}).get("content")) and isinstance(text, str):
+                            delivered = True
+                            yield TextDelta(_storable(text))
+                        if reason := choice.get("finish_reason"):
+                            finished = True
+                            yield Finished(reason)
+                    if usage := chunk.get("usage"):
+                        yield Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
             if not finished:
                 yield Failed(
                     "The connection to the model server closed before the answer was complete.",
@@ -312,23 +314,35 @@ async def stream_chat(
 
 @asynccontextmanager
 async def _completion(
-    endpoint: Endpoint, body: dict[str, Any], accept: str, noted: http_client.Noted
+    endpoint: Endpoint, body: dict[str, Any], accept: str, noted: http_client.Noted, *, streamed: bool = False
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """A chat completion request, its response once its head has arrived. When the block raises, is
     cancelled or its generator closed mid-response, the connection is hung up on (vLLM then stops
-    generating); else it goes back to the pool if the response was read to its end."""
+    generating); else it goes back to the pool if the response was read to its end.
+
+    A `streamed` response's body has no read timeout here: its reader keeps one (http_client.Silence).
+    Its head must come within VLLM_READ_TIMEOUT of the request's having a connection, or
+    aiohttp.SocketTimeoutError, as for any other."""
     for attempt in (1, 2):
         try:
-            response = await http_client.request(
-                "POST",
-                endpoint,
-                "/chat/completions",
-                noted=noted,
-                json=body,
-                headers={"Accept": accept},
-                timeout=http_client.timeout(),
-            )
+            async with asyncio.timeout(None) as head:
+                if streamed:
+                    noted.head_deadline, noted.head_wait = head, settings.VLLM_READ_TIMEOUT
+                response = await http_client.request(
+                    "POST",
+                    endpoint,
+                    "/chat/completions",
+                    noted=noted,
+                    json=body,
+                    headers={"Accept": accept},
+                    timeout=http_client.timeout(sock_read=not streamed),
+                )
             break
+        except TimeoutError as exc:
+            if isinstance(exc, aiohttp.ClientError):
+                raise
+            await asyncio.sleep(0)  # as below
+            raise aiohttp.SocketTimeoutError("Timeout on reading the response's head") from None
         except aiohttp.ClientError as exc:
             # aiohttp has closed the connection; one turn of the loop and its socket is closed too,
             # so vLLM hears of it now even if the caller blocks next (a worker shutting down).
@@ -347,6 +361,17 @@ async def _completion(
         http_client.hang_up(response)
         raise
     response.release()
+
+
+async def _read_body(response: aiohttp.ClientResponse) -> bytes:
+    """A streamed request's whole body (an error's), within VLLM_READ_TIMEOUT, or SocketTimeoutError."""
+    try:
+        async with asyncio.timeout(settings.VLLM_READ_TIMEOUT):
+            return await response.read()
+    except TimeoutError as exc:
+        if isinstance(exc, aiohttp.ClientError):
+            raise
+        raise aiohttp.SocketTimeoutError("Timeout on reading data from socket") from None
 
 
 async def _read_to_the_end(response: aiohttp.ClientResponse) -> None:
