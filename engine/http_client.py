@@ -192,8 +192,10 @@ def _new_session() -> aiohttp.ClientSession:
         limit_per_host=0,
         ssl=tls_context(settings.VLLM_CA_FILE),
         happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY,
-        # Under uvicorn's own 5 s (vLLM's server): a connection it may be closing is not picked.
-        keepalive_timeout=4.0,
+        # vLLM's server (uvicorn) closes an idle connection after 5 s itself, and a connection it
+        # closes just as a request goes out is asked again on a new one (vllm_client._completion);
+        # this bounds the idle time where nothing closes them, under common load balancers' 60 s.
+        keepalive_timeout=30.0,
     )
     return aiohttp.ClientSession(
         connector=connector,
