@@ -292,3 +292,59 @@ async def test_an_idle_connection_that_received_a_408_is_not_read_as_the_next_an
         assert [model.id for model in second] == ["m"]
     finally:
         server.close()
+
+
+class _HangsUpOnReuse:
+    """An HTTP/1.1 server that answers a connection's first request (a one-delta chat completion,
+    its length given) and hangs up, unanswered, on its second: what vLLM's server does when its
+    idle timeout ends a kept-alive connection just as the next request goes out on it."""
+
+    BODY = b'data: {"choices":[{"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.requests = 0
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        with connection, connection.makefile("rb") as requests:
+            for served in range(2):
+                length = 0
+                while (line := requests.readline()) not in (b"\r\n", b""):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                requests.read(length)
+                self.requests += 1
+                if served == 1:
+                    return  # hung up, unanswered
+                connection.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n%s"
+                    % (len(self.BODY), self.BODY)
+                )
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+async def test_an_answer_whose_kept_alive_connection_is_closed_as_it_goes_out_is_asked_again():
+    server = _HangsUpOnReuse()
+    endpoint = Endpoint("closing", f"http://127.0.0.1:{server.port}/v1")
+    try:
+        for _ in range(2):
+            events = [event async for event in vllm_client.stream_chat(MESSAGES, OPTIONS, model="m", endpoint=endpoint)]
+            assert events == [TextDelta("hi"), Finished("stop")]
+    finally:
+        server.close()
+
+    assert (server.requests, server.connections) == (3, 2)
