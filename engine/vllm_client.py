@@ -444,6 +444,8 @@ def _pool_full() -> str:
 
 
 def _unreachable(endpoint: Endpoint) -> str:
+    if endpoint != default_endpoint():
+        return f"The model server is not reachable at {endpoint.shown_url}."
     return (
         f"The model server is not reachable at {endpoint.shown_url}. "
         "Start it with `python manage.py runvllm` (or check VLLM_BASE_URL)."
