@@ -164,6 +164,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # As uvicorn (asyncio) does: without it, a kept-alive connection's next response waits on
+        # Nagle's algorithm for the client's delayed ACK, 40 ms, before its first frame goes out.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.fake._track(self.connection)
 
     def finish(self) -> None:
