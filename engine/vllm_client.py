@@ -7,23 +7,21 @@ store: what vLLM's JSON can hold but no database can (see `_storable`) becomes U
 """
 
 import asyncio
-import functools
 import json
 import math
 import re
-import ssl
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import AbstractAsyncContextManager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
-import httpx
+import aiohttp
 from django.conf import settings
 
-from engine import connections
+from engine import http_client
 from engine.endpoints import Endpoint, default_endpoint
 from engine.server import starter
 
@@ -62,44 +60,14 @@ class GenerationOptions:
     top_p: float
 
 
-# One pooled client per event loop: a connection pool belongs to the loop that opened it, and
-# tests (and the CLI) run more than one loop in a process.
-_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient]" = weakref.WeakKeyDictionary()
-
-
-def http_client() -> httpx.AsyncClient:
-    loop = asyncio.get_running_loop()
-    if (shared := _clients.get(loop)) is None or shared.is_closed:
-        # Each streaming answer holds one connection for as long as it streams, and vLLM queues
-        # requests itself: a small cap here would make the site, not vLLM, the queue.
-        limits = httpx.Limits(max_connections=settings.VLLM_MAX_CONNECTIONS, max_keepalive_connections=100)
-        shared = httpx.AsyncClient(timeout=_timeout(), limits=limits, verify=_tls())
-        _clients[loop] = shared
-    return shared
-
-
-@functools.cache
-def _tls() -> ssl.SSLContext:
-    """What httpx would build for each client (certifi's CAs, or SSL_CERT_FILE), built once: loading
-    the CAs costs tens of milliseconds of CPU, which every client made paid, even for plain HTTP
-    (bench/README.md: a fifth of the site's CPU in a burst of turns)."""
-    return httpx.create_ssl_context()
-
-
-def _timeout() -> httpx.Timeout:
-    # The shared httpx client's default, for its short requests (health, models, tokenize, metrics);
-    # the answers and titles stream on engine/connections.py, which reads the settings at each request.
-    return httpx.Timeout(
-        connect=settings.VLLM_CONNECT_TIMEOUT,
-        read=settings.VLLM_READ_TIMEOUT,
-        write=30.0,
-        pool=settings.VLLM_CONNECT_TIMEOUT,
-    )
-
-
-def server_root() -> str:
-    """vLLM's own routes (/health, /tokenize, /metrics) sit beside /v1, not under it."""
-    return settings.VLLM_BASE_URL.removesuffix("/v1")
+# A gateway's "the upstream is not there" (bad gateway, unavailable, timed out): nothing came from a
+# model, so the answer may be asked of another replica.
+GATEWAY_DOWN = frozenset({502, 503, 504})
+# How long, after "[DONE]", the end of the chunked body may take to arrive before the connection
+# is closed rather than kept for the next request (it comes with the frame, or just after).
+END_WAIT = 1.0
+# The site's own short requests (health, models, tokenize, metrics): their whole time.
+SHORT_REQUEST = 3.0
 
 
 # --- Which model vLLM serves ----------------------------------------------------------------------
@@ -188,29 +156,39 @@ _asking: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[Serv
 
 async def _ask_served_model() -> ServedModel:
     try:
-        # A client of its own: this is called from sync views too (through async_to_sync), each on
-        # an event loop that ends with the call, where the pooled client would be left open.
-        timeout = httpx.Timeout(3.0, connect=settings.VLLM_CONNECT_TIMEOUT)
-        async with httpx.AsyncClient(timeout=timeout, verify=_tls()) as http:
-            response = await http.get(f"{settings.VLLM_BASE_URL}/models")
-        listed = response.json()["data"] if response.status_code == 200 else None
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        status, models = await get_json(default_endpoint(), "/models")
+        listed = models["data"] if status == 200 else None
+    except (aiohttp.ClientError, TimeoutError, KeyError, TypeError):
         listed = None
     return _remember(listed)
+
+
+async def get_json(endpoint: Endpoint, path: str, *, beside_v1: bool = False) -> tuple[int, Any]:
+    """GET `path` of `endpoint` (beside its /v1: `beside_v1`), within SHORT_REQUEST seconds: the
+    status and the JSON body (None if it is not JSON). Raises aiohttp.ClientError or TimeoutError."""
+    timeout = http_client.timeout(SHORT_REQUEST)
+    async with await http_client.request("GET", endpoint, path, beside_v1=beside_v1, timeout=timeout) as response:
+        content = await response.read()
+    try:
+        return response.status, json.loads(content) if content else None
+    except ValueError:
+        return response.status, None
 
 
 async def list_models(endpoint: Endpoint) -> list[ServedModel] | Failed:
     """Every model `endpoint` serves now, as its /v1/models lists them (asked now, not cached), or
     `Failed` saying why it could not be asked."""
     try:
-        response = await _get(f"{endpoint.base_url}/models")
-        if response.status_code != 200:
-            return Failed(describe_http_error(response.status_code, response.content), unreachable=True)
-        listed = response.json()["data"]
-    except (httpx.ConnectError, httpx.ConnectTimeout):
-        return Failed(f"The model server is not reachable at {endpoint.shown_url}.", unreachable=True)
-    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-        return Failed(f"The model server did not answer properly: {exc}", unreachable=True)
+        timeout = http_client.timeout(SHORT_REQUEST)
+        async with await http_client.request("GET", endpoint, "/models", timeout=timeout) as response:
+            status, content = response.status, await response.read()
+        if status != 200:
+            return Failed(describe_http_error(status, content, key_sent=bool(endpoint.api_key)), unreachable=True)
+        listed = json.loads(content)["data"]
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        return Failed(_connect_failure(exc, endpoint), unreachable=True)
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as exc:
+        return Failed(f"The model server did not answer properly: {exc or type(exc).__name__}", unreachable=True)
     return [
         ServedModel(
             id=str(entry["id"]),
@@ -259,8 +237,9 @@ async def stream_chat(
     `endpoint` is the server asked, by default VLLM_BASE_URL's; `model` is the served name to ask
     for, by default the one the default endpoint serves. Closing this generator
     (or cancelling the task iterating it) closes the HTTP connection, which is how vLLM learns to
-    abort the request and free its slot.
+    abort the request and free its slot. A `Failed` is `unreachable` when nothing came from a model.
     """
+    endpoint = endpoint or default_endpoint()
     if model is None:
         model = (await served_model()).id
     body = {
@@ -272,68 +251,138 @@ async def stream_chat(
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    finished = False
+    finished = delivered = False
+    noted = http_client.Noted()
     try:
-        async with _post(body, accept="text/event-stream", endpoint=endpoint) as connection:
-            if connection.status != 200:
-                content = await connection.read_all(settings.VLLM_READ_TIMEOUT)
-                if connection.status == 404:
+        async with _completion(endpoint, body, "text/event-stream", noted, streamed=True) as response:
+            if response.status != 200:
+                content = await _read_body(response)
+                if response.status == 404:
                     forget_served_model()  # vLLM may have been restarted with another model: ask again
-                yield Failed(describe_http_error(connection.status or 0, content, model))
+                down = response.status in GATEWAY_DOWN
+                described = describe_http_error(response.status, content, model, key_sent=bool(endpoint.api_key))
+                yield Failed(described, unreachable=down)
                 return
-            async for data in _sse_data(connection.body(settings.VLLM_READ_TIMEOUT)):
-                if data == "[DONE]":
-                    connection.read_to_the_end()
-                    if not finished:
-                        yield Failed("The model server ended the answer without saying why.")
-                    return
-                try:
-                    chunk = json.loads(data)
-                except json.JSONDecodeError:
-                    yield Failed("The model server sent a frame that is not JSON.")
-                    return
-                if "error" in chunk:
-                    yield Failed(f"The model server failed while answering: {_error_text(chunk)}")
-                    return
-                for choice in chunk.get("choices") or ():
-                    if (text := (choice.get("delta") or {}).get("content")) and isinstance(text, str):
-                        yield TextDelta(_storable(text))
-                    if reason := choice.get("finish_reason"):
-                        finished = True
-                        yield Finished(reason)
-                if usage := chunk.get("usage"):
-                    yield Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
+            # Not aiohttp's sock_read, which sets a timer per frame: hundreds per answer.
+            with http_client.Silence(response, settings.VLLM_READ_TIMEOUT) as silence:
+                async for data in _sse_data(silence.chunks()):
+                    if data == "[DONE]":
+                        await _read_to_the_end(response)
+                        if not finished:
+                            yield Failed("The model server ended the answer without saying why.")
+                        return
+                    try:
+                        chunk = json.loads(data)
+                    except json.JSONDecodeError:
+                        yield Failed("The model server sent a frame that is not JSON.")
+                        return
+                    if "error" in chunk:
+                        yield Failed(f"The model server failed while answering: {_error_text(chunk)}")
+                        return
+                    for choice in chunk.get("choices") or ():
+                        if (text := (choice.get("delta") or {}).get("content")) and isinstance(text, str):
+                            delivered = True
+                            yield TextDelta(_storable(text))
+                        if reason := choice.get("finish_reason"):
+                            finished = True
+                            yield Finished(reason)
+                    if usage := chunk.get("usage"):
+                        yield Usage(usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0)
             if not finished:
-                yield Failed("The connection to the model server closed before the answer was complete.")
-    except connections.SlotTimeout:
-        yield Failed(_pool_full())
-    except connections.ConnectFailed:
-        # A connect timeout is a server that is not there, not a slow answer.
-        yield Failed(_unreachable())
-    except connections.ReadTimeout:
+                yield Failed(
+                    "The connection to the model server closed before the answer was complete.",
+                    unreachable=not delivered,
+                )
+    except aiohttp.ConnectionTimeoutError:
+        # Waiting for one of the site's connections, or for vLLM to accept one: a connect timeout
+        # is a server that is not there, not a slow answer.
+        yield Failed(_pool_full(), unreachable=False) if noted.queued else Failed(_unreachable(endpoint), True)
+    except aiohttp.ClientConnectorError as exc:
+        yield Failed(_connect_failure(exc, endpoint), unreachable=True)
+    except aiohttp.SocketTimeoutError:
         if not finished:
             yield Failed(f"The model server did not answer within {settings.VLLM_READ_TIMEOUT:g} seconds.")
-    except connections.Lost:
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientOSError):
         if not finished:
-            yield Failed("The connection to the model server was lost before the answer was complete.")
-    except connections.BadResponse as exc:
-        yield Failed(f"Could not talk to the model server: {exc}")
+            yield Failed(
+                "The connection to the model server was lost before the answer was complete.",
+                unreachable=not delivered,
+            )
+    except aiohttp.ClientError as exc:
+        yield Failed(f"Could not talk to the model server: {exc}", unreachable=not delivered)
 
 
-def _post(
-    body: dict[str, Any], *, accept: str, endpoint: Endpoint | None = None
-) -> AbstractAsyncContextManager[connections.Connection]:
-    """A chat completion request to vLLM, on the answers' own connections (engine/connections.py),
-    which the site's short requests share: the site's most at once (VLLM_MAX_CONNECTIONS) counts both."""
-    return connections.post(
-        f"{(endpoint or default_endpoint()).base_url}/chat/completions",
-        json.dumps(body).encode(),
-        tls=_tls(),
-        connect_timeout=settings.VLLM_CONNECT_TIMEOUT,
-        read_timeout=settings.VLLM_READ_TIMEOUT,
-        max_connections=settings.VLLM_MAX_CONNECTIONS,
-        accept=accept,
-    )
+@asynccontextmanager
+async def _completion(
+    endpoint: Endpoint, body: dict[str, Any], accept: str, noted: http_client.Noted, *, streamed: bool = False
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """A chat completion request, its response once its head has arrived. When the block raises, is
+    cancelled or its generator closed mid-response, the connection is hung up on (vLLM then stops
+    generating); else it goes back to the pool if the response was read to its end.
+
+    A `streamed` response's body has no read timeout here: its reader keeps one (http_client.Silence).
+    Its head must come within VLLM_READ_TIMEOUT of the request's having a connection, or
+    aiohttp.SocketTimeoutError, as for any other."""
+    for attempt in (1, 2):
+        try:
+            async with asyncio.timeout(None) as head:
+                if streamed:
+                    noted.head_deadline, noted.head_wait = head, settings.VLLM_READ_TIMEOUT
+                response = await http_client.request(
+                    "POST",
+                    endpoint,
+                    "/chat/completions",
+                    noted=noted,
+                    json=body,
+                    headers={"Accept": accept},
+                    timeout=http_client.timeout(sock_read=not streamed),
+                )
+            break
+        except TimeoutError as exc:
+            if isinstance(exc, aiohttp.ClientError):
+                raise
+            await asyncio.sleep(0)  # as below
+            raise aiohttp.SocketTimeoutError("Timeout on reading the response's head") from None
+        except aiohttp.ClientError as exc:
+            # aiohttp has closed the connection; one turn of the loop and its socket is closed too,
+            # so vLLM hears of it now even if the caller blocks next (a worker shutting down).
+            await asyncio.sleep(0)
+            # A kept-alive connection that vLLM closed just as the request went out (its idle
+            # timeout): once more on a new one. A new connection that breaks is the answer.
+            retry = isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError) and not isinstance(
+                exc, aiohttp.ClientConnectorError
+            )
+            if not retry or not noted.reused or attempt == 2:
+                raise
+            noted.reused = False
+    try:
+        yield response
+    except BaseException:
+        http_client.hang_up(response)
+        raise
+    response.release()
+
+
+async def _read_body(response: aiohttp.ClientResponse) -> bytes:
+    """A streamed request's whole body (an error's), within VLLM_READ_TIMEOUT, or SocketTimeoutError."""
+    try:
+        async with asyncio.timeout(settings.VLLM_READ_TIMEOUT):
+            return await response.read()
+    except TimeoutError as exc:
+        if isinstance(exc, aiohttp.ClientError):
+            raise
+        raise aiohttp.SocketTimeoutError("Timeout on reading data from socket") from None
+
+
+async def _read_to_the_end(response: aiohttp.ClientResponse) -> None:
+    """After "[DONE]" only the chunked body's end is left: read it, so that the connection can carry
+    the next request (aiohttp closes one whose response was not read to its end)."""
+    try:
+        async with asyncio.timeout(END_WAIT):
+            while await response.content.readany():
+                pass
+    except (TimeoutError, aiohttp.ClientError):
+        pass
 
 
 # A lone UTF-16 surrogate ("\ud800" is valid JSON; UTF-8 has no encoding for it) and NUL
@@ -394,11 +443,22 @@ def _pool_full() -> str:
     )
 
 
-def _unreachable() -> str:
+def _unreachable(endpoint: Endpoint) -> str:
+    if endpoint != default_endpoint():
+        return f"The model server is not reachable at {endpoint.shown_url}."
     return (
-        f"The model server is not reachable at {settings.VLLM_BASE_URL}. "
+        f"The model server is not reachable at {endpoint.shown_url}. "
         "Start it with `python manage.py runvllm` (or check VLLM_BASE_URL)."
     )
+
+
+def _connect_failure(exc: Exception, endpoint: Endpoint) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return (
+            f"The model server at {endpoint.shown_url} has a TLS certificate the site does not trust "
+            f"({exc.certificate_error}). Set VLLM_CA_FILE to the certificate of the CA that signed it."
+        )
+    return _unreachable(endpoint)
 
 
 def _error_text(body: Any) -> str:
@@ -422,7 +482,7 @@ def _error_param(body: Any) -> str | None:
     return None
 
 
-def describe_http_error(status: int, content: bytes, model: str | None = None) -> str:
+def describe_http_error(status: int, content: bytes, model: str | None = None, *, key_sent: bool = False) -> str:
     try:
         body = json.loads(content)
     except ValueError:
@@ -450,6 +510,11 @@ def describe_http_error(status: int, content: bytes, model: str | None = None) -
     if status == 404 and (param == "model" or "does not exist" in text):
         named = model if model is not None else known_model().id
         return f"The model server does not serve a model named {named!r} ({text}). Check VLLM_SERVED_MODEL_NAME."
+    if status in (401, 403):
+        # vLLM's --api-key answers 401 {"error": "Unauthorized"}; a gateway may say 403.
+        if key_sent:
+            return f"The model server refused the site's API key ({status}: {text}). Check VLLM_API_KEY."
+        return f"The model server wants an API key ({status}: {text}). Set VLLM_API_KEY to the key it was started with."
     if status >= 500:
         return f"The model server failed ({status}): {text}"
     return f"The model server refused the request ({status}): {text}"
@@ -467,25 +532,20 @@ async def count_prompt_tokens(
     if model is None:
         model = (await served_model()).id
     try:
-        response = await http_client().post(
-            f"{(endpoint or default_endpoint()).server_root}/tokenize",
+        timeout = http_client.timeout(10.0)
+        async with await http_client.request(
+            "POST",
+            endpoint or default_endpoint(),
+            "/tokenize",
+            beside_v1=True,
             json={"model": model, "messages": messages},
-            timeout=10.0,
-        )
-        if response.status_code == 200:
-            return int(response.json()["count"])
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            timeout=timeout,
+        ) as response:
+            if response.status == 200:
+                return int(json.loads(await response.read())["count"])
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError):
         pass
     return None
-
-
-async def _get(url: str) -> httpx.Response:
-    try:
-        return await http_client().get(url, timeout=3.0)
-    except httpx.RemoteProtocolError:
-        # A kept-alive connection that vLLM closed since its last answer (it restarted, say) fails
-        # like this on its next use: once more, on a new connection, before calling vLLM down.
-        return await http_client().get(url, timeout=3.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,16 +559,20 @@ async def check_health(endpoint: Endpoint | None = None) -> Health:
     VLLM_SERVED_MODEL_NAME, if that is set). What it lists is noted as the model in use."""
     endpoint = endpoint or default_endpoint()
     try:
-        health = await _get(f"{endpoint.server_root}/health")
-        if health.status_code != 200:
-            return Health(False, f"vLLM answers /health with {health.status_code}")
-        models = await _get(f"{endpoint.base_url}/models")
-        listed = models.json().get("data", []) if models.status_code == 200 else []
+        status, _ = await get_json(endpoint, "/health", beside_v1=True)
+        if status != 200:
+            return Health(False, f"vLLM answers /health with {status}")
+        status, models = await get_json(endpoint, "/models")
+        if status in (401, 403):
+            return Health(
+                False, describe_http_error(status, json.dumps(models).encode(), key_sent=bool(endpoint.api_key))
+            )
+        listed = models.get("data", []) if status == 200 and isinstance(models, dict) else []
         served = [m.get("id") for m in listed]
-    except (httpx.ConnectError, httpx.ConnectTimeout):
-        return Health(False, _unreachable())
-    except (httpx.HTTPError, ValueError, AttributeError) as exc:
-        return Health(False, f"vLLM did not answer properly: {exc}")
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        return Health(False, _connect_failure(exc, endpoint))
+    except (aiohttp.ClientError, TimeoutError, AttributeError) as exc:
+        return Health(False, f"vLLM did not answer properly: {exc or type(exc).__name__}")
     model = _remember(listed)
     if not model.live:
         if wanted := settings.VLLM_SERVED_MODEL_NAME:
@@ -557,15 +621,18 @@ def parse_metrics(text: str) -> dict[str, list[float]]:
 
 async def read_load(endpoint: Endpoint | None = None) -> ServerLoad | Failed:
     """vLLM's load now, from its /metrics."""
+    endpoint = endpoint or default_endpoint()
     try:
-        response = await http_client().get(f"{(endpoint or default_endpoint()).server_root}/metrics", timeout=3.0)
-    except (httpx.ConnectError, httpx.ConnectTimeout):
-        return Failed(_unreachable())
-    except httpx.HTTPError as exc:
-        return Failed(f"vLLM did not answer /metrics: {exc}")
-    if response.status_code != 200:
-        return Failed(f"vLLM answers /metrics with {response.status_code}")
-    return server_load(response.text)
+        timeout = http_client.timeout(SHORT_REQUEST)
+        async with await http_client.request("GET", endpoint, "/metrics", beside_v1=True, timeout=timeout) as response:
+            status, text = response.status, (await response.read()).decode(errors="replace")
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        return Failed(_connect_failure(exc, endpoint), unreachable=True)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return Failed(f"vLLM did not answer /metrics: {exc or type(exc).__name__}")
+    if status != 200:
+        return Failed(f"vLLM answers /metrics with {status}")
+    return server_load(text)
 
 
 def server_load(metrics: str) -> ServerLoad:
@@ -596,6 +663,7 @@ async def complete(
 
     For the site's own small requests (naming a conversation), not for answers a person follows.
     """
+    endpoint = endpoint or default_endpoint()
     body = {
         # The model vLLM says it serves, as for answers: VLLM_SERVED_MODEL_NAME may be left unset.
         "model": model or (await served_model()).id,
@@ -604,19 +672,21 @@ async def complete(
         "max_tokens": options.max_tokens,
         "top_p": options.top_p,
     }
+    noted = http_client.Noted()
     try:
-        async with _post(body, accept="application/json", endpoint=endpoint) as connection:
-            status, content = connection.status, await connection.read_all(settings.VLLM_READ_TIMEOUT)
-    except connections.SlotTimeout:
-        return Failed(_pool_full())
-    except connections.ConnectFailed:
-        return Failed(_unreachable())
-    except connections.ReadTimeout:
+        async with _completion(endpoint, body, "application/json", noted) as response:
+            status, content = response.status, await response.read()
+    except aiohttp.ConnectionTimeoutError:
+        return Failed(_pool_full()) if noted.queued else Failed(_unreachable(endpoint), unreachable=True)
+    except aiohttp.ClientConnectorError as exc:
+        return Failed(_connect_failure(exc, endpoint), unreachable=True)
+    except aiohttp.SocketTimeoutError:
         return Failed(f"The model server did not answer within {settings.VLLM_READ_TIMEOUT:g} seconds.")
-    except (connections.Lost, connections.BadResponse) as exc:
-        return Failed(f"Could not talk to the model server: {exc}")
+    except aiohttp.ClientError as exc:
+        return Failed(f"Could not talk to the model server: {exc}", unreachable=True)
     if status != 200:
-        return Failed(describe_http_error(status or 0, content))
+        described = describe_http_error(status, content, key_sent=bool(endpoint.api_key))
+        return Failed(described, unreachable=status in GATEWAY_DOWN)
     try:
         text = json.loads(content)["choices"][0]["message"]["content"]
     except (ValueError, KeyError, IndexError, TypeError):

@@ -35,6 +35,8 @@ import re
 import select
 import socket
 import socketserver
+import ssl
+import sys
 import threading
 import time
 import uuid
@@ -142,6 +144,17 @@ class _Server(ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.socket.getsockname()[:2]  # what TCPServer bound
 
+    def get_request(self) -> tuple[Any, Any]:
+        connection, address = super().get_request()
+        if self.fake.tls is not None:
+            # The handshake in the connection's own thread (the first read), not in the accepting one.
+            connection = self.fake.tls.wrap_socket(connection, server_side=True, do_handshake_on_connect=False)
+        return connection, address
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], ssl.SSLError):  # a client that does not trust the certificate
+            super().handle_error(request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -151,6 +164,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # As uvicorn (asyncio) does: without it, a kept-alive connection's next response waits on
+        # Nagle's algorithm for the client's delayed ACK, 40 ms, before its first frame goes out.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.fake._track(self.connection)
 
     def finish(self) -> None:
@@ -199,10 +215,15 @@ class FakeVLLM:
         max_model_len: int = 2048,
         root: str = "/models/qwen2-tiny-random",  # what /v1/models says vLLM loaded
         api_key: str = "",  # as vLLM's --api-key: every /v1 route wants `Authorization: Bearer <key>`
+        tls: ssl.SSLContext | None = None,  # serve https with this server-side context
     ) -> None:
         self.served_model_name = served_model_name
         self.api_key = api_key
+        self.tls = tls
         self.unauthorized = 0  # requests refused for want of the key
+        # Each request's path and Authorization header (None without), since the last reset.
+        self.authorizations: list[tuple[str, str | None]] = []
+        self.accepted = 0  # connections accepted since the last reset
         self.max_model_len = max_model_len
         self.model_root = root
         self.port = 0
@@ -254,7 +275,7 @@ class FakeVLLM:
 
     @property
     def root(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -269,6 +290,8 @@ class FakeVLLM:
             self.requests.clear()
             self.tokenize_requests.clear()
             self.instructed_requests.clear()
+            self.authorizations.clear()
+            self.accepted = 0
             self._disconnects = 0
             self._changed.notify_all()
 
@@ -294,6 +317,7 @@ class FakeVLLM:
     def _track(self, connection: socket.socket) -> None:
         with self._changed:
             self._connections.add(connection)
+            self.accepted += 1
 
     def _untrack(self, connection: socket.socket) -> None:
         with self._changed:
@@ -360,6 +384,8 @@ class FakeVLLM:
     def _authorized(self, handler: _Handler) -> bool:
         """vLLM's --api-key check (its AuthenticationMiddleware): only the /v1 routes want the key;
         /health, /metrics and /tokenize answer anyone."""
+        with self._changed:
+            self.authorizations.append((urlsplit(handler.path).path, handler.headers.get("authorization")))
         if not self.api_key or not urlsplit(handler.path).path.startswith("/v1"):
             return True
         if handler.headers.get("authorization") == f"Bearer {self.api_key}":

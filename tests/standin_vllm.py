@@ -39,6 +39,7 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--served-model-name", nargs="+")
     parser.add_argument("--max-model-len", type=int)
     parser.add_argument("--gpu-memory-utilization", type=float)
+    parser.add_argument("--api-key")  # as vLLM's: every /v1 route then wants `Authorization: Bearer <key>`
     return parser.parse_known_args()
 
 
@@ -111,7 +112,13 @@ def main() -> None:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path == "/health":
+            if (
+                args.api_key
+                and self.path.startswith("/v1")
+                and self.headers.get("authorization") != f"Bearer {args.api_key}"
+            ):
+                self._send(401, b'{"error":"Unauthorized"}')
+            elif self.path == "/health":
                 self._send(200, b"")
             elif self.path == "/v1/models":
                 self._send(200, json.dumps({"object": "list", "data": [{"id": served, "root": args.model}]}).encode())

@@ -126,6 +126,8 @@ def why_not_downloadable(model: str) -> str | None:
         return "HF_HUB_OFFLINE is set"
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     try:
+        # httpx, not engine/http_client.py: this asks the model hub, not an engine, once, from a
+        # command; VLLM_API_KEY and VLLM_CA_FILE are no business of the hub's.
         response = httpx.get(f"{endpoint}/api/models/{model}", timeout=HUB_TIMEOUT)
     except httpx.TimeoutException:
         return f"{endpoint} did not answer within {HUB_TIMEOUT:g} s"

@@ -1,10 +1,11 @@
 """How vLLM is to be run: the server's configuration, and how the commands report progress."""
 
 import os
+import shlex
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
@@ -36,6 +37,9 @@ class ServerConfig:
     log_file: Path | None = None
     module: str = "vllm.entrypoints.openai.api_server"
     cpus: frozenset[int] = frozenset()  # empty: wherever the system puts it
+    # VLLM_API_KEY: vLLM then wants it as a bearer key on every /v1 route. Secret: out of repr,
+    # and out of every command line shown or logged (`shown_command`).
+    api_key: str = field(default="", repr=False)
 
     @classmethod
     def from_settings(
@@ -74,6 +78,7 @@ class ServerConfig:
             log_file=settings.VLLM_LOG_FILE,
             module=settings.VLLM_SERVER_MODULE if module is None else module,
             cpus=cpu_list(settings.VLLM_CPUS),
+            api_key=settings.VLLM_API_KEY,
         )
 
     @property
@@ -116,7 +121,15 @@ class ServerConfig:
         ]
         if self.gpu_memory_utilization is not None:
             command += ["--gpu-memory-utilization", f"{self.gpu_memory_utilization:g}"]
+        if self.api_key:
+            # vLLM's own --api-key (it would read VLLM_API_KEY too, but the site keeps its VLLM_*
+            # variables from vLLM: see _is_the_sites). Before the person's own arguments, which win.
+            command += ["--api-key", self.api_key]
         return command + list(self.extra_args)
+
+    def shown_command(self) -> str:
+        """The command line as it may be printed or logged: every API key in it replaced by ***."""
+        return shlex.join(redacted(self.command()))
 
     def environment(self) -> dict[str, str]:
         env = {name: value for name, value in os.environ.items() if not _is_the_sites(name)}
@@ -136,6 +149,17 @@ class ServerConfig:
         env.pop("PYTHONHOME", None)
         env["PYTHONUNBUFFERED"] = "1"  # its log lines as they happen, not in 8 KB bursts
         return env
+
+
+def redacted(command: Sequence[str]) -> list[str]:
+    """`command` with the value of each --api-key (as `--api-key KEY` or `--api-key=KEY`) as ***."""
+    shown = list(command)
+    for index, argument in enumerate(shown):
+        if argument == "--api-key" and index + 1 < len(shown):
+            shown[index + 1] = "***"
+        elif argument.startswith("--api-key="):
+            shown[index] = "--api-key=***"
+    return shown
 
 
 def _is_the_sites(name: str) -> bool:

@@ -1,5 +1,6 @@
 """Who holds vLLM's port, whether it is ready, and its process group: started, signalled, stopped."""
 
+import asyncio
 import ctypes
 import os
 import re
@@ -12,10 +13,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-import httpx
+import aiohttp
 
-from engine.server.config import ServerConfig, ServerError
+from engine import vllm_client
+from engine.endpoints import Endpoint
+from engine.server.config import ServerConfig, ServerError, redacted
 
 # --- Who holds the port ------------------------------------------------------------------------
 
@@ -31,7 +35,7 @@ def already_serving(config: ServerConfig) -> bool:
             pass
     except OSError:
         return False
-    served = _served_models(config.url)
+    served = asyncio.run(_served_models(_endpoint(config.url, config.api_key)))
     if served is not None and config.served_model_name in served:
         return True
     if served is not None:
@@ -44,11 +48,22 @@ def already_serving(config: ServerConfig) -> bool:
     )
 
 
-def _served_models(url: str) -> list[str] | None:
+def _endpoint(url: str, api_key: str) -> Endpoint:
+    return Endpoint("runvllm", f"{url}/v1", api_key)
+
+
+async def _get_json(endpoint: Endpoint, path: str, *, beside_v1: bool = False) -> tuple[int, Any]:
+    # The site's own client (engine/http_client.py), so that runvllm finds vLLM ready exactly when
+    # the site can use it: the same proxy, TLS and key. On an event loop of each call's own
+    # (asyncio.run): runvllm and up are not async.
+    return await vllm_client.get_json(endpoint, path, beside_v1=beside_v1)
+
+
+async def _served_models(endpoint: Endpoint) -> list[str] | None:
     try:
-        response = httpx.get(f"{url}/v1/models", timeout=3.0)
-        return [str(model["id"]) for model in response.json()["data"]] if response.status_code == 200 else None
-    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        status, models = await _get_json(endpoint, "/models")
+        return [str(model["id"]) for model in models["data"]] if status == 200 else None
+    except (aiohttp.ClientError, TimeoutError, KeyError, TypeError):
         return None
 
 
@@ -64,7 +79,8 @@ def _listener(port: int) -> str | None:
         return None
     pid = int(match.group(1))
     try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        command = " ".join(redacted(arguments)).strip()  # a vLLM's --api-key is no one's to read here
     except OSError:
         command = ""
     return f"pid {pid}: {command or 'unknown command'}"
@@ -73,22 +89,34 @@ def _listener(port: int) -> str | None:
 # --- Readiness -----------------------------------------------------------------------------------
 
 
-def not_ready_because(url: str, served_model_name: str) -> str | None:
+def not_ready_because(url: str, served_model_name: str, *, api_key: str = "") -> str | None:
     """Why the server is not ready yet, or None when it is.
 
     Ready means /health answers 200 and /v1/models lists the served name: the port alone opens
     before the model has loaded on some versions, and a dead engine still answers /health 500.
+    `api_key` is the key vLLM was started with (--api-key), which /v1/models then wants.
     (`engine.vllm_client.check_health` is the site's async twin of this, against VLLM_BASE_URL.)
     """
+    return asyncio.run(_not_ready_because(_endpoint(url, api_key), served_model_name))
+
+
+async def _not_ready_because(endpoint: Endpoint, served_model_name: str) -> str | None:
     try:
-        health = httpx.get(f"{url}/health", timeout=3.0)
-        if health.status_code != 200:
-            return f"/health answers {health.status_code}"
-        served = _served_models(url)
-    except httpx.ConnectError:
+        status, _ = await _get_json(endpoint, "/health", beside_v1=True)
+        if status != 200:
+            return f"/health answers {status}"
+        status, models = await _get_json(endpoint, "/models")
+    except aiohttp.ClientConnectorError:
         return "nothing answers on its port yet"
-    except httpx.HTTPError as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
         return f"no proper answer yet: {type(exc).__name__}"
+    if status in (401, 403):
+        why = "the key in VLLM_API_KEY is not its key" if endpoint.api_key else "it wants an API key (VLLM_API_KEY)"
+        return f"/v1/models answers {status}: {why}"
+    try:
+        served = [str(model["id"]) for model in models["data"]] if status == 200 else None
+    except (KeyError, TypeError):
+        served = None
     if served is None or served_model_name not in served:
         return f"/v1/models lists {served or 'nothing'}, not {served_model_name!r}"
     return None

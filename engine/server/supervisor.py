@@ -55,7 +55,7 @@ class ServerProcess:
         if self.config.log_file is not None:
             self.config.log_file.parent.mkdir(parents=True, exist_ok=True)
             log = self.config.log_file.open("a", encoding="utf-8")
-            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} runvllm: {shlex.join(self.config.command())}\n")
+            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} runvllm: {self.config.shown_command()}\n")
             log.flush()
         try:
             self.process = start_group(
@@ -162,7 +162,7 @@ class Supervisor:
         self._restart_at: float | None = None
 
     def start(self) -> None:
-        self.out(f"Starting vLLM: {shlex.join(self.config.command())}")
+        self.out(f"Starting vLLM: {self.config.shown_command()}")
         if self.config.log_file:
             self.out(f"vLLM's log: {self.config.log_file}")
         self.server.start()
@@ -185,7 +185,8 @@ class Supervisor:
             self._check_ready(now)
 
     def _check_ready(self, now: float) -> None:
-        if (reason := not_ready_because(self.config.url, self.config.served_model_name)) is None:
+        reason = not_ready_because(self.config.url, self.config.served_model_name, api_key=self.config.api_key)
+        if reason is None:
             self.ready = self.ever_ready = True
             self._ready_at = now
             self.out(

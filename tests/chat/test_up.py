@@ -42,6 +42,21 @@ def test_up_migrates_starts_vllm_then_serves_the_site_against_it(standin, tmp_pa
     assert not listening(site_port) and not listening(standin.port)
 
 
+def test_up_starts_vllm_with_the_api_key_and_the_site_uses_it(standin, tmp_path):
+    key = "sk-test-0123456789"
+    site_port = free_port()
+    up = standin.run(
+        "--port", str(site_port), command="up", DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}", VLLM_API_KEY=key
+    )
+    up.wait_for("The chat is at", timeout=60)
+
+    assert httpx.get(f"http://127.0.0.1:{standin.port}/v1/models", timeout=10).status_code == 401
+    assert httpx.get(f"http://127.0.0.1:{site_port}/healthz", timeout=10).json()["vllm"] == "ok"  # with the key
+    up.process.send_signal(signal.SIGINT)
+    assert up.finish() == 0
+    assert key not in up.output
+
+
 def test_up_without_vllm_serves_against_vllm_base_url(standin):
     external = standin.run()
     external.wait_for("vLLM is ready")

@@ -31,6 +31,8 @@ from tests.ports import free_port
 
 INSTALL_TIMEOUT = 40 * 60
 BOOT_TIMEOUT = 15 * 60
+# The suite's vLLM runs with --api-key (VLLM_API_KEY, which runvllm passes on), as a shared one would.
+API_KEY = "sk-e2e-3f9c1d7a"
 
 # Seconds each stage took this run, reported at the end of the session.
 timings: dict[str, str] = {}
@@ -116,6 +118,11 @@ class RealVLLM:
     port: int
     model: Path
     log_file: Path
+    api_key: str = API_KEY
+
+    @property
+    def authorization(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
 
     @property
     def url(self) -> str:
@@ -147,7 +154,7 @@ def real_vllm(starter_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         str(port),
         "--timeout",
         str(BOOT_TIMEOUT),
-        env=_vllm_environment(VLLM_LOG_FILE=str(log_file)),
+        env=_vllm_environment(VLLM_LOG_FILE=str(log_file), VLLM_API_KEY=API_KEY),
     )
     try:
         runvllm.wait_for("vLLM is ready", timeout=BOOT_TIMEOUT + 30)
@@ -165,6 +172,7 @@ def real_vllm(starter_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def site_uses(real_vllm: RealVLLM, settings):
     """Point the site (in this process) at the real vLLM, which it asks what it serves."""
     settings.VLLM_BASE_URL = real_vllm.base_url
+    settings.VLLM_API_KEY = real_vllm.api_key
     settings.VLLM_SERVED_MODEL_NAME = ""
     settings.CHAT_CONTEXT_LENGTH = None
     vllm_client.forget_served_model()

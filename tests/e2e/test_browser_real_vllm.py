@@ -23,6 +23,7 @@ def site(real_vllm, django_db_setup) -> Iterator[SiteProcess]:
         {
             "DATABASE_URL": f"sqlite:///{django_settings.DATABASES['default']['NAME']}",
             "VLLM_BASE_URL": real_vllm.base_url,
+            "VLLM_API_KEY": real_vllm.api_key,
             "VLLM_SERVED_MODEL_NAME": "",
             "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
         }

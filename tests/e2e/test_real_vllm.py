@@ -38,7 +38,7 @@ SERVED = "smollm2-135m-instruct"
 async def metric(real_vllm, name: str, **labels: str) -> float:
     """One sample of vLLM's Prometheus metrics, summed over the series that match the labels."""
     async with httpx.AsyncClient(timeout=10) as http:
-        text = (await http.get(f"{real_vllm.url}/metrics")).text
+        text = (await http.get(f"{real_vllm.url}/metrics", headers=real_vllm.authorization)).text
     total = 0.0
     for line in text.splitlines():
         if line.startswith(f"{name}{{"):
@@ -65,8 +65,38 @@ def test_runvllm_says_when_vllm_is_ready_and_shows_progress_meanwhile(real_vllm)
 
 def test_ready_vllm_answers_health_and_lists_the_served_model(real_vllm):
     assert httpx.get(f"{real_vllm.url}/health", timeout=10).status_code == 200
-    models = httpx.get(f"{real_vllm.base_url}/models", timeout=10).json()["data"]
+    models = httpx.get(f"{real_vllm.base_url}/models", headers=real_vllm.authorization, timeout=10).json()["data"]
     assert [(m["id"], m["root"], m["max_model_len"]) for m in models] == [(SERVED, str(real_vllm.model), 2048)]
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer sk-not-it"])
+def test_vllm_started_with_the_key_refuses_requests_without_it_as_the_fake_does(real_vllm, authorization):
+    headers = {"Authorization": authorization} if authorization else {}
+    body = {"model": SERVED, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1}
+
+    for refused in (
+        httpx.get(f"{real_vllm.base_url}/models", headers=headers, timeout=10),
+        httpx.post(f"{real_vllm.base_url}/chat/completions", json=body, headers=headers, timeout=10),
+    ):
+        # tests/fake_vllm.py's api_key answers the same.
+        assert (refused.status_code, refused.json()) == (401, {"error": "Unauthorized"})
+    assert "sk-e2e" not in real_vllm.runvllm.output and "--api-key '***'" in real_vllm.runvllm.output
+
+
+async def test_without_the_key_the_sites_answer_ends_saying_so(site_uses, settings):
+    settings.VLLM_API_KEY = ""
+    events = [
+        event
+        async for event in vllm_client.stream_chat(
+            [{"role": "user", "content": "Hi"}], GenerationOptions(0.0, 4, 1.0), model=SERVED
+        )
+    ]
+
+    assert events == [
+        Failed(
+            "The model server wants an API key (401: Unauthorized). Set VLLM_API_KEY to the key it was started with."
+        )
+    ]
 
 
 def test_vllm_runs_without_usage_statistics_and_offline(real_vllm):
@@ -81,7 +111,14 @@ def test_vllm_runs_without_usage_statistics_and_offline(real_vllm):
 
 def test_runvllm_does_not_start_a_second_vllm_on_a_port_that_has_one(real_vllm):
     before = sorted(group_members(real_vllm.pid))
-    second = ManageCommand("runvllm", "--model", "starter", "--port", str(real_vllm.port), env=dict(os.environ))
+    second = ManageCommand(
+        "runvllm",
+        "--model",
+        "starter",
+        "--port",
+        str(real_vllm.port),
+        env={**os.environ, "VLLM_API_KEY": real_vllm.api_key},
+    )
 
     assert second.finish(timeout=120) == 0
     assert f"already answers at {real_vllm.base_url}: not starting a second one" in second.output

@@ -24,6 +24,8 @@ from tests.ports import listening
 from tests.processes import alive
 from tests.waiting import wait_for
 
+KEY = "sk-test-0123456789"
+
 # --- The command line and the environment --------------------------------------------------------
 
 
@@ -157,6 +159,40 @@ def test_cpus_the_machine_does_not_have_are_reported(standin):
 def test_a_missing_model_folder_is_reported_before_starting(settings, tmp_path):
     with pytest.raises(ServerError, match=re.escape("model folder ./no-such-folder does not exist")):
         ServerConfig.from_settings(model="./no-such-folder")
+
+
+def test_the_api_key_goes_to_vllm_after_its_own_arguments_and_is_redacted_when_shown(settings, tmp_path):
+    settings.VLLM_VENV = tmp_path / "venv"
+    settings.VLLM_API_KEY = "sk-secret-1"
+    config = ServerConfig.from_settings(extra_args=["--dtype", "float32", "--api-key=sk-secret-2"])
+
+    command = config.command()
+
+    assert command[command.index("--api-key") + 1] == "sk-secret-1"
+    assert command.index("--api-key") < command.index("--dtype")  # the person's own arguments win
+    assert "sk-secret" not in config.shown_command() and "sk-secret-1" not in repr(config)
+    assert "--api-key '***'" in config.shown_command() and "--api-key=***" in config.shown_command()
+
+
+def test_vllm_started_with_the_api_key_is_ready_and_the_key_is_never_shown(standin):
+    runvllm = standin.run(VLLM_API_KEY=KEY)
+    runvllm.wait_for("vLLM is ready")  # its readiness check, on /v1/models, carries the key
+    argv = json.loads(standin.record.read_text())["argv"]
+    runvllm.process.send_signal(signal.SIGTERM)
+    assert runvllm.finish() == 0
+
+    assert argv[argv.index("--api-key") + 1] == KEY
+    assert KEY not in runvllm.output and "--api-key '***'" in runvllm.output
+    assert KEY not in standin.log_file.read_text()
+
+
+def test_a_vllm_with_another_key_on_the_port_is_not_reused_and_its_key_not_shown(standin):
+    standin.run(VLLM_API_KEY=KEY).wait_for("vLLM is ready")
+    other = standin.run("--timeout", "3", VLLM_API_KEY="sk-not-it")
+
+    assert other.finish() != 0
+    assert f"Port {standin.port} is already in use by pid" in other.output
+    assert KEY not in other.output and "--api-key ***" in other.output
 
 
 # --- Starting, and what can go wrong ---------------------------------------------------------------

@@ -22,7 +22,7 @@ from chat import turns
 from chat.limits import TooManyAnswers
 from chat.models import Conversation, Message
 from chat.turns import TurnEnded
-from engine import connections, vllm_client
+from engine import http_client
 from engine.vllm_client import TextDelta
 
 
@@ -79,8 +79,7 @@ class Command(BaseCommand):
             # Ctrl-C: asyncio.run cancels this task; stopping records the answer as "stopped".
             return await turns.stop_turn(answer)
         finally:
-            await vllm_client.http_client().aclose()
-            connections.close_idle()
+            await http_client.close_session()
 
 
 def parse_input(text: str) -> WorkflowInput:

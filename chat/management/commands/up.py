@@ -9,6 +9,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from engine import vllm_client
+from engine.endpoints import default_endpoint
 from engine.management.commands.runvllm import add_server_arguments, server_config
 from engine.server.config import ServerError, terminal
 from engine.server.supervisor import Site, run_with_site
@@ -46,12 +47,15 @@ class Command(BaseCommand):
             if options["no_vllm"]:
                 managed = None
                 health = asyncio.run(vllm_client.check_health())
-                out(f"The site will use the vLLM at {settings.VLLM_BASE_URL}: {health.detail.rstrip('.')}.")
+                shown = default_endpoint().shown_url
+                out(f"The site will use the vLLM at {shown}: {health.detail.rstrip('.')}.")
             else:
                 managed = server_config(options, out)
                 # The site talks to the vLLM it runs, whatever VLLM_BASE_URL says; it asks that vLLM
-                # which model it serves and how long its context is.
+                # which model it serves and how long its context is. With the key it was started
+                # with (--api-key), which may have come from a .env file rather than the environment.
                 env["VLLM_BASE_URL"] = managed.base_url
+                env["VLLM_API_KEY"] = managed.api_key
             run_with_site(
                 Site(options["host"], options["port"], env, greeting, workers=options["workers"]),
                 out,
