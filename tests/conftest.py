@@ -15,6 +15,16 @@ pytest_plugins = [
 ]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Under pytest-xdist (`make test` runs the suite on several workers, `--dist loadgroup` in
+    # pyproject.toml), one worker runs every real-vLLM test: they share one booted vLLM, and the
+    # cache it is installed in. The group, the largest, is handed out first, so its minutes of
+    # booting vLLM overlap the rest of the suite.
+    for item in items:
+        if item.get_closest_marker("realvllm"):
+            item.add_marker(pytest.mark.xdist_group("realvllm"))
+
+
 @pytest.fixture(autouse=True)
 def site_language():
     """Each test ends in the site's own language. Django's test client runs a request in the test's
