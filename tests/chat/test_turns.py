@@ -239,8 +239,8 @@ async def test_a_slow_first_token_is_not_checkpointed_alone(conversation, fake_v
     # A busy vLLM (or site) answers late: the text is then new, and the checkpoints count its age
     # from when it came, not from the request.
     settings.CHAT_CHECKPOINT_SECONDS = 0.3
-    fake_vllm.reply = ["Late", " but", " quick"]
-    fake_vllm.token_delay = 0.05
+    # One delta, so that no later one comes a checkpoint's age after it on a busy machine.
+    fake_vllm.reply = ["Late but quick"]
     checkpoints = []
     checkpoint = turns.RunningTurn._checkpoint
 
@@ -484,6 +484,15 @@ async def test_a_database_that_refuses_every_final_write_still_ends_the_turn(
 ):
     failed = failing_final_writes(failure, count=1000)
     fake_vllm.reply = ["unsaved", " answer"]
+    stream = vllm_client.stream_chat
+
+    async def once_both_follow(*args, **kwargs):
+        # A follower that came after the end would read the database, which refuses every write here.
+        await wait_for_async(lambda: any(turn.followers == 2 for turn in turns._running.values()))
+        async for event in stream(*args, **kwargs):
+            yield event
+
+    monkeypatch.setattr(vllm_client, "stream_chat", once_both_follow)
     _, answer = await turns.start_turn(conversation, "Go")
 
     (text, ended), _ = await all_followers_to_end(answer)
