@@ -88,7 +88,7 @@ def test_a_conversation_streams_stops_and_is_found_again(signed_in: Page, fake_v
     expect(second.locator(".status")).to_have_text("Stopped")
     expect(second.get_by_role("button", name="Stop")).to_have_count(0)
     expect(page.get_by_role("button", name="Send")).to_be_enabled()
-    assert fake_vllm.wait_for_disconnect(timeout=5)
+    assert fake_vllm.wait_for_disconnect()
     expect(box).to_have_value("Too soon")
     expect(page.locator("#thread article.user")).to_have_count(2)
     assert len([url for url in requested_urls if url.endswith("/send")]) == 2

@@ -141,7 +141,7 @@ async def test_stop_closes_the_upstream_request_and_keeps_the_partial_text(conve
     assert stopped.status == Message.Status.STOPPED
     assert stopped.content.startswith(" w0")
     assert len(stopped.content) < len("".join(fake_vllm.reply))
-    assert fake_vllm.wait_for_disconnect(timeout=5)
+    assert fake_vllm.wait_for_disconnect()
     # Stopping again changes nothing.
     assert (await turns.stop_turn(answer)).content == stopped.content
 
@@ -167,7 +167,7 @@ async def test_a_stop_during_a_checkpoint_closes_the_upstream_request_at_once(
     try:
         stopped = await turns.stop_turn(answer)
         assert stopped.status == Message.Status.STOPPED
-        assert await asyncio.to_thread(fake_vllm.wait_for_disconnect, timeout=5)
+        assert await asyncio.to_thread(fake_vllm.wait_for_disconnect)
     finally:
         gc.enable()
 
@@ -429,7 +429,7 @@ async def test_a_checkpoint_that_fails_ends_the_answer_in_error_with_its_text(
     assert str(failure) in stored.error
     assert stored.content == text == other_text == "kept"
     assert not turns.is_running(answer)
-    assert await asyncio.to_thread(fake_vllm.wait_for_disconnect, timeout=5)
+    assert await asyncio.to_thread(fake_vllm.wait_for_disconnect)
 
 
 @pytest.fixture
@@ -613,7 +613,7 @@ async def test_deleting_a_conversation_anywhere_stops_its_turn(conversation, fak
 
     await sync_to_async(Conversation.objects.filter(pk=conversation.pk).delete)()
 
-    assert await asyncio.to_thread(fake_vllm.wait_for_disconnect, timeout=5)
+    assert await asyncio.to_thread(fake_vllm.wait_for_disconnect)
     await wait_for_async(lambda: not turns.is_running(answer), what="the turn to end")
     assert not await Message.objects.filter(pk=answer.pk).aexists()
 
@@ -630,7 +630,7 @@ async def test_a_turn_whose_rows_are_gone_stops_at_its_next_checkpoint(conversat
     await Conversation.objects.filter(pk=conversation.pk).aupdate(branch_tip=None)
     await sync_to_async(Message.objects.filter(conversation=conversation)._raw_delete)("default")
 
-    assert await asyncio.to_thread(fake_vllm.wait_for_disconnect, timeout=5)
+    assert await asyncio.to_thread(fake_vllm.wait_for_disconnect)
     await wait_for_async(lambda: not turns.is_running(answer), what="the turn to end")
 
 
