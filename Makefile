@@ -15,9 +15,13 @@ PYTHON_312 := $(shell for c in python3.14 python3.13 python3.12 $$HOME/.pyenv/ve
 run: $(VENV)/.site .env
 	$(PY) manage.py up --host $(HOST) --port $(PORT)
 
+# pytest-xdist: TEST_WORKERS processes share the tests out, each with its own site, fake vLLM, test
+# database and PostgreSQL/Redis; one of them runs the real-vLLM tests, which share one booted vLLM
+# (tests/conftest.py). More workers than cores: much of a test is waiting on a server or a browser.
+TEST_WORKERS ?= 3
 test: .env lint chromium nginx servers gettext
 	$(PY) manage.py makemigrations --check --dry-run
-	$(PY) -m pytest --cov --cov-report=term
+	$(PY) -m pytest -n $(TEST_WORKERS) --cov --cov-report=term
 
 # mypy's files and strictness are in pyproject.toml; its Django plugin reads the settings, so .env.
 lint: $(VENV)/.dev .env

@@ -1,4 +1,5 @@
 import pytest
+from _pytest.nodeid import NodeId
 from django.utils import translation
 
 from tests.accounts import PASSWORD
@@ -13,6 +14,37 @@ pytest_plugins = [
     "tests.fixtures_servers",
     "tests.fixtures_browser",
 ]
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Under pytest-xdist (`make test` runs the suite on several workers, `--dist loadgroup` in
+    # pyproject.toml), each group of tests runs on one worker, the other tests wherever there is
+    # room; the largest groups are handed out first. One worker runs every real-vLLM test: they
+    # share one booted vLLM, and the cache it is installed in (its minutes of booting overlap the
+    # rest of the suite). A module's tests that share a module-scoped fixture (Chromium, a site of
+    # their own, the catalogues remade) run on one worker too, which then makes it once.
+    for item in items:
+        if item.get_closest_marker("realvllm"):
+            _group(config, item, "realvllm")
+        elif _uses_a_module_fixture(item):
+            _group(config, item, item.nodeid.split("::")[0])
+
+
+def _group(config: pytest.Config, item: pytest.Item, name: str) -> None:
+    item.add_marker(pytest.mark.xdist_group(name))
+    # pytest-xdist 3.8 tells its scheduler a test's group by a suffix to its node id, which it writes
+    # where pytest 9.2 no longer reads it (pytest-xdist issue 1386): written here the way pytest 9.2
+    # keeps node ids, as the fix proposed there does. An older pytest has no `_id`; xdist's own works.
+    if getattr(config.option, "loadgroup", False) and isinstance(getattr(item, "_id", None), NodeId):
+        item._id = NodeId.parse(f"{item.nodeid}@{name}")
+
+
+def _uses_a_module_fixture(item: pytest.Item) -> bool:
+    fixtures = getattr(item, "_fixtureinfo", None)
+    if fixtures is None:
+        return False
+    return any(definitions[-1].scope == "module" for definitions in fixtures.name2fixturedefs.values())
 
 
 @pytest.fixture(autouse=True)

@@ -47,6 +47,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from tests.waiting import WAIT_WITHIN
+
 FAULTS = frozenset(
     {
         "refuse",
@@ -370,11 +372,11 @@ class FakeVLLM:
         with self._changed:
             return self._disconnects
 
-    def wait_for_disconnect(self, timeout: float = 5.0, count: int = 1) -> bool:
+    def wait_for_disconnect(self, timeout: float = WAIT_WITHIN, count: int = 1) -> bool:
         """Wait until at least `count` disconnects were recorded since the last reset."""
         return self.wait_for(lambda: self._disconnects >= count, timeout)
 
-    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = WAIT_WITHIN) -> bool:
         """Wait until `predicate()` holds, re-checked whenever a request arrives, starts or ends generating."""
         with self._changed:
             return self._changed.wait_for(predicate, timeout)

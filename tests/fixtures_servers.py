@@ -63,7 +63,6 @@ def workers_env(postgresql: PostgreSQL, redis_server: Redis, fake: FakeVLLM, **o
     """A fresh, migrated PostgreSQL database with alice in it, Redis, the fake vLLM; short leases."""
     env = {
         "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DATABASE_URL": postgresql.create_database(f"chat_{next(_databases)}"),
         "REDIS_URL": redis_server.url,
         "VLLM_BASE_URL": fake.base_url,
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
@@ -71,11 +70,25 @@ def workers_env(postgresql: PostgreSQL, redis_server: Redis, fake: FakeVLLM, **o
         "CHAT_CHECKPOINT_SECONDS": "0.2",
         **overrides,
     }
-    manage(env, "migrate", "-v0")
-    create = f"from django.contrib.auth.models import User; User.objects.create_user('alice', password={PASSWORD!r})"
-    manage(env, "shell", "-c", create)
-    env["ALICE_TOKEN"] = manage(env, "createtoken", "alice")
+    template, env["ALICE_TOKEN"] = _migrated(postgresql, env)
+    env["DATABASE_URL"] = postgresql.create_database(f"chat_{next(_databases)}", template=template)
     return env
+
+
+# By PostgreSQL server (its port): a database migrated once, with alice and her token in it, that each
+# test's database is a copy of. Three `manage.py` runs per test would cost seconds each on a busy machine.
+_templates: dict[int, tuple[str, str]] = {}
+
+
+def _migrated(postgresql: PostgreSQL, env: dict[str, str]) -> tuple[str, str]:
+    """The template database, made on first use, and alice's API token in it."""
+    if postgresql.port not in _templates:
+        env = {**env, "DATABASE_URL": postgresql.create_database("chat_template")}
+        manage(env, "migrate", "-v0")
+        create = f"User.objects.create_user('alice', password={PASSWORD!r})"
+        manage(env, "shell", "-c", f"from django.contrib.auth.models import User; {create}")
+        _templates[postgresql.port] = ("chat_template", manage(env, "createtoken", "alice"))
+    return _templates[postgresql.port]
 
 
 @pytest.fixture

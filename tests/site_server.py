@@ -15,6 +15,10 @@ from tests.commands import ROOT
 from tests.ports import free_port
 from tests.waiting import wait_for
 
+# How long a site process may take to answer its first request: a bound, not a wait (the tests poll
+# until it answers), as wide as a machine busy with other work needs. Unloaded, it takes 2-4 s.
+STARTS_WITHIN = 90.0
+
 
 def site_env(fake_vllm_server, **overrides: str) -> dict[str, str]:
     """The environment of a site that shares the tests' database and settings and uses the fake vLLM."""
@@ -38,7 +42,7 @@ class SiteProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, within: float = 30.0) -> "SiteProcess":
+    def start(self, within: float = STARTS_WITHIN) -> "SiteProcess":
         command = [
             *(sys.executable, "-m", "daphne", *self.daphne_args),
             *("-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"),
@@ -91,8 +95,10 @@ class SiteWorkers:
         self.workers: list[Worker] = []
 
     def start(self) -> "SiteWorkers":
-        for _ in range(self.site.workers):
-            self.add_worker()
+        # Started together, then waited for: each spends its first seconds importing Django.
+        self.workers += [Worker(self, free_port(), {}) for _ in range(self.site.workers)]
+        for worker in self.workers:
+            wait_for(worker.answers, STARTS_WITHIN, "a daphne worker to answer")
         return self
 
     def add_worker(self, output: Path | None = None, **env: str) -> "Worker":
@@ -100,7 +106,7 @@ class SiteWorkers:
         `output` if given (else to the tests' own output)."""
         worker = Worker(self, free_port(), env, output)
         self.workers.append(worker)
-        wait_for(worker.answers, 30, "a daphne worker to answer")
+        wait_for(worker.answers, STARTS_WITHIN, "a daphne worker to answer")
         return worker
 
     def stop(self) -> None:

@@ -21,9 +21,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CATALOGUES = ROOT / "locale" / "ko" / "LC_MESSAGES"
 DOMAINS = ["django", "djangojs"]
-# What a copy of the tree leaves out: nothing that holds the site's texts.
+# What a copy of the tree leaves out: nothing that holds the site's texts. (The coverage data, which
+# other workers' processes write meanwhile, neither.)
 NOT_COPIED = shutil.ignore_patterns(
-    ".git", ".venv", "node_modules", "__pycache__", ".*_cache", ".env", "*.sqlite3*", "logs", "test-artifacts"
+    ".git", ".venv", "node_modules", "__pycache__", ".*_cache", ".env", "*.sqlite3*", "logs", "test-artifacts", ".cov*"
 )
 
 

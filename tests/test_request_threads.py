@@ -14,6 +14,7 @@ from chat.models import Conversation
 from chatsite import request_threads
 from chatsite.request_threads import RequestThreads
 from tests.commands import ROOT
+from tests.waiting import wait_for_async
 
 
 class SyncWork:
@@ -22,10 +23,12 @@ class SyncWork:
     def __init__(self) -> None:
         self.threads: list[tuple[int, int]] = []  # each request's two calls' threads
         self.hold: asyncio.Event | None = None
+        self.held = 0  # requests waiting on `hold`, each between its two calls
 
     async def __call__(self, scope, receive, send):
         first = await sync_to_async(threading.get_ident)()
         if self.hold is not None:
+            self.held += 1
             await self.hold.wait()
         second = await sync_to_async(threading.get_ident)()
         self.threads.append((first, second))
@@ -50,7 +53,7 @@ async def test_requests_at_the_same_time_never_share_a_thread():
     work.hold = asyncio.Event()
     app = RequestThreads(work)
     both = asyncio.gather(request(app), request(app))
-    await asyncio.sleep(0.1)
+    await wait_for_async(lambda: work.held == 2, what="both requests to be between their calls")
     work.hold.set()
     await both
     (a_first, a_second), (b_first, b_second) = work.threads
@@ -63,7 +66,7 @@ async def test_past_the_idle_limit_a_thread_given_back_is_let_go():
     work.hold = asyncio.Event()
     app = RequestThreads(work, keep_idle=1)
     both = asyncio.gather(request(app), request(app))
-    await asyncio.sleep(0.1)
+    await wait_for_async(lambda: work.held == 2, what="both requests to be between their calls")
     work.hold.set()
     await both
     work.hold = None
@@ -120,7 +123,8 @@ async def test_a_request_cancelled_midway_does_not_hand_its_busy_thread_to_the_n
     await request(app)
 
     assert threads[1] != threads[0]
-    await asyncio.sleep(0.6)  # the first thread's work ends: it is given back then
+    # Once the first thread's work ends, it is given back.
+    await wait_for_async(lambda: threads[0] in app_threads(app), what="the first thread to be given back")
     await request(app)
     assert threads[0] in app_threads(app)
 

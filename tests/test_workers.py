@@ -100,7 +100,7 @@ def test_a_turn_started_on_a_is_followed_live_from_b_and_stopped_from_c(site_wor
     assert row["status"] == "stopped"
     assert received == row["content"] == stops[0].json()["content"]
     assert " w0 w1 w2" in received and len(received) < len("".join(fake_vllm.reply))
-    assert fake_vllm.wait_for_disconnect(timeout=5)  # A closed its request to vLLM
+    assert fake_vllm.wait_for_disconnect()  # A closed its request to vLLM
 
 
 def test_deleting_a_conversation_on_c_stops_its_turn_on_a(site_workers, fake_vllm):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings as django_settings
 from django.utils import timezone
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Route, expect
 
 from chat.models import Conversation, Message
 from tests.browser import answers, open_settings, prompt_box, screenshot, sidebar_item, sign_in
@@ -88,7 +88,7 @@ def test_a_conversation_streams_stops_and_is_found_again(signed_in: Page, fake_v
     expect(second.locator(".status")).to_have_text("Stopped")
     expect(second.get_by_role("button", name="Stop")).to_have_count(0)
     expect(page.get_by_role("button", name="Send")).to_be_enabled()
-    assert fake_vllm.wait_for_disconnect(timeout=5)
+    assert fake_vllm.wait_for_disconnect()
     expect(box).to_have_value("Too soon")
     expect(page.locator("#thread article.user")).to_have_count(2)
     assert len([url for url in requested_urls if url.endswith("/send")]) == 2
@@ -185,6 +185,37 @@ def test_an_empty_or_too_long_prompt_shows_the_form_error_and_creates_nothing(si
     prompt_box(page).press("Enter")
     expect(answers(page).locator(".body")).to_have_text("".join(fake_vllm.reply))
     expect(error).to_be_hidden()
+
+
+def test_a_send_while_the_previous_is_on_its_way_goes_once_that_one_is_answered(signed_in: Page, fake_vllm):
+    # The site's answer to a send is held until the next has been pressed: on a busy machine (or a
+    # slow network) a person can be that quick.
+    page = signed_in
+    form, error = page.locator("#prompt-form"), page.locator("#prompt-form").get_by_role("alert")
+    held: list[Route] = []
+
+    def held_until_the_next_enter() -> None:
+        page.route("**/send", lambda route: held.append(route), times=1)
+        prompt_box(page).press("Enter")
+        expect(form).to_have_class(re.compile(r"\bhtmx-request\b"))
+
+    held_until_the_next_enter()  # an empty prompt, refused
+    limit = django_settings.CHAT_MAX_PROMPT_CHARS
+    prompt_box(page).fill("x" * (limit + 1))
+    prompt_box(page).press("Enter")
+    held.pop().continue_()
+    # The second send went once the first was answered, with the box as it was then: refused too.
+    expect(error).to_have_text(f"This message is too long: at most {limit} characters (it has {limit + 1}).")
+
+    # A double Enter sends once: the first starts an answer, and the second waits for nothing.
+    prompt_box(page).fill("Hello")
+    held_until_the_next_enter()
+    prompt_box(page).press("Enter")
+    held.pop().continue_()
+    expect(answers(page).locator(".body")).to_have_text("".join(fake_vllm.reply))
+    expect(error).to_be_hidden()
+    assert len(fake_vllm.requests) == 1
+    assert Message.objects.count() == 2
 
 
 def test_the_settings_go_with_the_prompt_and_stay_for_the_next(signed_in: Page, fake_vllm):

@@ -117,7 +117,7 @@ def test_a_regenerated_answer_streams_in_another_tab_and_stops_keeping_the_old_o
     answers(page).last.get_by_role("button", name="Stop").click()
     expect(answers(page).last.locator(".status")).to_have_text("Stopped")
     expect(answers(other).last.locator(".status")).to_have_text("Stopped")
-    assert fake_vllm.wait_for_disconnect(timeout=5)
+    assert fake_vllm.wait_for_disconnect()
     expect(page.get_by_role("button", name="Send")).to_be_enabled()
     other.close()
 

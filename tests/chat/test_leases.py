@@ -139,7 +139,7 @@ async def test_an_owner_that_lost_its_lease_stops_and_keeps_its_text_in_the_inte
     after = await stored(answer)
     assert after.status == Message.Status.INTERRUPTED
     assert after.content == "all of"
-    assert await asyncio.to_thread(fake_vllm.wait_for_disconnect, timeout=5)
+    assert await asyncio.to_thread(fake_vllm.wait_for_disconnect)
 
 
 def test_the_cli_owns_its_answers_like_any_worker(alice, fake_vllm, capsys):

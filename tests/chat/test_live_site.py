@@ -145,7 +145,7 @@ def test_stop_ends_the_answer_and_vllm_sees_the_request_closed(browser, fake_vll
 
     assert stopped["status"] == "stopped"
     assert rest[-1][0] == "done" and rest[-1][1]["status"] == "stopped"
-    assert fake_vllm.wait_for_disconnect(timeout=5)
+    assert fake_vllm.wait_for_disconnect()
     stored = Message.objects.get(pk=stopped["message_id"])
     assert stored.status == Message.Status.STOPPED
     assert stored.content and stored.content == stopped["content"]

@@ -141,7 +141,7 @@ async def test_stop_closes_the_upstream_request_and_keeps_the_partial_text(conve
     assert stopped.status == Message.Status.STOPPED
     assert stopped.content.startswith(" w0")
     assert len(stopped.content) < len("".join(fake_vllm.reply))
-    assert fake_vllm.wait_for_disconnect(timeout=5)
+    assert fake_vllm.wait_for_disconnect()
     # Stopping again changes nothing.
     assert (await turns.stop_turn(answer)).content == stopped.content
 
@@ -167,7 +167,7 @@ async def test_a_stop_during_a_checkpoint_closes_the_upstream_request_at_once(
     try:
         stopped = await turns.stop_turn(answer)
         assert stopped.status == Message.Status.STOPPED
-        assert await asyncio.to_thread(fake_vllm.wait_for_disconnect, timeout=5)
+        assert await asyncio.to_thread(fake_vllm.wait_for_disconnect)
     finally:
         gc.enable()
 
@@ -239,8 +239,8 @@ async def test_a_slow_first_token_is_not_checkpointed_alone(conversation, fake_v
     # A busy vLLM (or site) answers late: the text is then new, and the checkpoints count its age
     # from when it came, not from the request.
     settings.CHAT_CHECKPOINT_SECONDS = 0.3
-    fake_vllm.reply = ["Late", " but", " quick"]
-    fake_vllm.token_delay = 0.05
+    # One delta, so that no later one comes a checkpoint's age after it on a busy machine.
+    fake_vllm.reply = ["Late but quick"]
     checkpoints = []
     checkpoint = turns.RunningTurn._checkpoint
 
@@ -458,7 +458,7 @@ async def test_a_checkpoint_that_fails_ends_the_answer_in_error_with_its_text(
     assert str(failure) in stored.error
     assert stored.content == text == other_text == "kept"
     assert not turns.is_running(answer)
-    assert await asyncio.to_thread(fake_vllm.wait_for_disconnect, timeout=5)
+    assert await asyncio.to_thread(fake_vllm.wait_for_disconnect)
 
 
 @pytest.fixture
@@ -513,6 +513,15 @@ async def test_a_database_that_refuses_every_final_write_still_ends_the_turn(
 ):
     failed = failing_final_writes(failure, count=1000)
     fake_vllm.reply = ["unsaved", " answer"]
+    stream = vllm_client.stream_chat
+
+    async def once_both_follow(*args, **kwargs):
+        # A follower that came after the end would read the database, which refuses every write here.
+        await wait_for_async(lambda: any(turn.followers == 2 for turn in turns._running.values()))
+        async for event in stream(*args, **kwargs):
+            yield event
+
+    monkeypatch.setattr(vllm_client, "stream_chat", once_both_follow)
     _, answer = await turns.start_turn(conversation, "Go")
 
     (text, ended), _ = await all_followers_to_end(answer)
@@ -664,7 +673,7 @@ async def test_deleting_a_conversation_anywhere_stops_its_turn(conversation, fak
 
     await sync_to_async(Conversation.objects.filter(pk=conversation.pk).delete)()
 
-    assert await asyncio.to_thread(fake_vllm.wait_for_disconnect, timeout=5)
+    assert await asyncio.to_thread(fake_vllm.wait_for_disconnect)
     await wait_for_async(lambda: not turns.is_running(answer), what="the turn to end")
     assert not await Message.objects.filter(pk=answer.pk).aexists()
 
@@ -681,7 +690,7 @@ async def test_a_turn_whose_rows_are_gone_stops_at_its_next_checkpoint(conversat
     await Conversation.objects.filter(pk=conversation.pk).aupdate(branch_tip=None)
     await sync_to_async(Message.objects.filter(conversation=conversation)._raw_delete)("default")
 
-    assert await asyncio.to_thread(fake_vllm.wait_for_disconnect, timeout=5)
+    assert await asyncio.to_thread(fake_vllm.wait_for_disconnect)
     await wait_for_async(lambda: not turns.is_running(answer), what="the turn to end")
 
 

@@ -263,12 +263,13 @@ async def test_stop_makes_vllm_drop_the_request_at_once(site_uses, django_user_m
 
     assert stopped.status_code == 200
     assert stopped.json()["status"] == "stopped"
-    # vLLM has no event to wait on from outside: poll its gauge, for at most a second.
+    # vLLM has no event to wait on from outside: poll its gauge. Within seconds even beside a CPU
+    # hog, where the 2000 tokens would take minutes.
 
     async def dropped() -> bool:
         return await metric(site_uses, "vllm:num_requests_running") == 0
 
-    await wait_for_async(dropped, within=1.0, what="vLLM to drop the request")
+    await wait_for_async(dropped, within=10.0, what="vLLM to drop the request")
     # Dropped, not finished: the 2000-token answer did not run to its end.
     assert await metric(site_uses, "vllm:request_success_total", finished_reason="length") == finished_by_length
     rest = [event async for event in events]
