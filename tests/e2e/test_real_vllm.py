@@ -163,16 +163,22 @@ def csrf(client: AsyncClient) -> dict[str, str]:
 async def send(
     client: AsyncClient, prompt: str, max_tokens: int, temperature: float = 0.7, conversation: str = "new"
 ) -> tuple[str, str]:
-    """Send as the page's htmx form does; the conversation and answer are in the answer's stream URL."""
+    """Send as the page's htmx form does; the conversation and answer are in the answer's stream URL,
+    or, for an answer that ended before the send's HTML was drawn (one refused at once, such as a
+    prompt too long for the context), in the answer's own article."""
     response = await client.post(
         f"/c/{conversation}/send",
         {"prompt": prompt, "temperature": temperature, "max_tokens": max_tokens},
         headers={**csrf(client), "HX-Request": "true"},
     )
     assert response.status_code == 200, response.content[:500]
-    found = re.search(r'data-stream-url="/c/(\d+)/m/(\d+)/stream"', response.content.decode())
-    assert found, response.content[:500]
-    return found[1], found[2]
+    html = response.content.decode()
+    if found := re.search(r'data-stream-url="/c/(\d+)/m/(\d+)/stream"', html):
+        return found[1], found[2]
+    ended = re.findall(r'<article class="message assistant [a-z]+" id="message-(\d+)"', html)
+    assert ended, html[:500]
+    answer = await Message.objects.aget(pk=ended[-1])
+    return str(answer.conversation_id), str(answer.pk)
 
 
 async def answer_to(
