@@ -9,6 +9,10 @@ from pathlib import Path
 from engine.server.processes import term_on_parent_death
 
 ROOT = Path(__file__).resolve().parent.parent  # where manage.py is
+# A bound on a command's step (a line it prints, its exit), not a wait: each returns once the step is
+# done. Wide, as a command starting Python processes of its own (runvllm, up) takes many times its
+# usual few seconds on a machine busy with other work; pytest-timeout guards each test as a whole.
+COMMAND_WITHIN = 120.0
 
 
 class ManageCommand:
@@ -45,7 +49,7 @@ class ManageCommand:
         with self._changed:
             return "\n".join(self.lines)
 
-    def wait_for(self, text: str, timeout: float = 30, count: int = 1) -> None:
+    def wait_for(self, text: str, timeout: float = COMMAND_WITHIN, count: int = 1) -> None:
         """Until `count` lines of output hold `text`, woken by each line; fails if the command exits first."""
         with self._changed:
             found = self._changed.wait_for(
@@ -58,7 +62,7 @@ class ManageCommand:
                     f"the command {state} before printing {text!r} {count}x:\n" + "\n".join(self.lines)
                 )
 
-    def finish(self, timeout: float = 30) -> int:
+    def finish(self, timeout: float = COMMAND_WITHIN) -> int:
         code = self.process.wait(timeout=timeout)
         self._reader.join(timeout=5)
         return code

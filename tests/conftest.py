@@ -20,8 +20,8 @@ pytest_plugins = [
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Under pytest-xdist (`make test` runs the suite on several workers, `--dist loadgroup` in
     # pyproject.toml), each group of tests runs on one worker, the other tests wherever there is
-    # room; the largest groups are handed out first. One worker runs every real-vLLM test: they
-    # share one booted vLLM, and the cache it is installed in (its minutes of booting overlap the
+    # room. One worker runs every real-vLLM test: they share one booted vLLM, and the cache it is
+    # installed in (tests/e2e/conftest.py hands them out first, so that booting vLLM overlaps the
     # rest of the suite). A module's tests that share a module-scoped fixture (Chromium, a site of
     # their own, the catalogues remade) run on one worker too, which then makes it once.
     for item in items:

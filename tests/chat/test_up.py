@@ -20,7 +20,7 @@ def test_up_migrates_starts_vllm_then_serves_the_site_against_it(standin, tmp_pa
         STANDIN_CHILD="1",
         VLLM_BASE_URL="http://127.0.0.1:9/v1",  # not what the site must use: up points it at its own vLLM
     )
-    up.wait_for("The chat is at", timeout=60)
+    up.wait_for("The chat is at")
 
     output = up.output
     assert (
@@ -69,7 +69,7 @@ def test_up_without_vllm_serves_against_vllm_base_url(standin):
         VLLM_BASE_URL=f"http://127.0.0.1:{standin.port}/v1",
         VLLM_PORT=str(free_port()),
     )
-    up.wait_for("The chat is at", timeout=60)
+    up.wait_for("The chat is at")
 
     assert f"The site will use the vLLM at http://127.0.0.1:{standin.port}/v1: vLLM serves" in up.output
     assert httpx.get(f"http://127.0.0.1:{site_port}/healthz", timeout=10).json()["vllm"] == "ok"
@@ -108,7 +108,7 @@ def test_up_stops_vllm_when_the_site_cannot_start(standin, tmp_path):
             STANDIN_CHILD="1",
         )
 
-        assert up.finish(timeout=60) == 1
+        assert up.finish() == 1
     assert "The site (daphne) exited with code" in up.output
     assert "vLLM has stopped." in up.output
     assert not [pid for pid in standin.recorded_pids() if alive(pid)]
@@ -126,10 +126,10 @@ def test_up_restarts_a_crashed_vllm_while_the_site_stays_up(standin, tmp_path):
         STANDIN_CRASH_AFTER="1.5",
         STANDIN_CRASHES=str(crashes),
     )
-    up.wait_for("The chat is at", timeout=60)
+    up.wait_for("The chat is at")
     site = children(up.process.pid)
 
-    up.wait_for("vLLM is ready", count=2, timeout=30)
+    up.wait_for("vLLM is ready", count=2)
 
     assert (
         "vLLM exited with code 3 after it was ready: Its last words: stand-in engine died. "
@@ -154,7 +154,7 @@ def test_up_serves_the_site_from_several_workers_on_one_port(standin, tmp_path, 
         REDIS_URL=redis_server.url,
         VLLM_BASE_URL=fake_vllm.base_url,
     )
-    up.wait_for("The chat is at", timeout=90)
+    up.wait_for("The chat is at")
 
     assert "Starting the site as 3 worker processes" in up.output
     workers = children(up.process.pid)

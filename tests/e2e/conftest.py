@@ -40,8 +40,15 @@ timings: dict[str, str] = {}
 
 @pytest.hookimpl(trylast=True)  # after pytest-django has put the database tests first
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # The suite shares one vLLM; the test that shuts it down goes last, whatever else reorders.
-    items.sort(key=lambda item: getattr(getattr(item, "function", None), "shuts_vllm_down", False))
+    # The suite shares one vLLM; the test that shuts it down goes last, whatever else reorders. The
+    # real-vLLM tests go first: under pytest-xdist (`--no-loadscope-reorder`, pyproject.toml) groups
+    # are handed out in this order, and their worker, busy for minutes booting vLLM, starts at once.
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("realvllm") is None,
+            getattr(getattr(item, "function", None), "shuts_vllm_down", False),
+        )
+    )
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

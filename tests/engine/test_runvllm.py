@@ -19,7 +19,7 @@ from django.core.management import CommandError, call_command
 from engine.server.config import ServerConfig, ServerError, cpu_list
 from engine.server.processes import group_members
 from engine.server.supervisor import why_vllm_failed
-from tests.commands import ROOT
+from tests.commands import COMMAND_WITHIN, ROOT
 from tests.ports import listening
 from tests.processes import alive
 from tests.waiting import wait_for
@@ -222,7 +222,7 @@ def test_verbosity_2_shows_vllms_own_output_on_the_terminal_too(standin):
 
 def test_the_wait_shows_elapsed_time_and_the_latest_log_line(standin):
     runvllm = standin.run(STANDIN_DELAY="5.5")
-    runvllm.wait_for("vLLM is ready", timeout=30)
+    runvllm.wait_for("vLLM is ready")
 
     progress = [line for line in runvllm.lines if line.startswith("Waiting for vLLM to be ready")]
     assert progress, runvllm.output
@@ -334,14 +334,14 @@ def test_a_vllm_that_ignores_sigterm_is_killed_after_the_grace_period(standin):
 
 
 def test_a_second_ctrl_c_cuts_the_grace_period_short(standin):
-    runvllm = standin.run(STANDIN_IGNORE_SIGTERM="1", VLLM_STOP_GRACE="60")
+    runvllm = standin.run(STANDIN_IGNORE_SIGTERM="1", VLLM_STOP_GRACE="600")
     runvllm.wait_for("vLLM is ready")
     runvllm.process.send_signal(signal.SIGINT)
     runvllm.wait_for("Stopping vLLM")
 
     runvllm.process.send_signal(signal.SIGINT)
 
-    assert runvllm.finish(timeout=20) == 0
+    assert runvllm.finish() == 0  # well within the grace period
     assert not [pid for pid in standin.recorded_pids() if alive(pid)]
 
 
@@ -354,7 +354,7 @@ def test_runvllm_stops_vllm_when_its_terminal_goes_away(standin):
 
     runvllm.process.stdout.close()  # what a closed terminal or a dead pipe reader looks like to it
 
-    assert runvllm.process.wait(timeout=30) == 0
+    assert runvllm.process.wait(timeout=COMMAND_WITHIN) == 0
     assert not [pid for pid in pids if alive(pid)]
     assert not listening(standin.port)
 
@@ -536,7 +536,7 @@ def test_a_failed_install_exits_nonzero(fake_python, settings):
         },
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=COMMAND_WITHIN,
     )
 
     assert result.returncode == 1
