@@ -43,7 +43,7 @@ from api import delivery
 from api.auth import AuthenticatedRequest, TokenAuth
 from api.errors import OPENAI, ApiError, handle_errors
 from api.models import Continuation
-from api.schemas import GenerationSettings, MaxTokens
+from api.schemas import GenerationSettings, MaxTokens, ModelName
 from chat import rules, sse, turns
 from chat.context import ContextTooLong, check_prompt_fits
 from chat.models import Conversation, Message
@@ -101,7 +101,7 @@ class StreamOptions(BaseModel):
 class ChatCompletionIn(GenerationSettings):
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    model: str
+    model: ModelName
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: MaxTokens | None = None
     n: int | None = None
@@ -254,7 +254,7 @@ async def _start_in_session(owner: User, model: str, exchange: Exchange) -> Mess
         # The earlier messages are saved with the prompt, in one transaction: a refused turn saves none.
         earlier = exchange.earlier if session.after is None else session.added
         _, answer = await turns.start_turn(conversation, exchange.prompt, after=session.after, earlier=earlier)
-    except Exception:
+    except BaseException:  # a refusal, or the client gone meanwhile (CancelledError)
         if session.after is not None:  # the client may send the same history again
             await sync_to_async(_record)(session.after, session.after_digest)
         raise

@@ -31,7 +31,10 @@ class EngineForm(forms.ModelForm[Engine]):
         if data.get("remove_api_key"):
             data["api_key"] = ""
         elif not data.get("api_key"):
-            data["api_key"] = self.instance.api_key
+            # The stored key goes only to the address it was given for: an engine moved to another
+            # URL needs its key typed again, or the key would be sent to whatever host the URL names.
+            moved = "base_url" in self.changed_data and self.instance.pk is not None
+            data["api_key"] = "" if moved else self.instance.api_key
         return data
 
 

@@ -16,7 +16,7 @@ from django.conf import settings
 class Endpoint:
     name: str
     # Up to and including /v1, without a trailing slash. May carry user:password@ (HTTP Basic auth).
-    base_url: str
+    base_url: str = field(repr=False)  # may hold a password: `shown_url` is what may be shown
     # A bearer key (vLLM's --api-key, a gateway's key). Secret: out of repr, logs, pages and exports.
     api_key: str = field(default="", repr=False)
 
@@ -29,10 +29,11 @@ class Endpoint:
     def shown_url(self) -> str:
         """The base URL as it may be shown or logged: without any password in it."""
         parts = urlsplit(self.base_url)
-        if parts.password is None:
+        # A user name alone can be a credential too (https://TOKEN@host is sent as Basic auth).
+        if parts.username is None and parts.password is None:
             return self.base_url
         host = parts.hostname or ""
-        netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
         return urlunsplit(parts._replace(netloc=netloc))
 
 

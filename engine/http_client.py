@@ -22,7 +22,7 @@ import ssl
 import urllib.request
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
@@ -256,7 +256,7 @@ async def close_session() -> None:
 class Addressing:
     base: str  # up to /v1, without credentials
     root: str  # beside /v1 (vLLM's /health, /tokenize, /metrics), without credentials
-    headers: dict[str, str]  # the Authorization header, if any
+    headers: dict[str, str] = field(repr=False)  # the Authorization header, if any: a secret
     scheme: str
     host: str
 
@@ -296,6 +296,8 @@ async def request(
         method,
         (where.root if beside_v1 else where.base) + path,
         headers=where.headers | headers if headers else where.headers,
+        # An engine that redirects would have the conversation sent on to whatever host it names.
+        allow_redirects=False,
         proxy=proxy,
         proxy_headers=proxy_headers,
         trace_request_ctx=noted or Noted(),

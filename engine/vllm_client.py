@@ -257,7 +257,7 @@ async def stream_chat(
         async with _completion(endpoint, body, "text/event-stream", noted, streamed=True) as response:
             if response.status != 200:
                 content = await _read_body(response)
-                if response.status == 404:
+                if response.status == 404 and endpoint == default_endpoint():
                     forget_served_model()  # vLLM may have been restarted with another model: ask again
                 down = response.status in GATEWAY_DOWN
                 described = describe_http_error(response.status, content, model, key_sent=bool(endpoint.api_key))

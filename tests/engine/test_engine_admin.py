@@ -60,6 +60,20 @@ def test_the_key_is_never_shown_back_and_blank_keeps_it(staff_client, keyed):
     assert engine.api_key == ""
 
 
+def test_an_engine_moved_to_another_address_does_not_take_its_key_along(staff_client, keyed):
+    # Else whoever may edit engines could point one at a host of theirs and be sent its stored key.
+    engine = Engine.objects.create(name="gpu2", base_url=keyed.base_url, api_key=KEY)
+    url = reverse("admin:engine_engine_change", args=[engine.pk])
+
+    staff_client.post(url, change_form(engine, base_url="http://elsewhere.example:8000/v1"))
+    engine.refresh_from_db()
+    assert (engine.base_url, engine.api_key) == ("http://elsewhere.example:8000/v1", "")
+
+    staff_client.post(url, change_form(engine, base_url=keyed.base_url, api_key=KEY))
+    engine.refresh_from_db()
+    assert (engine.base_url, engine.api_key) == (keyed.base_url, KEY)
+
+
 def test_an_engine_added_in_the_admin_serves_its_models_at_once(staff_client, fake_vllm, settings):
     with FakeVLLM(served_model_name="added-model") as added:
         catalog.forget()

@@ -22,7 +22,7 @@ from chat import turns
 from chat.limits import TooManyAnswers
 from chat.models import Conversation, Message
 from chat.turns import TurnEnded
-from engine import http_client
+from engine import catalog, http_client
 from engine.vllm_client import TextDelta
 
 
@@ -64,7 +64,7 @@ class Command(BaseCommand):
         workflow_input.apply_to(conversation)
         try:
             _, answer = await turns.start_turn(conversation, workflow_input.prompt)
-        except TooManyAnswers as exc:
+        except (TooManyAnswers, catalog.NoSuchModel) as exc:
             raise CommandError(exc.message) from None
         try:
             async with aclosing(turns.follow(answer)) as events:
