@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.core import checks
+from django.db import DatabaseError
 
 from engine import vllm_client
 from engine.endpoints import Endpoint, default_endpoint
@@ -112,7 +113,17 @@ async def _engines() -> list[Endpoint]:
     global _configured
     if time.monotonic() - _configured[0] < TTL:
         return _configured[1]
-    found = [default_endpoint(), *configured_engines(), *await _enabled_engines()]
+    try:
+        added = await _enabled_engines()
+    except DatabaseError:
+        # The database is away for a moment: the engines read last time (none yet: the default and
+        # VLLM_ENGINES') answer meanwhile, rather than every turn failing; read again after TTL.
+        log.warning("Could not read the admin's engines; using those read before", exc_info=True)
+        if _configured[1]:
+            _configured = (time.monotonic(), _configured[1])
+            return _configured[1]
+        added = []
+    found = [default_endpoint(), *configured_engines(), *added]
     # One name, one engine: the first so named.
     unique = list({endpoint.name: endpoint for endpoint in reversed(found)}.values())[::-1]
     _configured = (time.monotonic(), unique)

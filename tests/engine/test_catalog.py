@@ -2,6 +2,7 @@
 offered, which engine answers, replicas sharing answers, and a replica that stops."""
 
 import pytest
+from django.db import DatabaseError
 
 from chat import turns
 from chat.models import Conversation, Message
@@ -51,6 +52,21 @@ async def test_engines_staff_added_are_offered_and_disabled_ones_are_not(fake_vl
         offers = await catalog.offered()
 
     assert [offer.model.id for offer in offers] == ["qwen2-7b-instruct", "smol-a"]
+
+
+async def test_the_engines_read_before_answer_while_the_database_is_away(fake_vllm, monkeypatch):
+    with FakeVLLM(served_model_name="smol-a") as added:
+        await Engine.objects.acreate(name="added", base_url=added.base_url)
+        assert (await catalog.pick("smol-a")).endpoint.name == "added"
+
+        async def away():
+            raise DatabaseError("the database is restarting")
+
+        monkeypatch.setattr(catalog, "_enabled_engines", away)
+        monkeypatch.setattr(catalog, "TTL", 0.0)  # every pick reads the engines again
+
+        assert (await catalog.pick("smol-a")).endpoint.name == "added"
+        assert (await catalog.pick("")).endpoint.name == "default"
 
 
 async def test_a_turn_is_answered_by_the_engine_serving_the_conversations_model(alice, engines, fake_vllm):
