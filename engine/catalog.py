@@ -252,8 +252,15 @@ async def pick(model: str = "", *, leaving_out: Endpoint | None = None) -> Chose
         # min() keeps the first of equals: the default engine, then the order of the settings.
         state, served = min(serving, key=lambda pair: pair[0].in_flight)
         return Chosen(default if wanted == default.id else served, state.endpoint)
-    if leaving_out is None and wanted == default.id:
-        return Chosen(default, default_endpoint())
+    if leaving_out is None:
+        # The default engine's models are never refused, named or not: while it is down, the answer
+        # goes to it and fails saying so (503 on the APIs), rather than a "no such model" (404) for
+        # a model the default engine listed a moment ago.
+        if wanted == default.id:
+            return Chosen(default, default_endpoint())
+        for state in states:
+            if state.endpoint == default_endpoint() and (served := state.serves(wanted)) is not None:
+                return Chosen(served, state.endpoint)
     if any(state.serves(wanted) for state in states) or leaving_out is not None:
         raise ModelUnavailable(wanted)
     raise UnknownModel(wanted)

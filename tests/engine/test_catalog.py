@@ -7,7 +7,8 @@ from django.db import DatabaseError
 from chat import turns
 from chat.models import Conversation, Message
 from chat.turns import TurnEnded
-from engine import catalog
+from engine import catalog, vllm_client
+from engine.endpoints import default_endpoint
 from engine.models import Engine
 from engine.vllm_client import TextDelta
 from tests.fake_vllm import FakeVLLM
@@ -52,6 +53,19 @@ async def test_engines_staff_added_are_offered_and_disabled_ones_are_not(fake_vl
         offers = await catalog.offered()
 
     assert [offer.model.id for offer in offers] == ["qwen2-7b-instruct", "smol-a"]
+
+
+async def test_the_default_engines_model_named_while_it_is_down_goes_to_it_not_refused(fake_vllm, settings):
+    # As with no model named: the answer then fails saying vLLM is down (503), not "no such model".
+    settings.VLLM_SERVED_MODEL_NAME = ""  # as `make run` has it: the site asks vLLM which model it serves
+    await catalog.offered()  # the default engine has listed its model
+    fake_vllm.fault = "refuse"
+    catalog.mark_down(default_endpoint(), "refused")
+    vllm_client.forget_served_model()  # what it served is asked again, and it does not answer
+
+    chosen = await catalog.pick(fake_vllm.served_model_name)
+
+    assert chosen.endpoint == default_endpoint()
 
 
 async def test_the_engines_read_before_answer_while_the_database_is_away(fake_vllm, monkeypatch):
