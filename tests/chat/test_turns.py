@@ -278,12 +278,17 @@ def query_counter(monkeypatch):
     return counts
 
 
-async def test_a_turns_queries_do_not_grow_with_the_answers_length(conversation, fake_vllm, query_counter, monkeypatch):
+async def test_a_turns_queries_do_not_grow_with_the_answers_length(
+    conversation, fake_vllm, query_counter, monkeypatch, settings
+):
     conversation.title = "Titled"  # the first turn of an untitled conversation also writes its title
     await conversation.asave()
-    # The catalog reads the admin's engines every TTL seconds, whatever the turns: on a busy machine
-    # that read could fall within one measured turn and not the other.
+    # The site's periodic work (the catalog's read of the admin's engines, a lease renewal, a
+    # checkpoint of an answer a busy machine slowed past its period) runs whatever the turns: it
+    # could fall within one measured turn and not the other.
     monkeypatch.setattr(catalog, "TTL", 3600.0)
+    settings.CHAT_LEASE_SECONDS = 3600.0
+    settings.CHAT_CHECKPOINT_SECONDS = 3600.0
 
     async def queries_for(deltas: int) -> int:
         fake_vllm.reply = [f" t{i}" for i in range(deltas)]
