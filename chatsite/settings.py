@@ -123,7 +123,13 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # psycopg 3's pool: the turns' database calls run on many threads, each closing its connection
     # when done (as Channels' database_sync_to_async does), which hands it back to the pool.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
-        "pool", {"min_size": 2, "max_size": env.int("DATABASE_POOL_SIZE", default=20), "timeout": 20}
+        "pool",
+        {
+            "min_size": 2,
+            "max_size": env.int("DATABASE_POOL_SIZE", default=20),
+            # How long a request waits for a connection before it is answered 503 (chatsite/outages.py).
+            "timeout": env.float("DATABASE_POOL_TIMEOUT", default=20.0),
+        },
     )
 
 # How the site's worker processes reach one another (a follow or a stop landing on a worker that

@@ -31,3 +31,6 @@ urlpatterns = [
     path("jsi18n/", JavaScriptCatalog.as_view(packages=["chat"]), name="javascript-catalog"),
     path("", include("chat.urls")),
 ]
+
+# A database that is away or saturated is a 503 that says so, on every door (chatsite/outages.py).
+handler500 = "chatsite.outages.server_error"

@@ -97,6 +97,13 @@ class PostgreSQL:
         self._stop_server()
         self._run()
 
+    def halt(self) -> None:
+        """Stop the server, keeping its data and port for `resume`."""
+        self._stop_server()
+
+    def resume(self) -> None:
+        self._run()
+
     def stop(self) -> None:
         self._stop_server()
         shutil.rmtree(self.folder, ignore_errors=True)

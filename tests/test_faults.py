@@ -24,6 +24,7 @@ import psycopg
 import pytest
 
 from chat import titles
+from tests.accounts import PASSWORD
 from tests.fake_vllm import Instructed
 from tests.fixtures_servers import manage, workers_env
 from tests.servers import PostgreSQL, Redis
@@ -425,4 +426,55 @@ def test_a_worker_whose_clock_runs_a_minute_ahead_leaves_the_others_live_answers
         assert counted.completed == 3
         assert_nothing_lost(counted)
     finally:
+        site.stop()
+
+
+# --- a database away: what every door answers ----------------------------------------------------
+
+
+def signed_in_session(url: str) -> httpx.Client:
+    """A browser-like client signed in as alice through the sign-in form."""
+    client = httpx.Client(base_url=url, timeout=60)
+    client.get("/accounts/login/")
+    form = {"username": "alice", "password": PASSWORD, "csrfmiddlewaretoken": client.cookies["csrftoken"]}
+    signed = client.post("/accounts/login/", data=form, headers={"Referer": f"{url}/accounts/login/"})
+    assert signed.status_code == 302, signed.text
+    return client
+
+
+def test_a_database_that_is_away_is_a_503_saying_so_on_every_door_and_the_site_recovers(
+    own_postgresql, redis_server, fake_vllm
+):
+    # A pool that waits 2 s for a connection, not 20: the same PoolTimeout, sooner.
+    env = workers_env(own_postgresql, redis_server, fake_vllm, DATABASE_POOL_TIMEOUT="2")
+    site = SiteProcess(env).start()
+    token = env["ALICE_TOKEN"]
+    browser = signed_in_session(site.url)
+    bearer = {"Authorization": f"Bearer {token}"}
+    try:
+        with api(site.url, token) as client:
+            conversation = client.post("/conversations", json={"title": "Before"}).json()["id"]
+        own_postgresql.halt()
+
+        rest = httpx.get(f"{site.url}/api/conversations", headers=bearer, timeout=60)
+        assert rest.status_code == 503, rest.text
+        assert rest.headers["Retry-After"] == "5"
+        assert "database is not answering" in rest.json()["detail"]
+
+        openai = httpx.get(f"{site.url}/v1/models", headers=bearer, timeout=60)
+        assert openai.status_code == 503, openai.text
+        assert openai.json()["error"]["code"] == "database_unavailable"
+
+        # The page's session is read from the database too, before any view runs.
+        page = browser.get(f"/c/{conversation}/")
+        assert page.status_code == 503, page.text
+        assert "database is not answering" in page.text
+        assert page.headers["Retry-After"] == "5"
+
+        own_postgresql.resume()
+        wait_for(lambda: browser.get(f"/c/{conversation}/").status_code == 200, 60, "the page after the restart")
+        back = httpx.get(f"{site.url}/api/conversations", headers=bearer, timeout=60)
+        assert back.status_code == 200 and [c["id"] for c in back.json()["items"]] == [conversation]
+    finally:
+        browser.close()
         site.stop()
