@@ -305,9 +305,9 @@ class RunningTurn:
             self._over.set()
 
     async def _save_end_retrying(self, fields: dict[str, Any]) -> None:
-        """`_save_end`, tried again while the database is unreachable or locked, for up to a lease's
-        time (a PostgreSQL restart, a long SQLite lock); raises the last error after that."""
-        deadline = time.monotonic() + settings.CHAT_LEASE_SECONDS
+        """`_save_end`, tried again while the database is unreachable or locked, for up to
+        CHAT_SAVE_RETRY_SECONDS (a PostgreSQL restart, a long SQLite lock); raises the last error after that."""
+        deadline = time.monotonic() + settings.CHAT_SAVE_RETRY_SECONDS
         pause = 0.1
         while True:
             try:

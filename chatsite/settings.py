@@ -333,6 +333,11 @@ CHAT_CHECKPOINT_SECONDS: float = env.float("CHAT_CHECKPOINT_SECONDS", default=2.
 # this): a worker killed mid-answer leaves it "streaming" until then, when any worker marks it
 # interrupted. Longer than the worst pause of a busy worker's event loop or database.
 CHAT_LEASE_SECONDS: float = env.float("CHAT_LEASE_SECONDS", default=15.0)
+# How long a turn keeps trying to store its end while the database is away or locked (a PostgreSQL
+# restart or failover, SQLite held locked by a backup for half a minute); its text stays in memory
+# meanwhile, and in the log if it cannot be stored at all. Past the lease, another worker may have
+# marked the answer interrupted: the whole text is still stored with it (chat/turns.py `_save_end`).
+CHAT_SAVE_RETRY_SECONDS: float = env.float("CHAT_SAVE_RETRY_SECONDS", default=60.0)
 # What one person may ask of the model, on every door: answers generating at once, and answers
 # started in any minute (0: no limit). Superusers, who run the site, are exempt unless this says no.
 CHAT_MAX_ANSWERS_AT_ONCE: int = env.int("CHAT_MAX_ANSWERS_AT_ONCE", default=3)
