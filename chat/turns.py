@@ -570,6 +570,19 @@ class NoPrompt(Exception):
     """The answer follows no prompt (it was saved so, e.g. from an OpenAI request's history)."""
 
 
+async def _chosen(conversation: Conversation) -> catalog.Chosen:
+    """The engine and model for the conversation's next answer (engine.catalog.pick)."""
+    # Asking the engines may wait on the network (their /v1/models every TTL, seconds when an engine
+    # is busy). The connection the request's thread has used so far (its token's lookup, the
+    # conversation's) goes back to PostgreSQL's pool first, so that starts waiting here hold none;
+    # the save after takes one for its moment. (200 answers starting at once on a busy machine
+    # exhausted a worker's 20 while a catalog refresh was slow: tests/test_workers.py's many-streams
+    # test.) SQLite's connections are kept (CONN_MAX_AGE None): nothing to do.
+    if not leases.one_at_a_time():
+        await aclose_old_connections()
+    return await catalog.pick(conversation.model)
+
+
 async def start_turn(
     conversation: Conversation,
     prompt: str,
@@ -594,7 +607,7 @@ async def start_turn(
         raise ValueError("`after` is a message of another conversation")
     await _start_worker()
     # The conversation's model answers (the default one if it names none), and the answer records it.
-    chosen = await catalog.pick(conversation.model)
+    chosen = await _chosen(conversation)
     place: Place = _Branch.SHOWN if after is None else after.pk
     return await _saved_and_run(
         conversation,
@@ -612,7 +625,7 @@ async def edit_prompt(conversation: Conversation, edited: Message, prompt: str) 
     if edited.conversation_id != conversation.pk or edited.role != Message.Role.USER:
         raise ValueError("`edited` is not a prompt of this conversation")
     await _start_worker()
-    chosen = await catalog.pick(conversation.model)
+    chosen = await _chosen(conversation)
     return await _saved_and_run(
         conversation,
         chosen,
@@ -634,7 +647,7 @@ async def regenerate(conversation: Conversation, answer: Message) -> Turn:
     if prompt is None:
         raise NoPrompt(gettext("This answer follows no prompt, so there is nothing to answer again."))
     await _start_worker()
-    chosen = await catalog.pick(conversation.model)
+    chosen = await _chosen(conversation)
     return await _saved_and_run(
         conversation, chosen, prompt, functools.partial(_save_answer, conversation, prompt, chosen.model.id)
     )

@@ -104,10 +104,9 @@ def busy_site_workers(postgresql, redis_server, fake_vllm) -> Iterator[SiteWorke
     """`site_workers` with the site's own lease (15 s): under a burst of hundreds of streams on a
     small machine a worker's loop can lag its renewals by seconds, and the tests' 3 s lease, short
     so that a killed worker's answers are settled quickly, would take live answers for dead."""
-    # A larger pool than the site's default 20 a worker: in the full suite on xdist workers, the
-    # machine is slow enough that 200 streams' checkpoints held all 20 for 20 s, and a request's
-    # token lookup then failed (a 500: see the closing note of issue 20, left to do).
-    env = workers_env(postgresql, redis_server, fake_vllm, CHAT_LEASE_SECONDS="15", DATABASE_POOL_SIZE="60")
+    # With the site's own pool (20 a worker): a burst of starts once held them all through a slow
+    # catalog refresh, and other requests waited 20 s for one (chat/turns.py `_chosen`).
+    env = workers_env(postgresql, redis_server, fake_vllm, CHAT_LEASE_SECONDS="15")
     site = SiteWorkers(env).start()
     yield site
     site.stop()
