@@ -13,7 +13,7 @@ from django.http import Http404
 from django.test.utils import CaptureQueriesContext
 
 from api import delivery
-from chat import leases, sse, titles, turns
+from chat import leases, running_turn, sse, titles, turn_storage, turns
 from chat.models import Conversation, Message, MessageQuerySet
 from chat.turns import TurnEnded
 from engine import catalog, vllm_client
@@ -424,7 +424,7 @@ async def test_a_checkpoint_that_fails_for_a_while_is_tried_again_and_the_answer
     settings.CHAT_CHECKPOINT_SECONDS = 0
     fake_vllm.reply = [f" w{i}" for i in range(8)]
     fake_vllm.token_delay = 0.02
-    save_checkpoint = turns._save_checkpoint
+    save_checkpoint = turn_storage._save_checkpoint
     failed: list[str] = []
 
     async def failing_three_times(pk: int, text: str):
@@ -433,7 +433,7 @@ async def test_a_checkpoint_that_fails_for_a_while_is_tried_again_and_the_answer
             raise OperationalError("database is locked")
         return await save_checkpoint(pk, text)
 
-    monkeypatch.setattr(turns, "_save_checkpoint", failing_three_times)
+    monkeypatch.setattr(running_turn, "_save_checkpoint", failing_three_times)
     _, answer = await turns.start_turn(conversation, "Go")
 
     (text, ended), _ = await all_followers_to_end(answer)
@@ -579,7 +579,7 @@ async def test_an_exception_before_streaming_ends_the_answer_in_error(conversati
     async def broken_fit_context(**kwargs):
         raise KeyError("boom")
 
-    monkeypatch.setattr(turns, "fit_context", broken_fit_context)
+    monkeypatch.setattr(running_turn, "fit_context", broken_fit_context)
     _, answer = await turns.start_turn(conversation, "Go")
 
     (text, ended), _ = await all_followers_to_end(answer)
