@@ -17,7 +17,7 @@ from typing import TextIO
 
 from django.conf import settings
 
-from engine.server import starter
+from engine.server import starter_build
 from engine.server.config import LAST_LINES, Output, ServerConfig, ServerError
 from engine.server.install import ensure_installed
 from engine.server.processes import StopSignals, already_serving, not_ready_because, start_group, stop_group
@@ -286,7 +286,7 @@ def prepare(config: ServerConfig, out: Output, device: str) -> None:
     """Everything vLLM needs before it can start: itself, and the starter model if it is to serve it."""
     ensure_installed(config, out, device)
     if config.is_starter:
-        starter.ensure_built(config, out)
+        starter_build.ensure_built(config, out)
 
 
 def run(config: ServerConfig, out: Output, *, device: str, timeout: float, restart: bool, echo: bool = False) -> None:
