@@ -1,8 +1,9 @@
-"""chat.turn_storage: a turn's reads and writes, each one statement or one short transaction.
+"""chat.turn_storage: a turn's reads and writes: its answer's history, checkpoints, stop and end; its first rows.
 
-Each runs on a thread with its own connection (see `off_the_loop`); the writes of a running answer
-are conditional on this worker still owning it (its lease: chat/leases.py), so a worker taken for
-dead never writes over the row another worker has settled.
+Those of the running answer each run on a thread with its own connection (`off_the_loop`), and
+write only while this worker still owns the answer (its lease: chat/leases.py), so a worker taken
+for dead never writes over a row another worker has settled. The rows a turn starts with are saved
+by chat/turns.py's `_save_prompt_and_answer` in one transaction, on the thread that saves them.
 """
 
 from collections.abc import Sequence
