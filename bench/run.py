@@ -289,7 +289,7 @@ class Bench:
             self._wait_up(site := self._spawn(command, "daphne"), "daphne", self.site_port)
             self.site_pids, self.worker_ports = [site.pid], [self.site_port]
             return
-        # As `manage.py up --workers N` starts them (engine/server/supervisor.py, start_site): one
+        # As `manage.py up --workers N` starts them (engine/server/site_workers.py, start_site): one
         # listening socket made here and inherited by each daphne (--fd), the kernel handing each
         # new connection to one of them. Started here, not through `up`, so that each serves
         # bench/asgi.py and its queries are counted; each also listens on a port of its own, as

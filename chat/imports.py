@@ -1,4 +1,7 @@
-"""Conversations brought in from a file: the site's own JSON export, or ChatGPT's data export.
+"""chat.imports: `import_file`, conversations brought in from a file, all or nothing, into one person's history.
+
+The file is the site's own JSON export (chat/import_site.py) or ChatGPT's data export
+(chat/import_chatgpt.py).
 
 An import is all or nothing. The whole file is read and checked first: if anything in it is wrong
 (too large, not JSON, neither format, a field of the wrong type or out of bounds), nothing is
@@ -22,30 +25,29 @@ import io
 import json
 import zipfile
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import IO, Annotated, Any, Literal
+from typing import IO, Any, Literal
 
 from django.conf import settings
 from django.contrib.auth.models import User
-from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.utils import timezone
-from django.utils.translation import gettext, gettext_noop, ngettext
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
-from pydantic import ValidationError as PydanticValidationError
-from pydantic_core import PydanticCustomError
+from django.utils.translation import gettext
 
-from chat import exports, rules
+from chat import exports
+from chat.import_chatgpt import ATTACHMENTS as ATTACHMENTS
+from chat.import_chatgpt import EMPTY as EMPTY
+from chat.import_chatgpt import NOT_SHOWN as NOT_SHOWN
+from chat.import_chatgpt import NOT_TEXT as NOT_TEXT
+from chat.import_chatgpt import OTHER_BRANCHES as OTHER_BRANCHES
+from chat.import_chatgpt import _read_chatgpt_export
+from chat.import_checks import MAX_PROBLEMS as MAX_PROBLEMS
+from chat.import_checks import ImportRefused as ImportRefused
+from chat.import_checks import ImportTooLarge as ImportTooLarge
+from chat.import_checks import Planned
+from chat.import_checks import Problem as Problem
+from chat.import_site import _read_site_export
 from chat.models import Conversation, Message
 
-TITLE_LENGTH = Conversation._meta.get_field("title").max_length
-MODEL_NAME_LENGTH = Message._meta.get_field("model_name").max_length
-FINISH_REASON_LENGTH = Message._meta.get_field("finish_reason").max_length
-MAX_COUNT = 2**31 - 1  # what a PositiveIntegerField holds on every database
-# Problems listed in full before "and N more": enough to fix a file, not a wall of text.
-MAX_PROBLEMS = 50
 # An upload's request body is the file and its multipart envelope (boundaries, field and file names).
 MULTIPART_ENVELOPE = 64 * 1024
 
@@ -53,50 +55,6 @@ MULTIPART_ENVELOPE = 64 * 1024
 def upload_limit() -> int:
     """The largest request body that can carry an importable file: the doors refuse larger unread."""
     return settings.CHAT_IMPORT_MAX_BYTES + MULTIPART_ENVELOPE
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    loc: tuple[str | int, ...]  # where in the file: ("conversations", 3, "messages", 0, "role")
-    message: str
-
-    @property
-    def where(self) -> str:
-        text = ""
-        for part in self.loc:
-            text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else part
-        return text or "file"
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
-
-
-class ImportRefused(Exception):
-    """Nothing was imported, for these reasons."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        self.problems = problems[:MAX_PROBLEMS]
-        self.more = len(problems) - len(self.problems)
-        super().__init__(self.summary)
-
-    @property
-    def summary(self) -> str:
-        listed = "; ".join(map(str, self.problems))
-        more = f"; and {self.more} more" if self.more else ""
-        return f"Nothing was imported: {listed}{more}"
-
-
-class ImportTooLarge(ImportRefused):
-    def __init__(self, limit: int) -> None:
-        super().__init__(
-            [Problem((), gettext("The file is larger than the %(size)s an import may be.") % {"size": _size(limit)})]
-        )
-
-
-def _size(count: int) -> str:
-    if count >= 1024 * 1024:
-        return f"{count / 1024 / 1024:g} MB"
-    return ngettext("%(count)s byte", "%(count)s bytes", count) % {"count": f"{count:,}"}
 
 
 @dataclass(slots=True)
@@ -221,336 +179,6 @@ def _parse(data: bytes) -> Any:
 def _no_constant(name: str) -> None:
     # Python's json reads NaN and Infinity, which are not JSON and no setting can hold.
     raise ValueError(gettext("The file is not valid JSON: %(name)s is not a number JSON allows.") % {"name": name})
-
-
-def _storable(value: str) -> str:
-    # A NUL or a lone surrogate (json reads "\ud800" without complaint) cannot be stored as text.
-    if "\x00" in value:
-        raise PydanticCustomError("text", "Holds a NUL character, which cannot be stored.")
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        raise PydanticCustomError("text", "Must be valid Unicode text.") from None
-    return value
-
-
-def _within(bounds: Callable[[], rules.Bounds]) -> Callable[[float], float]:
-    """A generation setting's validator: the page's bounds (chat/rules.py), read when it runs, as
-    max tokens' follow the settings."""
-
-    def check(value: float) -> float:
-        try:
-            return bounds().check(value)
-        except ValidationError as exc:
-            raise PydanticCustomError("range", exc.messages[0]) from None
-
-    return check
-
-
-def _problems(error: PydanticValidationError, prefix: tuple[str | int, ...] = ()) -> list[Problem]:
-    return [Problem(prefix + tuple(e["loc"]), e["msg"]) for e in error.errors(include_url=False)]
-
-
-@dataclass(slots=True)
-class Planned:
-    """A conversation and its messages as they will be saved, with the timestamps the file gives."""
-
-    where: str
-    conversation: Conversation
-    created_at: datetime
-    updated_at: datetime
-    messages: list[tuple[Message, datetime, datetime]] = field(default_factory=list)
-    # Each message's parent and the branch's tip, as places in `messages`; by default the messages
-    # are one line, each after the one before, and the last is shown.
-    parents: list[int | None] | None = None
-    tip: int | None = None
-    left_out: Counter[str] = field(default_factory=Counter)
-    refused: str = ""  # why the conversation is not imported at all, if it is not
-
-
-# --- This site's export -------------------------------------------------------------------------
-
-Text = Annotated[str, AfterValidator(_storable)]
-
-
-# The length first: the limit is the column's, checked before the text.
-TitleText = Annotated[str, Field(max_length=TITLE_LENGTH), AfterValidator(_storable)]
-ModelName = Annotated[str, Field(max_length=MODEL_NAME_LENGTH), AfterValidator(_storable)]
-FinishReason = Annotated[str, Field(max_length=FINISH_REASON_LENGTH), AfterValidator(_storable)]
-
-
-class SiteMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    id: int | None = None  # the exporting site's; a new one is assigned
-    parent_id: int | None = None  # version 2: the id of the message this one follows, given before it
-    role: Literal["user", "assistant"]
-    content: Text
-    status: Literal["streaming", "complete", "stopped", "error", "interrupted"] = "complete"
-    finish_reason: FinishReason = ""
-    error: Text = ""
-    prompt_tokens: Annotated[int, Field(ge=0, le=MAX_COUNT)] | None = None
-    completion_tokens: Annotated[int, Field(ge=0, le=MAX_COUNT)] | None = None
-    model_name: ModelName = ""
-    time_to_first_token: Annotated[float, Field(ge=0)] | None = None
-    duration: Annotated[float, Field(ge=0)] | None = None
-    created_at: AwareDatetime | None = None
-    updated_at: AwareDatetime | None = None
-
-
-def _system_prompt(value: str) -> str:
-    if len(value) > settings.CHAT_MAX_PROMPT_CHARS:
-        raise PydanticCustomError("too_long", "At most {limit} characters.", {"limit": settings.CHAT_MAX_PROMPT_CHARS})
-    return value
-
-
-class SiteConversation(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    id: int | None = None
-    title: TitleText = ""
-    system_prompt: Annotated[Text, AfterValidator(_system_prompt)] = ""
-    temperature: Annotated[float, AfterValidator(_within(lambda: rules.TEMPERATURE))] | None = None
-    max_tokens: Annotated[int, AfterValidator(_within(rules.max_tokens))] | None = None
-    top_p: Annotated[float, AfterValidator(_within(lambda: rules.TOP_P))] | None = None
-    created_at: AwareDatetime | None = None
-    updated_at: AwareDatetime | None = None
-    branch_tip_id: int | None = None  # version 2: the last message of the branch shown
-    messages: list[SiteMessage]
-
-
-class SiteExport(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    format: Literal["chatsite.conversations"]
-    version: Literal[1, 2]
-    exported_at: str | None = None
-    conversations: list[SiteConversation]
-
-
-def _read_site_export(user: User, document: dict[str, Any]) -> list[Planned]:
-    try:
-        export = SiteExport.model_validate(document)
-    except PydanticValidationError as exc:
-        raise ImportRefused(_problems(exc)) from None
-    now = timezone.now()
-    planned = []
-    problems: list[Problem] = []
-    for n, record in enumerate(export.conversations):
-        conversation = Conversation(owner=user, title=record.title, system_prompt=record.system_prompt)
-        for name in ("temperature", "max_tokens", "top_p"):
-            if (value := getattr(record, name)) is not None:
-                setattr(conversation, name, value)
-        created = record.created_at or now
-        plan = Planned(f"conversations[{n}]", conversation, created, record.updated_at or created)
-        if export.version >= 2:
-            problems += _plan_tree(plan, record, n)
-        for m in record.messages:
-            message = Message(**m.model_dump(exclude={"id", "parent_id", "created_at", "updated_at"}))
-            if message.status == Message.Status.STREAMING:
-                # No turn is generating it here: it ends as a turn cut short by a shutdown does.
-                message.status = Message.Status.INTERRUPTED
-                message.error = message.error or "This answer was still being written when it was exported."
-            message_created = m.created_at or created
-            plan.messages.append((message, message_created, m.updated_at or message_created))
-        planned.append(plan)
-    if problems:
-        raise ImportRefused(problems)
-    return planned
-
-
-def _plan_tree(plan: Planned, record: SiteConversation, n: int) -> list[Problem]:
-    """A version 2 conversation's tree: each message's parent and the tip, as places in the file's
-    list, which must give each message after the one it follows (as exports write them)."""
-    places: dict[int, int] = {}
-    plan.parents = []
-    problems = []
-    for i, m in enumerate(record.messages):
-        where = ("conversations", n, "messages", i)
-        if m.parent_id is not None and m.parent_id not in places:
-            problems.append(Problem((*where, "parent_id"), "No message before this one has this id."))
-        plan.parents.append(places.get(m.parent_id) if m.parent_id is not None else None)
-        if m.id is not None:
-            if m.id in places:
-                problems.append(Problem((*where, "id"), "Another message of this conversation has this id."))
-            places[m.id] = i
-    if record.branch_tip_id is not None:
-        if record.branch_tip_id not in places:
-            problems.append(
-                Problem(("conversations", n, "branch_tip_id"), "No message of this conversation has this id.")
-            )
-        plan.tip = places.get(record.branch_tip_id)
-    return problems
-
-
-# --- ChatGPT's export ---------------------------------------------------------------------------
-
-# Only what is read is described; ChatGPT's many other fields are ignored, and absent ones default.
-LOOSE = ConfigDict(extra="ignore", allow_inf_nan=False)
-
-
-class ChatGPTAuthor(BaseModel):
-    model_config = LOOSE
-    role: str
-
-
-class ChatGPTContent(BaseModel):
-    model_config = LOOSE
-    content_type: str
-    parts: list[Any] | None = None
-
-
-class ChatGPTMessage(BaseModel):
-    model_config = LOOSE
-    author: ChatGPTAuthor
-    content: ChatGPTContent
-    create_time: float | None = None
-    metadata: dict[str, Any] | None = None
-    recipient: str | None = None
-    channel: str | None = None
-
-
-class ChatGPTNode(BaseModel):
-    model_config = LOOSE
-    message: ChatGPTMessage | None = None
-    parent: str | None = None
-
-
-class ChatGPTConversation(BaseModel):
-    model_config = LOOSE
-    title: Text | None = None
-    create_time: float | None = None
-    update_time: float | None = None
-    mapping: dict[str, ChatGPTNode]
-    current_node: str
-
-
-CHATGPT_EXPORT = TypeAdapter(list[ChatGPTConversation])
-
-# Why a message of ChatGPT's was left out, as the report says it.
-# Reports carry them in English (the API's too); the import page says them in the reader's language.
-OTHER_BRANCHES = gettext_noop("on other branches (edited prompts, regenerated answers)")
-NOT_SHOWN = gettext_noop("system, tool and hidden messages")
-NOT_TEXT = gettext_noop("not text (reasoning, code, browsing…)")
-EMPTY = gettext_noop("empty")
-ATTACHMENTS = gettext_noop("attachments (images, files, audio)")
-# What ChatGPT's finish_details.type means in vLLM's words.
-FINISH_REASONS = {"stop": "stop", "max_tokens": "length"}
-
-
-def _read_chatgpt_export(user: User, document: list[Any]) -> list[Planned]:
-    try:
-        conversations = CHATGPT_EXPORT.validate_python(document)
-    except PydanticValidationError as exc:
-        raise ImportRefused(_problems(exc)) from None
-    problems: list[Problem] = []
-    planned = []
-    for n, record in enumerate(conversations):
-        try:
-            branch = _shown_branch(record)
-        except ValueError as exc:
-            problems.append(Problem((n, "current_node"), str(exc)))
-            continue
-        planned.append(_plan_chatgpt_conversation(user, n, record, branch, problems))
-    if problems:
-        raise ImportRefused(problems)
-    return planned
-
-
-def _shown_branch(record: ChatGPTConversation) -> list[str]:
-    """The ids of the nodes ChatGPT showed, root first: from `current_node` up through the parents."""
-    branch: list[str] = []
-    node_id: str | None = record.current_node
-    while node_id is not None:
-        if node_id not in record.mapping:
-            raise ValueError(f"The message tree has no node {node_id!r}.")
-        if node_id in branch:
-            raise ValueError("The message tree loops back on itself.")
-        branch.append(node_id)
-        node_id = record.mapping[node_id].parent
-    return branch[::-1]
-
-
-def _time(timestamp: float | None, default: datetime) -> datetime:
-    if timestamp is None:
-        return default
-    try:
-        return datetime.fromtimestamp(timestamp, UTC)
-    except (OverflowError, OSError, ValueError):
-        return default
-
-
-def _plan_chatgpt_conversation(
-    user: User, n: int, record: ChatGPTConversation, branch: list[str], problems: list[Problem]
-) -> Planned:
-    created = _time(record.create_time, timezone.now())
-    updated = _time(record.update_time, created)
-    conversation = Conversation(owner=user)
-    plan = Planned(f"[{n}]", conversation, created, updated)
-    for node_id in branch:
-        message = record.mapping[node_id].message
-        if message is None:
-            continue  # the root holds no message
-        text, reason, attachments = _chatgpt_text(message)
-        plan.left_out[ATTACHMENTS] += attachments
-        if reason:
-            plan.left_out[reason] += 1
-            continue
-        try:
-            _storable(text)
-        except PydanticCustomError as exc:
-            problems.append(Problem((n, "mapping", node_id, "message", "content", "parts"), exc.message()))
-            continue
-        metadata = message.metadata or {}
-        finish = metadata.get("finish_details")
-        # Anything may be there in a file; only a known string names a finish reason.
-        finish_type = finish.get("type") if isinstance(finish, dict) else None
-        model = metadata.get("model_slug") if message.author.role == "assistant" else None
-        saved = Message(
-            role=message.author.role,
-            content=text,
-            model_name=model[:MODEL_NAME_LENGTH] if isinstance(model, str) else "",
-            finish_reason=FINISH_REASONS.get(finish_type, "") if isinstance(finish_type, str) else "",
-        )
-        # Never earlier than the message before it: the site orders a conversation by time, and
-        # ChatGPT can date an answer before the edited prompt it answers.
-        at = max(_time(message.create_time, created), plan.messages[-1][1] if plan.messages else created)
-        plan.messages.append((saved, at, at))
-    on_branch = set(branch)
-    plan.left_out[OTHER_BRANCHES] += sum(
-        1
-        for node_id, node in record.mapping.items()
-        if node_id not in on_branch and node.message is not None and _chatgpt_text(node.message)[1] is None
-    )
-    title = rules.tidy_title(record.title or "")
-    if not title and plan.messages:
-        title = rules.title_from_prompt(plan.messages[0][0].content)  # as a turn names a conversation
-    conversation.title = title[:TITLE_LENGTH]
-    plan.left_out = +plan.left_out  # only the reasons that happened
-    if not plan.messages:
-        plan.refused = "no text to import"
-    return plan
-
-
-def _chatgpt_text(message: ChatGPTMessage) -> tuple[str, str | None, int]:
-    """The text a person saw of a message, why it is left out if it is, and how many attachments it had."""
-    metadata = message.metadata or {}
-    if (
-        message.author.role not in ("user", "assistant")
-        or metadata.get("is_visually_hidden_from_conversation")
-        or message.recipient not in (None, "all")  # a call to a tool, not an answer
-        or message.channel not in (None, "final")  # reasoning and commentary
-    ):
-        return "", NOT_SHOWN, 0
-    if message.content.content_type not in ("text", "multimodal_text"):
-        return "", NOT_TEXT, 0
-    parts = message.content.parts or []
-    texts = [part for part in parts if isinstance(part, str)]
-    attachments = len(parts) - len(texts)
-    text = "\n".join(texts)
-    if not text.strip():
-        return "", EMPTY, attachments
-    return text, None, attachments
 
 
 # --- Saving -------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 from django.urls import path, register_converter
 
-from chat import account, history_views, views
+from chat import account, history_views, turn_views, views
 from chat.models import MAX_ID
 
 
@@ -24,21 +24,21 @@ app_name = "chat"
 urlpatterns = [
     path("", views.index, name="index"),
     path("healthz", views.healthz, name="healthz"),
-    path("c/new/send", views.send, name="send-new"),
+    path("c/new/send", turn_views.send, name="send-new"),
     path("c/<id:pk>/", views.conversation, name="conversation"),
     path("c/<id:pk>/older", views.older, name="older"),
     path("c/list", views.conversation_list, name="conversation-list"),
-    path("c/<id:pk>/send", views.send, name="send"),
+    path("c/<id:pk>/send", turn_views.send, name="send"),
     path("c/<id:pk>/rename", views.rename, name="rename"),
     path("c/<id:pk>/title", views.title, name="title"),
     path("c/<id:pk>/delete", views.delete, name="delete"),
     path("c/<id:pk>/settings", views.change_settings, name="settings"),
     path("c/<id:pk>/m/<id:message_pk>/show", views.show, name="show"),
-    path("c/<id:pk>/m/<id:message_pk>/edit", views.edit, name="edit"),
-    path("c/<id:pk>/m/<id:message_pk>/regenerate", views.regenerate, name="regenerate"),
+    path("c/<id:pk>/m/<id:message_pk>/edit", turn_views.edit, name="edit"),
+    path("c/<id:pk>/m/<id:message_pk>/regenerate", turn_views.regenerate, name="regenerate"),
     path("c/<id:pk>/m/<id:message_pk>/footer", views.answer_footer, name="answer-footer"),
-    path("c/<id:pk>/m/<id:message_pk>/stream", views.stream, name="stream"),
-    path("c/<id:pk>/m/<id:message_pk>/stop", views.stop, name="stop"),
+    path("c/<id:pk>/m/<id:message_pk>/stream", turn_views.stream, name="stream"),
+    path("c/<id:pk>/m/<id:message_pk>/stop", turn_views.stop, name="stop"),
     path("account/tokens/", account.tokens, name="tokens"),
     path("account/tokens/new", account.create_token, name="create-token"),
     path("account/tokens/<id:pk>/revoke", account.revoke_token, name="revoke-token"),

@@ -1,33 +1,30 @@
-"""The chat page's views: parse and check the request, call the domain, render.
+"""chat.views: the chat page's views (pages, branches, settings, health); parse and check, call the domain, render.
 
 Every conversation and answer is reached through chat/ownership.py, so another user's
 conversation is a 404 on every URL.
-The views that start, follow or stop a turn are async: the turn runs on the server's event loop.
+The views that start, follow or stop a turn are chat/turn_views.py's.
 """
 
-from contextlib import suppress
 from typing import Any
 from urllib.parse import urlsplit
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import Resolver404, resolve, reverse
-from django.utils.translation import gettext
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseClientRedirect, push_url, replace_url
+from django_htmx.http import HttpResponseClientRedirect, replace_url
 from django_htmx.middleware import HtmxDetails
 
-from chat import branches, ownership, rules, sidebar, sse, titles, turns
-from chat.forms import PromptForm, RenameForm, SendForm, SettingsForm
-from chat.limits import TooManyAnswers
+from chat import branches, ownership, rules, sidebar, titles, turns
+from chat.forms import PromptForm, RenameForm, SettingsForm
 from chat.models import MAX_ID, Conversation, Message, ModelChoice, Someone
+from chat.signals import health_checked
 from engine import catalog, vllm_client
 from engine.server import starter
-from ops import readings
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -164,65 +161,11 @@ def _remember_choice(user: Someone, model: str) -> None:
     ModelChoice.objects.update_or_create(person_id=user.pk, defaults={"model": model})
 
 
-def _too_many(refusal: TooManyAnswers) -> JsonResponse:
-    # Shown where a refused prompt's message is; the prompt stays in the box to send again.
-    return JsonResponse({"error": refusal.message}, status=429, headers={"Retry-After": str(refusal.retry_after)})
-
-
 async def _signed_in(request: HtmxHttpRequest) -> User:
     """The person who sent the request, in a view that login_required lets no one else reach."""
     user = await request.auser()
     assert isinstance(user, User)
     return user
-
-
-@login_required
-@require_POST
-async def send(request: HtmxHttpRequest, pk: int | None = None) -> HttpResponse:
-    user = await _signed_in(request)
-    conversation = await ownership.aconversation_or_404(user, pk) if pk is not None else Conversation(owner=user)
-    if pk is None and "model" not in request.POST:
-        # A new chat takes the person's last choice while it is there (the picker sends its own).
-        last = await sync_to_async(_last_choice)(user)
-        with suppress(catalog.NoSuchModel):
-            await catalog.check(last)
-            conversation.model = last
-    form = SendForm(request.POST, model=request.POST.get("model") or conversation.model)
-    if not form.is_valid():
-        return _refused(form)
-    after = None
-    if pk is not None and form.cleaned_data["parent"] is not None:
-        after = await ownership.amessage_or_404(user, form.cleaned_data["parent"], conversation_pk=pk)
-    form.apply_to(conversation)
-    try:
-        turn = await turns.start_turn(conversation, form.cleaned_data["prompt"], after=after)
-    except TooManyAnswers as exc:
-        return _too_many(exc)
-    except catalog.NoSuchModel as exc:
-        return _no_such_model(exc)
-    if "model" in conversation.changed_settings:
-        await sync_to_async(_remember_choice)(user, conversation.model)
-    if not request.htmx:
-        return redirect(conversation_url(conversation))  # a form sent without script
-    # The page's htmx form: the new turn, and the parts of the page it changes (the `sent` partial).
-    context = {
-        "conversation": conversation,
-        **_branch(await branches.turn_with_versions(conversation, turn)),
-        # Read here: the template may not query the database from this async view.
-        **_listed(await sidebar.afirst_page(user)),
-        "open_pk": conversation.pk,
-        **_settings_panel(conversation),
-        # A first answer: once it is done, the page asks for the name the model gives the conversation.
-        "naming_pk": conversation.pk if await _is_first_turn(conversation, turn) else None,
-    }
-    # Read last, with nothing awaited before the page is drawn: an answer that has already ended
-    # is drawn whole, with no stream whose end would ask for the conversation's name, so the
-    # sidebar item asks for it at once.
-    context["answered"] = not turn.answer.is_streaming
-    response = render(request, "chat/page.html#sent", context)
-    if pk is None:
-        push_url(response, conversation_url(conversation))
-    return response
 
 
 async def _new_branch(
@@ -242,41 +185,6 @@ async def _new_branch(
     }
     # The page's address no longer needs to say which branch to show (a search result's did).
     return replace_url(render(request, "chat/page.html#branch-shown", context), conversation_url(conversation))
-
-
-@login_required
-@require_POST
-async def regenerate(request: HtmxHttpRequest, pk: int, message_pk: int) -> HttpResponse:
-    user = await _signed_in(request)
-    conversation = await ownership.aconversation_or_404(user, pk)
-    answer = await ownership.aanswer_or_404(user, message_pk, conversation_pk=pk)
-    try:
-        await turns.regenerate(conversation, answer)
-    except turns.NoPrompt as exc:
-        return JsonResponse({"error": str(exc)}, status=400)
-    except TooManyAnswers as exc:
-        return _too_many(exc)
-    except catalog.NoSuchModel as exc:
-        return _no_such_model(exc)
-    return await _new_branch(request, conversation, user)
-
-
-@login_required
-@require_POST
-async def edit(request: HtmxHttpRequest, pk: int, message_pk: int) -> HttpResponse:
-    user = await _signed_in(request)
-    conversation = await ownership.aconversation_or_404(user, pk)
-    edited = await ownership.amessage_or_404(user, message_pk, conversation_pk=pk, role=Message.Role.USER)
-    form = PromptForm(request.POST)
-    if not form.is_valid():
-        return _refused(form)
-    try:
-        await turns.edit_prompt(conversation, edited, form.cleaned_data["prompt"])
-    except TooManyAnswers as exc:
-        return _too_many(exc)
-    except catalog.NoSuchModel as exc:
-        return _no_such_model(exc)
-    return await _new_branch(request, conversation, user)
 
 
 @login_required
@@ -310,15 +218,6 @@ def change_settings(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     return render(request, "chat/page.html#settings-saved", _settings_panel(conversation))
 
 
-async def _is_first_turn(conversation: Conversation, turn: turns.Turn) -> bool:
-    if conversation.title_set_by_person:
-        return False
-    # A prompt that follows a message is not the first: only one at the root asks the database.
-    if turn.prompt.parent_id is not None:
-        return False
-    return not await conversation.messages.filter(pk__lt=turn.prompt.pk).aexists()
-
-
 @login_required
 @require_GET
 def answer_footer(request: HttpRequest, pk: int, message_pk: int) -> HttpResponse:
@@ -337,27 +236,6 @@ async def title(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     await conversation.arefresh_from_db(fields=["title"])
     context = {"item": conversation, "open_pk": _open_conversation_pk(request)}
     return render(request, "chat/page.html#sidebar-item", context)
-
-
-@login_required
-@require_GET
-async def stream(request: HttpRequest, pk: int, message_pk: int) -> StreamingHttpResponse:
-    answer = await ownership.aanswer_or_404(await request.auser(), message_pk, conversation_pk=pk)
-    return sse.response(sse.turn_events(answer, since=sse.resumed_from(request)))
-
-
-@login_required
-@require_POST
-async def stop(request: HttpRequest, pk: int, message_pk: int) -> HttpResponse:
-    answer = await turns.stop_turn(
-        await ownership.aanswer_or_404(await request.auser(), message_pk, conversation_pk=pk)
-    )
-    stopped: dict[str, object] = {"message_id": answer.pk, "status": answer.status, "content": answer.content}
-    if answer.is_streaming:
-        # Its worker could not be reached: the stop is recorded, and the answer ends at that
-        # worker's next checkpoint (chat/turns.py `stop_turn`); the stream shows it.
-        stopped["detail"] = gettext(turns.STOP_PENDING_TEXT)
-    return JsonResponse(stopped)
 
 
 @login_required
@@ -391,7 +269,7 @@ async def delete(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 async def healthz(request: HttpRequest) -> JsonResponse:
     # Open to monitors; only a signed-in person is told where vLLM is and what it serves.
     health = await vllm_client.check_health()
-    await readings.note_health(health)  # the operator's view draws the recent ones
+    await health_checked.asend(sender=None, health=health)  # the operator's view draws the recent ones
     report = {"site": "ok", "vllm": "ok" if health.ok else "unavailable"}
     if (await request.auser()).is_authenticated:
         report["detail"] = health.detail

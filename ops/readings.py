@@ -63,6 +63,11 @@ def _throughput(before: ServerReading | None, now: ServerReading) -> float | Non
     return (now.generation_tokens - before.generation_tokens) / elapsed.total_seconds()
 
 
+async def note_health_checked(sender: object, health: Health, **kwargs: object) -> None:
+    """`note_health`, as a receiver of chat.signals.health_checked (connected in ops/apps.py)."""
+    await note_health(health)
+
+
 async def note_health(health: Health) -> None:
     """Keep what /healthz found, unless a reading was kept less than HEALTH_NOTE_INTERVAL ago."""
     now = timezone.now()

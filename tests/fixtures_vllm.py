@@ -34,7 +34,7 @@ def fake_vllm(fake_vllm_server: FakeVLLM, settings) -> Iterator[FakeVLLM]:
 
 @pytest.fixture(autouse=True)
 def no_served_model_from_an_earlier_test() -> None:
-    # The site keeps what vLLM last said it serves (engine/vllm_client.py): one test's vLLM, real or
+    # The site keeps what vLLM last said it serves (engine/served_model.py): one test's vLLM, real or
     # fake, must not decide another's bounds and model; nor its engines, another's.
     vllm_client.forget_served_model()
     catalog.forget()

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 from django.conf import settings
 
-from engine.server.supervisor import Site
+from engine.server.site_workers import Site
 from tests.commands import ROOT
 from tests.ports import free_port
 from tests.waiting import wait_for
@@ -83,7 +83,7 @@ def csrf_headers(client: httpx.Client) -> dict[str, str]:
 
 class SiteWorkers:
     """The site as several daphne workers sharing one listening socket, as `manage.py up --workers N`
-    serves it (engine/server/supervisor.py's `Site`), each also on a port of its own so that a test
+    serves it (engine/server/site_workers.py's `Site`), each also on a port of its own so that a test
     can send a request to the worker it chooses."""
 
     def __init__(self, env: dict[str, str], workers: int = 3, *, quiet: bool = False) -> None:

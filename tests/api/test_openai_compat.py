@@ -108,7 +108,7 @@ def test_a_streamed_tokens_text_is_encoded_whatever_it_holds(client, fake_vllm):
     )
 
     deltas = [c.choices[0].delta.content for c in chunks[1:] if c.choices and c.choices[0].finish_reason is None]
-    # A client that reads slower than the deltas come gets several in one chunk (chat/turns.py).
+    # A client that reads slower than the deltas come gets several in one chunk (chat/running_turn.py).
     assert "".join(deltas) == "".join(fake_vllm.reply)
     assert {(c.id, c.model, c.object) for c in chunks} == {(chunks[0].id, MODEL, "chat.completion.chunk")}
     assert all(c.usage is None for c in chunks)

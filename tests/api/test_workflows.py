@@ -41,7 +41,7 @@ def test_the_seeds_curl_prints_the_answer_as_sse_text_and_saves_it(live_site, al
     result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True)
 
     # sse-text, as the seed prints it: a `data:` frame a delta (several deltas in one when the
-    # client is behind, chat/turns.py), which a reader puts together.
+    # client is behind, chat/running_turn.py), which a reader puts together.
     frames = result.stdout.split("\n\n")
     assert frames[-1] == "" and all(frame.startswith("data: ") for frame in frames[:-1]), result.stdout
     assert "".join(frame.removeprefix("data: ") for frame in frames[:-1]) == "Privacy, no per-token fees."
@@ -170,7 +170,7 @@ def test_a_failure_mid_answer_ends_the_stream_with_an_error_event(alice_api, fak
     fake_vllm.fault, fake_vllm.fault_after = "error_frame", 2
     with alice_api.stream("POST", "/workflows/runs", json={"input": {"prompt": "Break"}}) as response:
         frames = list(sse_frames(response.iter_lines()))
-    # One frame a delta, or several deltas in one for a client behind (chat/turns.py): the text is whole.
+    # One frame a delta, or several deltas in one for a client behind (chat/running_turn.py): the text is whole.
     assert {name for name, _ in frames[:-1]} == {"message"}
     assert "".join(data for _, data in frames[:-1]) == "Half an"
     name, data = frames[-1]

@@ -163,7 +163,7 @@ def test_the_index_follows_every_write(alice, chat):
 
 @pytest.mark.django_db(transaction=True)  # the async ORM calls run on a connection of their own
 async def test_the_index_follows_a_turns_async_writes(alice, chat):
-    # chat/turns.py checkpoints and finishes an answer with `.filter(pk=...).aupdate(...)`.
+    # chat/turn_storage.py checkpoints and finishes an answer with `.filter(pk=...).aupdate(...)`.
     answer = await Message.objects.acreate(conversation=chat, role="assistant", content="", status="streaming")
     await Message.objects.filter(pk=answer.pk).aupdate(content="Halfway through the fjords")
     await Message.objects.filter(pk=answer.pk).aupdate(

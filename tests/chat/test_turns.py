@@ -13,7 +13,7 @@ from django.http import Http404
 from django.test.utils import CaptureQueriesContext
 
 from api import delivery
-from chat import leases, sse, titles, turns
+from chat import leases, running_turn, sse, titles, turn_storage, turns
 from chat.models import Conversation, Message, MessageQuerySet
 from chat.turns import TurnEnded
 from engine import catalog, vllm_client
@@ -424,7 +424,7 @@ async def test_a_checkpoint_that_fails_for_a_while_is_tried_again_and_the_answer
     settings.CHAT_CHECKPOINT_SECONDS = 0
     fake_vllm.reply = [f" w{i}" for i in range(8)]
     fake_vllm.token_delay = 0.02
-    save_checkpoint = turns._save_checkpoint
+    save_checkpoint = turn_storage._save_checkpoint
     failed: list[str] = []
 
     async def failing_three_times(pk: int, text: str):
@@ -433,7 +433,7 @@ async def test_a_checkpoint_that_fails_for_a_while_is_tried_again_and_the_answer
             raise OperationalError("database is locked")
         return await save_checkpoint(pk, text)
 
-    monkeypatch.setattr(turns, "_save_checkpoint", failing_three_times)
+    monkeypatch.setattr(running_turn, "_save_checkpoint", failing_three_times)
     _, answer = await turns.start_turn(conversation, "Go")
 
     (text, ended), _ = await all_followers_to_end(answer)
@@ -562,7 +562,7 @@ async def test_a_final_write_while_the_database_is_away_for_a_moment_is_tried_ag
 async def test_a_final_write_that_cannot_be_made_says_where_the_text_is(
     conversation, fake_vllm, failing_final_writes, settings, caplog
 ):
-    settings.CHAT_LEASE_SECONDS = 0.6  # how long the final write is tried again
+    settings.CHAT_SAVE_RETRY_SECONDS = 0.6  # how long the final write is tried again
     failing_final_writes(OperationalError("could not connect to server"), count=1000)
     fake_vllm.reply = ["every", " word", " of", " it"]
     _, answer = await turns.start_turn(conversation, "Go")
@@ -579,7 +579,7 @@ async def test_an_exception_before_streaming_ends_the_answer_in_error(conversati
     async def broken_fit_context(**kwargs):
         raise KeyError("boom")
 
-    monkeypatch.setattr(turns, "fit_context", broken_fit_context)
+    monkeypatch.setattr(running_turn, "fit_context", broken_fit_context)
     _, answer = await turns.start_turn(conversation, "Go")
 
     (text, ended), _ = await all_followers_to_end(answer)

@@ -5,7 +5,7 @@ import socket
 
 import httpx
 
-from engine.server.supervisor import Site
+from engine.server.site_workers import Site
 from tests.ports import free_port, listening
 from tests.processes import alive, children
 

@@ -10,7 +10,7 @@ from django.test import Client
 from chat import turns
 from chat.models import ApiToken, Conversation, Message
 from chat.turns import TurnEnded
-from engine import vllm_client
+from engine import served_model, vllm_client
 from engine.vllm_client import ServedModel
 from tests.chat.page_html import elements
 from tests.fake_vllm import FakeVLLM
@@ -61,7 +61,7 @@ async def test_what_vllm_said_is_kept_briefly_then_asked_again(serving, monkeypa
     fake.served_model_name = "second-model"  # vLLM restarted with another model
 
     assert (await vllm_client.served_model()).id == "first-model"  # within SERVED_MODEL_TTL
-    monkeypatch.setattr(vllm_client, "SERVED_MODEL_TTL", 0.0)
+    monkeypatch.setattr(served_model, "SERVED_MODEL_TTL", 0.0)  # where served_model() reads it
     assert (await vllm_client.served_model()).id == "second-model"
 
 

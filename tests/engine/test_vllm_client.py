@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from engine import vllm_client
+from engine import sse_frames, vllm_client
 from engine.vllm_client import Failed, Finished, GenerationOptions, TextDelta, Usage
 from tests.fake_vllm import DEFAULT_REPLY, ENGINE_FAILURE, FakeVLLM, count_tokens
 from tests.waiting import wait_for_async
@@ -124,7 +124,7 @@ async def test_a_crlf_split_between_two_reads_is_one_line_end():
         for piece in pieces:
             yield piece
 
-    assert [data async for data in vllm_client._sse_data(body())] == ['{"a": 1}', "two", "three", "last"]
+    assert [data async for data in sse_frames._sse_data(body())] == ['{"a": 1}', "two", "three", "last"]
 
 
 async def test_a_bad_byte_is_the_replacement_character_and_a_split_character_stays_whole():
@@ -134,7 +134,7 @@ async def test_a_bad_byte_is_the_replacement_character_and_a_split_character_sta
         for piece in pieces:
             yield piece
 
-    assert [data async for data in vllm_client._sse_data(body())] == ["a\ufffdb \u2028 c"]
+    assert [data async for data in sse_frames._sse_data(body())] == ["a\ufffdb \u2028 c"]
 
 
 async def test_text_no_database_can_store_becomes_the_replacement_character(fake_vllm: FakeVLLM):

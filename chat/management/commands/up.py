@@ -12,7 +12,7 @@ from engine import vllm_client
 from engine.endpoints import default_endpoint
 from engine.management.commands.runvllm import add_server_arguments, server_config
 from engine.server.config import ServerError, terminal
-from engine.server.supervisor import Site, run_with_site
+from engine.server.site_workers import Site, run_with_site
 
 
 class Command(BaseCommand):
