@@ -16,7 +16,7 @@ for tokens; the ID token's signature checked against the provider's keys). What 
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import jwt
 import requests
@@ -32,7 +32,7 @@ from django.shortcuts import redirect
 from django.utils import timezone
 from django.utils.decorators import async_only_middleware
 from django.utils.translation import gettext, gettext_lazy
-from django.utils.functional import Promise
+from django_stubs_ext import StrPromise
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 from mozilla_django_oidc.views import OIDCAuthenticationCallbackView
 
@@ -48,7 +48,7 @@ CLOCK_LEEWAY = 60
 class SignInRefused(Exception):
     """The provider's answer does not let this person in; the message says why, to them."""
 
-    def __init__(self, message: str | Promise) -> None:
+    def __init__(self, message: str | StrPromise) -> None:
         super().__init__(str(message))
         self.message = message
 
@@ -192,7 +192,7 @@ class SignInCallback(OIDCAuthenticationCallbackView):  # type: ignore[misc]
             return self._refused(gettext("The organisation's sign-in service did not sign you in."))
         return self._refused(gettext("The sign-in could not be checked. Please start it again."))
 
-    def _refused(self, message: str | Promise) -> HttpResponse:
+    def _refused(self, message: str | StrPromise) -> HttpResponse:
         messages.error(self.request, message)
         return redirect("login")
 
@@ -226,7 +226,7 @@ def still_at_provider(user: User) -> bool:
     return True
 
 
-def _ask_provider(account: OrganisationAccount) -> dict[str, str] | bool | None:
+def _ask_provider(account: OrganisationAccount) -> dict[str, str] | Literal[False] | None:
     """The provider's answer: new tokens (still in), False (refused), or None (no clear answer)."""
     try:
         if account.refresh_token:
@@ -280,9 +280,11 @@ def still_signed_in_at_provider(get_response: AsyncChain) -> AsyncChain:
     async def middleware(request: HttpRequest) -> HttpResponseBase:
         if await request.session.aget(BACKEND_SESSION_KEY) == BACKEND:
             user = await request.auser()
-            if user.is_authenticated and not await sync_to_async(still_at_provider)(user):  # type: ignore[arg-type]
+            if user.is_authenticated and not await sync_to_async(still_at_provider)(user):
                 await alogout(request)
-                messages.warning(request, gettext("You were signed out: your organisation's account is no longer active."))
+                messages.warning(
+                    request, gettext("You were signed out: your organisation's account is no longer active.")
+                )
         return await get_response(request)
 
     return middleware

@@ -3,7 +3,6 @@ from django.contrib import admin
 from django.contrib.auth import urls as auth_urls
 from django.urls import include, path
 from django.views.i18n import JavaScriptCatalog
-
 from mozilla_django_oidc.views import OIDCAuthenticationRequestView
 
 from accounts import views as sign_in_pages

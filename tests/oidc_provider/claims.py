@@ -11,7 +11,7 @@ from oauth2_provider.oauth2_validators import OAuth2Validator
 FAULTS: dict[str, Any] = {}
 
 
-class OrganisationValidator(OAuth2Validator):
+class OrganisationValidator(OAuth2Validator):  # type: ignore[misc]
     # Every claim whatever the scopes asked: the groups claim is in none of them.
     oidc_claim_scope = None
 
