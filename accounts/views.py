@@ -73,9 +73,11 @@ def first_account(request: HttpRequest) -> HttpResponse:
     return redirect(_next(request) or resolve_url(settings.LOGIN_REDIRECT_URL))
 
 
-def _organisation_sign_in() -> dict[str, str]:
-    """The "Sign in with …" button's name, when the site signs in with an OpenID Connect provider."""
-    return {"organisation_provider": settings.OIDC_PROVIDER_NAME} if settings.OIDC_ENABLED else {}
+def _organisation_sign_in() -> dict[str, object]:
+    """The "Sign in with …" button, when the site signs in with an OpenID Connect provider."""
+    if not settings.OIDC_ENABLED:
+        return {}
+    return {"organisation_sign_in": True, "organisation_provider": settings.OIDC_PROVIDER_NAME}
 
 
 def _taken(request: HttpRequest) -> HttpResponse:

@@ -349,8 +349,8 @@ CHAT_CLI_USER: str = env.str("CHAT_CLI_USER", default="")
 # organisation's accounts"); none is fetched while the settings load.
 OIDC_ISSUER: str = env.str("OIDC_ISSUER", default="").rstrip("/")
 OIDC_ENABLED = bool(OIDC_ISSUER)
-# What the button says: "Sign in with <name>".
-OIDC_PROVIDER_NAME: str = env.str("OIDC_PROVIDER_NAME", default="your organisation's account")
+# What the button says: "Sign in with <name>"; empty: "Sign in with your organisation's account".
+OIDC_PROVIDER_NAME: str = env.str("OIDC_PROVIDER_NAME", default="")
 OIDC_OP_AUTHORIZATION_ENDPOINT: str = env.str("OIDC_AUTHORIZATION_ENDPOINT", default="")
 OIDC_OP_TOKEN_ENDPOINT: str = env.str("OIDC_TOKEN_ENDPOINT", default="")
 OIDC_OP_USER_ENDPOINT: str = env.str("OIDC_USERINFO_ENDPOINT", default="")
