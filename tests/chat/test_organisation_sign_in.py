@@ -4,7 +4,6 @@ provider on loopback (django-oauth-toolkit, tests/oidc_provider/), driven over H
 drives it.
 """
 
-from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -14,60 +13,11 @@ from django.contrib.auth.models import User
 from accounts.models import OrganisationAccount
 from chat.models import ApiToken
 from tests.accounts import PASSWORD, login
-from tests.oidc_provider.server import OidcProvider, sign_in_at_provider
-from tests.site_server import SiteProcess, site_env
+from tests.fixtures_oidc import STAFF_GROUP
+from tests.oidc_provider.server import sign_in_at_provider
+from tests.site_server import SiteProcess
 
-pytestmark = pytest.mark.django_db(transaction=True)
-
-STAFF_GROUP = "chat-staff"
-
-
-@pytest.fixture(scope="module")
-def provider(tmp_path_factory) -> Iterator[OidcProvider]:
-    provider = OidcProvider(tmp_path_factory.mktemp("provider")).start()
-    yield provider
-    provider.stop()
-
-
-def organisation_site(provider: OidcProvider, fake_vllm_server, **settings: str) -> SiteProcess:
-    site = SiteProcess(site_env(fake_vllm_server, **provider.site_env(), **settings))
-    provider.register(site.url)
-    return site.start()
-
-
-@pytest.fixture(scope="module")
-def open_site(provider, django_db_setup, django_db_blocker, fake_vllm_server) -> Iterator[SiteProcess]:
-    """Makes an account for anyone the provider signs in; staff follow a group; the provider is asked
-    again at every request."""
-    site = organisation_site(
-        provider,
-        fake_vllm_server,
-        OIDC_CREATE_ACCOUNTS="true",
-        OIDC_STAFF_GROUPS=STAFF_GROUP,
-        OIDC_RECHECK_SECONDS="0",
-    )
-    yield site
-    site.stop()
-
-
-@pytest.fixture(scope="module")
-def closed_site(provider, django_db_setup, django_db_blocker, fake_vllm_server) -> Iterator[SiteProcess]:
-    """Only people who already have an account here (the default)."""
-    site = organisation_site(provider, fake_vllm_server)
-    yield site
-    site.stop()
-
-
-@pytest.fixture(autouse=True)
-def no_faults(provider) -> Iterator[None]:
-    yield
-    provider.faults()
-
-
-@pytest.fixture(autouse=True)
-def administrator(django_user_model):
-    """The site's first account: without one, its sign-in page offers to make it instead."""
-    return django_user_model.objects.create_superuser("admin", password=PASSWORD)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_faults", "administrator")]
 
 
 def browser(site: SiteProcess) -> httpx.Client:
@@ -267,3 +217,12 @@ def test_a_password_still_signs_in_beside_the_provider(closed_site):
     with browser(closed_site) as client:
         login(client, "admin")
         assert signed_in(client)
+
+
+def test_the_button_and_a_refusal_speak_korean(open_site, provider):
+    provider.person("lee")
+    provider.faults(expired=True)
+    with httpx.Client(base_url=open_site.url, timeout=30, headers={"Accept-Language": "ko"}) as client:
+        assert "Example Org(으)로 로그인" in client.get("/accounts/login/").text
+        page = refusal(sign_in_at_provider(client, "lee"))
+        assert "로그인이 이 사이트에 도착하기 전에 만료됐어요. 다시 시도해 주세요." in page
