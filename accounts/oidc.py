@@ -212,17 +212,21 @@ def still_at_provider(user: User) -> bool:
     recheck = timedelta(seconds=settings.OIDC_RECHECK_SECONDS)
     if settings.OIDC_RECHECK_SECONDS and account.checked_at and timezone.now() - account.checked_at < recheck:
         return True
+    # One request asks, the one that moves `checked_at` on: a provider that rotates refresh tokens
+    # would refuse the second of two requests asking with the same one, and sign the person out.
+    # The others, in the meantime, take the person as still in.
+    now = timezone.now()
+    if not OrganisationAccount.objects.filter(pk=account.pk, checked_at=account.checked_at).update(checked_at=now):
+        return not OrganisationAccount.objects.filter(pk=account.pk, refused=True).exists()
     verdict = _ask_provider(account)
     if verdict is None:
         return True
-    # Only over the tokens it read: the provider may rotate refresh tokens, and another request of
-    # the person's may have used this one first, then its answer holds.
-    unchanged = OrganisationAccount.objects.filter(pk=account.pk, refresh_token=account.refresh_token)
+    # Only over the tokens it asked with: a sign-in meanwhile brought new ones, and its verdict holds.
+    asked_with = OrganisationAccount.objects.filter(pk=account.pk, refresh_token=account.refresh_token)
     if verdict is False:
-        if unchanged.update(refused=True):
-            return False
-        return not OrganisationAccount.objects.filter(pk=account.pk, refused=True).exists()
-    unchanged.update(checked_at=timezone.now(), **verdict)
+        asked_with.update(refused=True)
+        return False
+    asked_with.update(**verdict)
     return True
 
 
