@@ -226,3 +226,34 @@ def test_the_button_and_a_refusal_speak_korean(open_site, provider):
         assert "Example Org(으)로 로그인" in client.get("/accounts/login/").text
         page = refusal(sign_in_at_provider(client, "lee"))
         assert "로그인이 이 사이트에 도착하기 전에 만료됐어요. 다시 시도해 주세요." in page
+
+
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [
+        ("", "The sign-in could not be checked. Please start it again."),
+        ("?code=a-code", "The sign-in could not be checked. Please start it again."),
+        ("?code=a-code&state=a-state", "The sign-in could not be checked. Please start it again."),
+        ("?error=access_denied&state=a-state", "The organisation&#x27;s sign-in service did not sign you in."),
+        ("?code=%00&state=%ff%fe", "The sign-in could not be checked. Please start it again."),
+    ],
+    ids=["nothing", "no-state", "no-session", "denied", "garbage"],
+)
+def test_a_callback_anyone_can_send_is_refused_saying_why(open_site, query, said):
+    with browser(open_site) as client:
+        page = refusal(client.get(f"/oidc/callback/{query}", follow_redirects=True))
+        assert said in page
+        assert not signed_in(client)
+
+
+def test_a_sign_in_answer_meant_for_another_browser_signs_nobody_in_there(open_site, provider):
+    """Login CSRF: an attacker's own answer from the provider, opened in someone else's browser, must
+    not sign that browser in as the attacker (the state is in the attacker's session only)."""
+    provider.person("oscar")
+    with browser(open_site) as attacker:
+        callback = to_the_callback(attacker, open_site, "oscar")
+    with browser(open_site) as victim:
+        victim.get("/oidc/authenticate/")  # a sign-in of the victim's own, under way
+        page = refusal(victim.get(callback, follow_redirects=True))
+        assert "The sign-in could not be checked" in page
+        assert not signed_in(victim)
