@@ -23,7 +23,7 @@ import requests
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib import messages
-from django.contrib.auth import BACKEND_SESSION_KEY, alogout
+from django.contrib.auth import alogout
 from django.contrib.auth.models import User
 from django.core.exceptions import MiddlewareNotUsed, SuspiciousOperation
 from django.db.models import QuerySet
@@ -40,7 +40,6 @@ from accounts.models import OrganisationAccount
 
 logger = logging.getLogger("accounts")
 
-BACKEND = "accounts.oidc.OrganisationBackend"
 # Clocks of the site and the provider may differ by this much when reading a token's times.
 CLOCK_LEEWAY = 60
 
@@ -111,9 +110,11 @@ class OrganisationBackend(OIDCAuthenticationBackend):  # type: ignore[misc]
         if people.exists():
             return people
         # Someone who had an account before the site used the provider: their address, if the
-        # provider vouches for it, and if no other account at the provider claimed theirs.
+        # provider says it verified it (else anyone who could type it there would take the account:
+        # Entra ID, which sends no `email_verified`, is so), and if no one at the provider has
+        # claimed that account already.
         email = claims.get("email")
-        if not email or claims.get("email_verified") is False:
+        if not email or str(claims.get("email_verified")).lower() != "true":
             return User.objects.none()
         return User.objects.filter(email__iexact=email, organisation_account__isnull=True)
 
@@ -275,20 +276,17 @@ type AsyncChain = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 
 @async_only_middleware
 def still_signed_in_at_provider(get_response: AsyncChain) -> AsyncChain:
-    """Signs out, at their next request, a person whose session the provider made and who it no
-    longer lets in (`still_at_provider`). Sessions of people who signed in with a password cost
-    nothing: the session says which backend signed them in."""
+    """Signs out, at their next request, a person the provider no longer lets in
+    (`still_at_provider`), however they signed in here: with a password too, if they are linked to
+    the provider. One query a request (the link), and only on a site that uses a provider."""
     if not settings.OIDC_ENABLED:
         raise MiddlewareNotUsed
 
     async def middleware(request: HttpRequest) -> HttpResponseBase:
-        if await request.session.aget(BACKEND_SESSION_KEY) == BACKEND:
-            user = await request.auser()
-            if user.is_authenticated and not await sync_to_async(still_at_provider)(user):
-                await alogout(request)
-                messages.warning(
-                    request, gettext("You were signed out: your organisation's account is no longer active.")
-                )
+        user = await request.auser()
+        if user.is_authenticated and not await sync_to_async(still_at_provider)(user):
+            await alogout(request)
+            messages.warning(request, gettext("You were signed out: your organisation's account is no longer active."))
         return await get_response(request)
 
     return middleware

@@ -257,3 +257,27 @@ def test_a_sign_in_answer_meant_for_another_browser_signs_nobody_in_there(open_s
         page = refusal(victim.get(callback, follow_redirects=True))
         assert "The sign-in could not be checked" in page
         assert not signed_in(victim)
+
+
+def test_an_address_the_provider_did_not_verify_takes_no_account(closed_site, provider):
+    """Else anyone who could type Peggy's address at the provider would be Peggy here."""
+    User.objects.create_user("peggy", email="peggy@example.org", password=PASSWORD)
+    provider.person("not-peggy", email="peggy@example.org")
+    provider.faults(unverified_email=True)
+    with browser(closed_site) as client:
+        page = refusal(sign_in_at_provider(client, "not-peggy"))
+        assert "You have no account on this site yet." in page
+        assert not signed_in(client)
+    assert not OrganisationAccount.objects.exists()
+
+
+def test_a_person_deactivated_at_the_provider_loses_their_password_sessions_too(open_site, provider):
+    User.objects.create_user("quinn", email="quinn@example.org", password=PASSWORD)
+    provider.person("quinn", email="quinn@example.org")
+    with browser(open_site) as client:
+        sign_in_at_provider(client, "quinn")  # links the account
+    with browser(open_site) as client:
+        login(client, "quinn")
+        assert signed_in(client)
+        provider.person("quinn", email="quinn@example.org", active=False)
+        assert not signed_in(client)

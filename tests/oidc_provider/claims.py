@@ -7,7 +7,8 @@ from django.utils import timezone
 from oauth2_provider.oauth2_validators import OAuth2Validator
 
 # Set by POST /test/faults (tests/oidc_provider/views.py), for the next ID tokens: "issuer",
-# "audience", "nonce" replace those claims, "expired" makes the token an hour old.
+# "audience", "nonce" replace those claims, "expired" makes the token an hour old; "unverified_email"
+# leaves out `email_verified`, as Entra ID does: nobody says the address is the person's.
 FAULTS: dict[str, Any] = {}
 
 
@@ -17,12 +18,15 @@ class OrganisationValidator(OAuth2Validator):  # type: ignore[misc]
 
     def get_additional_claims(self, request: Any) -> dict[str, Any]:
         person = request.user
-        return {
+        claims = {
             "email": person.email,
             "email_verified": True,
             "preferred_username": person.username,
             "groups": sorted(person.groups.values_list("name", flat=True)),
         }
+        if FAULTS.get("unverified_email"):
+            del claims["email_verified"]
+        return claims
 
     def get_id_token_dictionary(self, token: Any, token_handler: Any, request: Any) -> Any:
         claims, expiration = super().get_id_token_dictionary(token, token_handler, request)
