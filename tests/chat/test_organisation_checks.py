@@ -62,3 +62,16 @@ def test_a_person_checked_lately_is_not_asked_about_again(alice, alices_account,
 def test_a_person_who_never_signed_in_at_the_provider_is_never_asked_about(bob, monkeypatch):
     monkeypatch.setattr(oidc, "_ask_provider", lambda account: pytest.fail("asked"))
     assert oidc.still_at_provider(bob)
+
+
+def test_a_persons_link_to_the_provider_shows_in_the_admin_without_its_tokens(
+    client, alices_account, django_user_model
+):
+    admin = django_user_model.objects.create_superuser("admin", password="x")
+    client.force_login(admin)
+    alices_account.refresh_token = "a-secret-refresh-token"
+    alices_account.save()
+    page = client.get(f"/admin/auth/user/{alices_account.person_id}/change/")
+    assert page.status_code == 200
+    assert "alice-at-the-provider" in page.text
+    assert "a-secret-refresh-token" not in page.text
