@@ -183,6 +183,12 @@ class SignInCallback(OIDCAuthenticationCallbackView):  # type: ignore[misc]
             # tab's sign-in), a nonce that does not match, a key the provider does not publish.
             logger.warning("OpenID Connect: a sign-in refused: %s", error)
             return self._refused(gettext("The sign-in could not be checked. Please start it again."))
+        except requests.HTTPError as error:
+            # The token endpoint refused the code: used already, expired, or its PKCE verifier wrong.
+            logger.warning("OpenID Connect: the provider refused a code: %s", error)
+            return self._refused(
+                gettext("The organisation's sign-in service refused this sign-in. Please start it again.")
+            )
         except requests.RequestException as error:
             logger.warning("OpenID Connect: the provider failed: %s", error)
             return self._refused(gettext("The organisation's sign-in service did not answer. Please try again later."))

@@ -281,3 +281,14 @@ def test_a_person_deactivated_at_the_provider_loses_their_password_sessions_too(
         assert signed_in(client)
         provider.person("quinn", email="quinn@example.org", active=False)
         assert not signed_in(client)
+
+
+def test_a_code_the_provider_does_not_know_is_refused_saying_so(open_site, provider):
+    provider.person("rupert")
+    with browser(open_site) as client:
+        callback = to_the_callback(client, open_site, "rupert")
+        query = parse_qs(urlsplit(callback).query)
+        forged = f"/oidc/callback/?code=not-a-code-it-issued&state={query['state'][0]}"
+        page = refusal(client.get(forged, follow_redirects=True))
+        assert "The organisation&#x27;s sign-in service refused this sign-in. Please start it again." in page
+        assert not signed_in(client)
