@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import jwt
 import requests
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import alogout
@@ -288,9 +288,13 @@ def still_signed_in_at_provider(get_response: AsyncChain) -> AsyncChain:
     if not settings.OIDC_ENABLED:
         raise MiddlewareNotUsed
 
+    # On a thread of the default pool, with its connection handed back after (as Channels does), not
+    # on asgiref's one shared thread: a slow provider would hold every request's sync code behind it.
+    ask = database_sync_to_async(still_at_provider, thread_sensitive=False)
+
     async def middleware(request: HttpRequest) -> HttpResponseBase:
         user = await request.auser()
-        if user.is_authenticated and not await sync_to_async(still_at_provider)(user):
+        if user.is_authenticated and not await ask(user):
             await alogout(request)
             messages.warning(request, gettext("You were signed out: your organisation's account is no longer active."))
         return await get_response(request)
