@@ -31,3 +31,26 @@ class LanguageChoice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.person}: {self.language}"
+
+
+class OrganisationAccount(models.Model):
+    """A person's account at the organisation's OpenID Connect provider (accounts/oidc.py).
+
+    `subject` is the provider's id for them (the `sub` claim), which unlike an e-mail address never
+    changes. The tokens let the site ask the provider, now and then, whether the person may still
+    sign in: secrets, never shown, kept only for that.
+    """
+
+    person = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="organisation_account"
+    )
+    subject = models.CharField(max_length=255, unique=True)
+    refresh_token = models.TextField(blank=True, editable=False)
+    access_token = models.TextField(blank=True, editable=False)
+    # When the provider last said the person may still sign in.
+    checked_at = models.DateTimeField(null=True, editable=False)
+    # The provider refused them: their sessions and API tokens are out until they sign in there again.
+    refused = models.BooleanField(default=False, editable=False)
+
+    def __str__(self) -> str:
+        return f"{self.person} at the provider: {self.subject}"

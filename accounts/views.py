@@ -48,7 +48,7 @@ def create_first_account(form: FirstAccountForm) -> User:
 @require_http_methods(["GET", "POST"])
 def sign_in(request: HttpRequest) -> HttpResponseBase:
     if site_has_accounts():
-        return LoginView.as_view()(request)
+        return LoginView.as_view(extra_context=_organisation_sign_in())(request)
     # While there is no account, the page offers to make the first one instead.
     return render(
         request, "registration/login.html", {"first_account_form": FirstAccountForm(), "next": _next(request)}
@@ -71,6 +71,13 @@ def first_account(request: HttpRequest) -> HttpResponse:
         return _taken(request)
     login(request, user, backend="django.contrib.auth.backends.ModelBackend")
     return redirect(_next(request) or resolve_url(settings.LOGIN_REDIRECT_URL))
+
+
+def _organisation_sign_in() -> dict[str, object]:
+    """The "Sign in with …" button, when the site signs in with an OpenID Connect provider."""
+    if not settings.OIDC_ENABLED:
+        return {}
+    return {"organisation_sign_in": True, "organisation_provider": settings.OIDC_PROVIDER_NAME}
 
 
 def _taken(request: HttpRequest) -> HttpResponse:

@@ -10,6 +10,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.http import HttpRequest
 from ninja.security import APIKeyCookie, HttpBearer
 
+from accounts.oidc import still_at_provider
 from chat.models import ApiToken
 
 
@@ -21,7 +22,11 @@ class AuthenticatedRequest(HttpRequest):
 
 class TokenAuth(HttpBearer):
     def authenticate(self, request: HttpRequest, token: str) -> User | None:
-        return ApiToken.objects.user_for(token) if token else None
+        user = ApiToken.objects.user_for(token) if token else None
+        # A person deactivated at the organisation's provider loses their tokens with their sessions.
+        if user is not None and settings.OIDC_ENABLED and not still_at_provider(user):
+            return None
+        return user
 
 
 class SessionAuth(APIKeyCookie):

@@ -10,6 +10,7 @@ from django.http import HttpRequest
 from django.utils.translation import gettext, gettext_lazy
 from django_stubs_ext import WithAnnotations
 
+from accounts.admin import OrganisationAccountInline
 from chat.models import ApiToken, Conversation, Message
 
 # What vLLM measured and the turn timed: a record, not something to edit.
@@ -104,7 +105,7 @@ admin.site.unregister(User)
 
 @admin.register(User)
 class PersonAdmin(UserAdmin[User]):
-    inlines = [*UserAdmin.inlines, ApiTokenInline]
+    inlines = [*UserAdmin.inlines, ApiTokenInline, OrganisationAccountInline]
 
     def get_inlines(self, request: HttpRequest, obj: User | None) -> list[type[InlineModelAdmin[Any, Any]]]:
         # Someone being added has no tokens yet: the add page stays Django's own two-step form.

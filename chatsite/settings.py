@@ -216,7 +216,7 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {
         app: {"handlers": ["console"], "level": env.str("CHAT_LOG_LEVEL", default="INFO")}
-        for app in ("chat", "engine", "api")
+        for app in ("chat", "engine", "api", "accounts")
     },
 }
 
@@ -351,3 +351,45 @@ CHAT_IMPORT_MAX_BYTES: int = env.int("CHAT_IMPORT_MAX_BYTES", default=64 * 1024 
 API_MAX_BODY_BYTES: int = env.int("API_MAX_BODY_BYTES", default=1024 * 1024)
 # Whose history `python manage.py run` saves to without --user; unset means the only superuser.
 CHAT_CLI_USER: str = env.str("CHAT_CLI_USER", default="")
+
+# --- Signing in with the organisation's accounts: OpenID Connect (accounts/oidc.py) ---------------
+# Off unless an issuer is set. mozilla-django-oidc runs the code flow (with PKCE, state and nonce);
+# accounts/oidc.py checks the ID token's issuer, audience and expiry, links a person to the
+# provider's `sub`, and asks the provider again, every OIDC_RECHECK_SECONDS, whether they may still
+# sign in. The endpoints are the provider's discovery document's (README.md, "Signing in with the
+# organisation's accounts"); none is fetched while the settings load.
+OIDC_ISSUER: str = env.str("OIDC_ISSUER", default="").rstrip("/")
+OIDC_ENABLED = bool(OIDC_ISSUER)
+# What the button says: "Sign in with <name>"; empty: "Sign in with your organisation's account".
+OIDC_PROVIDER_NAME: str = env.str("OIDC_PROVIDER_NAME", default="")
+OIDC_OP_AUTHORIZATION_ENDPOINT: str = env.str("OIDC_AUTHORIZATION_ENDPOINT", default="")
+OIDC_OP_TOKEN_ENDPOINT: str = env.str("OIDC_TOKEN_ENDPOINT", default="")
+OIDC_OP_USER_ENDPOINT: str = env.str("OIDC_USERINFO_ENDPOINT", default="")
+OIDC_OP_JWKS_ENDPOINT: str = env.str("OIDC_JWKS_ENDPOINT", default="")
+OIDC_RP_CLIENT_ID: str = env.str("OIDC_CLIENT_ID", default="")
+OIDC_RP_CLIENT_SECRET: str = env.str("OIDC_CLIENT_SECRET", default="")
+OIDC_RP_SIGN_ALGO: str = env.str("OIDC_SIGN_ALGORITHM", default="RS256")
+OIDC_RP_SCOPES: str = env.str("OIDC_SCOPES", default="openid email profile")
+OIDC_USE_PKCE = True
+OIDC_USE_NONCE = True
+OIDC_TIMEOUT: float = env.float("OIDC_TIMEOUT", default=10.0)
+# Make an account for a person the provider signs in who has none here yet; off: only people who
+# already have an account (matched by their verified e-mail address, then by the provider's id).
+OIDC_CREATE_USER: bool = env.bool("OIDC_CREATE_ACCOUNTS", default=False)
+# Staff status follows the provider: staff while the claim lists one of these groups or roles.
+# Empty: the provider's groups change nothing, staff status is the admin's.
+OIDC_STAFF_GROUPS: list[str] = env.list("OIDC_STAFF_GROUPS", default=[])
+OIDC_GROUPS_CLAIM: str = env.str("OIDC_GROUPS_CLAIM", default="groups")
+# How often a signed-in person's sessions and API tokens are checked with the provider (a refresh
+# token grant): one deactivated there is out at their first request after this many seconds.
+# 0: at every request.
+OIDC_RECHECK_SECONDS: int = env.int("OIDC_RECHECK_SECONDS", default=60)
+OIDC_CALLBACK_CLASS = "accounts.oidc.SignInCallback"
+LOGIN_REDIRECT_URL_FAILURE = "login"
+if OIDC_ENABLED:
+    AUTHENTICATION_BACKENDS.append("accounts.oidc.OrganisationBackend")
+    # After the messages' middleware: a person signed out here is told why.
+    MIDDLEWARE.insert(
+        MIDDLEWARE.index("django.contrib.messages.middleware.MessageMiddleware") + 1,
+        "accounts.oidc.still_signed_in_at_provider",
+    )

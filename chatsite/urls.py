@@ -3,8 +3,10 @@ from django.contrib import admin
 from django.contrib.auth import urls as auth_urls
 from django.urls import include, path
 from django.views.i18n import JavaScriptCatalog
+from mozilla_django_oidc.views import OIDCAuthenticationRequestView
 
 from accounts import views as sign_in_pages
+from accounts.oidc import SignInCallback
 from api.openai_compat import openai_api
 from api.rest import api
 
@@ -17,6 +19,13 @@ accounts = [
     if "default" in settings.MAILERS or getattr(url, "name", None) not in RESET_BY_MAIL
 ]
 
+# Signing in with the organisation's accounts (accounts/oidc.py), when a provider is configured. The
+# library's own logout view is left out: the site's (a POST) signs out of the site.
+organisation_sign_in = [
+    path("oidc/authenticate/", OIDCAuthenticationRequestView.as_view(), name="oidc_authentication_init"),
+    path("oidc/callback/", SignInCallback.as_view(), name="oidc_authentication_callback"),
+]
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     # Before Django's own sign-in page, which it stands in for.
@@ -24,6 +33,7 @@ urlpatterns = [
     path("accounts/first-account/", sign_in_pages.first_account, name="first-account"),
     path("accounts/language", sign_in_pages.choose_language, name="language"),
     path("accounts/", include(accounts)),
+    *(organisation_sign_in if settings.OIDC_ENABLED else []),
     path("api/", api.urls),
     path("v1/", openai_api.urls),
     path("ops/", include("ops.urls")),

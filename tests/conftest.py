@@ -13,6 +13,7 @@ pytest_plugins = [
     "tests.fixtures_standin_vllm",
     "tests.fixtures_servers",
     "tests.fixtures_browser",
+    "tests.fixtures_oidc",
 ]
 
 

@@ -1,0 +1,77 @@
+"""The site asking the organisation's provider whether a person may still sign in
+(accounts/oidc.py's `still_at_provider`), on its own: who asks, and what an unanswered question means.
+The whole flow against a real provider is tests/chat/test_organisation_sign_in.py."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from accounts import oidc
+from accounts.models import OrganisationAccount
+from tests.ports import free_port
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def alices_account(alice, settings) -> OrganisationAccount:
+    settings.OIDC_RECHECK_SECONDS = 60
+    settings.OIDC_OP_TOKEN_ENDPOINT = f"http://127.0.0.1:{free_port()}/token/"  # nothing listens
+    return OrganisationAccount.objects.create(
+        person=alice,
+        subject="alice-at-the-provider",
+        refresh_token="r1",
+        checked_at=timezone.now() - timedelta(hours=1),
+    )
+
+
+def test_two_requests_at_once_ask_the_provider_once(alice, alices_account, monkeypatch):
+    asked: list[str] = []
+    during_the_ask: list[bool] = []
+
+    def ask(account):
+        asked.append(account.refresh_token)
+        # Another request of Alice's, while the provider is being asked: it must not ask with the
+        # same refresh token, which a provider that rotates them would refuse.
+        during_the_ask.append(oidc.still_at_provider(alice))
+        return {"refresh_token": "r2", "access_token": "a2"}
+
+    monkeypatch.setattr(oidc, "_ask_provider", ask)
+    assert oidc.still_at_provider(alice)
+    assert asked == ["r1"]
+    assert during_the_ask == [True]
+    alices_account.refresh_from_db()
+    assert alices_account.refresh_token == "r2"
+    assert timezone.now() - alices_account.checked_at < timedelta(minutes=1)
+
+
+def test_a_provider_that_does_not_answer_leaves_the_person_in(alice, alices_account):
+    assert oidc.still_at_provider(alice)
+    alices_account.refresh_from_db()
+    assert not alices_account.refused
+
+
+def test_a_person_checked_lately_is_not_asked_about_again(alice, alices_account, monkeypatch):
+    alices_account.checked_at = timezone.now()
+    alices_account.save()
+    monkeypatch.setattr(oidc, "_ask_provider", lambda account: pytest.fail("asked"))
+    assert oidc.still_at_provider(alice)
+
+
+def test_a_person_who_never_signed_in_at_the_provider_is_never_asked_about(bob, monkeypatch):
+    monkeypatch.setattr(oidc, "_ask_provider", lambda account: pytest.fail("asked"))
+    assert oidc.still_at_provider(bob)
+
+
+def test_a_persons_link_to_the_provider_shows_in_the_admin_without_its_tokens(
+    client, alices_account, django_user_model
+):
+    admin = django_user_model.objects.create_superuser("admin", password="x")
+    client.force_login(admin)
+    alices_account.refresh_token = "a-secret-refresh-token"
+    alices_account.save()
+    page = client.get(f"/admin/auth/user/{alices_account.person_id}/change/")
+    assert page.status_code == 200
+    assert "alice-at-the-provider" in page.text
+    assert "a-secret-refresh-token" not in page.text
