@@ -29,7 +29,8 @@ class TemporaryForm(PromptForm, SettingsForm):
 @login_required
 @require_GET
 def page(request: HttpRequest) -> HttpResponse:
-    return render(request, "chat/temporary.html", {"max_prompt_chars": settings.CHAT_MAX_PROMPT_CHARS})
+    # No length on the box: the browser would silently cut a long paste; the site says what is too long.
+    return render(request, "chat/temporary.html")
 
 
 def _options(data: dict[str, object], chosen: catalog.Chosen) -> GenerationOptions:
