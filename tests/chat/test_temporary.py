@@ -16,8 +16,9 @@ from chat import temporary
 from chat.limits import TooManyAnswers
 from chat.models import Conversation, Message
 from tests.accounts import login
-from tests.site_server import csrf_headers
+from tests.site_server import SiteProcess, csrf_headers, site_env
 from tests.sse import sse_events
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -53,6 +54,36 @@ def test_the_answer_streams_as_the_chat_pages_do_and_nothing_is_stored(alices, f
     # Nor is anything in the person's search or export.
     assert "Nothing found" in alices.get("/search", params={"q": "scatters"}).text
     assert "scatters" not in alices.get("/export.json").text
+
+
+@pytest.fixture
+def site_of_one_answer_at_once(django_db_setup, fake_vllm_server):
+    """The site in a process of its own, where a person may have one answer at once."""
+    site = SiteProcess(site_env(fake_vllm_server, CHAT_MAX_ANSWERS_AT_ONCE="1")).start()
+    yield site
+    site.stop()
+
+
+def test_leaving_a_temporary_answer_ends_its_generation_and_gives_its_room_back(
+    site_of_one_answer_at_once, alice, fake_vllm
+):
+    fake_vllm.reply, fake_vllm.fault, fake_vllm.fault_after = ["One", " two"], "stall", 1
+    with httpx.Client(base_url=site_of_one_answer_at_once.url, timeout=30) as alices:
+        login(alices, "alice")
+        for _ in range(3):
+            with alices.stream("POST", SEND, data={"prompt": "Count"}, headers=csrf_headers(alices)) as response:
+                assert response.status_code == 200
+                events = sse_events(response.iter_lines())  # kept: dropped, it would close the response
+                assert next(events) == ("delta", {"text": "One"})
+                wait_for(lambda: fake_vllm.running == 1, what="the engine to be generating")
+                # One at once: a second, while this one streams, is refused before anything streams.
+                refused = alices.post(SEND, data={"prompt": "Another"}, headers=csrf_headers(alices))
+                assert refused.status_code == 429
+                assert "1 answer being generated" in refused.json()["error"]
+            # The client has gone: the site hangs up on the engine (which frees vLLM's slot), and
+            # the room is given back, so the next one is let through.
+            wait_for(lambda: fake_vllm.running == 0, what="the engine's request to be closed")
+    assert nothing_stored()
 
 
 def test_a_failing_engine_is_an_error_event_and_still_nothing_is_stored(alices, fake_vllm):
