@@ -58,9 +58,11 @@ def share(conversation: Conversation, audience: SharedLink.Audience) -> SharedLi
 
 
 def find(token: str) -> SharedLink | None:
-    """The link with this token; None for a token no link has (revoked, or never made). Whether a
-    reader may read it is `may_read`: a signed-out reader of a signed-in link is sent to sign in."""
-    return SharedLink.objects.filter(token=token).first()
+    """The link with this token; None for a token no link has (revoked, never made, or its owner
+    deactivated). Whether a reader may read it is `may_read`: a signed-out reader of a signed-in
+    link is sent to sign in."""
+    # A person deactivated in the admin shares nothing any more, as their tokens stop working.
+    return SharedLink.objects.filter(token=token, conversation__owner__is_active=True).first()
 
 
 def may_read(link: SharedLink, reader: Someone) -> bool:

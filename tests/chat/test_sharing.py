@@ -197,3 +197,12 @@ def test_shared_text_is_never_markup_in_the_page(client, conversation, alice):
     page = Client().get(reverse("chat:shared", args=[link.token])).content.decode()
     assert "<img src=x" not in page and "<script>x()" not in page
     assert "&lt;img src=x" in page  # escaped into the text render.js renders, sanitised, in the browser
+
+
+def test_a_deactivated_persons_links_no_longer_open(conversation, alice):
+    link = sharing.share(conversation, SharedLink.Audience.ANYONE)
+    url = reverse("chat:shared", args=[link.token])
+    assert Client().get(url).status_code == 200
+    alice.is_active = False
+    alice.save(update_fields=["is_active"])
+    assert Client().get(url).status_code == 404
