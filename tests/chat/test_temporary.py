@@ -141,7 +141,8 @@ def test_temporary_answers_count_against_the_persons_limits(alice, settings):
     first.release()
     first.release()  # given back once, however often it is called
     third = reserve(alice.pk)
-    second.release(), third.release()
+    second.release()
+    third.release()
     # Three started in the last minute: the fourth waits, however few stream now.
     with pytest.raises(TooManyAnswers, match="3 answers in the last minute") as refused:
         reserve(alice.pk)
