@@ -1,6 +1,8 @@
 """The temporary chat and a shared link's page in Chromium, against the live site and the fake vLLM;
 each page checked by axe-core (as tests/chat/test_screens.py checks the others)."""
 
+import re
+
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -100,3 +102,23 @@ def test_axe_finds_nothing_serious_on_the_new_pages(page: Page, live_site, alice
     page.goto(f"/s/{link.token}/")
     expect(page.locator("article.assistant code")).to_have_text("answer")
     assert serious_violations(page) == []
+
+
+def test_sharing_and_revoking_from_the_conversations_menu(signed_in: Page, alice, live_site):
+    conversation = Conversation.objects.create(owner=alice, title="Menu plans")
+    Message.objects.create(conversation=conversation, role="user", content="A question")
+    page = signed_in
+    page.goto(f"/c/{conversation.pk}/")
+    item = page.locator(f"#conversation-{conversation.pk}")
+    item.locator("summary").click()
+    item.get_by_label("Who may read a shared link").select_option("anyone")
+    item.get_by_role("button", name="Share", exact=True).click()
+    expect(item.locator(".share-url")).to_have_value(
+        re.compile(rf"^{re.escape(live_site.url)}/s/[A-Za-z0-9_-]{{43}}/$")
+    )
+    link = SharedLink.objects.get()
+    expect(item.locator(".share-url")).to_have_value(f"{live_site.url}/s/{link.token}/")
+    assert link.audience == "anyone"
+    item.get_by_role("button", name="Stop sharing").click()
+    expect(item.get_by_role("status")).to_contain_text("Not shared")
+    assert not SharedLink.objects.exists()

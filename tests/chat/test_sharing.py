@@ -3,7 +3,7 @@
 Who may read, revoke or list a link; what a link shows and never shows (another branch, the
 settings, the system prompt, a later message); "continue in my chats"; CSRF and bad input on every
 route. Through Django's test client; the live site's probe is in tests/chat/test_ownership.py and
-the page in Chromium in tests/chat/test_browser_sharing.py.
+the pages in Chromium in tests/chat/test_browser_temporary.py.
 """
 
 import re
