@@ -7,7 +7,8 @@ stored answers, which every worker shares. A refused turn saves nothing.
 """
 
 import math
-from datetime import timedelta
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -31,8 +32,11 @@ class TooManyAnswers(Exception):
         self.message, self.retry_after = message, retry_after
 
 
-def check_room_for_an_answer(owner_pk: int) -> None:
+def check_room_for_an_answer(owner_pk: int, *, also_streaming: int = 0, also_started: Sequence[datetime] = ()) -> None:
     """Raise TooManyAnswers if the person may not start an answer now.
+
+    `also_streaming` and `also_started` count answers that have no row: a temporary chat's
+    (chat/temporary.py), streaming now and started when.
 
     Call it inside the transaction that saves the answer. It locks the person's row until that
     transaction ends (on SQLite, whose transactions here begin IMMEDIATE, the whole database is
@@ -53,6 +57,8 @@ def check_room_for_an_answer(owner_pk: int) -> None:
     counts = answers.filter(streaming | recent).aggregate(
         streaming=Count("pk", filter=streaming), recent=Count("pk", filter=recent)
     )
+    counts["streaming"] += also_streaming
+    counts["recent"] += sum(1 for started in also_started if started > now - MINUTE)
     if at_once and counts["streaming"] >= at_once:
         raise TooManyAnswers(
             ngettext(
@@ -68,7 +74,8 @@ def check_room_for_an_answer(owner_pk: int) -> None:
     if per_minute and counts["recent"] >= per_minute:
         # Room comes back when the per_minute-th newest of them is a minute old; only a refusal
         # asks which one that is.
-        newest = answers.filter(recent).order_by("-created_at").values_list("created_at", flat=True)
+        stored = answers.filter(recent).order_by("-created_at").values_list("created_at", flat=True)
+        newest = sorted([*stored, *also_started], reverse=True)
         wait = max(1, math.ceil((newest[per_minute - 1] + MINUTE - now).total_seconds()))
         raise TooManyAnswers(
             ngettext(

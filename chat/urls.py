@@ -1,6 +1,6 @@
 from django.urls import path, register_converter
 
-from chat import account, history_views, turn_views, views
+from chat import account, history_views, sharing, sharing_views, temporary_views, turn_views, views
 from chat.models import MAX_ID
 
 
@@ -19,6 +19,21 @@ class IdConverter:
 
 
 register_converter(IdConverter, "id")
+
+
+class ShareTokenConverter:
+    """A shared link's token (chat/sharing.py): any other shape matches no URL, a 404."""
+
+    regex = sharing.TOKEN_PATTERN
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(ShareTokenConverter, "share_token")
 
 app_name = "chat"
 urlpatterns = [
@@ -42,6 +57,15 @@ urlpatterns = [
     path("account/tokens/", account.tokens, name="tokens"),
     path("account/tokens/new", account.create_token, name="create-token"),
     path("account/tokens/<id:pk>/revoke", account.revoke_token, name="revoke-token"),
+    # Sharing by link (chat/sharing_views.py), and the temporary chat (chat/temporary_views.py)
+    path("c/<id:pk>/share", sharing_views.share, name="share"),
+    path("c/<id:pk>/unshare", sharing_views.unshare, name="unshare"),
+    path("account/links/", sharing_views.shared_links, name="shared-links"),
+    path("account/links/<id:pk>/revoke", sharing_views.revoke, name="revoke-link"),
+    path("s/<share_token:token>/", sharing_views.shared, name="shared"),
+    path("s/<share_token:token>/continue", sharing_views.continue_shared, name="continue-shared"),
+    path("temporary/", temporary_views.page, name="temporary"),
+    path("temporary/send", temporary_views.send, name="temporary-send"),
     # The person's history as a whole: chat/history_views.py
     path("search", history_views.search_history, name="search"),
     path("export.json", history_views.export_history, name="export"),

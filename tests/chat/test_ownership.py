@@ -7,7 +7,7 @@ only its caller's conversations (tests/api/test_openai_compat.py). Against the l
 import httpx
 import pytest
 
-from chat.models import Conversation, Message
+from chat.models import Conversation, Message, SharedLink
 from tests.accounts import login
 from tests.site_server import csrf_headers
 from tests.sse import sse_events
@@ -16,6 +16,7 @@ from tests.waiting import wait_for
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SECRET = "Alice's secret"
+PLANS = "Alice plans a surprise party"  # no character that HTML escapes
 
 
 def test_a_live_answer_is_offered_to_no_one_but_its_owner_on_any_door(
@@ -61,3 +62,49 @@ def test_a_live_answer_is_offered_to_no_one_but_its_owner_on_any_door(
     assert first["text"] == SECRET
     assert alice_api.post(f"/tasks/{answer.pk}/cancel").json()["status"] == "cancelled"
     assert Message.objects.get(pk=answer.pk).status == Message.Status.STOPPED
+
+
+def test_a_persons_shared_links_are_theirs_alone_to_list_and_revoke(live_site, alice, bob):
+    # Alice shares a conversation for signed-in people, then a second one for anyone.
+    secret_conversation = Conversation.objects.create(owner=alice, title="Plans")
+    Message.objects.create(conversation=secret_conversation, role="user", content=PLANS)
+    with (
+        httpx.Client(base_url=live_site.url, timeout=15) as alices,
+        httpx.Client(base_url=live_site.url, timeout=15) as bobs,
+        httpx.Client(base_url=live_site.url, timeout=15) as nobody,
+    ):
+        login(alices, "alice")
+        login(bobs, "bob")
+        shared = alices.post(
+            f"/c/{secret_conversation.pk}/share", data={"audience": "signed_in"}, headers=csrf_headers(alices)
+        )
+        assert shared.status_code == 302
+        link = SharedLink.objects.get()
+        url = f"/s/{link.token}/"
+
+        # Signed out, a link for signed-in people is not readable: sent to sign in, nothing shown.
+        refused = nobody.get(url)
+        assert refused.status_code == 302 and "/accounts/login/" in refused.headers["Location"]
+        assert PLANS not in refused.text
+
+        # Bob, with the link, reads it; but he cannot list it, revoke it, or share it otherwise.
+        assert PLANS in bobs.get(url).text
+        assert link.token not in bobs.get("/account/links/").text
+        for path, data in [
+            (f"/account/links/{link.pk}/revoke", {}),
+            (f"/c/{secret_conversation.pk}/unshare", {}),
+            (f"/c/{secret_conversation.pk}/share", {"audience": "anyone"}),
+        ]:
+            response = bobs.post(path, data=data, headers=csrf_headers(bobs))
+            assert response.status_code == 404, (path, response.status_code)
+            assert PLANS not in response.text
+        assert SharedLink.objects.get().audience == "signed_in"
+
+        # Alice lists it and revokes it: then it is a 404 for everyone, her included.
+        assert url in alices.get("/account/links/").text
+        revoked = alices.post(f"/account/links/{link.pk}/revoke", headers=csrf_headers(alices))
+        assert revoked.status_code == 302
+        for client in (alices, bobs, nobody):
+            response = client.get(url)
+            assert response.status_code == 404
+            assert PLANS not in response.text

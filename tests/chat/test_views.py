@@ -38,6 +38,9 @@ def every_url(conversation, answer):
         ("post", reverse("chat:regenerate", args=[conversation.pk, answer.pk]), {}),
         # An answer's parent is its prompt (where there is an answer to have one).
         ("post", reverse("chat:edit", args=[conversation.pk, answer.parent_id or answer.pk]), {"prompt": "Tell me"}),
+        # Sharing by link (chat/sharing_views.py): the link's own URLs are in tests/chat/test_sharing.py.
+        ("post", reverse("chat:share", args=[conversation.pk]), {"audience": "anyone"}),
+        ("post", reverse("chat:unshare", args=[conversation.pk]), {}),
         ("post", reverse("chat:delete", args=[conversation.pk]), {}),
     ]
 
@@ -66,6 +69,8 @@ def test_the_owner_reaches_every_url(client, alices_conversation, alice):
         "settings": 302,
         "answer-footer": 200,
         "show": 302,
+        "share": 302,
+        "unshare": 302,
         "delete": 302,
     }
     # Sending, editing and regenerating are left out: each starts a turn, which needs the server's
