@@ -37,7 +37,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticCustomError
 
-from chat import exports, rules
+from chat import exports, folders, rules
 from chat.models import Conversation, Message
 
 TITLE_LENGTH = Conversation._meta.get_field("title").max_length
@@ -316,6 +316,9 @@ class SiteConversation(BaseModel):
     created_at: AwareDatetime | None = None
     updated_at: AwareDatetime | None = None
     branch_tip_id: int | None = None  # version 2: the last message of the branch shown
+    pinned: bool = False  # and where the sidebar shows it (chat/folders.py)
+    archived_at: AwareDatetime | None = None
+    folder: Annotated[Text, Field(max_length=folders.FOLDER_NAME_LENGTH)] = ""
     messages: list[SiteMessage]
 
 
@@ -336,8 +339,11 @@ def _read_site_export(user: User, document: dict[str, Any]) -> list[Planned]:
     now = timezone.now()
     planned = []
     problems: list[Problem] = []
+    folder_named = folders.ImportedFolders(user)
     for n, record in enumerate(export.conversations):
         conversation = Conversation(owner=user, title=record.title, system_prompt=record.system_prompt)
+        conversation.pinned, conversation.archived_at = record.pinned, record.archived_at
+        conversation.folder = folder_named(record.folder)
         for name in ("temperature", "max_tokens", "top_p"):
             if (value := getattr(record, name)) is not None:
                 setattr(conversation, name, value)
@@ -563,6 +569,7 @@ def _save(planned: list[Planned]) -> None:
     timestamps are written over them afterwards: a conversation keeps its place in history.
     """
     with transaction.atomic():
+        folders.ImportedFolders.save_new([plan.conversation for plan in planned])
         Conversation.objects.bulk_create([plan.conversation for plan in planned], batch_size=500)
         messages = []
         for plan in planned:

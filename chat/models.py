@@ -40,6 +40,17 @@ class ConversationQuerySet(models.QuerySet["Conversation"]):
     def newest_first(self) -> "ConversationQuerySet":
         return self.order_by("-updated_at", "-pk")
 
+    # Where the sidebar shows a conversation (chat/folders.py): pinned ones at the top, then each
+    # folder's, then the rest; an archived one in none of them (but still in search and exports).
+    def listed(self) -> "ConversationQuerySet":
+        return self.filter(archived_at__isnull=True)
+
+    def unfiled(self) -> "ConversationQuerySet":
+        return self.listed().filter(pinned=False, folder__isnull=True)
+
+    def archived(self) -> "ConversationQuerySet":
+        return self.filter(archived_at__isnull=False)
+
 
 class Conversation(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
@@ -64,12 +75,42 @@ class Conversation(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Kept at the top of the sidebar, above the folders.
+    pinned = models.BooleanField(default=False)
+    # One level of folders: deleting one gives its conversations back to the list.
+    folder = models.ForeignKey("Folder", null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations")
+    # Out of the sidebar, not deleted: search, exports and the archive page still find it.
+    archived_at = models.DateTimeField(null=True, blank=True)
 
     objects = ConversationQuerySet.as_manager()
 
     class Meta:
         ordering = ["-updated_at", "-pk"]
-        indexes = [models.Index(fields=["owner", "-updated_at"])]
+        indexes = [
+            models.Index(fields=["owner", "-updated_at"]),
+            # One per sidebar list (chat/folders.py), each read a page at a time in this order: with
+            # 10,000 conversations a page is an index range, not a sort of them all.
+            models.Index(
+                fields=["owner", "-updated_at", "-id"],
+                condition=models.Q(archived_at__isnull=True, pinned=False, folder__isnull=True),
+                name="conversation_unfiled",
+            ),
+            models.Index(
+                fields=["folder", "-updated_at", "-id"],
+                condition=models.Q(archived_at__isnull=True, pinned=False),
+                name="conversation_in_folder",
+            ),
+            models.Index(
+                fields=["owner", "-updated_at", "-id"],
+                condition=models.Q(archived_at__isnull=True, pinned=True),
+                name="conversation_pinned",
+            ),
+            models.Index(
+                fields=["owner", "-archived_at", "-id"],
+                condition=models.Q(archived_at__isnull=False),
+                name="conversation_archived",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.title or f"Conversation {self.pk}"
@@ -110,6 +151,59 @@ class Conversation(models.Model):
             self.__dict__["_changed_settings"] = set()
         changed: set[str] = self.__dict__["_changed_settings"]
         return changed
+
+
+class Folder(models.Model):
+    """A person's named group of conversations in the sidebar (one level: no folder in a folder)."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="folders")
+    name = models.CharField(max_length=100)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "pk"]
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="folder_name_once_per_owner")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class PresetQuerySet(models.QuerySet["Preset"]):
+    def seen_by(self, user: Someone) -> "PresetQuerySet":
+        """The person's own presets and those staff shared with everyone."""
+        if not user.is_authenticated:
+            return self.none()
+        return self.filter(models.Q(owner=user) | models.Q(shared=True))
+
+    def changeable_by(self, user: Someone) -> "PresetQuerySet":
+        """Their own; a shared one, staff only (whoever made it)."""
+        if not user.is_authenticated:
+            return self.none()
+        return self.filter(models.Q(owner=user) | models.Q(shared=True)) if user.is_staff else self.filter(owner=user)
+
+
+class Preset(models.Model):
+    """Saved settings to start a new chat with: a person's own, or shared by staff with everyone."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="presets")
+    name = models.CharField(max_length=100)
+    shared = models.BooleanField(default=False, help_text="Seen by everyone; only staff make these.")
+    system_prompt = models.TextField(blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    temperature = models.FloatField(default=default_temperature)
+    top_p = models.FloatField(default=default_top_p)
+    max_tokens = models.PositiveIntegerField(default=default_max_tokens)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = PresetQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name", "pk"]
+        indexes = [models.Index(fields=["owner", "name"]), models.Index(fields=["shared", "name"])]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class ModelChoice(models.Model):
