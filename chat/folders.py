@@ -128,3 +128,9 @@ class ImportedFolders:
             if (folder := conversation.folder) is not None and folder.pk is None:
                 folder.save()
                 conversation.folder = folder  # with its id, now known
+
+
+def shelves_context(user: Someone) -> dict[str, object]:
+    """The sidebar's pinned conversations and folders, for a template."""
+    found = shelves(user)
+    return {"pinned": found.pinned, "folders": found.folders}
