@@ -8,9 +8,10 @@ htmx, the sidebar's pinned list, folders and list are sent again, swapped in out
 from urllib.parse import urlsplit
 
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
-from django.urls import Resolver404, resolve
+from django.urls import Resolver404, resolve, reverse
 from django.utils.translation import gettext
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.middleware import HtmxDetails
@@ -36,7 +37,7 @@ def _open_pk(request: HtmxHttpRequest) -> int | None:
 
 def _sidebar(request: HtmxHttpRequest, back: str = "chat:index", **kwargs: int) -> HttpResponse:
     if not request.htmx:
-        return redirect(back, **kwargs)
+        return redirect(reverse(back, kwargs=kwargs))
     listing = sidebar.first_page(request.user)
     context = {
         **folders.shelves_context(request.user),
@@ -45,6 +46,12 @@ def _sidebar(request: HtmxHttpRequest, back: str = "chat:index", **kwargs: int) 
         "open_pk": _open_pk(request),
     }
     return render(request, "chat/shelves.html#sidebar-changed", context)
+
+
+def _person(request: HttpRequest) -> User:
+    # Every view here is login_required: the request is someone's.
+    assert isinstance(request.user, User)
+    return request.user
 
 
 def _refused(refusal: folders.Refused) -> JsonResponse:
@@ -142,7 +149,7 @@ def folder_list(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def create_folder(request: HtmxHttpRequest) -> HttpResponse:
     try:
-        folders.create_folder(request.user, request.POST.get("name", ""))
+        folders.create_folder(_person(request), request.POST.get("name", ""))
     except folders.Refused as exc:
         return _refused(exc)
     return _sidebar(request)

@@ -8,6 +8,7 @@ it, and the lists stay ordered by the last prompt or answer.
 
 from dataclasses import dataclass
 
+from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.shortcuts import get_object_or_404
@@ -54,11 +55,11 @@ def _named(folder: Folder) -> Folder:
     return folder
 
 
-def create_folder(user: Someone, name: str) -> Folder:
+def create_folder(user: User, name: str) -> Folder:
     name = clean_folder_name(name)
     if Folder.objects.filter(owner=user.pk).count() >= MAX_FOLDERS:
         raise Refused(gettext("You have %(limit)s folders, the most there can be.") % {"limit": MAX_FOLDERS})
-    return _named(Folder(owner_id=user.pk, name=name))
+    return _named(Folder(owner=user, name=name))
 
 
 def rename_folder(folder: Folder, name: str) -> Folder:
@@ -113,19 +114,19 @@ class ImportedFolders:
     """The folders an import files conversations into, by name: the person's own, or new ones
     (saved with the import, by `save_new`, so that a refused import leaves none behind)."""
 
-    def __init__(self, user: Someone) -> None:
+    def __init__(self, user: User) -> None:
         self.user = user
         self.known = {folder.name: folder for folder in Folder.objects.filter(owner=user.pk)}
 
     def __call__(self, name: str) -> Folder | None:
         if not (name := " ".join(name.split())[:FOLDER_NAME_LENGTH]):
             return None
-        return self.known.setdefault(name, Folder(owner_id=self.user.pk, name=name))
+        return self.known.setdefault(name, Folder(owner=self.user, name=name))
 
     @staticmethod
     def save_new(conversations: list[Conversation]) -> None:
         for conversation in conversations:
-            if (folder := conversation.folder) is not None and folder.pk is None:
+            if (folder := conversation.folder) is not None and folder._state.adding:
                 folder.save()
                 conversation.folder = folder  # with its id, now known
 

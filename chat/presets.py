@@ -129,6 +129,6 @@ class PresetForm(forms.ModelForm[Preset]):
         for name, default in defaults.items():
             if name in cleaned and cleaned[name] is None:
                 cleaned[name] = default
-        if self.instance.pk is None and too_many(self.user):
+        if self.instance._state.adding and too_many(self.user):
             raise forms.ValidationError(too_many_message())
         return cleaned
