@@ -24,7 +24,11 @@ def test_a_preset_made_on_the_page_fills_a_new_chats_settings(signed_in, alice, 
     assert response.status_code == 302
     preset = Preset.objects.get()
     assert (preset.owner, preset.name, preset.temperature, preset.max_tokens, preset.shared) == (
-        alice, "Terse", 0.2, 64, False
+        alice,
+        "Terse",
+        0.2,
+        64,
+        False,
     )
     listed = signed_in.get(reverse("chat:presets")).text
     assert f'href="/?preset={preset.pk}"' in listed
@@ -40,7 +44,9 @@ def test_a_setting_left_empty_is_the_sites_default(signed_in, settings):
     signed_in.post(reverse("chat:presets"), {"name": "Plain", "temperature": "", "top_p": "", "max_tokens": ""})
     preset = Preset.objects.get()
     assert (preset.temperature, preset.top_p, preset.max_tokens) == (
-        settings.CHAT_DEFAULT_TEMPERATURE, settings.CHAT_DEFAULT_TOP_P, settings.CHAT_DEFAULT_MAX_TOKENS
+        settings.CHAT_DEFAULT_TEMPERATURE,
+        settings.CHAT_DEFAULT_TOP_P,
+        settings.CHAT_DEFAULT_MAX_TOKENS,
     )
 
 
