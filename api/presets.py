@@ -18,7 +18,7 @@ from pydantic import Field
 
 from api.auth import AuthenticatedRequest
 from api.errors import ApiError
-from api.schemas import ERRORS, MAX_ID, GenerationSettings, SystemPrompt, checked_by
+from api.schemas import CONFLICTS, ERRORS, MAX_ID, GenerationSettings, SystemPrompt, checked_by
 from chat import presets, rules
 from chat.models import Preset
 from engine import catalog
@@ -82,11 +82,11 @@ def list_presets(request: AuthenticatedRequest) -> list[Preset]:
     return list(presets.seen_by(request.auth))
 
 
-@router.post("/presets", response={201: PresetOut, **ERRORS})
+@router.post("/presets", response={201: PresetOut, **CONFLICTS})
 def create_preset(request: AuthenticatedRequest, data: PresetIn) -> Status[Preset]:
     """A setting not given is the site's default, as for a new conversation."""
     if presets.too_many(request.auth):
-        raise ApiError(422, presets.too_many_message())
+        raise ApiError(409, presets.too_many_message(), code="conflict")
     preset = Preset(
         owner=request.auth,
         temperature=settings.CHAT_DEFAULT_TEMPERATURE,

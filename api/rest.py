@@ -29,6 +29,7 @@ from api import presets as api_presets
 from api.auth import AuthenticatedRequest, SessionAuth, TokenAuth
 from api.errors import REST, ApiError, handle_errors
 from api.schemas import (
+    CONFLICTS,
     ERRORS,
     MAX_ID,
     STARTS_AN_ANSWER,
@@ -161,7 +162,7 @@ def read_conversation(
     return _detail(conversation, branches.shown_branch(conversation), messages)
 
 
-@api.patch("/conversations/{conversation_id}", response={200: ConversationOut, **ERRORS}, tags=["conversations"])
+@api.patch("/conversations/{conversation_id}", response={200: ConversationOut, **CONFLICTS}, tags=["conversations"])
 def change_conversation(
     request: AuthenticatedRequest, data: ConversationChange, conversation_id: int = conversation_id()
 ) -> Conversation:

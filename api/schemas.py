@@ -227,6 +227,8 @@ class ErrorOut(Schema):
 
 # What any API route may answer besides its success.
 ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 413: ErrorOut, 422: ErrorOut}
+# ... and a route that may find what the caller has in the way: a folder's name taken, a limit reached.
+CONFLICTS = {**ERRORS, 409: ErrorOut}
 # ... and a route that starts an answer: 429 (with Retry-After) over the caller's limits (chat/limits.py).
 STARTS_AN_ANSWER = {**ERRORS, 429: ErrorOut}
 

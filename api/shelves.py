@@ -16,7 +16,7 @@ from pydantic import ConfigDict, Field
 
 from api.auth import AuthenticatedRequest
 from api.errors import ApiError
-from api.schemas import ERRORS, MAX_ID, ConversationChange
+from api.schemas import CONFLICTS, ERRORS, MAX_ID, ConversationChange
 from chat import folders
 from chat.models import Conversation, ConversationQuerySet, Folder, Someone
 
@@ -54,6 +54,8 @@ class ListFilter(Schema):
 
 
 def _refused(refusal: folders.Refused, field: str) -> ApiError:
+    if isinstance(refusal, folders.Conflict):  # a name taken, a limit reached: 409
+        return ApiError(409, str(refusal), param=field, code="conflict")
     error = {"loc": ["body", "data", field], "msg": str(refusal), "type": "value_error"}
     return ApiError(422, f"{field}: {refusal}", param=field, code="invalid_value", errors=[error])
 
@@ -87,7 +89,7 @@ def list_folders(request: AuthenticatedRequest) -> list[Folder]:
     return list(Folder.objects.filter(owner=request.auth))
 
 
-@router.post("/folders", response={201: FolderOut, **ERRORS})
+@router.post("/folders", response={201: FolderOut, **CONFLICTS})
 def create_folder(request: AuthenticatedRequest, data: FolderIn) -> Status[Folder]:
     try:
         return Status(201, folders.create_folder(request.auth, data.name))
@@ -95,7 +97,7 @@ def create_folder(request: AuthenticatedRequest, data: FolderIn) -> Status[Folde
         raise _refused(exc, "name") from None
 
 
-@router.patch("/folders/{folder_id}", response={200: FolderOut, **ERRORS})
+@router.patch("/folders/{folder_id}", response={200: FolderOut, **CONFLICTS})
 def rename_folder(request: AuthenticatedRequest, data: FolderIn, folder_id: int = folder_id()) -> Folder:
     folder = folders.folder_or_404(request.auth, folder_id)
     try:

@@ -28,6 +28,11 @@ class Refused(ValueError):
     """A change the rules do not allow; its message says why, in the reader's language."""
 
 
+class Conflict(Refused):
+    """Refused for what the person already has (a folder of that name, as many as there can be),
+    not for what the request says: the API answers it 409."""
+
+
 def folder_or_404(user: Someone, pk: int) -> Folder:
     # As chat/ownership.py: another person's folder is not found, never forbidden.
     owned = Folder.objects.filter(owner=user.pk) if user.is_authenticated else Folder.objects.none()
@@ -51,14 +56,14 @@ def _named(folder: Folder) -> Folder:
         with transaction.atomic():
             folder.save()
     except IntegrityError:
-        raise Refused(gettext("You already have a folder with this name.")) from None
+        raise Conflict(gettext("You already have a folder with this name.")) from None
     return folder
 
 
 def create_folder(user: User, name: str) -> Folder:
     name = clean_folder_name(name)
     if Folder.objects.filter(owner=user.pk).count() >= MAX_FOLDERS:
-        raise Refused(gettext("You have %(limit)s folders, the most there can be.") % {"limit": MAX_FOLDERS})
+        raise Conflict(gettext("You have %(limit)s folders, the most there can be.") % {"limit": MAX_FOLDERS})
     return _named(Folder(owner=user, name=name))
 
 
@@ -71,7 +76,7 @@ def pin(conversation: Conversation, pinned: bool) -> None:
     if pinned and not conversation.pinned:
         count = Conversation.objects.filter(owner=conversation.owner_id).listed().filter(pinned=True).count()
         if count >= MAX_PINNED:
-            raise Refused(gettext("You have %(limit)s pinned chats, the most there can be.") % {"limit": MAX_PINNED})
+            raise Conflict(gettext("You have %(limit)s pinned chats, the most there can be.") % {"limit": MAX_PINNED})
     conversation.pinned = pinned
     conversation.save(update_fields=["pinned"])
 

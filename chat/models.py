@@ -89,21 +89,19 @@ class Conversation(models.Model):
         indexes = [
             models.Index(fields=["owner", "-updated_at"]),
             # One per sidebar list (chat/folders.py), each read a page at a time in this order: with
-            # 10,000 conversations a page is an index range, not a sort of them all.
+            # 10,000 conversations a page is an index range, not a sort of them all. `pinned` is a
+            # column, not in a condition: SQLite uses a partial index only if the query's WHERE
+            # holds its condition word for word, and Django sends `pinned = %s` with a parameter.
+            # The list and the pinned ones (the list's conversations in a folder are passed over).
             models.Index(
-                fields=["owner", "-updated_at", "-id"],
-                condition=models.Q(archived_at__isnull=True, pinned=False, folder__isnull=True),
-                name="conversation_unfiled",
+                fields=["owner", "pinned", "-updated_at", "-id"],
+                condition=models.Q(archived_at__isnull=True),
+                name="conversation_listed",
             ),
             models.Index(
-                fields=["folder", "-updated_at", "-id"],
-                condition=models.Q(archived_at__isnull=True, pinned=False),
+                fields=["folder", "pinned", "-updated_at", "-id"],
+                condition=models.Q(archived_at__isnull=True),
                 name="conversation_in_folder",
-            ),
-            models.Index(
-                fields=["owner", "-updated_at", "-id"],
-                condition=models.Q(archived_at__isnull=True, pinned=True),
-                name="conversation_pinned",
             ),
             models.Index(
                 fields=["owner", "-archived_at", "-id"],

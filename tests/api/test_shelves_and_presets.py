@@ -92,12 +92,12 @@ def test_a_bad_folder_is_refused_with_a_reason(alice_client, body, status):
 def test_a_second_folder_of_the_same_name_and_too_many_pins_are_refused(alice_client, alice, monkeypatch):
     post(alice_client, "/api/folders", {"name": "Work"})
     twice = post(alice_client, "/api/folders", {"name": "Work"})
-    assert twice.status_code == 422
-    assert twice.json()["detail"] == "name: You already have a folder with this name."
+    assert twice.status_code == 409
+    assert twice.json()["detail"] == "You already have a folder with this name."
     monkeypatch.setattr(folders, "MAX_PINNED", 0)
     conversation = Conversation.objects.create(owner=alice)
     refused = patch(alice_client, f"/api/conversations/{conversation.pk}", {"pinned": True, "title": "New"})
-    assert refused.status_code == 422
+    assert refused.status_code == 409
     assert Conversation.objects.get(pk=conversation.pk).title == ""  # nothing of the request was saved
 
 

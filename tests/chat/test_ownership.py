@@ -96,12 +96,14 @@ def test_another_persons_folders_pins_archive_and_presets_are_404_on_every_door(
         httpx.Client(base_url=live_site.url, headers={"Authorization": f"Bearer {bob_token}"}, timeout=15) as token,
     ):
         login(page, "bob")
-        probes = [(page, method, url, {"data": body}) for method, url, body in page_probes]
+        probes: list[tuple[httpx.Client, str, str, dict[str, str] | None, object]] = [
+            (page, method, url, body, None) for method, url, body in page_probes
+        ]
         for client in (token, page):
-            probes += [(client, method, url, {"json": body}) for method, url, body in api_probes]
-        for client, method, url, body in probes:
+            probes += [(client, method, url, None, body) for method, url, body in api_probes]
+        for client, method, url, form, json in probes:
             headers = csrf_headers(page) if client is page else {}
-            response = client.request(method, url, headers=headers, **body)
+            response = client.request(method, url, headers=headers, data=form, json=json)
             assert response.status_code == 404, (method, url, response.status_code)
             assert SECRET not in response.text, url
         # Nor on his own pages and lists.

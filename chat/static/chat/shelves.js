@@ -4,11 +4,13 @@
 "use strict";
 
 (() => {
-  let dragged = null;  // the move URL of the conversation being dragged
+  let dragged = null;  // the conversation's item being dragged
+  // Where an item's menu sends a move (shelves.html#item-menu), the drop sends it too.
+  const moveUrl = (item) => item.querySelector("form.move")?.getAttribute("hx-post");
 
   document.addEventListener("dragstart", (e) => {
-    const item = e.target.closest && e.target.closest("li[data-move-url]");
-    if (!item) return;
+    const item = e.target.closest && e.target.closest("li[draggable=true]");
+    if (!item || !moveUrl(item)) return;
     dragged = item;
     e.dataTransfer.effectAllowed = "move";
     e.dataTransfer.setData("text/plain", item.querySelector("a")?.textContent || "");
@@ -36,7 +38,7 @@
     e.preventDefault();
     target.classList.remove("drop-target");
     // The server sends the sidebar again, swapped in out of band; the body's hx-headers carry the CSRF token.
-    htmx.ajax("POST", dragged.dataset.moveUrl, {source: dragged, values: {folder: target.dataset.folder}, swap: "none"});
+    htmx.ajax("POST", moveUrl(dragged), {source: dragged, values: {folder: target.dataset.folder}, swap: "none"});
     dragged = null;
   });
 
