@@ -86,9 +86,8 @@ def run(args: argparse.Namespace, database_url: str | None) -> None:
         for row in rows:  # auto_now wrote one moment over them all: spread them over a year
             row.updated_at = start + timedelta(seconds=rng.randrange(365 * 86400))
         Conversation.objects.bulk_update(rows, ["updated_at"], batch_size=1000)
-    print(
-        f"Filled {connection.vendor} with 2 × {args.conversations:,} conversations in {time.perf_counter() - filled:.0f} s"
-    )
+    seconds = time.perf_counter() - filled
+    print(f"Filled {connection.vendor} with two people's {args.conversations:,} conversations in {seconds:.0f} s")
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute("ANALYZE")
