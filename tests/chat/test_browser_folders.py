@@ -31,7 +31,7 @@ def two_chats(alice) -> tuple[Conversation, Conversation]:
 
 
 def test_a_conversation_is_pinned_and_unpinned_from_its_menu(page: Page, alice, two_chats):
-    older, newer = two_chats
+    older, _newer = two_chats
     sign_in(page, "alice")
     expect(page.locator("#conversations > li")).to_have_count(2)
     open_menu(page, older).get_by_role("button", name="Pin").click()
@@ -46,7 +46,7 @@ def test_a_conversation_is_pinned_and_unpinned_from_its_menu(page: Page, alice, 
 
 
 def test_a_folder_is_made_and_a_conversation_moved_into_it_from_its_menu(page: Page, alice, two_chats):
-    older, newer = two_chats
+    older, _newer = two_chats
     sign_in(page, "alice")
     page.get_by_role("textbox", name="New folder's name").fill("Travel")
     page.get_by_role("button", name="Add").click()
@@ -83,7 +83,7 @@ def test_a_conversation_dragged_onto_a_folder_moves_into_it_and_back_onto_the_li
 
 
 def test_an_archived_conversation_leaves_the_sidebar_and_is_restored_from_the_archive(page: Page, alice, two_chats):
-    older, newer = two_chats
+    older, _newer = two_chats
     sign_in(page, "alice")
     open_menu(page, older).get_by_role("button", name="Archive").click()
     expect(item(page, older)).to_have_count(0)
