@@ -96,11 +96,9 @@ def archive(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def restore(request: HtmxHttpRequest, pk: int) -> HttpResponse:
-    conversation = ownership.conversation_or_404(request.user, pk)
-    folders.restore(conversation)
-    if request.htmx and not request.POST.get("from_sidebar"):
-        return HttpResponse()  # on the archive page, its row just goes
-    return _back_to(conversation, request)
+    folders.restore(ownership.conversation_or_404(request.user, pk))
+    # From the archive page: its row just goes (htmx), or the page is drawn again without it.
+    return HttpResponse() if request.htmx else redirect("chat:archived")
 
 
 @login_required

@@ -97,7 +97,8 @@ def test_an_archived_conversation_leaves_the_sidebar_is_still_found_and_can_be_r
     assert signed_in.get(reverse("chat:folder", args=[work.pk])).text.count(f"conversation-{kept.pk}") == 0
     # Still searchable, still opens, listed on the archive page.
     assert [hit.conversation_id for hit in search.search(alice, "tax").conversations] == [kept.pk]
-    assert signed_in.get(reverse("chat:conversation", args=[kept.pk])).status_code == 200
+    opened = signed_in.get(reverse("chat:conversation", args=[kept.pk]))
+    assert "This chat is archived: it is not in the sidebar." in opened.text
     archive = signed_in.get(reverse("chat:archived")).text
     assert ids(archive, r'<li id="archived-(\d+)"') == [kept.pk]
     # Restored: back where it was, pinned and in its folder.
@@ -112,6 +113,8 @@ def test_without_htmx_each_change_goes_back_to_the_page(signed_in, alice):
     response = signed_in.post(reverse("chat:pin", args=[conversation.pk]), {"pinned": "true"})
     assert response.status_code == 302 and response["Location"] == reverse("chat:conversation", args=[conversation.pk])
     assert signed_in.post(reverse("chat:create-folder"), {"name": "Work"})["Location"] == reverse("chat:index")
+    signed_in.post(reverse("chat:archive", args=[conversation.pk]))
+    assert signed_in.post(reverse("chat:restore", args=[conversation.pk]))["Location"] == reverse("chat:archived")
 
 
 def test_folder_names_are_checked(signed_in, alice):
