@@ -125,7 +125,7 @@ def test_axe_finds_nothing_serious_with_pins_folders_and_presets(page: Page, ali
     travel = Folder.objects.create(owner=alice, name="Travel")
     Conversation.objects.filter(pk=older.pk).update(pinned=True)
     Conversation.objects.create(owner=alice, title="Busan food", folder=travel)
-    Conversation.objects.create(owner=alice, title="Old plans", archived_at="2026-01-01T00:00:00Z")
+    archived = Conversation.objects.create(owner=alice, title="Old plans", archived_at="2026-01-01T00:00:00Z")
     preset = Preset.objects.create(owner=alice, name="Pirate", system_prompt="Talk like a pirate.")
     page.emulate_media(color_scheme=theme)
     sign_in(page, "alice")
@@ -137,7 +137,7 @@ def test_axe_finds_nothing_serious_with_pins_folders_and_presets(page: Page, ali
     open_menu(page, newer)
     expect(item(page, newer).locator("form.move select option")).to_have_count(2)
     assert serious_violations(page) == []
-    for path in ["/archive/", "/presets/", f"/presets/{preset.pk}/"]:
+    for path in ["/archive/", "/presets/", f"/presets/{preset.pk}/", f"/c/{archived.pk}/", f"/?preset={preset.pk}"]:
         page.goto(path)
         expect(page.locator("html")).to_have_attribute("lang", language)
         assert serious_violations(page) == [], path
