@@ -20,7 +20,8 @@
     document.querySelectorAll(".drop-target").forEach((el) => el.classList.remove("drop-target"));
   });
 
-  const targetOf = (e) => (dragged && e.target.closest ? e.target.closest("[data-folder]") : null);
+  // A folder, or the list (out of any folder).
+  const targetOf = (e) => (dragged && e.target.closest ? e.target.closest("[data-folder], #conversations") : null);
   document.addEventListener("dragover", (e) => {
     const target = targetOf(e);
     if (!target) return;
@@ -38,7 +39,7 @@
     e.preventDefault();
     target.classList.remove("drop-target");
     // The server sends the sidebar again, swapped in out of band; the body's hx-headers carry the CSRF token.
-    htmx.ajax("POST", moveUrl(dragged), {source: dragged, values: {folder: target.dataset.folder}, swap: "none"});
+    htmx.ajax("POST", moveUrl(dragged), {source: dragged, values: {folder: target.dataset.folder || ""}, swap: "none"});
     dragged = null;
   });
 
