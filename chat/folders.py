@@ -6,8 +6,6 @@ and limits. None of it touches `updated_at`: pinning or filing a conversation is
 it, and the lists stay ordered by the last prompt or answer.
 """
 
-from dataclasses import dataclass
-
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
@@ -99,33 +97,36 @@ def restore(conversation: Conversation) -> None:
     conversation.save(update_fields=["archived_at"])
 
 
-@dataclass(frozen=True, slots=True)
-class Shelves:
-    """What the sidebar shows above its list: the pinned conversations, and the folders (each
-    opened to a page of its own, read when it is opened)."""
-
-    pinned: list[Conversation]
-    folders: list[Folder]
-
-
-def shelves(user: Someone) -> Shelves:
+def shelves_context(user: Someone) -> dict[str, object]:
+    """What the sidebar shows above its list: the pinned conversations, and the folders (each read
+    a page at a time when it is opened)."""
     if not user.is_authenticated:
-        return Shelves([], [])
+        return {"pinned": [], "folders": []}
     pinned = Conversation.objects.owned_by(user).listed().filter(pinned=True).newest_first()[:MAX_PINNED]
-    return Shelves(list(pinned), list(Folder.objects.filter(owner=user)))
+    return {"pinned": list(pinned), "folders": list(Folder.objects.filter(owner=user))}
 
 
-class ImportedFolders:
-    """The folders an import files conversations into, by name: the person's own, or new ones
-    (saved with the import, by `save_new`, so that a refused import leaves none behind)."""
+class ImportedPlaces:
+    """Where an import puts each conversation, within the limits the page keeps: pinned while
+    there is room, in a folder by name (the person's own, or a new one while there is room; saved
+    with the import by `save_new`, so that a refused import leaves none behind)."""
 
     def __init__(self, user: User) -> None:
         self.user = user
         self.known = {folder.name: folder for folder in Folder.objects.filter(owner=user.pk)}
+        self.pins_left = MAX_PINNED - Conversation.objects.filter(owner=user.pk).listed().filter(pinned=True).count()
 
-    def __call__(self, name: str) -> Folder | None:
+    def pin(self, pinned: bool, archived: bool) -> bool:
+        if not pinned or archived:
+            return pinned
+        self.pins_left -= 1
+        return self.pins_left >= 0
+
+    def folder(self, name: str) -> Folder | None:
         if not (name := " ".join(name.split())[:FOLDER_NAME_LENGTH]):
             return None
+        if name not in self.known and len(self.known) >= MAX_FOLDERS:
+            return None  # left in the list
         return self.known.setdefault(name, Folder(owner=self.user, name=name))
 
     @staticmethod
@@ -134,9 +135,3 @@ class ImportedFolders:
             if (folder := conversation.folder) is not None and folder._state.adding:
                 folder.save()
                 conversation.folder = folder  # with its id, now known
-
-
-def shelves_context(user: Someone) -> dict[str, object]:
-    """The sidebar's pinned conversations and folders, for a template."""
-    found = shelves(user)
-    return {"pinned": found.pinned, "folders": found.folders}

@@ -339,11 +339,11 @@ def _read_site_export(user: User, document: dict[str, Any]) -> list[Planned]:
     now = timezone.now()
     planned = []
     problems: list[Problem] = []
-    folder_named = folders.ImportedFolders(user)
+    places = folders.ImportedPlaces(user)
     for n, record in enumerate(export.conversations):
         conversation = Conversation(owner=user, title=record.title, system_prompt=record.system_prompt)
-        conversation.pinned, conversation.archived_at = record.pinned, record.archived_at
-        conversation.folder = folder_named(record.folder)
+        conversation.pinned = places.pin(record.pinned, archived=record.archived_at is not None)
+        conversation.archived_at, conversation.folder = record.archived_at, places.folder(record.folder)
         for name in ("temperature", "max_tokens", "top_p"):
             if (value := getattr(record, name)) is not None:
                 setattr(conversation, name, value)
@@ -569,7 +569,7 @@ def _save(planned: list[Planned]) -> None:
     timestamps are written over them afterwards: a conversation keeps its place in history.
     """
     with transaction.atomic():
-        folders.ImportedFolders.save_new([plan.conversation for plan in planned])
+        folders.ImportedPlaces.save_new([plan.conversation for plan in planned])
         Conversation.objects.bulk_create([plan.conversation for plan in planned], batch_size=500)
         messages = []
         for plan in planned:

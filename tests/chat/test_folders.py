@@ -252,3 +252,20 @@ def test_an_import_with_a_bad_folder_name_is_refused_and_makes_no_folder(bob):
     with pytest.raises(imports.ImportRefused):
         imports.import_file(bob, json.dumps(document).encode())
     assert not Folder.objects.exists() and not Conversation.objects.exists()
+
+
+def test_an_import_pins_and_files_within_the_limits(bob, monkeypatch):
+    monkeypatch.setattr(folders, "MAX_PINNED", 2)
+    monkeypatch.setattr(folders, "MAX_FOLDERS", 1)
+    folders.create_folder(bob, "Mine")
+    Conversation.objects.create(owner=bob, pinned=True)
+    records = [{"title": f"C{n}", "pinned": True, "folder": f"F{n}", "messages": []} for n in range(3)]
+    document = {"format": "chatsite.conversations", "version": 2, "conversations": records}
+    imports.import_file(bob, json.dumps(document).encode())
+    imported = Conversation.objects.filter(owner=bob).exclude(title="").order_by("title")
+    assert [(c.title, c.pinned, c.folder) for c in imported] == [
+        ("C0", True, None),
+        ("C1", False, None),
+        ("C2", False, None),
+    ]
+    assert list(Folder.objects.values_list("name", flat=True)) == ["Mine"]
