@@ -17,17 +17,19 @@ from typing import Any
 from asgiref.sync import async_to_sync
 from django.http import StreamingHttpResponse
 from django.http.multipartparser import MultiPartParserError
-from ninja import NinjaAPI
+from ninja import NinjaAPI, Query
 from ninja.pagination import LimitOffsetPagination, paginate
 
 # The function itself: to a type checker `ninja.Path` is an Annotated alias, which cannot be called.
 from ninja.params.functions import Path
 from pydantic import Field
 
-from api import delivery, history, workflows
+from api import delivery, history, shelves, workflows
+from api import presets as api_presets
 from api.auth import AuthenticatedRequest, SessionAuth, TokenAuth
 from api.errors import REST, ApiError, handle_errors
 from api.schemas import (
+    CONFLICTS,
     ERRORS,
     MAX_ID,
     STARTS_AN_ANSWER,
@@ -43,7 +45,7 @@ from api.schemas import (
     ShownMessageOut,
     TurnOut,
 )
-from chat import branches, ownership, sse, turns
+from chat import branches, ownership, presets, sse, turns
 from chat.models import Conversation, ConversationQuerySet, Message
 from engine import catalog
 
@@ -117,15 +119,18 @@ def conversation_id() -> Any:
 
 @api.get("/conversations", response={200: list[ConversationOut], **ERRORS}, tags=["conversations"])
 @paginate(Page)
-def list_conversations(request: AuthenticatedRequest) -> ConversationQuerySet:
-    """The user's conversations, most recently active first."""
-    return Conversation.objects.owned_by(request.auth).newest_first()
+def list_conversations(request: AuthenticatedRequest, filters: Query[shelves.ListFilter]) -> ConversationQuerySet:
+    """The user's conversations, most recently active first: by default those not archived."""
+    return filters.apply(Conversation.objects.owned_by(request.auth)).newest_first()
 
 
 @api.post("/conversations", response={201: ConversationOut, **ERRORS}, tags=["conversations"])
 def create_conversation(request: AuthenticatedRequest, data: ConversationIn) -> tuple[int, Conversation]:
-    conversation = Conversation(owner=request.auth, title=data.title, system_prompt=data.system_prompt)
+    conversation = Conversation(owner=request.auth, title=data.title)
     conversation.title_set_by_person = bool(data.title)  # an empty one is named from the first prompt
+    if data.preset_id is not None:  # its settings, then the request's own over them
+        presets.apply_to(presets.preset_or_404(request.auth, data.preset_id), conversation)
+    conversation.change_settings(system_prompt=data.system_prompt)
     data.apply_to(conversation)
     async_to_sync(catalog.check)(conversation.model)  # a model no engine serves now: 404
     conversation.save()
@@ -157,7 +162,7 @@ def read_conversation(
     return _detail(conversation, branches.shown_branch(conversation), messages)
 
 
-@api.patch("/conversations/{conversation_id}", response={200: ConversationOut, **ERRORS}, tags=["conversations"])
+@api.patch("/conversations/{conversation_id}", response={200: ConversationOut, **CONFLICTS}, tags=["conversations"])
 def change_conversation(
     request: AuthenticatedRequest, data: ConversationChange, conversation_id: int = conversation_id()
 ) -> Conversation:
@@ -165,6 +170,7 @@ def change_conversation(
     if data.model is not None:
         async_to_sync(catalog.check)(data.model)  # a model no engine serves now: 404
     conversation = ownership.conversation_or_404(request.auth, conversation_id)
+    shelves.change(request.auth, conversation, data)  # pinned, folder_id, archived (api/shelves.py)
     renamed = ["title", "title_set_by_person"] if data.title is not None else []
     if data.title is not None:
         conversation.title = data.title
@@ -173,7 +179,8 @@ def change_conversation(
     data.apply_to(conversation)
     # Only what the request changes: a whole save would write back this copy's title, branch and
     # settings over the naming's, a turn's or another request's change made since it was read.
-    conversation.save(update_fields=[*renamed, *conversation.changed_settings, "updated_at"])
+    if changed := [*renamed, *conversation.changed_settings]:  # pinning or filing it is no activity
+        conversation.save(update_fields=[*changed, "updated_at"])
     return conversation
 
 
@@ -336,4 +343,6 @@ async def stop_message(
 
 api.add_router("", workflows.router)
 api.add_router("", history.router)  # search, export and import
+api.add_router("", shelves.router)  # folders
+api.add_router("", api_presets.router)
 api.add_exception_handler(MultiPartParserError, history.malformed_upload)

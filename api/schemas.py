@@ -110,14 +110,25 @@ class GenerationSettings(Schema):
         )
 
 
+Id = Annotated[int, Field(ge=1, le=MAX_ID), BeforeValidator(_integral)]
+
+
 class ConversationIn(GenerationSettings):
     title: Title = ""
-    system_prompt: SystemPrompt = ""
+    system_prompt: SystemPrompt | None = Field(None, description="Empty: none (or the preset's)")
+    preset_id: Id | None = Field(
+        None, description="A preset (`GET /api/presets`) to start with; the settings given here override its own."
+    )
 
 
 class ConversationChange(GenerationSettings):
     title: NewTitle | None = Field(None, description="A new title: renames the conversation.")
     system_prompt: SystemPrompt | None = None
+    pinned: bool | None = Field(None, description="Kept at the top of the sidebar.")
+    folder_id: Id | None = Field(
+        None, description="Moves it into this folder (`GET /api/folders`); `null`: out of any folder."
+    )
+    archived: bool | None = Field(None, description="Out of the sidebar and the default list; still searchable.")
 
 
 Stream = Annotated[
@@ -184,6 +195,9 @@ class ConversationOut(Schema):
     model: str = Field(description="The model that answers; empty: the site's default model")
     created_at: datetime
     updated_at: datetime
+    pinned: bool
+    folder_id: int | None
+    archived_at: datetime | None = Field(description="When it was archived; null: it is not")
 
 
 class ConversationDetail(ConversationOut):
@@ -213,6 +227,8 @@ class ErrorOut(Schema):
 
 # What any API route may answer besides its success.
 ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 413: ErrorOut, 422: ErrorOut}
+# ... and a route that may find what the caller has in the way: a folder's name taken, a limit reached.
+CONFLICTS = {**ERRORS, 409: ErrorOut}
 # ... and a route that starts an answer: 429 (with Retry-After) over the caller's limits (chat/limits.py).
 STARTS_AN_ANSWER = {**ERRORS, 429: ErrorOut}
 

@@ -11,7 +11,7 @@ from django.utils.translation import gettext, gettext_lazy
 from django_stubs_ext import WithAnnotations
 
 from accounts.admin import OrganisationAccountInline
-from chat.models import ApiToken, Conversation, Message
+from chat.models import ApiToken, Conversation, Message, Preset
 
 # What vLLM measured and the turn timed: a record, not something to edit.
 MEASURED = ("prompt_tokens", "completion_tokens", "time_to_first_token", "duration", "created_at", "updated_at")
@@ -36,7 +36,7 @@ class ConversationAdmin(admin.ModelAdmin[Conversation]):
     list_filter = ("owner", "messages__status", "messages__model_name")
     search_fields = ("title", "messages__content")
     readonly_fields = ("created_at", "updated_at")
-    raw_id_fields = ("branch_tip",)
+    raw_id_fields = ("branch_tip", "folder")
     inlines = [MessageInline]
     date_hierarchy = "updated_at"
 
@@ -47,6 +47,16 @@ class ConversationAdmin(admin.ModelAdmin[Conversation]):
     @admin.display(description=gettext_lazy("Messages"), ordering="message_total")
     def message_count(self, conversation: "WithAnnotations[Conversation, MessageTotal]") -> int:
         return conversation.message_total
+
+
+@admin.register(Preset)
+class PresetAdmin(admin.ModelAdmin[Preset]):
+    """Staff make presets everyone sees here too (tick Shared), as on the presets page."""
+
+    list_display = ("name", "owner", "shared", "model", "updated_at")
+    list_filter = ("shared",)
+    search_fields = ("name", "system_prompt")
+    raw_id_fields = ("owner",)
 
 
 @admin.register(Message)

@@ -5,6 +5,7 @@ The JSON is the site's own export format, which chat/imports.py reads back:
     {"format": "chatsite.conversations", "version": 2, "exported_at": "...",
      "conversations": [{"id": 7, "title": ..., "system_prompt": ..., "temperature": ...,
                         "max_tokens": ..., "top_p": ..., "created_at": ..., "updated_at": ...,
+                        "pinned": false, "archived_at": null, "folder": "Work",
                         "branch_tip_id": 34,
                         "messages": [{"id": 31, "parent_id": null, "role": "user", "content": ...,
                                       "status": ..., ...}, ...]}]}
@@ -37,7 +38,10 @@ from chat.models import Conversation, ConversationQuerySet, Message
 FORMAT = "chatsite.conversations"
 VERSION = 2
 
-CONVERSATION_FIELDS = ("title", "system_prompt", "temperature", "max_tokens", "top_p", "created_at", "updated_at")
+CONVERSATION_FIELDS = (
+    *("title", "system_prompt", "temperature", "max_tokens", "top_p", "created_at", "updated_at"),
+    *("pinned", "archived_at"),  # where the sidebar shows it (chat/folders.py), with `folder`'s name
+)
 MESSAGE_FIELDS = (
     "role",
     "content",
@@ -56,7 +60,8 @@ MESSAGE_FIELDS = (
 
 def with_messages(conversations: QuerySet[Conversation]) -> QuerySet[Conversation]:
     # In the order they were written: each message after the one it follows.
-    return conversations.prefetch_related(Prefetch("messages", queryset=Message.objects.order_by("pk")))
+    messages = Prefetch("messages", queryset=Message.objects.order_by("pk"))
+    return conversations.select_related("folder").prefetch_related(messages)
 
 
 def _value(value: object) -> object:
@@ -69,6 +74,7 @@ def conversation_record(conversation: Conversation) -> dict[str, object]:
     return {
         "id": conversation.pk,
         **{name: _value(getattr(conversation, name)) for name in CONVERSATION_FIELDS},
+        "folder": conversation.folder.name if conversation.folder else "",
         "branch_tip_id": Tree((m.pk, m.parent_id) for m in messages).tip(conversation.branch_tip_id),
         "messages": [
             {

@@ -13,7 +13,7 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticCustomError
 
-from chat import rules
+from chat import folders, rules
 from chat.import_checks import (
     FINISH_REASON_LENGTH,
     MAX_COUNT,
@@ -72,6 +72,9 @@ class SiteConversation(BaseModel):
     created_at: AwareDatetime | None = None
     updated_at: AwareDatetime | None = None
     branch_tip_id: int | None = None  # version 2: the last message of the branch shown
+    pinned: bool = False  # and where the sidebar shows it (chat/folders.py)
+    archived_at: AwareDatetime | None = None
+    folder: Annotated[Text, Field(max_length=folders.FOLDER_NAME_LENGTH)] = ""
     messages: list[SiteMessage]
 
 
@@ -92,8 +95,11 @@ def _read_site_export(user: User, document: dict[str, Any]) -> list[Planned]:
     now = timezone.now()
     planned = []
     problems: list[Problem] = []
+    places = folders.ImportedPlaces(user)
     for n, record in enumerate(export.conversations):
         conversation = Conversation(owner=user, title=record.title, system_prompt=record.system_prompt)
+        conversation.pinned = places.pin(record.pinned, archived=record.archived_at is not None)
+        conversation.archived_at, conversation.folder = record.archived_at, places.folder(record.folder)
         for name in ("temperature", "max_tokens", "top_p"):
             if (value := getattr(record, name)) is not None:
                 setattr(conversation, name, value)

@@ -33,7 +33,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils.translation import gettext
 
-from chat import exports
+from chat import exports, folders
 from chat.import_chatgpt import ATTACHMENTS as ATTACHMENTS
 from chat.import_chatgpt import EMPTY as EMPTY
 from chat.import_chatgpt import NOT_SHOWN as NOT_SHOWN
@@ -191,6 +191,7 @@ def _save(planned: list[Planned]) -> None:
     timestamps are written over them afterwards: a conversation keeps its place in history.
     """
     with transaction.atomic():
+        folders.ImportedPlaces.save_new([plan.conversation for plan in planned])
         Conversation.objects.bulk_create([plan.conversation for plan in planned], batch_size=500)
         messages = []
         for plan in planned:

@@ -9,7 +9,9 @@ from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.translation import pgettext_lazy
 
+from chat.folder_models import Folder as Folder
 from chat.rules import TITLE_LENGTH
+from chat.sharing_models import SharedLink as SharedLink
 
 # The largest id SQLite and PostgreSQL store (a signed 64-bit integer): a larger one in a URL or a
 # request is refused as not found or invalid, never passed to the database to overflow.
@@ -40,6 +42,17 @@ class ConversationQuerySet(models.QuerySet["Conversation"]):
     def newest_first(self) -> "ConversationQuerySet":
         return self.order_by("-updated_at", "-pk")
 
+    # Where the sidebar shows a conversation (chat/folders.py): pinned ones at the top, then each
+    # folder's, then the rest; an archived one in none of them (but still in search and exports).
+    def listed(self) -> "ConversationQuerySet":
+        return self.filter(archived_at__isnull=True)
+
+    def unfiled(self) -> "ConversationQuerySet":
+        return self.listed().filter(pinned=False, folder__isnull=True)
+
+    def archived(self) -> "ConversationQuerySet":
+        return self.filter(archived_at__isnull=False)
+
 
 class Conversation(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
@@ -64,12 +77,40 @@ class Conversation(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Kept at the top of the sidebar, above the folders.
+    pinned = models.BooleanField(default=False)
+    # One level of folders: deleting one gives its conversations back to the list.
+    folder = models.ForeignKey("Folder", null=True, blank=True, on_delete=models.SET_NULL, related_name="conversations")
+    # Out of the sidebar, not deleted: search, exports and the archive page still find it.
+    archived_at = models.DateTimeField(null=True, blank=True)
 
     objects = ConversationQuerySet.as_manager()
 
     class Meta:
         ordering = ["-updated_at", "-pk"]
-        indexes = [models.Index(fields=["owner", "-updated_at"])]
+        indexes = [
+            models.Index(fields=["owner", "-updated_at"]),
+            # One per sidebar list (chat/folders.py), each read a page at a time in this order: with
+            # 10,000 conversations a page is an index range, not a sort of them all. `pinned` is a
+            # column, not in a condition: SQLite uses a partial index only if the query's WHERE
+            # holds its condition word for word, and Django sends `pinned = %s` with a parameter.
+            # The list and the pinned ones (the list's conversations in a folder are passed over).
+            models.Index(
+                fields=["owner", "pinned", "-updated_at", "-id"],
+                condition=models.Q(archived_at__isnull=True),
+                name="conversation_listed",
+            ),
+            models.Index(
+                fields=["folder", "pinned", "-updated_at", "-id"],
+                condition=models.Q(archived_at__isnull=True),
+                name="conversation_in_folder",
+            ),
+            models.Index(
+                fields=["owner", "-archived_at", "-id"],
+                condition=models.Q(archived_at__isnull=False),
+                name="conversation_archived",
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.title or f"Conversation {self.pk}"
@@ -110,6 +151,44 @@ class Conversation(models.Model):
             self.__dict__["_changed_settings"] = set()
         changed: set[str] = self.__dict__["_changed_settings"]
         return changed
+
+
+class PresetQuerySet(models.QuerySet["Preset"]):
+    def seen_by(self, user: Someone) -> "PresetQuerySet":
+        """The person's own presets and those staff shared with everyone."""
+        if not user.is_authenticated:
+            return self.none()
+        return self.filter(models.Q(owner=user) | models.Q(shared=True))
+
+    def changeable_by(self, user: Someone) -> "PresetQuerySet":
+        """Their own; a shared one, staff only (whoever made it)."""
+        if not user.is_authenticated:
+            return self.none()
+        return self.filter(models.Q(owner=user) | models.Q(shared=True)) if user.is_staff else self.filter(owner=user)
+
+
+class Preset(models.Model):
+    """Saved settings to start a new chat with: a person's own, or shared by staff with everyone."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="presets")
+    name = models.CharField(max_length=100)
+    shared = models.BooleanField(default=False, help_text="Seen by everyone; only staff make these.")
+    system_prompt = models.TextField(blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    temperature = models.FloatField(default=default_temperature)
+    top_p = models.FloatField(default=default_top_p)
+    max_tokens = models.PositiveIntegerField(default=default_max_tokens)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = PresetQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name", "pk"]
+        indexes = [models.Index(fields=["owner", "name"]), models.Index(fields=["shared", "name"])]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 class ModelChoice(models.Model):
@@ -299,38 +378,3 @@ class ApiToken(models.Model):
         secret = token.set_new_secret()
         token.save()
         return token, secret
-
-
-class SharedLinkQuerySet(models.QuerySet["SharedLink"]):
-    def owned_by(self, user: Someone) -> "SharedLinkQuerySet":
-        # As conversations: another person's link is simply not found (chat/sharing.py).
-        return self.filter(conversation__owner=user) if user.is_authenticated else self.none()
-
-
-class SharedLink(models.Model):
-    """A read-only link to a conversation's branch as it was when shared (chat/sharing.py).
-
-    The link holds its own copy of that branch's prompts and answers: later turns, other branches,
-    the settings and the system prompt are not in it. Sharing again refreshes the copy.
-    """
-
-    class Audience(models.TextChoices):
-        SIGNED_IN = "signed_in"
-        ANYONE = "anyone"
-
-    conversation = models.OneToOneField(Conversation, on_delete=models.CASCADE, related_name="shared_link")
-    # The link's secret: whoever has it may read the copy (as the audience allows), so it is random.
-    token = models.CharField(max_length=64, unique=True, editable=False)
-    audience = models.CharField(max_length=16, choices=Audience.choices, default=Audience.SIGNED_IN)
-    title = models.CharField(max_length=TITLE_LENGTH, blank=True)
-    # [{"role": "user" | "assistant", "content": "…"}, …], from the first prompt down.
-    messages = models.JSONField(default=list)
-    shared_at = models.DateTimeField(default=timezone.now)
-
-    objects = SharedLinkQuerySet.as_manager()
-
-    class Meta:
-        ordering = ["-shared_at", "-pk"]
-
-    def __str__(self) -> str:
-        return f"{self.title or 'conversation'} ({self.audience})"

@@ -4,6 +4,8 @@ The page shows the first page; the list's last item asks for the next as it scro
 Pages follow each other by the last conversation listed (its `updated_at`, then its id, the
 list's order), not by an offset: a conversation that moves to the top meanwhile (a prompt sent in
 another tab) or is deleted neither repeats an item nor skips one on the next page.
+The list holds the conversations neither pinned, in a folder nor archived; a folder's own list is
+paged the same way (`folder`), and the pinned ones are shown whole above (chat/folders.py).
 After a send, the page swaps in the list again as its first page (the `conversations` partial):
 the pages already scrolled through go, and come back as the reader scrolls down again.
 """
@@ -14,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 from django.db.models import Q
 
-from chat.models import MAX_ID, Conversation, Someone
+from chat.models import MAX_ID, Conversation, ConversationQuerySet, Folder, Someone
 
 PAGE = 50
 
@@ -55,17 +57,23 @@ def _listing(conversations: list[Conversation], size: int) -> Listing:
     return Listing(shown, place_after(shown[-1]) if len(conversations) > size else None)
 
 
-def first_page(user: Someone, *, size: int = PAGE) -> Listing:
-    return _listing(list(Conversation.objects.owned_by(user).newest_first()[: size + 1]), size)
+def _listed(user: Someone, folder: Folder | None) -> ConversationQuerySet:
+    if folder is None:
+        return Conversation.objects.owned_by(user).unfiled().newest_first()
+    return Conversation.objects.owned_by(user).listed().filter(pinned=False, folder=folder).newest_first()
+
+
+def first_page(user: Someone, *, size: int = PAGE, folder: Folder | None = None) -> Listing:
+    return _listing(list(_listed(user, folder)[: size + 1]), size)
 
 
 async def afirst_page(user: Someone, *, size: int = PAGE) -> Listing:
-    read = Conversation.objects.owned_by(user).newest_first()[: size + 1]
+    read = _listed(user, None)[: size + 1]
     return _listing([conversation async for conversation in read], size)
 
 
-def page_after(user: Someone, place: str, *, size: int = PAGE) -> Listing:
+def page_after(user: Someone, place: str, *, size: int = PAGE, folder: Folder | None = None) -> Listing:
     """The conversations listed after `place` (raises BadPlace)."""
     updated_at, pk = parse_place(place)
     after = Q(updated_at__lt=updated_at) | Q(updated_at=updated_at, pk__lt=pk)
-    return _listing(list(Conversation.objects.owned_by(user).filter(after).newest_first()[: size + 1]), size)
+    return _listing(list(_listed(user, folder).filter(after)[: size + 1]), size)

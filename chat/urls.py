@@ -1,6 +1,16 @@
 from django.urls import path, register_converter
 
-from chat import account, history_views, sharing, sharing_views, temporary_views, turn_views, views
+from chat import (
+    account,
+    folder_views,
+    history_views,
+    preset_views,
+    sharing,
+    sharing_views,
+    temporary_views,
+    turn_views,
+    views,
+)
 from chat.models import MAX_ID
 
 
@@ -72,4 +82,18 @@ urlpatterns = [
     path("import", history_views.import_history, name="import"),
     path("c/<id:pk>/export.md", history_views.export_conversation, {"extension": "md"}, name="export-markdown"),
     path("c/<id:pk>/export.json", history_views.export_conversation, {"extension": "json"}, name="export-json"),
+    # Where the sidebar shows a conversation: chat/folder_views.py
+    path("c/<id:pk>/pin", folder_views.pin, name="pin"),
+    path("c/<id:pk>/folder", folder_views.move, name="move"),
+    path("c/<id:pk>/archive", folder_views.archive, name="archive"),
+    path("c/<id:pk>/restore", folder_views.restore, name="restore"),
+    path("archive/", folder_views.archived, name="archived"),
+    path("folders/new", folder_views.create_folder, name="create-folder"),
+    path("folders/<id:pk>/", folder_views.folder_list, name="folder"),
+    path("folders/<id:pk>/rename", folder_views.rename_folder, name="rename-folder"),
+    path("folders/<id:pk>/delete", folder_views.delete_folder, name="delete-folder"),
+    # Saved settings for new chats: chat/preset_views.py
+    path("presets/", preset_views.preset_list, name="presets"),
+    path("presets/<id:pk>/", preset_views.change_preset, name="preset"),
+    path("presets/<id:pk>/delete", preset_views.delete_preset, name="delete-preset"),
 ]

@@ -19,7 +19,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect, replace_url
 from django_htmx.middleware import HtmxDetails
 
-from chat import branches, ownership, rules, sidebar, titles, turns
+from chat import branches, folders, ownership, presets, rules, sidebar, titles, turns
 from chat.forms import PromptForm, RenameForm, SettingsForm
 from chat.models import MAX_ID, Conversation, Message, ModelChoice, Someone
 from chat.signals import health_checked
@@ -83,7 +83,9 @@ def _last_choice(user: Someone) -> str:
 
 def _page(request: HttpRequest, conversation: Conversation | None, *, through: int | None = None) -> HttpResponse:
     # The page names the model that will answer, and offers the others.
-    chosen = conversation.model if conversation else _last_choice(request.user)
+    # A new chat picked with a preset (`?preset=`) starts with its settings (chat/presets.py).
+    preset = {} if conversation else presets.new_chat_panel(request.user, request.GET.get("preset", ""))
+    chosen = conversation.model if conversation else (preset.get("preset_model") or _last_choice(request.user))
     models = async_to_sync(_models)(chosen)
     if conversation is None and chosen and not (models["chosen_offer"] and models["chosen_offer"].available):
         models = async_to_sync(_models)("")  # the last choice is gone: a new chat starts with the default
@@ -97,6 +99,8 @@ def _page(request: HttpRequest, conversation: Conversation | None, *, through: i
             **(_shown(branches.shown_page(conversation, through=through)) if conversation else _branch([])),
             **_settings_panel(conversation, models["chosen_model"]),
             **models,
+            **folders.shelves_context(request.user),
+            **preset,
         },
     )
 

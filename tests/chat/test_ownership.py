@@ -7,7 +7,7 @@ only its caller's conversations (tests/api/test_openai_compat.py). Against the l
 import httpx
 import pytest
 
-from chat.models import Conversation, Message, SharedLink
+from chat.models import Conversation, Folder, Message, Preset, SharedLink
 from tests.accounts import login
 from tests.site_server import csrf_headers
 from tests.sse import sse_events
@@ -108,3 +108,61 @@ def test_a_persons_shared_links_are_theirs_alone_to_list_and_revoke(live_site, a
             response = client.get(url)
             assert response.status_code == 404
             assert PLANS not in response.text
+
+
+def test_another_persons_folders_pins_archive_and_presets_are_404_on_every_door(live_site, alice, bob, bob_token):
+    """Every route of chat/folder_views.py, chat/preset_views.py, api/shelves.py and api/presets.py."""
+    alices = Conversation.objects.create(owner=alice, title=SECRET)
+    folder = Folder.objects.create(owner=alice, name=SECRET)
+    preset = Preset.objects.create(owner=alice, name=SECRET, system_prompt=SECRET)
+    c, f, p = alices.pk, folder.pk, preset.pk
+    page_probes = [
+        ("POST", f"/c/{c}/pin", {"pinned": "true"}),
+        ("POST", f"/c/{c}/folder", {"folder": ""}),
+        ("POST", f"/c/{c}/archive", {}),
+        ("POST", f"/c/{c}/restore", {}),
+        ("GET", f"/folders/{f}/", None),
+        ("POST", f"/folders/{f}/rename", {"name": "Bob's now"}),
+        ("POST", f"/folders/{f}/delete", {}),
+        ("GET", f"/presets/{p}/", None),
+        ("POST", f"/presets/{p}/", {"name": "Bob's now", "temperature": "1", "top_p": "1", "max_tokens": "1"}),
+        ("POST", f"/presets/{p}/delete", {}),
+    ]
+    api_probes = [
+        ("PATCH", f"/api/conversations/{c}", {"pinned": True, "archived": True}),
+        ("PATCH", f"/api/conversations/{c}", {"folder_id": None}),
+        ("PATCH", f"/api/folders/{f}", {"name": "Bob's now"}),
+        ("DELETE", f"/api/folders/{f}", None),
+        ("GET", f"/api/presets/{p}", None),
+        ("PATCH", f"/api/presets/{p}", {"name": "Bob's now"}),
+        ("DELETE", f"/api/presets/{p}", None),
+        ("POST", "/api/conversations", {"preset_id": p}),
+    ]
+    with (
+        httpx.Client(base_url=live_site.url, timeout=15) as page,
+        httpx.Client(base_url=live_site.url, headers={"Authorization": f"Bearer {bob_token}"}, timeout=15) as token,
+    ):
+        login(page, "bob")
+        probes: list[tuple[httpx.Client, str, str, dict[str, str] | None, object]] = [
+            (page, method, url, body, None) for method, url, body in page_probes
+        ]
+        for client in (token, page):
+            probes += [(client, method, url, None, body) for method, url, body in api_probes]
+        for client, method, url, form, json in probes:
+            headers = csrf_headers(page) if client is page else {}
+            response = client.request(method, url, headers=headers, data=form, json=json)
+            assert response.status_code == 404, (method, url, response.status_code)
+            assert SECRET not in response.text, url
+        # Nor on his own pages and lists.
+        for url in ["/", "/archive/", "/presets/", f"/?preset={p}"]:
+            assert SECRET not in page.get(url).text, url
+        for url in [
+            "/api/folders",
+            "/api/presets",
+            "/api/conversations?archived=true",
+            f"/api/conversations?folder_id={f}",
+        ]:
+            assert SECRET not in token.get(url).text, url
+    alices.refresh_from_db()
+    assert (alices.pinned, alices.archived_at, alices.folder_id) == (False, None, None)
+    assert Folder.objects.get(pk=f).name == SECRET and Preset.objects.get(pk=p).name == SECRET

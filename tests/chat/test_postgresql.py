@@ -1,4 +1,4 @@
-"""Search, export and import on PostgreSQL, as a site whose DATABASE_URL names one runs them.
+"""Search, export and import, and folders, on PostgreSQL, as a site whose DATABASE_URL names one runs them.
 
 What differs by database (chat/search.py's index and queries, the import's one transaction) is
 tested by running those tests' modules once more, in a pytest of their own whose DATABASE_URL is a
@@ -20,6 +20,9 @@ MODULES = [
     "tests/chat/test_exports.py",
     "tests/api/test_history.py",
     "tests/chat/test_migrations.py",  # 0007 fills each message's owner on PostgreSQL
+    # A folder's name taken (an IntegrityError in a transaction), the lists' partial indexes
+    "tests/chat/test_folders.py",
+    "tests/api/test_shelves_and_presets.py",
 ]
 
 

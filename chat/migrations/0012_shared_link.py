@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('chat', '0010_conversation_model'),
+        ('chat', '0011_folders_pins_archive_presets'),
     ]
 
     operations = [

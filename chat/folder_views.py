@@ -1,0 +1,172 @@
+"""The page's views that pin, file and archive conversations, and keep the person's folders.
+
+Thin: chat/folders.py has the rules. A conversation or folder is reached through
+chat/ownership.py or `folders.folder_or_404`: another person's is a 404. After a change made by
+htmx, the sidebar's pinned list, folders and list are sent again, swapped in out of band.
+"""
+
+from urllib.parse import urlsplit
+
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import Resolver404, resolve, reverse
+from django.utils.translation import gettext
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.middleware import HtmxDetails
+
+from chat import folders, ownership, sidebar
+from chat.models import MAX_ID, Conversation
+
+
+class HtmxHttpRequest(HttpRequest):
+    htmx: HtmxDetails
+
+
+def _open_pk(request: HtmxHttpRequest) -> int | None:
+    """The conversation on the person's screen when htmx made the request, if any."""
+    if not (request.htmx and request.htmx.current_url_abs_path):
+        return None
+    try:
+        match = resolve(urlsplit(request.htmx.current_url_abs_path).path)
+    except Resolver404:
+        return None
+    return match.kwargs["pk"] if match.view_name == "chat:conversation" else None
+
+
+def _sidebar(request: HtmxHttpRequest, back: str = "chat:index", **kwargs: int) -> HttpResponse:
+    if not request.htmx:
+        return redirect(reverse(back, kwargs=kwargs))
+    listing = sidebar.first_page(request.user)
+    context = {
+        **folders.shelves_context(request.user),
+        "conversations": listing.conversations,
+        "sidebar_next": listing.next_place,
+        "open_pk": _open_pk(request),
+    }
+    return render(request, "chat/shelves.html#sidebar-changed", context)
+
+
+def _person(request: HttpRequest) -> User:
+    # Every view here is login_required: the request is someone's.
+    assert isinstance(request.user, User)
+    return request.user
+
+
+def _refused(refusal: folders.Refused) -> JsonResponse:
+    # As the page's other forms: chat.js shows `error` beside the form that was sent.
+    return JsonResponse({"error": str(refusal)}, status=400)
+
+
+def _back_to(conversation: Conversation, request: HtmxHttpRequest) -> HttpResponse:
+    return _sidebar(request, "chat:conversation", pk=conversation.pk)
+
+
+@login_required
+@require_POST
+def pin(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    conversation = ownership.conversation_or_404(request.user, pk)
+    try:
+        folders.pin(conversation, request.POST.get("pinned") != "false")
+    except folders.Refused as exc:
+        return _refused(exc)
+    return _back_to(conversation, request)
+
+
+@login_required
+@require_POST
+def move(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """Into the folder `folder` names, or, with an empty one, out of any folder."""
+    conversation = ownership.conversation_or_404(request.user, pk)
+    chosen = request.POST.get("folder", "")
+    if chosen and not (chosen.isascii() and chosen.isdigit() and 1 <= int(chosen) <= MAX_ID):
+        return JsonResponse({"error": gettext("No such folder.")}, status=400)
+    folders.move(conversation, folders.folder_or_404(request.user, int(chosen)) if chosen else None)
+    return _back_to(conversation, request)
+
+
+@login_required
+@require_POST
+def archive(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    folders.archive(ownership.conversation_or_404(request.user, pk))
+    return _sidebar(request)
+
+
+@login_required
+@require_POST
+def restore(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    folders.restore(ownership.conversation_or_404(request.user, pk))
+    # From the archive page: its row just goes (htmx), or the page is drawn again without it.
+    return HttpResponse() if request.htmx else redirect("chat:archived")
+
+
+@login_required
+@require_GET
+def archived(request: HtmxHttpRequest) -> HttpResponse:
+    """The archived conversations, most recently archived first, a page at a time."""
+    try:
+        page = max(1, min(int(request.GET.get("page", "1")), 10_000))
+    except ValueError:
+        page = 1
+    size = sidebar.PAGE
+    found = list(
+        Conversation.objects.owned_by(request.user)
+        .archived()
+        .order_by("-archived_at", "-pk")[(page - 1) * size : page * size + 1]
+    )
+    context = {"archived": found[:size], "next_page": page + 1 if len(found) > size else None, "page": page}
+    return render(request, "chat/archive.html", context)
+
+
+@login_required
+@require_GET
+def folder_list(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """A folder's conversations, a page at a time, as the folder is opened in the sidebar."""
+    folder = folders.folder_or_404(request.user, pk)
+    try:
+        after = request.GET.get("after")
+        listing = (
+            sidebar.page_after(request.user, after, folder=folder)
+            if after
+            else sidebar.first_page(request.user, folder=folder)
+        )
+    except sidebar.BadPlace:
+        return HttpResponse(status=400)
+    context = {
+        "conversations": listing.conversations,
+        "sidebar_next": listing.next_place,
+        "folder": folder,
+        "open_pk": _open_pk(request),
+        **folders.shelves_context(request.user),
+    }
+    return render(request, "chat/shelves.html#folder-page", context)
+
+
+@login_required
+@require_POST
+def create_folder(request: HtmxHttpRequest) -> HttpResponse:
+    try:
+        folders.create_folder(_person(request), request.POST.get("name", ""))
+    except folders.Refused as exc:
+        return _refused(exc)
+    return _sidebar(request)
+
+
+@login_required
+@require_POST
+def rename_folder(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    folder = folders.folder_or_404(request.user, pk)
+    try:
+        folders.rename_folder(folder, request.POST.get("name", ""))
+    except folders.Refused as exc:
+        return _refused(exc)
+    return _sidebar(request)
+
+
+@login_required
+@require_POST
+def delete_folder(request: HtmxHttpRequest, pk: int) -> HttpResponse:
+    """The folder goes; its conversations go back to the list."""
+    folders.folder_or_404(request.user, pk).delete()
+    return _sidebar(request)
