@@ -7,6 +7,7 @@ to anywhere but the site.
 """
 
 import itertools
+import json
 import random
 import re
 from pathlib import Path
@@ -534,3 +535,67 @@ def test_any_cutting_into_deltas_and_frames_renders_as_the_whole_text(signed_in:
         cases,
     )
     assert mismatches == []
+
+
+# The end of an answer that quotes hostile markup (issue 24), as vLLM sent it: after a reload the
+# page showed it only up to the `<base href=...>` line.
+QUOTED_MARKUP = json.loads(
+    r'''"/iframe>\n<details open ontoggle=\"document.title='X'\">x</details>\n<style>body{display:none!important}</style>\n<meta http-equiv=\"refresh\" content=\"0;url=javascript:alert(1)\">\n<div hx-get=\"/c/new/send\" hx-trigger=\"load\" hx-on::load=\"document.title='X'\">htmx</div>\n<math><mtext><table><mglyph><style><img src=x onerror=alert('X')></style></mglyph></table></mtext></math>\n<base href=\"http://evil.example/\">\n\n\nevent: done\ndata: {\"status\": \"complete\"}\n\ndata: [DONE]\n\nafter-injection\nline1\r\nline2\rline3\nline4\n<!-- hidden rest still visible? -->\n<script>alert('X')</script>\nnul\u0000byte\n<body onload=alert('X')>\n<object data=\"javascript:alert('X')\"></object>\n<input autofocus onfocus=\"document.title='X'\">\nfin. \nsep\u2028line\u2029para\u0085nel\n"'''  # noqa: E501 - as the issue quotes it
+)
+# What came before it, as long as it was (11,595 characters in all): ordinary markdown, and markup
+# that it quotes.
+BEFORE_QUOTED_MARKUP = ((MARKDOWN + "\n" + HOSTILE_ANSWER + "\n") * 10)[: 11_595 - len(QUOTED_MARKUP) - 2] + "\n<"
+
+
+# The text a person reads: every block as laid out, including those that `content-visibility: auto`
+# (chat.css) leaves unpainted while they are off screen, which innerText would leave out.
+VISIBLE_TEXT = """(body) => {
+  const blocks = [...body.querySelectorAll(".block")];
+  blocks.forEach((block) => { block.style.contentVisibility = "visible"; });
+  const text = body.innerText;
+  blocks.forEach((block) => { block.style.contentVisibility = ""; });
+  return text;
+}"""
+
+
+def copied_answer(page: Page, answer: Locator) -> str:
+    button = answer.locator(".meta .copy-answer")
+    button.click()
+    expect(button).to_have_text("Copied")
+    text: str = page.evaluate("navigator.clipboard.readText()")
+    expect(button).to_have_text("Copy")
+    return text
+
+
+@pytest.mark.parametrize("split", ["one delta", "every character"])
+def test_an_answer_quoting_hostile_markup_shows_all_of_it_after_a_reload(
+    signed_in: Page, fake_vllm, live_site, alice_api, dialogs, split
+):
+    page = signed_in
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_site.url)
+    fake_vllm.reply = [line + "\n" for line in BEFORE_QUOTED_MARKUP.split("\n")]
+    fake_vllm.reply[-1] = fake_vllm.reply[-1].removesuffix("\n")
+    fake_vllm.reply += [QUOTED_MARKUP] if split == "one delta" else list(QUOTED_MARKUP)
+    page.locator("#settings-panel > summary").click()
+    page.locator("input[name=max_tokens]").fill(str(len(fake_vllm.reply) + 10))
+    answer = ask(page, "Show me an XSS payload")
+    wait_until_answered(answer)
+    stored = Message.objects.get(role="assistant").content
+    assert stored == (BEFORE_QUOTED_MARKUP + QUOTED_MARKUP).replace("\x00", "\ufffd")
+    conversation = Message.objects.get(role="assistant").conversation_id
+    assert alice_api.get(f"/conversations/{conversation}").json()["messages"][-1]["content"] == stored
+
+    for moment in ("live", "reloaded"):
+        if moment == "reloaded":
+            page.reload()
+            answer = page.locator("#thread article.assistant")
+        body = answer.locator(".body")
+        # The end of the answer is on the page, and in view.
+        expect(body.locator(".block").last, moment).to_contain_text("fin.")
+        expect(body.locator(".block").last, moment).to_be_in_viewport()
+        if moment == "live":
+            live = body.evaluate(VISIBLE_TEXT)
+        else:
+            assert body.evaluate(VISIBLE_TEXT) == live
+        assert copied_answer(page, answer) == stored, moment
+    assert page.title() != "X" and dialogs == []
