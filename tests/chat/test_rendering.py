@@ -684,3 +684,42 @@ def test_any_answer_reads_the_same_live_after_a_reload_and_in_another_tab(signed
         reloaded = body.evaluate(VISIBLE_TEXT)
         assert reloaded == live[i], f"answer {i} reads otherwise after a reload (seed {seed})"
         assert copied_answer(page, answer) == stored[i], f"answer {i}'s Copy (seed {seed})"
+
+
+def test_an_answer_rendered_in_slices_ends_rendered_whole(signed_in: Page):
+    """A reload renders a long answer in slices of SLICE_MS; the last slice is still the final render.
+
+    An answer that ends in a long code block never closed (stopped, or cut at max tokens) was left
+    in the pieces shown while it streams (showOpenCode) when its render took more than one slice.
+    """
+    page = signed_in
+    code = "".join(f"x_{i} = {i}  # line {i}\n" for i in range(300))
+    text = "para\n\n" * 40 + f"```python\n{code}"
+    same = page.evaluate(
+        """async (text) => {
+          const render = (slow) => {
+            const body = document.createElement("div");
+            document.body.append(body);
+            const now = performance.now;
+            let clock = 0;
+            // Each look at the clock finds a slice's time gone: every batch of chunks is a slice.
+            if (slow) performance.now = () => (clock += 1000);
+            const answer = ChatAnswer.follow(body);
+            answer.append(text);
+            answer.finish();
+            // The last slice renders the last complete chunks and the open one, in one task.
+            return new Promise((done) => {
+              const look = () => {
+                if (body.querySelectorAll(":scope > .block").length < 41) return setTimeout(look, 10);
+                performance.now = now;
+                done(body);
+              };
+              look();
+            });
+          };
+          const [whole, sliced] = [await render(false), await render(true)];
+          return [whole.innerHTML === sliced.innerHTML, sliced.querySelectorAll("pre .piece").length];
+        }""",
+        text,
+    )
+    assert same == [True, 0]
