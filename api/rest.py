@@ -24,7 +24,7 @@ from ninja.pagination import LimitOffsetPagination, paginate
 from ninja.params.functions import Path
 from pydantic import Field
 
-from api import delivery, history, workflows
+from api import delivery, feedback, history, workflows
 from api.auth import AuthenticatedRequest, SessionAuth, TokenAuth
 from api.errors import REST, ApiError, handle_errors
 from api.schemas import (
@@ -336,4 +336,5 @@ async def stop_message(
 
 api.add_router("", workflows.router)
 api.add_router("", history.router)  # search, export and import
+api.add_router("", feedback.router)  # thumbs and comments on answers
 api.add_exception_handler(MultiPartParserError, history.malformed_upload)
