@@ -29,13 +29,7 @@ class FeedbackForm(forms.Form):
         max_length=Feedback.COMMENT_MAX,
         error_messages={"max_length": _("A comment is at most %(limit_value)d characters.")},
     )
-
-    def clean_comment(self) -> str:
-        comment: str = self.cleaned_data["comment"]
-        # PostgreSQL's text cannot hold NUL.
-        if "\x00" in comment:
-            raise forms.ValidationError(_("A comment cannot hold a NUL character."))
-        return comment
+    # (Django's CharField refuses NUL, which PostgreSQL's text cannot hold.)
 
 
 def first_error(form: forms.Form) -> str:

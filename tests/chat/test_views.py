@@ -38,6 +38,7 @@ def every_url(conversation, answer):
         ("post", reverse("chat:regenerate", args=[conversation.pk, answer.pk]), {}),
         # An answer's parent is its prompt (where there is an answer to have one).
         ("post", reverse("chat:edit", args=[conversation.pk, answer.parent_id or answer.pk]), {"prompt": "Tell me"}),
+        ("post", reverse("chat:feedback", args=[conversation.pk, answer.pk]), {"rating": "down", "comment": "Mine"}),
         ("post", reverse("chat:delete", args=[conversation.pk]), {}),
     ]
 
@@ -66,6 +67,7 @@ def test_the_owner_reaches_every_url(client, alices_conversation, alice):
         "settings": 302,
         "answer-footer": 200,
         "show": 302,
+        "feedback": 302,
         "delete": 302,
     }
     # Sending, editing and regenerating are left out: each starts a turn, which needs the server's
