@@ -1,5 +1,6 @@
 """The REST API's door to feedback on answers (chat/feedback.py): the page's thumbs and comment."""
 
+import re
 from datetime import datetime
 from typing import Literal
 
@@ -14,6 +15,7 @@ from chat import feedback, ownership
 from chat.models import Feedback
 
 router = Router()
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class FeedbackIn(Schema):
@@ -23,8 +25,9 @@ class FeedbackIn(Schema):
     @field_validator("comment")
     @classmethod
     def storable(cls, comment: str) -> str:
-        if "\x00" in comment:  # PostgreSQL's text cannot hold NUL
-            raise ValueError("A comment cannot hold a NUL character.")
+        # PostgreSQL's text cannot hold NUL, nor UTF-8 a lone surrogate (JSON reads "\ud800" without complaint).
+        if UNSTORABLE.search(comment):
+            raise ValueError("A comment cannot hold a NUL character or a lone surrogate.")
         return comment
 
 

@@ -101,6 +101,7 @@ def test_the_rest_api_gives_and_reads_the_same_feedback(alice_rest, bob_token, a
         {"comment": "x"},
         {"rating": "up", "comment": "x" * 2001},
         {"rating": "up", "comment": "\x00"},
+        {"rating": "up", "comment": "\ud800"},
     ):
         assert alice_rest.put(api_url(answer), bad, content_type="application/json").status_code == 422, bad
     assert alice_rest.put(api_url(answer), "not json", content_type="application/json").status_code in {400, 422}
