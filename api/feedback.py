@@ -20,7 +20,7 @@ UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 class FeedbackIn(Schema):
     rating: Literal["up", "down"]
-    comment: str = Field("", max_length=Feedback.COMMENT_MAX)
+    comment: str = Field("", max_length=Feedback.COMMENT_MAX, json_schema_extra={"pattern": r"^[^\u0000]*$"})
 
     @field_validator("comment")
     @classmethod
