@@ -49,7 +49,12 @@ Prompt = Annotated[
     checked_by(rules.clean_prompt),
     Field(
         description="The message to answer. Surrounding whitespace is dropped.",
-        json_schema_extra={"minLength": 1, "maxLength": settings.CHAT_MAX_PROMPT_CHARS, "pattern": r"\S"},
+        # Not blank, and no NUL (which PostgreSQL's text cannot hold): refused with 422 either way.
+        json_schema_extra={
+            "minLength": 1,
+            "maxLength": settings.CHAT_MAX_PROMPT_CHARS,
+            "pattern": r"^[^\u0000]*\S[^\u0000]*$",
+        },
     ),
 ]
 SystemPrompt = Annotated[

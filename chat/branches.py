@@ -166,7 +166,8 @@ class Page:
 
 def _page(tree: Tree, path: list[int], start: int) -> Page:
     # The branch's shape is already read; only the messages shown are, whatever the branch's length.
-    messages = Message.objects.filter(pk__in=path[start:]).order_by("pk")
+    # With the thumbs under each answer (chat/feedback.py), one more query whatever the page's length.
+    messages = Message.objects.filter(pk__in=path[start:]).order_by("pk").prefetch_related("feedback")
     return Page([(message, tree.versions_of(message.pk)) for message in messages], path[start] if start > 0 else None)
 
 

@@ -9,6 +9,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.translation import pgettext_lazy
 
+from chat.feedback_models import Feedback as Feedback
 from chat.folder_models import Folder as Folder
 from chat.rules import TITLE_LENGTH
 from chat.sharing_models import SharedLink as SharedLink

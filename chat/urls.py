@@ -2,6 +2,7 @@ from django.urls import path, register_converter
 
 from chat import (
     account,
+    feedback_views,
     folder_views,
     history_views,
     preset_views,
@@ -64,6 +65,7 @@ urlpatterns = [
     path("c/<id:pk>/m/<id:message_pk>/footer", views.answer_footer, name="answer-footer"),
     path("c/<id:pk>/m/<id:message_pk>/stream", turn_views.stream, name="stream"),
     path("c/<id:pk>/m/<id:message_pk>/stop", turn_views.stop, name="stop"),
+    path("c/<id:pk>/m/<id:message_pk>/feedback", feedback_views.give, name="feedback"),
     path("account/tokens/", account.tokens, name="tokens"),
     path("account/tokens/new", account.create_token, name="create-token"),
     path("account/tokens/<id:pk>/revoke", account.revoke_token, name="revoke-token"),

@@ -56,6 +56,16 @@ def site_language():
     translation.deactivate()
 
 
+@pytest.fixture(autouse=True)
+def fresh_fragments():
+    """Each test starts with no drawn sidebar items (settings.CACHES' per-process "fragments"):
+    the test database gives a rolled-back test's primary keys to the next, so an item drawn for one
+    test's conversation would be read back for another's of the same id and title."""
+    from django.core.cache import caches
+
+    caches["fragments"].clear()
+
+
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix, tmp_path_factory):
     # A file, not SQLite's in-memory database: the site under test runs in its own process and

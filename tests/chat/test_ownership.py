@@ -34,14 +34,18 @@ def test_a_live_answer_is_offered_to_no_one_but_its_owner_on_any_door(
         httpx.Client(base_url=live_site.url, headers={"Authorization": f"Bearer {bob_token}"}, timeout=15) as token,
     ):
         login(page, "bob")
-        probes = [(page, "GET", f"/c/{conversation}/m/{answer.pk}/stream") for conversation in (alices, mine)] + [
-            (page, "POST", f"/c/{conversation}/m/{answer.pk}/stop") for conversation in (alices, mine)
-        ]
+        probes = (
+            [(page, "GET", f"/c/{conversation}/m/{answer.pk}/stream") for conversation in (alices, mine)]
+            + [(page, "POST", f"/c/{conversation}/m/{answer.pk}/stop") for conversation in (alices, mine)]
+            + [(page, "POST", f"/c/{conversation}/m/{answer.pk}/feedback") for conversation in (alices, mine)]
+        )
         for client in (token, page):  # the REST API takes a token or the browser's session
             for conversation in (alices, mine):
                 probes += [
                     (client, "GET", f"/api/conversations/{conversation}/messages/{answer.pk}/stream"),
                     (client, "POST", f"/api/conversations/{conversation}/messages/{answer.pk}/stop"),
+                    (client, "GET", f"/api/conversations/{conversation}/messages/{answer.pk}/feedback"),
+                    (client, "PUT", f"/api/conversations/{conversation}/messages/{answer.pk}/feedback"),
                 ]
             probes += [
                 (client, "GET", f"/api/tasks/{answer.pk}"),
@@ -50,7 +54,9 @@ def test_a_live_answer_is_offered_to_no_one_but_its_owner_on_any_door(
             ]
         for client, method, url in probes:
             # Streamed: a stream wrongly offered is refused here, not read until it times out.
-            with client.stream(method, url, headers=csrf_headers(page) if client is page else {}) as response:
+            headers = csrf_headers(page) if client is page else {}
+            body = {"rating": "up"} if method == "PUT" else None  # a valid body: the 404 comes from the id
+            with client.stream(method, url, headers=headers, json=body) as response:
                 assert response.status_code == 404, (method, url, response.status_code)
                 assert SECRET not in response.read().decode(), url
 

@@ -7,11 +7,14 @@ to anywhere but the site.
 """
 
 import itertools
+import json
+import os
 import random
 import re
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Locator, Page, expect
 
 from chat import branches
@@ -534,3 +537,189 @@ def test_any_cutting_into_deltas_and_frames_renders_as_the_whole_text(signed_in:
         cases,
     )
     assert mismatches == []
+
+
+# The end of an answer that quotes hostile markup (issue 24), as vLLM sent it: after a reload the
+# page showed it only up to the `<base href=...>` line.
+QUOTED_MARKUP = json.loads(
+    r'''"/iframe>\n<details open ontoggle=\"document.title='X'\">x</details>\n<style>body{display:none!important}</style>\n<meta http-equiv=\"refresh\" content=\"0;url=javascript:alert(1)\">\n<div hx-get=\"/c/new/send\" hx-trigger=\"load\" hx-on::load=\"document.title='X'\">htmx</div>\n<math><mtext><table><mglyph><style><img src=x onerror=alert('X')></style></mglyph></table></mtext></math>\n<base href=\"http://evil.example/\">\n\n\nevent: done\ndata: {\"status\": \"complete\"}\n\ndata: [DONE]\n\nafter-injection\nline1\r\nline2\rline3\nline4\n<!-- hidden rest still visible? -->\n<script>alert('X')</script>\nnul\u0000byte\n<body onload=alert('X')>\n<object data=\"javascript:alert('X')\"></object>\n<input autofocus onfocus=\"document.title='X'\">\nfin. \nsep\u2028line\u2029para\u0085nel\n"'''  # noqa: E501 - as the issue quotes it
+)
+# What came before it, as long as it was (11,595 characters in all): ordinary markdown, and markup
+# that it quotes.
+BEFORE_QUOTED_MARKUP = ((MARKDOWN + "\n" + HOSTILE_ANSWER + "\n") * 10)[: 11_595 - len(QUOTED_MARKUP) - 2] + "\n<"
+
+
+# The text a person reads: every block as laid out, including those that `content-visibility: auto`
+# (chat.css) leaves unpainted while they are off screen, which innerText would leave out.
+VISIBLE_TEXT = """(body) => {
+  const blocks = [...body.querySelectorAll(".block")];
+  blocks.forEach((block) => { block.style.contentVisibility = "visible"; });
+  const text = body.innerText;
+  blocks.forEach((block) => { block.style.contentVisibility = ""; });
+  return text;
+}"""
+
+
+def copied_answer(page: Page, answer: Locator) -> str:
+    button = answer.locator(".meta .copy-answer")
+    button.click()
+    expect(button).to_have_text("Copied")
+    text: str = page.evaluate("navigator.clipboard.readText()")
+    expect(button).to_have_text("Copy")
+    return text
+
+
+@pytest.mark.parametrize("split", ["one delta", "every character"])
+def test_an_answer_quoting_hostile_markup_shows_all_of_it_after_a_reload(
+    signed_in: Page, fake_vllm, live_site, alice_api, dialogs, split
+):
+    page = signed_in
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_site.url)
+    fake_vllm.reply = [line + "\n" for line in BEFORE_QUOTED_MARKUP.split("\n")]
+    fake_vllm.reply[-1] = fake_vllm.reply[-1].removesuffix("\n")
+    fake_vllm.reply += [QUOTED_MARKUP] if split == "one delta" else list(QUOTED_MARKUP)
+    page.locator("#settings-panel > summary").click()
+    page.locator("input[name=max_tokens]").fill(str(len(fake_vllm.reply) + 10))
+    answer = ask(page, "Show me an XSS payload")
+    wait_until_answered(answer)
+    stored = Message.objects.get(role="assistant").content
+    assert stored == (BEFORE_QUOTED_MARKUP + QUOTED_MARKUP).replace("\x00", "\ufffd")
+    conversation = Message.objects.get(role="assistant").conversation_id
+    assert alice_api.get(f"/conversations/{conversation}").json()["messages"][-1]["content"] == stored
+
+    for moment in ("live", "reloaded"):
+        if moment == "reloaded":
+            page.reload()
+            answer = page.locator("#thread article.assistant")
+        body = answer.locator(".body")
+        # The end of the answer is on the page, and in view.
+        expect(body.locator(".block").last, moment).to_contain_text("fin.")
+        expect(body.locator(".block").last, moment).to_be_in_viewport()
+        if moment == "live":
+            live = body.evaluate(VISIBLE_TEXT)
+        else:
+            assert body.evaluate(VISIBLE_TEXT) == live
+        assert copied_answer(page, answer) == stored, moment
+    assert page.title() != "X" and dialogs == []
+
+
+# Answers as models write them, ordinary and hostile: each is streamed, split at random points, and
+# must read the same live, after a reload and in another tab.
+CORPUS = [
+    MARKDOWN,
+    HOSTILE_ANSWER,
+    BEFORE_QUOTED_MARKUP[-600:] + QUOTED_MARKUP,
+    *TRICKY[:3],
+    "Costs $5, $ 6 and $7$ then $x$y$ and $$ unclosed\n\n$a\\$b$ and \\$ and $$x$$ inline and a lone $\n"
+    "\\(\\) \\[ \\] $\\frac{1}{$ and $$\n\\begin{matrix} a & b \\end{matrix}\n$$ tail $\n",
+    '<div>not a div</div> <span style="color:red">x</span> &amp; &lt;b&gt; &#x3C;i&#x3E; &nbsp;&copy; '
+    "<!-- c --> <![CDATA[ x ]]> <?php echo 1 ?>\n\n</p></div></li></table> <p>open\n\n<textarea><b>t</b>\n",
+    "Controls: \x01\x02\x07\x08\x0b\x0c\x1b[31mred\x1b[0m \x7f\x80\x9f\u200b\u200e\u202e reversed\u202c "
+    "\ufeff\ufffe end\n\nline\r\nwith CRLF\rand CR\r\r\rthree CRs\n\r\n\rtrailing\r",
+    "sep\u2028line\u2029para\u0085nel\n\n\u2028\n\n\u2029\u2029 only separators \u2028\n",
+    "한국어 답변입니다. **굵게** 그리고 `코드`, 수식 $x^2$.\n\n- 항목 하나\n- 항목 둘\n\n> 인용 🙂 👍🏽 e\u0301\n",
+    "```\nunclosed fence <script>alert(1)</script>\n\n$$ not math $$\n\n",
+    "    indented <b>code</b>\n\n* * *\n\n[ref]: https://example.com\n\n[ref] and [missing] and <https://x.example>\n"
+    "\n| a | <b> |\n|---|---|\n| `|` | $|$ |\n",
+    'data: [DONE]\n\nevent: done\ndata: {"status": "error"}\n\nid: 5\nretry: 1\n\n: comment\n\n',
+]
+
+
+def split_at_random(text: str, chance: random.Random, fewest: int = 0, most: int = 60) -> list[str]:
+    cuts = sorted(chance.sample(range(1, len(text)), k=min(len(text) - 1, chance.randint(fewest, most))))
+    return [text[a:b] for a, b in itertools.pairwise([0, *cuts, len(text)])]
+
+
+def test_any_answer_reads_the_same_live_after_a_reload_and_in_another_tab(signed_in: Page, fake_vllm, live_site):
+    """The property of issue 24, over the corpus above in one conversation: one reload, one other tab.
+
+    A new seed each run, named on failure; RENDER_SEED=<seed> runs that one again.
+    """
+    page = signed_in
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_site.url)
+    seed = int(os.environ.get("RENDER_SEED") or random.randrange(2**32))
+    chance = random.Random(seed)
+    answers = page.locator("#thread article.assistant")
+    page.locator("#settings-panel > summary").click()
+    page.locator("input[name=max_tokens]").fill("450")  # room for the other tab's answer, below
+    live = []
+    for i, text in enumerate(CORPUS):
+        fake_vllm.reply = split_at_random(text, chance)
+        ask(page, f"Question {i}")
+        wait_until_answered(answers.nth(i))
+        live.append(answers.nth(i).locator(".body").evaluate(VISIBLE_TEXT))
+    stored = list(Message.objects.filter(role="assistant").order_by("pk").values_list("content", flat=True))
+    assert stored == [text.replace("\x00", "\ufffd") for text in CORPUS]
+
+    # Another tab, following the last answer again as it streams.
+    # (Many deltas, slowly enough for the other tab to open while they come.)
+    fake_vllm.reply = split_at_random(CORPUS[-1] + CORPUS[0], chance, fewest=300, most=400)
+    fake_vllm.token_delay = 0.03
+    ask(page, "And once more")
+    other = page.context.new_page()
+    other.goto(page.url)
+    followed = other.locator("#thread article.assistant").last
+    expect(followed).to_have_class(re.compile(r"\bstreaming\b"))
+    wait_until_answered(answers.last)
+    wait_until_answered(followed)
+    assert followed.locator(".body").evaluate(VISIBLE_TEXT) == answers.last.locator(".body").evaluate(VISIBLE_TEXT), (
+        f"seed {seed}"
+    )
+    other.close()
+
+    page.reload()
+    for i in range(len(CORPUS)):
+        answer = answers.nth(i)
+        # The answers out of view are rendered a task each after the page shows (showAll).
+        try:
+            page.wait_for_function(
+                f"([i, live]) => ({VISIBLE_TEXT})(document.querySelectorAll('#thread .assistant .body')[i]) === live",
+                arg=[i, live[i]],
+                polling=100,
+                timeout=20_000,
+            )
+        except PlaywrightError:
+            pass  # the assertion below says how it differs
+        body = answer.locator(".body")
+        reloaded = body.evaluate(VISIBLE_TEXT)
+        assert reloaded == live[i], f"answer {i} reads otherwise after a reload (seed {seed})"
+        assert copied_answer(page, answer) == stored[i], f"answer {i}'s Copy (seed {seed})"
+
+
+def test_an_answer_rendered_in_slices_ends_rendered_whole(signed_in: Page):
+    """A reload renders a long answer in slices of SLICE_MS; the last slice is still the final render.
+
+    An answer that ends in a long code block never closed (stopped, or cut at max tokens) was left
+    in the pieces shown while it streams (showOpenCode) when its render took more than one slice.
+    """
+    page = signed_in
+    code = "".join(f"x_{i} = {i}  # line {i}\n" for i in range(300))
+    text = "para\n\n" * 40 + f"```python\n{code}"
+    same = page.evaluate(
+        """async (text) => {
+          const render = (slow) => {
+            const body = document.createElement("div");
+            document.body.append(body);
+            const now = performance.now;
+            let clock = 0;
+            // Each look at the clock finds a slice's time gone: every batch of chunks is a slice.
+            if (slow) performance.now = () => (clock += 1000);
+            const answer = ChatAnswer.follow(body);
+            answer.append(text);
+            answer.finish();
+            // The last slice renders the last complete chunks and the open one, in one task.
+            return new Promise((done) => {
+              const look = () => {
+                if (body.querySelectorAll(":scope > .block").length < 41) return setTimeout(look, 10);
+                performance.now = now;
+                done(body);
+              };
+              look();
+            });
+          };
+          const [whole, sliced] = [await render(false), await render(true)];
+          return [whole.innerHTML === sliced.innerHTML, sliced.querySelectorAll("pre .piece").length];
+        }""",
+        text,
+    )
+    assert same == [True, 0]

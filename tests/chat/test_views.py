@@ -41,6 +41,7 @@ def every_url(conversation, answer):
         # Sharing by link (chat/sharing_views.py): the link's own URLs are in tests/chat/test_sharing.py.
         ("post", reverse("chat:share", args=[conversation.pk]), {"audience": "anyone"}),
         ("post", reverse("chat:unshare", args=[conversation.pk]), {}),
+        ("post", reverse("chat:feedback", args=[conversation.pk, answer.pk]), {"rating": "down", "comment": "Mine"}),
         ("post", reverse("chat:delete", args=[conversation.pk]), {}),
     ]
 
@@ -71,6 +72,7 @@ def test_the_owner_reaches_every_url(client, alices_conversation, alice):
         "show": 302,
         "share": 302,
         "unshare": 302,
+        "feedback": 302,
         "delete": 302,
     }
     # Sending, editing and regenerating are left out: each starts a turn, which needs the server's

@@ -134,7 +134,7 @@ Object.assign(htmx.config, {
   // A conversation's own menu, or the form that was sent (the prompt, the settings, an edited
   // prompt); a button under a message (regenerate, its versions, stop) has its say by the prompt.
   function errorBoxFor(elt) {
-    const place = elt.closest("#conversations li") ?? elt.closest("form, .edit-box") ?? promptForm();
+    const place = elt.closest("#conversations li") ?? elt.closest("form, .edit-box, .feedback") ?? promptForm();
     return place.querySelector(".form-error");
   }
   // The page's own 400s are form errors (JSON), said beside the form. In DEBUG, django-htmx's

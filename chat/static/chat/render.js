@@ -308,7 +308,7 @@
           done += batch.length;
           if (done < this.cuts.length && performance.now() - started > SLICE_MS) {
             this.cuts = this.cuts.slice(done);
-            this.nextSlice = setTimeout(() => this.render(), 0);
+            this.nextSlice = setTimeout(() => this.render(final), 0);
             return;
           }
         }
