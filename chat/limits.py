@@ -7,7 +7,7 @@ stored answers, which every worker shares. A refused turn saves nothing.
 """
 
 import math
-from collections.abc import Sequence
+from collections import defaultdict, deque
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -23,6 +23,11 @@ MINUTE = timedelta(minutes=1)
 # seconds to tens of seconds.
 RETRY_WHILE_GENERATING = 5
 
+# Answers with no row (a temporary chat's: chat/temporary.py) in this process, by person: how many
+# stream now, and when each began. Every start counts them with the stored ones, whichever door.
+rowless_streaming: defaultdict[int, int] = defaultdict(int)
+rowless_started: defaultdict[int, deque[datetime]] = defaultdict(deque)
+
 
 class TooManyAnswers(Exception):
     """A person may not start another answer now: `retry_after` says in how many seconds to try."""
@@ -32,11 +37,11 @@ class TooManyAnswers(Exception):
         self.message, self.retry_after = message, retry_after
 
 
-def check_room_for_an_answer(owner_pk: int, *, also_streaming: int = 0, also_started: Sequence[datetime] = ()) -> None:
+def check_room_for_an_answer(owner_pk: int, *, rowless: datetime | None = None) -> None:
     """Raise TooManyAnswers if the person may not start an answer now.
 
-    `also_streaming` and `also_started` count answers that have no row: a temporary chat's
-    (chat/temporary.py), streaming now and started when.
+    Answers that have no row count too (`rowless_streaming`, `rowless_started`); `rowless` is the
+    start of the one being checked, if it is such an answer, registered already and not counted.
 
     Call it inside the transaction that saves the answer. It locks the person's row until that
     transaction ends (on SQLite, whose transactions here begin IMMEDIATE, the whole database is
@@ -57,7 +62,8 @@ def check_room_for_an_answer(owner_pk: int, *, also_streaming: int = 0, also_sta
     counts = answers.filter(streaming | recent).aggregate(
         streaming=Count("pk", filter=streaming), recent=Count("pk", filter=recent)
     )
-    counts["streaming"] += also_streaming
+    also_started = [started for started in rowless_started.get(owner_pk, ()) if started is not rowless]
+    counts["streaming"] += rowless_streaming.get(owner_pk, 0) - (rowless is not None)
     counts["recent"] += sum(1 for started in also_started if started > now - MINUTE)
     if at_once and counts["streaming"] >= at_once:
         raise TooManyAnswers(

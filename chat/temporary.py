@@ -16,10 +16,8 @@ than the limit, which stays bounded by the number of workers.
 """
 
 import json
-from collections import defaultdict, deque
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from datetime import datetime
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -36,9 +34,10 @@ from engine.vllm_client import Failed, Finished, GenerationOptions, TextDelta, U
 # The most earlier messages a temporary chat sends; the context fitting drops the oldest anyway.
 MAX_HISTORY_MESSAGES = 200
 
-# This process's temporary answers, by person: how many stream now, and when each began.
-_streaming: defaultdict[int, int] = defaultdict(int)
-_started: defaultdict[int, deque[datetime]] = defaultdict(deque)
+# This process's temporary answers, by person: how many stream now, and when each began (counted
+# by chat/limits.py with the stored ones, for a stored answer's start too).
+_streaming = limits.rowless_streaming
+_started = limits.rowless_started
 
 
 def clean_history(text: str) -> list[dict[str, str]]:
@@ -93,14 +92,10 @@ def _check_room(reserved: Reserved) -> None:
     started = _started[reserved.owner_pk]
     while started and started[0] < timezone.now() - limits.MINUTE:
         started.popleft()
-    # The others': this one is counted already (reserved before any await, so that two requests
-    # together each see the other).
-    others = list(started)
-    others.remove(reserved.started_at)
+    # The others': this one is registered already (reserved before any await, so that two
+    # requests together each see the other), and left out of its own count.
     with transaction.atomic():
-        limits.check_room_for_an_answer(
-            reserved.owner_pk, also_streaming=_streaming[reserved.owner_pk] - 1, also_started=others
-        )
+        limits.check_room_for_an_answer(reserved.owner_pk, rowless=reserved.started_at)
 
 
 async def reserve(owner_pk: int) -> Reserved:

@@ -12,7 +12,7 @@ from asgiref.sync import async_to_sync
 from django.test import Client
 from django.urls import reverse
 
-from chat import temporary
+from chat import limits, temporary
 from chat.limits import TooManyAnswers
 from chat.models import Conversation, Message
 from tests.accounts import login
@@ -147,6 +147,24 @@ def test_temporary_answers_count_against_the_persons_limits(alice, settings):
     with pytest.raises(TooManyAnswers, match="3 answers in the last minute") as refused:
         reserve(alice.pk)
     assert 1 <= refused.value.retry_after <= 60
+    temporary._started.clear()
+
+
+def test_a_temporary_answer_counts_against_a_stored_answers_start_and_the_other_way_round(alice, settings):
+    settings.CHAT_MAX_ANSWERS_AT_ONCE, settings.CHAT_MAX_ANSWERS_PER_MINUTE = 1, 0
+    settings.CHAT_LIMITS_EXEMPT_SUPERUSERS = False
+    reserved = async_to_sync(temporary.reserve)(alice.pk)
+    try:
+        # A stored answer's start (every door's, chat/turns.py) counts the temporary one streaming.
+        with pytest.raises(TooManyAnswers, match="1 answer being generated"):
+            limits.check_room_for_an_answer(alice.pk)
+    finally:
+        reserved.release()
+    limits.check_room_for_an_answer(alice.pk)  # room again once it has ended
+    conversation = Conversation.objects.create(owner=alice)
+    Message.objects.create(conversation=conversation, role="assistant", status="streaming", worker="w1")
+    with pytest.raises(TooManyAnswers, match="1 answer being generated"):
+        async_to_sync(temporary.reserve)(alice.pk)
     temporary._started.clear()
 
 
