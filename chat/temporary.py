@@ -47,7 +47,7 @@ def clean_history(text: str) -> list[dict[str, str]]:
         return []
     try:
         history = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
         raise ValidationError(gettext("The earlier messages are not valid JSON."), code="history") from None
     if not isinstance(history, list) or len(history) > MAX_HISTORY_MESSAGES:
         raise ValidationError(

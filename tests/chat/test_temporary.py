@@ -102,6 +102,7 @@ def test_a_failing_engine_is_an_error_event_and_still_nothing_is_stored(alices, 
     [
         ({"prompt": ""}, "Type a message first."),
         ({"prompt": "hi", "history": "not json"}, "not valid JSON"),
+        ({"prompt": "hi", "history": "[" * 100_000}, "not valid JSON"),  # nested too deep to read
         ({"prompt": "hi", "history": '{"role": "user"}'}, "a list of at most"),
         ({"prompt": "hi", "history": json.dumps([{"role": "assistant", "content": "x"}])}, "in turn"),
         ({"prompt": "hi", "history": json.dumps([{"role": "system", "content": "x"}])}, "in turn"),
