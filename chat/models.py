@@ -162,10 +162,13 @@ class PresetQuerySet(models.QuerySet["Preset"]):
         return self.filter(models.Q(owner=user) | models.Q(shared=True))
 
     def changeable_by(self, user: Someone) -> "PresetQuerySet":
-        """Their own; a shared one, staff only (whoever made it)."""
+        """Their own unshared ones; a shared one, staff only (whoever made it: one who has left the
+        staff no longer changes what everyone sees)."""
         if not user.is_authenticated:
             return self.none()
-        return self.filter(models.Q(owner=user) | models.Q(shared=True)) if user.is_staff else self.filter(owner=user)
+        if user.is_staff:
+            return self.filter(models.Q(owner=user) | models.Q(shared=True))
+        return self.filter(owner=user, shared=False)
 
 
 class Preset(models.Model):

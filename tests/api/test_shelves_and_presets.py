@@ -171,6 +171,13 @@ def test_only_staff_share_presets_which_everyone_sees_and_only_staff_change(alic
     assert alice_client.delete(f"/api/presets/{seen[0]['id']}").status_code == 404
     assert Preset.objects.get().name == "Team style"
 
+    # Bob leaves the staff: the preset he shared stays everyone's, and he no longer changes it.
+    bob.is_staff = False
+    bob.save()
+    assert patch(bob_client, f"/api/presets/{seen[0]['id']}", {"system_prompt": "Be rude."}).status_code == 404
+    assert bob_client.delete(f"/api/presets/{seen[0]['id']}").status_code == 404
+    assert Preset.objects.get().system_prompt == "Be kind."
+
 
 @pytest.mark.parametrize(
     "body",
