@@ -11,6 +11,7 @@ request too: asgiref re-raises it in the thread that runs `response_for_exceptio
 this handler can tell a database outage from a defect. A defect stays a 500.
 """
 
+import sqlite3
 import sys
 
 from django.db import InterfaceError, OperationalError
@@ -24,10 +25,23 @@ from api.errors import ApiError, door_at
 RETRY_AFTER_SECONDS = 5
 
 
+# SQLite's OperationalError is also its word for a query it cannot run ("too many SQL variables",
+# "no such table"): a defect, which stays a 500. These are its lock and its file.
+SQLITE_AWAY = ("database is locked", "database table is locked", "unable to open database")
+
+
 def database_is_away() -> bool:
     """Whether the exception being answered is the database's absence, not the site's defect."""
+    exc = sys.exc_info()[1]
     # InterfaceError: a connection the database closed under a request (a restart).
-    return isinstance(sys.exc_info()[1], OperationalError | InterfaceError)
+    if isinstance(exc, InterfaceError):
+        return True
+    if not isinstance(exc, OperationalError):
+        return False
+    if isinstance(exc.__cause__, sqlite3.OperationalError):
+        return str(exc.__cause__).startswith(SQLITE_AWAY)
+    # PostgreSQL's (psycopg's): a connection refused, lost or timed out, a pool with none to lend.
+    return True
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
