@@ -5,34 +5,17 @@ chat/ownership.py or `folders.folder_or_404`: another person's is a 404. After a
 htmx, the sidebar's pinned list, folders and list are sent again, swapped in out of band.
 """
 
-from urllib.parse import urlsplit
-
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
-from django.urls import Resolver404, resolve, reverse
+from django.urls import reverse
 from django.utils.translation import gettext
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.middleware import HtmxDetails
 
 from chat import folders, ownership, sidebar
 from chat.models import MAX_ID, Conversation
-
-
-class HtmxHttpRequest(HttpRequest):
-    htmx: HtmxDetails
-
-
-def _open_pk(request: HtmxHttpRequest) -> int | None:
-    """The conversation on the person's screen when htmx made the request, if any."""
-    if not (request.htmx and request.htmx.current_url_abs_path):
-        return None
-    try:
-        match = resolve(urlsplit(request.htmx.current_url_abs_path).path)
-    except Resolver404:
-        return None
-    return match.kwargs["pk"] if match.view_name == "chat:conversation" else None
+from chat.views import HtmxHttpRequest, open_conversation_pk
 
 
 def _sidebar(request: HtmxHttpRequest, back: str = "chat:index", **kwargs: int) -> HttpResponse:
@@ -43,7 +26,7 @@ def _sidebar(request: HtmxHttpRequest, back: str = "chat:index", **kwargs: int) 
         **folders.shelves_context(request.user),
         "conversations": listing.conversations,
         "sidebar_next": listing.next_place,
-        "open_pk": _open_pk(request),
+        "open_pk": open_conversation_pk(request),
     }
     return render(request, "chat/shelves.html#sidebar-changed", context)
 
@@ -137,7 +120,7 @@ def folder_list(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         "conversations": listing.conversations,
         "sidebar_next": listing.next_place,
         "folder": folder,
-        "open_pk": _open_pk(request),
+        "open_pk": open_conversation_pk(request),
         **folders.shelves_context(request.user),
     }
     return render(request, "chat/shelves.html#folder-page", context)

@@ -148,7 +148,7 @@ def conversation_list(request: HtmxHttpRequest) -> HttpResponse:
         listing = sidebar.page_after(request.user, request.GET.get("after", ""))
     except sidebar.BadPlace:
         return JsonResponse({"error": "`after` is not a place in the list."}, status=400)
-    context = {**_listed(listing), "open_pk": _open_conversation_pk(request)}
+    context = {**_listed(listing), "open_pk": open_conversation_pk(request)}
     return render(request, "chat/page.html#sidebar-page", context)
 
 
@@ -238,7 +238,7 @@ async def title(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     conversation = await ownership.aconversation_or_404(await request.auser(), pk)
     await titles.wait_for_name(conversation.pk)
     await conversation.arefresh_from_db(fields=["title"])
-    context = {"item": conversation, "open_pk": _open_conversation_pk(request)}
+    context = {"item": conversation, "open_pk": open_conversation_pk(request)}
     return render(request, "chat/page.html#sidebar-item", context)
 
 
@@ -251,7 +251,7 @@ def rename(request: HtmxHttpRequest, pk: int) -> HttpResponse:
         return JsonResponse({"error": form.errors["title"][0]}, status=400)
     form.save()
     if request.htmx:
-        context = {"item": conversation, "open_pk": _open_conversation_pk(request)}
+        context = {"item": conversation, "open_pk": open_conversation_pk(request)}
         return render(request, "chat/page.html#sidebar-item", context)
     return redirect(conversation_url(conversation))
 
@@ -264,7 +264,7 @@ async def delete(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     await conversation.adelete()
     if not request.htmx:
         return redirect("chat:index")
-    if _open_conversation_pk(request) == pk:
+    if open_conversation_pk(request) == pk:
         return HttpResponseClientRedirect(reverse("chat:index"))
     return HttpResponse()  # the page just drops it from the list
 
@@ -282,15 +282,15 @@ async def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse(report, status=200 if health.ok else 503)
 
 
-def _open_conversation_pk(request: HtmxHttpRequest) -> int | None:
+def open_conversation_pk(request: HtmxHttpRequest) -> int | None:
     """The conversation on the person's screen when htmx made the request, if any."""
-    if not (request.htmx and request.htmx.current_url_abs_path):
-        return None
     try:
-        match = resolve(urlsplit(request.htmx.current_url_abs_path).path)
-    except Resolver404:
+        # django-htmx splits the HX-Current-URL header, which a client may send as anything.
+        current = request.htmx.current_url_abs_path if request.htmx else None
+        match = resolve(urlsplit(current).path) if current else None
+    except (ValueError, Resolver404):
         return None
-    return match.kwargs["pk"] if match.view_name == "chat:conversation" else None
+    return match.kwargs["pk"] if match is not None and match.view_name == "chat:conversation" else None
 
 
 def conversation_url(conversation: Conversation) -> str:

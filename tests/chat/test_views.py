@@ -194,6 +194,21 @@ def test_rename_and_empty_title(client, alices_conversation, alice):
     assert response.json()["error"] == "A title cannot be empty."
 
 
+@pytest.mark.parametrize("current_url", ["http://[", "http://testserver/c/99999999999999999999/", "::"])
+def test_a_page_address_htmx_says_that_is_no_address_is_no_conversation_on_screen(
+    client, alices_conversation, alice, current_url
+):
+    # HX-Current-URL is the client's to send: the sidebar item is drawn as for no open conversation.
+    conversation, _ = alices_conversation
+    client.force_login(alice)
+    headers = {"HX-Request": "true", "HX-Current-URL": current_url}
+    response = client.post(reverse("chat:rename", args=[conversation.pk]), {"title": "Plans"}, headers=headers)
+    assert response.status_code == 200
+    assert 'class="current"' not in response.content.decode()
+    pinned = client.post(reverse("chat:pin", args=[conversation.pk]), {"pinned": "true"}, headers=headers)
+    assert pinned.status_code == 200
+
+
 def test_delete_removes_the_conversation_and_its_messages(client, alices_conversation, alice):
     conversation, _ = alices_conversation
     client.force_login(alice)
