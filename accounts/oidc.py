@@ -75,8 +75,11 @@ class OrganisationBackend(OIDCAuthenticationBackend):  # type: ignore[misc]
 
     def get_token(self, payload: dict[str, str]) -> dict[str, Any]:
         # Kept: the refresh token, which the library drops, is how the person is checked later.
-        self.token_info = super().get_token(payload)
-        return self.token_info
+        token_info = super().get_token(payload)
+        if not isinstance(token_info, dict):  # JSON, but not the object OAuth 2.0 says it is
+            raise SignInRefused(UNTRUSTED_TOKEN)
+        self.token_info = token_info
+        return token_info
 
     def _verify_jws(self, payload: str, key: Any) -> dict[str, Any]:
         try:
@@ -106,9 +109,9 @@ class OrganisationBackend(OIDCAuthenticationBackend):  # type: ignore[misc]
     def get_userinfo(self, access_token: str, id_token: str, payload: dict[str, Any]) -> dict[str, Any]:
         """The ID token's claims with the user info endpoint's: some providers (Entra ID) put groups
         and roles only in the ID token."""
-        userinfo: dict[str, Any] = super().get_userinfo(access_token, id_token, payload)
+        userinfo = super().get_userinfo(access_token, id_token, payload)
         # OpenID Connect Core 5.3.2: user info about anyone else is a substitution, to refuse.
-        if userinfo.get("sub") != payload["sub"]:
+        if not isinstance(userinfo, dict) or userinfo.get("sub") != payload["sub"]:
             raise SignInRefused(UNTRUSTED_TOKEN)
         return {**payload, **userinfo}
 
