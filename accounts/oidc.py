@@ -63,10 +63,23 @@ class OrganisationBackend(OIDCAuthenticationBackend):  # type: ignore[misc]
 
     token_info: dict[str, Any]
 
+    def authenticate(self, request: HttpRequest | None, **credentials: Any) -> User | None:
+        # Django asks every backend, the password form's too: the library's would take any `code`
+        # and `state` in that request's query for a provider's answer, and post the code to the
+        # token endpoint (its refusal a 500, and a failed password never counted by axes). Only the
+        # callback view passes the nonce it kept in the session (OIDC_USE_NONCE is on).
+        if credentials.get("nonce") is None:
+            return None
+        user: User | None = super().authenticate(request, **credentials)
+        return user
+
     def get_token(self, payload: dict[str, str]) -> dict[str, Any]:
         # Kept: the refresh token, which the library drops, is how the person is checked later.
-        self.token_info = super().get_token(payload)
-        return self.token_info
+        token_info = super().get_token(payload)
+        if not isinstance(token_info, dict):  # JSON, but not the object OAuth 2.0 says it is
+            raise SignInRefused(UNTRUSTED_TOKEN)
+        self.token_info = token_info
+        return token_info
 
     def _verify_jws(self, payload: str, key: Any) -> dict[str, Any]:
         try:
@@ -96,9 +109,9 @@ class OrganisationBackend(OIDCAuthenticationBackend):  # type: ignore[misc]
     def get_userinfo(self, access_token: str, id_token: str, payload: dict[str, Any]) -> dict[str, Any]:
         """The ID token's claims with the user info endpoint's: some providers (Entra ID) put groups
         and roles only in the ID token."""
-        userinfo: dict[str, Any] = super().get_userinfo(access_token, id_token, payload)
+        userinfo = super().get_userinfo(access_token, id_token, payload)
         # OpenID Connect Core 5.3.2: user info about anyone else is a substitution, to refuse.
-        if userinfo.get("sub") != payload["sub"]:
+        if not isinstance(userinfo, dict) or userinfo.get("sub") != payload["sub"]:
             raise SignInRefused(UNTRUSTED_TOKEN)
         return {**payload, **userinfo}
 
@@ -116,7 +129,11 @@ class OrganisationBackend(OIDCAuthenticationBackend):  # type: ignore[misc]
         email = claims.get("email")
         if not email or str(claims.get("email_verified")).lower() != "true":
             return User.objects.none()
-        return User.objects.filter(email__iexact=email, organisation_account__isnull=True)
+        # Never an administrator's account, whoever the provider says has its address: one is linked
+        # by signing in with the password and then with the provider (README.md).
+        return User.objects.filter(
+            email__iexact=email, organisation_account__isnull=True, is_superuser=False, is_staff=False
+        )
 
     def get_or_create_user(self, access_token: str, id_token: str, payload: dict[str, Any]) -> User:
         user: User | None = super().get_or_create_user(access_token, id_token, payload)
@@ -136,9 +153,7 @@ class OrganisationBackend(OIDCAuthenticationBackend):  # type: ignore[misc]
         if settings.OIDC_STAFF_GROUPS and not user.is_superuser:
             # A superuser keeps the admin whatever the provider says: the site must keep someone
             # who can run it.
-            groups = claims.get(settings.OIDC_GROUPS_CLAIM) or []
-            groups = [groups] if isinstance(groups, str) else groups
-            is_staff = any(group in settings.OIDC_STAFF_GROUPS for group in groups)
+            is_staff = any(group in settings.OIDC_STAFF_GROUPS for group in _groups(claims))
             if user.is_staff != is_staff:
                 user.is_staff = is_staff
                 user.save(update_fields=["is_staff"])
@@ -158,6 +173,17 @@ class OrganisationBackend(OIDCAuthenticationBackend):  # type: ignore[misc]
         # The library's returns a deactivated person too, whose session would then go on.
         user: User | None = super().get_user(user_id)
         return user if user is not None and self.user_can_authenticate(user) else None
+
+
+def _groups(claims: dict[str, Any]) -> list[str]:
+    """The groups claim as a list of names: one name alone is a list of one; anything else (a number,
+    an object: a provider's misconfiguration) is no groups, not a failed sign-in."""
+    groups = claims.get(settings.OIDC_GROUPS_CLAIM)
+    if isinstance(groups, str):
+        return [groups]
+    if isinstance(groups, list):
+        return [group for group in groups if isinstance(group, str)]
+    return []
 
 
 def _free_username(claims: dict[str, Any]) -> str:
@@ -251,13 +277,16 @@ def _ask_provider(account: OrganisationAccount) -> dict[str, str] | Literal[Fals
                 },
                 timeout=settings.OIDC_TIMEOUT,
             )
+            # A body that is JSON but not an object is no clear answer, as one that is not JSON.
+            body = response.json() if response.status_code in (200, 400, 401) else {}
+            if not isinstance(body, dict):
+                raise ValueError(f"the token endpoint answered a {type(body).__name__}, not an object")
             if response.status_code == 200:
-                tokens = response.json()
                 return {
-                    "refresh_token": tokens.get("refresh_token") or account.refresh_token,
-                    "access_token": tokens.get("access_token") or account.access_token,
+                    "refresh_token": str(body.get("refresh_token") or account.refresh_token),
+                    "access_token": str(body.get("access_token") or account.access_token),
                 }
-            if response.status_code in (400, 401) and response.json().get("error") == "invalid_grant":
+            if response.status_code in (400, 401) and body.get("error") == "invalid_grant":
                 return False
         else:
             # A provider that gave no refresh token: the access token, until it expires.

@@ -24,6 +24,8 @@ class TokenAuth(HttpBearer):
     def authenticate(self, request: HttpRequest, token: str) -> User | None:
         user = ApiToken.objects.user_for(token) if token else None
         # A person deactivated at the organisation's provider loses their tokens with their sessions.
+        # On this request's own thread (chatsite/request_threads.py), which waits for the answer
+        # anyway: a slow provider holds no other request's sync code.
         if user is not None and settings.OIDC_ENABLED and not still_at_provider(user):
             return None
         return user

@@ -2,7 +2,10 @@
 (accounts/oidc.py's `still_at_provider`), on its own: who asks, and what an unanswered question means.
 The whole flow against a real provider is tests/chat/test_organisation_sign_in.py."""
 
+import threading
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.utils import timezone
@@ -75,3 +78,74 @@ def test_a_persons_link_to_the_provider_shows_in_the_admin_without_its_tokens(
     assert page.status_code == 200
     assert "alice-at-the-provider" in page.text
     assert "a-secret-refresh-token" not in page.text
+
+
+@pytest.fixture
+def provider_answering(settings) -> Iterator[Callable[[int, str], None]]:
+    """A provider's token and user info endpoints on loopback that answer what the test says."""
+    answer: dict[str, object] = {"status": 200, "body": "{}"}
+
+    class Endpoint(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = str(answer["body"]).encode()
+            self.send_response(int(str(answer["status"])))
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Endpoint)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    settings.OIDC_OP_TOKEN_ENDPOINT = f"{url}/token/"
+    settings.OIDC_OP_USER_ENDPOINT = f"{url}/userinfo/"
+    settings.OIDC_OP_JWKS_ENDPOINT = f"{url}/jwks/"
+
+    def answering(status: int, body: str) -> None:
+        answer.update(status=status, body=body)
+
+    yield answering
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.mark.parametrize("status", [200, 400, 401])
+@pytest.mark.parametrize("body", ["[]", '"invalid_grant"', "null", "3"])
+def test_a_token_endpoint_answering_no_object_is_no_clear_answer(
+    alice, alices_account, provider_answering, status, body
+):
+    provider_answering(status, body)
+    assert oidc._ask_provider(alices_account) is None
+    assert oidc.still_at_provider(alice)
+
+
+@pytest.mark.parametrize("body", ["[]", '"a-token"', "null"])
+def test_a_sign_in_whose_token_or_user_info_is_no_object_is_refused(provider_answering, body):
+    provider_answering(200, body)
+    backend = oidc.OrganisationBackend()
+    with pytest.raises(oidc.SignInRefused):
+        backend.get_token({"grant_type": "authorization_code", "code": "a-code"})
+    with pytest.raises(oidc.SignInRefused):
+        backend.get_userinfo("an-access-token", "an-id-token", {"sub": "alice-at-the-provider"})
+
+
+@pytest.mark.parametrize(
+    ("groups", "staff"),
+    [(5, False), ({"chat-staff": True}, False), ("chat-staff", True), (["chat-staff", 7, None], True), (None, False)],
+    ids=["number", "object", "one-name", "mixed-list", "null"],
+)
+def test_a_groups_claim_that_is_no_list_of_names_is_read_without_failing(alice, settings, groups, staff):
+    settings.OIDC_STAFF_GROUPS = ["chat-staff"]
+    backend = oidc.OrganisationBackend()
+    backend.token_info = {}
+    backend.update_user(alice, {"sub": "alice-at-the-provider", "groups": groups})
+    alice.refresh_from_db()
+    assert alice.is_staff is staff

@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from axes.models import AccessAttempt
 from django.contrib.auth.models import User
 
 from accounts.models import OrganisationAccount
@@ -292,3 +293,46 @@ def test_a_code_the_provider_does_not_know_is_refused_saying_so(open_site, provi
         page = refusal(client.get(forged, follow_redirects=True))
         assert "The organisation&#x27;s sign-in service refused this sign-in. Please start it again." in page
         assert not signed_in(client)
+
+
+@pytest.mark.parametrize(
+    ("form", "said"),
+    [
+        ("/accounts/login/", "Your username and password didn't match"),
+        ("/admin/login/", "Please enter the correct username and password for a staff account."),
+    ],
+    ids=["site", "admin"],
+)
+def test_a_password_form_with_a_code_in_its_address_is_a_password_form_only(closed_site, provider, form, said):
+    """The provider's backend answers its callback only: else a wrong password posted to an address
+    with `code` and `state` in it sent that code to the provider (a request out for anyone's one in),
+    and its refusal was a 500 that axes never counted."""
+    asked_before = provider.token_requests()
+    with browser(closed_site) as client:
+        client.get(form)
+        response = client.post(
+            f"{form}?code=a-code&state=a-state",
+            data={
+                "username": "admin",
+                "password": "not the password",
+                "csrfmiddlewaretoken": client.cookies["csrftoken"],
+            },
+        )
+        assert response.status_code == 200, response.text
+        assert said in response.text
+        assert not signed_in(client)
+    assert provider.token_requests() == asked_before
+    assert AccessAttempt.objects.get(username="admin").failures_since_start == 1
+
+
+@pytest.mark.parametrize("role", ["is_superuser", "is_staff"])
+def test_an_administrators_address_at_the_provider_takes_no_administrators_account(closed_site, provider, role):
+    """Whoever holds an administrator's address at the provider (a mailbox alias, a recycled address)
+    is not the administrator here: such accounts keep their password (README.md)."""
+    User.objects.create_user("sybil", email="sybil@example.org", password=PASSWORD, **{role: True})
+    provider.person("sybil", email="sybil@example.org")
+    with browser(closed_site) as client:
+        page = refusal(sign_in_at_provider(client, "sybil"))
+        assert "You have no account on this site yet." in page
+        assert not signed_in(client)
+    assert not OrganisationAccount.objects.exists()

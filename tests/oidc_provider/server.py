@@ -105,6 +105,12 @@ class OidcProvider:
         """Faults in the ID tokens it issues from now on (tests/oidc_provider/claims.py); none: none."""
         self._post("/test/faults", faults)
 
+    def token_requests(self) -> int:
+        """How many requests its token endpoint has had since it started."""
+        response = httpx.get(f"{self.url}/test/token-requests", timeout=30)
+        assert response.status_code == 200, response.text
+        return int(response.json()["count"])
+
     def _post(self, path: str, body: object) -> None:
         response = httpx.post(f"{self.url}{path}", json=body, timeout=30)
         assert response.status_code == 204, response.text

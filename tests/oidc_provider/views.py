@@ -4,10 +4,11 @@ and whether they are active; the site's client registration; faults in the ID to
 import json
 
 from django.contrib.auth.models import Group, User
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 from oauth2_provider.models import Application
+from oauth2_provider.views import TokenView
 
 from tests.oidc_provider.claims import FAULTS
 
@@ -52,3 +53,19 @@ def faults(request: HttpRequest) -> HttpResponse:
     FAULTS.clear()
     FAULTS.update(json.loads(request.body))
     return HttpResponse(status=204)
+
+
+# Requests to the token endpoint since the provider started: what a test reads to know whether the
+# site asked the provider at all.
+TOKEN_REQUESTS: list[str] = []
+
+
+class CountedTokenView(TokenView):  # type: ignore[misc]
+    def post(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        TOKEN_REQUESTS.append(request.POST.get("grant_type", ""))
+        response: HttpResponse = super().post(request, *args, **kwargs)
+        return response
+
+
+def token_requests(request: HttpRequest) -> JsonResponse:
+    return JsonResponse({"count": len(TOKEN_REQUESTS)})
