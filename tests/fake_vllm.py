@@ -257,6 +257,9 @@ class FakeVLLM:
         self.kv_cache_usage = 0.0
         # Answers to requests by their system message's text (see Instructed); others get `reply`.
         self.instructed: dict[str, Instructed] = {}
+        # While set and not open, a streamed answer's next delta waits for it to open (an engine that
+        # pauses mid-answer until the test has seen what it needs, then goes on).
+        self.delta_gate: threading.Event | None = None
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -682,6 +685,8 @@ class FakeVLLM:
                 self._wait_for_client_to_leave(connection, epoch)
             if sent == len(deltas):
                 break
+            if (gate := self.delta_gate) is not None:
+                gate.wait(WAIT_WITHIN)
             self._pause(connection, epoch, delay)
             frame(chunk({"content": deltas[sent]}))
             with self._changed:

@@ -133,10 +133,13 @@ def app_threads(app: RequestThreads) -> set[int | None]:
     return {ident for executor in app._idle for ident in (t.ident for t in executor._threads)}
 
 
+# Django's whole check run reads the database's features (a JSONField's support on SQLite).
+@pytest.mark.django_db
 def test_the_installed_asgiref_passes_the_sites_system_check():
     assert [message for message in run_checks() if message.id == "chatsite.E001"] == []
 
 
+@pytest.mark.django_db
 def test_an_asgiref_whose_thread_context_takes_no_executor_is_refused_clearly(monkeypatch):
     class OldThreadSensitiveContext:  # asgiref 3.12's: no executor
         def __init__(self) -> None:
