@@ -61,7 +61,13 @@ Object.assign(htmx.config, {
       meta.querySelector(".stop")?.remove();
       meta.querySelector(".status").textContent = statusLabel(data.status);
       updateSendButton();
-      if (data.message_id) showEnded(article);
+      if (data.message_id) {
+        // Until the site's footer replaces this one, its versions, Regenerate and Edit stay hidden
+        // (chat.css): one pressed now would be detached from the page by the time its answer came,
+        // and htmx would then look for the list of conversations the answer updates in vain.
+        article.classList.add("ending");
+        showEnded(article);
+      }
     };
     source.addEventListener("done", (e) => {
       const data = JSON.parse(e.data);
@@ -91,7 +97,11 @@ Object.assign(htmx.config, {
   // a reload alike.
   async function showEnded(article) {
     const following = nearBottom();
-    await htmx.ajax("GET", article.dataset.footerUrl, { target: article.querySelector(".meta"), swap: "outerHTML" });
+    try {
+      await htmx.ajax("GET", article.dataset.footerUrl, { target: article.querySelector(".meta"), swap: "outerHTML" });
+    } finally {
+      article.classList.remove("ending");
+    }
     if (following) scrollToEnd();
   }
 
