@@ -119,12 +119,16 @@ def test_deleting_a_conversation_on_c_stops_its_turn_on_a(site_workers, fake_vll
 
 def test_a_worker_starting_and_a_follow_elsewhere_leave_a_live_answer_alone(site_workers, fake_vllm):
     fake_vllm.reply = [f" w{i}" for i in range(400)]
-    fake_vllm.token_delay = 0.04  # 16 s: longer than a worker takes to start on a busy machine
+    fake_vllm.token_delay = 0.04
     a = site_workers.workers[0]
     conversation, answer = start_turn(a, site_workers)
+    # The engine holds the rest of the answer while the new worker starts, however long a busy
+    # machine takes to start one (16 s of answer was not always enough beside a CPU hog).
+    fake_vllm.delta_gate = threading.Event()
 
     d = site_workers.add_worker()  # its start sweeps for dead workers' answers
     assert stored(site_workers, answer)["status"] == "streaming"
+    fake_vllm.delta_gate.set()
     with api(d.url, site_workers) as client, client.stream("GET", stream_path(conversation, answer)) as response:
         events = list(sse_events(response.iter_lines()))
 
