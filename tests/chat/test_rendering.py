@@ -658,6 +658,7 @@ def test_any_answer_reads_the_same_live_after_a_reload_and_in_another_tab(signed
     fake_vllm.token_delay = 0.01
     fake_vllm.delta_gate = threading.Event()
     ask(page, "And once more")
+    expect(answers).to_have_count(len(CORPUS) + 1)  # the turn is stored before the other tab opens
     other = page.context.new_page()
     other.goto(page.url)
     followed = other.locator("#thread article.assistant").last
