@@ -29,16 +29,27 @@ def manage(fake_vllm, *args: str, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,
-        env={**os.environ, **site_env(fake_vllm, **env)},
+        env={**os.environ, **site_env(fake_vllm, **env), "PYTHONFAULTHANDLER": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
 
 
+def exited(process: subprocess.Popen[str]) -> tuple[str, str]:
+    """What the process printed once it exits; if it does not, where each of its threads was (the
+    tracebacks faulthandler prints on SIGABRT), so that a hang says what it waited on."""
+    try:
+        return process.communicate(timeout=EXITS_WITHIN)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        _, stderr = process.communicate()
+        pytest.fail(f"still running {EXITS_WITHIN} s later; its threads:\n{stderr}")
+
+
 def run(fake_vllm, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     process = manage(fake_vllm, "run", *args, **env)
-    stdout, stderr = process.communicate(timeout=EXITS_WITHIN)
+    stdout, stderr = exited(process)
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
@@ -74,7 +85,7 @@ def test_the_answer_prints_as_it_streams_and_ctrl_c_stops_and_keeps_it(fake_vllm
     process.send_signal(signal.SIGINT)
     # The stop is stored within a moment (0.1 s beside a CPU hog); the interpreter's exit after it (its
     # last garbage collection, coverage's data) took up to 12 s there, and over 30 s in issue 20's run.
-    rest, stderr = process.communicate(timeout=EXITS_WITHIN)
+    rest, stderr = exited(process)
 
     assert process.returncode == 130
     assert rest == "\n" and "Stopped" in stderr
