@@ -34,6 +34,17 @@ def site_env(fake_vllm_server, **overrides: str) -> dict[str, str]:
     }
 
 
+def stop_daphne(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, as an operator stops it, then kill if it has not exited within 10 s."""
+    if process and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class SiteProcess:
     def __init__(self, env: dict[str, str], daphne_args: tuple[str, ...] = ()) -> None:
         self.env = env
@@ -62,13 +73,7 @@ class SiteProcess:
         return True
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_daphne(self.process)
 
     def kill(self) -> None:
         """Die the way a crashed process does: no chance to write anything."""
