@@ -17,7 +17,7 @@ async def give(request: HttpRequest, pk: int, message_pk: int) -> HttpResponse:
     answer = await ownership.aanswer_or_404(person, message_pk, conversation_pk=pk)
     form = feedback.FeedbackForm(request.POST)
     if not form.is_valid():
-        return JsonResponse({"error": feedback.first_error(form)}, status=400)
+        return JsonResponse({"error": form.first_error()}, status=400)
     given = await feedback.give(person, answer, form.cleaned_data["rating"], form.cleaned_data["comment"])
     if not request.headers.get("HX-Request"):
         return redirect("chat:conversation", pk)
