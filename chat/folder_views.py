@@ -6,8 +6,7 @@ htmx, the sidebar's pinned list, folders and list are sent again, swapped in out
 """
 
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import User
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.translation import gettext
@@ -29,12 +28,6 @@ def _sidebar(request: HtmxHttpRequest, back: str = "chat:index", **kwargs: int) 
         "open_pk": open_conversation_pk(request),
     }
     return render(request, "chat/shelves.html#sidebar-changed", context)
-
-
-def _person(request: HttpRequest) -> User:
-    # Every view here is login_required: the request is someone's.
-    assert isinstance(request.user, User)
-    return request.user
 
 
 def _refused(refusal: folders.Refused) -> JsonResponse:
@@ -130,7 +123,7 @@ def folder_list(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def create_folder(request: HtmxHttpRequest) -> HttpResponse:
     try:
-        folders.create_folder(_person(request), request.POST.get("name", ""))
+        folders.create_folder(ownership.signed_in(request), request.POST.get("name", ""))
     except folders.Refused as exc:
         return _refused(exc)
     return _sidebar(request)

@@ -8,7 +8,6 @@ reader to sign in, with nothing of the conversation in the answer.
 
 from django import forms
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import User
 from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -26,11 +25,6 @@ class ShareForm(forms.Form):
         choices=SharedLink.Audience.choices,
         error_messages={"invalid_choice": gettext_lazy("Choose who may read the link.")},
     )
-
-
-def _signed_in(request: HttpRequest) -> User:
-    assert isinstance(request.user, User)  # login_required lets only someone signed in this far
-    return request.user
 
 
 def link_url(request: HttpRequest, link: SharedLink) -> str:
@@ -64,7 +58,8 @@ def unshare(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 def shared_links(request: HttpRequest) -> HttpResponse:
     """The account page's list of the person's links, each with its address and Revoke."""
-    links = SharedLink.objects.owned_by(_signed_in(request)).only("pk", "token", "audience", "title", "shared_at")
+    links = SharedLink.objects.owned_by(ownership.signed_in(request))
+    links = links.only("pk", "token", "audience", "title", "shared_at")
     rows = [(link, link_url(request, link)) for link in links]
     return render(request, "chat/shared_links.html", {"rows": rows})
 
@@ -72,7 +67,7 @@ def shared_links(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def revoke(request: HttpRequest, pk: int) -> HttpResponse:
-    get_object_or_404(SharedLink.objects.owned_by(_signed_in(request)), pk=pk).delete()
+    get_object_or_404(SharedLink.objects.owned_by(ownership.signed_in(request)), pk=pk).delete()
     return redirect("chat:shared-links")
 
 
@@ -98,5 +93,5 @@ def shared(request: HttpRequest, token: str) -> HttpResponse:
 def continue_shared(request: HttpRequest, token: str) -> HttpResponse:
     """Copy the link's messages into a new conversation of the reader's, and open it."""
     link = _link_or_404(token)
-    copy = sharing.continue_in(link, _signed_in(request))
+    copy = sharing.continue_in(link, ownership.signed_in(request))
     return redirect("chat:conversation", copy.pk)
