@@ -13,7 +13,8 @@ from django.utils.translation import gettext
 from django.views.decorators.http import require_GET, require_POST
 
 from chat import folders, ownership, sidebar
-from chat.models import MAX_ID, Conversation
+from chat.forms import row_id
+from chat.models import Conversation
 from chat.views import HtmxHttpRequest, open_conversation_pk
 
 
@@ -56,9 +57,10 @@ def move(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """Into the folder `folder` names, or, with an empty one, out of any folder."""
     conversation = ownership.conversation_or_404(request.user, pk)
     chosen = request.POST.get("folder", "")
-    if chosen and not (chosen.isascii() and chosen.isdigit() and 1 <= int(chosen) <= MAX_ID):
+    folder_pk = row_id(chosen)
+    if chosen and folder_pk is None:
         return JsonResponse({"error": gettext("No such folder.")}, status=400)
-    folders.move(conversation, folders.folder_or_404(request.user, int(chosen)) if chosen else None)
+    folders.move(conversation, folders.folder_or_404(request.user, folder_pk) if folder_pk else None)
     return _back_to(conversation, request)
 
 

@@ -10,6 +10,11 @@ from chat import rules
 from chat.models import MAX_ID, ApiToken, Conversation
 
 
+def row_id(text: str) -> int | None:
+    """A stored row's id, from a query parameter or form field sent as text; None if it cannot be one."""
+    return int(text) if text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_ID else None
+
+
 def _setting(field: type[forms.Field], bounds: rules.Bounds) -> forms.Field:
     # Lazy: the form class is made once, its message is read in each request's language.
     not_a_number = lazy(lambda: bounds.not_a_number, str)()

@@ -13,8 +13,8 @@ from django.shortcuts import get_object_or_404
 from django.utils.translation import gettext, gettext_lazy
 
 from chat import rules
-from chat.forms import _setting
-from chat.models import MAX_ID, Conversation, Preset, PresetQuerySet, Someone
+from chat.forms import _setting, row_id
+from chat.models import Conversation, Preset, PresetQuerySet, Someone
 
 PRESET_NAME_LENGTH = 100
 # A limit on what one person can keep: every new chat page lists them.
@@ -54,9 +54,9 @@ def apply_to(preset: Preset, conversation: Conversation) -> None:
 
 def chosen_for_new_chat(user: Someone, text: str) -> Preset | None:
     """The preset a new chat page was asked to start with (`?preset=`), if the person may use it."""
-    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_ID):
+    if (pk := row_id(text)) is None:
         return None
-    return seen_by(user).filter(pk=int(text)).first()
+    return seen_by(user).filter(pk=pk).first()
 
 
 def new_chat_panel(user: Someone, text: str) -> dict[str, Any]:
