@@ -15,17 +15,15 @@ from django.views.decorators.http import require_GET, require_POST
 from chat import folders, ownership, sidebar
 from chat.forms import row_id
 from chat.models import Conversation
-from chat.views import HtmxHttpRequest, open_conversation_pk
+from chat.views import HtmxHttpRequest, _listed, open_conversation_pk
 
 
 def _sidebar(request: HtmxHttpRequest, back: str = "chat:index", **kwargs: int) -> HttpResponse:
     if not request.htmx:
         return redirect(reverse(back, kwargs=kwargs))
-    listing = sidebar.first_page(request.user)
     context = {
         **folders.shelves_context(request.user),
-        "conversations": listing.conversations,
-        "sidebar_next": listing.next_place,
+        **_listed(sidebar.first_page(request.user)),
         "open_pk": open_conversation_pk(request),
     }
     return render(request, "chat/shelves.html#sidebar-changed", context)
@@ -112,8 +110,7 @@ def folder_list(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     except sidebar.BadPlace:
         return HttpResponse(status=400)
     context = {
-        "conversations": listing.conversations,
-        "sidebar_next": listing.next_place,
+        **_listed(listing),
         "folder": folder,
         "open_pk": open_conversation_pk(request),
         **folders.shelves_context(request.user),
