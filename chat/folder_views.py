@@ -85,13 +85,8 @@ def archived(request: HtmxHttpRequest) -> HttpResponse:
         page = max(1, min(int(request.GET.get("page", "1")), 10_000))
     except ValueError:
         page = 1
-    size = sidebar.PAGE
-    found = list(
-        Conversation.objects.owned_by(request.user)
-        .archived()
-        .order_by("-archived_at", "-pk")[(page - 1) * size : page * size + 1]
-    )
-    context = {"archived": found[:size], "next_page": page + 1 if len(found) > size else None, "page": page}
+    shown, more = folders.archived_page(request.user, page, sidebar.PAGE)
+    context = {"archived": shown, "next_page": page + 1 if more else None, "page": page}
     return render(request, "chat/archive.html", context)
 
 
