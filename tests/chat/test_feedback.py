@@ -7,7 +7,6 @@ import pytest
 from django.urls import reverse
 
 from chat.models import Conversation, Feedback, Message
-from tests.accounts import PASSWORD
 
 pytestmark = pytest.mark.django_db
 
@@ -107,12 +106,6 @@ def test_the_rest_api_gives_and_reads_the_same_feedback(alice_client, bob_client
         alice_client.put(api_url(answer.parent), {"rating": "up"}, content_type="application/json").status_code == 404
     )
     assert Feedback.objects.count() == 1
-
-
-@pytest.fixture
-def staff_client(client, django_user_model):
-    client.force_login(django_user_model.objects.create_user("operator", password=PASSWORD, is_staff=True))
-    return client
 
 
 def test_the_operator_sees_the_rate_per_model_and_day_and_the_latest_comments(staff_client, alice, bob, answered):
