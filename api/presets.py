@@ -9,7 +9,6 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from asgiref.sync import async_to_sync
-from django.conf import settings
 from ninja import Router, Schema, Status
 from pydantic import Field
 
@@ -80,13 +79,7 @@ def create_preset(request: AuthenticatedRequest, data: PresetIn) -> Status[Prese
     """A setting not given is the site's default, as for a new conversation."""
     if presets.too_many(request.auth):
         raise ApiError(409, presets.too_many_message(), code="conflict")
-    preset = Preset(
-        owner=request.auth,
-        temperature=settings.CHAT_DEFAULT_TEMPERATURE,
-        top_p=settings.CHAT_DEFAULT_TOP_P,
-        max_tokens=settings.CHAT_DEFAULT_MAX_TOKENS,
-    )
-    return Status(201, _apply(request, preset, data))
+    return Status(201, _apply(request, Preset(owner=request.auth), data))
 
 
 @router.get("/presets/{preset_id}", response={200: PresetOut, **ERRORS})
