@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from chat import ownership, sharing
 from chat.models import SharedLink
+from chat.views import HtmxHttpRequest
 
 
 class ShareForm(forms.Form):
@@ -33,23 +34,23 @@ def link_url(request: HttpRequest, link: SharedLink) -> str:
 
 @login_required
 @require_POST
-def share(request: HttpRequest, pk: int) -> HttpResponse:
+def share(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     conversation = ownership.conversation_or_404(request.user, pk)
     form = ShareForm(request.POST)
     if not form.is_valid():
         return JsonResponse({"error": form.errors["audience"][0]}, status=400)
     link = sharing.share(conversation, SharedLink.Audience(form.cleaned_data["audience"]))
-    if not request.headers.get("HX-Request"):
+    if not request.htmx:
         return redirect("chat:shared-links")
     return render(request, "chat/sharing.html#shared", {"link": link, "url": link_url(request, link)})
 
 
 @login_required
 @require_POST
-def unshare(request: HttpRequest, pk: int) -> HttpResponse:
+def unshare(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """Revoke the conversation's link, from its menu; a conversation not shared stays so."""
     sharing.unshare(ownership.conversation_or_404(request.user, pk))
-    if not request.headers.get("HX-Request"):
+    if not request.htmx:
         return redirect("chat:conversation", pk)
     return render(request, "chat/sharing.html#unshared")
 
