@@ -6,11 +6,10 @@ from typing import Literal
 
 from django.http import Http404
 from ninja import Router, Schema
-from ninja.params.functions import Path
 from pydantic import Field, field_validator
 
 from api.auth import AuthenticatedRequest
-from api.schemas import ERRORS, MAX_ID
+from api.schemas import ERRORS, path_id
 from chat import feedback, ownership
 from chat.models import Feedback
 
@@ -48,8 +47,8 @@ ANSWER = "/conversations/{conversation_id}/messages/{message_id}/feedback"
 async def give_feedback(
     request: AuthenticatedRequest,
     data: FeedbackIn,
-    conversation_id: int = Path(..., ge=1, le=MAX_ID),
-    message_id: int = Path(..., ge=1, le=MAX_ID),
+    conversation_id: int = path_id(),
+    message_id: int = path_id(),
 ) -> FeedbackOut:
     """Thumbs up or down on an answer, with an optional comment: one per person and answer, replaced
     by the next."""
@@ -60,8 +59,8 @@ async def give_feedback(
 @router.get(ANSWER, response={200: FeedbackOut, **ERRORS}, tags=["messages"])
 async def read_feedback(
     request: AuthenticatedRequest,
-    conversation_id: int = Path(..., ge=1, le=MAX_ID),
-    message_id: int = Path(..., ge=1, le=MAX_ID),
+    conversation_id: int = path_id(),
+    message_id: int = path_id(),
 ) -> FeedbackOut:
     """The caller's feedback on an answer; 404 if none was given."""
     answer = await ownership.aanswer_or_404(request.auth, message_id, conversation_pk=conversation_id)

@@ -13,12 +13,12 @@ from django.urls import reverse
 from ninja import File, Router, Schema, Status
 from ninja.files import UploadedFile
 
-# The functions themselves: to a type checker `ninja.Path` and `ninja.Query` are Annotated aliases.
-from ninja.params.functions import Path, Query
+# The function itself: to a type checker `ninja.Query` is an Annotated alias, which cannot be called.
+from ninja.params.functions import Query
 from pydantic import Field
 
 from api.auth import AuthenticatedRequest
-from api.schemas import ERRORS, MAX_ID
+from api.schemas import ERRORS, MAX_ID, path_id
 from chat import exports, imports, ownership, search
 from chat.models import Conversation
 
@@ -110,7 +110,7 @@ FILE_RESPONSE = {
 )
 def export_conversation(
     request: AuthenticatedRequest,
-    conversation_id: int = Path(..., ge=1, le=MAX_ID),
+    conversation_id: int = path_id(),
     format: str = Query("json", pattern="^(json|markdown)$", description="json (importable) or markdown (to read)."),
 ) -> HttpResponseBase:
     """One conversation as this site's JSON export (which `POST /api/import` reads back) or as Markdown."""

@@ -9,16 +9,12 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from asgiref.sync import async_to_sync
-from django.conf import settings
 from ninja import Router, Schema, Status
-
-# The function itself: to a type checker `ninja.Path` is an Annotated alias, which cannot be called.
-from ninja.params.functions import Path
 from pydantic import Field
 
 from api.auth import AuthenticatedRequest
 from api.errors import ApiError
-from api.schemas import CONFLICTS, ERRORS, MAX_ID, GenerationSettings, SystemPrompt, checked_by
+from api.schemas import CONFLICTS, ERRORS, GenerationSettings, SystemPrompt, checked_by, path_id
 from chat import presets, rules
 from chat.models import Preset
 from engine import catalog
@@ -60,10 +56,6 @@ class PresetOut(Schema):
         return bool(preset.owner_id == context["request"].auth.pk)
 
 
-def preset_id() -> Any:
-    return Path(..., ge=1, le=MAX_ID)
-
-
 def _apply(request: AuthenticatedRequest, preset: Preset, data: PresetChange) -> Preset:
     if data.shared and not request.auth.is_staff:
         raise ApiError(403, "Only staff share presets with everyone.")
@@ -87,26 +79,20 @@ def create_preset(request: AuthenticatedRequest, data: PresetIn) -> Status[Prese
     """A setting not given is the site's default, as for a new conversation."""
     if presets.too_many(request.auth):
         raise ApiError(409, presets.too_many_message(), code="conflict")
-    preset = Preset(
-        owner=request.auth,
-        temperature=settings.CHAT_DEFAULT_TEMPERATURE,
-        top_p=settings.CHAT_DEFAULT_TOP_P,
-        max_tokens=settings.CHAT_DEFAULT_MAX_TOKENS,
-    )
-    return Status(201, _apply(request, preset, data))
+    return Status(201, _apply(request, Preset(owner=request.auth), data))
 
 
 @router.get("/presets/{preset_id}", response={200: PresetOut, **ERRORS})
-def read_preset(request: AuthenticatedRequest, preset_id: int = preset_id()) -> Preset:
+def read_preset(request: AuthenticatedRequest, preset_id: int = path_id()) -> Preset:
     return presets.preset_or_404(request.auth, preset_id)
 
 
 @router.patch("/presets/{preset_id}", response={200: PresetOut, **ERRORS})
-def change_preset(request: AuthenticatedRequest, data: PresetChange, preset_id: int = preset_id()) -> Preset:
+def change_preset(request: AuthenticatedRequest, data: PresetChange, preset_id: int = path_id()) -> Preset:
     return _apply(request, presets.changeable_or_404(request.auth, preset_id), data)
 
 
 @router.delete("/presets/{preset_id}", response={204: None, **ERRORS})
-def delete_preset(request: AuthenticatedRequest, preset_id: int = preset_id()) -> Status[None]:
+def delete_preset(request: AuthenticatedRequest, preset_id: int = path_id()) -> Status[None]:
     presets.changeable_or_404(request.auth, preset_id).delete()
     return Status(204, None)

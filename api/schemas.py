@@ -13,6 +13,9 @@ from typing import Annotated, Any, Self
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from ninja import Schema
+
+# The function itself: to a type checker `ninja.Path` is an Annotated alias, which cannot be called.
+from ninja.params.functions import Path
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -32,6 +35,12 @@ def checked_by[T](rule: Callable[[T], T]) -> AfterValidator:
             raise PydanticCustomError(exc.code or "invalid", "{message}", {"message": exc.messages[0]}) from None
 
     return AfterValidator(validate)
+
+
+def path_id() -> Any:
+    """A stored row's id in the URL's path (1 to MAX_ID), as a parameter's default: not an int, but
+    django-ninja's marker for a path parameter."""
+    return Path(..., ge=1, le=MAX_ID)
 
 
 def _integral(value: Any) -> Any:

@@ -6,17 +6,14 @@ conversations are. A conversation is pinned, filed or archived through `PATCH /c
 """
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from ninja import Router, Schema, Status
-
-# The function itself: to a type checker `ninja.Path` is an Annotated alias, which cannot be called.
-from ninja.params.functions import Path
 from pydantic import ConfigDict, Field
 
 from api.auth import AuthenticatedRequest
 from api.errors import ApiError
-from api.schemas import CONFLICTS, ERRORS, MAX_ID, ConversationChange
+from api.schemas import CONFLICTS, ERRORS, MAX_ID, ConversationChange, path_id
 from chat import folders
 from chat.models import Conversation, ConversationQuerySet, Folder, Someone
 
@@ -79,10 +76,6 @@ def change(user: Someone, conversation: Conversation, data: ConversationChange) 
         folders.restore(conversation)
 
 
-def folder_id() -> Any:
-    return Path(..., ge=1, le=MAX_ID)
-
-
 @router.get("/folders", response={200: list[FolderOut], **ERRORS})
 def list_folders(request: AuthenticatedRequest) -> list[Folder]:
     """The user's folders, by name (at most chat/folders.py's MAX_FOLDERS)."""
@@ -98,7 +91,7 @@ def create_folder(request: AuthenticatedRequest, data: FolderIn) -> Status[Folde
 
 
 @router.patch("/folders/{folder_id}", response={200: FolderOut, **CONFLICTS})
-def rename_folder(request: AuthenticatedRequest, data: FolderIn, folder_id: int = folder_id()) -> Folder:
+def rename_folder(request: AuthenticatedRequest, data: FolderIn, folder_id: int = path_id()) -> Folder:
     folder = folders.folder_or_404(request.auth, folder_id)
     try:
         return folders.rename_folder(folder, data.name)
@@ -107,7 +100,7 @@ def rename_folder(request: AuthenticatedRequest, data: FolderIn, folder_id: int 
 
 
 @router.delete("/folders/{folder_id}", response={204: None, **ERRORS})
-def delete_folder(request: AuthenticatedRequest, folder_id: int = folder_id()) -> Status[None]:
+def delete_folder(request: AuthenticatedRequest, folder_id: int = path_id()) -> Status[None]:
     """Deletes the folder; its conversations go back to the list, none is deleted."""
     folders.folder_or_404(request.auth, folder_id).delete()
     return Status(204, None)

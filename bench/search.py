@@ -13,11 +13,9 @@ Given a database it has filled before (--database-url), it measures again withou
 """
 
 import argparse
-import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +25,8 @@ if TYPE_CHECKING:  # at run time, imported once django.setup() has run
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench import scratch_database  # noqa: E402
 
 ENGLISH = (
     "model server answer question python database index memory latency token stream browser search "
@@ -120,37 +120,16 @@ def main() -> None:
     parser.add_argument("--messages-per", type=int, default=20)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--database-url", help="an empty database to fill (default: a scratch SQLite file)")
-    parser.add_argument(
-        "--postgresql", action="store_true", help="start a scratch PostgreSQL server (as the tests do) and fill it"
-    )
+    scratch_database.add_postgresql_option(parser)
     args = parser.parse_args()
-    if args.postgresql:
-        from tests.servers import PostgreSQL, postgresql_bin
-
-        if (programs := postgresql_bin()) is None:
-            parser.error("--postgresql needs Debian's postgresql package (apt-get install postgresql)")
-        server = PostgreSQL(programs).start()
-        try:
-            run(args, server.create_database("bench"))
-        finally:
-            server.stop()
-    else:
-        run(args, args.database_url)
+    scratch_database.run_on_database(parser, args, run, args.database_url)
 
 
 def run(args: argparse.Namespace, database_url: str | None) -> None:
-    scratch = tempfile.TemporaryDirectory()
-    os.environ["DATABASE_URL"] = database_url or f"sqlite:///{scratch.name}/bench.sqlite3"
-    os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only")
-    os.environ["DJANGO_SETTINGS_MODULE"] = "chatsite.settings"
-    import django
-
-    django.setup()
+    scratch = scratch_database.set_up_django(database_url)
     from django.contrib.auth.models import User
-    from django.core.management import call_command
     from django.db import connection
 
-    call_command("migrate", verbosity=0)
     owner = User.objects.filter(username="bench").first()
     if owner is not None:
         print(f"Reusing the history already in {connection.vendor}: {owner.conversations.count():,} conversations.")

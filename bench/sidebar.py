@@ -12,11 +12,9 @@ rows. The target is well under 50 ms p50 for each.
 """
 
 import argparse
-import os
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -25,37 +23,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import scratch_database  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--conversations", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--postgresql", action="store_true", help="start a scratch PostgreSQL server and fill it")
-    args = parser.parse_args()
-    if args.postgresql:
-        from tests.servers import PostgreSQL, postgresql_bin
-
-        if (programs := postgresql_bin()) is None:
-            parser.error("--postgresql needs Debian's postgresql package (apt-get install postgresql)")
-        server = PostgreSQL(programs).start()
-        try:
-            run(args, server.create_database("bench"))
-        finally:
-            server.stop()
-    else:
-        run(args, None)
+    scratch_database.add_postgresql_option(parser)
+    scratch_database.run_on_database(parser, parser.parse_args(), run)
 
 
 def run(args: argparse.Namespace, database_url: str | None) -> None:
-    scratch = tempfile.TemporaryDirectory()
-    os.environ["DATABASE_URL"] = database_url or f"sqlite:///{scratch.name}/bench.sqlite3"
-    os.environ.setdefault("DJANGO_SECRET_KEY", "bench-only")
-    os.environ["DJANGO_SETTINGS_MODULE"] = "chatsite.settings"
-    import django
-
-    django.setup()
+    _scratch = scratch_database.set_up_django(database_url)
     from django.contrib.auth.models import User
-    from django.core.management import call_command
     from django.db import connection
     from django.template.loader import render_to_string
     from django.test import RequestFactory
@@ -63,7 +44,6 @@ def run(args: argparse.Namespace, database_url: str | None) -> None:
     from chat import folders, sidebar
     from chat.models import Conversation, Folder
 
-    call_command("migrate", verbosity=0)
     rng = random.Random(23)
     start = datetime(2025, 1, 1, tzinfo=UTC)
     people = [User.objects.create_user(name) for name in ("bench", "someone-else")]

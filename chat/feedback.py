@@ -14,13 +14,14 @@ from django.db.models import Count, Q
 from django.db.models.functions import TruncDate
 from django.utils.translation import gettext_lazy as _
 
+from chat.forms import PageForm
 from chat.models import Feedback, Message, Someone
 
 RATINGS = {"up": Feedback.Rating.UP, "down": Feedback.Rating.DOWN}
 LATEST = 50  # comments the operator's view lists
 
 
-class FeedbackForm(forms.Form):
+class FeedbackForm(PageForm):
     rating = forms.ChoiceField(
         choices=[(name, name) for name in RATINGS], error_messages={"required": _("Choose thumbs up or down.")}
     )
@@ -30,10 +31,6 @@ class FeedbackForm(forms.Form):
         error_messages={"max_length": _("A comment is at most %(limit_value)d characters.")},
     )
     # (Django's CharField refuses NUL, which PostgreSQL's text cannot hold.)
-
-
-def first_error(form: forms.Form) -> str:
-    return str(next(iter(form.errors.values()))[0])
 
 
 def rating_name(rating: int) -> Literal["up", "down"]:

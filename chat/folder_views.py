@@ -6,35 +6,27 @@ htmx, the sidebar's pinned list, folders and list are sent again, swapped in out
 """
 
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import User
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.translation import gettext
 from django.views.decorators.http import require_GET, require_POST
 
 from chat import folders, ownership, sidebar
-from chat.models import MAX_ID, Conversation
-from chat.views import HtmxHttpRequest, open_conversation_pk
+from chat.forms import row_id
+from chat.models import Conversation
+from chat.views import HtmxHttpRequest, _listed, open_conversation_pk
 
 
 def _sidebar(request: HtmxHttpRequest, back: str = "chat:index", **kwargs: int) -> HttpResponse:
     if not request.htmx:
         return redirect(reverse(back, kwargs=kwargs))
-    listing = sidebar.first_page(request.user)
     context = {
         **folders.shelves_context(request.user),
-        "conversations": listing.conversations,
-        "sidebar_next": listing.next_place,
+        **_listed(sidebar.first_page(request.user)),
         "open_pk": open_conversation_pk(request),
     }
     return render(request, "chat/shelves.html#sidebar-changed", context)
-
-
-def _person(request: HttpRequest) -> User:
-    # Every view here is login_required: the request is someone's.
-    assert isinstance(request.user, User)
-    return request.user
 
 
 def _refused(refusal: folders.Refused) -> JsonResponse:
@@ -63,9 +55,10 @@ def move(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """Into the folder `folder` names, or, with an empty one, out of any folder."""
     conversation = ownership.conversation_or_404(request.user, pk)
     chosen = request.POST.get("folder", "")
-    if chosen and not (chosen.isascii() and chosen.isdigit() and 1 <= int(chosen) <= MAX_ID):
+    folder_pk = row_id(chosen)
+    if chosen and folder_pk is None:
         return JsonResponse({"error": gettext("No such folder.")}, status=400)
-    folders.move(conversation, folders.folder_or_404(request.user, int(chosen)) if chosen else None)
+    folders.move(conversation, folders.folder_or_404(request.user, folder_pk) if folder_pk else None)
     return _back_to(conversation, request)
 
 
@@ -92,13 +85,8 @@ def archived(request: HtmxHttpRequest) -> HttpResponse:
         page = max(1, min(int(request.GET.get("page", "1")), 10_000))
     except ValueError:
         page = 1
-    size = sidebar.PAGE
-    found = list(
-        Conversation.objects.owned_by(request.user)
-        .archived()
-        .order_by("-archived_at", "-pk")[(page - 1) * size : page * size + 1]
-    )
-    context = {"archived": found[:size], "next_page": page + 1 if len(found) > size else None, "page": page}
+    shown, more = folders.archived_page(request.user, page, sidebar.PAGE)
+    context = {"archived": shown, "next_page": page + 1 if more else None, "page": page}
     return render(request, "chat/archive.html", context)
 
 
@@ -117,8 +105,7 @@ def folder_list(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     except sidebar.BadPlace:
         return HttpResponse(status=400)
     context = {
-        "conversations": listing.conversations,
-        "sidebar_next": listing.next_place,
+        **_listed(listing),
         "folder": folder,
         "open_pk": open_conversation_pk(request),
         **folders.shelves_context(request.user),
@@ -130,7 +117,7 @@ def folder_list(request: HtmxHttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def create_folder(request: HtmxHttpRequest) -> HttpResponse:
     try:
-        folders.create_folder(_person(request), request.POST.get("name", ""))
+        folders.create_folder(ownership.signed_in(request), request.POST.get("name", ""))
     except folders.Refused as exc:
         return _refused(exc)
     return _sidebar(request)

@@ -97,6 +97,15 @@ def restore(conversation: Conversation) -> None:
     conversation.save(update_fields=["archived_at"])
 
 
+def archived_page(user: Someone, page: int, size: int) -> tuple[list[Conversation], bool]:
+    """Page `page` (from 1) of the person's archived conversations, most recently archived first,
+    and whether another page follows it."""
+    start = (page - 1) * size
+    archived = Conversation.objects.owned_by(user).archived().order_by("-archived_at", "-pk")
+    found = list(archived[start : start + size + 1])  # one more, to know whether a page follows
+    return found[:size], len(found) > size
+
+
 def shelves_context(user: Someone) -> dict[str, object]:
     """What the sidebar shows above its list: the pinned conversations, and the folders (each read
     a page at a time when it is opened)."""

@@ -10,18 +10,25 @@ from chat import rules
 from chat.models import MAX_ID, ApiToken, Conversation
 
 
+def row_id(text: str) -> int | None:
+    """A stored row's id, from a query parameter or form field sent as text; None if it cannot be one."""
+    return int(text) if text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_ID else None
+
+
 def _setting(field: type[forms.Field], bounds: rules.Bounds) -> forms.Field:
     # Lazy: the form class is made once, its message is read in each request's language.
     not_a_number = lazy(lambda: bounds.not_a_number, str)()
     return field(required=False, validators=[bounds.check], error_messages={"invalid": not_a_number})
 
 
-class _Form(forms.Form):
+class PageForm(forms.Form):
+    """A form of the page's, whose refusal the page shows as one message beside it (chat.js)."""
+
     def first_error(self) -> str:
         return str(next(iter(self.errors.values()))[0])  # an ErrorList item reads as its message
 
 
-class PromptForm(_Form):
+class PromptForm(PageForm):
     """A prompt, new or edited."""
 
     # Not required and not stripped here: the prompt's rule measures it as typed, then says
@@ -32,7 +39,7 @@ class PromptForm(_Form):
         return rules.clean_prompt(self.cleaned_data["prompt"])
 
 
-class SettingsForm(_Form):
+class SettingsForm(PageForm):
     """A conversation's settings, from its panel on the page. A setting not sent is left as it is."""
 
     system_prompt = forms.CharField(required=False, strip=False)

@@ -6,7 +6,6 @@ A conversation is reached through chat/ownership.py: another person's is a 404.
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import render
 from django.utils.translation import gettext
@@ -61,9 +60,8 @@ def import_history(request: HttpRequest) -> HttpResponse:
         upload = request.FILES.get("file")
         if upload is None:
             raise imports.ImportRefused([imports.Problem((), gettext("Choose a file to import."))])
-        assert isinstance(request.user, User)  # login_required lets only someone signed in this far
         with upload:
-            context["report"] = imports.import_file(request.user, upload)
+            context["report"] = imports.import_file(ownership.signed_in(request), upload)
     except imports.ImportRefused as refused:
         context["refused"] = refused
         return render(

@@ -5,9 +5,17 @@ person's conversation or answer is "not found" on every URL, never "forbidden": 
 tell anyone which ids exist.
 """
 
+from django.contrib.auth.models import User
+from django.http import HttpRequest
 from django.shortcuts import aget_object_or_404, get_object_or_404
 
 from chat.models import Conversation, Message, Someone
+
+
+def signed_in(request: HttpRequest) -> User:
+    """The person who sent the request, in a view that login_required lets no one else reach."""
+    assert isinstance(request.user, User)
+    return request.user
 
 
 def conversation_or_404(user: Someone, pk: int) -> Conversation:

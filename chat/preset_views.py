@@ -5,25 +5,19 @@ one is changed by staff only.
 """
 
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import User
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from chat import presets
+from chat import ownership, presets
 from chat.models import Preset
-
-
-def _person(request: HttpRequest) -> User:
-    # Every view here is login_required: the request is someone's.
-    assert isinstance(request.user, User)
-    return request.user
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
 def preset_list(request: HttpRequest) -> HttpResponse:
-    form = presets.PresetForm(request.POST or None, user=request.user, instance=Preset(owner=_person(request)))
+    person = ownership.signed_in(request)
+    form = presets.PresetForm(request.POST or None, user=person, instance=Preset(owner=person))
     if request.method == "POST" and form.is_valid():
         form.save()
         return redirect("chat:presets")

@@ -8,13 +8,20 @@ seen by all but changed by staff only.
 from typing import Any
 
 from django import forms
-from django.conf import settings
 from django.shortcuts import get_object_or_404
 from django.utils.translation import gettext, gettext_lazy
 
 from chat import rules
-from chat.forms import _setting
-from chat.models import MAX_ID, Conversation, Preset, PresetQuerySet, Someone
+from chat.forms import _setting, row_id
+from chat.models import (
+    Conversation,
+    Preset,
+    PresetQuerySet,
+    Someone,
+    default_max_tokens,
+    default_temperature,
+    default_top_p,
+)
 
 PRESET_NAME_LENGTH = 100
 # A limit on what one person can keep: every new chat page lists them.
@@ -54,9 +61,9 @@ def apply_to(preset: Preset, conversation: Conversation) -> None:
 
 def chosen_for_new_chat(user: Someone, text: str) -> Preset | None:
     """The preset a new chat page was asked to start with (`?preset=`), if the person may use it."""
-    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_ID):
+    if (pk := row_id(text)) is None:
         return None
-    return seen_by(user).filter(pk=int(text)).first()
+    return seen_by(user).filter(pk=pk).first()
 
 
 def new_chat_panel(user: Someone, text: str) -> dict[str, Any]:
@@ -120,15 +127,11 @@ class PresetForm(forms.ModelForm[Preset]):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
-        # A setting left empty is the site's default, as on a new chat.
-        defaults = {
-            "temperature": settings.CHAT_DEFAULT_TEMPERATURE,
-            "top_p": settings.CHAT_DEFAULT_TOP_P,
-            "max_tokens": settings.CHAT_DEFAULT_MAX_TOKENS,
-        }
+        # A setting left empty is the site's default, as on a new chat (the model fields' defaults).
+        defaults = {"temperature": default_temperature, "top_p": default_top_p, "max_tokens": default_max_tokens}
         for name, default in defaults.items():
             if name in cleaned and cleaned[name] is None:
-                cleaned[name] = default
+                cleaned[name] = default()
         if self.instance._state.adding and too_many(self.user):
             raise forms.ValidationError(too_many_message())
         return cleaned

@@ -40,20 +40,13 @@ def snapshot(conversation: Conversation) -> list[dict[str, str]]:
 def share(conversation: Conversation, audience: SharedLink.Audience) -> SharedLink:
     """Share the branch shown now, for `audience`: a new link, or the conversation's link with a
     fresh copy (the same address)."""
+    copy = {"audience": audience, "title": conversation.title, "messages": snapshot(conversation)}
     link, _created = SharedLink.objects.update_or_create(
         conversation=conversation,
-        defaults={"audience": audience, "title": conversation.title, "messages": snapshot(conversation)},
-        create_defaults={
-            "audience": audience,
-            "title": conversation.title,
-            "messages": snapshot(conversation),
-            "token": secrets.token_urlsafe(32),
-        },
+        # A link shared again: the copy is new, so is its date (a new link's is its default, now).
+        defaults={**copy, "shared_at": timezone.now()},
+        create_defaults={**copy, "token": secrets.token_urlsafe(32)},
     )
-    if not _created:
-        # update_or_create leaves shared_at as it was: the copy is new, so is its date.
-        link.shared_at = timezone.now()
-        link.save(update_fields=["shared_at"])
     return link
 
 

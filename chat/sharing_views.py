@@ -8,7 +8,6 @@ reader to sign in, with nothing of the conversation in the answer.
 
 from django import forms
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import User
 from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -19,6 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from chat import ownership, sharing
 from chat.models import SharedLink
+from chat.views import HtmxHttpRequest
 
 
 class ShareForm(forms.Form):
@@ -28,34 +28,29 @@ class ShareForm(forms.Form):
     )
 
 
-def _signed_in(request: HttpRequest) -> User:
-    assert isinstance(request.user, User)  # login_required lets only someone signed in this far
-    return request.user
-
-
 def link_url(request: HttpRequest, link: SharedLink) -> str:
     return request.build_absolute_uri(reverse("chat:shared", args=[link.token]))
 
 
 @login_required
 @require_POST
-def share(request: HttpRequest, pk: int) -> HttpResponse:
+def share(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     conversation = ownership.conversation_or_404(request.user, pk)
     form = ShareForm(request.POST)
     if not form.is_valid():
         return JsonResponse({"error": form.errors["audience"][0]}, status=400)
     link = sharing.share(conversation, SharedLink.Audience(form.cleaned_data["audience"]))
-    if not request.headers.get("HX-Request"):
+    if not request.htmx:
         return redirect("chat:shared-links")
     return render(request, "chat/sharing.html#shared", {"link": link, "url": link_url(request, link)})
 
 
 @login_required
 @require_POST
-def unshare(request: HttpRequest, pk: int) -> HttpResponse:
+def unshare(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     """Revoke the conversation's link, from its menu; a conversation not shared stays so."""
     sharing.unshare(ownership.conversation_or_404(request.user, pk))
-    if not request.headers.get("HX-Request"):
+    if not request.htmx:
         return redirect("chat:conversation", pk)
     return render(request, "chat/sharing.html#unshared")
 
@@ -64,7 +59,8 @@ def unshare(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 def shared_links(request: HttpRequest) -> HttpResponse:
     """The account page's list of the person's links, each with its address and Revoke."""
-    links = SharedLink.objects.owned_by(_signed_in(request)).only("pk", "token", "audience", "title", "shared_at")
+    links = SharedLink.objects.owned_by(ownership.signed_in(request))
+    links = links.only("pk", "token", "audience", "title", "shared_at")
     rows = [(link, link_url(request, link)) for link in links]
     return render(request, "chat/shared_links.html", {"rows": rows})
 
@@ -72,7 +68,7 @@ def shared_links(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def revoke(request: HttpRequest, pk: int) -> HttpResponse:
-    get_object_or_404(SharedLink.objects.owned_by(_signed_in(request)), pk=pk).delete()
+    get_object_or_404(SharedLink.objects.owned_by(ownership.signed_in(request)), pk=pk).delete()
     return redirect("chat:shared-links")
 
 
@@ -98,5 +94,5 @@ def shared(request: HttpRequest, token: str) -> HttpResponse:
 def continue_shared(request: HttpRequest, token: str) -> HttpResponse:
     """Copy the link's messages into a new conversation of the reader's, and open it."""
     link = _link_or_404(token)
-    copy = sharing.continue_in(link, _signed_in(request))
+    copy = sharing.continue_in(link, ownership.signed_in(request))
     return redirect("chat:conversation", copy.pk)

@@ -11,6 +11,8 @@ from django.views.decorators.http import require_GET, require_POST
 from chat import sse, temporary
 from chat.forms import PromptForm, SettingsForm
 from chat.limits import TooManyAnswers
+from chat.turn_views import _too_many
+from chat.views import _refused
 from engine import catalog
 from engine.server import starter
 from engine.vllm_client import GenerationOptions
@@ -56,7 +58,7 @@ async def send(request: HttpRequest) -> HttpResponseBase:
     assert isinstance(user, User)  # login_required lets no one else this far
     form = TemporaryForm(request.POST, model=request.POST.get("model", ""))
     if not form.is_valid():
-        return JsonResponse({"error": form.first_error(), "fields": form.errors.get_json_data()}, status=400)
+        return _refused(form)
     data = form.cleaned_data
     try:
         chosen = await catalog.pick(data.get("model") or "")
@@ -65,7 +67,7 @@ async def send(request: HttpRequest) -> HttpResponseBase:
     try:
         reserved = await temporary.reserve(user.pk)
     except TooManyAnswers as exc:
-        return JsonResponse({"error": exc.message}, status=429, headers={"Retry-After": str(exc.retry_after)})
+        return _too_many(exc)
     events = temporary.answer(
         history=data["history"],
         prompt=data["prompt"],

@@ -20,8 +20,8 @@ from django_htmx.http import HttpResponseClientRedirect, replace_url
 from django_htmx.middleware import HtmxDetails
 
 from chat import branches, folders, ownership, presets, rules, sidebar, titles, turns
-from chat.forms import PromptForm, RenameForm, SettingsForm
-from chat.models import MAX_ID, Conversation, Message, ModelChoice, Someone
+from chat.forms import PromptForm, RenameForm, SettingsForm, row_id
+from chat.models import Conversation, Message, ModelChoice, Someone
 from chat.signals import health_checked
 from engine import catalog, vllm_client
 from engine.server import starter
@@ -61,10 +61,6 @@ def _branch(branch: branches.Branch) -> dict[str, Any]:
 def _shown(page: branches.Page) -> dict[str, Any]:
     """The thread: the end of the branch shown, and, above it, where the earlier messages are asked for."""
     return {**_branch(page.messages), "earlier": page.earlier}
-
-
-def _message_id(text: str) -> int | None:
-    return int(text) if text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_ID else None
 
 
 async def _models(chosen: str) -> dict[str, Any]:
@@ -121,7 +117,7 @@ def index(request: HttpRequest) -> HttpResponse:
 def conversation(request: HttpRequest, pk: int) -> HttpResponse:
     # `?message=` opens the conversation on the branch that holds that message (a search result).
     # The page then holds at least the branch from that message down, so that it is on the page.
-    through = _message_id(request.GET.get("message", ""))
+    through = row_id(request.GET.get("message", ""))
     return _page(request, ownership.conversation_or_404(request.user, pk), through=through)
 
 
@@ -131,7 +127,7 @@ def older(request: HttpRequest, pk: int) -> HttpResponse:
     """The messages above `?before=` on its branch, a page of them: the reader has scrolled up to
     the top of the thread (paging.js puts them there)."""
     conversation = ownership.conversation_or_404(request.user, pk)
-    before = _message_id(request.GET.get("before", ""))
+    before = row_id(request.GET.get("before", ""))
     if before is None:
         return JsonResponse({"error": "`before` must be the id of a message."}, status=400)
     page = branches.page_before(conversation.pk, before)

@@ -4,6 +4,7 @@ tests/fixtures_browser.py's fixtures)."""
 import re
 from pathlib import Path
 
+from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Locator, Page, expect
 
 from tests.accounts import PASSWORD
@@ -11,8 +12,22 @@ from tests.accounts import PASSWORD
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 
+# The themes and languages (as the browser asks for them) each page is checked in by axe-core.
+THEMES = ["light", "dark"]
+LANGUAGES = ["en", "ko"]
+
 # Where signing in leads: the chat page, at the site's root.
 CHAT_PAGE = re.compile(r"^https?://[^/]+/$")
+
+
+def serious_violations(page: Page) -> list[str]:
+    """What axe-core finds on the page that is serious or critical for accessibility, a line each."""
+    results = Axe().run(page)
+    return [
+        f"{v['id']} ({v['impact']}): {v['help']} — {[n['target'] for n in v['nodes']][:5]}"
+        for v in results.response["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
 
 
 def sign_in(page: Page, username: str) -> None:

@@ -95,6 +95,13 @@ def bob(make_user):
     return make_user("bob")
 
 
+@pytest.fixture
+def staff_client(client, django_user_model):
+    """Django's test client signed in as a member of staff (not a superuser): the operator's views."""
+    client.force_login(django_user_model.objects.create_user("operator", password=PASSWORD, is_staff=True))
+    return client
+
+
 @pytest.fixture(scope="session")
 def live_site(django_db_setup, django_db_blocker, fake_vllm_server):
     """The site in a daphne process of its own, on the test database, talking to the fake vLLM."""

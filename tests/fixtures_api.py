@@ -1,4 +1,5 @@
-"""Fixtures for the API's doors: tokens, and HTTP clients of the live site that carry them.
+"""Fixtures for the API's doors: tokens, and clients that carry them (Django's test client, or
+HTTP clients of the live site).
 
 Registered from tests/conftest.py. Tests that use the live site need
 `pytest.mark.django_db(transaction=True)`: the site's own process must see the rows they write.
@@ -8,6 +9,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from django.test import Client
 
 from chat.models import ApiToken
 
@@ -28,6 +30,17 @@ def alice_token(alice, make_token) -> str:
 @pytest.fixture
 def bob_token(bob, make_token) -> str:
     return make_token(bob)
+
+
+@pytest.fixture
+def alice_client(alice_token) -> Client:
+    """Django's test client with Alice's token: the API in the test's own process (and database)."""
+    return Client(headers={"Authorization": f"Bearer {alice_token}"})
+
+
+@pytest.fixture
+def bob_client(bob_token) -> Client:
+    return Client(headers={"Authorization": f"Bearer {bob_token}"})
 
 
 def api_client(live_site, token: str | None) -> httpx.Client:

@@ -34,6 +34,28 @@ def site_env(fake_vllm_server, **overrides: str) -> dict[str, str]:
     }
 
 
+def daphne_answers(process: subprocess.Popen[bytes], url: str) -> bool:
+    """Whether the site's daphne at `url` answers a request yet (any answer); an error if it exited."""
+    if process.poll() is not None:
+        raise RuntimeError(f"daphne exited with {process.returncode}")
+    try:
+        httpx.get(f"{url}/accounts/login/", timeout=1.0)
+    except httpx.TransportError:
+        return False
+    return True
+
+
+def stop_daphne(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, as an operator stops it, then kill if it has not exited within 10 s."""
+    if process and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 class SiteProcess:
     def __init__(self, env: dict[str, str], daphne_args: tuple[str, ...] = ()) -> None:
         self.env = env
@@ -53,22 +75,10 @@ class SiteProcess:
 
     def _answers(self) -> bool:
         assert self.process
-        if self.process.poll() is not None:
-            raise RuntimeError(f"daphne exited with {self.process.returncode}")
-        try:
-            httpx.get(f"{self.url}/accounts/login/", timeout=1.0)
-        except httpx.TransportError:
-            return False
-        return True
+        return daphne_answers(self.process, self.url)
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_daphne(self.process)
 
     def kill(self) -> None:
         """Die the way a crashed process does: no chance to write anything."""
@@ -148,13 +158,7 @@ class Worker:
         return self.process.pid
 
     def answers(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"daphne exited with {self.process.returncode}")
-        try:
-            httpx.get(f"{self.url}/accounts/login/", timeout=1.0)
-        except httpx.TransportError:
-            return False
-        return True
+        return daphne_answers(self.process, self.url)
 
     def kill(self) -> None:
         """kill -9: no chance to write anything."""

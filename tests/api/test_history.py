@@ -17,16 +17,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def alice_client(alice_token) -> Client:
-    return Client(headers={"Authorization": f"Bearer {alice_token}"})
-
-
-@pytest.fixture
-def bob_client(bob_token) -> Client:
-    return Client(headers={"Authorization": f"Bearer {bob_token}"})
-
-
-@pytest.fixture
 def chat(alice):
     conversation = Conversation.objects.create(owner=alice, title="세계 여행 <계획>")
     for n in range(3):

@@ -13,16 +13,6 @@ from chat.models import Conversation, Folder, Preset
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def alice_client(alice_token) -> Client:
-    return Client(headers={"Authorization": f"Bearer {alice_token}"})
-
-
-@pytest.fixture
-def bob_client(bob_token) -> Client:
-    return Client(headers={"Authorization": f"Bearer {bob_token}"})
-
-
 def patch(client: Client, url: str, body: object):
     return client.patch(url, body, content_type="application/json")
 

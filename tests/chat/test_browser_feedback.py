@@ -8,8 +8,7 @@ from playwright.sync_api import Page, expect
 
 from chat.models import Conversation, Feedback, Message
 from tests.accounts import PASSWORD
-from tests.browser import sign_in
-from tests.chat.test_screens import serious_violations
+from tests.browser import serious_violations, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -8,8 +8,7 @@ import pytest
 from playwright.sync_api import Locator, Page, expect
 
 from chat.models import Conversation, Folder, Preset
-from tests.browser import prompt_box, sign_in
-from tests.chat.test_screens import LANGUAGES, THEMES, serious_violations
+from tests.browser import LANGUAGES, THEMES, prompt_box, serious_violations, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

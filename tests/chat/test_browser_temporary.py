@@ -8,8 +8,7 @@ from playwright.sync_api import Page, expect
 
 from chat import sharing
 from chat.models import Conversation, Message, SharedLink
-from tests.browser import sign_in
-from tests.chat.test_screens import LANGUAGES, THEMES, serious_violations
+from tests.browser import LANGUAGES, THEMES, serious_violations, sign_in
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 

@@ -4,11 +4,9 @@ page and the REST API; the operator's view of it and its export, for staff only.
 import json
 
 import pytest
-from django.test import Client
 from django.urls import reverse
 
 from chat.models import Conversation, Feedback, Message
-from tests.accounts import PASSWORD
 
 pytestmark = pytest.mark.django_db
 
@@ -80,20 +78,15 @@ def test_a_prompt_takes_no_feedback(client, alice, answered):
     assert not Feedback.objects.exists()
 
 
-@pytest.fixture
-def alice_rest(alice_token):
-    return Client(headers={"Authorization": f"Bearer {alice_token}"})
-
-
-def test_the_rest_api_gives_and_reads_the_same_feedback(alice_rest, bob_token, answered):
+def test_the_rest_api_gives_and_reads_the_same_feedback(alice_client, bob_client, answered):
     _conversation, answer = answered
-    assert alice_rest.get(api_url(answer)).status_code == 404  # none yet
-    given = alice_rest.put(api_url(answer), {"rating": "up", "comment": "좋아요"}, content_type="application/json")
+    assert alice_client.get(api_url(answer)).status_code == 404  # none yet
+    given = alice_client.put(api_url(answer), {"rating": "up", "comment": "좋아요"}, content_type="application/json")
     assert given.status_code == 200
     assert given.json()["rating"] == "up" and given.json()["comment"] == "좋아요"
-    changed = alice_rest.put(api_url(answer), {"rating": "down"}, content_type="application/json")
+    changed = alice_client.put(api_url(answer), {"rating": "down"}, content_type="application/json")
     assert changed.json()["rating"] == "down" and changed.json()["comment"] == ""
-    assert alice_rest.get(api_url(answer)).json()["rating"] == "down"
+    assert alice_client.get(api_url(answer)).json()["rating"] == "down"
     assert Feedback.objects.count() == 1
     # Bad input: a clear 422, nothing changed.
     for bad in (
@@ -103,21 +96,16 @@ def test_the_rest_api_gives_and_reads_the_same_feedback(alice_rest, bob_token, a
         {"rating": "up", "comment": "\x00"},
         {"rating": "up", "comment": "\ud800"},
     ):
-        assert alice_rest.put(api_url(answer), bad, content_type="application/json").status_code == 422, bad
-    assert alice_rest.put(api_url(answer), "not json", content_type="application/json").status_code in {400, 422}
+        assert alice_client.put(api_url(answer), bad, content_type="application/json").status_code == 422, bad
+    assert alice_client.put(api_url(answer), "not json", content_type="application/json").status_code in {400, 422}
     assert Feedback.objects.get().rating == Feedback.Rating.DOWN
     # Someone else's answer, or a prompt: not found.
-    bobs = Client(headers={"Authorization": f"Bearer {bob_token}"})
-    assert bobs.put(api_url(answer), {"rating": "up"}, content_type="application/json").status_code == 404
-    assert bobs.get(api_url(answer)).status_code == 404
-    assert alice_rest.put(api_url(answer.parent), {"rating": "up"}, content_type="application/json").status_code == 404
+    assert bob_client.put(api_url(answer), {"rating": "up"}, content_type="application/json").status_code == 404
+    assert bob_client.get(api_url(answer)).status_code == 404
+    assert (
+        alice_client.put(api_url(answer.parent), {"rating": "up"}, content_type="application/json").status_code == 404
+    )
     assert Feedback.objects.count() == 1
-
-
-@pytest.fixture
-def staff_client(client, django_user_model):
-    client.force_login(django_user_model.objects.create_user("operator", password=PASSWORD, is_staff=True))
-    return client
 
 
 def test_the_operator_sees_the_rate_per_model_and_day_and_the_latest_comments(staff_client, alice, bob, answered):

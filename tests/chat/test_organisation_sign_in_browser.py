@@ -6,11 +6,10 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, Page, expect
 
 from tests.accounts import PASSWORD
-from tests.browser import CHAT_PAGE
+from tests.browser import CHAT_PAGE, serious_violations
 
 pytestmark = [
     pytest.mark.browser,
@@ -43,15 +42,6 @@ def site_page(chromium: Browser, open_site) -> Iterator[Page]:
     yield page
     context.close()
     assert faults == []
-
-
-def serious_violations(page: Page) -> list[str]:
-    results = Axe().run(page)
-    return [
-        f"{v['id']} ({v['impact']}): {v['help']} — {[n['target'] for n in v['nodes']][:5]}"
-        for v in results.response["violations"]
-        if v["impact"] in ("serious", "critical")
-    ]
 
 
 def test_a_person_signs_in_with_the_organisations_account(site_page: Page, provider, open_site):

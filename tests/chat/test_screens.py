@@ -8,21 +8,17 @@ serious or critical.
 import re
 
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, Page, ViewportSize, expect
 
 from chat import titles
 from chat.models import Conversation, Message
-from tests.browser import sign_in
+from tests.browser import LANGUAGES, THEMES, serious_violations, sign_in
 from tests.fake_vllm import Instructed
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 PHONE: ViewportSize = {"width": 375, "height": 740}
-THEMES = ["light", "dark"]
-# The languages the pages are checked in (as the browser asks for them), and the words the checks
-# find their way by in each.
-LANGUAGES = ["en", "ko"]
+# The words the checks find their way by in each language the pages are checked in (LANGUAGES).
 WORDS = {
     "en": {
         "username": "Username",
@@ -82,15 +78,6 @@ def shown_conversation(alice) -> Conversation:
     conversation.save(update_fields=["branch_tip"])
     Conversation.objects.create(owner=alice, title="Another conversation")
     return conversation
-
-
-def serious_violations(page: Page) -> list[str]:
-    results = Axe().run(page)
-    return [
-        f"{v['id']} ({v['impact']}): {v['help']} — {[n['target'] for n in v['nodes']][:5]}"
-        for v in results.response["violations"]
-        if v["impact"] in ("serious", "critical")
-    ]
 
 
 @pytest.mark.parametrize("language", LANGUAGES)

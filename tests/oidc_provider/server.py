@@ -4,7 +4,6 @@ through the site, as a browser does (httpx, following the redirects)."""
 import html
 import os
 import re
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ from engine.server.processes import term_on_parent_death
 from tests.accounts import PASSWORD
 from tests.commands import COMMAND_WITHIN, ROOT
 from tests.ports import free_port
-from tests.site_server import STARTS_WITHIN
+from tests.site_server import STARTS_WITHIN, stop_daphne
 from tests.waiting import wait_for
 
 CLIENT_ID = "local-chat"
@@ -67,13 +66,7 @@ class OidcProvider:
             return False
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_daphne(self.process)
 
     def site_env(self) -> dict[str, str]:
         """What a site's operator sets to sign in with this provider (README.md)."""

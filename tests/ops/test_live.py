@@ -9,15 +9,8 @@ from django.utils import timezone
 
 from ops.models import ServerReading
 from ops.readings import HEALTH_NOTE_INTERVAL, KEPT
-from tests.accounts import PASSWORD
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def staff_client(client, django_user_model):
-    client.force_login(django_user_model.objects.create_user("operator", password=PASSWORD, is_staff=True))
-    return client
 
 
 def generate(fake_vllm, tokens: int) -> None:

@@ -15,12 +15,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def staff_client(client, django_user_model):
-    client.force_login(django_user_model.objects.create_user("operator", password=PASSWORD, is_staff=True))
-    return client
-
-
-@pytest.fixture
 def used(alice, bob):
     store_answers(
         Conversation.objects.create(owner=alice),
