@@ -286,6 +286,17 @@ def give_to(prompt: Message, attachments: Sequence[Attachment]) -> list[Attachme
     return kept
 
 
+def files_read_with(prompt: Message) -> list[Attachment]:
+    """The prompt's files if they were read with it (prefetched: chat/branches.py), or as the turn
+    that saved it kept them (`give_to`); never a query of its own, so that async views (a sent
+    prompt's new turn) and their templates may ask."""
+    prefetched = getattr(prompt, "_prefetched_objects_cache", {}).get("attachments")
+    if prefetched is not None:
+        return list(prefetched)
+    kept: list[Attachment] = prompt.__dict__.get("kept_files", [])
+    return kept
+
+
 def copy_to(attachment: Attachment, prompt: Message, position: int) -> Attachment:
     copy = Attachment.objects.create(
         owner_id=attachment.owner_id,
