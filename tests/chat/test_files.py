@@ -2,6 +2,7 @@
 give it back to its owner alone, safely, and never use its name as a path."""
 
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -232,3 +233,14 @@ def test_the_too_long_choice_is_the_persons_and_checked(client, alice):
     assert FileChoice.objects.get(person=alice).when_too_long == "refuse"
     refused = client.post("/files/when-too-long", {"when_too_long": "explode"})
     assert refused.status_code == 400 and refused.json()["error"]
+
+
+def test_uploads_beyond_the_readers_at_once_wait_then_are_told_the_site_is_busy(client, alice, settings, monkeypatch):
+    busy = threading.BoundedSemaphore(1)
+    busy.acquire()  # every reader taken, by uploads that do not end
+    monkeypatch.setattr(attachments, "_reading", busy)
+    settings.CHAT_FILE_EXTRACT_SECONDS = 0.5  # how long a waiting upload waits for its turn
+    client.force_login(alice)
+    status, body = upload(client, "notes.txt", NOTES)
+    assert status == 503 and "busy reading other files" in body["error"]
+    assert not Attachment.objects.exists()
