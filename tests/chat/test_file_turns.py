@@ -132,3 +132,22 @@ async def test_deleting_the_conversation_deletes_its_files_rows_and_bytes(conver
 
     assert not await Attachment.objects.aexists()
     assert not any(path.exists() for path in paths)
+
+
+def test_the_room_is_shared_fairly_between_files_each_taking_no_more_than_it_needs():
+    from chat.file_context import _shares
+
+    assert _shares(100, [10, 500, 500]) == [10, 45, 45]  # the small file whole, the rest split
+    assert _shares(100, [30, 30]) == [30, 30]
+    assert _shares(0, [10, 20]) == [0, 0] and _shares(-5, [10]) == [0]
+
+
+async def test_two_long_files_are_both_cut_and_both_said(conversation, alice, fake_vllm):
+    first = await sync_to_async(stored_file)(alice, "a.pdf", pdf_pages(30, 100), pages=30)
+    second = await sync_to_async(stored_file)(alice, "b.txt", " ".join(f"w{n}" for n in range(3000)))
+    _, answer = await turns.start_turn(conversation, "Compare them.", files=[first, second])
+    _, ended = await run_to_end(answer)
+    assert ended.status == Message.Status.COMPLETE
+    assert [cut["name"] for cut in ended.files_cut] == ["a.pdf", "b.txt"]
+    sent = sent_prompt(fake_vllm)
+    assert sent.index("[File: a.pdf]") < sent.index("[File: b.txt]") < sent.index("Compare them.")
