@@ -59,10 +59,22 @@ async def test_regenerating_and_later_turns_read_the_prompts_files_again(convers
     await run_to_end((await turns.regenerate(conversation, answer)).answer)
     assert BUDGET_LINE in sent_prompt(fake_vllm)
 
+    # A follow-up still has the file: before the new question, once, and the history as it was.
     _, later = await turns.start_turn(conversation, "And in dollars?")
     await run_to_end(later)
     history = fake_vllm.requests[-1]["messages"]
-    assert BUDGET_LINE in history[0]["content"] and history[-1]["content"] == "And in dollars?"
+    assert history[0]["content"] == "What is the budget?"
+    assert history[-1]["content"] == f"[File: notes.txt]\n{BUDGET_LINE}\n[End of file: notes.txt]\n\nAnd in dollars?"
+
+
+async def test_a_follow_up_to_a_long_file_reads_it_cut_again_and_says_so(conversation, alice, fake_vllm):
+    report = await sync_to_async(stored_file)(alice, "report.pdf", pdf_pages(40, 100), pages=40)
+    _, answer = await turns.start_turn(conversation, "Summarise it.", files=[report])
+    await run_to_end(answer)
+    _, later = await turns.start_turn(conversation, "And the last page?")
+    _, ended = await run_to_end(later)
+    assert [cut["name"] for cut in ended.files_cut] == ["report.pdf"]
+    assert sent_prompt(fake_vllm).startswith("[File: report.pdf]\np1w0")
 
 
 async def test_an_edited_prompt_keeps_its_files_as_a_copy_of_its_own(conversation, alice, fake_vllm):
