@@ -143,12 +143,15 @@ Stream = Annotated[
 MessageId = Annotated[int, Field(ge=1, le=MAX_ID), BeforeValidator(_integral)]
 
 
-# Files uploaded with POST /api/files, by id, sent with the prompt (at most CHAT_FILES_PER_PROMPT).
+# Files uploaded with POST /api/files, by id, sent with the prompt. The schema states the ids' shape
+# and how many (so that a client that breaks either gets 422 with the field, as for any field); a
+# well-formed id that is no file of the caller's is a 404.
+FileId = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
 FileIds = Annotated[
-    list[str],
+    list[FileId],
     Field(
         default_factory=list,
-        max_length=100,
+        max_length=settings.CHAT_FILES_PER_PROMPT,
         description="Ids of files uploaded with `POST /api/files`, sent with the prompt: the model reads their text.",
     ),
 ]

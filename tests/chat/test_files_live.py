@@ -5,6 +5,7 @@ refusal, never a 500."""
 
 import base64
 import re
+import uuid
 
 import httpx
 import pytest
@@ -118,9 +119,14 @@ def test_the_rest_api_and_the_workflow_run_send_files_by_id(alice_api, fake_vllm
     assert Attachment.objects.filter(name="budget.md").count() == 2
 
     bad = alice_api.post(f"/conversations/{conversation}/messages", json={"prompt": "Hi", "files": ["x"]})
-    assert bad.status_code == 400 and "is not a file id" in bad.json()["detail"]
+    assert bad.status_code == 422 and bad.json()["errors"][0]["loc"][-2:] == ["files", "0"]
     bad = alice_api.post(f"/conversations/{conversation}/messages", json={"prompt": "Hi", "files": "x"})
     assert bad.status_code == 422
+    six = [str(uuid.uuid4()) for _ in range(6)]  # CHAT_FILES_PER_PROMPT is 5
+    bad = alice_api.post(f"/conversations/{conversation}/messages", json={"prompt": "Hi", "files": six})
+    assert bad.status_code == 422 and "at most 5" in bad.json()["detail"]
+    unknown = alice_api.post(f"/conversations/{conversation}/messages", json={"prompt": "Hi", "files": six[:1]})
+    assert unknown.status_code == 404 and "There is no file" in unknown.json()["detail"]
 
 
 def test_openai_file_parts_by_data_and_by_id_reach_the_model(live_site, alice_token, alice_api, fake_vllm):
