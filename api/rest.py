@@ -24,7 +24,7 @@ from ninja.pagination import LimitOffsetPagination, paginate
 from ninja.params.functions import Path
 from pydantic import Field
 
-from api import delivery, feedback, history, shelves, workflows
+from api import delivery, feedback, files, history, shelves, workflows
 from api import presets as api_presets
 from api.auth import AuthenticatedRequest, SessionAuth, TokenAuth
 from api.errors import REST, ApiError, handle_errors
@@ -45,7 +45,7 @@ from api.schemas import (
     ShownMessageOut,
     TurnOut,
 )
-from chat import branches, ownership, presets, sse, turns
+from chat import attachments, branches, ownership, presets, sse, turns
 from chat.models import Conversation, ConversationQuerySet, Message
 from engine import catalog
 
@@ -158,7 +158,7 @@ def read_conversation(
 ) -> ConversationDetail:
     """The conversation with the branch shown (as on the page); with `tree=true`, every message too."""
     conversation = ownership.conversation_or_404(request.auth, conversation_id)
-    messages = list(conversation.messages.order_by("pk")) if tree else None
+    messages = list(conversation.messages.order_by("pk").prefetch_related("attachments")) if tree else None
     return _detail(conversation, branches.shown_branch(conversation), messages)
 
 
@@ -221,8 +221,10 @@ async def send_message(
     after = None
     if data.parent_id is not None:
         after = await ownership.amessage_or_404(request.auth, data.parent_id, conversation_pk=conversation_id)
+    files = await attachments.named_by(request.auth, data.files)
     data.apply_to(conversation)
-    return await _answered(conversation, await turns.start_turn(conversation, data.prompt, after=after), data.stream)
+    turn = await turns.start_turn(conversation, data.prompt, after=after, files=files)
+    return await _answered(conversation, turn, data.stream)
 
 
 async def _answered(conversation: Conversation, turn: turns.Turn, stream: bool) -> StreamingHttpResponse | TurnOut:
@@ -346,4 +348,5 @@ api.add_router("", history.router)  # search, export and import
 api.add_router("", shelves.router)  # folders
 api.add_router("", api_presets.router)
 api.add_router("", feedback.router)  # thumbs and comments on answers
+api.add_router("", files.router)  # files brought to prompts
 api.add_exception_handler(MultiPartParserError, history.malformed_upload)

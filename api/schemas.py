@@ -6,6 +6,7 @@ by chat/rules.py when a request arrives, so the bounds follow the settings the s
 OpenAPI schema states them as they were at start-up.
 """
 
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Self
@@ -19,9 +20,9 @@ from ninja.params.functions import Path
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from chat import rules
+from chat import attachments, rules
 from chat.models import MAX_ID as MAX_ID  # for api/rest.py and api/workflows.py
-from chat.models import Conversation
+from chat.models import Attachment, Conversation, Message
 
 
 def checked_by[T](rule: Callable[[T], T]) -> AfterValidator:
@@ -151,8 +152,23 @@ Stream = Annotated[
 MessageId = Annotated[int, Field(ge=1, le=MAX_ID), BeforeValidator(_integral)]
 
 
+# Files uploaded with POST /api/files, by id, sent with the prompt. The schema states the ids' shape
+# and how many (so that a client that breaks either gets 422 with the field, as for any field); a
+# well-formed id that is no file of the caller's is a 404.
+FileId = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")]
+FileIds = Annotated[
+    list[FileId],
+    Field(
+        default_factory=list,
+        max_length=settings.CHAT_FILES_PER_PROMPT,
+        description="Ids of files uploaded with `POST /api/files`, sent with the prompt: the model reads their text.",
+    ),
+]
+
+
 class MessageIn(GenerationSettings):
     prompt: Prompt
+    files: FileIds
     parent_id: MessageId | None = Field(
         None,
         description="The message the prompt follows, which starts a new branch if other messages follow it too. "
@@ -168,6 +184,30 @@ class EditIn(GenerationSettings):
 
 class RegenerateIn(GenerationSettings):
     stream: Stream = False
+
+
+class FileOut(Schema):
+    id: uuid.UUID
+    name: str
+    size: int
+    kind: str = Field(description="text, markdown, csv, json, code, pdf, docx or html")
+    pages: int | None = Field(description="A PDF's pages")
+    chars: int = Field(description="The characters of text read from it: what the model reads")
+
+    @staticmethod
+    def resolve_chars(attachment: object) -> Any:
+        # An attachment; or, validated again inside a MessageOut's, a FileOut or its dump.
+        if isinstance(attachment, Attachment):
+            return len(attachment.text)
+        return attachment["chars"] if isinstance(attachment, dict) else getattr(attachment, "chars", 0)
+
+
+class FileCutOut(Schema):
+    name: str
+    used_pages: int | None = None
+    pages: int | None = None
+    used_chars: int | None = None
+    chars: int | None = None
 
 
 class MessageOut(Schema):
@@ -190,6 +230,17 @@ class MessageOut(Schema):
     )
     created_at: datetime
     updated_at: datetime
+    files: list[FileOut] = Field(description="A prompt's files (`POST /api/files`), in the order they were attached")
+    files_cut: list[FileCutOut] = Field(
+        description="An answer's: what of each of its prompt's files the model read, when not all of it fitted"
+    )
+
+    @staticmethod
+    def resolve_files(message: object) -> list[Attachment] | Any:
+        # A message; or a MessageOut, or its dump (ShownMessageOut), whose files are resolved already.
+        if isinstance(message, Message):
+            return attachments.files_read_with(message)
+        return message["files"] if isinstance(message, dict) else getattr(message, "files", [])
 
 
 class ShownMessageOut(MessageOut):
@@ -255,6 +306,7 @@ class WorkflowInput(GenerationSettings):
     given), plus the `max_tokens` and `top_p` its README lets one add, and the `model` to ask."""
 
     prompt: Prompt
+    files: FileIds
 
 
 class WorkflowRunIn(Schema):

@@ -16,6 +16,8 @@ from django.http import Http404
 from django.utils import timezone
 
 from chat import branches, leases, rules
+from chat.attachment_models import Attachment, FileChoice
+from chat.file_context import Cut, FileText
 from chat.leases import WORKER, off_the_loop
 from chat.models import Conversation, Message
 
@@ -33,6 +35,30 @@ def _read_earlier_turns(conversation_pk: int, parent_pk: int | None) -> list[dic
     usable = Message.objects.filter(conversation=conversation_pk).usable_as_context()
     earlier = branches.branch_to(parent_pk, usable).only("role", "content")
     return [{"role": m.role, "content": m.content} for m in earlier]
+
+
+@off_the_loop
+def _prompt_files(prompt: Message, owner_pk: int) -> tuple[list[FileText], bool]:
+    """The files the prompt's turn reads: those of every prompt on its branch, the earliest first,
+    each once, so a follow-up question still has the document asked about (fitted, and cut with a
+    note if need be, as the prompt's own: chat/file_context.py); and whether the person lets a file
+    too long for the context be cut."""
+    prompts = branches.branch_to(prompt.pk, Message.objects.filter(conversation=prompt.conversation_id, role="user"))
+    attachments = Attachment.objects.filter(message__in=prompts.values("pk")).order_by("message", "position")
+    files = list({(a.name, a.text): _file_text(a) for a in attachments}.values())
+    if not files:
+        return files, True
+    choice = FileChoice.objects.filter(person=owner_pk).values_list("when_too_long", flat=True).first()
+    return files, choice != FileChoice.WhenTooLong.REFUSE
+
+
+def _file_text(attachment: Attachment) -> FileText:
+    return FileText(attachment.name, attachment.text, attachment.pages)
+
+
+@off_the_loop
+def _save_files_cut(pk: int, cuts: list[Cut]) -> None:
+    Message.objects.filter(pk=pk).update(files_cut=cuts)
 
 
 @off_the_loop

@@ -21,7 +21,7 @@ from django_htmx.middleware import HtmxDetails
 
 from chat import branches, folders, ownership, presets, rules, sidebar, titles, turns
 from chat.forms import PromptForm, RenameForm, SettingsForm, row_id
-from chat.models import Conversation, Message, ModelChoice, Someone
+from chat.models import Conversation, FileChoice, Message, ModelChoice, Someone
 from chat.signals import health_checked
 from engine import catalog, vllm_client
 from engine.server import starter
@@ -97,8 +97,15 @@ def _page(request: HttpRequest, conversation: Conversation | None, *, through: i
             **models,
             **folders.shelves_context(request.user),
             **preset,
+            # The person's choice for a file too long for the model's context (chat/file_context.py).
+            "when_too_long": _when_file_too_long(request.user),
         },
     )
+
+
+def _when_file_too_long(user: Someone) -> str:
+    choices = FileChoice.objects.filter(person_id=user.pk).values_list("when_too_long", flat=True)
+    return choices.first() or FileChoice.WhenTooLong.CUT
 
 
 def _default_temperature() -> float:
