@@ -102,18 +102,10 @@
     xhr.addEventListener("load", () => {
       let attached = null;
       try { attached = xhr.status === 201 ? JSON.parse(xhr.responseText) : null; } catch { /* below */ }
-      if (attached?.id) {
-        chip.classList.remove("uploading");
-        chip.classList.add("attached");
-        chip.querySelector(".file-progress").remove();
-        chip.dataset.id = attached.id;
-        // As the site named and measured it (it cleans a name it could not keep).
-        chip.querySelector(".file-name").textContent = attached.name;
-        chip.querySelector(".file-name").title = attached.name;
-        chip.querySelector(".file-size").textContent = formatSize(attached.size);
-        const field = element("input");
-        Object.assign(field, { type: "hidden", name: "files", value: attached.id });
-        chip.append(field);
+      if (attached?.id && chipList().querySelector(`[data-id="${CSS.escape(attached.id)}"]`)) {
+        chip.remove();  // already shown: the list of unsent files, asked for on load, had it
+      } else if (attached?.id) {
+        showAttached(chip, attached);
       } else if (xhr.status < 300 && xhr.responseURL && !xhr.responseURL.endsWith(form.dataset.uploadUrl)) {
         // Sent to the sign-in page: the session has ended.
         failChip(chip, gettext("You were signed out. Reload the page to sign in again."));
@@ -127,6 +119,41 @@
     const body = new FormData();
     body.append("file", file, name);
     xhr.send(body);
+  }
+
+  // A file uploaded and not yet sent (before a reload, or in another tab) is shown too: it goes with
+  // the next prompt only if the person leaves its chip there.
+  function showAttached(chip, attached) {
+    chip.classList.remove("uploading");
+    chip.classList.add("attached");
+    chip.querySelector(".file-progress")?.remove();
+    chip.dataset.id = attached.id;
+    // As the site named and measured it (it cleans a name it could not keep).
+    chip.querySelector(".file-name").textContent = attached.name;
+    chip.querySelector(".file-name").title = attached.name;
+    chip.querySelector(".file-size").textContent = formatSize(attached.size);
+    const field = element("input");
+    Object.assign(field, { type: "hidden", name: "files", value: attached.id });
+    chip.append(field);
+  }
+
+  async function showUnsent() {
+    const url = promptForm()?.dataset.unsentUrl;
+    if (!url) return;
+    let unsent = [];
+    try {
+      const response = await fetch(url, { headers: { Accept: "application/json" } });
+      if (response.ok) unsent = (await response.json()).files ?? [];
+    } catch { return; /* the site is unreachable: the backend line says so */ }
+    const list = chipList();
+    const shown = new Set([...list.querySelectorAll("[data-id]")].map((chip) => chip.dataset.id));
+    for (const attached of unsent) {
+      if (shown.has(attached.id)) continue;
+      const chip = makeChip(attached.name, attached.size);
+      showAttached(chip, attached);
+      list.append(chip);
+    }
+    showList();
   }
 
   function attachAll(files) {
@@ -186,6 +213,14 @@
       attachAll(e.target.files);
       document.getElementById("prompt")?.focus();
     }
+  });
+
+  // The person's choice for a file too long for the model (page.html, #file-choice): said when saved.
+  document.body.addEventListener("htmx:afterRequest", (e) => {
+    const form = e.detail.elt.closest?.("#file-choice");
+    if (!form) return;
+    form.querySelector(".saved").hidden = !e.detail.successful;
+    if (e.detail.successful) form.querySelector(".form-error").hidden = true;
   });
 
   // --- a send while files are uploading --------------------------------------------------------
@@ -309,4 +344,6 @@
   document.addEventListener("input", (e) => {
     if (pasted && e.target.id === "prompt" && !e.target.value.includes(pasted.text)) hidePasteOffer();
   });
+
+  showUnsent();
 })();
