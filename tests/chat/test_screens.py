@@ -327,3 +327,54 @@ def test_axe_finds_nothing_serious_on_a_persons_own_pages(page: Page, live_site,
     page.goto(path)
     expect(page.locator("html")).to_have_attribute("lang", language)
     assert serious_violations(page) == []
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("theme", THEMES)
+def test_axe_finds_nothing_serious_with_files_in_the_prompt_and_the_thread(
+    page: Page, live_site, fake_vllm, alice, theme, language
+):
+    # Files (issue 21): a sent prompt's file in the thread, a chip attached and one refused, the
+    # offer a long paste brings, the too-long choice in the settings, and the drop hint.
+    page.emulate_media(color_scheme=theme)
+    sign_in(page, "alice")
+    page.set_extra_http_headers({"Accept-Language": language})
+    page.goto("/")
+    expect(page.locator("html")).to_have_attribute("lang", language)
+    chips = page.locator("#prompt-form .attachments li")
+    with page.expect_file_chooser() as chooser:
+        page.locator("#prompt-form .attach").click()
+    chooser.value.set_files([{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"The launch is on Thursday.\n"}])
+    expect(chips.locator("input[name=files]")).to_have_count(1)
+    page.locator("#prompt").fill("When is the launch?")
+    page.locator("#prompt").press("Enter")
+    expect(page.locator("#thread article.assistant .body")).to_have_text("".join(fake_vllm.reply))
+    expect(page.locator("#thread .prompt-files a")).to_have_text("notes.txt")
+
+    with page.expect_file_chooser() as chooser:
+        page.locator("#prompt-form .attach").click()
+    chooser.value.set_files([{"name": "plan.md", "mimeType": "text/markdown", "buffer": b"# Plan\n"}])
+    expect(chips.locator("input[name=files]")).to_have_count(1)
+    page.route("**/files", lambda route: route.fulfill(status=415, json={"error": "A refusal, for the check."}), times=1)
+    with page.expect_file_chooser() as chooser:
+        page.locator("#prompt-form .attach").click()
+    chooser.value.set_files([{"name": "photo.heic", "mimeType": "image/heic", "buffer": b"\0" * 64}])
+    expect(chips.get_by_role("alert")).to_have_text("A refusal, for the check.")
+    page.locator("#prompt").evaluate(
+        """(box) => {
+            const transfer = new DataTransfer();
+            transfer.setData("text/plain", "a line\\n".repeat(50));
+            box.dispatchEvent(new ClipboardEvent("paste", { clipboardData: transfer, bubbles: true, cancelable: true }));
+        }"""
+    )
+    expect(page.locator("#prompt-form .paste-offer button").first).to_be_visible()
+    page.locator("#settings-panel > summary").click()
+    expect(page.locator("#file-choice input[type=radio]").first).to_be_visible()
+    assert serious_violations(page) == []
+
+    transfer = page.evaluate_handle(
+        "() => { const t = new DataTransfer(); t.items.add(new File(['x'], 'x.txt')); return t; }"
+    )
+    page.locator("#thread").dispatch_event("dragover", {"dataTransfer": transfer})
+    expect(page.locator(".drop-hint")).to_be_visible()
+    assert serious_violations(page) == []
