@@ -100,9 +100,10 @@
       if (progress && e.lengthComputable) progress.value = e.loaded / e.total;
     });
     xhr.addEventListener("load", () => {
+      if (!chip.isConnected) return;  // removed meanwhile
       let attached = null;
       try { attached = xhr.status === 201 ? JSON.parse(xhr.responseText) : null; } catch { /* below */ }
-      if (attached?.id && chipList().querySelector(`[data-id="${CSS.escape(attached.id)}"]`)) {
+      if (attached?.id && chip.parentElement.querySelector(`[data-id="${CSS.escape(attached.id)}"]`)) {
         chip.remove();  // already shown: the list of unsent files, asked for on load, had it
       } else if (attached?.id) {
         showAttached(chip, attached);
