@@ -20,6 +20,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
+from chat.attachments import FileRefused
 from chat.limits import TooManyAnswers
 from engine.catalog import NoSuchModel
 
@@ -107,6 +108,9 @@ def refusal(door: Door, exc: Exception) -> ApiError:
         case NoSuchModel():
             # OpenAI's answer for a model it does not have (or not now), on both doors.
             return ApiError(404, exc.message, param="model", code="model_not_found")
+        case FileRefused():
+            # 400, 404 (another person's file, or none), 413 or 415, with a sentence for a person.
+            return ApiError(exc.status, exc.message, param="files", code="file_refused")
         case TooManyAnswers():
             # OpenAI's own type and code for too many requests; its SDKs retry after Retry-After.
             return ApiError(429, exc.message, type="requests", code="rate_limit_exceeded", retry_after=exc.retry_after)
@@ -140,5 +144,14 @@ def handle_errors(api: NinjaAPI, door: Door) -> None:
         assert isinstance(exc, Exception)
         return door.response(refusal(door, exc))
 
-    for kind in (ApiError, AuthenticationError, HttpError, ValidationError, Http404, TooManyAnswers, NoSuchModel):
+    for kind in (
+        ApiError,
+        AuthenticationError,
+        HttpError,
+        ValidationError,
+        Http404,
+        TooManyAnswers,
+        NoSuchModel,
+        FileRefused,
+    ):
         api.add_exception_handler(kind, handler)

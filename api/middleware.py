@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.utils.decorators import sync_and_async_middleware
 
 from api import errors
-from chat import imports
+from chat import attachments, imports
 
 # The rest of Django's chain, as the server runs it: sync, or async (a coroutine function).
 type SyncChain = Callable[[HttpRequest], HttpResponseBase]
@@ -22,6 +22,9 @@ type AsyncChain = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 
 # Its body is a file to import: it may be as large as an import (chat/imports.py).
 IMPORT_PATH = "/api/import"
+# Its body is a file for a prompt: it may be as large as one (chat/attachments.py).
+FILES_PATH = "/api/files"
+UPLOADS = (IMPORT_PATH, FILES_PATH)
 
 
 @sync_and_async_middleware
@@ -46,7 +49,11 @@ def limit_api_body(get_response: SyncChain | AsyncChain) -> SyncChain | AsyncCha
 def _refusal(request: HttpRequest) -> HttpResponse | None:
     if (door := errors.door_at(request.path_info)) is None:
         return None
-    limit = imports.upload_limit() if request.path_info == IMPORT_PATH else settings.API_MAX_BODY_BYTES
+    limit = settings.API_MAX_BODY_BYTES
+    if request.path_info == IMPORT_PATH:
+        limit = imports.upload_limit()
+    elif request.path_info == FILES_PATH:
+        limit = settings.CHAT_FILE_MAX_BYTES + attachments.MULTIPART_ENVELOPE
     if _size(request, limit) <= limit:
         return None
     message = f"The request body is too large: at most {limit} bytes are accepted."
@@ -60,7 +67,7 @@ def _size(request: HttpRequest, limit: int) -> float:
         declared = 0
     if declared > limit:
         return declared  # refused without reading it
-    if request.path_info == IMPORT_PATH:
+    if request.path_info in UPLOADS:
         # A file upload: Django spools it to disk as it parses it, where reading `body` would hold
         # it in memory (and refuse it over DATA_UPLOAD_MAX_MEMORY_SIZE); the import measures the file.
         return declared

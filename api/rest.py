@@ -24,7 +24,7 @@ from ninja.pagination import LimitOffsetPagination, paginate
 from ninja.params.functions import Path
 from pydantic import Field
 
-from api import delivery, feedback, history, shelves, workflows
+from api import delivery, feedback, files, history, shelves, workflows
 from api import presets as api_presets
 from api.auth import AuthenticatedRequest, SessionAuth, TokenAuth
 from api.errors import REST, ApiError, handle_errors
@@ -346,4 +346,5 @@ api.add_router("", history.router)  # search, export and import
 api.add_router("", shelves.router)  # folders
 api.add_router("", api_presets.router)
 api.add_router("", feedback.router)  # thumbs and comments on answers
+api.add_router("", files.router)  # files brought to prompts
 api.add_exception_handler(MultiPartParserError, history.malformed_upload)

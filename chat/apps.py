@@ -9,7 +9,7 @@ class ChatConfig(AppConfig):
     name = "chat"
 
     def ready(self) -> None:
-        from chat import turns
+        from chat import attachments, turns
         from chatsite.request_threads import check_asgiref
 
         checks.register(check_asgiref, checks.Tags.compatibility)
@@ -18,6 +18,10 @@ class ChatConfig(AppConfig):
         # However an answer is deleted (with its conversation, on the page, in the admin, from a
         # shell), its generation stops.
         post_delete.connect(turns.answer_deleted, sender="chat.Message", dispatch_uid="chat.answer_deleted")
+        # However a file's row goes (its conversation deleted, its person, an unsent file), its bytes go too.
+        post_delete.connect(
+            attachments.remove_stored_file, sender="chat.Attachment", dispatch_uid="chat.remove_stored_file"
+        )
 
 
 def _repair_search_index(sender: AppConfig, using: str, **kwargs: Any) -> None:

@@ -9,6 +9,8 @@ from django.db.models.functions import Now
 from django.utils import timezone
 from django.utils.translation import pgettext_lazy
 
+from chat.attachment_models import Attachment as Attachment
+from chat.attachment_models import FileChoice as FileChoice
 from chat.feedback_models import Feedback as Feedback
 from chat.folder_models import Folder as Folder
 from chat.rules import TITLE_LENGTH
@@ -289,6 +291,8 @@ class Message(models.Model):
     # When a person asked to stop it on a worker that could not reach its owner through the
     # Channels layer (chat/relay.py): the owner stops at its next checkpoint or lease renewal.
     stop_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # An answer's prompt files cut to fit the context: what of each was used (chat/file_context.py).
+    files_cut = models.JSONField(default=list, blank=True, editable=False)
 
     objects = MessageQuerySet.as_manager()
 

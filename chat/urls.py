@@ -3,6 +3,7 @@ from django.urls import path, register_converter
 from chat import (
     account,
     feedback_views,
+    file_views,
     folder_views,
     history_views,
     preset_views,
@@ -66,6 +67,11 @@ urlpatterns = [
     path("c/<id:pk>/m/<id:message_pk>/stream", turn_views.stream, name="stream"),
     path("c/<id:pk>/m/<id:message_pk>/stop", turn_views.stop, name="stop"),
     path("c/<id:pk>/m/<id:message_pk>/feedback", feedback_views.give, name="feedback"),
+    # Files brought to a prompt: chat/file_views.py
+    path("files", file_views.upload, name="upload-file"),
+    path("files/unsent", file_views.files_of_person, name="unsent-files"),
+    path("files/when-too-long", file_views.choose_when_too_long, name="when-file-too-long"),
+    path("files/<uuid:file_id>/", file_views.file, name="file"),
     path("account/tokens/", account.tokens, name="tokens"),
     path("account/tokens/new", account.create_token, name="create-token"),
     path("account/tokens/<id:pk>/revoke", account.revoke_token, name="revoke-token"),

@@ -345,6 +345,11 @@ CHAT_MAX_ANSWERS_PER_MINUTE: int = env.int("CHAT_MAX_ANSWERS_PER_MINUTE", defaul
 CHAT_LIMITS_EXEMPT_SUPERUSERS: bool = env.bool("CHAT_LIMITS_EXEMPT_SUPERUSERS", default=True)
 # The largest file the page, the API and `importchats` import (a ChatGPT export's zip or JSON).
 CHAT_IMPORT_MAX_BYTES: int = env.int("CHAT_IMPORT_MAX_BYTES", default=64 * 1024 * 1024)
+CHAT_FILES_ROOT: Path = Path(env.str("CHAT_FILES_ROOT", default=str(BASE_DIR / "media" / "files"))).expanduser()
+CHAT_FILE_MAX_BYTES: int = env.int("CHAT_FILE_MAX_BYTES", default=10 * 1024 * 1024)  # chat/attachments.py
+CHAT_FILES_MAX_BYTES_PER_PERSON: int = env.int("CHAT_FILES_MAX_BYTES_PER_PERSON", default=200 * 1024 * 1024)
+CHAT_FILES_PER_PROMPT: int = env.int("CHAT_FILES_PER_PROMPT", default=5)
+CHAT_FILE_EXTRACT_SECONDS: float = env.float("CHAT_FILE_EXTRACT_SECONDS", default=20.0)
 
 # --- API: the REST API (/api/), model-compose's workflow routes, the OpenAI-compatible /v1/ -------
 # The largest request body the API accepts, in bytes; a larger one is refused with 413.
