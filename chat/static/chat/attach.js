@@ -166,20 +166,23 @@
   // chip goes once the site has done so (until then it would still go with the prompt).
   async function removeChip(chip) {
     const list = chip.parentElement;
+    const hadFocus = chip.contains(document.activeElement);
     const next = chip.nextElementSibling?.querySelector(".remove-file")
       ?? chip.previousElementSibling?.querySelector(".remove-file");
     if (chip.classList.contains("uploading")) {
       uploads.get(chip)?.abort();
     } else if (chip.dataset.id) {
       const button = chip.querySelector(".remove-file");
-      button.disabled = true;
+      // Not `disabled`, which would take the keyboard's focus away to nowhere while the site answers.
+      if (button.getAttribute("aria-disabled") === "true") return;
+      button.setAttribute("aria-disabled", "true");
       const url = promptForm().dataset.fileUrl.replace("00000000-0000-0000-0000-000000000000", chip.dataset.id);
       let response = null;
       try {
         response = await fetch(url, { method: "DELETE", headers: { "X-CSRFToken": csrfToken() } });
       } catch { /* below */ }
       if (!response || !(response.ok || response.status === 404)) {
-        button.disabled = false;
+        button.removeAttribute("aria-disabled");
         chip.querySelector(".file-error")?.remove();
         const message = response ? interpolate(gettext("The site answered %s."), [response.status]) : gettext("The site could not be reached. Try again.");
         const error = element("span", "file-error", message);
@@ -188,7 +191,6 @@
         return;
       }
     }
-    const hadFocus = chip.contains(document.activeElement);
     chip.remove();
     if (list) list.hidden = list.children.length === 0;
     // The keyboard stays among the chips, or goes back to the box.
