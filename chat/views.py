@@ -21,7 +21,7 @@ from django_htmx.middleware import HtmxDetails
 
 from chat import branches, folders, ownership, presets, rules, sidebar, titles, turns
 from chat.forms import PromptForm, RenameForm, SettingsForm
-from chat.models import MAX_ID, Conversation, Message, ModelChoice, Someone
+from chat.models import MAX_ID, Conversation, FileChoice, Message, ModelChoice, Someone
 from chat.signals import health_checked
 from engine import catalog, vllm_client
 from engine.server import starter
@@ -81,6 +81,12 @@ def _last_choice(user: Someone) -> str:
     return ModelChoice.objects.filter(person=user.pk).values_list("model", flat=True).first() or ""
 
 
+def _when_too_long(user: Someone) -> str:
+    """What the person chose for a file too long for the model (the settings panel shows it)."""
+    chosen = FileChoice.objects.filter(person=user.pk).values_list("when_too_long", flat=True).first()
+    return chosen or FileChoice.WhenTooLong.CUT
+
+
 def _page(request: HttpRequest, conversation: Conversation | None, *, through: int | None = None) -> HttpResponse:
     # The page names the model that will answer, and offers the others.
     # A new chat picked with a preset (`?preset=`) starts with its settings (chat/presets.py).
@@ -101,6 +107,7 @@ def _page(request: HttpRequest, conversation: Conversation | None, *, through: i
             **models,
             **folders.shelves_context(request.user),
             **preset,
+            "when_too_long": _when_too_long(request.user),
         },
     )
 
