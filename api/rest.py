@@ -45,7 +45,7 @@ from api.schemas import (
     ShownMessageOut,
     TurnOut,
 )
-from chat import branches, ownership, presets, sse, turns
+from chat import attachments, branches, ownership, presets, sse, turns
 from chat.models import Conversation, ConversationQuerySet, Message
 from engine import catalog
 
@@ -221,8 +221,10 @@ async def send_message(
     after = None
     if data.parent_id is not None:
         after = await ownership.amessage_or_404(request.auth, data.parent_id, conversation_pk=conversation_id)
+    files = await attachments.named_by(request.auth, data.files)
     data.apply_to(conversation)
-    return await _answered(conversation, await turns.start_turn(conversation, data.prompt, after=after), data.stream)
+    turn = await turns.start_turn(conversation, data.prompt, after=after, files=files)
+    return await _answered(conversation, turn, data.stream)
 
 
 async def _answered(conversation: Conversation, turn: turns.Turn, stream: bool) -> StreamingHttpResponse | TurnOut:

@@ -142,8 +142,20 @@ Stream = Annotated[
 MessageId = Annotated[int, Field(ge=1, le=MAX_ID), BeforeValidator(_integral)]
 
 
+# Files uploaded with POST /api/files, by id, sent with the prompt (at most CHAT_FILES_PER_PROMPT).
+FileIds = Annotated[
+    list[str],
+    Field(
+        default_factory=list,
+        max_length=100,
+        description="Ids of files uploaded with `POST /api/files`, sent with the prompt: the model reads their text.",
+    ),
+]
+
+
 class MessageIn(GenerationSettings):
     prompt: Prompt
+    files: FileIds
     parent_id: MessageId | None = Field(
         None,
         description="The message the prompt follows, which starts a new branch if other messages follow it too. "
@@ -246,6 +258,7 @@ class WorkflowInput(GenerationSettings):
     given), plus the `max_tokens` and `top_p` its README lets one add, and the `model` to ask."""
 
     prompt: Prompt
+    files: FileIds
 
 
 class WorkflowRunIn(Schema):

@@ -39,7 +39,7 @@ from api.schemas import (
     WorkflowRunIn,
     WorkflowVariable,
 )
-from chat import ownership, sse, turns
+from chat import attachments, ownership, sse, turns
 from chat.context import ContextTooLong, check_prompt_fits
 from chat.models import Conversation, Message
 from chat.turns import TurnEnded, TurnEvent
@@ -98,6 +98,8 @@ def workflow() -> WorkflowOut:
             WorkflowVariable(name="temperature", type="number", default=settings.CHAT_DEFAULT_TEMPERATURE),
             # Not in the seed: one of the models /v1/models lists; the default model when not given.
             WorkflowVariable(name="model", type="string", default=""),
+            # Not in the seed either: ids of files from POST /api/files, which the model reads.
+            WorkflowVariable(name="files", type="array", default=[]),
         ],
         output=[WorkflowVariable(name=None, type="text", format="sse-text")],
     )
@@ -127,6 +129,7 @@ async def run_workflow(request: AuthenticatedRequest, run: WorkflowRunIn) -> Tas
         raise HttpError(404, f"Workflow '{run.workflow_id}' not found.")
     if run.output_only and not run.wait_for_completion:
         raise HttpError(400, "output_only=true requires wait_for_completion=true.")
+    files = await attachments.named_by(request.auth, run.input.files)
     conversation = Conversation(owner=request.auth)
     run.input.apply_to(conversation)
     try:
@@ -135,7 +138,7 @@ async def run_workflow(request: AuthenticatedRequest, run: WorkflowRunIn) -> Tas
         )
     except ContextTooLong as exc:
         raise HttpError(422, str(exc)) from None
-    _, answer = await turns.start_turn(conversation, run.input.prompt)
+    _, answer = await turns.start_turn(conversation, run.input.prompt, files=files)
     if not run.wait_for_completion:
         return TaskStarted(task_id=str(answer.pk), status="pending")
     return await delivery.stream(answer, _sse_text)

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
@@ -249,6 +250,11 @@ def for_prompt(user: Someone, ids: Sequence[uuid.UUID]) -> list[Attachment]:
     if missing := [file_id for file_id in ids if file_id not in found]:
         raise FileRefused(gettext("There is no file %(id)s.") % {"id": missing[0]}, 404)
     return [found[file_id] for file_id in ids]
+
+
+async def named_by(user: Someone, values: Sequence[object]) -> list[Attachment]:
+    """The person's files a request names by id (any door's "files"), checked; raises FileRefused."""
+    return await sync_to_async(lambda: for_prompt(user, parse_ids(values)))()
 
 
 def give_to(prompt: Message, attachments: Sequence[Attachment]) -> None:

@@ -27,11 +27,12 @@ from django.utils import timezone
 from django.utils.translation import gettext_noop
 
 from chat import leases, relay, titles
-from chat.context import ContextTooLong, fit_context
+from chat.context import ContextTooLong
+from chat.file_context import fit_with_files
 from chat.leases import INTERRUPTED_TEXT, WORKER, off_the_loop
 from chat.models import Conversation, Message
 from chat.turn_events import TurnDelta, TurnEnded, TurnEvent
-from chat.turn_storage import _earlier_turns, _save_checkpoint, _save_end
+from chat.turn_storage import _earlier_turns, _prompt_files, _save_checkpoint, _save_end, _save_files_cut
 from engine import catalog, vllm_client
 from engine.vllm_client import Failed, Finished, GenerationOptions, TextDelta, Usage
 
@@ -144,15 +145,21 @@ class RunningTurn:
             if self.stop_requested:
                 raise asyncio.CancelledError
             try:
-                context = await fit_context(
+                files, may_cut = await _prompt_files(prompt.pk, conversation.owner_id)
+                context, cuts = await fit_with_files(
                     system_prompt=conversation.system_prompt,
                     earlier=await _earlier_turns(conversation, before=prompt),
                     prompt=prompt.content,
+                    files=files,
                     max_tokens=options.max_tokens,
                     context_length=chosen.model.context_length,
+                    cut=may_cut,
                     model=chosen.model.id,
                     endpoint=chosen.endpoint,
                 )
+                if cuts:  # said in the answer's footer: never cut silently
+                    self.answer.files_cut = cuts
+                    await _save_files_cut(self.answer.pk, cuts)
             except ContextTooLong as exc:
                 events: AsyncGenerator[vllm_client.Event, None] = _single(Failed(str(exc)))
             else:

@@ -16,6 +16,8 @@ from django.http import Http404
 from django.utils import timezone
 
 from chat import branches, leases, rules
+from chat.attachment_models import Attachment, FileChoice
+from chat.file_context import Cut, FileText, with_files
 from chat.leases import WORKER, off_the_loop
 from chat.models import Conversation, Message
 
@@ -29,10 +31,33 @@ async def _earlier_turns(conversation: Conversation, *, before: Message) -> list
 @off_the_loop
 def _read_earlier_turns(conversation_pk: int, parent_pk: int | None) -> list[dict[str, str]]:
     # The prompt's own branch, whichever branch is shown now: a regenerated or edited turn is
-    # answered with the history it was asked in.
+    # answered with the history it was asked in. An earlier prompt's files are read with it, whole
+    # (a turn too long for the context is dropped whole, as any is).
     usable = Message.objects.filter(conversation=conversation_pk).usable_as_context()
-    earlier = branches.branch_to(parent_pk, usable).only("role", "content")
-    return [{"role": m.role, "content": m.content} for m in earlier]
+    earlier = branches.branch_to(parent_pk, usable).only("role", "content").prefetch_related("attachments")
+    return [
+        {"role": m.role, "content": with_files(m.content, [_file_text(a) for a in m.attachments.all()])}
+        for m in earlier
+    ]
+
+
+def _file_text(attachment: Attachment) -> FileText:
+    return FileText(attachment.name, attachment.text, attachment.pages)
+
+
+@off_the_loop
+def _prompt_files(prompt_pk: int, owner_pk: int) -> tuple[list[FileText], bool]:
+    """The prompt's files, and whether its owner lets a file too long for the context be cut."""
+    files = [_file_text(attachment) for attachment in Attachment.objects.filter(message=prompt_pk)]
+    if not files:
+        return files, True
+    choice = FileChoice.objects.filter(person=owner_pk).values_list("when_too_long", flat=True).first()
+    return files, choice != FileChoice.WhenTooLong.REFUSE
+
+
+@off_the_loop
+def _save_files_cut(pk: int, cuts: list[Cut]) -> None:
+    Message.objects.filter(pk=pk).update(files_cut=cuts)
 
 
 @off_the_loop

@@ -14,7 +14,7 @@ from django.utils.translation import gettext
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import push_url
 
-from chat import branches, ownership, sidebar, sse, turns
+from chat import attachments, branches, ownership, sidebar, sse, turns
 from chat.forms import PromptForm, SendForm
 from chat.limits import TooManyAnswers
 from chat.models import Conversation, Message
@@ -56,9 +56,14 @@ async def send(request: HtmxHttpRequest, pk: int | None = None) -> HttpResponse:
     after = None
     if pk is not None and form.cleaned_data["parent"] is not None:
         after = await ownership.amessage_or_404(user, form.cleaned_data["parent"], conversation_pk=pk)
+    try:
+        # The chips' ids (chat/static/chat/attach.js): the person's own files, or the send is refused.
+        files = await attachments.named_by(user, request.POST.getlist("files"))
+    except attachments.FileRefused as refusal:
+        return JsonResponse({"error": refusal.message}, status=refusal.status)
     form.apply_to(conversation)
     try:
-        turn = await turns.start_turn(conversation, form.cleaned_data["prompt"], after=after)
+        turn = await turns.start_turn(conversation, form.cleaned_data["prompt"], after=after, files=files)
     except TooManyAnswers as exc:
         return _too_many(exc)
     except catalog.NoSuchModel as exc:

@@ -30,10 +30,10 @@ from django.db import DatabaseError, transaction
 from django.http import Http404
 from django.utils.translation import gettext, gettext_noop
 
-from chat import leases, limits, relay
+from chat import attachments, leases, limits, relay
 from chat.leases import INTERRUPTED_TEXT as INTERRUPTED_TEXT
 from chat.leases import WORKER, off_the_loop
-from chat.models import Conversation, Message
+from chat.models import Attachment, Conversation, Message
 from chat.running_turn import UNSAVED_TEXT as UNSAVED_TEXT
 from chat.running_turn import RunningTurn as RunningTurn
 from chat.running_turn import _look as _look
@@ -106,6 +106,7 @@ def _save_prompt_and_answer(
     place: Place,
     model_name: str,
     earlier: Sequence[tuple[str, str]],
+    files: Sequence[Attachment] | int,
     loop: asyncio.AbstractEventLoop,
 ) -> RunningTurn:
     limits.check_room_for_an_answer(conversation.owner_id)  # refused: nothing is saved
@@ -117,6 +118,10 @@ def _save_prompt_and_answer(
     place = _save_earlier(conversation, earlier, after=place)
     prompt_message = Message.objects.create(
         conversation=conversation, parent_id=place, role=Message.Role.USER, content=prompt
+    )
+    # An edit (`files` the edited prompt's id) keeps the edited prompt's files.
+    attachments.give_to(
+        prompt_message, list(Attachment.objects.filter(message=files)) if isinstance(files, int) else files
     )
     return _new_answer(conversation, prompt_message, model_name, loop, new_prompt=True)
 
@@ -157,8 +162,10 @@ async def start_turn(
     *,
     after: Message | None = None,
     earlier: Sequence[tuple[str, str]] = (),
+    files: Sequence[Attachment] = (),
 ) -> Turn:
-    """Save the prompt and an empty answer, then generate the answer in the background.
+    """Save the prompt (with `files`, the person's: chat/attachments.py) and an empty answer, then
+    generate the answer in the background.
 
     The prompt follows `after` (a message of the conversation: the page says which, as the person
     sees it), by default the tip of the branch shown, and `earlier` (role, text) messages saved
@@ -181,14 +188,14 @@ async def start_turn(
         conversation,
         chosen,
         None,
-        functools.partial(_save_prompt_and_answer, conversation, prompt, place, chosen.model.id, earlier),
+        functools.partial(_save_prompt_and_answer, conversation, prompt, place, chosen.model.id, earlier, files),
     )
 
 
 async def edit_prompt(conversation: Conversation, edited: Message, prompt: str) -> Turn:
     """Send `prompt` in place of the prompt `edited`: a new branch beside it, which is then shown.
 
-    The earlier branch is kept, as a version of the prompt.
+    The earlier branch is kept, as a version of the prompt; the new prompt brings its files.
     """
     if edited.conversation_id != conversation.pk or edited.role != Message.Role.USER:
         raise ValueError("`edited` is not a prompt of this conversation")
@@ -198,7 +205,9 @@ async def edit_prompt(conversation: Conversation, edited: Message, prompt: str) 
         conversation,
         chosen,
         None,
-        functools.partial(_save_prompt_and_answer, conversation, prompt, edited.parent_id, chosen.model.id, ()),
+        functools.partial(
+            _save_prompt_and_answer, conversation, prompt, edited.parent_id, chosen.model.id, (), edited.pk
+        ),
     )
 
 

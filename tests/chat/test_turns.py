@@ -344,7 +344,8 @@ async def test_a_turns_start_takes_a_fixed_few_statements(
     # The same without the prompt, and where it goes: a new answer to a prompt, an edited prompt
     # beside the one it edits.
     assert regenerated == ["BEGIN", "SELECT", "SELECT", "INSERT", "UPDATE", "COMMIT"]
-    assert edited_prompt == ["BEGIN", "SELECT", "SELECT", "INSERT", "INSERT", "UPDATE", "COMMIT"]
+    # An edited prompt also reads the files of the one it edits, to keep them (chat/attachments.py).
+    assert edited_prompt == ["BEGIN", "SELECT", "SELECT", "INSERT", "SELECT", "INSERT", "UPDATE", "COMMIT"]
     stored = await Conversation.objects.aget(pk=conversation.pk)
     assert stored.branch_tip_id == edited.pk
 
@@ -579,7 +580,7 @@ async def test_an_exception_before_streaming_ends_the_answer_in_error(conversati
     async def broken_fit_context(**kwargs):
         raise KeyError("boom")
 
-    monkeypatch.setattr(running_turn, "fit_context", broken_fit_context)
+    monkeypatch.setattr(running_turn, "fit_with_files", broken_fit_context)
     _, answer = await turns.start_turn(conversation, "Go")
 
     (text, ended), _ = await all_followers_to_end(answer)
