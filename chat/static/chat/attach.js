@@ -24,7 +24,8 @@
     for (const step of steps) if (bytes >= step[1]) [unit, scale] = step;
     const value = bytes / scale;
     return new Intl.NumberFormat(document.documentElement.lang || undefined, {
-      style: "unit", unit, unitDisplay: "short", maximumFractionDigits: value < 10 && scale > 1 ? 1 : 0,
+      // "82 bytes" in full, as "82 byte" reads wrong; "1.5 kB" and "3 MB" short.
+      style: "unit", unit, unitDisplay: scale === 1 ? "long" : "short", maximumFractionDigits: value < 10 && scale > 1 ? 1 : 0,
     }).format(value);
   }
 
