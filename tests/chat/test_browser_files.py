@@ -156,7 +156,8 @@ def test_a_pasted_file_is_attached_and_a_long_paste_is_offered_as_one(signed_in:
 
     # A long paste, through the real clipboard: it goes into the box, and a file is offered instead.
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_site.url)
-    log = "".join(f"12:00:{i:02d} worker {i % 4} handled request {i} in 12 ms\n" for i in range(60))
+    # More than 40 lines (under 2,000 characters, and short enough for the echo to fit max tokens).
+    log = "".join(f"{i:02d} worker {i % 4} took {i}ms\n" for i in range(60))
     page.evaluate("text => navigator.clipboard.writeText(text)", log)
     prompt_box(page).fill("Summarise this: ")
     prompt_box(page).press("End")
@@ -172,7 +173,7 @@ def test_a_pasted_file_is_attached_and_a_long_paste_is_offered_as_one(signed_in:
     expect(chips(page).locator("input[name=files]")).to_have_count(2)
 
     prompt_box(page).press("Enter")
-    expect(answers(page).locator(".body")).to_contain_text("worker 3 handled request 59 in 12 ms")
+    expect(answers(page).locator(".body")).to_contain_text("59 worker 3 took 59ms")
     expect(answers(page).locator(".body")).to_contain_text("Ship the")
     expect(page.locator("#thread .prompt-files").get_by_role("link")).to_have_text(["plan.md", "pasted.txt"])
 
