@@ -60,17 +60,17 @@ def drop(page: Page, target: Locator, name: str, text: str, mime: str) -> None:
     expect(page.locator(".drop-hint")).to_be_hidden()
 
 
+# A copied file pasted into the box (a page cannot put a file on the system clipboard; the paste
+# event is the one the browser would fire, with the file in its clipboardData).
+PASTE_FILE = """(box, [name, text, mime]) => {
+    const transfer = new DataTransfer();
+    transfer.items.add(new File([text], name, { type: mime }));
+    box.dispatchEvent(new ClipboardEvent("paste", { clipboardData: transfer, bubbles: true, cancelable: true }));
+}"""
+
+
 def paste_file(page: Page, name: str, text: str, mime: str) -> None:
-    """A copied file pasted into the box (a page cannot put a file on the system clipboard; the
-    paste event is the one the browser would fire, with the file in its clipboardData)."""
-    prompt_box(page).evaluate(
-        """(box, [name, text, mime]) => {
-            const transfer = new DataTransfer();
-            transfer.items.add(new File([text], name, { type: mime }));
-            box.dispatchEvent(new ClipboardEvent("paste", { clipboardData: transfer, bubbles: true, cancelable: true }));
-        }""",
-        [name, text, mime],
-    )
+    prompt_box(page).evaluate(PASTE_FILE, [name, text, mime])
 
 
 def attachments_sent(fake_vllm: Any) -> str:

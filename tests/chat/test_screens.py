@@ -9,7 +9,7 @@ import re
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import Browser, Page, ViewportSize, expect
+from playwright.sync_api import Browser, FilePayload, Page, ViewportSize, expect
 
 from chat import titles
 from chat.models import Conversation, Message
@@ -329,6 +329,20 @@ def test_axe_finds_nothing_serious_on_a_persons_own_pages(page: Page, live_site,
     assert serious_violations(page) == []
 
 
+def attach_file(page: Page, name: str, mime: str, data: bytes) -> None:
+    with page.expect_file_chooser() as chooser:
+        page.locator("#prompt-form .attach").click()
+    chooser.value.set_files(FilePayload(name=name, mimeType=mime, buffer=data))
+
+
+# A long paste's event, as the browser fires it (the offer it brings needs no text in the box).
+LONG_PASTE = """(box) => {
+    const transfer = new DataTransfer();
+    transfer.setData("text/plain", "a line\\n".repeat(50));
+    box.dispatchEvent(new ClipboardEvent("paste", { clipboardData: transfer, bubbles: true, cancelable: true }));
+}"""
+
+
 @pytest.mark.parametrize("language", LANGUAGES)
 @pytest.mark.parametrize("theme", THEMES)
 def test_axe_finds_nothing_serious_with_files_in_the_prompt_and_the_thread(
@@ -342,31 +356,20 @@ def test_axe_finds_nothing_serious_with_files_in_the_prompt_and_the_thread(
     page.goto("/")
     expect(page.locator("html")).to_have_attribute("lang", language)
     chips = page.locator("#prompt-form .attachments li")
-    with page.expect_file_chooser() as chooser:
-        page.locator("#prompt-form .attach").click()
-    chooser.value.set_files([{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"The launch is on Thursday.\n"}])
+    attach_file(page, "notes.txt", "text/plain", b"The launch is on Thursday.\n")
     expect(chips.locator("input[name=files]")).to_have_count(1)
     page.locator("#prompt").fill("When is the launch?")
     page.locator("#prompt").press("Enter")
     expect(page.locator("#thread article.assistant .body")).to_have_text("".join(fake_vllm.reply))
     expect(page.locator("#thread .prompt-files a")).to_have_text("notes.txt")
 
-    with page.expect_file_chooser() as chooser:
-        page.locator("#prompt-form .attach").click()
-    chooser.value.set_files([{"name": "plan.md", "mimeType": "text/markdown", "buffer": b"# Plan\n"}])
+    attach_file(page, "plan.md", "text/markdown", b"# Plan\n")
     expect(chips.locator("input[name=files]")).to_have_count(1)
-    page.route("**/files", lambda route: route.fulfill(status=415, json={"error": "A refusal, for the check."}), times=1)
-    with page.expect_file_chooser() as chooser:
-        page.locator("#prompt-form .attach").click()
-    chooser.value.set_files([{"name": "photo.heic", "mimeType": "image/heic", "buffer": b"\0" * 64}])
-    expect(chips.get_by_role("alert")).to_have_text("A refusal, for the check.")
-    page.locator("#prompt").evaluate(
-        """(box) => {
-            const transfer = new DataTransfer();
-            transfer.setData("text/plain", "a line\\n".repeat(50));
-            box.dispatchEvent(new ClipboardEvent("paste", { clipboardData: transfer, bubbles: true, cancelable: true }));
-        }"""
-    )
+    refusal = {"error": "A refusal, for the check."}
+    page.route("**/files", lambda route: route.fulfill(status=415, json=refusal), times=1)
+    attach_file(page, "photo.heic", "image/heic", b"\0" * 64)
+    expect(chips.get_by_role("alert")).to_have_text(refusal["error"])
+    page.locator("#prompt").evaluate(LONG_PASTE)
     expect(page.locator("#prompt-form .paste-offer button").first).to_be_visible()
     page.locator("#settings-panel > summary").click()
     expect(page.locator("#file-choice input[type=radio]").first).to_be_visible()
