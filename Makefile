@@ -10,7 +10,7 @@ PORT ?= 8080
 PYTHON_312 := $(shell for c in python3.14 python3.13 python3.12 $$HOME/.pyenv/versions/3.1[2-9]*/bin/python; do \
 	$$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$c; break; }; done)
 
-.PHONY: run test lint format clean chromium nginx servers gettext messages vendor bench
+.PHONY: run test lint format clean chromium fonts nginx servers gettext messages vendor bench
 
 run: $(VENV)/.site .env
 	$(PY) manage.py up --host $(HOST) --port $(PORT)
@@ -19,7 +19,7 @@ run: $(VENV)/.site .env
 # database and PostgreSQL/Redis; one of them runs the real-vLLM tests, which share one booted vLLM
 # (tests/conftest.py). More workers than cores: much of a test is waiting on a server or a browser.
 TEST_WORKERS ?= 3
-test: .env lint chromium nginx servers gettext
+test: .env lint chromium fonts nginx servers gettext
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) -m pytest -n $(TEST_WORKERS) --cov --cov-report=term
 
@@ -62,6 +62,11 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
 # The browser tests drive Debian's Chromium (Playwright's own browser download is not reachable).
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+
+# The file tests make a Korean PDF with fpdf2, which needs a TrueType font with Hangul (Debian's
+# fonts-nanum); Chromium draws the page's Korean with it too.
+fonts:
+	@test -f /usr/share/fonts/truetype/nanum/NanumGothic.ttf || { apt-get update -q && apt-get install -y -q fonts-nanum; }
 
 # The site's texts in Korean (locale/ko/LC_MESSAGES). After adding or changing a text: `make messages`,
 # translate what it added or marked fuzzy in the .po files, and `make messages` again, which compiles

@@ -39,14 +39,16 @@ from django.http import HttpRequest, StreamingHttpResponse
 from ninja import NinjaAPI, Schema
 from pydantic import BaseModel, ConfigDict, Field
 
-from api import delivery
+from api import delivery, openai_files
 from api.auth import AuthenticatedRequest, TokenAuth
 from api.errors import OPENAI, ApiError, handle_errors
 from api.models import Continuation
+from api.openai_files import FilePart
 from api.schemas import GenerationSettings, MaxTokens, ModelName
 from chat import rules, sse, turns
 from chat.context import ContextTooLong, check_prompt_fits
-from chat.models import Conversation, Message
+from chat.file_context import with_files
+from chat.models import Attachment, Conversation, Message
 from chat.turns import TurnEnded, TurnEvent
 from engine import catalog, vllm_client
 from engine.vllm_client import ServedModel, TextDelta
@@ -74,6 +76,7 @@ class ContentPart(Schema):
 
     type: str
     text: str | None = None
+    file: FilePart | None = None  # a `file` part's (api/openai_files.py)
 
 
 class ChatMessage(Schema):
@@ -85,9 +88,17 @@ class ChatMessage(Schema):
     def text(self, index: int) -> str:
         if self.content is None or isinstance(self.content, str):
             return self.content or ""
-        if any(part.type != "text" for part in self.content):
-            raise ApiError(400, "Only text content is supported.", param=f"messages.{index}.content")
-        return "".join(part.text or "" for part in self.content)
+        kinds = ("text", "file") if self.role == "user" else ("text",)
+        if any(part.type not in kinds or (part.type == "file" and part.file is None) for part in self.content):
+            raise ApiError(
+                400, "Only text content and a user's files are supported.", param=f"messages.{index}.content"
+            )
+        return "".join(part.text or "" for part in self.content if part.type == "text")
+
+    def files(self) -> list[FilePart]:
+        if self.content is None or isinstance(self.content, str):
+            return []
+        return [part.file for part in self.content if part.type == "file" and part.file is not None]
 
 
 class StreamOptions(BaseModel):
@@ -124,22 +135,37 @@ class Exchange:
             raise ApiError(400, "Only one choice (n=1) is supported.", param="n", code="invalid_value")
         system: list[str] = []
         chat: list[tuple[str, str]] = []
+        self.file_parts: list[list[FilePart]] = []  # each of `chat`'s
         for index, message in enumerate(request.messages):
             text = _checked(message.text(index), rules.storable, f"messages.{index}.content")
             if message.role in ("system", "developer"):
                 system.append(text)
             else:
                 chat.append((message.role, text))
+                self.file_parts.append(message.files())
         if not chat or chat[-1][0] != "user":
             raise ApiError(400, "The last message must be the user's: it is the prompt.", param="messages")
         self.system_prompt = _checked("\n\n".join(system), rules.clean_system_prompt, "messages")
+        self.chat = chat
         self.earlier = [(role, text) for role, text in chat[:-1] if text]
         self.prompt = _checked(chat[-1][1], rules.clean_prompt, f"messages.{len(request.messages) - 1}.content")
         # As the client sent them, which its next request repeats: the prompt before it was cleaned.
         self.sent = [*self.earlier, chat[-1]]
+        self.files: list[Attachment] = []
         self.settings = request
         if request.max_completion_tokens is not None:
             self.settings = request.model_copy(update={"max_tokens": request.max_completion_tokens})
+
+    def read_files(self, user: User) -> None:
+        """Take in the prompt's files, and put an earlier message's into its text (api/openai_files.py)."""
+        if not any(self.file_parts):
+            return
+        self.files = openai_files.prompt_files(user, self.file_parts[-1])
+        earlier = [
+            (role, with_files(text, openai_files.earlier_files(user, parts)))
+            for (role, text), parts in zip(self.chat[:-1], self.file_parts[:-1], strict=True)
+        ]
+        self.earlier = [(role, text) for role, text in earlier if text]
 
     def conversation(self, user: User) -> Conversation:
         conversation = Conversation(owner=user, system_prompt=self.system_prompt)
@@ -155,6 +181,7 @@ async def chat_completions(
     request: AuthenticatedRequest, data: ChatCompletionIn
 ) -> StreamingHttpResponse | dict[str, Any]:
     exchange = Exchange(data)
+    await sync_to_async(exchange.read_files)(request.auth)
     answer = await _start_in_session(request.auth, data.model, exchange)
     if not data.stream:
         return _completion(await delivery.whole(answer))
@@ -253,7 +280,9 @@ async def _start_in_session(owner: User, model: str, exchange: Exchange) -> Mess
             raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
         # The earlier messages are saved with the prompt, in one transaction: a refused turn saves none.
         earlier = exchange.earlier if session.after is None else session.added
-        _, answer = await turns.start_turn(conversation, exchange.prompt, after=session.after, earlier=earlier)
+        _, answer = await turns.start_turn(
+            conversation, exchange.prompt, after=session.after, earlier=earlier, files=exchange.files
+        )
     except BaseException:  # a refusal, or the client gone meanwhile (CancelledError)
         if session.after is not None:  # the client may send the same history again
             await sync_to_async(_record)(session.after, session.after_digest)

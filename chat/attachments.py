@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import unicodedata
 import uuid
 from collections.abc import Iterable, Sequence
@@ -150,6 +151,17 @@ def read_in_child(path: Path, name: str) -> dict[str, object]:
     return answer
 
 
+def read_bytes(name: str, data: bytes) -> dict[str, object]:
+    """A file's kind and text, read as `read_in_child` reads one, and not kept; raises FileRefused."""
+    if len(data) > settings.CHAT_FILE_MAX_BYTES:
+        raise _too_large()
+    Path(settings.CHAT_FILES_ROOT).mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=settings.CHAT_FILES_ROOT, suffix=".part") as passing:
+        passing.write(data)
+        passing.flush()
+        return read_in_child(Path(passing.name), name)
+
+
 def _check_room(owner_pk: int, size: int) -> None:
     """Refuse (413) a file that would take the person over CHAT_FILES_MAX_BYTES_PER_PERSON; call
     inside the transaction that saves it (the person's row is locked, so two uploads do not both fit)."""
@@ -257,14 +269,21 @@ async def named_by(user: Someone, values: Sequence[object]) -> list[Attachment]:
     return await sync_to_async(lambda: for_prompt(user, parse_ids(values)))()
 
 
-def give_to(prompt: Message, attachments: Sequence[Attachment]) -> None:
-    """Keep `attachments` with `prompt` (inside the turn's transaction). One already kept with
-    another prompt (an edit, a file id used again) is copied: each prompt owns its files."""
+def give_to(prompt: Message, attachments: Sequence[Attachment]) -> list[Attachment]:
+    """Keep `attachments` with `prompt` (inside the turn's transaction), and return them as kept.
+    One already kept with another prompt (an edit, a file id used again) is copied: each prompt
+    owns its files."""
+    kept = []
     for position, attachment in enumerate(attachments):
         if attachment.message_id is None or attachment.message_id == prompt.pk:
             Attachment.objects.filter(pk=attachment.pk).update(message=prompt, position=position)
+            attachment.message, attachment.position = prompt, position
+            kept.append(attachment)
         else:
-            copy_to(attachment, prompt, position)
+            kept.append(copy_to(attachment, prompt, position))
+    # For the page that draws the new turn (chat/templatetags/prompt_files.py), with no query.
+    prompt.__dict__["kept_files"] = kept
+    return kept
 
 
 def copy_to(attachment: Attachment, prompt: Message, position: int) -> Attachment:

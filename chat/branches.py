@@ -145,7 +145,8 @@ def shown_branch(conversation: Conversation, *, through: int | None = None) -> B
     tip = tree.tip(conversation.branch_tip_id)
     if through is not None and through in tree and not tree.leads_to(through, tip):
         tip = tree.newest_tip_under(through)
-    return [(message, tree.versions_of(message.pk)) for message in branch_to(tip, Message.objects.all())]
+    messages = branch_to(tip, Message.objects.prefetch_related("attachments"))
+    return [(message, tree.versions_of(message.pk)) for message in messages]
 
 
 ashown_branch = sync_to_async(shown_branch)
@@ -166,8 +167,9 @@ class Page:
 
 def _page(tree: Tree, path: list[int], start: int) -> Page:
     # The branch's shape is already read; only the messages shown are, whatever the branch's length.
-    # With the thumbs under each answer (chat/feedback.py), one more query whatever the page's length.
-    messages = Message.objects.filter(pk__in=path[start:]).order_by("pk").prefetch_related("feedback")
+    # With the thumbs under each answer (chat/feedback.py) and each prompt's files (chat/attachments.py),
+    # one more query each whatever the page's length.
+    messages = Message.objects.filter(pk__in=path[start:]).order_by("pk").prefetch_related("feedback", "attachments")
     return Page([(message, tree.versions_of(message.pk)) for message in messages], path[start] if start > 0 else None)
 
 

@@ -232,11 +232,11 @@ def _docx(data: bytes, max_chars: int) -> dict[str, object]:
             lines.append(block.text)
             total += len(lines[-1])
         else:
+            cells: list[Paragraph | Table] = []
             for row in block.rows:
-                cells: list[Paragraph | Table] = []
                 for cell in row.cells:
                     cells.extend(cell.iter_inner_content())
-                pending.extend(reversed(cells))
+            pending.extend(reversed(cells))
         if total > max_chars:
             raise Refused("too_much_text")
     text = "\n".join(lines).strip()

@@ -18,7 +18,7 @@ from django.db import connection, connections
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 from django.db.models import Q
 
-from chat.models import Conversation, Message, Someone
+from chat.models import Attachment, Conversation, Message, Someone
 from chat.search_postgresql import POSTGRESQL_INDEXES, _postgresql_message_ids
 from chat.search_postgresql import add_message_owners as add_message_owners
 from chat.search_postgresql import remove_message_owners as remove_message_owners
@@ -90,7 +90,37 @@ def search(user: Someone, text: str, *, limit: int = 20, before: int | None = No
         )
         for m in found
     ]
-    return Results(query, conversations, messages)
+    messages = sorted([*messages, *_matching_files(user, query, limit, before)], key=lambda hit: -hit.message_id)
+    return Results(query, conversations, _once_each(messages)[:limit])
+
+
+def _matching_files(user: User, query: Query, limit: int, before: int | None) -> list[MessageHit]:
+    """Prompts whose files' text holds every term: a scan of the person's own files (their text is
+    not in the trigram index, whose rows are messages), newest first."""
+    files = Attachment.objects.owned_by(user).filter(message__isnull=False).filter(_contains_all("text", query.terms))
+    if before:
+        files = files.filter(message__lt=before)
+    found = files.select_related("message__conversation").order_by("-message", "position")[:limit]
+    return [
+        MessageHit(
+            conversation_id=f.message.conversation_id,
+            conversation_title=f.message.conversation.title,
+            message_id=f.message.pk,
+            role=f.message.role,
+            created_at=f.message.created_at,
+            snippet=[Part(f"{f.name}: ", False), *snippet(f.text, query.terms)],
+        )
+        for f in found
+        if f.message is not None
+    ]
+
+
+def _once_each(hits: list[MessageHit]) -> list[MessageHit]:
+    # A prompt found by its text and by a file's is listed once, by its text (which comes first).
+    kept: dict[int, MessageHit] = {}
+    for hit in hits:
+        kept.setdefault(hit.message_id, hit)
+    return list(kept.values())
 
 
 def _matching_titles(user: User, query: Query, limit: int) -> list[Conversation]:

@@ -81,12 +81,6 @@ def _last_choice(user: Someone) -> str:
     return ModelChoice.objects.filter(person=user.pk).values_list("model", flat=True).first() or ""
 
 
-def _when_too_long(user: Someone) -> str:
-    """What the person chose for a file too long for the model (the settings panel shows it)."""
-    chosen = FileChoice.objects.filter(person=user.pk).values_list("when_too_long", flat=True).first()
-    return chosen or FileChoice.WhenTooLong.CUT
-
-
 def _page(request: HttpRequest, conversation: Conversation | None, *, through: int | None = None) -> HttpResponse:
     # The page names the model that will answer, and offers the others.
     # A new chat picked with a preset (`?preset=`) starts with its settings (chat/presets.py).
@@ -107,9 +101,15 @@ def _page(request: HttpRequest, conversation: Conversation | None, *, through: i
             **models,
             **folders.shelves_context(request.user),
             **preset,
-            "when_too_long": _when_too_long(request.user),
+            # The person's choice for a file too long for the model's context (chat/file_context.py).
+            "when_too_long": _when_file_too_long(request.user),
         },
     )
+
+
+def _when_file_too_long(user: Someone) -> str:
+    choices = FileChoice.objects.filter(person_id=user.pk).values_list("when_too_long", flat=True)
+    return choices.first() or FileChoice.WhenTooLong.CUT
 
 
 def _default_temperature() -> float:

@@ -30,7 +30,7 @@ def text_file(name: str, text: str, mime: str = "text/plain") -> FilePayload:
 
 
 def chips(page: Page) -> Locator:
-    return page.get_by_role("list", name="Attached files").get_by_role("listitem")
+    return page.get_by_role("list", name="Files to send with the message").get_by_role("listitem")
 
 
 def attach_button(page: Page) -> Locator:

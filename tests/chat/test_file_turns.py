@@ -44,7 +44,8 @@ async def test_the_model_reads_the_files_text_under_its_name_before_the_prompt(c
     prompt, answer = await turns.start_turn(conversation, "What is the budget?", files=[notes])
     _, ended = await run_to_end(answer)
 
-    assert sent_prompt(fake_vllm) == f"[File: notes.txt]\n{BUDGET_LINE}\n[End of file: notes.txt]\n\nWhat is the budget?"
+    expected = f"[File: notes.txt]\n{BUDGET_LINE}\n[End of file: notes.txt]\n\nWhat is the budget?"
+    assert sent_prompt(fake_vllm) == expected
     assert ended.status == Message.Status.COMPLETE and ended.files_cut == []
     # Kept with the prompt, which is stored as typed.
     await notes.arefresh_from_db()

@@ -7,7 +7,7 @@ only its caller's conversations (tests/api/test_openai_compat.py). Against the l
 import httpx
 import pytest
 
-from chat.models import Conversation, Folder, Message, Preset, SharedLink
+from chat.models import Attachment, Conversation, Folder, Message, Preset, SharedLink
 from tests.accounts import login
 from tests.site_server import csrf_headers
 from tests.sse import sse_events
@@ -172,3 +172,67 @@ def test_another_persons_folders_pins_archive_and_presets_are_404_on_every_door(
     alices.refresh_from_db()
     assert (alices.pinned, alices.archived_at, alices.folder_id) == (False, None, None)
     assert Folder.objects.get(pk=f).name == SECRET and Preset.objects.get(pk=p).name == SECRET
+
+
+def test_another_persons_file_is_404_on_every_door_and_never_attached(live_site, alice, bob, bob_token, fake_vllm):
+    """Every route of chat/file_views.py and api/files.py, and every door that sends a prompt with files."""
+    with httpx.Client(base_url=live_site.url, timeout=15) as alices:
+        login(alices, "alice")
+        uploaded = alices.post("/files", files={"file": ("plans.txt", PLANS.encode())}, headers=csrf_headers(alices))
+        assert uploaded.status_code == 201, uploaded.text
+    file_id = uploaded.json()["id"]
+    bobs_conversation = Conversation.objects.create(owner=bob)
+    with (
+        httpx.Client(base_url=live_site.url, timeout=15) as page,
+        httpx.Client(base_url=live_site.url, headers={"Authorization": f"Bearer {bob_token}"}, timeout=15) as token,
+    ):
+        login(page, "bob")
+        probes: list[tuple[httpx.Client, str, str, dict[str, object] | None, object]] = [
+            (page, "GET", f"/files/{file_id}/", None, None),
+            (page, "DELETE", f"/files/{file_id}/", None, None),
+            (page, "POST", "/c/new/send", {"prompt": "Read it", "files": file_id}, None),
+            (page, "POST", f"/c/{bobs_conversation.pk}/send", {"prompt": "Read it", "files": file_id}, None),
+        ]
+        for client in (token, page):
+            probes += [
+                (client, "GET", f"/api/files/{file_id}", None, None),
+                (client, "DELETE", f"/api/files/{file_id}", None, None),
+                (
+                    client,
+                    "POST",
+                    f"/api/conversations/{bobs_conversation.pk}/messages",
+                    None,
+                    {"prompt": "Read it", "files": [file_id]},
+                ),
+                (client, "POST", "/api/workflows/runs", None, {"input": {"prompt": "Read it", "files": [file_id]}}),
+            ]
+        probes.append(
+            (
+                token,
+                "POST",
+                "/v1/chat/completions",
+                None,
+                {
+                    "model": fake_vllm.served_model_name,
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "text", "text": "Read it"},
+                                {"type": "file", "file": {"file_id": file_id}},
+                            ],
+                        }
+                    ],
+                },
+            )
+        )
+        for client, method, url, form, json in probes:
+            headers = csrf_headers(page) if client is page else {}
+            response = client.request(method, url, headers=headers, data=form, json=json)
+            assert response.status_code == 404, (method, url, response.status_code, response.text)
+            assert PLANS not in response.text, url
+        # Nor is it listed among his files not yet sent.
+        assert file_id not in page.get("/files/unsent").text
+    assert fake_vllm.requests == []  # no prompt of Bob's went out, with the file or without
+    assert not Message.objects.filter(conversation__owner=bob).exists()
+    assert Attachment.objects.get(pk=file_id).message is None

@@ -9,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from chat import search
-from chat.models import Conversation, Message
+from chat.models import Attachment, Conversation, Message
 from chat.search import Part, Query
 
 pytestmark = pytest.mark.django_db
@@ -402,3 +402,21 @@ def test_postgresql_reads_a_persons_messages_newest_first_from_their_own_index(a
             cursor.execute("RESET enable_seqscan")
             cursor.execute("RESET enable_bitmapscan")
     assert "Index Scan Backward using chat_message_owner_newest" in plan
+
+
+def test_finds_a_prompt_by_the_text_of_its_file_and_only_its_owners(alice, bob, chat):
+    prompt = say(chat, "Summarise this, please.")
+    Attachment.objects.create(
+        owner=alice, message=prompt, name="계약서.pdf", size=1, content_type="application/pdf", kind="pdf",
+        text="제3조 임대료는 매월 말일에 지급한다.\fThe deposit is returned within 30 days.",
+    )  # fmt: skip
+    Attachment.objects.create(
+        owner=alice, name="unsent.txt", size=1, content_type="text/plain", kind="text", text="임대료"
+    )
+    answer = say(chat, "임대료 is rent.", role="assistant")
+
+    assert found(alice, "임대료") == [answer.pk, prompt.pk]  # by its text, then the prompt by its file's
+    hit = search.search(alice, "deposit returned").messages[0]
+    assert hit.message_id == prompt.pk and hit.snippet[0] == Part("계약서.pdf: ", False)
+    assert Part("deposit", True) in hit.snippet
+    assert found(bob, "임대료") == [] and found(bob, "deposit") == []
