@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Browser, FilePayload, Locator, Page, Route, expect
 
 from chat.models import Attachment, Message
-from tests.browser import answers, open_settings, prompt_box, sign_in
+from tests.browser import answers, open_settings, prompt_box, screenshot, sign_in
 from tests.site_server import SiteProcess, site_env
 from tests.waiting import wait_for
 
@@ -56,6 +56,7 @@ def drop(page: Page, target: Locator, name: str, text: str, mime: str) -> None:
     target.dispatch_event("dragenter", {"dataTransfer": transfer})
     target.dispatch_event("dragover", {"dataTransfer": transfer})
     expect(page.locator(".drop-hint")).to_be_visible()
+    screenshot(page, "files-drop-hint")
     target.dispatch_event("drop", {"dataTransfer": transfer})
     expect(page.locator(".drop-hint")).to_be_hidden()
 
@@ -83,6 +84,9 @@ def test_a_file_attached_by_the_button_is_read_by_the_model_and_kept_with_the_pr
 ):
     page = signed_in
     fake_vllm.echo = True
+    # Chromium intercepts file choosers only once asked to, which Playwright does without waiting
+    # for an answer: asked this early, it has been done by the time Enter opens one.
+    page.on("filechooser", lambda chooser: None)
     # By keyboard: the paperclip is just before the box.
     prompt_box(page).press("Shift+Tab")
     expect(attach_button(page)).to_be_focused()
@@ -96,6 +100,7 @@ def test_a_file_attached_by_the_button_is_read_by_the_model_and_kept_with_the_pr
     expect(prompt_box(page)).to_be_focused()
     attachment = wait_for(lambda: Attachment.objects.filter(name="notes.txt").first(), what="the upload stored")
     assert attachment.message is None
+    screenshot(page, "files-chip")
 
     prompt_box(page).fill("When is the launch?")
     prompt_box(page).press("Enter")
@@ -115,6 +120,7 @@ def test_a_file_attached_by_the_button_is_read_by_the_model_and_kept_with_the_pr
         link = page.locator("#thread article.user .prompt-files").get_by_role("link", name="notes.txt")
         expect(link, moment).to_have_attribute("href", f"/files/{attachment.pk}/")
     expect(chips(page)).to_have_count(0)  # a sent file is no longer waiting to be sent
+    screenshot(page, "files-in-the-thread")
     with page.expect_download() as download:
         page.locator("#thread .prompt-files").get_by_role("link", name="notes.txt").click()
     assert download.value.suggested_filename == "notes.txt"
@@ -165,6 +171,7 @@ def test_a_pasted_file_is_attached_and_a_long_paste_is_offered_as_one(signed_in:
     expect(prompt_box(page)).to_have_value("Summarise this: " + log)
     offer = page.locator("#prompt-form .paste-offer")
     expect(offer).to_contain_text(f"You pasted {len(log):,} characters on 61 lines.")
+    screenshot(page, "files-long-paste-offer")
     offer.get_by_role("button", name="Attach as a file").click()
     expect(offer.get_by_role("button", name="Attach as a file")).to_be_hidden()
     expect(prompt_box(page)).to_have_value("Summarise this: ")
@@ -232,6 +239,7 @@ def test_a_refused_file_says_why_at_its_chip_and_holds_the_send(
         chip = chips(page).filter(has_text="big.log")
         # The site's own sentence, at the chip, as an alert: no dialog.
         expect(chip.get_by_role("alert")).to_have_text(sentence)
+        screenshot(page, "files-refused")
         expect(chip.locator("input[name=files]")).to_have_count(0)
         assert dialogs == []
         assert not Attachment.objects.exists()
