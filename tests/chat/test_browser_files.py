@@ -193,6 +193,19 @@ def test_a_pasted_file_is_attached_and_a_long_paste_is_offered_as_one(signed_in:
     expect(prompt_box(page)).to_have_value(log)
     expect(chips(page)).to_have_count(0)
 
+    # Cells copied from a spreadsheet come with a picture of them: pasted as the text, not attached.
+    # (The paste handler runs within evaluate: a chip would be there when it returns.)
+    prompt_box(page).evaluate(SPREADSHEET_PASTE)
+    expect(chips(page)).to_have_count(0)
+
+
+SPREADSHEET_PASTE = """(box) => {
+    const transfer = new DataTransfer();
+    transfer.setData("text/plain", "Q1\\t120\\nQ2\\t135");
+    transfer.items.add(new File([new Uint8Array([137, 80, 78, 71])], "image.png", { type: "image/png" }));
+    box.dispatchEvent(new ClipboardEvent("paste", { clipboardData: transfer, bubbles: true, cancelable: true }));
+}"""
+
 
 def test_a_send_while_a_file_uploads_waits_for_it_and_says_so(signed_in: Page, fake_vllm):
     page = signed_in

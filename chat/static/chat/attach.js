@@ -296,12 +296,14 @@
   document.addEventListener("paste", (e) => {
     if (!(e.target instanceof HTMLTextAreaElement) || e.target.id !== "prompt" || !canAttach()) return;
     const files = [...(e.clipboardData?.files ?? [])];
-    if (files.length) {
+    const text = e.clipboardData?.getData("text/plain") ?? "";
+    // Cells copied from a spreadsheet come as text and as a picture of them: the text is meant.
+    const pictureOfText = text && files.every((file) => file.type.startsWith("image/"));
+    if (files.length && !pictureOfText) {
       e.preventDefault();  // a copied file: attached, its name not pasted as text
       attachAll(files);
       return;
     }
-    const text = e.clipboardData?.getData("text/plain") ?? "";
     if (text.length > LONG_PASTE_CHARS || text.split("\n").length > LONG_PASTE_LINES) {
       // The paste goes into the box as usual; the offer is beside it, and the person chooses.
       pasted = { text, at: e.target.selectionStart };
