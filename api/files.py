@@ -6,40 +6,31 @@ A file's id is then given to a prompt as `files` (send, edit, the workflow run) 
 """
 
 import uuid
-from typing import Any
 
 from django.http import FileResponse
-from ninja import File, Router, Schema, Status
+from ninja import File, Router, Status
 from ninja.files import UploadedFile
 
 from api.auth import AuthenticatedRequest
-from api.schemas import ERRORS
+from api.schemas import ERRORS, FileOut
 from chat import attachments, file_views
+from chat.attachment_models import Attachment
 
 router = Router()
-
-
-class FileOut(Schema):
-    id: uuid.UUID
-    name: str
-    size: int
-    kind: str
-    pages: int | None
-    chars: int
 
 
 FILE_DOWNLOAD = {"responses": {200: {"description": "The file's bytes.", "content": {"application/octet-stream": {}}}}}
 
 
 @router.post("/files", response={201: FileOut, **ERRORS}, tags=["files"])
-def upload_file(request: AuthenticatedRequest, file: File[UploadedFile]) -> Status[dict[str, Any]]:
+def upload_file(request: AuthenticatedRequest, file: File[UploadedFile]) -> Status[Attachment]:
     """Upload one file (multipart field `file`) to attach to a prompt: text, Markdown, CSV, JSON,
     source code, PDF with a text layer, DOCX or HTML, up to CHAT_FILE_MAX_BYTES. Refused with 413
     over the size or the person's total, 415 for another kind, 400 for one that cannot be read
     (a scanned PDF has no text layer)."""
     with file:
         attachment = attachments.take_in(request.auth, file)
-    return Status(201, file_views.described(attachment))
+    return Status(201, attachment)
 
 
 @router.get("/files/{file_id}", response={200: None, **ERRORS}, openapi_extra=FILE_DOWNLOAD, tags=["files"])

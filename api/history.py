@@ -124,8 +124,15 @@ def export_conversation(
 
 
 @router.get("/export", response={200: None, **ERRORS}, openapi_extra=FILE_RESPONSE, tags=["export and import"])
-def export_history(request: AuthenticatedRequest) -> HttpResponseBase:
-    """All your conversations with their messages, newest first, as one JSON file (streamed as it is read)."""
+def export_history(
+    request: AuthenticatedRequest,
+    format: str = Query("json", pattern="^(json|zip)$", description="json, or zip: the JSON with the prompts' files."),
+) -> HttpResponseBase:
+    """All your conversations with their messages, newest first, as one JSON file (streamed as it is read),
+    or as a zip of that JSON (conversations.json) and the prompts' files themselves (files/<id>)."""
+    if format == "zip":
+        archive = exports.as_zip(Conversation.objects.owned_by(request.auth))
+        return exports.download(archive, "application/zip", exports.filename(None, "zip"))
     chunks = exports.json_chunks(Conversation.objects.owned_by(request.auth))
     return exports.download(exports.in_thread(chunks), "application/json", exports.filename(None, "json"))
 

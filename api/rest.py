@@ -158,7 +158,7 @@ def read_conversation(
 ) -> ConversationDetail:
     """The conversation with the branch shown (as on the page); with `tree=true`, every message too."""
     conversation = ownership.conversation_or_404(request.auth, conversation_id)
-    messages = list(conversation.messages.order_by("pk")) if tree else None
+    messages = list(conversation.messages.order_by("pk").prefetch_related("attachments")) if tree else None
     return _detail(conversation, branches.shown_branch(conversation), messages)
 
 

@@ -6,6 +6,7 @@ by chat/rules.py when a request arrives, so the bounds follow the settings the s
 OpenAPI schema states them as they were at start-up.
 """
 
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Self
@@ -16,9 +17,9 @@ from ninja import Schema
 from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from chat import rules
+from chat import attachments, rules
 from chat.models import MAX_ID as MAX_ID  # for api/rest.py and api/workflows.py
-from chat.models import Conversation
+from chat.models import Attachment, Conversation, Message
 
 
 def checked_by[T](rule: Callable[[T], T]) -> AfterValidator:
@@ -173,6 +174,30 @@ class RegenerateIn(GenerationSettings):
     stream: Stream = False
 
 
+class FileOut(Schema):
+    id: uuid.UUID
+    name: str
+    size: int
+    kind: str = Field(description="text, markdown, csv, json, code, pdf, docx or html")
+    pages: int | None = Field(description="A PDF's pages")
+    chars: int = Field(description="The characters of text read from it: what the model reads")
+
+    @staticmethod
+    def resolve_chars(attachment: object) -> Any:
+        # An attachment; or, validated again inside a MessageOut's, a FileOut or its dump.
+        if isinstance(attachment, Attachment):
+            return len(attachment.text)
+        return attachment["chars"] if isinstance(attachment, dict) else getattr(attachment, "chars", 0)
+
+
+class FileCutOut(Schema):
+    name: str
+    used_pages: int | None = None
+    pages: int | None = None
+    used_chars: int | None = None
+    chars: int | None = None
+
+
 class MessageOut(Schema):
     id: int
     role: str
@@ -193,6 +218,17 @@ class MessageOut(Schema):
     )
     created_at: datetime
     updated_at: datetime
+    files: list[FileOut] = Field(description="A prompt's files (`POST /api/files`), in the order they were attached")
+    files_cut: list[FileCutOut] = Field(
+        description="An answer's: what of each of its prompt's files the model read, when not all of it fitted"
+    )
+
+    @staticmethod
+    def resolve_files(message: object) -> list[Attachment] | Any:
+        # A message; or a MessageOut, or its dump (ShownMessageOut), whose files are resolved already.
+        if isinstance(message, Message):
+            return attachments.files_read_with(message)
+        return message["files"] if isinstance(message, dict) else getattr(message, "files", [])
 
 
 class ShownMessageOut(MessageOut):

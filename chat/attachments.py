@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import unicodedata
 import uuid
 from collections.abc import Iterable, Sequence
@@ -40,6 +41,11 @@ MAX_PAGES = 500
 CHILD = (
     "import sys; sys.path.insert(0, sys.argv[1]); sys.argv = sys.argv[1:]; from chat.file_reading import main; main()"
 )
+
+
+# How many files one worker process reads at once (each in a child process of its own).
+READING_AT_ONCE = 2
+_reading = threading.BoundedSemaphore(READING_AT_ONCE)
 
 
 class FileRefused(Exception):
@@ -137,11 +143,16 @@ def read_in_child(path: Path, name: str) -> dict[str, object]:
         str(MAX_PAGES),
         str(MAX_CHARS),
     ]
+    # A few children at once per worker process: uploads beyond that wait their turn, for a while.
+    if not _reading.acquire(timeout=settings.CHAT_FILE_EXTRACT_SECONDS):
+        raise FileRefused(gettext("The site is busy reading other files. Try again in a moment."), 503)
     try:
         # subprocess.run kills the child when the time is up, and reaps it.
         done = subprocess.run(command, capture_output=True, timeout=settings.CHAT_FILE_EXTRACT_SECONDS, check=False)
     except subprocess.TimeoutExpired:
         raise _refusal("timeout", name) from None
+    finally:
+        _reading.release()
     try:
         answer = json.loads(done.stdout)
     except ValueError:
@@ -162,10 +173,11 @@ def read_bytes(name: str, data: bytes) -> dict[str, object]:
         return read_in_child(Path(passing.name), name)
 
 
-def _check_room(owner_pk: int, size: int) -> None:
+def _check_room(owner_pk: int, size: int, *, lock: bool = True) -> None:
     """Refuse (413) a file that would take the person over CHAT_FILES_MAX_BYTES_PER_PERSON; call
     inside the transaction that saves it (the person's row is locked, so two uploads do not both fit)."""
-    get_user_model()._default_manager.select_for_update().get(pk=owner_pk)
+    if lock:
+        get_user_model()._default_manager.select_for_update().get(pk=owner_pk)
     kept = Attachment.objects.filter(owner=owner_pk).bytes_stored()
     limit = settings.CHAT_FILES_MAX_BYTES_PER_PERSON
     if kept + size > limit:
@@ -194,6 +206,7 @@ def take_in_chunks(owner: User, raw_name: str, size: int, chunks: Iterable[bytes
         raise _too_large()
     if size == 0:
         raise _refusal("empty", name)
+    _check_room(owner.pk, size, lock=False)  # before the work of reading it; again, locked, to keep it
     attachment_id = uuid.uuid4()
     path = stored_path(attachment_id)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -283,6 +296,17 @@ def give_to(prompt: Message, attachments: Sequence[Attachment]) -> list[Attachme
             kept.append(copy_to(attachment, prompt, position))
     # For the page that draws the new turn (chat/templatetags/prompt_files.py), with no query.
     prompt.__dict__["kept_files"] = kept
+    return kept
+
+
+def files_read_with(prompt: Message) -> list[Attachment]:
+    """The prompt's files if they were read with it (prefetched: chat/branches.py), or as the turn
+    that saved it kept them (`give_to`); never a query of its own, so that async views (a sent
+    prompt's new turn) and their templates may ask."""
+    prefetched = getattr(prompt, "_prefetched_objects_cache", {}).get("attachments")
+    if prefetched is not None:
+        return list(prefetched)
+    kept: list[Attachment] = prompt.__dict__.get("kept_files", [])
     return kept
 
 

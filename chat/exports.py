@@ -20,20 +20,24 @@ neither: its messages were one line, and are imported as one.
 The Markdown is the conversation as the page shows it: the branch shown.
 """
 
+import io
 import itertools
 import json
+import tempfile
+import zipfile
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
 from datetime import datetime
+from typing import IO
 
 from asgiref.sync import sync_to_async
 from django.db.models import Prefetch, QuerySet
-from django.http import HttpResponse, HttpResponseBase, StreamingHttpResponse
+from django.http import FileResponse, HttpResponse, HttpResponseBase, StreamingHttpResponse
 from django.utils import timezone
 from django.utils.http import content_disposition_header
 from django.utils.text import slugify
 
 from chat.branches import Tree, shown_branch
-from chat.models import Conversation, ConversationQuerySet, Message
+from chat.models import Attachment, Conversation, ConversationQuerySet, Message
 
 FORMAT = "chatsite.conversations"
 VERSION = 2
@@ -58,9 +62,12 @@ MESSAGE_FIELDS = (
 )
 
 
+FILE_FIELDS = ("name", "kind", "content_type", "size", "pages", "text")
+
+
 def with_messages(conversations: QuerySet[Conversation]) -> QuerySet[Conversation]:
-    # In the order they were written: each message after the one it follows.
-    messages = Prefetch("messages", queryset=Message.objects.order_by("pk"))
+    # In the order they were written: each message after the one it follows; a prompt with its files.
+    messages = Prefetch("messages", queryset=Message.objects.order_by("pk").prefetch_related("attachments"))
     return conversations.select_related("folder").prefetch_related(messages)
 
 
@@ -81,10 +88,19 @@ def conversation_record(conversation: Conversation) -> dict[str, object]:
                 "id": message.pk,
                 "parent_id": message.parent_id,
                 **{name: _value(getattr(message, name)) for name in MESSAGE_FIELDS},
+                # Only where there are some: an export with no files reads as before there were any.
+                **({"files": [file_record(a) for a in message.attachments.all()]} if message.attachments.all() else {}),
+                **({"files_cut": message.files_cut} if message.files_cut else {}),
             }
             for message in messages
         ],
     }
+
+
+def file_record(attachment: Attachment) -> dict[str, object]:
+    """A prompt's file as the export holds it: what the model read of it. The zip export holds its
+    bytes too, as files/<id> (`zip_chunks`)."""
+    return {"id": str(attachment.pk), **{name: getattr(attachment, name) for name in FILE_FIELDS}}
 
 
 def json_chunks(conversations: ConversationQuerySet) -> Iterator[str]:
@@ -102,6 +118,22 @@ def json_chunks(conversations: ConversationQuerySet) -> Iterator[str]:
 
 def as_json(conversations: ConversationQuerySet) -> str:
     return "".join(json_chunks(conversations))
+
+
+def as_zip(conversations: ConversationQuerySet) -> IO[bytes]:
+    """The JSON export as conversations.json, and each prompt's file as it was sent, files/<id>:
+    the zip export, which chat/imports.py reads back whole. Written to a temporary file (on disk
+    past a few MB), never held in memory."""
+    written = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)
+    with zipfile.ZipFile(written, "w", zipfile.ZIP_DEFLATED) as archive:
+        with archive.open("conversations.json", "w") as document:
+            for chunk in json_chunks(conversations):
+                document.write(chunk.encode())
+        for attachment in Attachment.objects.filter(message__conversation__in=conversations).only("id"):
+            if attachment.path.is_file():
+                archive.write(attachment.path, f"files/{attachment.pk}")
+    written.seek(0)
+    return written
 
 
 async def in_thread(chunks: Iterable[str], batch: int = 20) -> AsyncGenerator[str]:
@@ -138,6 +170,8 @@ def as_markdown(conversation: Conversation) -> str:
         if message.role == Message.Role.ASSISTANT and message.model_name:
             heading += f" ({message.model_name})"
         lines += [f"## {heading}", "", message.content or "*(no text)*", ""]
+        if files := [attachment.name for attachment in message.attachments.all()]:
+            lines += ["*Files: " + ", ".join(files) + "*", ""]
         if message.status != Message.Status.COMPLETE:
             note = message.get_status_display()
             lines += [f"*{note}{': ' + message.error if message.error else ''}*", ""]
@@ -152,10 +186,12 @@ def _quoted(text: str) -> list[str]:
     return [f"> {line}".rstrip() for line in text.splitlines()]
 
 
-def download(content: str | AsyncIterator[str], content_type: str, name: str) -> HttpResponseBase:
+def download(content: str | AsyncIterator[str] | IO[bytes], content_type: str, name: str) -> HttpResponseBase:
     """An export as the file a browser saves, for the page and the API alike; streamed if it is."""
     response: HttpResponseBase
-    if isinstance(content, str):
+    if isinstance(content, io.IOBase | tempfile.SpooledTemporaryFile):
+        response = FileResponse(content, content_type=content_type)
+    elif isinstance(content, str):
         response = HttpResponse(content, content_type=content_type)
     else:
         response = StreamingHttpResponse(content, content_type=content_type)

@@ -49,6 +49,14 @@ def export_history(request: HttpRequest) -> HttpResponseBase:
 
 
 @login_required
+@require_GET
+def export_history_zip(request: HttpRequest) -> HttpResponseBase:
+    """The JSON export with the prompts' files themselves (chat/exports.py `as_zip`)."""
+    archive = exports.as_zip(Conversation.objects.owned_by(request.user))
+    return exports.download(archive, "application/zip", exports.filename(None, "zip"))
+
+
+@login_required
 @require_http_methods(["GET", "POST"])
 def import_history(request: HttpRequest) -> HttpResponse:
     context: dict[str, object] = {"limit_mb": settings.CHAT_IMPORT_MAX_BYTES // (1024 * 1024)}

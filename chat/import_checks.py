@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from django.core.exceptions import ValidationError
 from django.utils.translation import gettext, ngettext
@@ -114,6 +114,8 @@ class Planned:
     parents: list[int | None] | None = None
     tip: int | None = None
     left_out: Counter[str] = field(default_factory=Counter)
+    # A prompt's files (chat/import_files.py's SiteFile), by the prompt's place in `messages`.
+    files: dict[int, list[Any]] = field(default_factory=dict)
     refused: str = ""  # why the conversation is not imported at all, if it is not
 
 

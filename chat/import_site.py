@@ -27,6 +27,7 @@ from chat.import_checks import (
     _storable,
     _within,
 )
+from chat.import_files import SiteFile
 from chat.models import Conversation, Message
 
 # The length first: the limit is the column's, checked before the text.
@@ -52,6 +53,8 @@ class SiteMessage(BaseModel):
     duration: Annotated[float, Field(ge=0)] | None = None
     created_at: AwareDatetime | None = None
     updated_at: AwareDatetime | None = None
+    files: Annotated[list[SiteFile], Field(max_length=100)] = []  # a prompt's (chat/import_files.py)
+    files_cut: Annotated[list[dict[str, str | int]], Field(max_length=100)] = []  # an answer's
 
 
 def _system_prompt(value: str) -> str:
@@ -108,7 +111,9 @@ def _read_site_export(user: User, document: dict[str, Any]) -> list[Planned]:
         if export.version >= 2:
             problems += _plan_tree(plan, record, n)
         for m in record.messages:
-            message = Message(**m.model_dump(exclude={"id", "parent_id", "created_at", "updated_at"}))
+            message = Message(**m.model_dump(exclude={"id", "parent_id", "created_at", "updated_at", "files"}))
+            if m.files:
+                plan.files[len(plan.messages)] = m.files
             if message.status == Message.Status.STREAMING:
                 # No turn is generating it here: it ends as a turn cut short by a shutdown does.
                 message.status = Message.Status.INTERRUPTED

@@ -45,6 +45,7 @@ from chat.import_checks import ImportRefused as ImportRefused
 from chat.import_checks import ImportTooLarge as ImportTooLarge
 from chat.import_checks import Planned
 from chat.import_checks import Problem as Problem
+from chat.import_files import save_files
 from chat.import_site import _read_site_export
 from chat.models import Conversation, Message
 
@@ -105,7 +106,8 @@ def import_file(user: User, upload: IO[bytes] | bytes) -> ImportReport:
 
     Raises ImportRefused (ImportTooLarge over CHAT_IMPORT_MAX_BYTES) with nothing written.
     """
-    document = _parse(_contents(upload))
+    data, zipped = _contents(upload)
+    document = _parse(data)
     if isinstance(document, dict) and document.get("format") == exports.FORMAT:
         report, planned = ImportReport("chatsite"), _read_site_export(user, document)
     elif isinstance(document, list) and (not document or any(isinstance(i, dict) and "mapping" in i for i in document)):
@@ -122,7 +124,7 @@ def import_file(user: User, upload: IO[bytes] | bytes) -> ImportReport:
         )
     report.refused = [RefusedConversation(p.where, p.conversation.title, p.refused) for p in planned if p.refused]
     accepted = [plan for plan in planned if not plan.refused]
-    _save(accepted)
+    _save(accepted, user, zipped)
     report.imported = [
         ImportedConversation(plan.conversation.pk, plan.conversation.title, len(plan.messages), dict(plan.left_out))
         for plan in accepted
@@ -133,13 +135,15 @@ def import_file(user: User, upload: IO[bytes] | bytes) -> ImportReport:
 # --- Reading the file -------------------------------------------------------------------------
 
 
-def _contents(upload: IO[bytes] | bytes) -> bytes:
+def _contents(upload: IO[bytes] | bytes) -> tuple[bytes, bytes | None]:
+    """The JSON, and the zip it came in, if it did (this site's zip export holds the prompts' files)."""
     limit = settings.CHAT_IMPORT_MAX_BYTES
     data = upload if isinstance(upload, bytes) else upload.read(limit + 1)
     if len(data) > limit:
         raise ImportTooLarge(limit)
     if not zipfile.is_zipfile(io.BytesIO(data)):
-        return data
+        return data, None
+    zipped = data
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             inside = [i for i in archive.infolist() if i.filename.rsplit("/", 1)[-1] == "conversations.json"]
@@ -155,7 +159,7 @@ def _contents(upload: IO[bytes] | bytes) -> bytes:
         raise ImportRefused([Problem((), gettext("The zip file cannot be read: %(why)s") % {"why": exc})]) from None
     if len(data) > limit:
         raise ImportTooLarge(limit)
-    return data
+    return data, zipped
 
 
 def _parse(data: bytes) -> Any:
@@ -184,7 +188,7 @@ def _no_constant(name: str) -> None:
 # --- Saving -------------------------------------------------------------------------------------
 
 
-def _save(planned: list[Planned]) -> None:
+def _save(planned: list[Planned], user: User, zipped: bytes | None) -> None:
     """Write every planned conversation and message in one transaction.
 
     bulk_create gives `created_at` and `updated_at` the time of saving (auto_now), so the file's
@@ -208,6 +212,7 @@ def _save(planned: list[Planned]) -> None:
         conversation_fields = ["created_at", "updated_at", "branch_tip"]
         Conversation.objects.bulk_update([plan.conversation for plan in planned], conversation_fields, 500)
         Message.objects.bulk_update([m for m, _, _ in messages], ["created_at", "updated_at", "parent"], 500)
+        save_files(user, planned, zipped)
 
 
 def _link(plan: Planned) -> None:

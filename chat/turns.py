@@ -221,6 +221,8 @@ async def regenerate(conversation: Conversation, answer: Message) -> Turn:
         raise ValueError("`answer` is not an answer of this conversation")
     prompts = Message.objects.filter(role=Message.Role.USER)
     prompt = None if answer.parent_id is None else await prompts.filter(pk=answer.parent_id).afirst()
+    if prompt is not None:
+        prompt.__dict__["kept_files"] = [file async for file in Attachment.objects.filter(message=prompt)]
     if prompt is None:
         raise NoPrompt(gettext("This answer follows no prompt, so there is nothing to answer again."))
     await _start_worker()

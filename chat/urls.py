@@ -87,6 +87,7 @@ urlpatterns = [
     # The person's history as a whole: chat/history_views.py
     path("search", history_views.search_history, name="search"),
     path("export.json", history_views.export_history, name="export"),
+    path("export.zip", history_views.export_history_zip, name="export-zip"),
     path("import", history_views.import_history, name="import"),
     path("c/<id:pk>/export.md", history_views.export_conversation, {"extension": "md"}, name="export-markdown"),
     path("c/<id:pk>/export.json", history_views.export_conversation, {"extension": "json"}, name="export-json"),

@@ -2,6 +2,7 @@
 give it back to its owner alone, safely, and never use its name as a path."""
 
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -9,7 +10,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from chat import attachments
-from chat.models import Attachment
+from chat.models import Attachment, FileChoice
 
 pytestmark = pytest.mark.django_db
 
@@ -209,3 +210,37 @@ def test_the_api_refuses_with_the_same_sentences(client, alice, make_token, sett
         "/api/files", {"file": SimpleUploadedFile("a.png", b"\x89PNG\r\n\x1a\n" + bytes(200))}, **token
     )
     assert response.status_code in (413, 415)
+
+
+def test_a_malformed_or_oversized_upload_is_a_clear_refusal_not_a_500(client, alice, settings):
+    client.force_login(alice)
+    broken = client.generic("POST", "/files", b"--x\r\nnot a part", content_type="multipart/form-data; boundary=x")
+    assert broken.status_code == 400
+    no_boundary = client.generic("POST", "/files", b"abc", content_type="multipart/form-data")
+    assert no_boundary.status_code == 400
+    settings.CHAT_FILE_MAX_BYTES = 10
+    declared = client.generic(
+        "POST", "/files", b"x" * 100_000, content_type="multipart/form-data; boundary=x", CONTENT_LENGTH="100000"
+    )
+    assert declared.status_code == 413 and "at most 10 bytes per file" in declared.json()["error"]
+    assert client.get("/files").status_code == 405
+    assert not Attachment.objects.exists()
+
+
+def test_the_too_long_choice_is_the_persons_and_checked(client, alice):
+    client.force_login(alice)
+    assert client.post("/files/when-too-long", {"when_too_long": "refuse"}).json() == {"when_too_long": "refuse"}
+    assert FileChoice.objects.get(person=alice).when_too_long == "refuse"
+    refused = client.post("/files/when-too-long", {"when_too_long": "explode"})
+    assert refused.status_code == 400 and refused.json()["error"]
+
+
+def test_uploads_beyond_the_readers_at_once_wait_then_are_told_the_site_is_busy(client, alice, settings, monkeypatch):
+    busy = threading.BoundedSemaphore(1)
+    busy.acquire()  # every reader taken, by uploads that do not end
+    monkeypatch.setattr(attachments, "_reading", busy)
+    settings.CHAT_FILE_EXTRACT_SECONDS = 0.5  # how long a waiting upload waits for its turn
+    client.force_login(alice)
+    status, body = upload(client, "notes.txt", NOTES)
+    assert status == 503 and "busy reading other files" in body["error"]
+    assert not Attachment.objects.exists()

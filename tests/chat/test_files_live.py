@@ -100,6 +100,16 @@ def test_the_rest_api_and_the_workflow_run_send_files_by_id(alice_api, fake_vllm
     assert turn.status_code == 200, turn.text
     assert BUDGET in model_read(fake_vllm)
     assert Attachment.objects.get(pk=file_id).message_id == turn.json()["prompt"]["id"]
+    [described] = turn.json()["prompt"]["files"]
+    assert described["id"] == file_id and described["name"] == "budget.md" and described["kind"] == "markdown"
+    assert turn.json()["answer"]["files_cut"] == []
+    shown = alice_api.get(f"/conversations/{conversation}").json()["messages"]
+    assert [file["id"] for file in shown[0]["files"]] == [file_id]
+    regenerated = alice_api.post(
+        f"/conversations/{conversation}/messages/{turn.json()['answer']['id']}/regenerate", json={}
+    )
+    assert regenerated.status_code == 200 and regenerated.json()["prompt"]["files"][0]["id"] == file_id
+    assert BUDGET in model_read(fake_vllm)
 
     # The same file again, for a new conversation: the prompt keeps a copy of its own.
     run = alice_api.post("/workflows/runs", json={"input": {"prompt": "Budget?", "files": [file_id]}})
