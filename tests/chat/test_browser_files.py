@@ -127,7 +127,7 @@ def test_a_file_attached_by_the_button_is_read_by_the_model_and_kept_with_the_pr
     assert open(download.value.path(), encoding="utf-8").read() == NOTES
 
 
-def test_a_dropped_file_becomes_a_chip_that_can_be_removed(signed_in: Page, fake_vllm):
+def test_a_dropped_file_becomes_a_chip_that_can_be_removed(signed_in: Page, fake_vllm, alice):
     page = signed_in
     drop(page, page.locator("#thread"), "figures.csv", FIGURES, "text/csv")
     chip = chips(page).filter(has_text="figures.csv")
@@ -135,10 +135,15 @@ def test_a_dropped_file_becomes_a_chip_that_can_be_removed(signed_in: Page, fake
     expect(chip.locator("input[name=files]")).to_have_count(1)
     attachment = wait_for(lambda: Attachment.objects.filter(name="figures.csv").first(), what="the upload stored")
 
-    # Not yet sent, it is still shown after a reload: nothing goes with a prompt unseen.
+    # Not yet sent, it is still shown after a reload: nothing goes with a prompt unseen. A file of
+    # hers uploaded by another door (the API, say) is not this tab's to offer.
+    Attachment.objects.create(
+        owner=alice, name="from-a-script.txt", size=5, content_type="text/plain", kind="text", text="hello"
+    )
     page.reload()
     page.wait_for_load_state("load")
     expect(chip).to_be_visible()
+    expect(chips(page)).to_have_count(1)
 
     # Removed by keyboard: the file is gone at the site too, and the keyboard is back in the box.
     chip.get_by_role("button", name="Remove figures.csv").focus()

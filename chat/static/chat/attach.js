@@ -123,8 +123,19 @@
     xhr.send(body);
   }
 
-  // A file uploaded and not yet sent (before a reload, or in another tab) is shown too: it goes with
-  // the next prompt only if the person leaves its chip there.
+  // The files this tab uploaded and has not sent, kept in sessionStorage: after a reload their chips
+  // are shown again, so nothing uploaded goes with a prompt unseen, nor stays forgotten. Only this
+  // tab's: a file uploaded through the API, or in another tab, is not offered here.
+  const KEPT = "chat:unsent-files";
+  function kept() {
+    try { return new Set(JSON.parse(sessionStorage.getItem(KEPT) ?? "[]")); } catch { return new Set(); }
+  }
+  function keep(change) {
+    const ids = kept();
+    change(ids);
+    try { sessionStorage.setItem(KEPT, JSON.stringify([...ids])); } catch { /* storage off: no restoring */ }
+  }
+
   function showAttached(chip, attached) {
     chip.classList.remove("uploading");
     chip.classList.add("attached");
@@ -137,11 +148,12 @@
     const field = element("input");
     Object.assign(field, { type: "hidden", name: "files", value: attached.id });
     chip.append(field);
+    keep((ids) => ids.add(attached.id));
   }
 
   async function showUnsent() {
     const url = promptForm()?.dataset.unsentUrl;
-    if (!url) return;
+    if (!url || kept().size === 0) return;
     let unsent = [];
     try {
       const response = await fetch(url, { headers: { Accept: "application/json" } });
@@ -149,8 +161,11 @@
     } catch { return; /* the site is unreachable: the backend line says so */ }
     const list = chipList();
     const shown = new Set([...list.querySelectorAll("[data-id]")].map((chip) => chip.dataset.id));
+    const ours = kept();
+    // Those sent or removed meanwhile (in this tab before the reload, or elsewhere) are forgotten.
+    keep((ids) => { for (const id of ids) if (!unsent.some((file) => file.id === id)) ids.delete(id); });
     for (const attached of unsent) {
-      if (shown.has(attached.id)) continue;
+      if (shown.has(attached.id) || !ours.has(attached.id)) continue;
       const chip = makeChip(attached.name, attached.size);
       showAttached(chip, attached);
       list.append(chip);
@@ -192,6 +207,7 @@
         return;
       }
     }
+    if (chip.dataset.id) keep((ids) => ids.delete(chip.dataset.id));
     chip.remove();
     if (list) list.hidden = list.children.length === 0;
     // The keyboard stays among the chips, or goes back to the box.
@@ -248,6 +264,16 @@
       sendWaiting = true;
       say(gettext("Sending once the files have uploaded…"));
     }
+  });
+
+  // A prompt sent: its files are the prompt's now, no longer this tab's to show again.
+  let sending = [];
+  document.body.addEventListener("htmx:beforeRequest", (e) => {
+    if (e.target === promptForm()) sending = [...promptForm().querySelectorAll("input[name=files]")].map((field) => field.value);
+  });
+  document.body.addEventListener("htmx:afterRequest", (e) => {
+    if (e.detail.elt.id !== "prompt-form" || !e.detail.successful) return;
+    keep((ids) => sending.forEach((id) => ids.delete(id)));
   });
 
   function settled() {
