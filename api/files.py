@@ -12,7 +12,7 @@ from ninja import File, Router, Status
 from ninja.files import UploadedFile
 
 from api.auth import AuthenticatedRequest
-from api.schemas import ERRORS, FileOut
+from api.schemas import ERRORS, ErrorOut, FileOut
 from chat import attachments, file_views
 from chat.attachment_models import Attachment
 
@@ -22,7 +22,7 @@ router = Router()
 FILE_DOWNLOAD = {"responses": {200: {"description": "The file's bytes.", "content": {"application/octet-stream": {}}}}}
 
 
-@router.post("/files", response={201: FileOut, **ERRORS}, tags=["files"])
+@router.post("/files", response={201: FileOut, 415: ErrorOut, 503: ErrorOut, **ERRORS}, tags=["files"])
 def upload_file(request: AuthenticatedRequest, file: File[UploadedFile]) -> Status[Attachment]:
     """Upload one file (multipart field `file`) to attach to a prompt: text, Markdown, CSV, JSON,
     source code, PDF with a text layer, DOCX or HTML, up to CHAT_FILE_MAX_BYTES. Refused with 413

@@ -239,10 +239,6 @@ def take_in_chunks(owner: User, raw_name: str, size: int, chunks: Iterable[bytes
     return attachment
 
 
-def owned_or_none(user: Someone, file_id: uuid.UUID) -> Attachment | None:
-    return Attachment.objects.owned_by(user).filter(pk=file_id).first()
-
-
 def parse_ids(values: Sequence[object]) -> list[uuid.UUID]:
     """The file ids a request names, in order and once each; raises FileRefused (400) for one that
     is no id at all, or for more than CHAT_FILES_PER_PROMPT."""

@@ -1,6 +1,8 @@
 """chat.file_context: a prompt's files in what the model reads, and fitted to its context honestly.
 
-Each file's text goes before the typed prompt, between a header that names it and an end line.
+Each file's text goes before the typed prompt, between a header that names it and an end line:
+the prompt's own files and those of the earlier prompts on its branch (chat/turn_storage.py), so
+a follow-up question still reads the document it is about.
 When the prompt with its files does not fit the model's context, the older turns are dropped
 first, as for any prompt (chat/context.py); when even alone it does not fit, the person's choice
 (FileChoice) decides: the prompt is refused before anything is sent, or each file is cut to its

@@ -246,6 +246,12 @@ def _docx(data: bytes, max_chars: int) -> dict[str, object]:
     return {"kind": "docx", "content_type": content_type, "text": text, "pages": None}
 
 
+def storable(text: str) -> str:
+    """The text as any database stores it: a PDF's text layer may hold NUL characters (which
+    PostgreSQL's text cannot) or halves of surrogate pairs (which UTF-8 cannot)."""
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+
+
 def _limit_memory() -> None:
     try:
         import resource
@@ -261,6 +267,7 @@ def main() -> None:
     sys.setrecursionlimit(5000)
     try:
         answer = sniff_and_read(Path(path).read_bytes(), name, max_pages, max_chars)
+        answer["text"] = storable(str(answer["text"]))
     except Refused as exc:
         answer = {"refused": str(exc)}
     except (MemoryError, RecursionError):

@@ -145,7 +145,7 @@ class RunningTurn:
             if self.stop_requested:
                 raise asyncio.CancelledError
             try:
-                files, may_cut = await _prompt_files(prompt.pk, conversation.owner_id)
+                files, may_cut = await _prompt_files(prompt, conversation.owner_id)
                 context, cuts = await fit_with_files(
                     system_prompt=conversation.system_prompt,
                     earlier=await _earlier_turns(conversation, before=prompt),

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from chat import branches, leases, rules
 from chat.attachment_models import Attachment, FileChoice
-from chat.file_context import Cut, FileText, with_files
+from chat.file_context import Cut, FileText
 from chat.leases import WORKER, off_the_loop
 from chat.models import Conversation, Message
 
@@ -31,28 +31,29 @@ async def _earlier_turns(conversation: Conversation, *, before: Message) -> list
 @off_the_loop
 def _read_earlier_turns(conversation_pk: int, parent_pk: int | None) -> list[dict[str, str]]:
     # The prompt's own branch, whichever branch is shown now: a regenerated or edited turn is
-    # answered with the history it was asked in. An earlier prompt's files are read with it, whole
-    # (a turn too long for the context is dropped whole, as any is).
+    # answered with the history it was asked in.
     usable = Message.objects.filter(conversation=conversation_pk).usable_as_context()
-    earlier = branches.branch_to(parent_pk, usable).only("role", "content").prefetch_related("attachments")
-    return [
-        {"role": m.role, "content": with_files(m.content, [_file_text(a) for a in m.attachments.all()])}
-        for m in earlier
-    ]
-
-
-def _file_text(attachment: Attachment) -> FileText:
-    return FileText(attachment.name, attachment.text, attachment.pages)
+    earlier = branches.branch_to(parent_pk, usable).only("role", "content")
+    return [{"role": m.role, "content": m.content} for m in earlier]
 
 
 @off_the_loop
-def _prompt_files(prompt_pk: int, owner_pk: int) -> tuple[list[FileText], bool]:
-    """The prompt's files, and whether its owner lets a file too long for the context be cut."""
-    files = [_file_text(attachment) for attachment in Attachment.objects.filter(message=prompt_pk)]
+def _prompt_files(prompt: Message, owner_pk: int) -> tuple[list[FileText], bool]:
+    """The files the prompt's turn reads: those of every prompt on its branch, the earliest first,
+    each once, so a follow-up question still has the document asked about (fitted, and cut with a
+    note if need be, as the prompt's own: chat/file_context.py); and whether the person lets a file
+    too long for the context be cut."""
+    prompts = branches.branch_to(prompt.pk, Message.objects.filter(conversation=prompt.conversation_id, role="user"))
+    attachments = Attachment.objects.filter(message__in=prompts.values("pk")).order_by("message", "position")
+    files = list({(a.name, a.text): _file_text(a) for a in attachments}.values())
     if not files:
         return files, True
     choice = FileChoice.objects.filter(person=owner_pk).values_list("when_too_long", flat=True).first()
     return files, choice != FileChoice.WhenTooLong.REFUSE
+
+
+def _file_text(attachment: Attachment) -> FileText:
+    return FileText(attachment.name, attachment.text, attachment.pages)
 
 
 @off_the_loop

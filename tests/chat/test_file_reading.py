@@ -17,7 +17,7 @@ from pypdf import PdfWriter
 from pypdf.generic import DictionaryObject, NameObject, StreamObject
 
 from chat import attachments
-from chat.file_reading import Refused, sniff_and_read
+from chat.file_reading import Refused, sniff_and_read, storable
 
 KOREAN = "부산 여행 예산은 삼백만 원입니다."
 # fonts-nanum (the Makefile's `fonts` target installs it): a TrueType font with Hangul for fpdf2.
@@ -215,3 +215,7 @@ def test_a_deeply_nested_docx_is_refused_in_its_own_process(settings, tmp_path):
 
 def test_a_docx_nested_a_little_is_read(tmp_path):
     assert read(nested_docx(3), "n.docx")["text"] == "Outside\ndeep"
+
+
+def test_text_a_database_cannot_store_is_made_storable():
+    assert storable("a\x00b\ud800c 부산") == "ab?c 부산"

@@ -59,10 +59,22 @@ async def test_regenerating_and_later_turns_read_the_prompts_files_again(convers
     await run_to_end((await turns.regenerate(conversation, answer)).answer)
     assert BUDGET_LINE in sent_prompt(fake_vllm)
 
+    # A follow-up still has the file: before the new question, once, and the history as it was.
     _, later = await turns.start_turn(conversation, "And in dollars?")
     await run_to_end(later)
     history = fake_vllm.requests[-1]["messages"]
-    assert BUDGET_LINE in history[0]["content"] and history[-1]["content"] == "And in dollars?"
+    assert history[0]["content"] == "What is the budget?"
+    assert history[-1]["content"] == f"[File: notes.txt]\n{BUDGET_LINE}\n[End of file: notes.txt]\n\nAnd in dollars?"
+
+
+async def test_a_follow_up_to_a_long_file_reads_it_cut_again_and_says_so(conversation, alice, fake_vllm):
+    report = await sync_to_async(stored_file)(alice, "report.pdf", pdf_pages(40, 100), pages=40)
+    _, answer = await turns.start_turn(conversation, "Summarise it.", files=[report])
+    await run_to_end(answer)
+    _, later = await turns.start_turn(conversation, "And the last page?")
+    _, ended = await run_to_end(later)
+    assert [cut["name"] for cut in ended.files_cut] == ["report.pdf"]
+    assert sent_prompt(fake_vllm).startswith("[File: report.pdf]\np1w0")
 
 
 async def test_an_edited_prompt_keeps_its_files_as_a_copy_of_its_own(conversation, alice, fake_vllm):
@@ -132,3 +144,22 @@ async def test_deleting_the_conversation_deletes_its_files_rows_and_bytes(conver
 
     assert not await Attachment.objects.aexists()
     assert not any(path.exists() for path in paths)
+
+
+def test_the_room_is_shared_fairly_between_files_each_taking_no_more_than_it_needs():
+    from chat.file_context import _shares
+
+    assert _shares(100, [10, 500, 500]) == [10, 45, 45]  # the small file whole, the rest split
+    assert _shares(100, [30, 30]) == [30, 30]
+    assert _shares(0, [10, 20]) == [0, 0] and _shares(-5, [10]) == [0]
+
+
+async def test_two_long_files_are_both_cut_and_both_said(conversation, alice, fake_vllm):
+    first = await sync_to_async(stored_file)(alice, "a.pdf", pdf_pages(30, 100), pages=30)
+    second = await sync_to_async(stored_file)(alice, "b.txt", " ".join(f"w{n}" for n in range(3000)))
+    _, answer = await turns.start_turn(conversation, "Compare them.", files=[first, second])
+    _, ended = await run_to_end(answer)
+    assert ended.status == Message.Status.COMPLETE
+    assert [cut["name"] for cut in ended.files_cut] == ["a.pdf", "b.txt"]
+    sent = sent_prompt(fake_vllm)
+    assert sent.index("[File: a.pdf]") < sent.index("[File: b.txt]") < sent.index("Compare them.")

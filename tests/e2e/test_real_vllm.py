@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from asgiref.sync import ThreadSensitiveContext
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.http import HttpResponseBase, StreamingHttpResponse
 from django.test import AsyncClient
 
@@ -161,14 +162,19 @@ def csrf(client: AsyncClient) -> dict[str, str]:
 
 
 async def send(
-    client: AsyncClient, prompt: str, max_tokens: int, temperature: float = 0.7, conversation: str = "new"
+    client: AsyncClient,
+    prompt: str,
+    max_tokens: int,
+    temperature: float = 0.7,
+    conversation: str = "new",
+    files: tuple[str, ...] = (),
 ) -> tuple[str, str]:
     """Send as the page's htmx form does; the conversation and answer are in the answer's stream URL,
     or, for an answer that ended before the send's HTML was drawn (one refused at once, such as a
     prompt too long for the context), in the answer's own article."""
     response = await client.post(
         f"/c/{conversation}/send",
-        {"prompt": prompt, "temperature": temperature, "max_tokens": max_tokens},
+        {"prompt": prompt, "temperature": temperature, "max_tokens": max_tokens, "files": list(files)},
         headers={**csrf(client), "HX-Request": "true"},
     )
     assert response.status_code == 200, response.content[:500]
@@ -252,6 +258,24 @@ async def test_a_second_turn_reaches_the_model_with_the_first_as_its_history(sit
     assert done["usage"]["prompt_tokens"] == await tokenized(site_uses, history)
     # ... and the model answered from it (asked alone, it makes a name up).
     assert "Rex" in (await Message.objects.aget(pk=message_id)).content
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_starter_model_answers_from_an_attached_text(site_uses, django_user_model, settings, tmp_path):
+    settings.CHAT_FILES_ROOT = tmp_path
+    client = await logged_in_client(django_user_model)
+    note = SimpleUploadedFile("pets.txt", b"Notes about my pets.\nMy cat is called Mittens. She is three years old.\n")
+    uploaded = await client.post("/files", {"file": note}, headers=csrf(client))
+    assert uploaded.status_code == 201, uploaded.content
+    question = "According to the attached file, what is my cat called?"
+    conversation_id, message_id = await send(
+        client, question, max_tokens=48, temperature=0, files=(uploaded.json()["id"],)
+    )
+    _, ending, done = await answer_to(client, conversation_id, message_id)
+
+    assert ending == "done", done
+    # Asked without the file, the model makes a name up.
+    assert "Mittens" in (await Message.objects.aget(pk=message_id)).content
 
 
 @pytest.mark.django_db(transaction=True)
