@@ -2,7 +2,7 @@
 
 It speaks what /work/shared/vllm-protocol.md recorded from vLLM 0.32: the same routes, JSON
 shapes, error bodies and SSE frames, sent with chunked transfer encoding over HTTP/1.1 as uvicorn
-does. Knobs (`reply`, `token_delay`, `fault`, `fault_after`, `line_end`, and what /metrics says of the
+does. Knobs (`reply`, `echo`, `token_delay`, `fault`, `fault_after`, `line_end`, and what /metrics says of the
 queue and the KV cache: `waiting`, `kv_cache_usage`) can be changed between requests;
 `reset()` restores them and clears what was recorded.
 
@@ -248,6 +248,10 @@ class FakeVLLM:
 
     def _set_defaults(self) -> None:
         self.reply: list[str] = list(DEFAULT_REPLY)
+        # When set, a chat answer repeats what the site sent for this turn in place of `reply` (the
+        # messages after the last answer, system messages aside): a test sees in the page what the
+        # model was given, e.g. an attached file's text.
+        self.echo = False
         self.token_delay = 0.0
         self.fault_after = 2
         # What ends each SSE line: "\n" as uvicorn sends it, or "\r" or "\r\n", which SSE allows too.
@@ -629,7 +633,7 @@ class FakeVLLM:
     def _stream(self, handler: _Handler, body: dict[str, Any], prompt_tokens: int, max_tokens: int, epoch: int) -> None:
         fault, fault_after, delay = self._fault, self.fault_after, self.token_delay
         instructed = self._instructed_for(body)
-        deltas = list(instructed.reply if instructed else self.reply)
+        deltas = self._reply_to(body, instructed)
         finish_reason = "length" if len(deltas) >= max_tokens else "stop"
         deltas = deltas[:max_tokens]
         connection = handler.connection
@@ -718,7 +722,7 @@ class FakeVLLM:
             handler.send_json(500, _error_body(500, ENGINE_FAILURE, "InternalServerError", None))
             return
         instructed = self._instructed_for(body)
-        deltas = list(instructed.reply if instructed else self.reply)
+        deltas = self._reply_to(body, instructed)
         finish_reason = "length" if len(deltas) >= max_tokens else "stop"
         deltas = deltas[:max_tokens]
         self._pause(
@@ -737,6 +741,20 @@ class FakeVLLM:
         payload |= {"model": body["model"], "choices": [choice], "system_fingerprint": SYSTEM_FINGERPRINT}
         payload["usage"] = usage
         handler.send_json(200, payload)
+
+    def _reply_to(self, body: dict[str, Any], instructed: Instructed | None) -> list[str]:
+        if instructed:
+            return list(instructed.reply)
+        if not self.echo:
+            return list(self.reply)
+        turn: list[str] = []
+        for message in body["messages"]:
+            if message.get("role") == "assistant":
+                turn = []
+            elif message.get("role") != "system":
+                turn.append(_text(message.get("content")))
+        # A delta a word, each with the white space before it, so that the deltas join back into the text.
+        return re.findall(r"\s*\S+|\s+$", "\n\n".join(turn))
 
     def _instructed_for(self, body: Any) -> Instructed | None:
         messages = body.get("messages") if isinstance(body, dict) else None

@@ -81,6 +81,31 @@ def test_non_streaming_answer(fake_vllm: FakeVLLM):
     assert body["usage"]["completion_tokens"] == 2
 
 
+def test_echo_answers_with_what_the_turn_sent(fake_vllm: FakeVLLM):
+    fake_vllm.echo = True
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "An earlier prompt"},
+        {"role": "assistant", "content": "An earlier answer"},
+        {"role": "user", "content": "## notes.txt\n\nThe  key is  blue.\n"},
+        {"role": "user", "content": [{"type": "text", "text": "What colour is the key?"}]},
+    ]
+    for stream in (True, False):
+        response = httpx.post(
+            f"{fake_vllm.base_url}/chat/completions", json=chat_body(messages=messages, stream=stream, max_tokens=100)
+        )
+        if stream:
+            chunks = [json.loads(chunk) for chunk in frames(response.text)[:-1]]
+            text = "".join(chunk["choices"][0]["delta"]["content"] for chunk in chunks)
+        else:
+            text = response.json()["choices"][0]["message"]["content"]
+        assert text == "## notes.txt\n\nThe  key is  blue.\n\n\nWhat colour is the key?"
+    # Off again after a reset: the set reply.
+    fake_vllm.reset()
+    response = httpx.post(f"{fake_vllm.base_url}/chat/completions", json=chat_body(stream=False))
+    assert response.json()["choices"][0]["message"]["content"] == "".join(DEFAULT_REPLY)
+
+
 def test_ping_variant_sends_comments_and_data_without_space(fake_vllm: FakeVLLM):
     fake_vllm.fault = "ping"
     response = httpx.post(f"{fake_vllm.base_url}/chat/completions", json=chat_body())

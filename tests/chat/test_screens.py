@@ -8,7 +8,7 @@ serious or critical.
 import re
 
 import pytest
-from playwright.sync_api import Browser, Page, ViewportSize, expect
+from playwright.sync_api import Browser, FilePayload, Page, ViewportSize, expect
 
 from chat import titles
 from chat.models import Conversation, Message
@@ -313,4 +313,58 @@ def test_axe_finds_nothing_serious_on_a_persons_own_pages(page: Page, live_site,
     page.set_extra_http_headers({"Accept-Language": language})
     page.goto(path)
     expect(page.locator("html")).to_have_attribute("lang", language)
+    assert serious_violations(page) == []
+
+
+def attach_file(page: Page, name: str, mime: str, data: bytes) -> None:
+    with page.expect_file_chooser() as chooser:
+        page.locator("#prompt-form .attach").click()
+    chooser.value.set_files(FilePayload(name=name, mimeType=mime, buffer=data))
+
+
+# A long paste's event, as the browser fires it (the offer it brings needs no text in the box).
+LONG_PASTE = """(box) => {
+    const transfer = new DataTransfer();
+    transfer.setData("text/plain", "a line\\n".repeat(50));
+    box.dispatchEvent(new ClipboardEvent("paste", { clipboardData: transfer, bubbles: true, cancelable: true }));
+}"""
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+@pytest.mark.parametrize("theme", THEMES)
+def test_axe_finds_nothing_serious_with_files_in_the_prompt_and_the_thread(
+    page: Page, live_site, fake_vllm, alice, theme, language
+):
+    # Files (issue 21): a sent prompt's file in the thread, a chip attached and one refused, the
+    # offer a long paste brings, the too-long choice in the settings, and the drop hint.
+    page.emulate_media(color_scheme=theme)
+    sign_in(page, "alice")
+    page.set_extra_http_headers({"Accept-Language": language})
+    page.goto("/")
+    expect(page.locator("html")).to_have_attribute("lang", language)
+    chips = page.locator("#prompt-form .attachments li")
+    attach_file(page, "notes.txt", "text/plain", b"The launch is on Thursday.\n")
+    expect(chips.locator("input[name=files]")).to_have_count(1)
+    page.locator("#prompt").fill("When is the launch?")
+    page.locator("#prompt").press("Enter")
+    expect(page.locator("#thread article.assistant .body")).to_have_text("".join(fake_vllm.reply))
+    expect(page.locator("#thread .prompt-files a")).to_have_text("notes.txt")
+
+    attach_file(page, "plan.md", "text/markdown", b"# Plan\n")
+    expect(chips.locator("input[name=files]")).to_have_count(1)
+    refusal = {"error": "A refusal, for the check."}
+    page.route("**/files", lambda route: route.fulfill(status=415, json=refusal), times=1)
+    attach_file(page, "photo.heic", "image/heic", b"\0" * 64)
+    expect(chips.get_by_role("alert")).to_have_text(refusal["error"])
+    page.locator("#prompt").evaluate(LONG_PASTE)
+    expect(page.locator("#prompt-form .paste-offer button").first).to_be_visible()
+    page.locator("#settings-panel > summary").click()
+    expect(page.locator("#file-choice input[type=radio]").first).to_be_visible()
+    assert serious_violations(page) == []
+
+    transfer = page.evaluate_handle(
+        "() => { const t = new DataTransfer(); t.items.add(new File(['x'], 'x.txt')); return t; }"
+    )
+    page.locator("#thread").dispatch_event("dragover", {"dataTransfer": transfer})
+    expect(page.locator(".drop-hint")).to_be_visible()
     assert serious_violations(page) == []
