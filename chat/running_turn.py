@@ -28,7 +28,6 @@ from django.utils.translation import gettext_noop
 
 from chat import leases, relay, titles
 from chat.context import ContextTooLong, fit_context
-from chat.direct_follower import DirectFollower, Frame, Send
 from chat.leases import INTERRUPTED_TEXT, WORKER, off_the_loop
 from chat.models import Conversation, Message
 from chat.turn_events import TurnDelta, TurnEnded, TurnEvent
@@ -87,8 +86,6 @@ class RunningTurn:
         self.checkpoint_failing = False
         # The history the answer is asked with, when the thread that saved the turn read it too.
         self.earlier: list[dict[str, str]] | None = None
-        # The follower whose client this task writes to itself (chat/direct_follower.py), if any.
-        self.direct: DirectFollower | None = None
 
     def text(self) -> str:
         return "".join(self.parts)
@@ -134,32 +131,6 @@ class RunningTurn:
         finally:
             self.followers -= 1
 
-    async def written(self, since: int, send: Send, frame: Frame) -> AsyncGenerator[TurnEvent]:
-        """`events`, but only the text so far (as one delta) and the end: every delta in between, the
-        turn's task writes to the client itself, framed by `frame` (chat/direct_follower.py). For
-        one follower at a time; a turn that has one already gives `events`."""
-        if self.direct is not None:
-            async with aclosing(self.events(since)) as events:
-                async for event in events:
-                    yield event
-            return
-        self.followers += 1
-        direct = None
-        try:
-            text, read = self.text(), len(self.parts)
-            offset = min(max(since, 0), len(text))
-            if offset < len(text):
-                yield TurnDelta(text[offset:], offset)
-            self.direct = direct = DirectFollower(self.parts, read, len(text), send, frame)
-            await self._over.wait()
-            await direct.write_new()  # what came after the turn's last write, if it could not write it
-            assert self.ended is not None, "a turn is over once it has ended"
-            yield TurnEnded(self.ended)
-        finally:
-            self.followers -= 1
-            if direct is not None and self.direct is direct:
-                self.direct = None
-
     async def run(
         self, conversation: Conversation, prompt: Message, options: GenerationOptions, chosen: catalog.Chosen
     ) -> None:
@@ -203,8 +174,6 @@ class RunningTurn:
                                 # first token (a busy vLLM or site) would be written alone at once.
                                 last_checkpoint = time.monotonic()
                             self._append(text)
-                            if self.direct is not None:
-                                await self.direct.write_new()
                             if time.monotonic() - last_checkpoint >= settings.CHAT_CHECKPOINT_SECONDS:
                                 await self._checkpoint()
                                 last_checkpoint = time.monotonic()

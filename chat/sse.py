@@ -17,7 +17,7 @@ from typing import Any
 
 from django.http import HttpRequest, StreamingHttpResponse
 
-from chat import direct_follower, turns
+from chat import turns
 from chat.models import Message
 from chat.turns import TurnDelta
 from engine.vllm_client import TextDelta
@@ -48,10 +48,6 @@ def delta(text: str, id: int | None = None) -> bytes:
     return f'{head}data: {{"text": {json.dumps(text, ensure_ascii=False)}}}\n\n'.encode()
 
 
-def _delta_to(text: str, length: int) -> bytes:
-    return delta(text, id=length)
-
-
 def resumed_from(request: HttpRequest) -> int:
     """Where a reconnecting client left off (its Last-Event-ID), or 0; anything else is ignored."""
     last = request.headers.get("Last-Event-ID", "").strip()
@@ -78,12 +74,8 @@ def ended(answer: Message) -> bytes:
 
 async def turn_events(answer: Message, since: int = 0) -> AsyncGenerator[bytes]:
     """The answer's events from character `since` on (see `resumed_from`)."""
-    # An answer generated here may be written to the client by its turn's own task, its deltas
-    # framed as below (chat/direct_follower.py).
-    send = direct_follower.known_send()
-    direct = None if send is None else (send, _delta_to)
     # Closed as soon as this is: the response closes only this generator when the client leaves.
-    async with aclosing(turns.follow(answer, since, direct)) as turn_events:
+    async with aclosing(turns.follow(answer, since)) as turn_events:
         async for turn_event in turn_events:
             if isinstance(turn_event, TurnDelta):
                 yield delta(turn_event.text, id=turn_event.offset + len(turn_event.text))

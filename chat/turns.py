@@ -30,7 +30,6 @@ from django.http import Http404
 from django.utils.translation import gettext, gettext_noop
 
 from chat import leases, limits, relay, turn_storage
-from chat.direct_follower import Frame, Send
 from chat.leases import INTERRUPTED_TEXT as INTERRUPTED_TEXT
 from chat.leases import WORKER, off_the_loop
 from chat.models import Conversation, Message
@@ -281,12 +280,9 @@ def _run(conversation: Conversation, prompt: Message, running: RunningTurn, chos
     return Turn(prompt, running.answer)
 
 
-async def follow(
-    answer: Message, since: int = 0, direct: tuple[Send, Frame] | None = None
-) -> AsyncGenerator[TurnEvent, None]:
+async def follow(answer: Message, since: int = 0) -> AsyncGenerator[TurnEvent, None]:
     """The answer's text from character `since` on (the text so far, as one delta), then each new
-    delta, then `TurnEnded`; whichever worker generates it. With `direct`, an answer generated here
-    may be written to the client by its turn instead (RunningTurn.written): no delta between.
+    delta, then `TurnEnded`; whichever worker generates it.
 
     Cancelling or closing the follower (the browser went away) leaves the turn running.
     """
@@ -298,7 +294,7 @@ async def follow(
         await aclose_old_connections()
     running = _running.get(answer.pk)
     if running is not None:
-        async with aclosing(running.written(since, *direct) if direct else running.events(since)) as events:
+        async with aclosing(running.events(since)) as events:
             async for event in events:
                 yield event
         return

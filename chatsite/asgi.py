@@ -8,7 +8,6 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402
 
-from chat.direct_follower import KnownSend  # noqa: E402
 from chat.turns import recover_interrupted_turns, worker_started  # noqa: E402
 from chatsite.request_threads import RequestThreads  # noqa: E402
 
@@ -18,5 +17,4 @@ recover_interrupted_turns()
 
 # The worker's own jobs (renewing its leases, sweeping dead workers' answers, answering other
 # workers) start with the first request: daphne has no start-up hook on its event loop.
-# KnownSend: an answer's turn may write to its follower's client itself (chat/direct_follower.py).
-application = worker_started(ProtocolTypeRouter({"http": RequestThreads(KnownSend(django_asgi_app))}))
+application = worker_started(ProtocolTypeRouter({"http": RequestThreads(django_asgi_app)}))

@@ -175,8 +175,7 @@ def test_an_answer_outlives_the_browser_and_can_be_followed_live_again(browser, 
 def test_a_stream_resumed_from_last_event_id_where_its_answer_is_generated_has_no_gap_and_no_duplicate(
     browser, fake_vllm
 ):
-    # Both streams are the answer's one follower in the worker generating it: its turn writes to
-    # them itself (chat/direct_follower.py).
+    # Both streams follow the answer in the worker that generates it (RunningTurn.events).
     fake_vllm.reply = [f" r{i}" for i in range(80)]
     fake_vllm.token_delay = 0.02
     sent = send(browser, "Resume me")
