@@ -278,10 +278,12 @@ async def named_by(user: Someone, values: Sequence[object]) -> list[Attachment]:
     return await sync_to_async(lambda: for_prompt(user, parse_ids(values)))()
 
 
-def give_to(prompt: Message, attachments: Sequence[Attachment]) -> list[Attachment]:
+def give_to(prompt: Message, attachments: Sequence[Attachment] | int) -> list[Attachment]:
     """Keep `attachments` with `prompt` (inside the turn's transaction), and return them as kept.
     One already kept with another prompt (an edit, a file id used again) is copied: each prompt
-    owns its files."""
+    owns its files. An edit gives the edited prompt's id: its files."""
+    if isinstance(attachments, int):
+        attachments = list(Attachment.objects.filter(message=attachments))
     kept = []
     for position, attachment in enumerate(attachments):
         if attachment.message_id is None or attachment.message_id == prompt.pk:

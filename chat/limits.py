@@ -12,7 +12,8 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db.models import Count, Q
+from django.db import connection
+from django.db.models import Count, Func, IntegerField, Q, QuerySet, Subquery
 from django.utils import timezone
 from django.utils.translation import ngettext
 
@@ -27,6 +28,12 @@ RETRY_WHILE_GENERATING = 5
 # stream now, and when each began. Every start counts them with the stored ones, whichever door.
 rowless_streaming: defaultdict[int, int] = defaultdict(int)
 rowless_started: defaultdict[int, deque[datetime]] = defaultdict(deque)
+
+
+def _count(messages: QuerySet[Message]) -> Subquery:
+    """How many of `messages`, as a value of another query (a subquery: COUNT with no GROUP BY)."""
+    counted = messages.order_by().annotate(n=Func("pk", function="COUNT", output_field=IntegerField()))
+    return Subquery(counted.values("n")[:1], output_field=IntegerField())
 
 
 class TooManyAnswers(Exception):
@@ -47,20 +54,32 @@ def check_room_for_an_answer(owner_pk: int, *, rowless: datetime | None = None) 
     transaction ends (on SQLite, whose transactions here begin IMMEDIATE, the whole database is
     already locked), so a second request of theirs waits here until the first has saved its answer.
     """
-    owner = get_user_model()._default_manager.select_for_update().get(pk=owner_pk)
-    if owner.is_superuser and settings.CHAT_LIMITS_EXEMPT_SUPERUSERS:
-        return
     at_once, per_minute = settings.CHAT_MAX_ANSWERS_AT_ONCE, settings.CHAT_MAX_ANSWERS_PER_MINUTE
-    if not (at_once or per_minute):
-        return
     now = timezone.now()
     streaming, recent = Q(status=Message.Status.STREAMING), Q(created_at__gt=now - MINUTE)
     # Answers the site generated (they name the worker that did): not the earlier messages an
     # OpenAI request brings, nor imported ones, which are saved as answers too.
-    answers = Message.objects.answers_of(owner).exclude(worker="")
-    # Both counts in one query, over only the rows that either one counts: every turn runs it.
-    counts = answers.filter(streaming | recent).aggregate(
-        streaming=Count("pk", filter=streaming), recent=Count("pk", filter=recent)
+    answers = Message.objects.filter(conversation__owner=owner_pk, role=Message.Role.ASSISTANT).exclude(worker="")
+    owners = get_user_model()._default_manager.filter(pk=owner_pk).select_for_update()
+    # Where the lock is the transaction's own (SQLite), the counts come with the person's row: one
+    # statement, every turn. A row lock (PostgreSQL) needs them in a statement of their own, after
+    # it: READ COMMITTED takes a statement's snapshot as it starts, before it waits for the lock, so
+    # counts read with the lock would miss the answer whoever held it has just saved.
+    with_the_row = bool(at_once or per_minute) and not connection.features.has_select_for_update
+    if with_the_row:
+        owners = owners.annotate(streaming=_count(answers.filter(streaming)), recent=_count(answers.filter(recent)))
+    owner = owners.values(*("is_superuser", "streaming", "recent") if with_the_row else ("is_superuser",)).get()
+    if owner["is_superuser"] and settings.CHAT_LIMITS_EXEMPT_SUPERUSERS:
+        return
+    if not (at_once or per_minute):
+        return
+    # Both counts in one query, over only the rows that either one counts.
+    counts = (
+        {"streaming": owner["streaming"], "recent": owner["recent"]}
+        if with_the_row
+        else answers.filter(streaming | recent).aggregate(
+            streaming=Count("pk", filter=streaming), recent=Count("pk", filter=recent)
+        )
     )
     also_started = [started for started in rowless_started.get(owner_pk, ()) if started is not rowless]
     counts["streaming"] += rowless_streaming.get(owner_pk, 0) - (rowless is not None)

@@ -85,6 +85,8 @@ class RunningTurn:
         self._over = asyncio.Event()
         self._publisher: asyncio.Task[None] | None = None
         self.checkpoint_failing = False
+        # The history the answer is asked with, when the thread that saved the turn read it too.
+        self.earlier: list[dict[str, str]] | None = None
 
     def text(self) -> str:
         return "".join(self.parts)
@@ -148,7 +150,7 @@ class RunningTurn:
                 files, may_cut = await _prompt_files(prompt, conversation.owner_id)
                 context, cuts = await fit_with_files(
                     system_prompt=conversation.system_prompt,
-                    earlier=await _earlier_turns(conversation, before=prompt),
+                    earlier=self.earlier if self.earlier is not None else await _earlier_turns(prompt),
                     prompt=prompt.content,
                     files=files,
                     max_tokens=options.max_tokens,

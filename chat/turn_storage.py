@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from enum import Enum
 from typing import Any, Literal
 
-from django.db.models import OuterRef, Subquery
+from django.db.models import IntegerField, Subquery
 from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.utils import timezone
@@ -22,19 +22,17 @@ from chat.leases import WORKER, off_the_loop
 from chat.models import Conversation, Message
 
 
-async def _earlier_turns(conversation: Conversation, *, before: Message) -> list[dict[str, str]]:
-    if before.parent_id is None:
+def read_earlier_turns(prompt: Message) -> list[dict[str, str]]:
+    """The turns before `prompt`, as the model is sent them: its own branch, whichever branch is
+    shown now (a regenerated or edited turn is answered with the history it was asked in)."""
+    if prompt.parent_id is None:
         return []  # the conversation's first prompt: nothing to read
-    return await _read_earlier_turns(conversation.pk, before.parent_id)
-
-
-@off_the_loop
-def _read_earlier_turns(conversation_pk: int, parent_pk: int | None) -> list[dict[str, str]]:
-    # The prompt's own branch, whichever branch is shown now: a regenerated or edited turn is
-    # answered with the history it was asked in.
-    usable = Message.objects.filter(conversation=conversation_pk).usable_as_context()
-    earlier = branches.branch_to(parent_pk, usable).only("role", "content")
+    usable = Message.objects.filter(conversation=prompt.conversation_id).usable_as_context()
+    earlier = branches.branch_to(prompt.parent_id, usable).only("role", "content")
     return [{"role": m.role, "content": m.content} for m in earlier]
+
+
+_earlier_turns = off_the_loop(read_earlier_turns)
 
 
 @off_the_loop
@@ -97,12 +95,18 @@ class _Branch(Enum):
 type Place = int | Literal[_Branch.SHOWN] | None
 
 
-def _tip_now(conversation: Conversation) -> int | None:
-    """The tip of the branch shown, as stored now (another tab may have switched it)."""
+def _tip(conversation_pk: int) -> Coalesce:
+    """The tip of the branch shown, as stored when the statement runs (another tab may have switched
+    it): an expression, so that the prompt's INSERT reads it itself rather than a statement before."""
     # A conversation whose messages were saved without a tip continues after the newest of them.
-    newest = Message.objects.filter(conversation=OuterRef("pk")).order_by("-pk").values("pk")[:1]
-    tips = Conversation.objects.filter(pk=conversation.pk).annotate(tip=Coalesce("branch_tip", Subquery(newest)))
-    return tips.values_list("tip", flat=True).first()
+    shown = Conversation.objects.filter(pk=conversation_pk).order_by().values("branch_tip")[:1]
+    newest = Message.objects.filter(conversation=conversation_pk).order_by("-pk").values("pk")[:1]
+    return Coalesce(Subquery(shown), Subquery(newest), output_field=IntegerField())
+
+
+def _tip_now(conversation: Conversation) -> int | None:
+    """The tip of the branch shown, as stored now."""
+    return Conversation.objects.filter(pk=conversation.pk).values_list(_tip(conversation.pk), flat=True).first()
 
 
 def _save_earlier(conversation: Conversation, earlier: Sequence[tuple[str, str]], *, after: int | None) -> int | None:

@@ -11,9 +11,8 @@ The site may run as several worker processes. The worker that starts a turn owns
 not generate is reached through the Channels layer (chat/relay.py), with the database as the truth
 when a message is lost.
 
-The parts: chat/turn_events.py (what followers get), chat/running_turn.py (the answer being
-generated), chat/turn_storage.py (the turn's reads and writes), chat/worker_jobs.py (this worker's
-leases and mailbox).
+The parts: chat/turn_events.py (what followers get), chat/running_turn.py (the answer being generated),
+chat/turn_storage.py (its reads and writes), chat/worker_jobs.py (this worker's leases and mailbox).
 """
 
 import asyncio
@@ -21,7 +20,7 @@ import contextvars
 import functools
 import logging
 from collections.abc import AsyncGenerator, Callable, Sequence
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from typing import Any, NamedTuple
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -30,7 +29,7 @@ from django.db import DatabaseError, transaction
 from django.http import Http404
 from django.utils.translation import gettext, gettext_noop
 
-from chat import attachments, leases, limits, relay
+from chat import attachments, leases, limits, relay, turn_storage
 from chat.leases import INTERRUPTED_TEXT as INTERRUPTED_TEXT
 from chat.leases import WORKER, off_the_loop
 from chat.models import Attachment, Conversation, Message
@@ -42,7 +41,7 @@ from chat.running_turn import options_for as options_for
 from chat.turn_events import TurnDelta as TurnDelta
 from chat.turn_events import TurnEnded as TurnEnded
 from chat.turn_events import TurnEvent as TurnEvent
-from chat.turn_storage import Place, _Branch, _record_stop, _save_earlier, _save_new, _tip_now, _touch
+from chat.turn_storage import Place, _Branch, _record_stop, _save_earlier, _save_new, _tip, _tip_now, _touch
 from chat.worker_jobs import _start_worker
 from chat.worker_jobs import worker_started as worker_started
 from engine import catalog
@@ -80,9 +79,9 @@ def _new_answer(
 
 def _in_one_transaction[**P](save: Callable[P, RunningTurn]) -> Callable[P, RunningTurn]:
     """`save`, all or nothing: if its transaction does not commit, the answer it registered as
-    running never existed, and is no longer registered. (`save` registers its answer as its last
-    step, so a `save` that raises has registered nothing; only this call's own answer is taken
-    back, never one that another request registered meanwhile.)"""
+    running never existed, and is no longer registered. (`save` registers its answer last, so only
+    this call's own answer is taken back, never one that another request registered meanwhile.)
+    Then, committed, on the same thread hop, it reads the history the answer is asked with."""
 
     @functools.wraps(save)
     def saved(*args: P.args, **kwargs: P.kwargs) -> RunningTurn:
@@ -90,11 +89,13 @@ def _in_one_transaction[**P](save: Callable[P, RunningTurn]) -> Callable[P, Runn
         try:
             with transaction.atomic():
                 running = save(*args, **kwargs)
-            return running
         except BaseException:
             if running is not None:
                 _running.pop(running.answer.pk, None)
             raise
+        with suppress(Exception):  # the turn reads it again as it starts, and fails there if it must
+            running.earlier = turn_storage.read_earlier_turns(running.answer.parent)  # type: ignore[arg-type]
+        return running
 
     return saved
 
@@ -113,16 +114,14 @@ def _save_prompt_and_answer(
     if conversation._state.adding:
         _save_new(conversation, prompt)
         place = None if place is _Branch.SHOWN else place
-    elif place is _Branch.SHOWN:
+    elif place is _Branch.SHOWN and earlier:
         place = _tip_now(conversation)
-    place = _save_earlier(conversation, earlier, after=place)
+    # The branch shown, read by the prompt's INSERT, which gives it back with the prompt's id.
+    parent = _tip(conversation.pk) if place is _Branch.SHOWN else _save_earlier(conversation, earlier, after=place)
     prompt_message = Message.objects.create(
-        conversation=conversation, parent_id=place, role=Message.Role.USER, content=prompt
+        conversation=conversation, parent_id=parent, role=Message.Role.USER, content=prompt
     )
-    # An edit (`files` the edited prompt's id) keeps the edited prompt's files.
-    attachments.give_to(
-        prompt_message, list(Attachment.objects.filter(message=files)) if isinstance(files, int) else files
-    )
+    attachments.give_to(prompt_message, files)  # an edit: the edited prompt's id, whose files it keeps
     return _new_answer(conversation, prompt_message, model_name, loop, new_prompt=True)
 
 
@@ -145,12 +144,10 @@ class NoPrompt(Exception):
 
 async def _chosen(conversation: Conversation) -> catalog.Chosen:
     """The engine and model for the conversation's next answer (engine.catalog.pick)."""
-    # Asking the engines may wait on the network (their /v1/models every TTL, seconds when an engine
-    # is busy). The connection the request's thread has used so far (its token's lookup, the
-    # conversation's) goes back to PostgreSQL's pool first, so that starts waiting here hold none;
-    # the save after takes one for its moment. (200 answers starting at once on a busy machine
-    # exhausted a worker's 20 while a catalog refresh was slow: tests/test_workers.py's many-streams
-    # test.) SQLite's connections are kept (CONN_MAX_AGE None): nothing to do.
+    # Asking the engines may wait on the network (their /v1/models every TTL). The connection the
+    # request's thread has used so far goes back to PostgreSQL's pool first, so that starts waiting
+    # here hold none (200 starts at once exhausted a worker's 20 while a catalog refresh was slow:
+    # tests/test_workers.py's many-streams test). SQLite's are kept (CONN_MAX_AGE None): nothing to do.
     if not leases.one_at_a_time():
         await aclose_old_connections()
     return await catalog.pick(conversation.model)
@@ -299,9 +296,10 @@ async def follow(answer: Message, since: int = 0) -> AsyncGenerator[TurnEvent, N
     """
     await _start_worker()
     # A follower may wait minutes: the connection its request used (with PostgreSQL, one of the
-    # pool's few) goes back now, not when the stream ends. The request's own thread holds it, so
-    # it is closed there; what this follower reads later, it reads on threads of its own.
-    await aclose_old_connections()
+    # pool's few) goes back now, not when the stream ends, on the request's own thread that holds it
+    # (SQLite's are kept: no thread hop). What this follower reads later, it reads on threads of its own.
+    if not leases.one_at_a_time():
+        await aclose_old_connections()
     running = _running.get(answer.pk)
     if running is not None:
         async with aclosing(running.events(since)) as events:

@@ -26,7 +26,7 @@ from engine.served_model import forget_served_model as forget_served_model
 from engine.served_model import get_json as get_json
 from engine.served_model import known_model as known_model
 from engine.served_model import served_model as served_model
-from engine.sse_frames import _sse_data, _storable
+from engine.sse_frames import _json, _sse_data, _storable
 from engine.vllm_errors import _connect_failure, _error_text, _pool_full, _unreachable
 from engine.vllm_errors import describe_http_error as describe_http_error
 from engine.vllm_events import Event as Event
@@ -92,14 +92,14 @@ async def stream_chat(
             # Not aiohttp's sock_read, which sets a timer per frame: hundreds per answer.
             with http_client.Silence(response, settings.VLLM_READ_TIMEOUT) as silence:
                 async for data in _sse_data(silence.chunks()):
-                    if data == "[DONE]":
+                    if data == b"[DONE]":
                         await _read_to_the_end(response)
                         if not finished:
                             yield Failed("The model server ended the answer without saying why.")
                         return
                     try:
-                        chunk = json.loads(data)
-                    except json.JSONDecodeError:
+                        chunk = _json(data)
+                    except ValueError:
                         yield Failed("The model server sent a frame that is not JSON.")
                         return
                     if "error" in chunk:

@@ -11,7 +11,7 @@ from chat.models import Conversation, Message
 from tests.accounts import login
 from tests.chat.page_html import elements
 from tests.site_server import SiteProcess, csrf_headers, site_env
-from tests.sse import sse_events
+from tests.sse import sse_events, sse_events_with_ids
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -170,6 +170,36 @@ def test_an_answer_outlives_the_browser_and_can_be_followed_live_again(browser, 
     assert reopened[-1][1]["status"] == "complete"
     assert fake_vllm.disconnects() == 0
     assert Message.objects.get(pk=answer_pk(sent)).content == text
+
+
+def test_a_stream_resumed_from_last_event_id_where_its_answer_is_generated_has_no_gap_and_no_duplicate(
+    browser, fake_vllm
+):
+    # Both streams follow the answer in the worker that generates it (RunningTurn.events).
+    fake_vllm.reply = [f" r{i}" for i in range(80)]
+    fake_vllm.token_delay = 0.02
+    sent = send(browser, "Resume me")
+
+    before, last_id = "", ""
+    with browser.stream("GET", stream_url(sent)) as response:
+        for name, data, event_id in sse_events_with_ids(response.iter_lines()):
+            assert name == "delta"
+            before += data["text"]
+            last_id = event_id
+            assert last_id == str(len(before))
+            if len(before) > 40:
+                break  # the connection drops
+    after, ended = "", None
+    with browser.stream("GET", stream_url(sent), headers={"Last-Event-ID": last_id}) as response:
+        for name, data, event_id in sse_events_with_ids(response.iter_lines()):
+            if name == "delta":
+                after += data["text"]
+                assert event_id == str(len(before + after))
+            else:
+                ended = data
+
+    assert before + after == "".join(fake_vllm.reply)
+    assert ended is not None and ended["status"] == "complete"
 
 
 def test_a_vllm_failure_is_shown_and_stored(browser, fake_vllm):

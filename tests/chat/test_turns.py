@@ -3,6 +3,7 @@
 import asyncio
 import gc
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 
 import pytest
@@ -337,17 +338,86 @@ async def test_a_turns_start_takes_a_fixed_few_statements(
     await run_to_end(edited)
 
     sent, regenerated, edited_prompt = [[sql.split()[0] for sql in start] for start in statements_of_a_turns_start]
-    # BEGIN; the owner's row, locked; both limits' counts, in one query; the branch shown; the prompt;
-    # the answer; the conversation (its place in the list, the settings changed, the new answer as the
-    # branch shown: one UPDATE); COMMIT.
-    assert sent == ["BEGIN", "SELECT", "SELECT", "SELECT", "INSERT", "INSERT", "UPDATE", "COMMIT"]
+    # BEGIN; the owner's row with both limits' counts (SQLite: no row lock, the transaction holds the
+    # database); the prompt, whose INSERT reads the branch shown; the answer; the conversation (its
+    # place in the list, the settings changed, the new answer as the branch shown: one UPDATE); COMMIT.
+    # (A first prompt: no history to read after it.)
+    assert sent == ["BEGIN", "SELECT", "INSERT", "INSERT", "UPDATE", "COMMIT"]
     # The same without the prompt, and where it goes: a new answer to a prompt, an edited prompt
     # beside the one it edits.
-    assert regenerated == ["BEGIN", "SELECT", "SELECT", "INSERT", "UPDATE", "COMMIT"]
+    assert regenerated == ["BEGIN", "SELECT", "INSERT", "UPDATE", "COMMIT"]
     # An edited prompt also reads the files of the one it edits, to keep them (chat/attachments.py).
-    assert edited_prompt == ["BEGIN", "SELECT", "SELECT", "INSERT", "SELECT", "INSERT", "UPDATE", "COMMIT"]
+    assert edited_prompt == ["BEGIN", "SELECT", "INSERT", "SELECT", "INSERT", "UPDATE", "COMMIT"]
     stored = await Conversation.objects.aget(pk=conversation.pk)
     assert stored.branch_tip_id == edited.pk
+
+
+@pytest.fixture
+def statements_by_thread(monkeypatch):
+    """Every statement Django's cursors send, with the thread that sends it, and every job handed to a
+    thread pool (the turns' database work goes to threads: a hop each), from any thread."""
+    seen: dict[str, list[str]] = {"statements": [], "hops": []}
+    execute = CursorWrapper._execute_with_wrappers  # type: ignore[attr-defined]  # private: not in django-stubs
+    submit = ThreadPoolExecutor.submit
+
+    def noting(self, sql, *args, **kwargs):
+        seen["statements"].append(f"{threading.current_thread().name} {sql.split()[0]}")
+        return execute(self, sql, *args, **kwargs)
+
+    def hopping(self, *args, **kwargs):
+        seen["hops"].append(self._thread_name_prefix)
+        return submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(CursorWrapper, "_execute_with_wrappers", noting)
+    monkeypatch.setattr(ThreadPoolExecutor, "submit", hopping)
+    return seen
+
+
+async def test_a_prompt_in_a_conversation_starts_in_one_transaction_of_four_statements_on_one_thread_hop(
+    conversation, fake_vllm, settings, monkeypatch, statements_by_thread
+):
+    if connection.vendor != "sqlite":
+        # PostgreSQL reads the counts after the row lock, in a statement of their own (chat/limits.py).
+        pytest.skip("the statements of SQLite's one thread")
+    # The site's own limits, so that their counts are in it; nothing periodic within the measure.
+    settings.CHAT_MAX_ANSWERS_AT_ONCE, settings.CHAT_MAX_ANSWERS_PER_MINUTE = 3, 20
+    settings.CHAT_LEASE_SECONDS = settings.CHAT_CHECKPOINT_SECONDS = 3600.0
+    monkeypatch.setattr(catalog, "TTL", 3600.0)
+    conversation.title = "Titled"
+    await conversation.asave()
+    fake_vllm.reply = ["ok"]
+    first = await turns.start_turn(conversation, "Hello")  # the conversation's first turn
+    await run_to_end(first.answer)
+    await titles.wait_for_name(conversation.pk)
+    fake_vllm.delta_gate = threading.Event()  # the answer waits: what the start did is all there is
+    statements_by_thread["statements"].clear()
+    statements_by_thread["hops"].clear()
+
+    prompt, answer = await turns.start_turn(conversation, "And then?")
+    await wait_for_async(lambda: len(fake_vllm.requests) == 2)  # the turn has asked vLLM: its start is over
+    fake_vllm.delta_gate.set()
+
+    # With SQLite (the transaction locks the whole database: no row lock), the person's row with both
+    # limits' counts; the prompt, whose INSERT reads the branch shown as its parent; the answer; the
+    # conversation (its place in the list, the new answer as the branch shown). Then, committed, on
+    # the same thread, the history the answer is asked with: one hop from the event loop for it all.
+    assert statements_by_thread["statements"] == [
+        "sqlite_0 BEGIN",
+        "sqlite_0 SELECT",
+        "sqlite_0 INSERT",
+        "sqlite_0 INSERT",
+        "sqlite_0 UPDATE",
+        "sqlite_0 SELECT",
+    ]
+    assert statements_by_thread["hops"] == ["sqlite"]
+    assert prompt.parent_id == first.answer.pk  # the branch shown, as the prompt's INSERT read it
+    text, ended = await run_to_end(answer)
+    assert (text, ended.status) == ("ok", Message.Status.COMPLETE)
+    assert fake_vllm.requests[-1]["messages"][-3:] == [
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": "And then?"},
+    ]
 
 
 async def test_cancelling_without_a_stop_marks_the_answer_interrupted(conversation, fake_vllm):

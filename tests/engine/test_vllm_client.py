@@ -124,17 +124,26 @@ async def test_a_crlf_split_between_two_reads_is_one_line_end():
         for piece in pieces:
             yield piece
 
-    assert [data async for data in sse_frames._sse_data(body())] == ['{"a": 1}', "two", "three", "last"]
+    assert [data async for data in sse_frames._sse_data(body())] == [b'{"a": 1}', b"two", b"three", b"last"]
 
 
 async def test_a_bad_byte_is_the_replacement_character_and_a_split_character_stays_whole():
-    pieces = [b"data: a\xffb \xe2\x80", b"\xa8 c\n\n"]  # "\xe2\x80\xa8" is U+2028, across two reads
+    pieces = [b'data: "a\xffb \xe2\x80', b'\xa8 c"\n\n']  # "\xe2\x80\xa8" is U+2028, across two reads
 
     async def body():
         for piece in pieces:
             yield piece
 
-    assert [data async for data in sse_frames._sse_data(body())] == ["a\ufffdb \u2028 c"]
+    assert [sse_frames._json(data) async for data in sse_frames._sse_data(body())] == ["a\ufffdb \u2028 c"]
+
+
+def test_a_frame_is_json_whatever_its_strings_hold():
+    # orjson refuses a lone surrogate's escape and bytes that are not UTF-8; json reads them as before.
+    assert sse_frames._json(b'{"t": "\\ud83d\\ude00 \\u0000"}') == {"t": "\U0001f600 \x00"}
+    assert sse_frames._json(b'{"t": "\\ud800"}') == {"t": "\ud800"}
+    assert sse_frames._json(b'{"t": "\xff"}') == {"t": "\ufffd"}
+    with pytest.raises(ValueError):
+        sse_frames._json(b"{not json")
 
 
 async def test_text_no_database_can_store_becomes_the_replacement_character(fake_vllm: FakeVLLM):
