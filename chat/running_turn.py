@@ -28,7 +28,7 @@ from django.utils.translation import gettext_noop
 
 from chat import leases, relay, titles
 from chat.context import ContextTooLong
-from chat.file_context import fit_with_files
+from chat.file_context import FileText, fit_with_files
 from chat.leases import INTERRUPTED_TEXT, WORKER, off_the_loop
 from chat.models import Conversation, Message
 from chat.turn_events import TurnDelta, TurnEnded, TurnEvent
@@ -87,6 +87,7 @@ class RunningTurn:
         self.checkpoint_failing = False
         # The history the answer is asked with, when the thread that saved the turn read it too.
         self.earlier: list[dict[str, str]] | None = None
+        self.files: tuple[list[FileText], bool] | None = None  # and its files, whether they may be cut
 
     def text(self) -> str:
         return "".join(self.parts)
@@ -147,7 +148,7 @@ class RunningTurn:
             if self.stop_requested:
                 raise asyncio.CancelledError
             try:
-                files, may_cut = await _prompt_files(prompt, conversation.owner_id)
+                files, may_cut = self.files or await _prompt_files(prompt, conversation.owner_id)
                 context, cuts = await fit_with_files(
                     system_prompt=conversation.system_prompt,
                     earlier=self.earlier if self.earlier is not None else await _earlier_turns(prompt),

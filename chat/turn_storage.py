@@ -35,8 +35,7 @@ def read_earlier_turns(prompt: Message) -> list[dict[str, str]]:
 _earlier_turns = off_the_loop(read_earlier_turns)
 
 
-@off_the_loop
-def _prompt_files(prompt: Message, owner_pk: int) -> tuple[list[FileText], bool]:
+def read_prompt_files(prompt: Message, owner_pk: int) -> tuple[list[FileText], bool]:
     """The files the prompt's turn reads: those of every prompt on its branch, the earliest first,
     each once, so a follow-up question still has the document asked about (fitted, and cut with a
     note if need be, as the prompt's own: chat/file_context.py); and whether the person lets a file
@@ -48,6 +47,9 @@ def _prompt_files(prompt: Message, owner_pk: int) -> tuple[list[FileText], bool]
         return files, True
     choice = FileChoice.objects.filter(person=owner_pk).values_list("when_too_long", flat=True).first()
     return files, choice != FileChoice.WhenTooLong.REFUSE
+
+
+_prompt_files = off_the_loop(read_prompt_files)
 
 
 def _file_text(attachment: Attachment) -> FileText:

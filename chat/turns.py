@@ -93,8 +93,10 @@ def _in_one_transaction[**P](save: Callable[P, RunningTurn]) -> Callable[P, Runn
             if running is not None:
                 _running.pop(running.answer.pk, None)
             raise
-        with suppress(Exception):  # the turn reads it again as it starts, and fails there if it must
-            running.earlier = turn_storage.read_earlier_turns(running.answer.parent)  # type: ignore[arg-type]
+        with suppress(Exception):  # the turn reads them again as it starts, and fails there if it must
+            prompt = running.answer.parent
+            running.earlier = turn_storage.read_earlier_turns(prompt)  # type: ignore[arg-type]
+            running.files = turn_storage.read_prompt_files(prompt, running.answer.conversation.owner_id)  # type: ignore[arg-type]
         return running
 
     return saved

@@ -341,13 +341,13 @@ async def test_a_turns_start_takes_a_fixed_few_statements(
     # BEGIN; the owner's row with both limits' counts (SQLite: no row lock, the transaction holds the
     # database); the prompt, whose INSERT reads the branch shown; the answer; the conversation (its
     # place in the list, the settings changed, the new answer as the branch shown: one UPDATE); COMMIT.
-    # (A first prompt: no history to read after it.)
-    assert sent == ["BEGIN", "SELECT", "INSERT", "INSERT", "UPDATE", "COMMIT"]
+    # Then, committed, the files of the prompts on its branch (a first prompt: no history to read).
+    assert sent == ["BEGIN", "SELECT", "INSERT", "INSERT", "UPDATE", "COMMIT", "SELECT"]
     # The same without the prompt, and where it goes: a new answer to a prompt, an edited prompt
     # beside the one it edits.
-    assert regenerated == ["BEGIN", "SELECT", "INSERT", "UPDATE", "COMMIT"]
+    assert regenerated == ["BEGIN", "SELECT", "INSERT", "UPDATE", "COMMIT", "SELECT"]
     # An edited prompt also reads the files of the one it edits, to keep them (chat/attachments.py).
-    assert edited_prompt == ["BEGIN", "SELECT", "INSERT", "SELECT", "INSERT", "UPDATE", "COMMIT"]
+    assert edited_prompt == ["BEGIN", "SELECT", "INSERT", "SELECT", "INSERT", "UPDATE", "COMMIT", "SELECT"]
     stored = await Conversation.objects.aget(pk=conversation.pk)
     assert stored.branch_tip_id == edited.pk
 
@@ -400,13 +400,15 @@ async def test_a_prompt_in_a_conversation_starts_in_one_transaction_of_four_stat
     # With SQLite (the transaction locks the whole database: no row lock), the person's row with both
     # limits' counts; the prompt, whose INSERT reads the branch shown as its parent; the answer; the
     # conversation (its place in the list, the new answer as the branch shown). Then, committed, on
-    # the same thread, the history the answer is asked with: one hop from the event loop for it all.
+    # the same thread, the history the answer is asked with and the files of its branch's prompts
+    # (issue 21): one hop from the event loop for it all.
     assert statements_by_thread["statements"] == [
         "sqlite_0 BEGIN",
         "sqlite_0 SELECT",
         "sqlite_0 INSERT",
         "sqlite_0 INSERT",
         "sqlite_0 UPDATE",
+        "sqlite_0 SELECT",
         "sqlite_0 SELECT",
     ]
     assert statements_by_thread["hops"] == ["sqlite"]
