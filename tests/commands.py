@@ -71,3 +71,15 @@ class ManageCommand:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+    def stop(self) -> None:
+        """Stop it as a service manager would: SIGTERM, which runvllm and up answer by stopping their
+        vLLM and site (SIGKILL on the ones that do not stop), then SIGKILL if it is still there. Only
+        killed outright, it left a real vLLM that did not answer the kernel's SIGTERM running after the
+        test (seen on a machine busy with other work, while vLLM was still starting)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=COMMAND_WITHIN)
+            except subprocess.TimeoutExpired:
+                self.kill()

@@ -166,13 +166,11 @@ def real_vllm(starter_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     try:
         runvllm.wait_for("vLLM is ready", timeout=BOOT_TIMEOUT + 30)
     except AssertionError:
-        runvllm.kill()
+        runvllm.stop()
         raise
     timings["vLLM boot (runvllm start to ready)"] = f"{time.monotonic() - started:.0f} s"
     yield RealVLLM(runvllm, port, starter_model, log_file)
-    if runvllm.process.poll() is None:
-        runvllm.process.terminate()
-        runvllm.finish(timeout=120)
+    runvllm.stop()
 
 
 @pytest.fixture

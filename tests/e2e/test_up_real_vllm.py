@@ -90,4 +90,4 @@ def test_up_on_a_machine_without_the_model_hub_serves_the_starter_model_and_ctrl
         assert not [pid for pid in processes if alive(pid)]
         assert not listening(site_port) and not listening(vllm_port)
     finally:
-        up.kill()  # if a check failed: the kernel then sends vLLM and daphne SIGTERM (see start_group)
+        up.stop()  # if a check failed: up stops vLLM and daphne
