@@ -86,24 +86,29 @@ def test_enter_while_a_syllable_is_composed_does_not_send_and_the_next_enter_sen
     assert fake_vllm.requests[-1]["messages"][-1] == {"role": "user", "content": "안녕하세요"}
 
 
+def safaris_enter(page: Page, syllable: str) -> bool:
+    """Safari's Enter that ends a composition: the syllable committed (compositionend), then a
+    keydown that says nothing of composing, in the same turn. Whether the page took the keydown."""
+    return page.evaluate(
+        """(syllable) => {
+          const box = document.getElementById("prompt");
+          box.dispatchEvent(new CompositionEvent("compositionend", { data: syllable, bubbles: true }));
+          const enter = new KeyboardEvent(
+            "keydown", { key: "Enter", code: "Enter", keyCode: 13, bubbles: true, cancelable: true });
+          box.dispatchEvent(enter);
+          return enter.defaultPrevented;
+        }""",
+        syllable,
+    )
+
+
 def test_safaris_order_compositionend_before_a_plain_enter_keydown_does_not_send(signed_in: Page, fake_vllm):
     page = signed_in
     box = prompt_box(page)
     box.focus()
     ime = page.context.new_cdp_session(page)
     type_korean(page, ime, "안녕하세요")
-    # Safari: the Enter commits the syllable (compositionend) and then comes as a keydown that says
-    # nothing of composing, in the same turn.
-    keydown_was_taken = page.evaluate(
-        """() => {
-          const box = document.getElementById("prompt");
-          box.dispatchEvent(new CompositionEvent("compositionend", { data: "요", bubbles: true }));
-          const enter = new KeyboardEvent(
-            "keydown", { key: "Enter", code: "Enter", keyCode: 13, bubbles: true, cancelable: true });
-          box.dispatchEvent(enter);
-          return enter.defaultPrevented;
-        }"""
-    )
+    keydown_was_taken = safaris_enter(page, "요")
     commit(ime, "요")  # Chromium's own composition, ended as Safari's was
     # The page kept that Enter from writing a new line, and sent nothing.
     assert keydown_was_taken
@@ -127,3 +132,23 @@ def test_a_keydown_the_ime_owns_keycode_229_never_sends(signed_in: Page, fake_vl
     assert page.locator("#thread article").count() == 0
     box.press("Enter")
     sent_once(page, "안녕")
+
+
+def test_the_temporary_chat_takes_safaris_order_as_the_chat_page_does(signed_in: Page, fake_vllm):
+    page = signed_in
+    page.goto("/temporary/")
+    box = page.get_by_role("textbox", name="Message")
+    box.focus()
+    ime = page.context.new_cdp_session(page)
+    type_korean(page, ime, "안녕하세요")
+    keydown_was_taken = safaris_enter(page, "요")
+    commit(ime, "요")
+    assert keydown_was_taken
+    expect(box).to_have_value("안녕하세요")
+    page.wait_for_timeout(NEXT_KEY_MS)
+    assert page.locator("#thread article").count() == 0 and fake_vllm.requests == []
+
+    box.press("Enter")
+    expect(page.locator("#thread article.user")).to_have_text("안녕하세요")
+    expect(page.locator("#thread article.assistant")).not_to_have_attribute("aria-busy", "true")
+    assert fake_vllm.requests[-1]["messages"][-1] == {"role": "user", "content": "안녕하세요"}

@@ -172,31 +172,8 @@ Object.assign(htmx.config, {
     showError(e.detail.requestConfig.elt, gettext("You were signed out. Reload the page to sign in again."));
   });
 
-  // Enter sends, Shift+Enter is a new line; but an Enter that ends a Hangul syllable's composition
-  // (or a Japanese or Chinese one's) only ends it: the next Enter sends the whole text, once.
-  // Chromium and Firefox say the IME has the key (isComposing, keyCode 229). Safari ends the
-  // composition first and then fires the Enter's keydown as a plain one (some IMEs on Windows
-  // fire a second, plain keydown after compositionend too): a keydown within moments of
-  // compositionend is the key that ended it. A person's own next Enter comes far later.
-  const SAME_KEY_MS = 100;
-  // The box being composed in; a box that a sent prompt's fresh form replaced composes nothing.
-  let composingIn = null;
-  let compositionEndedAt = -Infinity;
-  document.addEventListener("compositionstart", (e) => {
-    if (e.target.id === "prompt") composingIn = e.target;
-  });
-  document.addEventListener("compositionend", (e) => {
-    if (e.target.id !== "prompt") return;
-    composingIn = null;
-    compositionEndedAt = performance.now();
-  });
-  document.addEventListener("keydown", (e) => {
-    if (e.target.id !== "prompt" || e.key !== "Enter" || e.shiftKey) return;
-    if (e.isComposing || e.keyCode === 229 || composingIn === e.target) return; // the IME's: it commits the syllable
-    e.preventDefault(); // no new line either: the syllable was the Enter's whole work
-    if (performance.now() - compositionEndedAt < SAME_KEY_MS) return;
-    if (!answering()) e.target.form.requestSubmit();
-  });
+  // Enter in the prompt box sends, but not the Enter that ends a Hangul syllable (enter_sends.js).
+  enterSends(answering);
 
   // The prompt box grows with its text, up to a point, then scrolls.
   function fitPrompt(prompt) {

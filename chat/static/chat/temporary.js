@@ -115,11 +115,6 @@
       prompt.focus();
     }
   });
-
-  // Enter sends, Shift+Enter is a new line; an Enter that ends an IME composition (Hangul) only ends it.
-  prompt.addEventListener("keydown", (e) => {
-    if (e.key !== "Enter" || e.shiftKey || e.isComposing || e.keyCode === 229) return;
-    e.preventDefault();
-    form.requestSubmit();
-  });
+  // Enter in the prompt box sends, but not the Enter that ends a Hangul syllable (enter_sends.js).
+  enterSends(() => answering);
 })();
