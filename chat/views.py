@@ -24,6 +24,7 @@ from chat.forms import PromptForm, RenameForm, SettingsForm, row_id
 from chat.models import Conversation, FileChoice, Message, ModelChoice, Someone
 from chat.signals import health_checked
 from engine import catalog, vllm_client
+from engine.served_model import ServedModel
 from engine.server import starter
 
 
@@ -37,14 +38,17 @@ def _listed(listing: sidebar.Listing) -> dict[str, Any]:
     return {"conversations": listing.conversations, "sidebar_next": listing.next_place}
 
 
-def _settings_panel(conversation: Conversation | None, model: str = "") -> dict[str, Any]:
+def _settings_panel(
+    conversation: Conversation | None, model: str = "", answering: ServedModel | None = None
+) -> dict[str, Any]:
     """What the settings panel shows: the conversation's settings, within the bounds the server checks
-    (the context length is the chosen model's, as its engine last listed it)."""
+    (the context length is the chosen model's, as its engine last listed it); for a new chat, the
+    defaults of the model `answering` it."""
     model = conversation.model if conversation else model
     return {
         "defaults": {
             "system_prompt": conversation.system_prompt if conversation else "",
-            "temperature": conversation.temperature if conversation else _default_temperature(),
+            "temperature": conversation.temperature if conversation else _default_temperature(answering),
             "top_p": conversation.top_p if conversation else settings.CHAT_DEFAULT_TOP_P,
             "max_tokens": conversation.max_tokens if conversation else settings.CHAT_DEFAULT_MAX_TOKENS,
         },
@@ -93,7 +97,7 @@ def _page(request: HttpRequest, conversation: Conversation | None, *, through: i
             "conversation": conversation,
             "open_pk": conversation.pk if conversation else None,
             **(_shown(branches.shown_page(conversation, through=through)) if conversation else _branch([])),
-            **_settings_panel(conversation, models["chosen_model"]),
+            **_settings_panel(conversation, models["chosen_model"], models["model"]),
             **models,
             **folders.shelves_context(request.user),
             **preset,
@@ -108,9 +112,10 @@ def _when_file_too_long(user: Someone) -> str:
     return choices.first() or FileChoice.WhenTooLong.CUT
 
 
-def _default_temperature() -> float:
+def _default_temperature(answering: ServedModel | None) -> float:
     # The starter model is asked greedily: sampled, its answers derail (engine/server/starter.py).
-    return starter.TEMPERATURE if vllm_client.known_model().is_starter else settings.CHAT_DEFAULT_TEMPERATURE
+    greedy = (answering or vllm_client.known_model()).is_starter
+    return starter.TEMPERATURE if greedy else settings.CHAT_DEFAULT_TEMPERATURE
 
 
 @login_required

@@ -8,6 +8,8 @@ from django.urls import reverse
 
 from chat.models import Conversation, Message, ModelChoice
 from engine import catalog
+from engine.server import starter
+from tests.chat.page_html import elements
 
 pytestmark = pytest.mark.django_db
 
@@ -92,3 +94,17 @@ def test_a_model_no_engine_serves_is_a_form_error(client, alice, engines):
     assert conversation.model == ""
     assert Conversation.objects.count() == 1 and not Message.objects.exists()
     assert not ModelChoice.objects.exists()
+
+
+def test_a_new_chats_temperature_is_that_of_the_model_that_will_answer_it(client, alice, engines, settings):
+    # The starter model is asked greedily (starter.TEMPERATURE), any other at the site's default:
+    # for a new chat, by the model the person last chose, not by the default engine's.
+    engines("small", starter.SERVED_NAME)
+    client.force_login(alice)
+
+    def temperature_offered() -> float:
+        return float(elements(client.get(reverse("chat:index")).content.decode())["temperature"]["value"] or "nan")
+
+    assert temperature_offered() == settings.CHAT_DEFAULT_TEMPERATURE  # the default engine's qwen2-7b-instruct
+    ModelChoice.objects.create(person=alice, model=starter.SERVED_NAME)
+    assert temperature_offered() == starter.TEMPERATURE
