@@ -334,6 +334,17 @@ def delete_unsent(user: Someone, file_id: uuid.UUID) -> bool:
     return bool(deleted)
 
 
+def delete_expired_unsent() -> int:
+    """Delete every file left unsent for CHAT_UNSENT_FILE_HOURS, rows and bytes; returns how many.
+
+    Through the ORM's delete, which signals each row (`remove_stored_file`). Two workers sweeping at
+    once delete each row once between them; a file being sent at that very moment may lose the race
+    and be gone from its prompt, a day after its upload.
+    """
+    deleted, _ = Attachment.objects.expired_unsent().delete()
+    return deleted
+
+
 def remove_stored_file(sender: type[Attachment], instance: Attachment, using: str, **kwargs: object) -> None:
     """A deleted attachment's bytes go once the delete is committed (a post_delete signal, so also
     when a conversation, a message or a person is deleted: Django deletes cascaded rows one by one

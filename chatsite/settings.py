@@ -350,6 +350,9 @@ CHAT_FILE_MAX_BYTES: int = env.int("CHAT_FILE_MAX_BYTES", default=10 * 1024 * 10
 CHAT_FILES_MAX_BYTES_PER_PERSON: int = env.int("CHAT_FILES_MAX_BYTES_PER_PERSON", default=200 * 1024 * 1024)
 CHAT_FILES_PER_PROMPT: int = env.int("CHAT_FILES_PER_PROMPT", default=5)
 CHAT_FILE_EXTRACT_SECONDS: float = env.float("CHAT_FILE_EXTRACT_SECONDS", default=20.0)
+# A file uploaded and never sent with a prompt (another tab's, the API's, a page closed before
+# sending) is deleted this long after its upload, so it stops counting toward the person's total.
+CHAT_UNSENT_FILE_HOURS: float = env.float("CHAT_UNSENT_FILE_HOURS", default=24.0)
 
 # --- API: the REST API (/api/), model-compose's workflow routes, the OpenAI-compatible /v1/ -------
 # The largest request body the API accepts, in bytes; a larger one is refused with 413.
