@@ -48,7 +48,7 @@ def test_files_left_unsent_past_the_setting_are_deleted_and_no_longer_count(alic
     assert uploaded(alice, "new.txt", "n" * 60).size == 60
 
 
-async def test_each_worker_sweeps_the_expired_files_when_it_starts_and_then_periodically(alice, settings):
+async def test_the_workers_sweep_deletes_the_expired_files_as_it_starts(alice, settings):
     settings.CHAT_UNSENT_FILE_HOURS = 1
     old = await sync_to_async(uploaded)(alice, "old.txt", "forgotten", hours_ago=2)
     sweeping = asyncio.create_task(worker_jobs._expire_unsent_files())
