@@ -337,11 +337,14 @@ def delete_unsent(user: Someone, file_id: uuid.UUID) -> bool:
 def delete_expired_unsent() -> int:
     """Delete every file left unsent for CHAT_UNSENT_FILE_HOURS, rows and bytes; returns how many.
 
-    Through the ORM's delete, which signals each row (`remove_stored_file`). Two workers sweeping at
-    once delete each row once between them; a file being sent at that very moment may lose the race
-    and be gone from its prompt, a day after its upload.
+    Through the ORM's delete, which signals each row (`remove_stored_file`). The rows are locked
+    first (PostgreSQL; SQLite has one writer at a time anyway), so that a file given to a prompt
+    meanwhile is either given before, and left alone, or after, when it is gone: a sent file is
+    never deleted here. Two workers sweeping at once delete each row once between them.
     """
-    deleted, _ = Attachment.objects.expired_unsent().delete()
+    with transaction.atomic():
+        expired = list(Attachment.objects.expired_unsent().select_for_update().values_list("pk", flat=True))
+        deleted, _ = Attachment.objects.filter(pk__in=expired).delete()
     return deleted
 
 

@@ -83,7 +83,7 @@ async def _expire_unsent_files() -> None:
             await leases.off_the_loop(attachments.delete_expired_unsent)()
         except Exception:
             log.exception("Could not delete the files left unsent")  # the database is away: next time
-        await asyncio.sleep(min(SWEEP_UNSENT_FILES_SECONDS, settings.CHAT_UNSENT_FILE_HOURS * 3600))
+        await asyncio.sleep(SWEEP_UNSENT_FILES_SECONDS)
 
 
 async def _answer_request(message: dict[str, Any]) -> None:
