@@ -230,3 +230,5 @@ def test_a_prompts_files_are_shown_by_name_and_never_served_to_the_reader(client
     # Its name, not its text, nor a way to it: a file is served to its owner alone.
     assert "3,000,000" not in page and str(file.pk) not in page and "/files/" not in page
     assert client.get(reverse("chat:file", args=[file.pk])).status_code == 404
+    korean = client.get(reverse("chat:shared", args=[link.token]), headers={"accept-language": "ko"})
+    assert "여기에는 이름만 보여요" in korean.content.decode()
