@@ -152,6 +152,7 @@ class Exchange:
         # As the client sent them, which its next request repeats: the prompt before it was cleaned.
         self.sent = [*self.earlier, chat[-1]]
         self.files: list[Attachment] = []
+        self.taken_in: list[Attachment] = []  # those of `files` the request brought (file_data)
         self.settings = request
         if request.max_completion_tokens is not None:
             self.settings = request.model_copy(update={"max_tokens": request.max_completion_tokens})
@@ -160,11 +161,15 @@ class Exchange:
         """Take in the prompt's files, and put an earlier message's into its text (api/openai_files.py)."""
         if not any(self.file_parts):
             return
-        self.files = openai_files.prompt_files(user, self.file_parts[-1])
-        earlier = [
-            (role, with_files(text, openai_files.earlier_files(user, parts)))
-            for (role, text), parts in zip(self.chat[:-1], self.file_parts[:-1], strict=True)
-        ]
+        try:
+            self.files = openai_files.prompt_files(user, self.file_parts[-1], self.taken_in)
+            earlier = [
+                (role, with_files(text, openai_files.earlier_files(user, parts)))
+                for (role, text), parts in zip(self.chat[:-1], self.file_parts[:-1], strict=True)
+            ]
+        except BaseException:
+            openai_files.forget(self.taken_in)
+            raise
         self.earlier = [(role, text) for role, text in earlier if text]
 
     def conversation(self, user: User) -> Conversation:
@@ -182,7 +187,11 @@ async def chat_completions(
 ) -> StreamingHttpResponse | dict[str, Any]:
     exchange = Exchange(data)
     await sync_to_async(exchange.read_files)(request.auth)
-    answer = await _start_in_session(request.auth, data.model, exchange)
+    try:
+        answer = await _start_in_session(request.auth, data.model, exchange)
+    except BaseException:  # refused, or the client gone: a file it brought is kept with no prompt
+        await sync_to_async(openai_files.forget)(exchange.taken_in)
+        raise
     if not data.stream:
         return _completion(await delivery.whole(answer))
     include_usage = bool(data.stream_options and data.stream_options.include_usage)

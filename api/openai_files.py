@@ -48,8 +48,10 @@ def _file_id(part: FilePart) -> uuid.UUID:
     return attachments.parse_ids([part.file_id])[0]
 
 
-def prompt_files(owner: User, parts: list[FilePart]) -> list[Attachment]:
-    """The prompt's files: the caller's by id (another person's is a 404), or taken in from the part."""
+def prompt_files(owner: User, parts: list[FilePart], taken_in: list[Attachment]) -> list[Attachment]:
+    """The prompt's files: the caller's by id (another person's is a 404), or taken in from the
+    part, and then also put in `taken_in`: the request brought them, and must `forget` them if its
+    turn does not keep them."""
     attachments.check_count(len(parts))
     files = []
     for part in parts:
@@ -57,9 +59,18 @@ def prompt_files(owner: User, parts: list[FilePart]) -> list[Attachment]:
             files += attachments.for_prompt(owner, [_file_id(part)])
         elif part.file_data is not None:
             files.append(attachments.take_in_bytes(owner, part.filename or "file", _decoded(part)))
+            taken_in.append(files[-1])
         else:
             raise attachments.FileRefused("A file part needs a file_id or file_data.", 400)
     return files
+
+
+def forget(taken_in: list[Attachment]) -> None:
+    """Delete, rows and bytes, the files a request brought as `file_data` that no prompt kept (a
+    later part or the turn was refused): the client never learns their ids, so nothing else would
+    send or delete them, and they would count toward the person's total until they expire."""
+    if taken_in:
+        Attachment.objects.unsent().filter(pk__in=[attachment.pk for attachment in taken_in]).delete()
 
 
 def earlier_files(owner: User, parts: list[FilePart]) -> list[FileText]:

@@ -19,9 +19,6 @@ from django.http import StreamingHttpResponse
 from django.http.multipartparser import MultiPartParserError
 from ninja import NinjaAPI, Query
 from ninja.pagination import LimitOffsetPagination, paginate
-
-# The function itself: to a type checker `ninja.Path` is an Annotated alias, which cannot be called.
-from ninja.params.functions import Path
 from pydantic import Field
 
 from api import delivery, feedback, files, history, shelves, workflows
@@ -44,6 +41,7 @@ from api.schemas import (
     RegenerateIn,
     ShownMessageOut,
     TurnOut,
+    path_id,
 )
 from chat import attachments, branches, ownership, presets, sse, turns
 from chat.models import Conversation, ConversationQuerySet, Message
@@ -109,11 +107,6 @@ class Page(LimitOffsetPagination):
         offset: int = Field(0, ge=0, le=MAX_ID)
 
 
-def conversation_id() -> Any:
-    # Not an int: django-ninja's marker for a path parameter, used as the parameter's default.
-    return Path(..., ge=1, le=MAX_ID)
-
-
 # --- Conversations ------------------------------------------------------------------------------
 
 
@@ -154,7 +147,7 @@ def _detail(conversation: Conversation, branch: branches.Branch, tree: list[Mess
 
 @api.get("/conversations/{conversation_id}", response={200: ConversationDetail, **ERRORS}, tags=["conversations"])
 def read_conversation(
-    request: AuthenticatedRequest, conversation_id: int = conversation_id(), tree: bool = False
+    request: AuthenticatedRequest, conversation_id: int = path_id(), tree: bool = False
 ) -> ConversationDetail:
     """The conversation with the branch shown (as on the page); with `tree=true`, every message too."""
     conversation = ownership.conversation_or_404(request.auth, conversation_id)
@@ -164,7 +157,7 @@ def read_conversation(
 
 @api.patch("/conversations/{conversation_id}", response={200: ConversationOut, **CONFLICTS}, tags=["conversations"])
 def change_conversation(
-    request: AuthenticatedRequest, data: ConversationChange, conversation_id: int = conversation_id()
+    request: AuthenticatedRequest, data: ConversationChange, conversation_id: int = path_id()
 ) -> Conversation:
     """Rename it (`title`), or change its system prompt or generation settings for the next turns."""
     if data.model is not None:
@@ -185,9 +178,7 @@ def change_conversation(
 
 
 @api.delete("/conversations/{conversation_id}", response={204: None, **ERRORS}, tags=["conversations"])
-async def delete_conversation(
-    request: AuthenticatedRequest, conversation_id: int = conversation_id()
-) -> tuple[int, None]:
+async def delete_conversation(request: AuthenticatedRequest, conversation_id: int = path_id()) -> tuple[int, None]:
     """Deletes it with its messages, stopping an answer still being generated."""
     conversation = await ownership.aconversation_or_404(request.auth, conversation_id)
     await turns.stop_turns_in(conversation)
@@ -209,7 +200,7 @@ async def delete_conversation(
     tags=["messages"],
 )
 async def send_message(
-    request: AuthenticatedRequest, data: MessageIn, conversation_id: int = conversation_id()
+    request: AuthenticatedRequest, data: MessageIn, conversation_id: int = path_id()
 ) -> StreamingHttpResponse | TurnOut:
     """Send a prompt; the answer comes back once complete, or as it is generated with `stream: true`.
 
@@ -249,8 +240,8 @@ async def _answered(conversation: Conversation, turn: turns.Turn, stream: bool) 
 async def regenerate_answer(
     request: AuthenticatedRequest,
     data: RegenerateIn | None = None,
-    conversation_id: int = conversation_id(),
-    message_id: int = Path(..., ge=1, le=MAX_ID),
+    conversation_id: int = path_id(),
+    message_id: int = path_id(),
 ) -> StreamingHttpResponse | TurnOut:
     """A new answer to the prompt this answer answers, with the conversation's settings (those given
     here are saved on it first). The old answer is kept as another version; the new one is shown.
@@ -277,8 +268,8 @@ async def regenerate_answer(
 async def edit_prompt(
     request: AuthenticatedRequest,
     data: EditIn,
-    conversation_id: int = conversation_id(),
-    message_id: int = Path(..., ge=1, le=MAX_ID),
+    conversation_id: int = path_id(),
+    message_id: int = path_id(),
 ) -> StreamingHttpResponse | TurnOut:
     """Send `prompt` in place of this prompt: a new branch from the same point, then shown, with its
     answer. The earlier branch is kept as another version of the prompt."""
@@ -297,8 +288,8 @@ async def edit_prompt(
 )
 async def show_message(
     request: AuthenticatedRequest,
-    conversation_id: int = conversation_id(),
-    message_id: int = Path(..., ge=1, le=MAX_ID),
+    conversation_id: int = path_id(),
+    message_id: int = path_id(),
 ) -> ConversationDetail:
     """Show the branch through this message (another version of a prompt or an answer): on the page,
     in this API, and for the next prompt, which follows the newest message below it."""
@@ -316,8 +307,8 @@ async def show_message(
 )
 async def follow_message(
     request: AuthenticatedRequest,
-    conversation_id: int = conversation_id(),
-    message_id: int = Path(..., ge=1, le=MAX_ID),
+    conversation_id: int = path_id(),
+    message_id: int = path_id(),
 ) -> StreamingHttpResponse:
     """Follow an answer, from its text so far (or from where `Last-Event-ID` says the client left
     off); an answer that has ended streams whole, then `done`."""
@@ -332,8 +323,8 @@ async def follow_message(
 )
 async def stop_message(
     request: AuthenticatedRequest,
-    conversation_id: int = conversation_id(),
-    message_id: int = Path(..., ge=1, le=MAX_ID),
+    conversation_id: int = path_id(),
+    message_id: int = path_id(),
 ) -> tuple[int, Message]:
     """Stop an answer being generated; its text so far is kept, in status `stopped`. 202, with the
     answer still `streaming`, if the stop is recorded but the worker generating it could not be

@@ -5,12 +5,14 @@ Beside chat/models.py, which re-exports them, to keep that module a size one can
 """
 
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser, User
 from django.db import models
-from django.db.models import Sum
+from django.db.models import Q, Sum
+from django.utils import timezone
 
 # As chat.models has it (which imports this module, so cannot be imported from here).
 type Someone = User | AnonymousUser
@@ -23,6 +25,11 @@ class AttachmentQuerySet(models.QuerySet["Attachment"]):
 
     def unsent(self) -> "AttachmentQuerySet":
         return self.filter(message__isnull=True)
+
+    def expired_unsent(self) -> "AttachmentQuerySet":
+        """Files uploaded and never sent for CHAT_UNSENT_FILE_HOURS (another tab's, the API's, a closed page's)."""
+        cutoff = timezone.now() - timedelta(hours=settings.CHAT_UNSENT_FILE_HOURS)
+        return self.unsent().filter(created_at__lt=cutoff)
 
     def bytes_stored(self) -> int:
         return int(self.aggregate(total=Sum("size"))["total"] or 0)
@@ -64,7 +71,12 @@ class Attachment(models.Model):
 
     class Meta:
         ordering = ["position", "created_at"]
-        indexes = [models.Index(fields=["owner", "message"])]
+        indexes = [
+            models.Index(fields=["owner", "message"]),
+            # For the worker's sweep of expired unsent files (chat/worker_jobs.py), which would
+            # otherwise read every file's row, extracted text and all, each time.
+            models.Index(fields=["created_at"], condition=Q(message__isnull=True), name="attachment_unsent_created"),
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -334,6 +334,20 @@ def delete_unsent(user: Someone, file_id: uuid.UUID) -> bool:
     return bool(deleted)
 
 
+def delete_expired_unsent() -> int:
+    """Delete every file left unsent for CHAT_UNSENT_FILE_HOURS, rows and bytes; returns how many.
+
+    Through the ORM's delete, which signals each row (`remove_stored_file`). The rows are locked
+    first (PostgreSQL; SQLite has one writer at a time anyway), so that a file given to a prompt
+    meanwhile is either given before, and left alone, or after, when it is gone: a sent file is
+    never deleted here. Two workers sweeping at once delete each row once between them.
+    """
+    with transaction.atomic():
+        expired = list(Attachment.objects.expired_unsent().select_for_update().values_list("pk", flat=True))
+        deleted, _ = Attachment.objects.filter(pk__in=expired).delete()
+    return deleted
+
+
 def remove_stored_file(sender: type[Attachment], instance: Attachment, using: str, **kwargs: object) -> None:
     """A deleted attachment's bytes go once the delete is committed (a post_delete signal, so also
     when a conversation, a message or a person is deleted: Django deletes cascaded rows one by one

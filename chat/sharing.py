@@ -15,11 +15,13 @@ site's default settings: the sharer's settings were never in the link.
 """
 
 import secrets
+from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
+from chat import attachments
 from chat.branches import shown_branch
 from chat.models import Conversation, Message, SharedLink, Someone
 
@@ -27,14 +29,21 @@ from chat.models import Conversation, Message, SharedLink, Someone
 TOKEN_PATTERN = "[A-Za-z0-9_-]{20,64}"
 
 
-def snapshot(conversation: Conversation) -> list[dict[str, str]]:
+def snapshot(conversation: Conversation) -> list[dict[str, Any]]:
     """The branch the conversation shows, as a reader of the link sees it: each prompt, and each
-    answer that has ended with some text (one still being written is left out, not half-shared)."""
-    return [
-        {"role": message.role, "content": message.content}
-        for message, _versions in shown_branch(conversation)
-        if message.role == Message.Role.USER or (not message.is_streaming and message.content)
-    ]
+    answer that has ended with some text (one still being written is left out, not half-shared).
+
+    A prompt's files by name and size, as its owner sees them under the prompt; never their text
+    or bytes, which are served to their owner alone (chat/file_views.py).
+    """
+    shared = []
+    for message, _versions in shown_branch(conversation):
+        if message.role == Message.Role.USER or (not message.is_streaming and message.content):
+            copy: dict[str, Any] = {"role": message.role, "content": message.content}
+            if files := attachments.files_read_with(message):
+                copy["files"] = [{"name": file.name, "size": file.size} for file in files]
+            shared.append(copy)
+    return shared
 
 
 def share(conversation: Conversation, audience: SharedLink.Audience) -> SharedLink:

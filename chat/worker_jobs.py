@@ -15,7 +15,7 @@ from typing import Any
 from asgiref.typing import ASGI3Application, ASGIReceiveCallable, ASGISendCallable, Scope
 from django.conf import settings
 
-from chat import leases, relay
+from chat import attachments, leases, relay
 from chat.running_turn import _running
 
 log = logging.getLogger("chat.turns")  # one log for a whole turn, whichever module of it writes
@@ -43,7 +43,7 @@ async def _start_worker() -> None:
         return
     _worker_loop = loop
     _worker_tasks.clear()
-    for job in (_keep_leases(loop), relay.listen(_answer_request)):
+    for job in (_keep_leases(loop), relay.listen(_answer_request), _expire_unsent_files()):
         task = loop.create_task(job, context=contextvars.Context())
         task.add_done_callback(_worker_job_ended)
         _worker_tasks.add(task)
@@ -69,6 +69,21 @@ async def _keep_leases(loop: asyncio.AbstractEventLoop) -> None:
         except Exception:
             # The database is away for now: try again next time, well within the lease.
             log.exception("Could not renew this worker's leases")
+
+
+# How often a worker deletes the files left unsent too long. A sweep here, not at each upload: an
+# upload would only clean its own person's files, and one who never uploads again would keep theirs
+# forever. An expired file counts toward its person's total for at most this long more.
+SWEEP_UNSENT_FILES_SECONDS = 600.0
+
+
+async def _expire_unsent_files() -> None:
+    while True:
+        try:
+            await leases.off_the_loop(attachments.delete_expired_unsent)()
+        except Exception:
+            log.exception("Could not delete the files left unsent")  # the database is away: next time
+        await asyncio.sleep(SWEEP_UNSENT_FILES_SECONDS)
 
 
 async def _answer_request(message: dict[str, Any]) -> None:

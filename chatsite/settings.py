@@ -350,6 +350,7 @@ CHAT_FILE_MAX_BYTES: int = env.int("CHAT_FILE_MAX_BYTES", default=10 * 1024 * 10
 CHAT_FILES_MAX_BYTES_PER_PERSON: int = env.int("CHAT_FILES_MAX_BYTES_PER_PERSON", default=200 * 1024 * 1024)
 CHAT_FILES_PER_PROMPT: int = env.int("CHAT_FILES_PER_PROMPT", default=5)
 CHAT_FILE_EXTRACT_SECONDS: float = env.float("CHAT_FILE_EXTRACT_SECONDS", default=20.0)
+CHAT_UNSENT_FILE_HOURS: float = env.float("CHAT_UNSENT_FILE_HOURS", default=24.0)  # then deleted: chat/worker_jobs.py
 
 # --- API: the REST API (/api/), model-compose's workflow routes, the OpenAI-compatible /v1/ -------
 # The largest request body the API accepts, in bytes; a larger one is refused with 413.
@@ -386,8 +387,7 @@ OIDC_CREATE_USER: bool = env.bool("OIDC_CREATE_ACCOUNTS", default=False)
 OIDC_STAFF_GROUPS: list[str] = env.list("OIDC_STAFF_GROUPS", default=[])
 OIDC_GROUPS_CLAIM: str = env.str("OIDC_GROUPS_CLAIM", default="groups")
 # How often a signed-in person's sessions and API tokens are checked with the provider (a refresh
-# token grant): one deactivated there is out at their first request after this many seconds.
-# 0: at every request.
+# token grant): one deactivated there is out at their first request after this many seconds (0: every request).
 OIDC_RECHECK_SECONDS: int = env.int("OIDC_RECHECK_SECONDS", default=60)
 OIDC_CALLBACK_CLASS = "accounts.oidc.SignInCallback"
 LOGIN_REDIRECT_URL_FAILURE = "login"

@@ -121,3 +121,30 @@ def test_sharing_and_revoking_from_the_conversations_menu(signed_in: Page, alice
     item.get_by_role("button", name="Stop sharing").click()
     expect(item.get_by_role("status")).to_contain_text("Not shared")
     assert not SharedLink.objects.exists()
+
+
+def test_a_file_dropped_on_the_temporary_chat_is_refused_not_opened_in_its_place(signed_in: Page, fake_vllm):
+    page = signed_in
+    page.goto("/temporary/")
+    fake_vllm.reply = ["Kept", " here."]
+    page.get_by_role("textbox", name="Message").fill("Remember this.")
+    page.keyboard.press("Enter")
+    expect(page.locator("#thread article.assistant")).to_have_text("Kept here.")
+
+    # The browser opens a dropped file in place of the page unless the page cancels the drop (and
+    # the dragover before it): a synthetic drop cannot navigate, so what is checked is the cancel.
+    cancelled = page.locator("#thread").evaluate(
+        """(thread) => {
+            const transfer = new DataTransfer();
+            transfer.items.add(new File(["notes"], "notes.txt", { type: "text/plain" }));
+            return ["dragenter", "dragover", "drop"].map((type) => {
+                const event = new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true });
+                thread.dispatchEvent(event);
+                return event.defaultPrevented;
+            });
+        }"""
+    )
+    assert cancelled[1:] == [True, True]
+    expect(page.get_by_role("alert")).to_contain_text("takes no files")
+    expect(page.locator("#thread article.assistant")).to_have_text("Kept here.")
+    assert page.url.endswith("/temporary/")

@@ -176,3 +176,25 @@ def test_openai_file_parts_by_data_and_by_id_reach_the_model(live_site, alice_to
             )
             assert refused.status_code == status, (part, refused.text)
             assert refused.json()["error"]["message"]
+
+
+def test_a_file_brought_to_a_refused_openai_request_is_not_kept(live_site, alice_token, fake_vllm):
+    data = "data:text/plain;base64," + base64.b64encode(BUDGET.encode()).decode()
+    brought = {"type": "file", "file": {"filename": "b.txt", "file_data": data}}
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(300)).decode()
+    refused_part = {"type": "file", "file": {"filename": "a.png", "file_data": png}}
+    question = {"type": "text", "text": "How much is the budget?"}
+    with httpx.Client(
+        base_url=f"{live_site.url}/v1", headers={"Authorization": f"Bearer {alice_token}"}, timeout=15
+    ) as v1:
+        for model, content, status in [
+            ("gpt-4o", [brought, question], 404),  # the turn is refused: no engine serves that model
+            (fake_vllm.served_model_name, [brought, refused_part, question], 415),  # a later part is refused
+        ]:
+            refused = v1.post(
+                "/chat/completions", json={"model": model, "messages": [{"role": "user", "content": content}]}
+            )
+            assert refused.status_code == status, refused.text
+            # Its id was never given to the client: kept, it would count toward alice's total for a day.
+            assert not Attachment.objects.exists()
+    assert fake_vllm.requests == []

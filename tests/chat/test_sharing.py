@@ -13,7 +13,7 @@ from django.test import Client
 from django.urls import reverse
 
 from chat import sharing
-from chat.models import Conversation, Message, SharedLink
+from chat.models import Attachment, Conversation, Message, SharedLink
 
 pytestmark = pytest.mark.django_db
 
@@ -206,3 +206,29 @@ def test_a_deactivated_persons_links_no_longer_open(conversation, alice):
     alice.is_active = False
     alice.save(update_fields=["is_active"])
     assert Client().get(url).status_code == 404
+
+
+def test_a_prompts_files_are_shown_by_name_and_never_served_to_the_reader(client, conversation, alice, bob):
+    prompt = Message.objects.get(conversation=conversation, role="user")
+    file = Attachment.objects.create(
+        owner=alice,
+        message=prompt,
+        name="<b>budget</b>.txt",
+        size=2048,
+        content_type="text/plain",
+        kind="text",
+        text="The budget is 3,000,000 won.",
+    )
+    client.force_login(alice)
+    link = share(client, conversation)
+    assert link.messages[0]["files"] == [{"name": "<b>budget</b>.txt", "size": 2048}]
+
+    client.force_login(bob)
+    page = client.get(reverse("chat:shared", args=[link.token])).content.decode()
+    assert "&lt;b&gt;budget&lt;/b&gt;.txt" in page and "2.0\xa0KB" in page
+    assert "only its name is shown" in page
+    # Its name, not its text, nor a way to it: a file is served to its owner alone.
+    assert "3,000,000" not in page and str(file.pk) not in page and "/files/" not in page
+    assert client.get(reverse("chat:file", args=[file.pk])).status_code == 404
+    korean = client.get(reverse("chat:shared", args=[link.token]), headers={"accept-language": "ko"})
+    assert "여기에는 이름만 보여요" in korean.content.decode()

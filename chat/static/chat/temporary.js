@@ -117,4 +117,19 @@
   });
   // Enter in the prompt box sends, but not the Enter that ends a Hangul syllable (enter_sends.js).
   enterSends(() => answering);
+
+  // The temporary chat takes no files (it stores nothing, and a file is stored to be read). A file
+  // dropped anywhere on the page would be opened by the browser in its place, and the chat, which
+  // only this page holds, lost: the drop is refused, and said so at the prompt.
+  const noFiles = () =>
+    showError(gettext("The temporary chat takes no files. Paste the text you need into the message."));
+  const carriesFiles = (e) => [...(e.dataTransfer?.types ?? [])].includes("Files");
+  window.addEventListener("dragover", (e) => { if (carriesFiles(e)) e.preventDefault(); });
+  window.addEventListener("drop", (e) => {
+    if (!carriesFiles(e)) return;
+    e.preventDefault();
+    noFiles();
+  });
+  // A copied file pasted into the box would otherwise be dropped without a word.
+  prompt.addEventListener("paste", (e) => { if (e.clipboardData?.files.length) noFiles(); });
 })();
