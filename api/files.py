@@ -19,7 +19,8 @@ from chat.attachment_models import Attachment
 router = Router()
 
 
-FILE_DOWNLOAD = {"responses": {200: {"description": "The file's bytes.", "content": {"application/octet-stream": {}}}}}
+# Served with the type its bytes were found to be (text/plain, application/pdf, ...): any type.
+FILE_DOWNLOAD = {"responses": {200: {"description": "The file, as its sniffed type.", "content": {"*/*": {}}}}}
 
 
 @router.post("/files", response={201: FileOut, 415: ErrorOut, 503: ErrorOut, **ERRORS}, tags=["files"])

@@ -100,6 +100,17 @@ FILE_RESPONSE = {
         }
     }
 }
+HISTORY_RESPONSE = {
+    "responses": {
+        200: {
+            "description": "The file, as an attachment.",
+            "content": {
+                "application/json": {"schema": {"type": "object"}},
+                "application/zip": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    }
+}
 
 
 @router.get(
@@ -123,7 +134,7 @@ def export_conversation(
     return exports.download(content, "application/json", exports.filename(conversation, "json"))
 
 
-@router.get("/export", response={200: None, **ERRORS}, openapi_extra=FILE_RESPONSE, tags=["export and import"])
+@router.get("/export", response={200: None, **ERRORS}, openapi_extra=HISTORY_RESPONSE, tags=["export and import"])
 def export_history(
     request: AuthenticatedRequest,
     format: str = Query("json", pattern="^(json|zip)$", description="json, or zip: the JSON with the prompts' files."),
