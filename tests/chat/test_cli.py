@@ -1,15 +1,18 @@
 """`python manage.py run --input ...`, the seed's `model-compose run`, as a real process against the fake vLLM."""
 
 import io
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import uuid
 
 import pytest
 from django.core.management import CommandError, call_command
 
+from chat import attachments
 from chat.models import Conversation, Message
 from tests.commands import ROOT
 from tests.site_server import site_env
@@ -152,3 +155,20 @@ def test_without_a_user_the_only_superuser_is_used_and_otherwise_it_asks(fake_vl
     django_user_model.objects.create_superuser("admin2", password="x")
     with pytest.raises(CommandError, match="there is more than one superuser"):
         call_command("run", "--input", '{"prompt": "hi"}', stdout=io.StringIO())
+
+
+def test_the_files_named_in_the_input_reach_the_model_and_a_stranger_is_refused(fake_vllm, alice):
+    notes = attachments.take_in_bytes(alice, "notes.txt", b"The meeting moved to Thursday.")
+    fake_vllm.reply = ["Thursday."]
+
+    result = run(fake_vllm, "--input", json.dumps({"prompt": "When?", "files": [str(notes.pk)]}), "--user", "alice")
+
+    assert result.returncode == 0, result.stderr
+    assert "The meeting moved to Thursday." in fake_vllm.requests[-1]["messages"][-1]["content"]
+    prompt = Message.objects.get(role="user")
+    assert [attachment.pk for attachment in prompt.attachments.all()] == [notes.pk]
+
+    stranger = str(uuid.uuid4())
+    with pytest.raises(CommandError, match=f"There is no file {stranger}"):
+        call_command("run", "--input", json.dumps({"prompt": "Again?", "files": [stranger]}), "--user", "alice")
+    assert Message.objects.filter(role="user").count() == 1

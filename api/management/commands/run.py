@@ -1,9 +1,9 @@
 """`python manage.py run --input '{"prompt": ..., "temperature": 0.7}'`: the seed's `model-compose run`.
 
 The workflow's input as model-compose takes it (`prompt`, `temperature`, and the `max_tokens` and
-`top_p` the seed's README adds), run as a chat turn in this process: the answer prints as it
-streams and is saved as a new conversation in the user's history. Ctrl-C stops the answer and
-keeps what was generated.
+`top_p` the seed's README adds; `files`, ids from `POST /api/files`), run as a chat turn in this
+process: the answer prints as it streams and is saved as a new conversation in the user's history.
+Ctrl-C stops the answer and keeps what was generated.
 """
 
 import asyncio
@@ -18,7 +18,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from pydantic import ValidationError
 
 from api.schemas import WorkflowInput
-from chat import turns
+from chat import attachments, turns
 from chat.limits import TooManyAnswers
 from chat.models import Conversation, Message
 from chat.turns import TurnEnded
@@ -63,8 +63,9 @@ class Command(BaseCommand):
         conversation = Conversation(owner=owner)
         workflow_input.apply_to(conversation)
         try:
-            _, answer = await turns.start_turn(conversation, workflow_input.prompt)
-        except (TooManyAnswers, catalog.NoSuchModel) as exc:
+            files = await attachments.named_by(owner, workflow_input.files)  # from POST /api/files
+            _, answer = await turns.start_turn(conversation, workflow_input.prompt, files=files)
+        except (TooManyAnswers, catalog.NoSuchModel, attachments.FileRefused) as exc:
             raise CommandError(exc.message) from None
         try:
             async with aclosing(turns.follow(answer)) as events:
