@@ -31,6 +31,10 @@ it, over the streams held), the database queries and writes per turn (bench/asgi
 in every worker), and the CPU time of PostgreSQL and Redis beside the site's. One py-spy profile
 of the first set-up's site is recorded in an extra, unmeasured pass of the 100-stream burst.
 
+--servers daphne,uvicorn,granian (bench/servers.py; default daphne) runs each set-up once per
+server, side by side with the same grid: set-up names get the server's (sqlite-1-uvicorn), daphne's
+stay as they were (sqlite-1), and the first set-up's profiled pass runs for each server.
+
 --site PATH serves the site from another checkout of the repository (a `git worktree` of an
 older commit, say) with this tree's load generator, fake and runner, for a before/after table
 from the same benchmark; the site runs on this interpreter, so on this tree's .venv.
