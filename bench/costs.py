@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from bench.run import RESULTS, ROOT, Bench, Setup, cpu_seconds
+from bench.servers import SERVERS
 
 
 def on_cpu_us() -> float:
@@ -45,11 +46,22 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=2000, help="tokens per answer for the per-token figure")
     parser.add_argument("--name", default="costs")
     parser.add_argument("--site", type=Path, default=ROOT, help="the checkout whose site is served (bench/run.py's)")
+    parser.add_argument("--server", default="daphne", choices=SERVERS, help="the ASGI server (bench/servers.py)")
     args = parser.parse_args()
-    figures: dict[str, object] = {"door": args.door, "streams": args.streams, "tokens": args.tokens}
+    figures: dict[str, object] = {
+        "server": args.server,
+        "door": args.door,
+        "streams": args.streams,
+        "tokens": args.tokens,
+    }
     figures["wake_up_us"] = {f"{s * 1000:g} ms asleep": asyncio.run(wake_up_cost(s, 200)) for s in (0.001, 0.02)}
     with tempfile.TemporaryDirectory() as scratch:
-        bench = Bench(argparse.Namespace(rate=50.0), Setup("sqlite", 1), args.site.resolve(), Path(scratch) / "site")
+        bench = Bench(
+            argparse.Namespace(rate=50.0),
+            Setup("sqlite", 1, server=args.server),
+            args.site.resolve(),
+            Path(scratch) / "site",
+        )
         try:
             bench.start()
             bench.cell(args.door, tokens=5, concurrency=5)  # warm up

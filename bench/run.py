@@ -31,6 +31,10 @@ it, over the streams held), the database queries and writes per turn (bench/asgi
 in every worker), and the CPU time of PostgreSQL and Redis beside the site's. One py-spy profile
 of the first set-up's site is recorded in an extra, unmeasured pass of the 100-stream burst.
 
+--servers daphne,uvicorn,granian (bench/servers.py; default daphne) runs each set-up once per
+server, side by side with the same grid: set-up names get the server's (sqlite-1-uvicorn), daphne's
+stay as they were (sqlite-1), and the first set-up's profiled pass runs for each server.
+
 --site PATH serves the site from another checkout of the repository (a `git worktree` of an
 older commit, say) with this tree's load generator, fake and runner, for a before/after table
 from the same benchmark; the site runs on this interpreter, so on this tree's .venv.
@@ -54,7 +58,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -64,6 +68,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import servers  # noqa: E402
 from engine.server.processes import term_on_parent_death  # noqa: E402
 from tests.ports import free_port, listening  # noqa: E402
 from tests.servers import PostgreSQL, Redis, postgresql_bin, redis_bin  # noqa: E402
@@ -84,10 +89,12 @@ class Setup:
     database: str  # "sqlite" or "postgresql"
     workers: int
     url: str = ""  # a database given with --database-url, in place of a scratch one
+    server: str = "daphne"  # bench/servers.py's
 
     @property
     def name(self) -> str:
-        return f"{self.database}-{self.workers}"
+        # daphne's as before this option, so that earlier results' names still match.
+        return f"{self.database}-{self.workers}" + ("" if self.server == "daphne" else f"-{self.server}")
 
     @classmethod
     def parse(cls, text: str) -> "Setup":
@@ -283,28 +290,44 @@ class Bench:
             self.env["REDIS_URL"] = self.redis.url
 
     def _start_site(self) -> None:
-        served = "bench.asgi:application"
-        if self.setup.workers == 1:
-            command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.site_port), served]
-            self._wait_up(site := self._spawn(command, "daphne"), "daphne", self.site_port)
+        served, server, count = "bench.asgi:application", self.setup.server, self.setup.workers
+        if count == 1 or servers.forks_its_workers(server):
+            command = servers.command(server, served, port=self.site_port, workers=count)
+            self._wait_up(site := self._spawn(command, f"site-{server}"), f"site-{server}", self.site_port)
             self.site_pids, self.worker_ports = [site.pid], [self.site_port]
-            return
-        # As `manage.py up --workers N` starts them (engine/server/site_workers.py, start_site): one
-        # listening socket made here and inherited by each daphne (--fd), the kernel handing each
-        # new connection to one of them. Started here, not through `up`, so that each serves
-        # bench/asgi.py and its queries are counted; each also listens on a port of its own, as
-        # the tests' workers do (tests/site_server.py), to tell when it is up and to warm it up.
-        self.worker_ports = [free_port() for _ in range(self.setup.workers)]
-        with socket.create_server(("127.0.0.1", self.site_port), backlog=1024) as shared:
-            fd = shared.fileno()
-            workers = []
-            for n, port in enumerate(self.worker_ports):
-                own = f"tcp:port={port}:interface=127.0.0.1"
-                command = [sys.executable, "-m", "daphne", "--fd", str(fd), "-e", own, served]
-                workers.append(self._spawn(command, f"daphne-{n}", (fd,)))
-        for n, (worker, port) in enumerate(zip(workers, self.worker_ports, strict=True)):
-            self._wait_up(worker, f"daphne-{n}", port)
-        self.site_pids = [worker.pid for worker in workers]
+        else:
+            # As `manage.py up --workers N` starts them (engine/server/site_workers.py, start_site):
+            # one listening socket made here and inherited by each worker (--fd), the kernel handing
+            # each new connection to one of them. Started here, not through `up`, so that each serves
+            # bench/asgi.py and its queries are counted; daphne's also listen on a port of their own,
+            # as the tests' workers do (tests/site_server.py), to tell when each is up and to warm it up.
+            own = servers.listens_on_its_own_port_too(server)
+            self.worker_ports = [free_port() for _ in range(count)] if own else [self.site_port]
+            with socket.create_server(("127.0.0.1", self.site_port), backlog=1024) as shared:
+                fd = shared.fileno()
+                workers = [
+                    self._spawn(
+                        servers.command(server, served, port=self.worker_ports[n] if own else 0, fd=fd),
+                        f"site-{server}-{n}",
+                        (fd,),
+                    )
+                    for n in range(count)
+                ]
+            for n, worker in enumerate(workers):
+                self._wait_up(worker, f"site-{server}-{n}", self.worker_ports[n] if own else self.site_port)
+            self.site_pids = [worker.pid for worker in workers]
+        # Each worker is up once it has imported bench.asgi (its counts file): where they share the
+        # only port, the first to answer says nothing of the others.
+        wait_for(self._every_worker_counts, 90, f"{count} {server} workers to import the site")
+
+    def _every_worker_counts(self) -> bool:
+        for process in self.processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"{process.args!r} exited with {process.returncode} (its log in {self.logs})")
+        try:
+            return bool(self.queries()["workers"] == self.setup.workers)
+        except httpx.HTTPError:
+            return False  # the shared socket's backlog holds the request until a worker takes it
 
     def _spawn(self, command: list[str], log: str, fds: tuple[int, ...] = ()) -> subprocess.Popen[bytes]:
         # Their logs (daphne's access log, the site's engine lines) go to a file, not between the figures.
@@ -337,7 +360,7 @@ class Bench:
     def keep_errors(self, out: IO[str]) -> None:
         """The site's and PostgreSQL's logs without their access and routine lines: their errors, if any."""
         noise = ('" 200 ', '" 201 ', '" 302 ', "HTTP Request:", " LOG:  ", "the database system is starting up")
-        for log in sorted([*self.logs.glob("daphne*.log"), *self.logs.glob("postgresql.log")]):
+        for log in sorted([*self.logs.glob("site-*.log"), *self.logs.glob("postgresql.log")]):
             lines = log.read_text(errors="replace").splitlines()
             kept = [line for line in lines if not any(n in line for n in noise)]
             out.write(f"=== {self.setup.name}, {log.name} ===\n" + "\n".join(kept[-5000:]) + "\n")
@@ -483,9 +506,10 @@ def measure(bench: Bench, grid: Grid, runs: list[dict[str, Any]], profile: str) 
                 flush=True,
             )
 
-    # Warm up: imports, first connections, each worker through its own port.
+    # Warm up: imports, first connections, each worker through its own port (or, where the server
+    # forks its workers on one port, enough streams that each gets some).
     for port in bench.worker_ports:
-        bench.cell(grid.doors[0], tokens=5, concurrency=5, port=port)
+        bench.cell(grid.doors[0], tokens=5, concurrency=5 * bench.setup.workers // len(bench.worker_ports), port=port)
     for concurrency in grid.bursts:
         for repeat in range(grid.rounds(concurrency)):
             round_of(f"burst {concurrency}", repeat, tokens=grid.tokens, concurrency=concurrency)
@@ -703,6 +727,12 @@ def arguments() -> tuple[argparse.Namespace, list[Setup], list[Grid]]:
     parser.add_argument("--workers", type=int, help="one set-up: SQLite (or --database-url) with this many workers")
     parser.add_argument("--database-url", default="", help="one set-up on this (empty) database, not a scratch one")
     parser.add_argument("--name", default="", help="results file name (default: a timestamp)")
+    parser.add_argument(
+        "--servers",
+        default="daphne",
+        help=f"ASGI servers, each on every set-up with that set-up's grid (some of {', '.join(servers.SERVERS)}; "
+        "default %(default)s)",
+    )
     args = parser.parse_args()
     for option, value in (QUICK if args.quick else FULL).items():
         if getattr(args, option) is None:
@@ -721,6 +751,9 @@ def arguments() -> tuple[argparse.Namespace, list[Setup], list[Grid]]:
             setups = [Setup("sqlite", args.workers)]
         else:
             setups = [Setup.parse(text) for text in (args.setups or DEFAULT_SETUPS).split(",")]
+        chosen = [server for server in args.servers.split(",") if server]
+        if not chosen or any(server not in servers.SERVERS for server in chosen):
+            raise ValueError(f"servers are some of {', '.join(servers.SERVERS)}, not {args.servers!r}")
         bursts = tuple(int(n) for n in args.concurrency.split(","))
         first = Grid(
             bursts,
@@ -742,7 +775,13 @@ def arguments() -> tuple[argparse.Namespace, list[Setup], list[Grid]]:
         )
     except ValueError as exc:
         parser.error(str(exc))
-    return args, setups, [first] + [others] * (len(setups) - 1)
+    # Each server on each set-up, side by side: the first set-up's full grid for every server.
+    grids = [first] + [others] * (len(setups) - 1)
+    return (
+        args,
+        [replace(setup, server=server) for setup in setups for server in chosen],
+        [grid for grid in grids for _ in chosen],
+    )
 
 
 def main() -> None:
@@ -765,7 +804,8 @@ def main() -> None:
             bench = Bench(args, setup, args.site, Path(scratch) / setup.name)
             try:
                 bench.start()
-                measure(bench, grid, runs, f"profile-{name}")
+                suffix = "" if setup.server == "daphne" else f"-{setup.server}"
+                measure(bench, grid, runs, f"profile-{name}{suffix}")
             except Exception as exc:
                 # The other set-ups still run: a long run is not lost to one set-up's failure.
                 failed[setup.name] = f"{type(exc).__name__}: {exc}"[:2000]
@@ -790,6 +830,7 @@ def main() -> None:
             setup.name: {
                 "database": setup.database,
                 "workers": setup.workers,
+                "server": setup.server,
                 "grid": asdict(grid),
                 "seconds": took.get(setup.name),
             }

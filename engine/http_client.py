@@ -312,6 +312,8 @@ def hang_up(response: aiohttp.ClientResponse) -> None:
         # Now, not at the loop's next turn, when asyncio would close the socket: a caller may
         # block before that (a worker shutting down), and vLLM would go on generating meanwhile.
         if (sock := transport.get_extra_info("socket")) is not None:
-            with suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            # Through a duplicate of its descriptor (a shutdown is the connection's, whichever
+            # descriptor asks): uvloop's stand-in for the socket has no shutdown().
+            with suppress(OSError), socket.fromfd(sock.fileno(), sock.family, sock.type) as duplicate:
+                duplicate.shutdown(socket.SHUT_RDWR)
     response.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 from django.conf import settings
 
+from bench import servers
 from engine.server.site_workers import Site
 from tests.commands import ROOT
 from tests.ports import free_port
@@ -35,9 +36,10 @@ def site_env(fake_vllm_server, **overrides: str) -> dict[str, str]:
 
 
 def daphne_answers(process: subprocess.Popen[bytes], url: str) -> bool:
-    """Whether the site's daphne at `url` answers a request yet (any answer); an error if it exited."""
+    """Whether the site's daphne (or other server) at `url` answers a request yet (any answer); an
+    error if it exited."""
     if process.poll() is not None:
-        raise RuntimeError(f"daphne exited with {process.returncode}")
+        raise RuntimeError(f"{process.args!r} exited with {process.returncode}")
     try:
         httpx.get(f"{url}/accounts/login/", timeout=1.0)
     except httpx.TransportError:
@@ -57,20 +59,26 @@ def stop_daphne(process: subprocess.Popen[bytes] | None) -> None:
 
 
 class SiteProcess:
-    def __init__(self, env: dict[str, str], daphne_args: tuple[str, ...] = ()) -> None:
+    """One site process; daphne, as `up` runs it, unless `server` names another of bench/servers.py's."""
+
+    def __init__(self, env: dict[str, str], daphne_args: tuple[str, ...] = (), server: str = "daphne") -> None:
         self.env = env
         self.daphne_args = daphne_args
+        self.server = server
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, within: float = STARTS_WITHIN) -> "SiteProcess":
-        command = [
-            *(sys.executable, "-m", "daphne", *self.daphne_args),
-            *("-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"),
-        ]
+        if self.server == "daphne":
+            command = [
+                *(sys.executable, "-m", "daphne", *self.daphne_args),
+                *("-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"),
+            ]
+        else:
+            command = servers.command(self.server, "chatsite.asgi:application", port=self.port)
         self.process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **self.env})
-        wait_for(self._answers, within, "daphne to answer")
+        wait_for(self._answers, within, f"{self.server} to answer")
         return self
 
     def _answers(self) -> bool:

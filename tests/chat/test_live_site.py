@@ -6,6 +6,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from bench import servers
 from chat import turns
 from chat.models import Conversation, Message
 from tests.accounts import login
@@ -253,3 +254,61 @@ def test_a_site_that_dies_mid_answer_has_it_marked_interrupted_once_its_lease_ex
         assert answer.error == turns.INTERRUPTED_TEXT
     finally:
         site.stop()
+
+
+# --- The same site on the other ASGI servers bench.run compares with daphne (issue 22) -----------
+
+# daphne serves every test above; each other server serves the site's own code unchanged.
+OTHER_SERVERS = [server for server in servers.SERVERS if server != "daphne"]
+
+
+@pytest.fixture(scope="module", params=OTHER_SERVERS)
+def site_on_server(request, django_db_setup, django_db_blocker, fake_vllm_server) -> Iterator[SiteProcess]:
+    site = SiteProcess(site_env(fake_vllm_server), server=request.param).start()
+    yield site
+    site.stop()
+
+
+@pytest.fixture
+def browser_on_server(site_on_server, alice) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=site_on_server.url, timeout=10) as client:
+        login(client, "alice")  # the sign-in's form, its CSRF cookie and its POST
+        yield client
+
+
+def test_on_each_server_the_chat_page_loads_signed_in(browser_on_server, fake_vllm):
+    page = browser_on_server.get("/")
+    assert page.status_code == 200
+    assert elements(page.text)["prompt"]["<tag>"] == "textarea"
+
+
+def test_on_each_server_an_answer_streams_and_is_stored(browser_on_server, fake_vllm):
+    fake_vllm.reply = ["Local", " AI", " keeps", " <b>your</b>", " data."]
+    sent = send(browser_on_server, "Explain the benefits of local AI models")
+    with browser_on_server.stream("GET", stream_url(sent)) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = list(sse_events(response.iter_lines()))
+
+    assert "".join(data["text"] for name, data in events if name == "delta") == "Local AI keeps <b>your</b> data."
+    assert events[-1][0] == "done" and events[-1][1]["status"] == "complete"
+    assert Message.objects.get(pk=events[-1][1]["message_id"]).content == "Local AI keeps <b>your</b> data."
+
+
+def test_on_each_server_stop_ends_a_streaming_answer(browser_on_server, fake_vllm):
+    # 500 tokens at 50 a second: a server that held the stream back until its end would show the
+    # first delta only after 10 s, with the answer complete rather than stopped.
+    fake_vllm.reply = [f" word{i}" for i in range(500)]
+    fake_vllm.token_delay = 0.02
+    sent = send(browser_on_server, "Talk forever")
+    with browser_on_server.stream("GET", stream_url(sent)) as response:
+        events = sse_events(response.iter_lines())
+        assert next(events)[0] == "delta"
+        stopped = browser_on_server.post(
+            stream_url(sent).replace("/stream", "/stop"), headers=csrf_headers(browser_on_server)
+        )
+        rest = list(events)
+
+    assert stopped.json()["status"] == "stopped"
+    assert rest[-1][0] == "done" and rest[-1][1]["status"] == "stopped"
+    assert fake_vllm.wait_for_disconnect()
+    assert Message.objects.get(pk=answer_pk(sent)).status == Message.Status.STOPPED
