@@ -20,6 +20,7 @@ from playwright.sync_api import Locator, Page, expect
 
 from chat import branches
 from chat.models import Conversation, Message
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -562,11 +563,11 @@ VISIBLE_TEXT = """(body) => {
 
 
 def copied_answer(page: Page, answer: Locator) -> str:
-    button = answer.locator(".meta .copy-answer")
-    button.click()
-    expect(button).to_have_text("Copied")
-    text: str = page.evaluate("navigator.clipboard.readText()")
-    expect(button).to_have_text("Copy")
+    """What the answer's Copy put on the clipboard: waited for on the clipboard itself, which the test
+    empties first (the button's "Copied" lasts 1.5 s, which a busy machine's polling could miss)."""
+    page.evaluate("navigator.clipboard.writeText('')")
+    answer.locator(".meta .copy-answer").click()
+    text: str = wait_for(lambda: page.evaluate("navigator.clipboard.readText()"), what="the copied answer")
     return text
 
 
@@ -670,6 +671,7 @@ def test_any_answer_reads_the_same_live_after_a_reload_and_in_another_tab(signed
         f"seed {seed}"
     )
     other.close()
+    page.bring_to_front()  # the clipboard is the focused page's
 
     page.reload()
     for i in range(len(CORPUS)):
