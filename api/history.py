@@ -89,28 +89,14 @@ def search_history(
     }
 
 
-FILE_RESPONSE = {
-    "responses": {
-        200: {
-            "description": "The file, as an attachment.",
-            "content": {
-                "application/json": {"schema": {"type": "object"}},
-                "text/markdown": {"schema": {"type": "string"}},
-            },
-        }
-    }
-}
-HISTORY_RESPONSE = {
-    "responses": {
-        200: {
-            "description": "The file, as an attachment.",
-            "content": {
-                "application/json": {"schema": {"type": "object"}},
-                "application/zip": {"schema": {"type": "string", "format": "binary"}},
-            },
-        }
-    }
-}
+def _download(other_type: str, other_schema: dict[str, str]) -> dict[str, object]:
+    """The OpenAPI response of an export: the JSON file, or another kind of it."""
+    content = {"application/json": {"schema": {"type": "object"}}, other_type: {"schema": other_schema}}
+    return {"responses": {200: {"description": "The file, as an attachment.", "content": content}}}
+
+
+FILE_RESPONSE = _download("text/markdown", {"type": "string"})
+HISTORY_RESPONSE = _download("application/zip", {"type": "string", "format": "binary"})
 
 
 @router.get(
