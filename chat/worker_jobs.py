@@ -59,12 +59,16 @@ async def _keep_leases(loop: asyncio.AbstractEventLoop) -> None:
     while True:
         await asyncio.sleep(settings.CHAT_LEASE_SECONDS / 3)
         try:
-            mine = {pk: turn for pk, turn in list(_running.items()) if turn.loop is loop and turn.finishing is None}
+            # A turn writing its end is renewed too: a final write that waits out a lock longer than
+            # a lease (tried again, chat/running_turn.py) would otherwise find its answer marked
+            # interrupted by this very sweep, its lease expired meanwhile.
+            mine = {pk: turn for pk, turn in list(_running.items()) if turn.loop is loop}
             renewed = await leases.on_the_lease_thread(leases.renew)(list(mine))
             for pk in renewed.lost:
                 mine[pk].lose()
             for pk in renewed.stop:
-                mine[pk].request_stop()
+                if mine[pk].finishing is None:  # one writing its end has nothing left to stop
+                    mine[pk].request_stop()
             await leases.on_the_lease_thread(leases.interrupt_expired)()
         except Exception:
             # The database is away for now: try again next time, well within the lease.

@@ -2,16 +2,17 @@
 
 import asyncio
 import threading
+import time
 from datetime import timedelta
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.db import connection
+from django.db import OperationalError, connection
 from django.db.backends.signals import connection_created
 from django.utils import timezone
 
 from chat import leases, turns
-from chat.models import Conversation, Message
+from chat.models import Conversation, Message, MessageQuerySet
 from engine.vllm_client import TextDelta
 from tests.waiting import wait_for_async
 
@@ -140,6 +141,37 @@ async def test_an_owner_that_lost_its_lease_stops_and_keeps_its_text_in_the_inte
     assert after.status == Message.Status.INTERRUPTED
     assert after.content == "all of"
     assert await asyncio.to_thread(fake_vllm.wait_for_disconnect)
+
+
+async def test_a_final_write_that_waits_out_a_lock_longer_than_a_lease_still_completes_the_answer(
+    conversation, fake_vllm, settings, monkeypatch
+):
+    # Another process holds SQLite's lock for longer than a lease just as the answer ends: the final
+    # write is tried again meanwhile, and this worker's own lease sweep must not take the answer for dead.
+    settings.CHAT_LEASE_SECONDS = 0.6
+    locked = threading.Event()
+    locked.set()
+    refused: list[float] = []
+    update = MessageQuerySet.update
+
+    def final_write_while_locked(self, **fields):
+        if {"status", "content"} <= fields.keys() and locked.is_set():
+            refused.append(time.monotonic())
+            raise OperationalError("database is locked")
+        return update(self, **fields)
+
+    monkeypatch.setattr(MessageQuerySet, "update", final_write_while_locked)
+    fake_vllm.reply = ["all", " of", " it"]
+    _, answer = await turns.start_turn(conversation, "Go")
+
+    # The lock lasts three leases from the first refused final write (the fault's length).
+    await wait_for_async(lambda: refused and time.monotonic() - refused[0] > 3 * 0.6, what="three leases of lock")
+    locked.clear()
+    await wait_for_async(lambda: not turns.is_running(answer), within=10, what="the final write")
+
+    after = await stored(answer)
+    assert after.status == Message.Status.COMPLETE, after.error
+    assert after.content == "all of it"
 
 
 def test_the_cli_owns_its_answers_like_any_worker(alice, fake_vllm, capsys):
