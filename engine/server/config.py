@@ -143,6 +143,11 @@ class ServerConfig:
             # refuses to start while other programs hold more than the rest. The starter model's
             # 2048-token context needs a few MB of it: 1 GiB is plenty, and leaves room for the rest.
             env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        # vLLM 0.32 with torch 2.10 or newer saves the compiled model as an "AOT" artifact that its
+        # CPU build then fails to load ('function' object has no attribute 'finalize_loading'), so
+        # every start compiled the model again: minutes on a small machine. Its compile cache of
+        # before loads: the starter model's engine start went from 147 s to 35 s on one core.
+        env.setdefault("VLLM_USE_AOT_COMPILE", "0")
         # What activating the environment would do, for anything vLLM starts by name (compilers).
         env["VIRTUAL_ENV"] = str(self.venv)
         env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"

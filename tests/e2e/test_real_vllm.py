@@ -100,14 +100,23 @@ async def test_without_the_key_the_sites_answer_ends_saying_so(site_uses, settin
     ]
 
 
+def environ_of(pid: int) -> dict[str, str]:
+    """The environment process `pid` was started with."""
+    return dict(item.split("=", 1) for item in open(f"/proc/{pid}/environ").read().split("\0") if "=" in item)
+
+
 def test_vllm_runs_without_usage_statistics_and_offline(real_vllm):
-    environ = dict(
-        item.split("=", 1) for item in open(f"/proc/{real_vllm.pid}/environ").read().split("\0") if "=" in item
-    )
+    environ = environ_of(real_vllm.pid)
     assert environ["VLLM_NO_USAGE_STATS"] == "1"
     assert environ["DO_NOT_TRACK"] == "1"
     assert environ["HF_HUB_OFFLINE"] == "1"
     assert "VLLM_PORT" not in environ  # the site's setting would be vLLM's internal port
+
+
+def test_vllm_does_not_compile_the_model_again_for_want_of_loading_it(real_vllm):
+    # vLLM's AOT artifacts fail to load on its CPU build: every start compiled for minutes.
+    assert environ_of(real_vllm.pid)["VLLM_USE_AOT_COMPILE"] == "0"
+    assert "Compiling model again due to a load failure" not in real_vllm.log_file.read_text()
 
 
 def test_runvllm_does_not_start_a_second_vllm_on_a_port_that_has_one(real_vllm):

@@ -114,6 +114,15 @@ def test_vllm_does_not_get_the_sites_secrets(monkeypatch):
     assert env["HF_TOKEN"] == "for-vllm"
 
 
+def test_vllm_loads_the_compiled_model_from_its_cache_unless_told_otherwise(monkeypatch):
+    # vLLM's AOT artifacts fail to load on its CPU build, so each start compiled again (minutes).
+    monkeypatch.delenv("VLLM_USE_AOT_COMPILE", raising=False)
+    assert ServerConfig.from_settings().environment()["VLLM_USE_AOT_COMPILE"] == "0"
+
+    monkeypatch.setenv("VLLM_USE_AOT_COMPILE", "1")  # a person who knows theirs loads
+    assert ServerConfig.from_settings().environment()["VLLM_USE_AOT_COMPILE"] == "1"
+
+
 def test_a_local_model_folder_runs_offline(settings, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     model = tmp_path / "model"
