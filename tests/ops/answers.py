@@ -2,6 +2,7 @@
 
 from datetime import datetime, time, timedelta
 
+from django.db import connection
 from django.utils import timezone
 
 from chat.models import Conversation, Message
@@ -25,3 +26,18 @@ def store_answers(conversation: Conversation, answers: list[dict], days_ago: int
     pks = [m.pk for m in made]
     Message.objects.filter(pk__gte=min(pks), pk__lte=max(pks)).update(created_at=on_day(days_ago))
     return made
+
+
+def copy_answers(answers: list[Message], conversation: Conversation, days_ago: int) -> None:
+    """Stores a copy of each of `answers` in `conversation`, dated `days_ago`: one INSERT ... SELECT,
+    where bulk_create spends seconds per 10,000 rows building its SQL in Python."""
+    columns = [field.column for field in Message._meta.concrete_fields if not field.primary_key]
+    given = {"conversation_id": conversation.pk, "created_at": on_day(days_ago)}
+    selected = ["%s" if column in given else column for column in columns]
+    table = connection.ops.quote_name(Message._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} ({', '.join(columns)}) "
+            f"SELECT {', '.join(selected)} FROM {table} WHERE id BETWEEN %s AND %s",
+            [*(given[column] for column in columns if column in given), answers[0].pk, answers[-1].pk],
+        )
