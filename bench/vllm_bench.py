@@ -235,6 +235,7 @@ def start_starter(scratch: Path) -> tuple[subprocess.Popen[bytes], str]:
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "VLLM_SERVED_MODEL_NAME": "",
+        "VLLM_API_KEY": "",  # whatever .env says: a scratch engine on loopback, open to the benchmark
         # One core left to the site and the benchmark's client: vLLM busy-waits on all it has.
         "VLLM_CPUS": ",".join(map(str, cpus[:-1] or cpus)),
         "VLLM_LOG_FILE": str(scratch / "vllm.log"),
@@ -327,14 +328,25 @@ def main() -> None:
     result_dir = scratch / "results"
     result_dir.mkdir()
     print(f"scratch (logs, vLLM's own result files): {scratch}", flush=True)
-    started = time.monotonic()
+    started, load_before = time.monotonic(), os.getloadavg()[0]
     rows = measure(args, scratch, result_dir)
     plan = json.loads((result_dir / "plan.json").read_text())
     commands = [
         ("OPENAI_API_KEY=<token> " if run["api_key"] else "") + "vllm bench serve " + shlex.join(run["argv"])
         for run in plan
     ]
-    machine = f"{platform.node()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end"
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
+    machine = (
+        f"{cpu} ({platform.machine()}), {os.cpu_count()} cores, load average {load_before:.1f} before the runs "
+        f"and {os.getloadavg()[0]:.1f} after"
+    )
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": _commit(ROOT),
