@@ -176,14 +176,14 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def shares(rows: list[dict[str, Any]]) -> str:
-    """At each concurrency, what the site added to the direct run's figures, and its throughput over direct's."""
+    """At each concurrency, what each site added to the direct run's figures, and its throughput over direct's."""
     head = (
-        "| concurrency | site added: TTFT p50 / p99 ms | TPOT p50 ms | ITL p99 ms | E2EL p50 ms "
+        "| concurrency | target | added: TTFT p50 / p99 ms | TPOT p50 ms | ITL p99 ms | E2EL p50 ms "
         "| site's share of E2EL p50 | site/direct tokens/s |"
     )
     lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     direct = {row["concurrency"]: row for row in rows if row["target"] == "direct"}
-    for site in (row for row in rows if row["target"] == "site" and row["concurrency"] in direct):
+    for site in (row for row in rows if row["target"] != "direct" and row["concurrency"] in direct):
         mine = direct[site["concurrency"]]
 
         def added(key: str, row: dict[str, Any] = site, base: dict[str, Any] = mine) -> float | None:
@@ -193,7 +193,7 @@ def shares(rows: list[dict[str, Any]]) -> str:
         share = None if e2el is None or not site["e2el_p50_ms"] else 100 * e2el / site["e2el_p50_ms"]
         ratio = site["output_throughput"] / mine["output_throughput"] if mine["output_throughput"] else None
         lines.append(
-            f"| {site['concurrency']} | {_f(added('ttft_p50_ms'))} / {_f(added('ttft_p99_ms'))} "
+            f"| {site['concurrency']} | {site['target']} | {_f(added('ttft_p50_ms'))} / {_f(added('ttft_p99_ms'))} "
             f"| {_f(added('tpot_p50_ms'))} | {_f(added('itl_p99_ms'))} | {_f(e2el, 0)} "
             f"| {_f(share, 0)} % | {_f(ratio, 2)} |"
         )
@@ -263,24 +263,33 @@ def served_model(base_url: str, api_key: str = "") -> str:
 
 def measure(args: argparse.Namespace, scratch: Path, result_dir: Path) -> list[dict[str, Any]]:
     engine: subprocess.Popen[bytes] | None = None
-    bench = Bench(argparse.Namespace(rate=args.rate), Setup("sqlite", 1), ROOT, scratch / "site")
+    # The site, and with --without-naming a second one whose new conversations keep their first words.
+    sites = {"site": Bench(argparse.Namespace(rate=args.rate), Setup("sqlite", 1), ROOT, scratch / "site")}
+    if args.without_naming:
+        sites["site-no-naming"] = Bench(sites["site"].args, Setup("sqlite", 1), ROOT, scratch / "site-no-naming")
+        sites["site-no-naming"].env["BENCH_NO_NAMING"] = "1"  # bench/asgi.py
+    runs: list[tuple[Run, str, str, str]] = []
     try:
         if args.engine == "starter":
             engine, direct_url = start_starter(scratch)
-            # The site asks the engine what it serves and how long its context is, as on a real machine.
-            bench.env["VLLM_BASE_URL"] = f"{direct_url}/v1"
-            bench.env["VLLM_SERVED_MODEL_NAME"] = ""
-            for fake_only in ("CHAT_CONTEXT_LENGTH", "VLLM_MAX_MODEL_LEN"):
-                bench.env.pop(fake_only)
         else:
-            direct_url = f"http://127.0.0.1:{bench.fake_port}"
-        # Bench starts bench/fake.py either way: with the real engine it stays idle, nothing points at it.
-        bench.start()
-        site_url = f"http://127.0.0.1:{bench.site_port}"
+            direct_url = f"http://127.0.0.1:{sites['site'].fake_port}"
+        for bench in sites.values():
+            if engine is not None:
+                # The site asks the engine what it serves and how long its context is, as on a real machine.
+                bench.env["VLLM_BASE_URL"] = f"{direct_url}/v1"
+                bench.env["VLLM_SERVED_MODEL_NAME"] = ""
+                for fake_only in ("CHAT_CONTEXT_LENGTH", "VLLM_MAX_MODEL_LEN"):
+                    bench.env.pop(fake_only)
+            else:
+                bench.env["VLLM_BASE_URL"] = f"{direct_url}/v1"  # one fake for every target
+            # Bench starts a bench/fake.py of its own either way; idle unless it is the direct target's.
+            bench.start()
+        targets = [("direct", direct_url, "")]
+        targets += [(name, f"http://127.0.0.1:{bench.site_port}", bench.bearer) for name, bench in sites.items()]
         model = served_model(direct_url)
-        runs = []
         for concurrency in args.concurrency:
-            for target, url, key in (("direct", direct_url, ""), ("site", site_url, bench.bearer)):
+            for target, url, key in targets:
                 prompts = prompts_for(concurrency, args.per_stream)
                 run = Run(args.engine, target, concurrency, prompts, args.input_len, args.output_len, args.seed)
                 runs.append((run, url, model, key))
@@ -288,7 +297,8 @@ def measure(args: argparse.Namespace, scratch: Path, result_dir: Path) -> list[d
         vllm_bench(runs, result_dir, scratch / "vllm-bench.log")
         print(f"vllm bench serve: {len(runs)} runs in {time.monotonic() - started:.0f} s", flush=True)
     finally:
-        bench.stop()
+        for bench in sites.values():
+            bench.stop()
         if engine is not None:
             engine.terminate()  # runvllm stops vLLM with it
             engine.wait(60)
@@ -310,6 +320,11 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--input-len", type=int, help="prompt tokens (default 128; starter 64)")
     parser.add_argument("--output-len", type=int, help="answer tokens (default 100; starter 64)")
     parser.add_argument("--seed", type=int, default=22)
+    parser.add_argument(
+        "--without-naming",
+        action="store_true",
+        help="a second site beside the first whose new conversations are not named by the model (chat/titles.py)",
+    )
     parser.add_argument("--rate", type=float, default=50.0, help="the fake's tokens per second per stream")
     parser.add_argument("--name", help="results: bench/results/vllm-bench-<name>.{json,md}")
     args = parser.parse_args()

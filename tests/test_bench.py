@@ -114,6 +114,6 @@ def test_vllm_bench_shows_what_the_site_added_to_the_direct_run_at_each_concurre
     rows = [row("direct", 10, 400.0, 500.0), row("site", 10, 500.0, 400.0), row("direct", 100, 400.0, 5000.0)]
     table = vllm_bench.shares(rows)
     # E2EL p50 500 ms through the site, 400 direct: 100 ms added, 20 % of the site's; 0.8 of direct's tokens/s.
-    assert "| 10 | 0.0 / 0.0 | 0.0 | 0.0 | 100 | 20 % | 0.80 |" in table
+    assert "| 10 | site | 0.0 / 0.0 | 0.0 | 0.0 | 100 | 20 % | 0.80 |" in table
     assert table.count("\n") == 2  # a head, a rule, and 10 alone: no site run to compare at 100
     assert vllm_bench.table(rows).count("\n") == 4  # a head, a rule and a row per run
