@@ -10,7 +10,7 @@ PORT ?= 8080
 PYTHON_312 := $(shell for c in python3.14 python3.13 python3.12 $$HOME/.pyenv/versions/3.1[2-9]*/bin/python; do \
 	$$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$c; break; }; done)
 
-.PHONY: run test lint format clean chromium fonts nginx servers gettext messages vendor bench
+.PHONY: run test lint format clean chromium fonts nginx servers gettext messages vendor bench bench-vllm
 
 run: $(VENV)/.site .env
 	$(PY) manage.py up --host $(HOST) --port $(PORT)
@@ -35,6 +35,11 @@ lint: $(VENV)/.dev .env
 # Not part of `make test`: it takes minutes and its figures depend on the machine. BENCH_ARGS=--quick
 bench: $(VENV)/.bench .env
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# vLLM's own benchmark (`vllm bench serve`) straight to the bench's fake and through the site's /v1;
+# BENCH_ARGS="--engine starter" for the real starter model on vLLM's CPU build (bench/README.md).
+bench-vllm: .env | $(VENV)/.site
+	$(PY) -m bench.vllm_bench $(BENCH_ARGS)
 
 $(VENV)/.bench: bench/requirements.txt | $(VENV)/.site
 	$(PY) -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt

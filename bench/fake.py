@@ -112,11 +112,13 @@ class Fake:
         try:
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n")
             writer.write(b"transfer-encoding: chunked\r\n\r\n")
-            frame(
-                head + '[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}'
-            )
             for index in range(tokens):
                 sent = await self._pace(arrival, index)
+                if index == 0:
+                    # With the first token, as vLLM's chat server sends the role's chunk (with its first
+                    # output), not on arrival: `vllm bench serve` times TTFT to it (bench/vllm_bench.py).
+                    role = '{"role":"assistant","content":""}'
+                    frame(head + '[{"index":0,"delta":' + role + ',"logprobs":null,"finish_reason":null}]}')
                 chunk(f" @{arrival}/{sent}" if index == 0 else f" @{sent}")
                 await writer.drain()
             chunk("", "length")
