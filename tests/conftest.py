@@ -1,3 +1,5 @@
+import signal
+
 import pytest
 from _pytest.nodeid import NodeId
 from django.utils import translation
@@ -15,6 +17,16 @@ pytest_plugins = [
     "tests.fixtures_browser",
     "tests.fixtures_oidc",
 ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A suite started in the background (`make test &`, nohup, a CI runner without job control)
+    # inherits SIGINT ignored, and an ignored signal stays ignored in every process the tests start:
+    # a `run` or `up` would then never see the Ctrl-C a test sends as a person's (issue 20's hang of
+    # test_cli's Ctrl-C test). Each test process takes it back: handlers, unlike ignores, are reset
+    # by exec, so the processes it starts begin with the default, as at a terminal.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
