@@ -78,6 +78,9 @@ class Instructed:
     reply: list[str]
     status: int = 200  # anything else: an error body of that status instead
     delay: float = 0.0  # seconds before answering
+    # While set and not open, the answer waits for it to open (a test that must see the page before
+    # the answer lands); bounded by WAIT_WITHIN, as `delta_gate`, so a failed test leaves no handler waiting forever.
+    gate: threading.Event | None = None
 
 
 _PIECES = re.compile(r"<\|im_start\|>|<\|im_end\|>|\n|(?:(?!<\|im_(?:start|end)\|>)\S)+")
@@ -725,6 +728,8 @@ class FakeVLLM:
         deltas = self._reply_to(body, instructed)
         finish_reason = "length" if len(deltas) >= max_tokens else "stop"
         deltas = deltas[:max_tokens]
+        if instructed is not None and instructed.gate is not None:
+            instructed.gate.wait(WAIT_WITHIN)
         self._pause(
             handler.connection, epoch, (instructed.delay if instructed else 0.0) + self.token_delay * len(deltas)
         )

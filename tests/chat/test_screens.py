@@ -6,6 +6,7 @@ serious or critical.
 """
 
 import re
+import threading
 
 import pytest
 from playwright.sync_api import Browser, FilePayload, Page, ViewportSize, expect
@@ -289,7 +290,10 @@ def test_every_control_is_reached_by_tab_with_a_visible_focus(signed_in: Page, s
 
 def test_the_sidebar_shows_the_models_name_for_a_new_conversation_without_a_reload(signed_in: Page, fake_vllm):
     page = signed_in
-    fake_vllm.instructed[titles.NAMING_INSTRUCTION] = Instructed(["Sky", " colours", " explained"], delay=0.3)
+    # The name is held until the page has shown the first words: with a fixed delay, a busy run's
+    # polling saw the name already (issue 20's hog runs).
+    named = threading.Event()
+    fake_vllm.instructed[titles.NAMING_INSTRUCTION] = Instructed(["Sky", " colours", " explained"], gate=named)
     expect(page.locator("#backend")).to_have_text("model server up")  # the page's scripts have run
     page.get_by_role("textbox", name="Message").fill("Why is the sky blue? And why are sunsets red?")
     page.keyboard.press("Enter")
@@ -297,6 +301,7 @@ def test_the_sidebar_shows_the_models_name_for_a_new_conversation_without_a_relo
     current = page.locator("#conversations li.current > a")
     expect(current).to_have_text("Why is the sky blue? And why are sunsets red?")  # the first words, at once
     expect(page.locator("#thread article.assistant .status")).to_have_text("")  # complete
+    named.set()
     expect(current).to_have_text("Sky colours explained")
     expect(page).to_have_title("Sky colours explained · Local chat")
     conversation = Conversation.objects.get()
