@@ -1,6 +1,7 @@
 """The model names a conversation after its first answer (chat/titles.py), against the fake vLLM."""
 
 import asyncio
+import threading
 
 import pytest
 from asgiref.sync import ThreadSensitiveContext
@@ -51,7 +52,8 @@ async def test_the_model_names_the_conversation_after_its_first_answer(conversat
 
 
 async def test_the_answer_ends_before_the_naming_does(conversation, fake_vllm):
-    fake_vllm.instructed[titles.NAMING_INSTRUCTION] = Instructed(["Greetings"], delay=1.5)
+    naming = threading.Event()  # held until the test has seen the answer end before it
+    fake_vllm.instructed[titles.NAMING_INSTRUCTION] = Instructed(["Greetings"], gate=naming)
     _, answer = await turns.start_turn(conversation, "Hi there")
 
     async for event in turns.follow(answer):
@@ -62,6 +64,7 @@ async def test_the_answer_ends_before_the_naming_does(conversation, fake_vllm):
     await wait_for_async(lambda: fake_vllm.running == 1, what="the naming request")
     assert (await Conversation.objects.aget(pk=conversation.pk)).title == "Hi there"
 
+    naming.set()
     await titles.wait_for_name(conversation.pk)
     assert (await Conversation.objects.aget(pk=conversation.pk)).title == "Greetings"
 
@@ -77,13 +80,15 @@ async def test_a_title_the_person_gave_is_never_replaced(alice, fake_vllm):
 
 
 async def test_a_rename_while_the_model_names_wins(conversation, fake_vllm):
-    fake_vllm.instructed[titles.NAMING_INSTRUCTION] = Instructed(["Model's name"], delay=1.0)
+    naming = threading.Event()  # held until the person has renamed it
+    fake_vllm.instructed[titles.NAMING_INSTRUCTION] = Instructed(["Model's name"], gate=naming)
     _, answer = await turns.start_turn(conversation, "Plan a trip")
     async for _event in turns.follow(answer):
         pass
     await wait_for_async(lambda: fake_vllm.running == 1, what="the naming request")
     # As the page's rename form and the REST API's PATCH save a person's title.
     await Conversation.objects.filter(pk=conversation.pk).aupdate(title="Mine", title_set_by_person=True)
+    naming.set()
 
     await titles.wait_for_name(conversation.pk)
 
