@@ -177,6 +177,23 @@ def test_copy_buttons_copy_the_code_and_the_whole_answer_as_markdown(signed_in: 
         assert clipboard() == MARKDOWN, moment
 
 
+def test_a_copy_the_browser_refuses_says_so_instead_of_copied(signed_in: Page, fake_vllm):
+    page = signed_in
+    fake_vllm.reply = in_deltas(MARKDOWN)
+    answer = ask(page, "Show me some markdown")
+    wait_until_answered(answer)
+    # A browser whose clipboard refuses both ways of writing to it (a policy, a denied permission).
+    page.evaluate(
+        """() => {
+          navigator.clipboard.writeText = () => Promise.reject(new DOMException("denied", "NotAllowedError"));
+          document.execCommand = () => false;
+        }"""
+    )
+    copy_answer = answer.locator(".meta .copy-answer")
+    copy_answer.click()
+    expect(copy_answer).to_have_text("Could not copy")  # it stays: not "Copied", then not "Copy" either
+
+
 def test_only_web_and_mail_links_are_links_and_images_are_never_fetched(signed_in: Page, fake_vllm, requested_urls):
     page = signed_in
     fake_vllm.reply = in_deltas(

@@ -388,7 +388,10 @@
     }
   }
 
+  const copyLabels = new WeakMap();  // each button's own label, put back after "Copied"
+
   async function copy(text, button) {
+    let copied = true;
     try {
       await navigator.clipboard.writeText(text);
     } catch {
@@ -401,12 +404,18 @@
       scratch.style.opacity = "0";
       document.body.append(scratch);
       scratch.select();
-      document.execCommand("copy");
+      copied = document.execCommand("copy");
       scratch.remove();
     }
-    const label = button.textContent;
+    if (!copyLabels.has(button)) copyLabels.set(button, button.textContent);
+    if (!copied) {
+      // Both ways refused (the browser's clipboard blocked): say so until the next click, never
+      // "Copied" for a clipboard that holds something else.
+      button.textContent = gettext("Could not copy");
+      return;
+    }
     button.textContent = gettext("Copied");
-    setTimeout(() => { button.textContent = label; }, 1500);
+    setTimeout(() => { button.textContent = copyLabels.get(button); }, 1500);
   }
 
   document.addEventListener("click", (e) => {
