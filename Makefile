@@ -67,8 +67,9 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
 	@echo "wrote $@ with a new DJANGO_SECRET_KEY"
 
 # The browser tests drive Debian's Chromium (Playwright's own browser download is not reachable).
+# The browser tests' Chromium: the headless shell (tests/chromium.py).
 chromium:
-	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+	@command -v chromium-headless-shell >/dev/null || { apt-get update -q && apt-get install -y -q chromium-headless-shell; }
 
 # The file tests make a Korean PDF with fpdf2, which needs a TrueType font with Hangul (Debian's
 # fonts-nanum); Chromium draws the page's Korean with it too.

@@ -24,7 +24,7 @@ ALLOWED_HOSTS: list[str] = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1"
 CSRF_TRUSTED_ORIGINS: list[str] = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
-    "daphne",  # first, so that `runserver` is daphne's ASGI server
+    "chatsite.devserver",  # first: `runserver` is daphne's ASGI server, Twisted imported only there
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",

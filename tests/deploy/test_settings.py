@@ -75,3 +75,16 @@ def test_mail_is_configured_only_with_a_mail_host():
             }
         }
     ), configured.stderr
+
+
+def test_runserver_is_daphnes_yet_other_commands_start_without_twisted():
+    # Each `manage.py` command and `run` is a process start; daphne's own app imported Twisted,
+    # pyOpenSSL and autobahn into every one (a third of a second of CPU) for the one command that serves.
+    code = (
+        "import sys; from django.core.management import get_commands, load_command_class; "
+        "print(sorted(m for m in ('twisted', 'daphne', 'autobahn', 'OpenSSL') if m in sys.modules)); "
+        "print(type(load_command_class(get_commands()['runserver'], 'runserver')).__module__)"
+    )
+    result = manage("shell", "--no-imports", "-c", code)
+
+    assert result.stdout.splitlines() == ["[]", "daphne.management.commands.runserver"], result.stderr
