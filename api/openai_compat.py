@@ -7,9 +7,10 @@ context fitting and streaming all come from chat/turns.py, and the exchange is i
 history. A client sends its whole history on every call: a request that repeats an earlier
 request of the caller's (same model, same system prompt, same messages) and the answer it got
 continues that conversation instead (`_start_in_session`), so one SDK session is one
-conversation. `GET /v1/models` lists every model the engines serve now (engine/catalog.py), and a
-request goes to an engine serving its `model`. Authentication is an API token as
-`Authorization: Bearer`, as for the REST API.
+conversation, titled by its first words: the model is not asked to name it, so that a call costs
+the engine one request, as it would without the site. `GET /v1/models` lists every model the
+engines serve now (engine/catalog.py), and a request goes to an engine serving its `model`.
+Authentication is an API token as `Authorization: Bearer`, as for the REST API.
 
 Errors come back in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`:
 400 for a request that is not valid (bad JSON, wrong types, out-of-range settings, no prompt, a
@@ -289,8 +290,15 @@ async def _start_in_session(owner: User, model: str, exchange: Exchange) -> Mess
             raise ApiError(400, str(exc), param="messages", code="context_length_exceeded") from None
         # The earlier messages are saved with the prompt, in one transaction: a refused turn saves none.
         earlier = exchange.earlier if session.after is None else session.added
+        # Named by its first words, not by the model: a proxy that asked the engine twice for each
+        # one-shot call would double what an API client costs it (bench/README.md, `vllm bench serve`).
         _, answer = await turns.start_turn(
-            conversation, exchange.prompt, after=session.after, earlier=earlier, files=exchange.files
+            conversation,
+            exchange.prompt,
+            after=session.after,
+            earlier=earlier,
+            files=exchange.files,
+            named_by_model=False,
         )
     except BaseException:  # a refusal, or the client gone meanwhile (CancelledError)
         if session.after is not None:  # the client may send the same history again

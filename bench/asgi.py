@@ -3,7 +3,7 @@
 Every database connection the site opens gets an execute wrapper (Django's hook for watching
 queries) that counts statements and, of those, writes; `GET /__bench__/queries` answers the
 counts so far as JSON, with the folder the site's code was imported from. Nothing else differs
-from chatsite.asgi (but for BENCH_NO_NAMING, below), and the counting costs a lock, two additions
+from chatsite.asgi, and the counting costs a lock, two additions
 and a 16-byte copy per query, not per token. Only bench/run.py and bench/vllm_bench.py serve it.
 
 Several workers share one listening socket, so the request for the counts reaches any one of them:
@@ -33,16 +33,6 @@ from django.db.backends.signals import connection_created
 
 import chat
 from chatsite.asgi import application as site
-
-if os.environ.get("BENCH_NO_NAMING"):
-    # bench/vllm_bench.py's site without naming: a new conversation keeps its first words instead of
-    # the model's title, a second request to the engine after each first answer (chat/titles.py).
-    from chat import titles
-
-    def _keep_first_words(answer: Any) -> None:
-        pass
-
-    titles.name_after_first_answer = _keep_first_words
 
 SITE = str(Path(chat.__file__).resolve().parent.parent)
 print(f"bench.asgi: serving the site in {SITE} (chat from {chat.__file__})", file=sys.stderr, flush=True)

@@ -263,11 +263,7 @@ def served_model(base_url: str, api_key: str = "") -> str:
 
 def measure(args: argparse.Namespace, scratch: Path, result_dir: Path) -> list[dict[str, Any]]:
     engine: subprocess.Popen[bytes] | None = None
-    # The site, and with --without-naming a second one whose new conversations keep their first words.
     sites = {"site": Bench(argparse.Namespace(rate=args.rate), Setup("sqlite", 1), ROOT, scratch / "site")}
-    if args.without_naming:
-        sites["site-no-naming"] = Bench(sites["site"].args, Setup("sqlite", 1), ROOT, scratch / "site-no-naming")
-        sites["site-no-naming"].env["BENCH_NO_NAMING"] = "1"  # bench/asgi.py
     runs: list[tuple[Run, str, str, str]] = []
     try:
         if args.engine == "starter":
@@ -320,11 +316,6 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--input-len", type=int, help="prompt tokens (default 128; starter 64)")
     parser.add_argument("--output-len", type=int, help="answer tokens (default 100; starter 64)")
     parser.add_argument("--seed", type=int, default=22)
-    parser.add_argument(
-        "--without-naming",
-        action="store_true",
-        help="a second site beside the first whose new conversations are not named by the model (chat/titles.py)",
-    )
     parser.add_argument("--rate", type=float, default=50.0, help="the fake's tokens per second per stream")
     parser.add_argument("--name", help="results: bench/results/vllm-bench-<name>.{json,md}")
     args = parser.parse_args()

@@ -88,6 +88,8 @@ class RunningTurn:
         # The history the answer is asked with, when the thread that saved the turn read it too.
         self.earlier: list[dict[str, str]] | None = None
         self.files: tuple[list[FileText], bool] | None = None  # and its files, whether they may be cut
+        # Whether the model names the conversation after this, its first answer (chat/titles.py).
+        self.names_conversation = True
 
     def text(self) -> str:
         return "".join(self.parts)
@@ -273,7 +275,8 @@ class RunningTurn:
             self.ended = self.answer
             _running.pop(self.answer.pk, None)
             # Started before the end is told, so a follower that then asks for the name finds it coming.
-            titles.name_after_first_answer(self.answer)
+            if self.names_conversation:
+                titles.name_after_first_answer(self.answer)
             self._tell()
             self._over.set()
 

@@ -21,7 +21,7 @@ import functools
 import logging
 from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing, suppress
-from typing import Any, NamedTuple
+from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import aclose_old_connections
@@ -38,6 +38,8 @@ from chat.running_turn import RunningTurn as RunningTurn
 from chat.running_turn import _look as _look
 from chat.running_turn import _running as _running
 from chat.running_turn import options_for as options_for
+from chat.turn_events import NoPrompt as NoPrompt
+from chat.turn_events import Turn as Turn
 from chat.turn_events import TurnDelta as TurnDelta
 from chat.turn_events import TurnEnded as TurnEnded
 from chat.turn_events import TurnEvent as TurnEvent
@@ -135,15 +137,6 @@ def _save_answer(
     return _new_answer(conversation, prompt, model_name, loop, new_prompt=False)
 
 
-class Turn(NamedTuple):
-    prompt: Message
-    answer: Message
-
-
-class NoPrompt(Exception):
-    """The answer follows no prompt (it was saved so, e.g. from an OpenAI request's history)."""
-
-
 async def _chosen(conversation: Conversation) -> catalog.Chosen:
     """The engine and model for the conversation's next answer (engine.catalog.pick)."""
     # Asking the engines may wait on the network (their /v1/models every TTL). The connection the
@@ -162,9 +155,11 @@ async def start_turn(
     after: Message | None = None,
     earlier: Sequence[tuple[str, str]] = (),
     files: Sequence[Attachment] = (),
+    named_by_model: bool = True,
 ) -> Turn:
     """Save the prompt (with `files`, the person's: chat/attachments.py) and an empty answer, then
-    generate the answer in the background.
+    generate the answer in the background; the model then names a new conversation, unless not
+    `named_by_model` (its first words stay its title).
 
     The prompt follows `after` (a message of the conversation: the page says which, as the person
     sees it), by default the tip of the branch shown, and `earlier` (role, text) messages saved
@@ -188,6 +183,7 @@ async def start_turn(
         chosen,
         None,
         functools.partial(_save_prompt_and_answer, conversation, prompt, place, chosen.model.id, earlier, files),
+        named_by_model,
     )
 
 
@@ -240,6 +236,7 @@ async def _saved_and_run(
     chosen: catalog.Chosen,
     prompt: Message | None,
     save: Callable[[asyncio.AbstractEventLoop], RunningTurn],
+    named_by_model: bool = True,
 ) -> Turn:
     """Save the turn's rows (`save`, on the request's own thread, or SQLite's one: see
     leases.one_at_a_time) and start generating, as one step.
@@ -254,6 +251,7 @@ async def _saved_and_run(
 
     async def save_and_run() -> Turn:
         running = await saving(loop)
+        running.names_conversation = named_by_model
         asked = prompt or running.answer.parent
         assert asked is not None, "a new answer follows its prompt"
         return _run(conversation, asked, running, chosen)

@@ -79,6 +79,28 @@ async def test_a_title_the_person_gave_is_never_replaced(alice, fake_vllm):
     assert naming_requests(fake_vllm) == []  # not even asked
 
 
+async def test_a_conversation_started_through_v1_keeps_its_first_words_and_asks_the_engine_once(
+    async_client, alice, alice_token, fake_vllm
+):
+    # An OpenAI client's one-shot call costs the engine one request, as it would without the site.
+    fake_vllm.instructed[titles.NAMING_INSTRUCTION] = Instructed(["Model's name"])
+    body = {"model": fake_vllm.served_model_name, "messages": [{"role": "user", "content": "Plan a trip to Busan"}]}
+
+    headers = {"Authorization": f"Bearer {alice_token}"}
+    response = await async_client.post("/v1/chat/completions", body, content_type="application/json", headers=headers)
+
+    assert response.status_code == 200, response.content
+    conversation = await Conversation.objects.aget(owner=alice)
+    # A naming would have been started before the answer's end was told, so before the response.
+    await titles.wait_for_name(conversation.pk)
+    assert naming_requests(fake_vllm) == []
+    assert len(fake_vllm.requests) == 1
+    assert conversation.title == "Plan a trip to Busan"
+    # The page's own first answers are still named.
+    await answer_and_naming(await Conversation.objects.acreate(owner=alice), "Plan a trip")
+    assert len(naming_requests(fake_vllm)) == 1
+
+
 async def test_a_rename_while_the_model_names_wins(conversation, fake_vllm):
     naming = threading.Event()  # held until the person has renamed it
     fake_vllm.instructed[titles.NAMING_INSTRUCTION] = Instructed(["Model's name"], gate=naming)
