@@ -2,7 +2,7 @@
 
 py-spy's raw format is one line per distinct stack, `frame;frame;...;frame count`, outermost
 first. Each sample is put under the innermost frame that belongs to a known part (the database,
-JSON, the vLLM client, daphne's I/O, ...), so the shares add up to the site's busy time; the
+JSON, the vLLM client, the server's I/O: daphne's, uvicorn's or granian's, ...), so the shares add up to the site's busy time; the
 functions that were themselves on the CPU most often are listed after.
 
     .venv/bin/python -m bench.profile bench/results/profile-<name>.txt
@@ -18,6 +18,9 @@ PARTS = (
     ("django/db/", "database (Django ORM, sqlite3)"),
     ("sqlite3", "database (Django ORM, sqlite3)"),
     ("json/", "JSON encode/decode"),
+    ("aiohttp/", "vLLM client (aiohttp)"),
+    ("yarl/", "vLLM client (aiohttp)"),
+    ("multidict/", "vLLM client (aiohttp)"),
     ("httpcore/", "vLLM client (httpx, httpcore)"),
     ("httpx/", "vLLM client (httpx, httpcore)"),
     ("engine/", "vLLM client (engine/vllm_client.py)"),
@@ -29,10 +32,15 @@ PARTS = (
     ("pydantic", "django-ninja"),
     ("django/", "Django: request, middleware, response"),
     ("asgiref/", "asgiref: sync/async hops, thread pool"),
+    ("uvicorn/", "uvicorn: HTTP, sockets"),
+    ("httptools/", "uvicorn: HTTP, sockets"),
+    ("h11/", "uvicorn: HTTP, sockets"),
+    ("granian/", "granian: its Python side of HTTP"),
     ("daphne/", "daphne and twisted: HTTP, sockets"),
     ("twisted/", "daphne and twisted: HTTP, sockets"),
     ("autobahn/", "daphne and twisted: HTTP, sockets"),
     ("asyncio/", "asyncio event loop"),
+    ("uvloop/", "asyncio event loop"),
     ("concurrent/", "thread pool"),
     ("threading", "thread pool"),
 )
