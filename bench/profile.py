@@ -2,8 +2,9 @@
 
 py-spy's raw format is one line per distinct stack, `frame;frame;...;frame count`, outermost
 first. Each sample is put under the innermost frame that belongs to a known part (the database,
-JSON, the vLLM client, the server's I/O: daphne's, uvicorn's or granian's, ...), so the shares add up to the site's busy time; the
-functions that were themselves on the CPU most often are listed after.
+JSON, the vLLM client, the server's I/O: daphne's, uvicorn's or granian's, ...), so the shares add
+up to the site's busy time; the functions that were themselves on the CPU most often are listed
+after.
 
     .venv/bin/python -m bench.profile bench/results/profile-<name>.txt
 """
