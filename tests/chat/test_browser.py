@@ -7,6 +7,7 @@ check waits on a condition through Playwright's auto-waiting expectations; none 
 
 import json
 import re
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -110,6 +111,33 @@ def test_a_conversation_streams_stops_and_is_found_again(signed_in: Page, fake_v
     # The recorder saw the page's own traffic (the fixture checks it all stayed on the site).
     assert any(re.search(r"/c/\d+/m/\d+/stream$", url) for url in requested_urls)
     assert f"{live_site.url}/healthz" in requested_urls
+
+
+def test_a_stop_pressed_while_the_text_moves_it_still_stops_the_answer(signed_in: Page, fake_vllm):
+    """A click is a press and a release on the same element. Text that wraps another line between
+    the two moved Stop from under the pointer: the release landed on the text, and the Stop was lost
+    (a person's press lasts a tenth of a second; a busy machine's, as Playwright's, can last longer)."""
+    page = signed_in
+    fake_vllm.reply = [f" word{i}" for i in range(400)]
+    fake_vllm.token_delay = 0.01
+    fake_vllm.delta_gate = threading.Event()  # no text yet: Stop stays where it is to be pressed
+    sent_before = fake_vllm.generated_tokens
+    prompt_box(page).fill("Talk for a while")
+    prompt_box(page).press("Enter")
+    answer = answers(page).last
+    answer.get_by_role("button", name="Stop").hover()
+    page.mouse.down()
+    # Lines of text come while Stop is pressed, and the page has a frame to show them in.
+    fake_vllm.delta_gate.set()
+    assert fake_vllm.wait_for(lambda: fake_vllm.generated_tokens >= sent_before + 100)
+    fake_vllm.delta_gate.clear()
+    page.evaluate("() => new Promise((shown) => requestAnimationFrame(() => requestAnimationFrame(shown)))")
+    page.mouse.up()
+    expect(answer.locator(".status")).to_have_text("Stopped")
+    fake_vllm.delta_gate.set()
+    assert fake_vllm.wait_for_disconnect()
+    # The text held while Stop was pressed is shown with the rest.
+    expect(answer.locator(".body")).to_contain_text("word99")
 
 
 def test_html_in_model_output_is_shown_as_text(signed_in: Page, fake_vllm, dialogs):

@@ -51,6 +51,19 @@ Object.assign(htmx.config, {
     // Each (re)connection starts again with the whole text so far.
     source.addEventListener("open", () => answer.restart());
     source.addEventListener("delta", (e) => answer.append(JSON.parse(e.data).text));
+    // A click is a press and a release on the same element. A line the text wraps between the two
+    // would move Stop from under the pointer: the release would land on the text, and the click, on
+    // what holds both, would be lost. So a press on Stop holds the text until the press ends.
+    meta.querySelector(".stop")?.addEventListener("pointerdown", () => {
+      answer.hold();
+      const release = () => {
+        answer.release();
+        removeEventListener("pointerup", release, true);
+        removeEventListener("pointercancel", release, true);
+      };
+      addEventListener("pointerup", release, true);
+      addEventListener("pointercancel", release, true);
+    });
     const finish = (data) => {
       source.close();
       answer.finish();

@@ -276,6 +276,17 @@
     append(delta) {
       this.text += delta;
       rawText.set(this.body, this.text);
+      if (!this.held) this.frame ||= requestAnimationFrame(() => this.render());
+    }
+
+    // Keep the text on screen as it is (what comes meanwhile is kept, and shown on release): the
+    // chat holds it while a Stop under it is pressed, so that it does not move from under the pointer.
+    hold() {
+      this.held = true;
+    }
+
+    release() {
+      this.held = false;
       this.frame ||= requestAnimationFrame(() => this.render());
     }
 
@@ -288,6 +299,7 @@
       cancelAnimationFrame(this.frame);
       clearTimeout(this.nextSlice);
       this.frame = 0;
+      if (this.held && !final) return;
       // A reconnected stream that has sent nothing yet: keep showing the text it will send again.
       if (this.clear && !this.text && !final) return;
       const started = performance.now();
