@@ -267,6 +267,9 @@ class FakeVLLM:
         # While set and not open, a streamed answer's next delta waits for it to open (an engine that
         # pauses mid-answer until the test has seen what it needs, then goes on).
         self.delta_gate: threading.Event | None = None
+        # The first delta the gate holds: the answer streams freely up to it (the page mid-answer),
+        # then waits there, whatever the machine's pace, until the test has looked and opens it.
+        self.delta_gate_from = 0
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -692,7 +695,7 @@ class FakeVLLM:
                 self._wait_for_client_to_leave(connection, epoch)
             if sent == len(deltas):
                 break
-            if (gate := self.delta_gate) is not None:
+            if (gate := self.delta_gate) is not None and sent >= self.delta_gate_from:
                 gate.wait(WAIT_WITHIN)
             self._pause(connection, epoch, delay)
             frame(chunk({"content": deltas[sent]}))

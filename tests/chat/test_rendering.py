@@ -408,6 +408,10 @@ def test_a_long_code_block_streams_in_pieces_and_ends_rendered_whole(signed_in: 
     fake_vllm.reply = [line + "\n" for line in text.split("\n")]
     fake_vllm.reply[-1] = fake_vllm.reply[-1].rstrip("\n")
     fake_vllm.token_delay = 0.02
+    # The answer waits before its last 20 lines until the page has been looked at mid-answer: a busy
+    # machine's looks would otherwise come after the end, when the pieces are gone.
+    fake_vllm.delta_gate = threading.Event()
+    fake_vllm.delta_gate_from = len(fake_vllm.reply) - 20
     answer = ask(page, "A long program")
 
     # While it is written, the code comes in highlighted pieces, each rendered once.
@@ -418,6 +422,7 @@ def test_a_long_code_block_streams_in_pieces_and_ends_rendered_whole(signed_in: 
     expect(answer.locator("pre .hljs-keyword").first).to_have_text("def")
     expect(answer.locator(".body")).to_contain_text("step 150")
     expect(answer.locator("pre .piece[data-seen]"), "a finished piece was rendered again").to_have_count(1)
+    fake_vllm.delta_gate.set()
     wait_until_answered(answer)
 
     # Once complete, the block is rendered whole, as after a reload.
