@@ -66,8 +66,8 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
 	@echo "DJANGO_SECRET_KEY=$$(python3 -c 'import secrets; print(secrets.token_urlsafe(50))')" > $@
 	@echo "wrote $@ with a new DJANGO_SECRET_KEY"
 
-# The browser tests drive Debian's Chromium (Playwright's own browser download is not reachable).
-# The browser tests' Chromium: the headless shell (tests/chromium.py).
+# The browser tests drive Debian's Chromium headless shell (tests/chromium.py); Playwright's own
+# browser download is not reachable.
 chromium:
 	@command -v chromium-headless-shell >/dev/null || { apt-get update -q && apt-get install -y -q chromium-headless-shell; }
 
