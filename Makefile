@@ -21,6 +21,11 @@ run: $(VENV)/.site .env
 # On this 2-core machine, 1,224 tests: 4 workers took 24 min 52 s of pytest while other work loaded
 # the machine (load average up to 20); 3 workers had taken 26 min 36 s on a quiet machine.
 TEST_WORKERS ?= 4
+# The tests start about 250 Python processes (sites, `manage.py` commands, vLLM's stand-ins) and four
+# pytest workers. Where the environment says not to write bytecode (PYTHONDONTWRITEBYTECODE, as on
+# this CI machine), each start compiled the site's modules again (0.6 CPU-s of `manage.py check`'s 2.5)
+# and each worker rewrote every test module (collection 16 CPU-s instead of 8). The tests write it.
+test: export PYTHONDONTWRITEBYTECODE :=
 test: .env lint chromium fonts nginx servers gettext
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) -m pytest -n $(TEST_WORKERS) --cov --cov-report=term
