@@ -10,7 +10,7 @@ PORT ?= 8080
 PYTHON_312 := $(shell for c in python3.14 python3.13 python3.12 $$HOME/.pyenv/versions/3.1[2-9]*/bin/python; do \
 	$$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$c; break; }; done)
 
-.PHONY: run test lint format clean chromium fonts nginx servers gettext messages vendor bench bench-vllm
+.PHONY: run test suite lint format clean chromium fonts nginx servers gettext messages vendor bench bench-vllm
 
 run: $(VENV)/.site .env
 	$(PY) manage.py up --host $(HOST) --port $(PORT)
@@ -26,8 +26,13 @@ TEST_WORKERS ?= 4
 # this CI machine), each start compiled the site's modules again (0.6 CPU-s of `manage.py check`'s 2.5)
 # and each worker rewrote every test module (collection 16 CPU-s instead of 8). The tests write it.
 test: export PYTHONDONTWRITEBYTECODE :=
-test: .env lint chromium fonts nginx servers gettext
+test: .env $(VENV)/.dev chromium fonts nginx servers gettext
 	$(PY) manage.py makemigrations --check --dry-run
+	@# The linters check while the tests run: mypy takes about 50 CPU-s on a clean clone, on one
+	@# core, which left the other idle before the tests started. Either failing fails the run.
+	$(MAKE) --no-print-directory -j 2 lint suite
+
+suite: .env $(VENV)/.dev
 	$(PY) -m pytest -n $(TEST_WORKERS) --cov --cov-report=term
 
 # mypy's files and strictness are in pyproject.toml; its Django plugin reads the settings, so .env.
