@@ -10,7 +10,7 @@ PORT ?= 8080
 PYTHON_312 := $(shell for c in python3.14 python3.13 python3.12 $$HOME/.pyenv/versions/3.1[2-9]*/bin/python; do \
 	$$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null && { echo $$c; break; }; done)
 
-.PHONY: run test suite lint format clean chromium fonts nginx servers gettext messages vendor bench bench-vllm
+.PHONY: run test suite coverage lint format clean chromium fonts nginx servers gettext messages vendor bench bench-vllm
 
 run: $(VENV)/.site .env
 	$(PY) manage.py up --host $(HOST) --port $(PORT)
@@ -33,6 +33,13 @@ test: .env $(VENV)/.dev chromium fonts nginx servers gettext
 	$(MAKE) --no-print-directory -j 2 lint suite
 
 suite: .env $(VENV)/.dev
+	$(PY) -m pytest -n $(TEST_WORKERS)
+
+# The same suite measured by coverage.py (pyproject.toml: the sites and commands the tests start
+# too), with a report of the lines no test runs. Not part of `make test`: measuring made every Python
+# process of the suite take about a quarter more CPU (tests/chat/test_live_site.py and test_cli.py:
+# 67-70 CPU-s against 52-56), on a machine whose two cores are the suite's bound.
+coverage: .env $(VENV)/.dev chromium fonts nginx servers gettext
 	$(PY) -m pytest -n $(TEST_WORKERS) --cov --cov-report=term
 
 # mypy's files and strictness are in pyproject.toml; its Django plugin reads the settings, so .env.
