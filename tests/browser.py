@@ -52,9 +52,10 @@ def give_session(context: BrowserContext, site_url: str, username: str) -> None:
     reads its sessions from), as signing in makes one, handed to the browser as its cookie.
 
     For the many tests whose subject comes after signing in: `sign_in` loads three pages (the chat
-    page's redirect, the form, the chat page again), this none. Measured per test, in Chromium, the
-    site and the tests: 1.4 s of CPU through the form, 1.1 s with `open_signed_in`, 0.2 s with this
-    alone before going to another page. The tests of signing in itself, and a few ordinary ones, go
+    page's redirect, the form, the chat page again), this none. CPU measured in Chromium, the site
+    and the tests, for a new browser context signed in: 1.4 s through the form to the chat page,
+    1.1 s to it with `open_signed_in`, 0.2 s with this alone (a test that goes on to another page;
+    the empty context costs as much). The tests of signing in itself, and a few ordinary ones, go
     through the form.
     """
     client = Client()
