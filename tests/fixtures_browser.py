@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
 
-from tests.browser import sign_in
+from tests.browser import open_signed_in
 from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 
 # Playwright's expectations wait up to 5 s by default; on a busy 2-core machine (CI runs the site,
@@ -73,9 +73,9 @@ def page(chromium: Browser, live_site, requested_urls: list[str], error_statuses
 
 
 @pytest.fixture
-def signed_in(page: Page, alice) -> Page:
-    """The chat page, Alice signed in."""
-    sign_in(page, "alice")
+def signed_in(page: Page, live_site, alice) -> Page:
+    """The chat page, Alice signed in (without the form: tests/browser.py's `open_signed_in`)."""
+    open_signed_in(page, live_site.url, "alice")
     return page
 
 

@@ -18,14 +18,16 @@ from django.utils import timezone
 from playwright.sync_api import Browser, Page, Route, expect
 
 from chat.models import Conversation, Message
-from tests.browser import answers, open_settings, prompt_box, screenshot, sidebar_item, sign_in
+from tests.browser import answers, open_settings, open_signed_in, prompt_box, screenshot, sidebar_item, sign_in
 from tests.site_server import SiteProcess, site_env
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def test_a_conversation_streams_stops_and_is_found_again(signed_in: Page, fake_vllm, live_site, requested_urls):
-    page = signed_in
+def test_a_conversation_streams_stops_and_is_found_again(page: Page, alice, fake_vllm, live_site, requested_urls):
+    # Through the sign-in form, as a person comes to the page (the other tests are handed a session:
+    # tests/browser.py's `open_signed_in`); the form's own failures are tests/chat/test_sign_in.py's.
+    sign_in(page, "alice")
     expect(page.locator("#backend")).to_have_text("model server up")
     expect(page.locator("#backend")).to_have_class(re.compile(r"\bup\b"))
 
@@ -300,7 +302,7 @@ def test_with_debug_on_a_form_error_is_still_said_beside_the_form(chromium: Brow
     context = chromium.new_context(base_url=debug_site.url)
     try:
         page = context.new_page()
-        sign_in(page, "alice")
+        open_signed_in(page, debug_site.url, "alice")
         prompt_box(page).press("Enter")
         expect(page.locator("#prompt-form").get_by_role("alert")).to_have_text("Type a message first.")
         expect(prompt_box(page)).to_be_visible()
@@ -365,7 +367,7 @@ def test_a_prompt_over_the_persons_limits_is_refused_with_a_message_and_kept(chr
     context = chromium.new_context(base_url=site.url)
     try:
         page = context.new_page()
-        sign_in(page, "alice")
+        open_signed_in(page, site.url, "alice")
         # An answer of hers is being generated (in another tab, or by another door).
         elsewhere = Conversation.objects.create(owner=alice, title="Elsewhere")
         Message.objects.create(

@@ -8,7 +8,7 @@ from playwright.sync_api import Page, expect
 
 from chat.models import Conversation, Feedback, Message
 from tests.accounts import PASSWORD
-from tests.browser import serious_violations, sign_in
+from tests.browser import give_session, serious_violations
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -54,7 +54,7 @@ def test_axe_finds_nothing_serious_on_the_operators_feedback_page(
     )
     Feedback.objects.create(message=answer, person=alice, rating=Feedback.Rating.UP, comment="Helpful")
     django_user_model.objects.create_user("operator", password=PASSWORD, is_staff=True)
-    sign_in(page, "operator")
+    give_session(page.context, live_site.url, "operator")
     page.set_extra_http_headers({"Accept-Language": language})
     page.goto("/ops/feedback")
     expect(page.locator("html")).to_have_attribute("lang", language)

@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Browser, FilePayload, Locator, Page, Route, expect
 
 from chat.models import Attachment, Message
-from tests.browser import answers, open_settings, prompt_box, screenshot, sign_in
+from tests.browser import answers, open_settings, open_signed_in, prompt_box, screenshot
 from tests.site_server import SiteProcess, site_env
 from tests.waiting import wait_for
 
@@ -248,7 +248,7 @@ def test_a_refused_file_says_why_at_its_chip_and_holds_the_send(
     context = chromium.new_context(base_url=small_files_site.url)
     try:
         page = context.new_page()
-        sign_in(page, "alice")
+        open_signed_in(page, small_files_site.url, "alice")
         with page.expect_response(re.compile(r"/files$")) as refused:
             choose(page, text_file("big.log", "x" * 2048))
         assert refused.value.status == 413

@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import Locator, Page, expect
 
 from chat.models import Conversation, Folder, Preset
-from tests.browser import LANGUAGES, THEMES, prompt_box, serious_violations, sign_in
+from tests.browser import LANGUAGES, THEMES, give_session, open_signed_in, prompt_box, serious_violations
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -29,9 +29,9 @@ def two_chats(alice) -> tuple[Conversation, Conversation]:
     return older, newer
 
 
-def test_a_conversation_is_pinned_and_unpinned_from_its_menu(page: Page, alice, two_chats):
+def test_a_conversation_is_pinned_and_unpinned_from_its_menu(page: Page, live_site, alice, two_chats):
     older, _newer = two_chats
-    sign_in(page, "alice")
+    open_signed_in(page, live_site.url, "alice")
     expect(page.locator("#conversations > li")).to_have_count(2)
     open_menu(page, older).get_by_role("button", name="Pin").click()
     expect(page.locator("#shelves ul.pinned").locator(f"#conversation-{older.pk}")).to_be_visible()
@@ -44,9 +44,9 @@ def test_a_conversation_is_pinned_and_unpinned_from_its_menu(page: Page, alice, 
     assert not Conversation.objects.get(pk=older.pk).pinned
 
 
-def test_a_folder_is_made_and_a_conversation_moved_into_it_from_its_menu(page: Page, alice, two_chats):
+def test_a_folder_is_made_and_a_conversation_moved_into_it_from_its_menu(page: Page, live_site, alice, two_chats):
     older, _newer = two_chats
-    sign_in(page, "alice")
+    open_signed_in(page, live_site.url, "alice")
     page.get_by_role("textbox", name="New folder's name").fill("Travel")
     page.get_by_role("button", name="Add").click()
     folder = page.locator("#shelves li.folder").filter(has_text="Travel")
@@ -66,10 +66,12 @@ def test_a_folder_is_made_and_a_conversation_moved_into_it_from_its_menu(page: P
     expect(page.locator("#conversations").locator(f"#conversation-{older.pk}")).to_be_visible()
 
 
-def test_a_conversation_dragged_onto_a_folder_moves_into_it_and_back_onto_the_list(page: Page, alice, two_chats):
+def test_a_conversation_dragged_onto_a_folder_moves_into_it_and_back_onto_the_list(
+    page: Page, live_site, alice, two_chats
+):
     older, newer = two_chats
     travel = Folder.objects.create(owner=alice, name="Travel")
-    sign_in(page, "alice")
+    open_signed_in(page, live_site.url, "alice")
     item(page, older).drag_to(page.locator(f"#folder-{travel.pk} summary"))
     expect(page.locator("#conversations").locator(f"#conversation-{older.pk}")).to_have_count(0)
     page.locator(f"#folder-{travel.pk} summary").click()
@@ -81,9 +83,11 @@ def test_a_conversation_dragged_onto_a_folder_moves_into_it_and_back_onto_the_li
     assert Conversation.objects.get(pk=older.pk).folder_id is None
 
 
-def test_an_archived_conversation_leaves_the_sidebar_and_is_restored_from_the_archive(page: Page, alice, two_chats):
+def test_an_archived_conversation_leaves_the_sidebar_and_is_restored_from_the_archive(
+    page: Page, live_site, alice, two_chats
+):
     older, _newer = two_chats
-    sign_in(page, "alice")
+    open_signed_in(page, live_site.url, "alice")
     open_menu(page, older).get_by_role("button", name="Archive").click()
     expect(item(page, older)).to_have_count(0)
     # Still found by search.
@@ -98,11 +102,11 @@ def test_an_archived_conversation_leaves_the_sidebar_and_is_restored_from_the_ar
     assert Conversation.objects.get(pk=older.pk).archived_at is None
 
 
-def test_a_new_chat_picked_with_a_preset_is_sent_with_its_settings(page: Page, alice, fake_vllm):
+def test_a_new_chat_picked_with_a_preset_is_sent_with_its_settings(page: Page, live_site, alice, fake_vllm):
     Preset.objects.create(
         owner=alice, name="Pirate", system_prompt="Talk like a pirate.", temperature=1.3, top_p=0.8, max_tokens=99
     )
-    sign_in(page, "alice")
+    open_signed_in(page, live_site.url, "alice")
     page.get_by_role("combobox", name="Preset").select_option(label="Pirate")
     expect(page).to_have_url(re.compile(r"\?preset=[0-9]+$"))
     page.locator("#settings-panel > summary").click()
@@ -119,7 +123,9 @@ def test_a_new_chat_picked_with_a_preset_is_sent_with_its_settings(page: Page, a
 
 @pytest.mark.parametrize("language", LANGUAGES)
 @pytest.mark.parametrize("theme", THEMES)
-def test_axe_finds_nothing_serious_with_pins_folders_and_presets(page: Page, alice, two_chats, theme, language):
+def test_axe_finds_nothing_serious_with_pins_folders_and_presets(
+    page: Page, live_site, alice, two_chats, theme, language
+):
     older, newer = two_chats
     travel = Folder.objects.create(owner=alice, name="Travel")
     Conversation.objects.filter(pk=older.pk).update(pinned=True)
@@ -127,7 +133,7 @@ def test_axe_finds_nothing_serious_with_pins_folders_and_presets(page: Page, ali
     archived = Conversation.objects.create(owner=alice, title="Old plans", archived_at="2026-01-01T00:00:00Z")
     preset = Preset.objects.create(owner=alice, name="Pirate", system_prompt="Talk like a pirate.")
     page.emulate_media(color_scheme=theme)
-    sign_in(page, "alice")
+    give_session(page.context, live_site.url, "alice")
     page.set_extra_http_headers({"Accept-Language": language})
     page.goto("/")
     expect(page.locator("html")).to_have_attribute("lang", language)

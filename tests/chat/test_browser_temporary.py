@@ -8,7 +8,7 @@ from playwright.sync_api import Page, expect
 
 from chat import sharing
 from chat.models import Conversation, Message, SharedLink
-from tests.browser import LANGUAGES, THEMES, serious_violations, sign_in
+from tests.browser import LANGUAGES, THEMES, give_session, serious_violations
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -75,7 +75,7 @@ def test_axe_finds_nothing_serious_on_the_new_pages(page: Page, live_site, alice
     Message.objects.create(conversation=conversation, parent=prompt, role="assistant", content="An `answer`.")
     link = sharing.share(conversation, SharedLink.Audience.ANYONE)
     page.emulate_media(color_scheme=theme)
-    sign_in(page, "alice")
+    give_session(page.context, live_site.url, "alice")
     page.set_extra_http_headers({"Accept-Language": language})
     for path in [f"/s/{link.token}/", "/temporary/", "/account/links/"]:
         page.goto(path)

@@ -13,7 +13,7 @@ from playwright.sync_api import Browser, FilePayload, Page, ViewportSize, expect
 
 from chat import titles
 from chat.models import Conversation, Message
-from tests.browser import LANGUAGES, THEMES, serious_violations, sign_in
+from tests.browser import LANGUAGES, THEMES, give_session, open_signed_in, serious_violations
 from tests.fake_vllm import Instructed
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -108,7 +108,7 @@ def test_axe_finds_nothing_serious_on_the_chat_page(
     page.emulate_media(color_scheme=theme)
     if viewport:
         page.set_viewport_size(viewport)
-    sign_in(page, "alice")
+    give_session(page.context, live_site.url, "alice")
     page.set_extra_http_headers({"Accept-Language": language})
     page.goto(f"/c/{shown_conversation.pk}/")
     expect(page.locator("html")).to_have_attribute("lang", language)
@@ -142,7 +142,7 @@ WHITE, DARK = "rgb(255, 255, 255)", "rgb(33, 33, 33)"
 
 def test_the_theme_follows_the_system_until_the_person_chooses_one(page: Page, live_site, alice):
     page.emulate_media(color_scheme="dark")
-    sign_in(page, "alice")
+    open_signed_in(page, live_site.url, "alice")
     switch = page.locator("[data-theme-switch]")
     expect(switch).to_have_text("Theme: system")
     assert background(page) == DARK
@@ -185,7 +185,7 @@ def test_on_a_phone_the_chat_fills_the_screen_and_the_conversations_are_a_menu(
     context = chromium.new_context(base_url=live_site.url, viewport=PHONE, has_touch=True, is_mobile=True)
     page = context.new_page()
     try:
-        sign_in(page, "alice")
+        give_session(context, live_site.url, "alice")
         page.goto(f"/c/{shown_conversation.pk}/")
         toggle = page.get_by_role("button", name="Conversations")
         sidebar = page.locator("#sidebar")
@@ -314,7 +314,7 @@ def test_the_sidebar_shows_the_models_name_for_a_new_conversation_without_a_relo
 @pytest.mark.parametrize("path", ["/accounts/password_change/", "/account/tokens/"])
 def test_axe_finds_nothing_serious_on_a_persons_own_pages(page: Page, live_site, alice, theme, language, path):
     page.emulate_media(color_scheme=theme)
-    sign_in(page, "alice")
+    give_session(page.context, live_site.url, "alice")
     page.set_extra_http_headers({"Accept-Language": language})
     page.goto(path)
     expect(page.locator("html")).to_have_attribute("lang", language)
@@ -343,7 +343,7 @@ def test_axe_finds_nothing_serious_with_files_in_the_prompt_and_the_thread(
     # Files (issue 21): a sent prompt's file in the thread, a chip attached and one refused, the
     # offer a long paste brings, the too-long choice in the settings, and the drop hint.
     page.emulate_media(color_scheme=theme)
-    sign_in(page, "alice")
+    give_session(page.context, live_site.url, "alice")
     page.set_extra_http_headers({"Accept-Language": language})
     page.goto("/")
     expect(page.locator("html")).to_have_attribute("lang", language)

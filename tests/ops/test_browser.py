@@ -8,14 +8,14 @@ from playwright.sync_api import Page, expect
 
 from chat.models import ApiToken, Conversation
 from tests.accounts import PASSWORD
-from tests.browser import screenshot, sign_in
+from tests.browser import open_signed_in, screenshot
 from tests.ops.answers import store_answers
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
-def test_a_token_is_made_from_the_page_shown_once_and_revoked(page: Page, alice, fake_vllm):
-    sign_in(page, "alice")
+def test_a_token_is_made_from_the_page_shown_once_and_revoked(page: Page, live_site, alice, fake_vllm):
+    open_signed_in(page, live_site.url, "alice")
     screenshot(page, "account-links", full_page=True)
     page.get_by_role("link", name="API tokens").click()
     expect(page.get_by_role("heading", name="API tokens")).to_be_visible()
@@ -36,7 +36,7 @@ def test_a_token_is_made_from_the_page_shown_once_and_revoked(page: Page, alice,
     assert not ApiToken.objects.exists()
 
 
-def test_the_operator_sees_charts_and_the_model_server_live(page: Page, django_user_model, alice, fake_vllm):
+def test_the_operator_sees_charts_and_the_model_server_live(page: Page, live_site, django_user_model, alice, fake_vllm):
     django_user_model.objects.create_user("operator", password=PASSWORD, is_staff=True)
     store_answers(
         Conversation.objects.create(owner=alice),
@@ -44,7 +44,7 @@ def test_the_operator_sees_charts_and_the_model_server_live(page: Page, django_u
         days_ago=2,
     )
     fake_vllm.waiting, fake_vllm.kv_cache_usage = 2, 0.5
-    sign_in(page, "operator")
+    open_signed_in(page, live_site.url, "operator")
 
     page.get_by_role("link", name="Operator").click()
 
