@@ -122,11 +122,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # psycopg 3's pool: the turns' database calls run on many threads, each closing its connection
     # when done (as Channels' database_sync_to_async does), which hands it back to the pool.
+    _pool_size = env.int("DATABASE_POOL_SIZE", default=20)
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
         "pool",
         {
-            "min_size": 2,
-            "max_size": env.int("DATABASE_POOL_SIZE", default=20),
+            "min_size": min(2, _pool_size),
+            "max_size": _pool_size,
             # How long a request waits for a connection before it is answered 503 (chatsite/outages.py).
             "timeout": env.float("DATABASE_POOL_TIMEOUT", default=20.0),
         },
