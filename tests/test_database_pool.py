@@ -2,9 +2,12 @@
 mid-stream by the fake vLLM, leave the pool to the requests beside them.
 
 A worker's pool (DATABASE_POOL_SIZE, chatsite/settings.py) is a few connections, its streams many:
-an answer followed for minutes must not keep one the whole time, or the next requests wait for one
-(DATABASE_POOL_TIMEOUT) and are answered 503. Here the pool has 2 connections and each door streams
-3 answers at once while a list of conversations is read and a new conversation made.
+an answer followed for minutes must not keep one the whole time, and no request may hold one while
+it waits for something that needs another (the engine catalog reading the admin's engines), or the
+next requests wait for one (DATABASE_POOL_TIMEOUT) and are answered 503: tests/test_workers.py's
+many streams once got four on POST /api/conversations so. Here the pool has one connection, which
+any such wait holds for good; new conversations ask the catalog as it is first read, then each door
+streams 2 answers at once while a list of conversations is read and a new conversation made.
 """
 
 import asyncio
@@ -20,7 +23,7 @@ from tests.accounts import login
 from tests.fixtures_servers import workers_env
 from tests.site_server import SiteProcess
 from tests.sse import sse_frames
-from tests.waiting import wait_for_async
+from tests.waiting import WAIT_WITHIN, wait_for_async
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -164,7 +167,7 @@ def test_answers_streaming_on_every_door_leave_the_pool_to_other_requests(small_
             # Every answer held mid-stream: its first delta sent (and, where the client sees it, received).
             await wait_for_async(lambda: fake_vllm.generated_tokens >= sent_before + STREAMS, what=f"{name}'s answers")
             if client_sees_it:
-                await asyncio.wait_for(asyncio.gather(*(event.wait() for event in streaming)), 30)
+                await asyncio.wait_for(asyncio.gather(*(event.wait() for event in streaming)), WAIT_WITHIN)
             listed = await clients.api.get("/api/conversations")
             created = await clients.api.post("/api/conversations", json={"title": f"Beside {name}"})
             failed = [f"{r.request.method} {r.url.path}: {r.status_code}" for r in (listed, created) if r.is_error]
@@ -189,5 +192,5 @@ def test_answers_streaming_on_every_door_leave_the_pool_to_other_requests(small_
             await clients.aclose()
 
     asyncio.run(every_door())
-    # Each a 503 after DATABASE_POOL_TIMEOUT: the answers being streamed held the pool's connections.
+    # Each a 503 after DATABASE_POOL_TIMEOUT: the pool's connection was held by a request that waited.
     assert refused == {}
