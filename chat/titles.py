@@ -17,6 +17,7 @@ import logging
 from chat import rules
 from chat.leases import off_the_loop
 from chat.models import Conversation, Message
+from chatsite.request_threads import give_back_connection
 from engine import catalog, vllm_client
 from engine.vllm_client import Failed, GenerationOptions
 
@@ -107,4 +108,7 @@ async def wait_for_name(conversation_pk: int) -> None:
     """Return once the conversation's naming, if one runs here, has ended, or after a while."""
     if (task := _naming.get(conversation_pk)) is None:
         return
+    # The naming saves the title with a connection of its own: the request's goes back to the pool
+    # while it waits (chatsite/request_threads.py `give_back_connection`).
+    await give_back_connection()
     await asyncio.wait({task}, timeout=NAMING_WAIT)  # not `await`: a follower leaving must not cancel it

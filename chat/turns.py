@@ -24,7 +24,6 @@ from contextlib import aclosing, suppress
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
-from channels.db import aclose_old_connections
 from django.db import DatabaseError, transaction
 from django.http import Http404
 from django.utils.translation import gettext, gettext_noop
@@ -46,6 +45,7 @@ from chat.turn_events import TurnEvent as TurnEvent
 from chat.turn_storage import Place, _Branch, _record_stop, _save_earlier, _save_new, _tip, _tip_now, _touch
 from chat.worker_jobs import _start_worker
 from chat.worker_jobs import worker_started as worker_started
+from chatsite.request_threads import give_back_connection
 from engine import catalog
 
 log = logging.getLogger(__name__)
@@ -139,12 +139,8 @@ def _save_answer(
 
 async def _chosen(conversation: Conversation) -> catalog.Chosen:
     """The engine and model for the conversation's next answer (engine.catalog.pick)."""
-    # Asking the engines may wait on the network (their /v1/models every TTL). The connection the
-    # request's thread has used so far goes back to PostgreSQL's pool first, so that starts waiting
-    # here hold none (200 starts at once exhausted a worker's 20 while a catalog refresh was slow:
-    # tests/test_workers.py's many-streams test). SQLite's are kept (CONN_MAX_AGE None): nothing to do.
-    if not leases.one_at_a_time():
-        await aclose_old_connections()
+    # Asking the engines may wait on the network and the database (their /v1/models and the admin's
+    # engines, every TTL): the catalog gives the request's connection back to the pool before it waits.
     return await catalog.pick(conversation.model)
 
 
@@ -296,10 +292,9 @@ async def follow(answer: Message, since: int = 0) -> AsyncGenerator[TurnEvent, N
     """
     await _start_worker()
     # A follower may wait minutes: the connection its request used (with PostgreSQL, one of the
-    # pool's few) goes back now, not when the stream ends, on the request's own thread that holds it
-    # (SQLite's are kept: no thread hop). What this follower reads later, it reads on threads of its own.
-    if not leases.one_at_a_time():
-        await aclose_old_connections()
+    # pool's few) goes back now, not when the stream ends. What this follower reads later, it reads
+    # on threads of its own.
+    await give_back_connection()
     running = _running.get(answer.pk)
     if running is not None:
         async with aclosing(running.events(since)) as events:
@@ -336,6 +331,9 @@ async def stop_turn(answer: Message) -> Message:
     ended changes nothing.
     """
     await _start_worker()
+    # The stop's reads and writes, and the end it waits for, take connections of their own (and
+    # the answer's worker may be another): the request's goes back to the pool while it waits.
+    await give_back_connection()
     running = _running.get(answer.pk)
     if running is not None:
         await running.stop()
@@ -358,6 +356,7 @@ async def current(answer: Message) -> Message:
     """The answer now: as stored (settled, see `_look`), with its live text if generated here
     (the database lags by up to a checkpoint)."""
     await _start_worker()
+    await give_back_connection()  # `_look` takes a connection of its own (see `stop_turn`)
     stored = await _look(answer.pk) or _deleted(answer)
     if (running := _running.get(answer.pk)) is not None and stored.is_streaming:
         stored.content = running.text()

@@ -1,6 +1,7 @@
 import os
 
 from django.core.asgi import get_asgi_application
+from django.db import connections
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 # Set up Django (apps, settings) before importing anything that touches models.
@@ -14,6 +15,9 @@ from chatsite.request_threads import RequestThreads  # noqa: E402
 # A worker that died mid-answer left it "streaming": once its lease has expired, it is marked
 # interrupted. Another worker's live answers are left alone.
 recover_interrupted_turns()
+# On this, the main thread, which then runs the event loop and never queries again: its connection
+# would be one of PostgreSQL's pooled ones, lent for the life of the process.
+connections.close_all()
 
 # The worker's own jobs (renewing its leases, sweeping dead workers' answers, answering other
 # workers) start with the first request: daphne has no start-up hook on its event loop.

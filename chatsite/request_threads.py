@@ -19,11 +19,11 @@ from contextlib import suppress
 from importlib.metadata import version
 from typing import Any
 
-from asgiref.sync import ThreadSensitiveContext
+from asgiref.sync import ThreadSensitiveContext, sync_to_async
 from django.apps import AppConfig
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 # Django's ASGIHandler and asgiref's typed applications disagree on the scope's type: any will do.
 type ASGIApplication = Callable[[Any, Any, Any], Awaitable[None]]
@@ -100,3 +100,27 @@ class RequestThreads:
             self._idle.append(thread)
         else:
             thread.shutdown(wait=False)
+
+
+async def give_back_connection() -> None:
+    """Give the database connection the caller's thread holds (a request's: the one its session,
+    user or token took) back to PostgreSQL's pool now, before a wait, rather than at the request's end.
+
+    A request that holds one while it waits for something that needs a connection of its own (the
+    engine catalog reading the admin's engines, a stop reading and writing the answer on threads of
+    its own, the naming of a conversation) holds one and asks for another: a burst of such
+    requests holds every connection of the pool, each waiting for the others until psycopg gives
+    up (DATABASE_POOL_TIMEOUT), and every request meanwhile is answered 503. A connection in a
+    transaction is kept (the caller's block would lose it). SQLite's are kept for the thread's life
+    (CONN_MAX_AGE None), so with SQLite this returns at once, with no hop to the thread.
+    """
+    if connections["default"].vendor == "sqlite":
+        return
+    await sync_to_async(_give_back)()
+
+
+def _give_back() -> None:
+    # What the request's end does (close_old_connections), but never inside a transaction.
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()

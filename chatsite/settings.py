@@ -120,13 +120,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # of threads, so a handful of connections; PostgreSQL's are pooled instead (below).
     DATABASES["default"].setdefault("CONN_MAX_AGE", None)
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    # psycopg 3's pool: the turns' database calls run on many threads, each closing its connection
-    # when done (as Channels' database_sync_to_async does), which hands it back to the pool.
+    # psycopg 3's pool: database calls run on many threads, each giving its connection back when done.
+    _pool_size = env.int("DATABASE_POOL_SIZE", default=20)  # 1 too (tests/test_database_pool.py)
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
         "pool",
         {
-            "min_size": 2,
-            "max_size": env.int("DATABASE_POOL_SIZE", default=20),
+            "min_size": min(2, _pool_size),
+            "max_size": _pool_size,
             # How long a request waits for a connection before it is answered 503 (chatsite/outages.py).
             "timeout": env.float("DATABASE_POOL_TIMEOUT", default=20.0),
         },

@@ -29,6 +29,7 @@ from django.conf import settings
 from django.core import checks
 from django.db import DatabaseError
 
+from chatsite.request_threads import give_back_connection
 from engine import vllm_client
 from engine.endpoints import Endpoint, default_endpoint
 from engine.models import Engine
@@ -113,6 +114,10 @@ async def _engines() -> list[Endpoint]:
     global _configured
     if time.monotonic() - _configured[0] < TTL:
         return _configured[1]
+    # The caller's connection (a request's) back to the pool first: this read takes one of its own,
+    # and requests that each held theirs while they waited here once held the whole pool, this read
+    # waiting for them and they for it (chatsite/request_threads.py `give_back_connection`).
+    await give_back_connection()
     try:
         added = await _enabled_engines()
     except DatabaseError:
@@ -179,6 +184,7 @@ async def engines() -> list[EngineState]:
     states = [_state(endpoint) for endpoint in await _engines()]
     now = time.monotonic()
     if stale := [state for state in states if now - state.asked_at >= TTL]:
+        await give_back_connection()  # an engine may take seconds to answer: no connection held meanwhile
         await asyncio.gather(*(_fresh(state) for state in stale))
     return states
 

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 from django.conf import settings
 
+from chatsite.request_threads import give_back_connection
 from engine import http_client
 from engine.endpoints import Endpoint, default_endpoint
 from engine.server import starter
@@ -96,6 +97,9 @@ async def served_model() -> ServedModel:
     # One question at a time per event loop: a burst of turns that all find the note stale wait
     # for the same answer instead of each asking. Shielded: a caller that is cancelled (its client
     # left) does not cancel the others' question.
+    # An engine may take seconds to answer: the caller's connection (a request's) goes back to the
+    # pool meanwhile (chatsite/request_threads.py `give_back_connection`).
+    await give_back_connection()
     loop = asyncio.get_running_loop()
     if (asking := _asking.get(loop)) is None or asking.done():
         asking = _asking[loop] = loop.create_task(_ask_served_model())

@@ -59,11 +59,12 @@ def manage(env: dict[str, str], *args: str) -> str:
     return done.stdout.strip()
 
 
-def workers_env(postgresql: PostgreSQL, redis_server: Redis, fake: FakeVLLM, **overrides: str) -> dict[str, str]:
-    """A fresh, migrated PostgreSQL database with alice in it, Redis, the fake vLLM; short leases."""
+def workers_env(postgresql: PostgreSQL, redis_server: Redis | None, fake: FakeVLLM, **overrides: str) -> dict[str, str]:
+    """A fresh, migrated PostgreSQL database with alice in it, Redis (None: one worker, which needs
+    none), the fake vLLM; short leases."""
     env = {
         "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "REDIS_URL": redis_server.url,
+        "REDIS_URL": redis_server.url if redis_server else "",
         "VLLM_BASE_URL": fake.base_url,
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
         "CHAT_LEASE_SECONDS": "3",
