@@ -59,6 +59,26 @@ def manage(env: dict[str, str], *args: str) -> str:
     return done.stdout.strip()
 
 
+# migrate, then alice, then her token, as `manage.py migrate`, `shell` and `createtoken` make them,
+# in one process: each `manage.py` start costs some 2 CPU-seconds (Django, and the system checks'
+# import of every URL's schemas), and these processes only build a database other tests use.
+_MIGRATE_AND_ADD_ALICE = """
+import io
+from django.contrib.auth.models import User
+from django.core.management import call_command
+call_command("migrate", verbosity=0)
+User.objects.create_user("alice", password={password!r})
+secret = io.StringIO()
+call_command("createtoken", "alice", stdout=secret, stderr=io.StringIO())
+print(secret.getvalue().strip())
+"""
+
+
+def migrate_and_add_alice(env: dict[str, str], password: str | None = None) -> str:
+    """The database DATABASE_URL names in `env`, migrated, with alice in it; her API token's secret."""
+    return manage(env, "shell", "--no-imports", "-v0", "-c", _MIGRATE_AND_ADD_ALICE.format(password=password))
+
+
 def workers_env(postgresql: PostgreSQL, redis_server: Redis | None, fake: FakeVLLM, **overrides: str) -> dict[str, str]:
     """A fresh, migrated PostgreSQL database with alice in it, Redis (None: one worker, which needs
     none), the fake vLLM; short leases."""
@@ -85,10 +105,7 @@ def _migrated(postgresql: PostgreSQL, env: dict[str, str]) -> tuple[str, str]:
     """The template database, made on first use, and alice's API token in it."""
     if postgresql.port not in _templates:
         env = {**env, "DATABASE_URL": postgresql.create_database("chat_template")}
-        manage(env, "migrate", "-v0")
-        create = f"User.objects.create_user('alice', password={PASSWORD!r})"
-        manage(env, "shell", "-c", f"from django.contrib.auth.models import User; {create}")
-        _templates[postgresql.port] = ("chat_template", manage(env, "createtoken", "alice"))
+        _templates[postgresql.port] = ("chat_template", migrate_and_add_alice(env, PASSWORD))
     return _templates[postgresql.port]
 
 

@@ -26,7 +26,7 @@ import pytest
 from chat import titles
 from tests.accounts import PASSWORD
 from tests.fake_vllm import Instructed
-from tests.fixtures_servers import manage, workers_env
+from tests.fixtures_servers import migrate_and_add_alice, workers_env
 from tests.servers import PostgreSQL, Redis
 from tests.site_server import SiteProcess, SiteWorkers, Worker
 from tests.sse import sse_events
@@ -353,9 +353,7 @@ def test_sqlite_held_locked_by_another_process_mid_answer(fake_vllm, tmp_path):
         "SQLITE_LOCK_TIMEOUT": str(LOCK_TIMEOUT),
         "CHAT_CHECKPOINT_SECONDS": "0.2",
     }
-    manage(env, "migrate", "-v0")
-    manage(env, "shell", "-c", "from django.contrib.auth.models import User; User.objects.create_user('alice')")
-    token = manage(env, "createtoken", "alice")
+    token = migrate_and_add_alice(env)
     site = SiteProcess(env).start()
     try:
         fake_vllm.reply = [f" w{i}" for i in range(500)]

@@ -1,9 +1,12 @@
 """`manage.py up` with the stand-in vLLM: the order of things, the site's view of vLLM, a clean stop."""
 
+import io
 import signal
 import socket
 
 import httpx
+import pytest
+from django.core.management import CommandError, call_command
 
 from engine.server.site_workers import Site
 from tests.ports import free_port, listening
@@ -168,27 +171,27 @@ def test_up_serves_the_site_from_several_workers_on_one_port(standin, tmp_path, 
     assert not listening(site_port)
 
 
-def test_up_refuses_several_workers_without_redis(standin, tmp_path):
-    up = standin.run("--port", str(free_port()), "--no-vllm", "--workers", "2", command="up", REDIS_URL="")
-
-    assert up.finish() == 1
-    assert "--workers 2 needs Redis" in up.output and "REDIS_URL" in up.output
-    assert "Applying" not in up.output  # said before anything is done
+# The refusals run `up` in this process: what they pin down is what it says, and that it says it
+# before anything is done; a process of its own costs a Django start (~3 CPU-s with its checks).
+# That a CommandError ends `up` with exit code 1 is test_up_never_serves_the_site_when_vllm_cannot_start's.
 
 
-def test_up_refuses_several_workers_when_redis_does_not_answer(standin, tmp_path):
-    up = standin.run(
-        "--port",
-        str(free_port()),
-        "--no-vllm",
-        "--workers",
-        "2",
-        command="up",
-        REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
-    )
+def test_up_refuses_several_workers_without_redis(settings):
+    settings.REDIS_URL = ""
+    said = io.StringIO()
 
-    assert up.finish() == 1
-    assert "needs Redis, and the one at REDIS_URL does not answer" in up.output
+    with pytest.raises(CommandError) as refusal:
+        call_command("up", "--port", str(free_port()), "--no-vllm", "--workers", "2", stdout=said)
+
+    assert "--workers 2 needs Redis" in str(refusal.value) and "REDIS_URL" in str(refusal.value)
+    assert said.getvalue() == ""  # said before anything is done: no "Applying" of a migration
+
+
+def test_up_refuses_several_workers_when_redis_does_not_answer(settings):
+    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+
+    with pytest.raises(CommandError, match="needs Redis, and the one at REDIS_URL does not answer"):
+        call_command("up", "--port", str(free_port()), "--no-vllm", "--workers", "2", stdout=io.StringIO())
 
 
 def test_behind_the_https_proxy_up_has_daphne_take_the_browsers_address_from_it(settings):

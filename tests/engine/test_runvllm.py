@@ -1,8 +1,11 @@
 """runvllm against a stand-in vLLM (tests/standin_vllm.py): the edge cases a real one makes slow.
 
-Each test runs `manage.py runvllm` as a real process, as a person would, so exit codes, signals
-and process groups are the real thing. The stand-in is reached through VLLM_SERVER_MODULE, with a
-"virtual environment" whose python is this one.
+The tests of stopping (signals, the process group, a vanished terminal, being killed) and of the
+exit code run `manage.py runvllm` as a real process, as a person would. The others, whose subject
+is what runvllm starts vLLM with and what it says, run the same command in this process
+(`runvllm_here`): each process costs a Django start, ~2 CPU-seconds. Either way the stand-in is a
+real process, reached through VLLM_SERVER_MODULE, with a "virtual environment" whose python is
+this one.
 """
 
 import json
@@ -11,7 +14,10 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -25,6 +31,59 @@ from tests.processes import alive
 from tests.waiting import wait_for
 
 KEY = "sk-test-0123456789"
+
+
+class _Terminal:
+    """call_command's stdout for runvllm run in this process: keeps each line, and on the
+    `stop_at`th "vLLM is ready" runs `when_ready` and then sends this process SIGTERM, as a
+    service manager would. runvllm writes that line from its main-thread loop, inside the handlers
+    it installs for SIGTERM (engine.server.processes.StopSignals), so the signal is its to note."""
+
+    def __init__(self, stop_at: int, when_ready: Callable[[], None]) -> None:
+        self.lines: list[str] = []
+        self.stop_at = stop_at
+        self.when_ready = when_ready
+
+    def write(self, text: str) -> None:
+        for line in text.rstrip("\n").split("\n"):
+            self.lines.append(line)
+            if line.startswith("vLLM is ready") and threading.current_thread() is threading.main_thread():
+                self.stop_at -= 1
+                if self.stop_at == 0:
+                    self.when_ready()
+                    signal.raise_signal(signal.SIGTERM)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.fixture
+def runvllm_here(standin, settings, monkeypatch):
+    """`runvllm ARGS` run in this process (call_command), with the environment standin.run gives
+    the process: each VLLM_* variable is set in the environment (for what vLLM must not get) and
+    as the setting it names, parsed as that setting's type (what the process would read at start).
+    Returns the lines it wrote, also kept in `.lines` for when it raises: a CommandError, as would
+    end the process with exit code 1 (test_a_failed_install_exits_nonzero runs that as a process)."""
+
+    class RunvllmHere:
+        lines: list[str] = []
+
+        def __call__(
+            self, *args: str, stop_at: int = 1, when_ready: Callable[[], None] = lambda: None, **extra: str
+        ) -> list[str]:
+            for name, value in standin.env(**extra).items():
+                if os.environ.get(name) != value:
+                    monkeypatch.setenv(name, value)
+                if name.startswith("VLLM_") and hasattr(settings, name):
+                    kind = type(getattr(settings, name))
+                    setattr(settings, name, Path(value) if issubclass(kind, Path) else kind(value))
+            terminal = _Terminal(stop_at, when_ready)
+            self.lines = terminal.lines
+            call_command("runvllm", *args, stdout=terminal)
+            return terminal.lines
+
+    return RunvllmHere()
+
 
 # --- The command line and the environment --------------------------------------------------------
 
@@ -51,8 +110,8 @@ def test_the_seed_defaults_make_the_command_line(settings, tmp_path):
     ]
 
 
-def test_flags_override_settings_and_vllm_arguments_pass_through(standin):
-    runvllm = standin.run(
+def test_flags_override_settings_and_vllm_arguments_pass_through(standin, runvllm_here):
+    lines = runvllm_here(
         "--port",
         str(standin.port),
         "--served-model-name",
@@ -68,7 +127,6 @@ def test_flags_override_settings_and_vllm_arguments_pass_through(standin):
         VLLM_SERVED_MODEL_NAME="qwen2-7b-instruct",
         VLLM_MAX_MODEL_LEN="4096",
     )
-    runvllm.wait_for("vLLM is ready")
     argv = json.loads(standin.record.read_text())["argv"]
 
     assert argv[argv.index("--served-model-name") + 1] == "tiny"
@@ -77,16 +135,14 @@ def test_flags_override_settings_and_vllm_arguments_pass_through(standin):
     assert argv[argv.index("--port") + 1] == str(standin.port)
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
     assert argv[-3:] == ["--dtype", "float32", "--enforce-eager"]
-    assert f"http://127.0.0.1:{standin.port}/v1 serves tiny" in runvllm.output
-    runvllm.process.send_signal(signal.SIGTERM)
-    assert runvllm.finish() == 0
+    assert any(f"http://127.0.0.1:{standin.port}/v1 serves tiny" in line for line in lines)
+    assert lines[-1] == "vLLM has stopped."
 
 
-def test_vllm_runs_private_and_without_the_sites_own_settings(standin, tmp_path):
+def test_vllm_runs_private_and_without_the_sites_own_settings(standin, runvllm_here, tmp_path):
     model = tmp_path / "tiny-model"
     model.mkdir()
-    runvllm = standin.run("--model", str(model), VLLM_MODEL="Qwen/Qwen2-7B-Instruct", HF_HUB_OFFLINE="")
-    runvllm.wait_for("vLLM is ready")
+    lines = runvllm_here("--model", str(model), VLLM_MODEL="Qwen/Qwen2-7B-Instruct", HF_HUB_OFFLINE="")
     record = json.loads(standin.record.read_text())
 
     assert record["argv"][record["argv"].index("--model") + 1] == str(model)
@@ -96,8 +152,7 @@ def test_vllm_runs_private_and_without_the_sites_own_settings(standin, tmp_path)
     # vLLM reads VLLM_* itself: VLLM_PORT is the port of its internal messaging there.
     assert record["env"]["VLLM_PORT"] is None
     assert record["env"]["VLLM_MODEL"] is None
-    runvllm.process.send_signal(signal.SIGTERM)
-    assert runvllm.finish() == 0
+    assert lines[-1] == "vLLM has stopped."
 
 
 def test_vllm_does_not_get_the_sites_secrets(monkeypatch):
@@ -136,18 +191,21 @@ def test_a_local_model_folder_runs_offline(settings, tmp_path, monkeypatch):
     assert "HF_HUB_OFFLINE" not in ServerConfig.from_settings(model="Qwen/Qwen2-7B-Instruct").environment()
 
 
-def test_vllm_cpus_confines_vllm_and_its_children(standin):
+def test_vllm_cpus_confines_vllm_and_its_children(standin, runvllm_here):
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two CPUs to confine vLLM to one")
     cpu = min(os.sched_getaffinity(0))
-    runvllm = standin.run(STANDIN_CHILD="1", VLLM_CPUS=str(cpu))
-    runvllm.wait_for("vLLM is ready")
+    confined: dict[int, set[int]] = {}
+
+    def look() -> None:
+        confined.update({pid: os.sched_getaffinity(pid) for pid in standin.recorded_pids()})
+
+    lines = runvllm_here(STANDIN_CHILD="1", VLLM_CPUS=str(cpu), when_ready=look)
 
     assert json.loads(standin.record.read_text())["cpus"] == [cpu]
-    for pid in standin.recorded_pids():
-        assert os.sched_getaffinity(pid) == {cpu}
-    runvllm.process.send_signal(signal.SIGTERM)
-    assert runvllm.finish() == 0
+    assert len(confined) == 2 and all(cpus == {cpu} for cpus in confined.values())
+    assert os.sched_getaffinity(0) != {cpu}  # runvllm confined vLLM, not itself
+    assert lines[-1] == "vLLM has stopped."
 
 
 def test_cpu_lists_read_like_taskset(settings):
@@ -157,11 +215,10 @@ def test_cpu_lists_read_like_taskset(settings):
         cpu_list("first")
 
 
-def test_cpus_the_machine_does_not_have_are_reported(standin):
-    runvllm = standin.run(VLLM_CPUS="4096")
+def test_cpus_the_machine_does_not_have_are_reported(standin, runvllm_here):
+    with pytest.raises(CommandError, match=re.escape("Cannot run vLLM on CPUs 4096 (VLLM_CPUS)")):
+        runvllm_here(VLLM_CPUS="4096")
 
-    assert runvllm.finish() == 1
-    assert "Cannot run vLLM on CPUs 4096 (VLLM_CPUS)" in runvllm.output
     assert not [pid for pid in standin.recorded_pids() if alive(pid)]
 
 
@@ -183,82 +240,76 @@ def test_the_api_key_goes_to_vllm_after_its_own_arguments_and_is_redacted_when_s
     assert "--api-key '***'" in config.shown_command() and "--api-key=***" in config.shown_command()
 
 
-def test_vllm_started_with_the_api_key_is_ready_and_the_key_is_never_shown(standin):
-    runvllm = standin.run(VLLM_API_KEY=KEY)
-    runvllm.wait_for("vLLM is ready")  # its readiness check, on /v1/models, carries the key
+def test_vllm_started_with_the_api_key_is_ready_and_the_key_is_never_shown(standin, runvllm_here):
+    lines = runvllm_here(VLLM_API_KEY=KEY)  # ready: its readiness check, on /v1/models, carries the key
     argv = json.loads(standin.record.read_text())["argv"]
-    runvllm.process.send_signal(signal.SIGTERM)
-    assert runvllm.finish() == 0
+    output = "\n".join(lines)
 
+    assert any(line.startswith("vLLM is ready") for line in lines)
+    assert lines[-1] == "vLLM has stopped."
     assert argv[argv.index("--api-key") + 1] == KEY
-    assert KEY not in runvllm.output and "--api-key '***'" in runvllm.output
+    assert KEY not in output and "--api-key '***'" in output
     assert KEY not in standin.log_file.read_text()
 
 
-def test_a_vllm_with_another_key_on_the_port_is_not_reused_and_its_key_not_shown(standin):
+def test_a_vllm_with_another_key_on_the_port_is_not_reused_and_its_key_not_shown(standin, runvllm_here):
     standin.run(VLLM_API_KEY=KEY).wait_for("vLLM is ready")
-    other = standin.run("--timeout", "3", VLLM_API_KEY="sk-not-it")
 
-    assert other.finish() != 0
-    assert f"Port {standin.port} is already in use by pid" in other.output
-    assert KEY not in other.output and "--api-key ***" in other.output
+    with pytest.raises(CommandError) as failure:
+        runvllm_here("--timeout", "3", VLLM_API_KEY="sk-not-it")
+
+    assert f"Port {standin.port} is already in use by pid" in str(failure.value)
+    assert KEY not in str(failure.value) and "--api-key ***" in str(failure.value)
 
 
 # --- Starting, and what can go wrong ---------------------------------------------------------------
 
 
-def test_ready_means_health_and_the_served_model_and_is_logged(standin):
-    runvllm = standin.run()
-    runvllm.wait_for("vLLM is ready")
+def test_ready_means_health_and_the_served_model_and_is_logged(standin, runvllm_here):
+    output = "\n".join(runvllm_here())
 
-    assert f"serves qwen2-7b-instruct (pid {standin.recorded_pids()[0]})" in runvllm.output
+    assert f"serves qwen2-7b-instruct (pid {standin.recorded_pids()[0]})" in output
     log = standin.log_file.read_text()
     assert "runvllm: " in log and "--served-model-name qwen2-7b-instruct" in log
     assert "Application startup complete." in log
-    assert "Application startup complete." not in runvllm.output  # vLLM's own output is for the log
-    runvllm.process.send_signal(signal.SIGTERM)
-    assert runvllm.finish() == 0
+    assert "Application startup complete." not in output  # vLLM's own output is for the log
+    assert output.endswith("vLLM has stopped.")
 
 
-def test_verbosity_2_shows_vllms_own_output_on_the_terminal_too(standin):
-    runvllm = standin.run("-v", "2")
-    runvllm.wait_for("vLLM is ready")
+def test_verbosity_2_shows_vllms_own_output_on_the_terminal_too(runvllm_here):
+    lines = runvllm_here("-v", "2")
 
-    assert "Application startup complete." in runvllm.output
-    runvllm.process.send_signal(signal.SIGTERM)
-    assert runvllm.finish() == 0
+    assert any("Application startup complete." in line for line in lines)
+    assert "vLLM has stopped." in lines
 
 
-def test_the_wait_shows_elapsed_time_and_the_latest_log_line(standin):
-    runvllm = standin.run(STANDIN_DELAY="5.5")
-    runvllm.wait_for("vLLM is ready")
+def test_the_wait_shows_elapsed_time_and_the_latest_log_line(runvllm_here):
+    lines = runvllm_here(STANDIN_DELAY="5.5")
 
-    progress = [line for line in runvllm.lines if line.startswith("Waiting for vLLM to be ready")]
-    assert progress, runvllm.output
+    progress = [line for line in lines if line.startswith("Waiting for vLLM to be ready")]
+    assert progress, lines
     assert re.match(r"Waiting for vLLM to be ready: [56] s \(", progress[0])
     assert "Loading model weights" in progress[0]
-    runvllm.process.send_signal(signal.SIGTERM)
-    assert runvllm.finish() == 0
+    assert lines[-1] == "vLLM has stopped."
 
 
-def test_a_crash_during_start_exits_nonzero_with_the_reason_and_leaves_the_traceback_in_the_log(standin):
-    runvllm = standin.run(STANDIN_CRASH_DURING_START="7")
+def test_a_crash_during_start_exits_nonzero_with_the_reason_and_leaves_the_traceback_in_the_log(standin, runvllm_here):
+    with pytest.raises(CommandError) as failure:
+        runvllm_here(STANDIN_CRASH_DURING_START="7")
 
-    assert runvllm.finish() == 1
-    assert runvllm.lines[-1] == (
-        "CommandError: vLLM exited with code 7 while starting: RuntimeError: stand-in engine failed to load the "
+    assert str(failure.value) == (
+        "vLLM exited with code 7 while starting: RuntimeError: stand-in engine failed to load the "
         f"model. vLLM's own output is in {standin.log_file}."
     )
-    assert "Traceback" not in runvllm.output
+    assert "Traceback" not in str(failure.value) and "Traceback" not in "\n".join(runvllm_here.lines)
     assert "Traceback (most recent call last):" in standin.log_file.read_text()
 
 
-def test_timeout_bounds_the_wait_and_stops_vllm(standin):
-    runvllm = standin.run("--timeout", "1", STANDIN_DELAY="60", STANDIN_CHILD="1")
+def test_timeout_bounds_the_wait_and_stops_vllm(standin, runvllm_here):
+    with pytest.raises(CommandError, match=re.escape("vLLM was not ready after 1 s")) as failure:
+        runvllm_here("--timeout", "1", STANDIN_DELAY="60", STANDIN_CHILD="1")
 
-    assert runvllm.finish() == 1
-    assert "CommandError: vLLM was not ready after 1 s" in runvllm.output
-    assert "Loading model weights" in runvllm.output.split("CommandError:", 1)[1]
+    assert "Loading model weights" in str(failure.value)
     assert len(standin.recorded_pids()) == 2
     assert not [pid for pid in standin.recorded_pids() if alive(pid)]
 
@@ -266,7 +317,7 @@ def test_timeout_bounds_the_wait_and_stops_vllm(standin):
 # --- Who holds the port ------------------------------------------------------------------------------
 
 
-def test_a_port_held_by_something_else_is_named_and_nothing_starts(standin):
+def test_a_port_held_by_something_else_is_named_and_nothing_starts(standin, runvllm_here):
     squatter = subprocess.Popen(
         [sys.executable, "-m", "http.server", str(standin.port), "--bind", "127.0.0.1"],
         stdout=subprocess.DEVNULL,
@@ -274,35 +325,36 @@ def test_a_port_held_by_something_else_is_named_and_nothing_starts(standin):
     )
     try:
         wait_for(lambda: listening(standin.port), 10, "http.server to listen")
-        runvllm = standin.run()
+        with pytest.raises(CommandError) as failure:
+            runvllm_here()
 
-        assert runvllm.finish() == 1
-        assert f"Port {standin.port} is already in use by pid {squatter.pid}: " in runvllm.output
-        assert "-m http.server" in runvllm.output
+        assert f"Port {standin.port} is already in use by pid {squatter.pid}: " in str(failure.value)
+        assert "-m http.server" in str(failure.value)
         assert not standin.pids.exists()  # no vLLM was started
     finally:
         squatter.kill()
         squatter.wait()
 
 
-def test_a_vllm_serving_another_model_is_not_reused(standin):
+def test_a_vllm_serving_another_model_is_not_reused(standin, runvllm_here):
     first = standin.run("--served-model-name", "other-model")
     first.wait_for("vLLM is ready")
-    second = standin.run()
 
-    assert second.finish() == 1
-    assert f"Port {standin.port} is already in use by a vLLM serving other-model" in second.output
+    with pytest.raises(
+        CommandError, match=re.escape(f"Port {standin.port} is already in use by a vLLM serving other-model")
+    ):
+        runvllm_here()
     first.process.send_signal(signal.SIGTERM)
     assert first.finish() == 0
 
 
-def test_a_matching_vllm_already_there_is_reused_not_doubled(standin):
+def test_a_matching_vllm_already_there_is_reused_not_doubled(standin, runvllm_here):
     first = standin.run()
     first.wait_for("vLLM is ready")
-    second = standin.run()
 
-    assert second.finish() == 0
-    assert "already answers at" in second.output and "not starting a second one" in second.output
+    (said,) = runvllm_here()  # and returns: nothing of its own to wait for
+
+    assert "already answers at" in said and "not starting a second one" in said
     assert len(standin.recorded_pids()) == 1
     first.process.send_signal(signal.SIGTERM)
     assert first.finish() == 0
@@ -382,38 +434,49 @@ def test_killing_runvllm_outright_still_stops_vllm(standin):
 # --- Crashes after start -----------------------------------------------------------------------------------
 
 
-def test_a_crash_after_start_ends_runvllm_without_restart(standin):
-    runvllm = standin.run(STANDIN_CRASH_AFTER="1.5", STANDIN_CHILD="1")
+def test_a_crash_after_start_ends_runvllm_without_restart(standin, runvllm_here):
+    with pytest.raises(CommandError) as failure:
+        runvllm_here(STANDIN_CRASH_AFTER="1.5", STANDIN_CHILD="1", stop_at=0)  # no stop but the crash
 
-    assert runvllm.finish() == 1
-    assert "vLLM exited with code 3 after it was ready: Its last words: stand-in engine died." in runvllm.output
+    assert str(failure.value).startswith(
+        "vLLM exited with code 3 after it was ready: Its last words: stand-in engine died."
+    )
     assert not [pid for pid in standin.recorded_pids() if alive(pid)]
 
 
-def test_restart_brings_vllm_back_with_a_doubling_pause(standin, tmp_path):
+def test_restart_brings_vllm_back_with_a_doubling_pause(standin, runvllm_here, tmp_path):
     crashes = tmp_path / "crashes"
     crashes.write_text("2")
-    runvllm = standin.run("--restart", STANDIN_CRASH_AFTER="1.5", STANDIN_CRASHES=str(crashes), STANDIN_CHILD="1")
+    alive_at_the_third_start: list[int] = []
 
-    runvllm.wait_for("vLLM is ready", count=3)
-    restarts = [line for line in runvllm.lines if "Restarting it in" in line]
+    def look() -> None:
+        alive_at_the_third_start.extend(pid for pid in standin.recorded_pids() if alive(pid))
+
+    lines = runvllm_here(
+        "--restart",
+        STANDIN_CRASH_AFTER="1.5",
+        STANDIN_CRASHES=str(crashes),
+        STANDIN_CHILD="1",
+        stop_at=3,
+        when_ready=look,
+    )
+
+    restarts = [line for line in lines if "Restarting it in" in line]
     assert [line.split(": ", 1)[0] for line in restarts] == ["vLLM exited with code 3 after it was ready"] * 2
     assert [line.rsplit(". ", 1)[1] for line in restarts] == ["Restarting it in 0.3 s.", "Restarting it in 0.6 s."]
     pids = standin.recorded_pids()
     assert len(pids) == 6  # three servers, each with its engine
-    assert [pid for pid in pids if alive(pid)] == pids[-2:]  # each crash took its engine along
+    assert alive_at_the_third_start == pids[-2:]  # each crash took its engine along
 
-    runvllm.process.send_signal(signal.SIGTERM)
-    assert runvllm.finish() == 0
+    assert lines[-1] == "vLLM has stopped."
     assert not [pid for pid in pids if alive(pid)]
 
 
-def test_a_crash_on_the_first_start_is_not_restarted(standin):
-    runvllm = standin.run("--restart", STANDIN_CRASH_DURING_START="5")
+def test_a_crash_on_the_first_start_is_not_restarted(runvllm_here):
+    with pytest.raises(CommandError, match=re.escape("vLLM exited with code 5 while starting")) as failure:
+        runvllm_here("--restart", STANDIN_CRASH_DURING_START="5")
 
-    assert runvllm.finish() == 1
-    assert "restarting" not in runvllm.output
-    assert "vLLM exited with code 5 while starting" in runvllm.output
+    assert "restarting" not in "\n".join(runvllm_here.lines) + str(failure.value)
 
 
 # --- Installing vLLM -------------------------------------------------------------------------------------
@@ -572,20 +635,16 @@ def test_an_installed_environment_is_not_installed_again(fake_python, settings):
     assert lines == [f"vLLM is already installed in {settings.VLLM_VENV}."]
 
 
-def test_the_first_run_installs_vllm_when_it_is_missing(fake_python, settings, standin, tmp_path):
-    runvllm = standin.run(
-        FAKE_PYTHON_LOG=os.environ["FAKE_PYTHON_LOG"],
-        PATH=os.environ["PATH"],
+def test_the_first_run_installs_vllm_when_it_is_missing(fake_python, settings, runvllm_here, tmp_path):
+    lines = runvllm_here(
         VLLM_PYTHON=settings.VLLM_PYTHON,
         VLLM_VENV=str(tmp_path / "fresh-venv"),
     )
-    runvllm.wait_for("vLLM is ready")
 
-    output = runvllm.output
+    output = "\n".join(lines)
     assert f"vLLM is not installed in {tmp_path / 'fresh-venv'}" in output
-    assert output.index("Installing vLLM for cpu") < output.index("Starting vLLM")
-    runvllm.process.send_signal(signal.SIGTERM)
-    assert runvllm.finish() == 0
+    assert output.index("Installing vLLM for cpu") < output.index("Starting vLLM") < output.index("vLLM is ready")
+    assert lines[-1] == "vLLM has stopped."
 
 
 class _Lines:
@@ -614,32 +673,29 @@ def test_the_starter_model_gets_a_kv_cache_its_size_unless_told_otherwise(settin
     assert ServerConfig.from_settings(model="starter").environment()["VLLM_CPU_KVCACHE_SPACE"] == "4"
 
 
-def test_the_default_model_falls_back_to_the_starter_model_when_the_hub_is_out_of_reach(standin):
+def test_the_default_model_falls_back_to_the_starter_model_when_the_hub_is_out_of_reach(standin, runvllm_here):
     built = standin.venv.parent / "models" / "smollm2-135m-instruct"  # as if built by an earlier run
     built.mkdir(parents=True)
     (built / "config.json").write_text("{}")
-    runvllm = standin.run(VLLM_MODEL="", VLLM_SERVED_MODEL_NAME="")
-    runvllm.wait_for("vLLM is ready")
+    lines = runvllm_here(VLLM_MODEL="", VLLM_SERVED_MODEL_NAME="")
 
-    assert runvllm.lines[0].startswith("Qwen2-7B-Instruct, the default model, cannot run here: it is not in the")
-    assert "cannot be downloaded (http://127.0.0.1:9 cannot be reached" in runvllm.lines[0]
+    assert lines[0].startswith("Qwen2-7B-Instruct, the default model, cannot run here: it is not in the")
+    assert "cannot be downloaded (http://127.0.0.1:9 cannot be reached" in lines[0]
     argv = json.loads(standin.record.read_text())["argv"]
     assert argv[argv.index("--model") + 1] == str(built)
     assert argv[argv.index("--served-model-name") + 1] == "smollm2-135m-instruct"
     assert argv[-2:] == ["--dtype", "float32"]
-    assert f"serves smollm2-135m-instruct (pid {standin.recorded_pids()[0]})" in runvllm.output
-    runvllm.process.send_signal(signal.SIGTERM)
-    assert runvllm.finish() == 0
+    assert any(f"serves smollm2-135m-instruct (pid {standin.recorded_pids()[0]})" in line for line in lines)
+    assert lines[-1] == "vLLM has stopped."
 
 
-def test_a_named_model_that_cannot_be_had_is_an_error_and_nothing_starts(standin):
-    runvllm = standin.run("--model", "Qwen/Qwen2-7B-Instruct")
+def test_a_named_model_that_cannot_be_had_is_an_error_and_nothing_starts(standin, runvllm_here):
+    with pytest.raises(
+        CommandError, match=re.escape("Cannot serve Qwen/Qwen2-7B-Instruct: it is not in the Hugging Face cache")
+    ):
+        runvllm_here("--model", "Qwen/Qwen2-7B-Instruct")
 
-    assert runvllm.finish() == 1
-    assert runvllm.lines[-1].startswith(
-        "CommandError: Cannot serve Qwen/Qwen2-7B-Instruct: it is not in the Hugging Face cache"
-    )
-    assert "starter" not in runvllm.output.split("CommandError", 1)[0]  # nothing was put in its place
+    assert "starter" not in "\n".join(runvllm_here.lines)  # nothing was put in its place
     assert not standin.pids.exists()
 
 

@@ -71,6 +71,11 @@ class Command(BaseCommand):
         "needed), wait until it is ready, and stop it with its engine processes on Ctrl-C. "
         "Arguments after -- go to vLLM unchanged."
     )
+    # No system checks: they are the site's (its URLs and their API schemas, models, admin, the
+    # engines it lists, the asgiref its request threads need), and runvllm serves none of it; `up`,
+    # runserver and `check` run them where the site starts. A mistake there must not keep vLLM
+    # from starting, nor each start pay the second of CPU that importing every URL's schemas costs.
+    requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         add_server_arguments(parser)
