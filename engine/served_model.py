@@ -8,7 +8,7 @@ import asyncio
 import json
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import PurePath
 from typing import Any
 
@@ -133,6 +133,11 @@ async def get_json(endpoint: Endpoint, path: str, *, beside_v1: bool = False) ->
 def _remember(listed: Any) -> ServedModel:
     """Note what vLLM's /v1/models listed (None: it could not be asked) and return the model in use."""
     model = assumed_model()
+    if listed is None and _served.get("key") == _cache_key() and _served["model"].id:
+        # Down now: its answers still go to the model it was last seen serving (to fail saying vLLM
+        # is down), not to the settings' assumption, which names none when the settings leave the
+        # name to vLLM. Else a request naming that model was "no such model" (404) on every door.
+        model = replace(_served["model"], live=False)
     if isinstance(listed, list):
         wanted = settings.VLLM_SERVED_MODEL_NAME
         for entry in listed:

@@ -10,7 +10,8 @@ from django.test import Client
 from chat import turns
 from chat.models import ApiToken, Conversation, Message
 from chat.turns import TurnEnded
-from engine import served_model, vllm_client
+from engine import catalog, served_model, vllm_client
+from engine.endpoints import default_endpoint
 from engine.vllm_client import ServedModel
 from tests.chat.page_html import elements
 from tests.fake_vllm import FakeVLLM
@@ -63,6 +64,21 @@ async def test_what_vllm_said_is_kept_briefly_then_asked_again(serving, monkeypa
     assert (await vllm_client.served_model()).id == "first-model"  # within SERVED_MODEL_TTL
     monkeypatch.setattr(served_model, "SERVED_MODEL_TTL", 0.0)  # where served_model() reads it
     assert (await vllm_client.served_model()).id == "second-model"
+
+
+@pytest.mark.django_db
+async def test_while_vllm_is_down_the_model_it_was_last_seen_serving_is_still_its(serving, monkeypatch):
+    # With no name in the settings (ask vLLM), a vLLM that went down once the note had gone stale
+    # made the site assume no model: a request naming the model it served a moment ago was "no such
+    # model" (404), not "vLLM is down" (503), on every door, until a question after vLLM came back.
+    fake = serving("first-model", max_model_len=1024)
+    assert (await vllm_client.served_model()).id == "first-model"
+    fake.stop()
+    monkeypatch.setattr(served_model, "SERVED_MODEL_TTL", 0.0)  # the note stale: asked again, unreachable
+
+    assert await vllm_client.served_model() == ServedModel("first-model", 1024, "/models/x", live=False)
+    chosen = await catalog.pick("first-model")  # to fail there, saying vLLM is down
+    assert (chosen.model.id, chosen.endpoint) == ("first-model", default_endpoint())
 
 
 async def test_while_vllm_cannot_be_asked_the_settings_are_assumed(serving, settings):
