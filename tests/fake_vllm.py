@@ -298,6 +298,8 @@ class FakeVLLM:
 
     def reset(self) -> None:
         """Defaults back, every connection closed (ending stalled streams), records cleared."""
+        if self.delta_gate is not None:  # a held answer's handler goes on to find its connection closed
+            self.delta_gate.set()
         self._drop_connections()
         self.fault = None
         self._set_defaults()

@@ -92,11 +92,14 @@ CODE = 'def greet(name):\n    return f"Hello {name}"\n'
 def test_markdown_code_and_math_render_the_same_live_and_after_a_reload(signed_in: Page, fake_vllm):
     page = signed_in
     fake_vllm.reply = in_deltas(MARKDOWN)
-    fake_vllm.token_delay = 0.01
+    # The last delta waits until the page has been looked at mid-answer, however busy the machine.
+    fake_vllm.delta_gate = threading.Event()
+    fake_vllm.delta_gate_from = len(fake_vllm.reply) - 1
     answer = ask(page, "Show me some markdown")
     # Rendered as it streams, not only at the end.
     expect(answer.locator("h2")).to_have_text("Plan")
     expect(answer).to_have_class(re.compile(r"\bstreaming\b"))
+    fake_vllm.delta_gate.set()
     wait_until_answered(answer)
     live = rendered(answer)
 
@@ -370,7 +373,10 @@ def test_a_reconnected_stream_renders_the_whole_answer_once(signed_in: Page, fak
     """A second tab following a running answer sees it rendered as the first tab does."""
     page = signed_in
     fake_vllm.reply = in_deltas(MARKDOWN)
-    fake_vllm.token_delay = 0.01
+    # The last delta waits until the second tab follows the answer, however long a busy machine
+    # takes to open it (its pace alone once let the answer end first).
+    fake_vllm.delta_gate = threading.Event()
+    fake_vllm.delta_gate_from = len(fake_vllm.reply) - 1
     answer = ask(page, "Show me some markdown")
     expect(answer.locator("h2")).to_have_text("Plan")
 
@@ -378,6 +384,8 @@ def test_a_reconnected_stream_renders_the_whole_answer_once(signed_in: Page, fak
     other.goto(page.url)
     following = other.locator("#thread article.assistant")
     expect(following).to_have_class(re.compile(r"\bstreaming\b"))
+    expect(following.locator(".body h2")).to_have_text("Plan")
+    fake_vllm.delta_gate.set()
     wait_until_answered(answer)
     wait_until_answered(following)
     assert rendered(following) == rendered(answer)

@@ -219,7 +219,9 @@ def test_on_a_phone_the_chat_fills_the_screen_and_the_conversations_are_a_menu(
 def test_esc_stops_the_answer_being_written(signed_in: Page, fake_vllm):
     page = signed_in
     fake_vllm.reply = [f" word{i}" for i in range(200)]
-    fake_vllm.token_delay = 0.05
+    # The answer waits after its tenth word: still being written when Esc is pressed, however busy the machine.
+    fake_vllm.delta_gate = threading.Event()
+    fake_vllm.delta_gate_from = 10
     expect(page.locator("#backend")).to_have_text("model server up")  # the page's scripts have run
     page.get_by_role("textbox", name="Message").fill("Write at length")
     page.keyboard.press("Enter")
