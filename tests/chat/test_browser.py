@@ -44,6 +44,9 @@ def test_a_conversation_streams_stops_and_is_found_again(page: Page, alice, fake
     # Enter sends; the answer grows a few words at a time.
     fake_vllm.reply = ["Streaming", " answers", " arrive", " one", " token", " at", " a", " time", " and", " end."]
     fake_vllm.token_delay = 0.2
+    # The last token waits until the page has been seen mid-answer, however busy the machine.
+    fake_vllm.delta_gate = threading.Event()
+    fake_vllm.delta_gate_from = len(fake_vllm.reply) - 1
     box.press("Enter")
     answer = answers(page).first
     expect(page.locator("#thread article.user .body")).to_have_text("Why run a model locally?\nKeep it short.")
@@ -52,6 +55,7 @@ def test_a_conversation_streams_stops_and_is_found_again(page: Page, alice, fake
     expect(answer.locator(".body")).to_have_text(re.compile(r"^Streaming answers[^.]*$"))
     expect(answer.get_by_role("button", name="Stop")).to_be_visible()
     expect(page.get_by_role("button", name="Send")).to_be_disabled()
+    fake_vllm.delta_gate.set()
     expect(answer.locator(".body")).to_have_text("Streaming answers arrive one token at a time and end.")
     expect(answer.locator(".usage")).to_have_text("10 tokens")
     expect(answer.get_by_role("button", name="Stop")).to_have_count(0)

@@ -1,6 +1,7 @@
 """The site in its own daphne process, over real sockets, against the fake vLLM on loopback."""
 
 import re
+import threading
 from collections.abc import Iterator
 
 import httpx
@@ -84,7 +85,9 @@ def test_a_prompt_streams_to_the_browser_and_is_found_again(browser, fake_vllm):
 
 
 def test_a_first_prompt_brings_its_turn_a_form_for_the_next_and_the_conversations_address(browser, fake_vllm):
-    fake_vllm.token_delay = 0.1  # still streaming when the turn is rendered, so it says where to follow it
+    # Held before its last word: still streaming when the turn is rendered, so it says where to follow it.
+    fake_vllm.delta_gate = threading.Event()
+    fake_vllm.delta_gate_from = len(fake_vllm.reply) - 1
     sent = send(browser, "Plan a trip", temperature="0.3", top_p="0.5", max_tokens="64")
     conversation = Conversation.objects.get()
     address = f"/c/{conversation.pk}/"
@@ -101,6 +104,7 @@ def test_a_first_prompt_brings_its_turn_a_form_for_the_next_and_the_conversation
     assert found["prompt"]["<tag>"] == "textarea"
     assert found["conversations"]["hx-swap-oob"] == "true"
     assert found[f"conversation-{conversation.pk}"]["class"] == "current"
+    fake_vllm.delta_gate.set()
     with browser.stream("GET", stream_url(sent)) as response:
         assert list(sse_events(response.iter_lines()))[-1][0] == "done"
 

@@ -183,7 +183,9 @@ def test_the_models_words_become_a_tidy_title(said, title):
 
 async def test_the_sidebar_item_comes_back_named_once_the_model_has_named_it(async_client, alice, fake_vllm):
     fake_vllm.instructed[titles.NAMING_INSTRUCTION] = Instructed(["Sky colours"], delay=0.5)
-    fake_vllm.token_delay = 0.2  # the answer still streams when the page is drawn
+    # The answer is held before its last word: still streaming when the page is drawn.
+    fake_vllm.delta_gate = threading.Event()
+    fake_vllm.delta_gate_from = len(fake_vllm.reply) - 1
     await async_client.aforce_login(alice)
     response = await async_client.post(
         reverse("chat:send-new"), {"prompt": "Why is the sky blue"}, headers={"HX-Request": "true"}
@@ -193,6 +195,7 @@ async def test_the_sidebar_item_comes_back_named_once_the_model_has_named_it(asy
     assert f'hx-get="{reverse("chat:title", args=[conversation.pk])}"' in response.content.decode()
     assert 'hx-trigger="chat:answered from:body"' in response.content.decode()
     answer = await Message.objects.aget(conversation=conversation, role=Message.Role.ASSISTANT)
+    fake_vllm.delta_gate.set()
     async for _event in turns.follow(answer):
         pass
 
