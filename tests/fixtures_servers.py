@@ -110,8 +110,9 @@ def _migrated(postgresql: PostgreSQL, env: dict[str, str]) -> tuple[str, str]:
 
 
 @pytest.fixture
-def site_workers(postgresql, redis_server, fake_vllm) -> Iterator[SiteWorkers]:
-    """The site as three daphne workers on one port, on PostgreSQL and Redis, against the fake vLLM."""
+def own_site_workers(postgresql, redis_server, fake_vllm) -> Iterator[SiteWorkers]:
+    """The site as three daphne workers on one port, on PostgreSQL and Redis, against the fake vLLM,
+    for one test alone (one that kills a worker; tests/test_workers.py shares one between the others)."""
     site = SiteWorkers(workers_env(postgresql, redis_server, fake_vllm)).start()
     yield site
     site.stop()
@@ -119,7 +120,7 @@ def site_workers(postgresql, redis_server, fake_vllm) -> Iterator[SiteWorkers]:
 
 @pytest.fixture
 def busy_site_workers(postgresql, redis_server, fake_vllm) -> Iterator[SiteWorkers]:
-    """`site_workers` with the site's own lease (15 s): under a burst of hundreds of streams on a
+    """`own_site_workers` with the site's own lease (15 s): under a burst of hundreds of streams on a
     small machine a worker's loop can lag its renewals by seconds, and the tests' 3 s lease, short
     so that a killed worker's answers are settled quickly, would take live answers for dead."""
     # With the site's own pool (20 a worker): a burst of starts once held them all through a slow

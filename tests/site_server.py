@@ -127,6 +127,11 @@ class SiteWorkers:
         wait_for(worker.answers, STARTS_WITHIN, "a daphne worker to answer")
         return worker
 
+    def stop_worker(self, worker: "Worker") -> None:
+        """Stop one worker as an operator does (SIGTERM), leaving the others serving."""
+        self.workers.remove(worker)
+        stop_daphne(worker.process)
+
     def stop(self) -> None:
         for worker in self.workers:
             if worker.process.poll() is None:

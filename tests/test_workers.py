@@ -5,6 +5,10 @@ stream from Last-Event-ID; a worker that starts leaves the others' answers alone
 outright leaves its answers to be marked interrupted once its lease runs out (CHAT_LEASE_SECONDS is
 3 here). The workers are addressed one by one through ports of their own, and all together through
 the shared one.
+
+The tests that neither kill a worker nor change the site's settings share one site of three workers
+(`site_workers` below): each start of three costs some 8 CPU-seconds, on a machine whose two cores are
+the suite's bound. Each test finds it with no answer streaming and no conversation of alice's.
 """
 
 import asyncio
@@ -22,6 +26,7 @@ import openai
 import psycopg
 import pytest
 
+from tests.fixtures_servers import workers_env
 from tests.site_server import SiteWorkers, Worker
 from tests.sse import sse_events, sse_events_async, sse_events_with_ids
 from tests.waiting import wait_for
@@ -66,6 +71,38 @@ def start_turn(worker: Worker, site: SiteWorkers, prompt: str = "Go") -> tuple[i
 
 def stream_path(conversation: int, answer: int) -> str:
     return f"/conversations/{conversation}/messages/{answer}/stream"
+
+
+@pytest.fixture(scope="module")
+def shared_site_workers(postgresql, redis_server, fake_vllm_server) -> Iterator[SiteWorkers]:
+    """The site as three daphne workers on one port, on PostgreSQL and Redis, against the fake vLLM,
+    started once for the module: see `site_workers`."""
+    site = SiteWorkers(workers_env(postgresql, redis_server, fake_vllm_server)).start()
+    yield site
+    site.stop()
+
+
+def streaming(site: SiteWorkers) -> int:
+    """How many answers are streaming, straight from PostgreSQL."""
+    with psycopg.connect(site.env["DATABASE_URL"]) as connection:
+        row = connection.execute("SELECT count(*) FROM chat_message WHERE status = 'streaming'").fetchone()
+    assert row is not None
+    return row[0]
+
+
+@pytest.fixture
+def site_workers(shared_site_workers, fake_vllm) -> SiteWorkers:
+    """The module's three workers, as the previous test left them but for its data: its answers
+    ended (the fake vLLM's reset has closed any it left going) and alice's conversations deleted,
+    through the site as she would (the last test counts hers). The test that kills a worker has a
+    site of its own (`own_site_workers`), as has the one that needs the site's own lease."""
+    site = shared_site_workers
+    wait_for(lambda: streaming(site) == 0, 60, "the previous test's answers to end")
+    with api(site.url, site) as client:
+        while conversations := client.get("/conversations", params={"limit": 100}).json()["items"]:
+            for conversation in conversations:
+                assert client.delete(f"/conversations/{conversation['id']}").status_code == 204
+    return site
 
 
 def test_a_turn_started_on_a_is_followed_live_from_b_and_stopped_from_c(site_workers, fake_vllm):
@@ -127,10 +164,13 @@ def test_a_worker_starting_and_a_follow_elsewhere_leave_a_live_answer_alone(site
     fake_vllm.delta_gate = threading.Event()
 
     d = site_workers.add_worker()  # its start sweeps for dead workers' answers
-    assert stored(site_workers, answer)["status"] == "streaming"
-    fake_vllm.delta_gate.set()
-    with api(d.url, site_workers) as client, client.stream("GET", stream_path(conversation, answer)) as response:
-        events = list(sse_events(response.iter_lines()))
+    try:
+        assert stored(site_workers, answer)["status"] == "streaming"
+        fake_vllm.delta_gate.set()
+        with api(d.url, site_workers) as client, client.stream("GET", stream_path(conversation, answer)) as response:
+            events = list(sse_events(response.iter_lines()))
+    finally:
+        site_workers.stop_worker(d)  # the shared site's three again, for the next test
 
     text = "".join(data["text"] for name, data in events if name == "delta")
     assert events[-1][0] == "done" and events[-1][1]["status"] == "complete"
@@ -167,27 +207,27 @@ def test_a_reconnect_with_last_event_id_on_another_worker_resumes_with_no_gap_an
     assert before + after == "".join(fake_vllm.reply) == stored(site_workers, answer)["content"]
 
 
-def test_killing_a_worker_interrupts_its_answers_once_their_lease_expires_and_only_those(site_workers, fake_vllm):
+def test_killing_a_worker_interrupts_its_answers_once_their_lease_expires_and_only_those(own_site_workers, fake_vllm):
     fake_vllm.reply = [f" w{i}" for i in range(250)]
     fake_vllm.token_delay = 0.03  # 7.5 s an answer
-    a, b, _ = site_workers.workers
-    on_a = [start_turn(a, site_workers)[1] for _ in range(2)]
-    on_b = start_turn(b, site_workers)[1]
-    assert {owner_pid(site_workers, answer) for answer in on_a} == {a.pid}
-    wait_for(lambda: all(stored(site_workers, answer)["content"] for answer in on_a), what="A's checkpoints")
+    a, b, _ = own_site_workers.workers
+    on_a = [start_turn(a, own_site_workers)[1] for _ in range(2)]
+    on_b = start_turn(b, own_site_workers)[1]
+    assert {owner_pid(own_site_workers, answer) for answer in on_a} == {a.pid}
+    wait_for(lambda: all(stored(own_site_workers, answer)["content"] for answer in on_a), what="A's checkpoints")
 
     a.kill()
     killed_at = time.monotonic()
-    assert all(stored(site_workers, answer)["status"] == "streaming" for answer in on_a)  # until the lease expires
+    assert all(stored(own_site_workers, answer)["status"] == "streaming" for answer in on_a)  # until the lease expires
 
-    wait_for(lambda: all(stored(site_workers, x)["status"] == "interrupted" for x in on_a), 20, "A's answers")
+    wait_for(lambda: all(stored(own_site_workers, x)["status"] == "interrupted" for x in on_a), 20, "A's answers")
     assert time.monotonic() - killed_at > 1  # not before the lease had run out (3 s from A's last renewal)
     whole = "".join(fake_vllm.reply)
     for answer in on_a:
-        row = stored(site_workers, answer)
+        row = stored(own_site_workers, answer)
         assert row["content"] and whole.startswith(row["content"]) and row["content"] != whole
-    wait_for(lambda: stored(site_workers, on_b)["status"] in TERMINAL, 30, "B's answer")
-    b_answer = stored(site_workers, on_b)
+    wait_for(lambda: stored(own_site_workers, on_b)["status"] in TERMINAL, 30, "B's answer")
+    b_answer = stored(own_site_workers, on_b)
     assert (b_answer["status"], b_answer["content"]) == ("complete", whole)
 
 
