@@ -1,6 +1,7 @@
 """`manage.py up` with the stand-in vLLM: the order of things, the site's view of vLLM, a clean stop."""
 
 import io
+import json
 import signal
 import socket
 
@@ -45,13 +46,20 @@ def test_up_migrates_starts_vllm_then_serves_the_site_against_it(standin, tmp_pa
     assert not listening(site_port) and not listening(standin.port)
 
 
-def test_up_starts_vllm_with_the_api_key_and_the_site_uses_it(standin, tmp_path):
+def test_up_starts_vllm_with_the_api_key_and_the_arguments_after_dashes_and_the_site_uses_it(standin, tmp_path):
     key = "sk-test-0123456789"
     site_port = free_port()
     up = standin.run(
-        "--port", str(site_port), command="up", DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}", VLLM_API_KEY=key
+        "--port",
+        str(site_port),
+        "--",
+        "--enforce-eager",
+        command="up",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        VLLM_API_KEY=key,
     )
     up.wait_for("The chat is at", timeout=60)
+    assert json.loads(standin.record.read_text())["argv"][-1] == "--enforce-eager"  # as runvllm passes them
 
     assert httpx.get(f"http://127.0.0.1:{standin.port}/v1/models", timeout=10).status_code == 401
     assert httpx.get(f"http://127.0.0.1:{site_port}/healthz", timeout=10).json()["vllm"] == "ok"  # with the key

@@ -18,7 +18,8 @@ from engine.server.site_workers import Site, run_with_site
 class Command(BaseCommand):
     help = (
         "Run the whole product: migrate the database, install vLLM if needed, start it and wait until it "
-        "is ready, then serve the site with daphne. vLLM is restarted if it crashes; Ctrl-C stops both."
+        "is ready, then serve the site with daphne. vLLM is restarted if it crashes; Ctrl-C stops both. "
+        "Arguments after -- go to vLLM unchanged."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -34,6 +35,7 @@ class Command(BaseCommand):
             help="the site's daphne processes, on one port (default %(default)s); more than one needs REDIS_URL",
         )
         add_server_arguments(parser)
+        parser.add_argument("vllm_args", nargs="*", metavar="-- VLLM_ARG", help="passed to vLLM unchanged")
 
     def handle(self, *args: str, **options: Any) -> None:
         out = terminal(self.stdout.write, self.stdout.flush)
@@ -50,7 +52,7 @@ class Command(BaseCommand):
                 shown = default_endpoint().shown_url
                 out(f"The site will use the vLLM at {shown}: {health.detail.rstrip('.')}.")
             else:
-                managed = server_config(options, out)
+                managed = server_config(options, out, extra_args=tuple(options["vllm_args"]))
                 # The site talks to the vLLM it runs, whatever VLLM_BASE_URL says; it asks that vLLM
                 # which model it serves and how long its context is. With the key it was started
                 # with (--api-key), which may have come from a .env file rather than the environment.
