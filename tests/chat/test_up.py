@@ -195,6 +195,16 @@ def test_up_refuses_several_workers_without_redis(settings):
     assert said.getvalue() == ""  # said before anything is done: no "Applying" of a migration
 
 
+def test_up_without_vllm_refuses_arguments_for_the_vllm_it_does_not_start():
+    said = io.StringIO()
+
+    with pytest.raises(CommandError) as refusal:
+        call_command("up", "--port", str(free_port()), "--no-vllm", "--", "--enforce-eager", stdout=said)
+
+    assert "--no-vllm starts no vLLM" in str(refusal.value) and "(--enforce-eager)" in str(refusal.value)
+    assert said.getvalue() == ""
+
+
 def test_up_refuses_several_workers_when_redis_does_not_answer(settings):
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
 

@@ -39,6 +39,12 @@ class Command(BaseCommand):
 
     def handle(self, *args: str, **options: Any) -> None:
         out = terminal(self.stdout.write, self.stdout.flush)
+        if options["no_vllm"] and options["vllm_args"]:
+            # Said rather than dropped: a person who asked for a vLLM flag would think it in effect.
+            raise CommandError(
+                f"--no-vllm starts no vLLM, so the arguments after -- ({' '.join(options['vllm_args'])}) would "
+                "go nowhere. Give them to the vLLM at VLLM_BASE_URL where it is started, or leave out --no-vllm."
+            )
         check_workers(options["workers"])
         # A fresh machine has no database yet; an up-to-date one makes this a no-op.
         call_command("migrate", interactive=False, verbosity=min(options["verbosity"], 1))
