@@ -148,6 +148,11 @@ class ServerConfig:
         # every start compiled the model again: minutes on a small machine. Its compile cache of
         # before loads: the starter model's engine start went from 147 s to 35 s on one core.
         env.setdefault("VLLM_USE_AOT_COMPILE", "0")
+        # The kernels torch compiles for it go to /tmp by default (/tmp/torchinductor_$USER), which a
+        # reboot or a tmp cleaner empties: the next start then compiles them all again, 56-60 CPU-s
+        # for the starter model on this 2-core machine. Kept in vLLM's environment, they last as long
+        # as the torch that made them.
+        env.setdefault("TORCHINDUCTOR_CACHE_DIR", str(self.venv / "torchinductor-cache"))
         # What activating the environment would do, for anything vLLM starts by name (compilers).
         env["VIRTUAL_ENV"] = str(self.venv)
         env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"

@@ -12,6 +12,7 @@ import re
 import signal
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -117,6 +118,12 @@ def test_vllm_does_not_compile_the_model_again_for_want_of_loading_it(real_vllm)
     # vLLM's AOT artifacts fail to load on its CPU build: every start compiled for minutes.
     assert environ_of(real_vllm.pid)["VLLM_USE_AOT_COMPILE"] == "0"
     assert "Compiling model again due to a load failure" not in real_vllm.log_file.read_text()
+    # The kernels torch compiled for it are kept in vLLM's environment, not in /tmp where a reboot
+    # loses them; its engine processes write there, whatever torch's default.
+    kernels = Path(environ_of(real_vllm.pid)["TORCHINDUCTOR_CACHE_DIR"])
+    assert kernels.name == "torchinductor-cache" and any(kernels.iterdir())
+    workers = [pid for pid in group_members(real_vllm.pid) if pid != real_vllm.pid]
+    assert {environ_of(pid).get("TORCHINDUCTOR_CACHE_DIR") for pid in workers} == {str(kernels)}
 
 
 def test_runvllm_does_not_start_a_second_vllm_on_a_port_that_has_one(real_vllm):

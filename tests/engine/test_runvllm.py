@@ -178,6 +178,15 @@ def test_vllm_loads_the_compiled_model_from_its_cache_unless_told_otherwise(monk
     assert ServerConfig.from_settings().environment()["VLLM_USE_AOT_COMPILE"] == "1"
 
 
+def test_vllms_compiled_kernels_are_kept_in_its_environment_not_in_tmp(monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    config = ServerConfig.from_settings()
+    assert config.environment()["TORCHINDUCTOR_CACHE_DIR"] == str(config.venv / "torchinductor-cache")
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/srv/kernels")  # a person's own place wins
+    assert ServerConfig.from_settings().environment()["TORCHINDUCTOR_CACHE_DIR"] == "/srv/kernels"
+
+
 def test_a_local_model_folder_runs_offline(settings, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     model = tmp_path / "model"
