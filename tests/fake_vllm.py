@@ -298,9 +298,7 @@ class FakeVLLM:
 
     def reset(self) -> None:
         """Defaults back, every connection closed (ending stalled streams), records cleared."""
-        if self.delta_gate is not None:  # a held answer's handler goes on to find its connection closed
-            self.delta_gate.set()
-        self._drop_connections()
+        self._drop_connections(open_gates=True)
         self.fault = None
         self._set_defaults()
         with self._changed:
@@ -340,8 +338,10 @@ class FakeVLLM:
         with self._changed:
             self._connections.discard(connection)
 
-    def _drop_connections(self, timeout: float = 5.0) -> None:
-        """Close every open connection, including idle keep-alive ones, and wait for streams to end."""
+    def _drop_connections(self, timeout: float = 5.0, *, open_gates: bool = False) -> None:
+        """Close every open connection, including idle keep-alive ones, and wait for streams to end;
+        with `open_gates`, the answers a test left held go on too, to find their connections closed
+        (opened only after the close, so that a held answer cannot end whole in the next test)."""
         with self._changed:
             self._epoch += 1
             for connection in self._connections:
@@ -349,6 +349,11 @@ class FakeVLLM:
                     connection.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+            if open_gates:
+                gates = [self.delta_gate, *(instructed.gate for instructed in self.instructed.values())]
+                for gate in gates:
+                    if gate is not None:
+                        gate.set()
             self._changed.notify_all()
             self._changed.wait_for(lambda: self._running == 0, timeout)
 

@@ -115,8 +115,12 @@ class SiteWorkers:
     def start(self) -> "SiteWorkers":
         # Started together, then waited for: each spends its first seconds importing Django.
         self.workers += [Worker(self, free_port(), {}) for _ in range(self.site.workers)]
-        for worker in self.workers:
-            wait_for(worker.answers, STARTS_WITHIN, "a daphne worker to answer")
+        try:
+            for worker in self.workers:
+                wait_for(worker.answers, STARTS_WITHIN, "a daphne worker to answer")
+        except BaseException:
+            self.stop()  # a fixture that fails before its yield never stops what it started
+            raise
         return self
 
     def add_worker(self, output: Path | None = None, **env: str) -> "Worker":
@@ -124,7 +128,11 @@ class SiteWorkers:
         `output` if given (else to the tests' own output)."""
         worker = Worker(self, free_port(), env, output)
         self.workers.append(worker)
-        wait_for(worker.answers, STARTS_WITHIN, "a daphne worker to answer")
+        try:
+            wait_for(worker.answers, STARTS_WITHIN, "a daphne worker to answer")
+        except BaseException:
+            self.stop_worker(worker)  # a site shared between tests keeps the workers it had
+            raise
         return worker
 
     def stop_worker(self, worker: "Worker") -> None:

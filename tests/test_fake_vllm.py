@@ -241,6 +241,23 @@ def test_reset_ends_a_stalled_stream_without_counting_a_disconnect(fake_vllm: Fa
     assert fake_vllm.disconnects() == 0
 
 
+def test_reset_lets_an_answer_a_test_left_held_go_and_end_cut_not_whole(fake_vllm: FakeVLLM):
+    # A test that fails while it holds an answer on the gate leaves it to the reset: the answer must
+    # end there, cut, rather than wait out the gate or finish whole into the next test's records.
+    fake_vllm.reply = ["Held", " here", " and", " never", " sent."]
+    fake_vllm.delta_gate = threading.Event()
+    fake_vllm.delta_gate_from = 1
+    with httpx.Client() as client:
+        with client.stream("POST", f"{fake_vllm.base_url}/chat/completions", json=chat_body()) as response:
+            lines = response.iter_lines()
+            while "Held" not in next(lines):
+                pass
+            fake_vllm.reset()
+            assert fake_vllm.running == 0  # reset waited for the handler, which the gate no longer holds
+            with pytest.raises(httpx.RemoteProtocolError):  # cut: its body never ends, no [DONE]
+                list(lines)
+
+
 def test_refuse_closes_the_port_and_reset_reopens_the_same_one(fake_vllm: FakeVLLM):
     with httpx.Client() as client:
         assert client.get(f"{fake_vllm.root}/health").status_code == 200

@@ -163,7 +163,7 @@ def test_a_worker_starting_and_a_follow_elsewhere_leave_a_live_answer_alone(site
     # machine takes to start one (16 s of answer was not always enough beside a CPU hog).
     fake_vllm.delta_gate = threading.Event()
 
-    d = site_workers.add_worker()  # its start sweeps for dead workers' answers
+    d = site_workers.add_worker()  # its start sweeps for dead workers' answers (stopped if it never answers)
     try:
         assert stored(site_workers, answer)["status"] == "streaming"
         fake_vllm.delta_gate.set()

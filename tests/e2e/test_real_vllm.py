@@ -119,7 +119,7 @@ def test_vllm_does_not_compile_the_model_again_for_want_of_loading_it(real_vllm)
     assert environ_of(real_vllm.pid)["VLLM_USE_AOT_COMPILE"] == "0"
     assert "Compiling model again due to a load failure" not in real_vllm.log_file.read_text()
     # The kernels torch compiled for it are kept in vLLM's environment, not in /tmp where a reboot
-    # loses them; its engine processes write there, whatever torch's default.
+    # loses them: the place is there (made by this or an earlier start), and vLLM's processes have it.
     kernels = Path(environ_of(real_vllm.pid)["TORCHINDUCTOR_CACHE_DIR"])
     assert kernels.name == "torchinductor-cache" and any(kernels.iterdir())
     workers = [pid for pid in group_members(real_vllm.pid) if pid != real_vllm.pid]
