@@ -6,6 +6,7 @@ one question at a time per event loop, and the settings' assumption while vLLM c
 
 import asyncio
 import json
+import math
 import time
 import weakref
 from dataclasses import dataclass, replace
@@ -82,6 +83,16 @@ def context_length() -> int:
 def forget_served_model() -> None:
     _served.clear()
     _asking.clear()  # a question asked before this may be answered by the model that is gone
+
+
+def doubt_served_model() -> None:
+    """Ask vLLM again at the next turn (it may have been restarted with another model), but keep
+    what it was last seen serving for while it cannot be asked: forgotten, a vLLM that said 404 and
+    then went down made every request naming its model "no such model" (404) instead of "vLLM is
+    down" (503), until it came back."""
+    if "at" in _served:
+        _served["at"] = -math.inf
+    _asking.clear()
 
 
 def _cache_key() -> tuple[str, str]:

@@ -22,6 +22,7 @@ from engine.served_model import SERVED_MODEL_TTL as SERVED_MODEL_TTL
 from engine.served_model import ServedModel as ServedModel
 from engine.served_model import assumed_model as assumed_model
 from engine.served_model import context_length as context_length
+from engine.served_model import doubt_served_model
 from engine.served_model import forget_served_model as forget_served_model
 from engine.served_model import get_json as get_json
 from engine.served_model import known_model as known_model
@@ -84,7 +85,7 @@ async def stream_chat(
             if response.status != 200:
                 content = await _read_body(response)
                 if response.status == 404 and endpoint == default_endpoint():
-                    forget_served_model()  # vLLM may have been restarted with another model: ask again
+                    doubt_served_model()  # vLLM may have been restarted with another model: ask again
                 down = response.status in GATEWAY_DOWN
                 described = describe_http_error(response.status, content, model, key_sent=bool(endpoint.api_key))
                 yield Failed(described, unreachable=down)

@@ -12,7 +12,7 @@ from chat.models import ApiToken, Conversation, Message
 from chat.turns import TurnEnded
 from engine import catalog, served_model, vllm_client
 from engine.endpoints import default_endpoint
-from engine.vllm_client import ServedModel
+from engine.vllm_client import GenerationOptions, ServedModel
 from tests.chat.page_html import elements
 from tests.fake_vllm import FakeVLLM
 
@@ -79,6 +79,21 @@ async def test_while_vllm_is_down_the_model_it_was_last_seen_serving_is_still_it
     assert await vllm_client.served_model() == ServedModel("first-model", 1024, "/models/x", live=False)
     chosen = await catalog.pick("first-model")  # to fail there, saying vLLM is down
     assert (chosen.model.id, chosen.endpoint) == ("first-model", default_endpoint())
+
+
+async def test_a_404_from_vllm_asks_again_but_a_vllm_down_after_it_keeps_its_model(serving):
+    # A 404 on an answer (vLLM restarted with another model?) forgot the model outright: if vLLM was
+    # then down, every request naming it was "no such model" (404) rather than "vLLM is down" (503).
+    fake = serving("first-model", max_model_len=1024)
+    assert (await vllm_client.served_model()).id == "first-model"
+    fake.fault = "model_not_found"
+    async for _event in vllm_client.stream_chat(
+        [{"role": "user", "content": "Hi"}], GenerationOptions(temperature=0.7, max_tokens=16, top_p=1.0)
+    ):
+        pass
+    fake.stop()
+
+    assert await vllm_client.served_model() == ServedModel("first-model", 1024, "/models/x", live=False)
 
 
 async def test_while_vllm_cannot_be_asked_the_settings_are_assumed(serving, settings):
