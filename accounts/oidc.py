@@ -26,6 +26,7 @@ from django.contrib import messages
 from django.contrib.auth import alogout
 from django.contrib.auth.models import User
 from django.core.exceptions import MiddlewareNotUsed, SuspiciousOperation
+from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect
@@ -144,8 +145,25 @@ class OrganisationBackend(OIDCAuthenticationBackend):  # type: ignore[misc]
         return user
 
     def create_user(self, claims: dict[str, Any]) -> User:
-        user = User.objects.create_user(_free_username(claims), email=claims.get("email") or "")
-        return self.update_user(user, claims)
+        # Two sign-ins at once (two tabs, a double click at the provider, two new people with one
+        # name there) both found no one and both come here: the database's unique username and
+        # subject refuse the second's account, which then signs in the person the first made, or
+        # takes the next free name. The account and its link are one transaction, so that a link
+        # refused leaves no account behind.
+        while True:
+            username = _free_username(claims)
+            try:
+                with transaction.atomic():
+                    user = User.objects.create_user(username, email=claims.get("email") or "")
+                    return self.update_user(user, claims)
+            except IntegrityError:
+                # The same person's other sign-in made them, and linked them to their `sub` (only
+                # a person not linked yet is found by their address: none a sign-in makes).
+                if made := User.objects.filter(organisation_account__subject=claims["sub"]).first():
+                    return self.update_user(made, claims)
+                # Anything but a name taken meanwhile is no race: not to retry forever.
+                if not User.objects.filter(username=username).exists():
+                    raise
 
     def update_user(self, user: User, claims: dict[str, Any]) -> User:
         if not user.is_active:

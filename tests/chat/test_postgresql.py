@@ -1,4 +1,5 @@
-"""Search, export and import, and folders, on PostgreSQL, as a site whose DATABASE_URL names one runs them.
+"""Search, export and import, folders, and accounts made at sign-in, on PostgreSQL, as a site whose
+DATABASE_URL names one runs them.
 
 What differs by database (chat/search.py's index and queries, the import's one transaction) is
 tested by running those tests' modules once more, in a pytest of their own whose DATABASE_URL is a
@@ -23,6 +24,8 @@ MODULES = [
     # A folder's name taken (an IntegrityError in a transaction), the lists' partial indexes
     "tests/chat/test_folders.py",
     "tests/api/test_shelves_and_presets.py",
+    # Two first sign-ins at once: a unique username or subject refused in a transaction, then a retry
+    "tests/chat/test_organisation_accounts.py",
 ]
 
 
