@@ -28,6 +28,7 @@ from django.utils.translation import gettext
 
 from chat import limits, rules, sse
 from chat.context import ContextTooLong, fit_context
+from chatsite.request_threads import give_back_connection
 from engine import catalog
 from engine.vllm_client import Failed, Finished, GenerationOptions, TextDelta, Usage
 
@@ -121,6 +122,10 @@ async def answer(
 ) -> AsyncGenerator[bytes]:
     """The answer's events, streamed from the engine; nothing is stored. The room is given back at the end."""
     try:
+        # The stream may last minutes and reads nothing from the database: the connection its
+        # request used (the session's, the user's, the room's count; with PostgreSQL, one of the
+        # pool's few) goes back now, not when the stream ends, as a turn's follower's does.
+        await give_back_connection()
         try:
             context = await fit_context(
                 system_prompt=system_prompt,

@@ -114,6 +114,10 @@ async def give_back_connection() -> None:
     transaction is kept (the caller's block would lose it). SQLite's are kept for the thread's life
     (CONN_MAX_AGE None), so with SQLite this returns at once, with no hop to the thread.
     """
+    # Not chat.leases.one_at_a_time(), though it asks `vendor == "sqlite"` too: that one is about
+    # SQLite's one writer at a time (where the turns' writes run), this one about whether a held
+    # connection keeps one from anyone else (Django lends SQLite's from no pool: each thread opens
+    # its own). The two answers agree for the two databases the site runs on, each for its own reason.
     if connections["default"].vendor == "sqlite":
         return
     await sync_to_async(_give_back)()

@@ -271,8 +271,8 @@ VLLM_BASE_URL: str = env.str("VLLM_BASE_URL", default="http://127.0.0.1:8000/v1"
 # Empty: the site asks vLLM (/v1/models) which model it serves, and runvllm serves a model under
 # its own short name (qwen2-7b-instruct, smollm2-135m-instruct). Set, it is that name for both.
 VLLM_SERVED_MODEL_NAME: str = env.str("VLLM_SERVED_MODEL_NAME", default="")
-# The bearer key vLLM was started with (--api-key), or a gateway's; `runvllm` and `up` pass it to the
-# vLLM they start. Empty: no Authorization header is sent.
+# The bearer key vLLM was started with (--api-key or its VLLM_API_KEY), or a gateway's; `runvllm` and
+# `up` pass it to the vLLM they start, in its environment. Empty: no Authorization header is sent.
 VLLM_API_KEY: str = env.str("VLLM_API_KEY", default="")
 # A PEM file of CA certificates to trust for https engines, beside the system's; empty: the system's.
 VLLM_CA_FILE: str = env.str("VLLM_CA_FILE", default="")

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 from django.conf import settings
 
+from chatsite.request_threads import give_back_connection
 from engine import http_client
 from engine.endpoints import Endpoint, default_endpoint
 from engine.served_model import SERVED_MODEL_TTL as SERVED_MODEL_TTL
@@ -218,6 +219,11 @@ async def count_prompt_tokens(
     """The exact prompt length after the chat template, from vLLM's /tokenize; None if unknown."""
     if model is None:
         model = (await served_model()).id
+    # vLLM may take seconds to count (up to the 10 s below), and fitting a conversation may ask
+    # several times: the caller's connection (a request's, e.g. an API door checking that a prompt
+    # fits before it saves anything) goes back to the pool meanwhile, as for every wait on an
+    # engine (chatsite/request_threads.py `give_back_connection`).
+    await give_back_connection()
     try:
         timeout = http_client.timeout(10.0)
         async with await http_client.request(

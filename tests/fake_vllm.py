@@ -270,6 +270,9 @@ class FakeVLLM:
         # The first delta the gate holds: the answer streams freely up to it (the page mid-answer),
         # then waits there, whatever the machine's pace, until the test has looked and opens it.
         self.delta_gate_from = 0
+        # While set and not open, /tokenize answers only once it opens (an engine slow to count a
+        # prompt, held until the test has seen what the site does meanwhile).
+        self.tokenize_gate: threading.Event | None = None
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -350,7 +353,11 @@ class FakeVLLM:
                 except OSError:
                     pass
             if open_gates:
-                gates = [self.delta_gate, *(instructed.gate for instructed in self.instructed.values())]
+                gates = [
+                    self.delta_gate,
+                    self.tokenize_gate,
+                    *(instructed.gate for instructed in self.instructed.values()),
+                ]
                 for gate in gates:
                     if gate is not None:
                         gate.set()
@@ -515,6 +522,8 @@ class FakeVLLM:
         with self._changed:
             self.tokenize_requests.append(body)
             self._changed.notify_all()
+        if (gate := self.tokenize_gate) is not None:
+            gate.wait(WAIT_WITHIN)
         if body.get("model") not in (None, self.served_model_name):
             self._model_not_found(handler, body.get("model"))
             return

@@ -39,7 +39,8 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--served-model-name", nargs="+")
     parser.add_argument("--max-model-len", type=int)
     parser.add_argument("--gpu-memory-utilization", type=float)
-    parser.add_argument("--api-key")  # as vLLM's: every /v1 route then wants `Authorization: Bearer <key>`
+    # As vLLM's: every /v1 route then wants `Authorization: Bearer <key>`, one of these keys.
+    parser.add_argument("--api-key", nargs="+")
     return parser.parse_known_args()
 
 
@@ -77,6 +78,9 @@ def take_a_crash() -> bool:
 def main() -> None:
     args, extra = parse()
     served = (args.served_model_name or [args.model])[0]
+    # As vLLM 0.32 takes them (vllm/entrypoints/serve/middleware/register.py): the --api-key keys,
+    # and only without one of those the VLLM_API_KEY variable.
+    keys = [key for key in (args.api_key or [os.environ.get("VLLM_API_KEY")]) if key]
     record_pid(os.getpid())
     if path := os.environ.get("STANDIN_RECORD"):
         watched = ("VLLM_NO_USAGE_STATS", "DO_NOT_TRACK", "HF_HUB_OFFLINE", "VLLM_PORT", "VLLM_MODEL", "VIRTUAL_ENV")
@@ -113,9 +117,9 @@ def main() -> None:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if (
-                args.api_key
+                keys
                 and self.path.startswith("/v1")
-                and self.headers.get("authorization") != f"Bearer {args.api_key}"
+                and self.headers.get("authorization") not in [f"Bearer {key}" for key in keys]
             ):
                 self._send(401, b'{"error":"Unauthorized"}')
             elif self.path == "/health":

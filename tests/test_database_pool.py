@@ -7,7 +7,9 @@ it waits for something that needs another (the engine catalog reading the admin'
 next requests wait for one (DATABASE_POOL_TIMEOUT) and are answered 503: tests/test_workers.py's
 many streams once got four on POST /api/conversations so. Here the pool has one connection, which
 any such wait holds for good; new conversations ask the catalog as it is first read, then each door
-streams 2 answers at once while a list of conversations is read and a new conversation made.
+streams 2 answers at once while a list of conversations is read and a new conversation made. The
+same for each door whose prompt vLLM's /tokenize counts (a prompt too long for the bound by bytes),
+held by the fake vLLM while it counts.
 """
 
 import asyncio
@@ -20,6 +22,7 @@ import httpx
 import pytest
 
 from tests.accounts import login
+from tests.fake_vllm import DEFAULT_REPLY
 from tests.fixtures_servers import workers_env
 from tests.site_server import SiteProcess
 from tests.sse import sse_frames
@@ -130,6 +133,14 @@ async def model_compose(clients: Clients, n: int, streaming: asyncio.Event) -> s
         return "".join(data for _, data in await read_sse(response, streaming))  # sse-text: the text itself
 
 
+async def temporary(clients: Clients, n: int, streaming: asyncio.Event) -> str:
+    headers = {"X-CSRFToken": clients.page.cookies["csrftoken"]}
+    async with clients.page.stream(
+        "POST", "/temporary/send", data={"prompt": f"Prompt {n}"}, headers=headers
+    ) as response:
+        return site_text(await read_sse(response, streaming))
+
+
 DOORS: dict[str, tuple[Door, bool]] = {  # each door, and whether its client sees the first delta
     "the page's stream": (page, True),
     "the REST API's streamed answer": (rest_streamed, True),
@@ -138,6 +149,7 @@ DOORS: dict[str, tuple[Door, bool]] = {  # each door, and whether its client see
     "the OpenAI API's streamed completion": (openai_streamed, True),
     "the OpenAI API's whole completion": (openai_whole, False),
     "model-compose's workflow run": (model_compose, True),
+    "the temporary chat's stream": (temporary, True),
 }
 
 
@@ -194,3 +206,91 @@ def test_answers_streaming_on_every_door_leave_the_pool_to_other_requests(small_
     asyncio.run(every_door())
     # Each a 503 after DATABASE_POOL_TIMEOUT: the pool's connection was held by a request that waited.
     assert refused == {}
+
+
+# A prompt whose bound by bytes (chat/context.py) is over the fake's 2048-token context less the
+# 512 tokens of an answer, but whose tokens are not: fitting it asks vLLM's /tokenize.
+COUNTED_PROMPT = "word " * 1000
+
+
+async def openai_counted(clients: Clients) -> str:
+    # Its prompt fitted before anything is saved (chat/context.py `check_prompt_fits`).
+    completion = {"model": "qwen2-7b-instruct", "messages": [{"role": "user", "content": COUNTED_PROMPT}]}
+    answered = await clients.api.post("/v1/chat/completions", json=completion)
+    return str(answered.json()["choices"][0]["message"]["content"]) if answered.status_code == 200 else answered.text
+
+
+async def model_compose_counted(clients: Clients) -> str:
+    run = {"input": {"prompt": COUNTED_PROMPT}}
+    async with clients.api.stream("POST", "/api/workflows/runs", json=run) as response:
+        if response.status_code != 200:
+            return (await response.aread()).decode()
+        return "".join(data for _, data in await read_sse(response, asyncio.Event()))
+
+
+async def temporary_counted(clients: Clients) -> str:
+    # Fitted as it streams, on the request's own thread (chat/temporary.py `answer`).
+    headers = {"X-CSRFToken": clients.page.cookies["csrftoken"]}
+    async with clients.page.stream(
+        "POST", "/temporary/send", data={"prompt": COUNTED_PROMPT}, headers=headers
+    ) as response:
+        if response.status_code != 200:
+            return (await response.aread()).decode()
+        return site_text(await read_sse(response, asyncio.Event()))
+
+
+async def turn_counted(clients: Clients) -> str:
+    # Fitted in the turn's own task (chat/running_turn.py), after the request that started it.
+    path = f"/api/conversations/{await clients.new_conversation('Counted')}/messages"
+    answered = await clients.api.post(path, json={"prompt": COUNTED_PROMPT})
+    return str(answered.json()["answer"]["content"]) if answered.status_code == 200 else answered.text
+
+
+COUNTING_DOORS: dict[str, Callable[[Clients], Awaitable[str]]] = {
+    "the OpenAI API's completion": openai_counted,
+    "model-compose's workflow run": model_compose_counted,
+    "the temporary chat": temporary_counted,
+    "a turn": turn_counted,
+}
+
+
+def test_prompts_counted_by_vllm_leave_the_pool_to_other_requests(small_pool_site, fake_vllm):
+    # vLLM's /tokenize may take seconds (up to 10, engine/vllm_client.py `count_prompt_tokens`), and
+    # a turn may ask it several times: a request that held the pool's one connection meanwhile
+    # would leave the requests beside it none.
+    with httpx.Client(base_url=small_pool_site.url, timeout=60) as browser:
+        login(browser, "alice")
+        cookies = browser.cookies
+    refused: dict[str, list[str]] = {}
+    answers: dict[str, str] = {}
+
+    async def through(name: str, door: Callable[[Clients], Awaitable[str]], clients: Clients) -> None:
+        # What the site serves read just now, so that the door reads none of it: its only wait is /tokenize.
+        assert (await clients.api.get("/v1/models")).status_code == 200
+        gate = fake_vllm.tokenize_gate = threading.Event()
+        counted_before = len(fake_vllm.tokenize_requests)
+        answer = asyncio.ensure_future(door(clients))
+        try:
+            await wait_for_async(lambda: len(fake_vllm.tokenize_requests) > counted_before, what=f"{name}'s count")
+            listed = await clients.api.get("/api/conversations")
+            created = await clients.api.post("/api/conversations", json={"title": f"Beside {name}"})
+            failed = [f"{r.request.method} {r.url.path}: {r.status_code}" for r in (listed, created) if r.is_error]
+            if failed:
+                refused[name] = failed
+        finally:
+            gate.set()
+            answers[name] = await answer
+
+    async def every_door() -> None:
+        clients = Clients(small_pool_site, small_pool_site.env["ALICE_TOKEN"], cookies)
+        try:
+            for name, door in COUNTING_DOORS.items():
+                await through(name, door, clients)
+        finally:
+            await clients.aclose()
+
+    asyncio.run(every_door())
+    # Each a 503 after DATABASE_POOL_TIMEOUT: the pool's connection was held while /tokenize was.
+    assert refused == {}
+    # Each counted as vLLM said, not refused as too long by the bound alone (vLLM not answering).
+    assert answers == dict.fromkeys(COUNTING_DOORS, "".join(DEFAULT_REPLY))

@@ -37,8 +37,8 @@ class ServerConfig:
     log_file: Path | None = None
     module: str = "vllm.entrypoints.openai.api_server"
     cpus: frozenset[int] = frozenset()  # empty: wherever the system puts it
-    # VLLM_API_KEY: vLLM then wants it as a bearer key on every /v1 route. Secret: out of repr,
-    # and out of every command line shown or logged (`shown_command`).
+    # VLLM_API_KEY: vLLM then wants it as a bearer key on every /v1 route. Secret: out of repr, and
+    # off vLLM's command line (it goes in vLLM's environment: see `environment`).
     api_key: str = field(default="", repr=False)
 
     @classmethod
@@ -121,10 +121,7 @@ class ServerConfig:
         ]
         if self.gpu_memory_utilization is not None:
             command += ["--gpu-memory-utilization", f"{self.gpu_memory_utilization:g}"]
-        if self.api_key:
-            # vLLM's own --api-key (it would read VLLM_API_KEY too, but the site keeps its VLLM_*
-            # variables from vLLM: see _is_the_sites). Before the person's own arguments, which win.
-            command += ["--api-key", self.api_key]
+        # No --api-key: the key goes in the environment (see `environment`), where only its user sees it.
         return command + list(self.extra_args)
 
     def shown_command(self) -> str:
@@ -158,15 +155,29 @@ class ServerConfig:
         env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
         env.pop("PYTHONHOME", None)
         env["PYTHONUNBUFFERED"] = "1"  # its log lines as they happen, not in 8 KB bursts
+        if self.api_key:
+            # The one VLLM_* setting of the site's that vLLM is to get (_is_the_sites keeps the rest
+            # from it): vLLM takes its key from VLLM_API_KEY when no --api-key is given. On the
+            # command line any local user could read the key (ps, /proc/PID/cmdline); a process's
+            # environment only its own user can. A person's own --api-key after -- still wins:
+            # vLLM 0.32 reads the variable only without one (serve/middleware/register.py), and
+            # leaves it out of its compile cache's key, so a new key compiles nothing again.
+            env["VLLM_API_KEY"] = self.api_key
         return env
 
 
 def redacted(command: Sequence[str]) -> list[str]:
-    """`command` with the value of each --api-key (as `--api-key KEY` or `--api-key=KEY`) as ***."""
+    """`command` with each --api-key value (`--api-key KEY...` or `--api-key=KEY`) as ***.
+
+    vLLM's --api-key takes one key or more (`--api-key KEY1 KEY2`): the word after it is a key,
+    whatever it looks like, and so is each next one up to the next option.
+    """
     shown = list(command)
+    in_keys = False
     for index, argument in enumerate(shown):
-        if argument == "--api-key" and index + 1 < len(shown):
-            shown[index + 1] = "***"
+        in_keys = (index > 0 and command[index - 1] == "--api-key") or (in_keys and not argument.startswith("-"))
+        if in_keys:
+            shown[index] = "***"
         elif argument.startswith("--api-key="):
             shown[index] = "--api-key=***"
     return shown

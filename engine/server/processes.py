@@ -94,7 +94,7 @@ def not_ready_because(url: str, served_model_name: str, *, api_key: str = "") ->
 
     Ready means /health answers 200 and /v1/models lists the served name: the port alone opens
     before the model has loaded on some versions, and a dead engine still answers /health 500.
-    `api_key` is the key vLLM was started with (--api-key), which /v1/models then wants.
+    `api_key` is the key vLLM was started with (VLLM_API_KEY or --api-key), which /v1/models then wants.
     (`engine.vllm_client.check_health` is the site's async twin of this, against VLLM_BASE_URL.)
     """
     return asyncio.run(_not_ready_because(_endpoint(url, api_key), served_model_name))

@@ -4,6 +4,7 @@ import io
 import json
 import signal
 import socket
+from pathlib import Path
 
 import httpx
 import pytest
@@ -61,7 +62,12 @@ def test_up_starts_vllm_with_the_api_key_and_the_arguments_after_dashes_and_the_
     up.wait_for("The chat is at", timeout=60)
     assert json.loads(standin.record.read_text())["argv"][-1] == "--enforce-eager"  # as runvllm passes them
 
-    assert httpx.get(f"http://127.0.0.1:{standin.port}/v1/models", timeout=10).status_code == 401
+    models = f"http://127.0.0.1:{standin.port}/v1/models"
+    assert httpx.get(models, timeout=10).status_code == 401
+    assert httpx.get(models, headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 200
+    # Not on the command line of vLLM, nor of the site's worker, which any local user can read.
+    for pid in [*standin.recorded_pids(), *children(up.process.pid)]:
+        assert key not in Path(f"/proc/{pid}/cmdline").read_bytes().decode()
     assert httpx.get(f"http://127.0.0.1:{site_port}/healthz", timeout=10).json()["vllm"] == "ok"  # with the key
     up.process.send_signal(signal.SIGINT)
     assert up.finish() == 0

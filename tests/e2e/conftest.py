@@ -31,7 +31,7 @@ from tests.ports import free_port
 
 INSTALL_TIMEOUT = 40 * 60
 BOOT_TIMEOUT = 15 * 60
-# The suite's vLLM runs with --api-key (VLLM_API_KEY, which runvllm passes on), as a shared one would.
+# The suite's vLLM wants a key (VLLM_API_KEY, which runvllm passes on in its environment), as a shared one would.
 API_KEY = "sk-e2e-3f9c1d7a"
 
 # Seconds each stage took this run, reported at the end of the session.

@@ -34,7 +34,7 @@ def test_up_on_a_machine_without_the_model_hub_serves_the_starter_model_and_ctrl
         VLLM_PORT=str(vllm_port),
         VLLM_LOG_FILE=str(tmp_path / "vllm.log"),
         VLLM_BASE_URL="http://127.0.0.1:9/v1",  # up must point the site at the vLLM it runs instead
-        VLLM_API_KEY="sk-e2e-up-51b2",  # vLLM started with --api-key, and the site given the key
+        VLLM_API_KEY="sk-e2e-up-51b2",  # vLLM started with the key (in its environment), and the site given it
         HF_ENDPOINT="http://127.0.0.1:9",
         HF_HOME=str(tmp_path / "hf-home"),
     )

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 from django.core.management import CommandError, call_command
 
@@ -35,19 +36,21 @@ KEY = "sk-test-0123456789"
 
 class _Terminal:
     """call_command's stdout for runvllm run in this process: keeps each line, and on the
-    `stop_at`th "vLLM is ready" runs `when_ready` and then sends this process SIGTERM, as a
-    service manager would. runvllm writes that line from its main-thread loop, inside the handlers
-    it installs for SIGTERM (engine.server.processes.StopSignals), so the signal is its to note."""
+    `stop_at`th line that starts with `at` ("vLLM is ready") runs `when_ready` and then sends this
+    process SIGTERM, as a service manager would. runvllm writes those lines from its main-thread
+    loop, inside the handlers it installs for SIGTERM (engine.server.processes.StopSignals), so the
+    signal is its to note."""
 
-    def __init__(self, stop_at: int, when_ready: Callable[[], None]) -> None:
+    def __init__(self, stop_at: int, when_ready: Callable[[], None], at: str = "vLLM is ready") -> None:
         self.lines: list[str] = []
         self.stop_at = stop_at
         self.when_ready = when_ready
+        self.at = at
 
     def write(self, text: str) -> None:
         for line in text.rstrip("\n").split("\n"):
             self.lines.append(line)
-            if line.startswith("vLLM is ready") and threading.current_thread() is threading.main_thread():
+            if line.startswith(self.at) and threading.current_thread() is threading.main_thread():
                 self.stop_at -= 1
                 if self.stop_at == 0:
                     self.when_ready()
@@ -69,7 +72,12 @@ def runvllm_here(standin, settings, monkeypatch):
         lines: list[str] = []
 
         def __call__(
-            self, *args: str, stop_at: int = 1, when_ready: Callable[[], None] = lambda: None, **extra: str
+            self,
+            *args: str,
+            stop_at: int = 1,
+            when_ready: Callable[[], None] = lambda: None,
+            at: str = "vLLM is ready",
+            **extra: str,
         ) -> list[str]:
             for name, value in standin.env(**extra).items():
                 if os.environ.get(name) != value:
@@ -77,7 +85,7 @@ def runvllm_here(standin, settings, monkeypatch):
                 if name.startswith("VLLM_") and hasattr(settings, name):
                     kind = type(getattr(settings, name))
                     setattr(settings, name, Path(value) if issubclass(kind, Path) else kind(value))
-            terminal = _Terminal(stop_at, when_ready)
+            terminal = _Terminal(stop_at, when_ready, at)
             self.lines = terminal.lines
             call_command("runvllm", *args, stdout=terminal)
             return terminal.lines
@@ -236,33 +244,77 @@ def test_a_missing_model_folder_is_reported_before_starting(settings, tmp_path):
         ServerConfig.from_settings(model="./no-such-folder")
 
 
-def test_the_api_key_goes_to_vllm_after_its_own_arguments_and_is_redacted_when_shown(settings, tmp_path):
+def test_the_api_key_goes_to_vllm_in_its_environment_not_on_its_command_line(settings, tmp_path):
     settings.VLLM_VENV = tmp_path / "venv"
     settings.VLLM_API_KEY = "sk-secret-1"
-    config = ServerConfig.from_settings(extra_args=["--dtype", "float32", "--api-key=sk-secret-2"])
+    config = ServerConfig.from_settings(extra_args=["--dtype", "float32"])
 
-    command = config.command()
+    assert "--api-key" not in config.command() and "sk-secret-1" not in " ".join(config.command())
+    assert config.environment()["VLLM_API_KEY"] == "sk-secret-1"
+    assert "sk-secret-1" not in repr(config)
+    settings.VLLM_API_KEY = ""
+    assert "VLLM_API_KEY" not in ServerConfig.from_settings().environment()  # no key: vLLM wants none
 
-    assert command[command.index("--api-key") + 1] == "sk-secret-1"
-    assert command.index("--api-key") < command.index("--dtype")  # the person's own arguments win
-    assert "sk-secret" not in config.shown_command() and "sk-secret-1" not in repr(config)
-    assert "--api-key '***'" in config.shown_command() and "--api-key=***" in config.shown_command()
+
+def test_a_persons_own_api_keys_after_dashes_go_to_vllm_and_are_redacted_when_shown(settings, tmp_path):
+    settings.VLLM_VENV = tmp_path / "venv"
+    settings.VLLM_API_KEY = "sk-secret-1"
+    own = ["--api-key", "sk-secret-2", "sk-secret-3", "--dtype", "float32", "--api-key=sk-secret-4"]
+    config = ServerConfig.from_settings(extra_args=own)
+
+    assert config.command()[-len(own) :] == own
+    assert "sk-secret" not in config.shown_command()
+    assert config.shown_command().endswith("--api-key '***' '***' --dtype float32 '--api-key=***'")
 
 
-def test_vllm_started_with_the_api_key_is_ready_and_the_key_is_never_shown(standin, runvllm_here):
-    lines = runvllm_here(VLLM_API_KEY=KEY)  # ready: its readiness check, on /v1/models, carries the key
-    argv = json.loads(standin.record.read_text())["argv"]
+def test_vllm_started_with_the_api_key_wants_it_and_its_command_line_does_not_show_it(standin, runvllm_here):
+    seen: dict[str, object] = {}
+
+    def look() -> None:
+        pid = standin.recorded_pids()[0]
+        seen["cmdline"] = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+        # Where the key is instead: readable by vLLM's own user only.
+        seen["environ mode"] = Path(f"/proc/{pid}/environ").stat().st_mode & 0o777
+        seen["answers"] = [_models_status(standin.port, key) for key in ("", KEY)]
+
+    lines = runvllm_here(VLLM_API_KEY=KEY, when_ready=look)  # ready: its readiness check carries the key
     output = "\n".join(lines)
 
-    assert any(line.startswith("vLLM is ready") for line in lines)
+    assert "--model" in str(seen["cmdline"]) and KEY not in str(seen["cmdline"])  # `ps` shows everyone this
+    assert seen["environ mode"] == 0o400
+    assert seen["answers"] == [401, 200]  # without the key, with it
     assert lines[-1] == "vLLM has stopped."
-    assert argv[argv.index("--api-key") + 1] == KEY
-    assert KEY not in output and "--api-key '***'" in output
+    assert KEY not in output
     assert KEY not in standin.log_file.read_text()
 
 
+def test_a_persons_own_api_keys_after_dashes_win_over_the_sites(standin, runvllm_here):
+    """vLLM takes the keys of --api-key, and VLLM_API_KEY only without one: the site's key is then
+    refused (runvllm goes on waiting for vLLM), the person's accepted, and never shown."""
+    answers: dict[str, int] = {}
+
+    def ask() -> None:
+        wait_for(lambda: listening(standin.port), what="the stand-in to listen")
+        answers.update({key: _models_status(standin.port, key) for key in (KEY, "sk-own-1", "sk-own-2")})
+
+    lines = runvllm_here(
+        "--", "--api-key", "sk-own-1", "sk-own-2", VLLM_API_KEY=KEY, at="Waiting for vLLM to be ready", when_ready=ask
+    )
+
+    assert answers == {KEY: 401, "sk-own-1": 200, "sk-own-2": 200}
+    assert "sk-own" not in "\n".join(lines) and "--api-key '***' '***'" in "\n".join(lines)
+    assert "sk-own" not in standin.log_file.read_text()
+
+
+def _models_status(port: int, key: str) -> int:
+    """The status /v1/models answers on the port, asked with the key (if any)."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=headers, timeout=10).status_code
+
+
 def test_a_vllm_with_another_key_on_the_port_is_not_reused_and_its_key_not_shown(standin, runvllm_here):
-    standin.run(VLLM_API_KEY=KEY).wait_for("vLLM is ready")
+    # That vLLM's key on its command line, where runvllm reads what holds the port.
+    standin.run("--", "--api-key", KEY, VLLM_API_KEY=KEY).wait_for("vLLM is ready")
 
     with pytest.raises(CommandError) as failure:
         runvllm_here("--timeout", "3", VLLM_API_KEY="sk-not-it")

@@ -60,8 +60,8 @@ class Command(BaseCommand):
             else:
                 managed = server_config(options, out, extra_args=tuple(options["vllm_args"]))
                 # The site talks to the vLLM it runs, whatever VLLM_BASE_URL says; it asks that vLLM
-                # which model it serves and how long its context is. With the key it was started
-                # with (--api-key), which may have come from a .env file rather than the environment.
+                # which model it serves and how long its context is. With the key vLLM was given (in
+                # its environment), which may have come from a .env file rather than up's environment.
                 env["VLLM_BASE_URL"] = managed.base_url
                 env["VLLM_API_KEY"] = managed.api_key
             run_with_site(
