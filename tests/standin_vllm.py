@@ -6,7 +6,7 @@ Environment variables make it misbehave the ways a real vLLM can:
     STANDIN_RECORD=PATH           write its argv and the variables runvllm set to PATH (JSON)
     STANDIN_DELAY=SECONDS         load for this long before listening (default 0.2)
     STANDIN_CRASH_DURING_START=N  exit with code N while loading
-    STANDIN_CRASH_AFTER=SECONDS   exit with code 3 this long after it is ready...
+    STANDIN_CRASH_AFTER=SECONDS   exit with code 3 this long after it first answers /v1/models...
     STANDIN_CRASHES=PATH          ...while PATH (a counter file) says crashes are left
     STANDIN_CHILD=1               start an "engine" child in its process group, as vLLM does
     STANDIN_IGNORE_SIGTERM=1      ignore SIGTERM, in itself and its child
@@ -114,6 +114,10 @@ def main() -> None:
         log(f"Loading model weights, {left:.1f} s to go")
         time.sleep(min(left, 0.5))
 
+    # Set at the first /v1/models answered: runvllm's readiness check has then seen it ready, whatever
+    # the machine's pace (a timer from the start of listening could end before anyone had asked).
+    models_asked = threading.Event()
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if (
@@ -126,6 +130,7 @@ def main() -> None:
                 self._send(200, b"")
             elif self.path == "/v1/models":
                 self._send(200, json.dumps({"object": "list", "data": [{"id": served, "root": args.model}]}).encode())
+                models_asked.set()
             else:
                 self._send(404, b'{"detail":"Not Found"}')
 
@@ -145,6 +150,7 @@ def main() -> None:
         if take_a_crash():
 
             def crash() -> None:
+                models_asked.wait()
                 time.sleep(float(after))
                 print("stand-in engine died", flush=True)
                 os._exit(3)
