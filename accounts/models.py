@@ -1,6 +1,8 @@
 from django.conf import settings
 from django.db import models
 
+from accounts.sealed import SealedTextField
+
 
 class FirstAccount(models.Model):
     """The account made from the sign-in page of a site that had none.
@@ -38,15 +40,17 @@ class OrganisationAccount(models.Model):
 
     `subject` is the provider's id for them (the `sub` claim), which unlike an e-mail address never
     changes. The tokens let the site ask the provider, now and then, whether the person may still
-    sign in: secrets, never shown, kept only for that.
+    sign in: secrets, never shown, kept only for that, and sealed in the database (accounts/sealed.py):
+    they reach the person's account at the provider, beyond this site. A token that no key of the
+    site opens reads as none, and the person must sign in at the provider again.
     """
 
     person = models.OneToOneField(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="organisation_account"
     )
     subject = models.CharField(max_length=255, unique=True)
-    refresh_token = models.TextField(blank=True, editable=False)
-    access_token = models.TextField(blank=True, editable=False)
+    refresh_token = SealedTextField(blank=True, editable=False)
+    access_token = SealedTextField(blank=True, editable=False)
     # When the provider last said the person may still sign in.
     checked_at = models.DateTimeField(null=True, editable=False)
     # The provider refused them: their sessions and API tokens are out until they sign in there again.

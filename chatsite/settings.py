@@ -19,6 +19,10 @@ if (BASE_DIR / ".env").is_file():
 
 # No default: a secret in the repository is no secret. `make .env` writes a random one.
 SECRET_KEY: str = env.str("DJANGO_SECRET_KEY")
+# Earlier secret keys, after a change of DJANGO_SECRET_KEY: what Django signed with them is still
+# accepted, and the organisation's tokens sealed under them still open (accounts/sealed.py), each
+# sealed again under the new key when next written.
+SECRET_KEY_FALLBACKS: list[str] = env.list("DJANGO_SECRET_KEY_FALLBACKS", default=[])
 DEBUG: bool = env.bool("DJANGO_DEBUG", default=False)
 ALLOWED_HOSTS: list[str] = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
 CSRF_TRUSTED_ORIGINS: list[str] = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])

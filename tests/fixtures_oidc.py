@@ -6,12 +6,24 @@ each in a daphne process of its own; registered from tests/conftest.py. Tests th
 from collections.abc import Iterator
 
 import pytest
+from django.db import connection
 
 from tests.accounts import PASSWORD
 from tests.oidc_provider.server import OidcProvider
 from tests.site_server import SiteProcess, site_env
 
 STAFF_GROUP = "chat-staff"
+
+
+def stored_tokens(account_pk: int) -> tuple[str, str]:
+    """An OrganisationAccount's refresh and access tokens as the database holds them, as whoever
+    reads a dump of it sees them: read past the model and its fields."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT refresh_token, access_token FROM accounts_organisationaccount WHERE id = %s", [account_pk]
+        )
+        refresh_token, access_token = cursor.fetchone()
+    return refresh_token, access_token
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Migrations that change what is stored: existing conversations come through whole."""
+"""Migrations that change what is stored: existing conversations come through whole, and the
+organisation's tokens are sealed."""
 
 from collections.abc import Iterator
 
@@ -7,8 +8,10 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.state import StateApps
 
+from accounts.models import OrganisationAccount
 from chat import branches, search
 from chat.models import Conversation, Message
+from tests.fixtures_oidc import stored_tokens
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -89,3 +92,26 @@ def test_messages_written_before_search_knew_their_owner_are_found_after(migrate
 
     assert [hit.message_id for hit in search.search(alice, "lighthouse").messages] == [written.pk]
     assert [hit.message_id for hit in search.search(alice, "li").messages] == [written.pk]
+
+
+def test_the_providers_tokens_stored_in_clear_are_sealed_and_back_in_clear_when_undone(migrate, alice, bob):
+    before = ("accounts", "0003_organisation_account")
+    OldAccount = apps_at(migrate, before).get_model("accounts", "OrganisationAccount")
+    alices = OldAccount.objects.create(
+        person_id=alice.pk,
+        subject="alice-at-the-provider",
+        refresh_token="alices-refresh",
+        access_token="alices-access",
+    )
+    bobs = OldAccount.objects.create(person_id=bob.pk, subject="bob-at-the-provider", refresh_token="", access_token="")
+
+    to_latest(migrate)
+    refresh_token, access_token = stored_tokens(alices.pk)
+    assert "alices" not in refresh_token and "alices" not in access_token
+    account = OrganisationAccount.objects.get(pk=alices.pk)
+    assert (account.refresh_token, account.access_token) == ("alices-refresh", "alices-access")
+    assert stored_tokens(bobs.pk) == ("", "")
+
+    apps_at(migrate, before)
+    assert stored_tokens(alices.pk) == ("alices-refresh", "alices-access")
+    assert stored_tokens(bobs.pk) == ("", "")

@@ -8,10 +8,13 @@ from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import requests
+from django.core.exceptions import FieldError
 from django.utils import timezone
 
 from accounts import oidc
 from accounts.models import OrganisationAccount
+from tests.fixtures_oidc import stored_tokens
 from tests.ports import free_port
 
 pytestmark = pytest.mark.django_db
@@ -78,6 +81,65 @@ def test_a_persons_link_to_the_provider_shows_in_the_admin_without_its_tokens(
     assert page.status_code == 200
     assert "alice-at-the-provider" in page.text
     assert "a-secret-refresh-token" not in page.text
+
+
+def test_the_tokens_are_sealed_in_the_database(alice, alices_account):
+    alices_account.refresh_token = "alices-refresh-token-at-the-provider"
+    alices_account.access_token = "alices-access-token-at-the-provider"
+    alices_account.save()
+    refresh_token, access_token = stored_tokens(alices_account.pk)
+    assert "alices-refresh-token" not in refresh_token
+    assert "alices-access-token" not in access_token
+    assert refresh_token and access_token
+    alices_account.refresh_from_db()
+    assert alices_account.refresh_token == "alices-refresh-token-at-the-provider"
+    assert alices_account.access_token == "alices-access-token-at-the-provider"
+
+
+def test_tokens_the_provider_gives_at_a_check_are_sealed_too(alice, alices_account, monkeypatch):
+    monkeypatch.setattr(oidc, "_ask_provider", lambda account: {"refresh_token": "r2-alices-refresh-token"})
+    assert oidc.still_at_provider(alice)
+    assert "alices-refresh-token" not in stored_tokens(alices_account.pk)[0]
+    alices_account.refresh_from_db()
+    assert alices_account.refresh_token == "r2-alices-refresh-token"
+
+
+def test_tokens_sealed_under_an_earlier_secret_key_still_open(alice, alices_account, settings, monkeypatch):
+    settings.SECRET_KEY_FALLBACKS = [settings.SECRET_KEY]
+    settings.SECRET_KEY = "the-sites-new-secret-key"
+    asked: list[str] = []
+
+    def ask(account):
+        asked.append(account.refresh_token)
+        return {"refresh_token": account.refresh_token, "access_token": "a2"}
+
+    monkeypatch.setattr(oidc, "_ask_provider", ask)
+    assert oidc.still_at_provider(alice)
+    assert asked == ["r1"]
+    # Written again at the check, under the new key: the earlier one is no longer needed for them.
+    settings.SECRET_KEY_FALLBACKS = []
+    alices_account.refresh_from_db()
+    assert (alices_account.refresh_token, alices_account.access_token) == ("r1", "a2")
+
+
+def test_tokens_no_key_of_the_site_opens_read_as_none_and_the_person_must_sign_in_again(
+    alice, alices_account, settings, monkeypatch
+):
+    settings.SECRET_KEY = "a-secret-key-that-sealed-nothing-here"
+    alices_account.refresh_from_db()
+    assert (alices_account.refresh_token, alices_account.access_token) == ("", "")
+    # Not asked with nothing: the person is refused at once, until they sign in at the provider.
+    monkeypatch.setattr(requests, "post", lambda *args, **kwargs: pytest.fail("asked"))
+    monkeypatch.setattr(requests, "get", lambda *args, **kwargs: pytest.fail("asked"))
+    assert not oidc.still_at_provider(alice)
+    alices_account.refresh_from_db()
+    assert alices_account.refused
+
+
+def test_a_sealed_token_cannot_be_looked_up_by_its_text(alices_account):
+    # Sealing is new each time: a lookup by the text would never match, and so is refused outright.
+    with pytest.raises(FieldError):
+        OrganisationAccount.objects.filter(refresh_token="r1").exists()
 
 
 @pytest.fixture

@@ -10,11 +10,12 @@ import httpx
 import pytest
 from axes.models import AccessAttempt
 from django.contrib.auth.models import User
+from django.test import override_settings
 
 from accounts.models import OrganisationAccount
 from chat.models import ApiToken
 from tests.accounts import PASSWORD, login
-from tests.fixtures_oidc import STAFF_GROUP
+from tests.fixtures_oidc import STAFF_GROUP, stored_tokens
 from tests.oidc_provider.server import sign_in_at_provider
 from tests.site_server import SiteProcess
 
@@ -196,6 +197,32 @@ def test_a_person_deactivated_at_the_provider_is_out_at_the_next_request(open_si
         sign_in_at_provider(client, "judy")
         assert signed_in(client)
         assert client.get("/api/conversations", headers=bearer).status_code == 200
+
+
+def test_the_providers_tokens_are_sealed_and_a_person_whose_tokens_no_key_opens_signs_in_again(open_site, provider):
+    provider.person("trent")
+    with browser(open_site) as client:
+        sign_in_at_provider(client, "trent")
+        assert signed_in(client)  # asked the provider again, with the tokens it sealed
+        account = OrganisationAccount.objects.get(person__username="trent")
+        assert account.refresh_token and account.access_token
+        refresh_token, access_token = stored_tokens(account.pk)
+        assert account.refresh_token not in refresh_token
+        assert account.access_token not in access_token
+
+        # The site's SECRET_KEY changed without its fallback (the test's key is the site's).
+        with override_settings(SECRET_KEY="a-secret-key-the-site-never-had"):
+            account.save(update_fields=["refresh_token", "access_token"])
+        asked = provider.token_requests()
+        page = client.get("/", follow_redirects=True)
+        assert page.status_code == 200
+        assert urlsplit(str(page.url)).path == "/accounts/login/"
+        assert "You were signed out" in page.text
+        assert provider.token_requests() == asked  # nothing to ask with
+        sign_in_at_provider(client, "trent")
+        assert signed_in(client)
+    account.refresh_from_db()
+    assert account.refresh_token and not account.refused
 
 
 def test_a_person_deactivated_in_the_admin_is_out_at_the_next_request(open_site, provider):
