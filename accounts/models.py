@@ -49,8 +49,9 @@ class OrganisationAccount(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="organisation_account"
     )
     subject = models.CharField(max_length=255, unique=True)
-    refresh_token = SealedTextField(blank=True, editable=False)
-    access_token = SealedTextField(blank=True, editable=False)
+    # Not serialized: `dumpdata` would write them unsealed (serializers read the model's value).
+    refresh_token = SealedTextField(blank=True, editable=False, serialize=False)
+    access_token = SealedTextField(blank=True, editable=False, serialize=False)
     # When the provider last said the person may still sign in.
     checked_at = models.DateTimeField(null=True, editable=False)
     # The provider refused them: their sessions and API tokens are out until they sign in there again.

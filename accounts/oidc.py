@@ -27,8 +27,7 @@ from django.contrib.auth import alogout
 from django.contrib.auth.models import User
 from django.core.exceptions import MiddlewareNotUsed, SuspiciousOperation
 from django.db import IntegrityError, transaction
-from django.db.models import QuerySet, TextField
-from django.db.models.functions import Cast
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect
 from django.utils import timezone
@@ -272,19 +271,23 @@ def still_at_provider(user: User) -> bool:
     now = timezone.now()
     if not OrganisationAccount.objects.filter(pk=account.pk, checked_at=account.checked_at).update(checked_at=now):
         return not OrganisationAccount.objects.filter(pk=account.pk, refused=True).exists()
-    # The tokens to ask with, and the refresh token as stored, sealed: sealed anew at each write, it
-    # tells whether they were written again while the provider was asked (the field allows no lookup).
-    stored = Cast("refresh_token", output_field=TextField())
-    asking = OrganisationAccount.objects.annotate(stored_refresh_token=stored).filter(pk=account.pk).first()
+    asking = OrganisationAccount.objects.filter(pk=account.pk).first()
     if asking is None:  # unlinked in the admin meanwhile
         return True
+    if not asking.refresh_token and not asking.access_token:
+        # Nothing to ask with: tokens sealed under a key the site no longer has (accounts/sealed.py),
+        # the site's own fault, not the provider's word. Refused for now, as an empty token would
+        # be at the provider, but nothing stored: once the key is back among SECRET_KEY_FALLBACKS
+        # (or on a worker that has it), the next request asks the provider with the tokens again.
+        logger.warning("OpenID Connect: the tokens of %s cannot be read; they must sign in again", account.person_id)
+        OrganisationAccount.objects.filter(pk=account.pk, checked_at=now).update(checked_at=account.checked_at)
+        return False
     verdict = _ask_provider(asking)
     if verdict is None:
         return True
-    # Only over the tokens it asked with: a sign-in meanwhile brought new ones, and its verdict holds.
-    asked_with = OrganisationAccount.objects.alias(stored_refresh_token=stored).filter(
-        pk=account.pk, stored_refresh_token=asking.stored_refresh_token
-    )
+    # Only if nothing wrote the account while the provider was asked: a sign-in meanwhile brought
+    # new tokens and moved `checked_at`, and its verdict holds.
+    asked_with = OrganisationAccount.objects.filter(pk=account.pk, checked_at=now)
     if verdict is False:
         asked_with.update(refused=True)
         return False
@@ -294,13 +297,6 @@ def still_at_provider(user: User) -> bool:
 
 def _ask_provider(account: OrganisationAccount) -> dict[str, str] | Literal[False] | None:
     """The provider's answer: new tokens (still in), False (refused), or None (no clear answer)."""
-    if not account.refresh_token and not account.access_token:
-        # Nothing to ask with: tokens sealed under a key the site no longer has (accounts/sealed.py).
-        # Refused, as an empty token would be at the provider, rather than asked with none: the
-        # person signs in at the provider again, which brings new tokens; until then the site
-        # cannot tell whether they still may, and lets neither their sessions nor their API tokens in.
-        logger.warning("OpenID Connect: the tokens of %s cannot be read; they must sign in again", account.person_id)
-        return False
     try:
         if account.refresh_token:
             response = requests.post(

@@ -22,7 +22,10 @@ SECRET_KEY: str = env.str("DJANGO_SECRET_KEY")
 # Earlier secret keys, after a change of DJANGO_SECRET_KEY: what Django signed with them is still
 # accepted, and the organisation's tokens sealed under them still open (accounts/sealed.py), each
 # sealed again under the new key when next written.
-SECRET_KEY_FALLBACKS: list[str] = env.list("DJANGO_SECRET_KEY_FALLBACKS", default=[])
+# "old1, old2" as well as "old1,old2": a key with a space before it would open nothing.
+SECRET_KEY_FALLBACKS: list[str] = [
+    key.strip() for key in env.list("DJANGO_SECRET_KEY_FALLBACKS", default=[]) if key.strip()
+]
 DEBUG: bool = env.bool("DJANGO_DEBUG", default=False)
 ALLOWED_HOSTS: list[str] = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
 CSRF_TRUSTED_ORIGINS: list[str] = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])

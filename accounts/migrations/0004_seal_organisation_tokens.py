@@ -41,11 +41,11 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='organisationaccount',
             name='access_token',
-            field=accounts.sealed.SealedTextField(blank=True, editable=False),
+            field=accounts.sealed.SealedTextField(blank=True, editable=False, serialize=False),
         ),
         migrations.AlterField(
             model_name='organisationaccount',
             name='refresh_token',
-            field=accounts.sealed.SealedTextField(blank=True, editable=False),
+            field=accounts.sealed.SealedTextField(blank=True, editable=False, serialize=False),
         ),
     ]

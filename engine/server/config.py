@@ -170,17 +170,27 @@ def redacted(command: Sequence[str]) -> list[str]:
     """`command` with each --api-key value (`--api-key KEY...` or `--api-key=KEY`) as ***.
 
     vLLM's --api-key takes one key or more (`--api-key KEY1 KEY2`): the word after it is a key,
-    whatever it looks like, and so is each next one up to the next option.
+    whatever it looks like, and so is each next one up to the next option. vLLM's parser also takes
+    it as `--api_key` and abbreviated (`--api-k`, the shortest no other option of its shares).
     """
     shown = list(command)
     in_keys = False
-    for index, argument in enumerate(shown):
-        in_keys = (index > 0 and command[index - 1] == "--api-key") or (in_keys and not argument.startswith("-"))
-        if in_keys:
+    for index, argument in enumerate(command):
+        option, equals, _value = argument.partition("=")
+        if _is_api_key_option(option):
+            in_keys = not equals
+            if equals:
+                shown[index] = f"{option}=***"
+        elif in_keys and not argument.startswith("-"):
             shown[index] = "***"
-        elif argument.startswith("--api-key="):
-            shown[index] = "--api-key=***"
+        else:
+            in_keys = False
     return shown
+
+
+def _is_api_key_option(argument: str) -> bool:
+    option = argument.replace("_", "-")
+    return len(option) >= len("--api-k") and "--api-key".startswith(option)
 
 
 def _is_the_sites(name: str) -> bool:

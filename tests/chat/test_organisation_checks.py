@@ -2,6 +2,7 @@
 (accounts/oidc.py's `still_at_provider`), on its own: who asks, and what an unanswered question means.
 The whole flow against a real provider is tests/chat/test_organisation_sign_in.py."""
 
+import io
 import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -10,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 from django.core.exceptions import FieldError
+from django.core.management import call_command
 from django.utils import timezone
 
 from accounts import oidc
@@ -125,6 +127,7 @@ def test_tokens_sealed_under_an_earlier_secret_key_still_open(alice, alices_acco
 def test_tokens_no_key_of_the_site_opens_read_as_none_and_the_person_must_sign_in_again(
     alice, alices_account, settings, monkeypatch
 ):
+    sealed_under = settings.SECRET_KEY
     settings.SECRET_KEY = "a-secret-key-that-sealed-nothing-here"
     alices_account.refresh_from_db()
     assert (alices_account.refresh_token, alices_account.access_token) == ("", "")
@@ -133,7 +136,41 @@ def test_tokens_no_key_of_the_site_opens_read_as_none_and_the_person_must_sign_i
     monkeypatch.setattr(requests, "get", lambda *args, **kwargs: pytest.fail("asked"))
     assert not oidc.still_at_provider(alice)
     alices_account.refresh_from_db()
-    assert alices_account.refused
+    # The site's own key problem, not the provider's word: nothing is recorded against the person,
+    # whose next request asks again; with the key back as a fallback, the tokens open and are asked with.
+    assert not alices_account.refused
+    assert not oidc.still_at_provider(alice)
+    settings.SECRET_KEY_FALLBACKS = [sealed_under]
+    asked: list[str] = []
+
+    def ask(account):
+        asked.append(account.refresh_token)
+        return {"refresh_token": account.refresh_token}
+
+    monkeypatch.setattr(oidc, "_ask_provider", ask)
+    assert oidc.still_at_provider(alice)
+    assert asked == ["r1"]
+
+
+def test_a_sign_in_while_the_provider_is_asked_keeps_its_verdict_over_the_old_tokens(
+    alice, alices_account, monkeypatch
+):
+    # A provider that gives no refresh token: the site asks with the access token, which expires.
+    OrganisationAccount.objects.filter(pk=alices_account.pk).update(refresh_token="", access_token="a1-expired")
+    backend = oidc.OrganisationBackend()
+
+    def ask(account):
+        assert account.access_token == "a1-expired"
+        # Alice signs in again meanwhile, with a new access token from the provider.
+        backend.token_info = {"access_token": "a2"}
+        backend.update_user(alice, {"sub": "alice-at-the-provider"})
+        return False  # the old access token's refusal
+
+    monkeypatch.setattr(oidc, "_ask_provider", ask)
+    assert not oidc.still_at_provider(alice)  # this request asked with the old token
+    alices_account.refresh_from_db()
+    assert not alices_account.refused  # but her sign-in stands
+    assert alices_account.access_token == "a2"
 
 
 def test_a_sealed_token_cannot_be_looked_up_by_its_text(alices_account):
@@ -211,3 +248,13 @@ def test_a_groups_claim_that_is_no_list_of_names_is_read_without_failing(alice, 
     backend.update_user(alice, {"sub": "alice-at-the-provider", "groups": groups})
     alice.refresh_from_db()
     assert alice.is_staff is staff
+
+
+def test_dumpdata_leaves_the_tokens_out(alices_account):
+    # Django's serializers read the model's (unsealed) value: a dump would hold the tokens in clear.
+    alices_account.refresh_token = "alices-refresh-token-at-the-provider"
+    alices_account.save()
+    dump = io.StringIO()
+    call_command("dumpdata", "accounts.organisationaccount", stdout=dump)
+    assert "alice-at-the-provider" in dump.getvalue()
+    assert "alices-refresh-token" not in dump.getvalue()

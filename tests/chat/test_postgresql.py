@@ -26,6 +26,8 @@ MODULES = [
     "tests/api/test_shelves_and_presets.py",
     # Two first sign-ins at once: a unique username or subject refused in a transaction, then a retry
     "tests/chat/test_organisation_accounts.py",
+    # The check with the provider: its conditional updates, the tokens sealed in their columns
+    "tests/chat/test_organisation_checks.py",
 ]
 
 

@@ -66,7 +66,9 @@ def test_up_starts_vllm_with_the_api_key_and_the_arguments_after_dashes_and_the_
     assert httpx.get(models, timeout=10).status_code == 401
     assert httpx.get(models, headers={"Authorization": f"Bearer {key}"}, timeout=10).status_code == 200
     # Not on the command line of vLLM, nor of the site's worker, which any local user can read.
-    for pid in [*standin.recorded_pids(), *children(up.process.pid)]:
+    vllm, site = standin.recorded_pids(), children(up.process.pid)
+    assert vllm and site
+    for pid in [*vllm, *site]:
         assert key not in Path(f"/proc/{pid}/cmdline").read_bytes().decode()
     assert httpx.get(f"http://127.0.0.1:{site_port}/healthz", timeout=10).json()["vllm"] == "ok"  # with the key
     up.process.send_signal(signal.SIGINT)

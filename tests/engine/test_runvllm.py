@@ -267,6 +267,19 @@ def test_a_persons_own_api_keys_after_dashes_go_to_vllm_and_are_redacted_when_sh
     assert config.shown_command().endswith("--api-key '***' '***' --dtype float32 '--api-key=***'")
 
 
+@pytest.mark.parametrize(
+    "own",
+    [["--api_key", "sk-secret-1"], ["--api-k", "sk-secret-1", "sk-secret-2"], ["--api_k=sk-secret-1"]],
+)
+def test_an_api_key_spelled_any_way_vllm_accepts_is_redacted_when_shown(own, settings, tmp_path):
+    # vLLM's parser takes --api_key for --api-key, and abbreviations down to the shortest that is
+    # no other option's: each of them names a key.
+    settings.VLLM_VENV = tmp_path / "venv"
+    shown = ServerConfig.from_settings(extra_args=[*own, "--api-server-count", "1"]).shown_command()
+    assert "sk-secret" not in shown
+    assert shown.endswith("--api-server-count 1")
+
+
 def test_vllm_started_with_the_api_key_wants_it_and_its_command_line_does_not_show_it(standin, runvllm_here):
     seen: dict[str, object] = {}
 
