@@ -2,15 +2,17 @@
 tests/fixtures_browser.py's fixtures)."""
 
 import re
+import time
 from pathlib import Path
 
 from axe_playwright_python.sync_playwright import Axe
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import Client
-from playwright.sync_api import BrowserContext, Locator, Page, expect
+from playwright.sync_api import BrowserContext, Locator, Page, Route, expect
 
 from tests.accounts import PASSWORD
+from tests.waiting import POLL_EVERY, WAIT_WITHIN
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -103,3 +105,18 @@ def open_settings(page: Page) -> None:
 def screenshot(page: Page, name: str, *, full_page: bool = False) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=full_page)
+
+
+def held_request(page: Page, held: list[Route], what: str = "the request to be held") -> Route:
+    """The request a `page.route(..., held.append)` handler holds, once it has come.
+
+    Sync Playwright runs a route's handler only while the test is inside one of its calls: right
+    after the press that sends it, the handler may not have run yet (on a busy machine it had not,
+    and `held` was empty). So the wait polls through Playwright, whose every call lets its events in.
+    """
+    deadline = time.monotonic() + WAIT_WITHIN
+    while not held:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {WAIT_WITHIN} s waiting for {what}")
+        page.wait_for_timeout(POLL_EVERY * 1000)
+    return held.pop()

@@ -18,7 +18,16 @@ from django.utils import timezone
 from playwright.sync_api import Browser, Page, Route, expect
 
 from chat.models import Conversation, Message
-from tests.browser import answers, open_settings, open_signed_in, prompt_box, screenshot, sidebar_item, sign_in
+from tests.browser import (
+    answers,
+    held_request,
+    open_settings,
+    open_signed_in,
+    prompt_box,
+    screenshot,
+    sidebar_item,
+    sign_in,
+)
 from tests.site_server import SiteProcess, site_env
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -237,7 +246,7 @@ def test_a_send_while_the_previous_is_on_its_way_goes_once_that_one_is_answered(
     limit = django_settings.CHAT_MAX_PROMPT_CHARS
     prompt_box(page).fill("x" * (limit + 1))
     prompt_box(page).press("Enter")
-    held.pop().continue_()
+    held_request(page, held).continue_()
     # The second send went once the first was answered, with the box as it was then: refused too.
     expect(error).to_have_text(f"This message is too long: at most {limit} characters (it has {limit + 1}).")
 
@@ -245,7 +254,7 @@ def test_a_send_while_the_previous_is_on_its_way_goes_once_that_one_is_answered(
     prompt_box(page).fill("Hello")
     held_until_the_next_enter()
     prompt_box(page).press("Enter")
-    held.pop().continue_()
+    held_request(page, held).continue_()
     expect(answers(page).locator(".body")).to_have_text("".join(fake_vllm.reply))
     expect(error).to_be_hidden()
     assert len(fake_vllm.requests) == 1

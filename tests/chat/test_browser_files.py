@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Browser, FilePayload, Locator, Page, Route, expect
 
 from chat.models import Attachment, Message
-from tests.browser import answers, open_settings, open_signed_in, prompt_box, screenshot
+from tests.browser import answers, held_request, open_settings, open_signed_in, prompt_box, screenshot
 from tests.site_server import SiteProcess, site_env
 from tests.waiting import wait_for
 
@@ -220,7 +220,7 @@ def test_a_send_while_a_file_uploads_waits_for_it_and_says_so(signed_in: Page, f
     choose(page, text_file("notes.txt", NOTES))
     chip = chips(page).filter(has_text="notes.txt")
     expect(chip.get_by_role("progressbar", name="Uploading notes.txt")).to_be_visible()
-    wait_for(lambda: held, what="the upload to be held")
+    upload = held_request(page, held, what="the upload to be held")
 
     prompt_box(page).fill("When is the launch?")
     prompt_box(page).press("Enter")
@@ -228,7 +228,7 @@ def test_a_send_while_a_file_uploads_waits_for_it_and_says_so(signed_in: Page, f
     expect(page.locator("#thread article")).to_have_count(0)
     assert fake_vllm.requests == []
 
-    held.pop().continue_()
+    upload.continue_()
     expect(answers(page).locator(".body")).to_contain_text("The launch moves to Thursday 14 May")
     expect(page.locator("#thread .prompt-files").get_by_role("link", name="notes.txt")).to_be_visible()
     expect(page.locator("#prompt-form .attach-note")).to_be_hidden()
