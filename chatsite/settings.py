@@ -19,13 +19,9 @@ if (BASE_DIR / ".env").is_file():
 
 # No default: a secret in the repository is no secret. `make .env` writes a random one.
 SECRET_KEY: str = env.str("DJANGO_SECRET_KEY")
-# Earlier secret keys, after a change of DJANGO_SECRET_KEY: what Django signed with them is still
-# accepted, and the organisation's tokens sealed under them still open (accounts/sealed.py), each
-# sealed again under the new key when next written.
-# "old1, old2" as well as "old1,old2": a key with a space before it would open nothing.
-SECRET_KEY_FALLBACKS: list[str] = [
-    key.strip() for key in env.list("DJANGO_SECRET_KEY_FALLBACKS", default=[]) if key.strip()
-]
+# Earlier DJANGO_SECRET_KEYs, comma-separated (spaces after commas allowed): what Django signed and
+# accounts/sealed.py sealed under them still opens, each token sealed again under the new key when next written.
+SECRET_KEY_FALLBACKS: list[str] = [key.strip() for key in env.list("DJANGO_SECRET_KEY_FALLBACKS", default=[])]
 DEBUG: bool = env.bool("DJANGO_DEBUG", default=False)
 ALLOWED_HOSTS: list[str] = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost"])
 CSRF_TRUSTED_ORIGINS: list[str] = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
@@ -366,11 +362,9 @@ API_MAX_BODY_BYTES: int = env.int("API_MAX_BODY_BYTES", default=1024 * 1024)
 CHAT_CLI_USER: str = env.str("CHAT_CLI_USER", default="")
 
 # --- Signing in with the organisation's accounts: OpenID Connect (accounts/oidc.py) ---------------
-# Off unless an issuer is set. mozilla-django-oidc runs the code flow (with PKCE, state and nonce);
-# accounts/oidc.py checks the ID token's issuer, audience and expiry, links a person to the
-# provider's `sub`, and asks the provider again, every OIDC_RECHECK_SECONDS, whether they may still
-# sign in. The endpoints are the provider's discovery document's (README.md, "Signing in with the
-# organisation's accounts"); none is fetched while the settings load.
+# Off unless an issuer is set. mozilla-django-oidc runs the code flow (PKCE, state, nonce); accounts/oidc.py
+# checks the ID token, links a person to the provider's `sub` and asks again every OIDC_RECHECK_SECONDS whether
+# they may still sign in. The endpoints are from the provider's discovery document (README.md), not fetched here.
 OIDC_ISSUER: str = env.str("OIDC_ISSUER", default="").rstrip("/")
 OIDC_ENABLED = bool(OIDC_ISSUER)
 # What the button says: "Sign in with <name>"; empty: "Sign in with your organisation's account".
@@ -389,8 +383,7 @@ OIDC_TIMEOUT: float = env.float("OIDC_TIMEOUT", default=10.0)
 # Make an account for a person the provider signs in who has none here yet; off: only people who
 # already have an account (matched by their verified e-mail address, then by the provider's id).
 OIDC_CREATE_USER: bool = env.bool("OIDC_CREATE_ACCOUNTS", default=False)
-# Staff status follows the provider: staff while the claim lists one of these groups or roles.
-# Empty: the provider's groups change nothing, staff status is the admin's.
+# Staff while the provider's groups claim lists one of these groups or roles; empty: staff status is the admin's.
 OIDC_STAFF_GROUPS: list[str] = env.list("OIDC_STAFF_GROUPS", default=[])
 OIDC_GROUPS_CLAIM: str = env.str("OIDC_GROUPS_CLAIM", default="groups")
 # How often a signed-in person's sessions and API tokens are checked with the provider (a refresh
