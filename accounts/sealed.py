@@ -52,8 +52,7 @@ class SealedTextField(models.TextField[str, str]):
     """Text sealed in the database, open in the model; "" stays "" (no secret), unsealed.
 
     Sealing is new each time (Fernet's random IV), so a sealed value cannot be looked up by its
-    text: the field allows no lookup rather than one that never matches. To compare what is stored,
-    cast the column to text (accounts/oidc.py's `still_at_provider`).
+    text: the field allows no lookup rather than one that never matches.
     """
 
     def get_prep_value(self, value: Any) -> Any:
