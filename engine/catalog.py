@@ -22,7 +22,7 @@ import time
 import weakref
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from channels.db import database_sync_to_async
 from django.conf import settings
@@ -265,8 +265,16 @@ async def pick(model: str = "", *, leaving_out: Endpoint | None = None) -> Chose
         if wanted == default.id:
             return Chosen(default, default_endpoint())
         for state in states:
-            if state.endpoint == default_endpoint() and (served := state.serves(wanted)) is not None:
+            if state.endpoint != default_endpoint():
+                continue
+            if (served := state.serves(wanted)) is not None:
                 return Chosen(served, state.endpoint)
+            if not state.up and not state.models and not default.live:
+                # Nor one it may serve without having said so: it has not answered since the site
+                # started (vLLM still loading, or down), so that what it serves is not known. The
+                # answer goes to it, and fails saying vLLM is down, or is answered once it is up;
+                # a "no such model" would have held until it was asked again, TTL seconds later.
+                return Chosen(replace(default, id=wanted), state.endpoint)
     if any(state.serves(wanted) for state in states) or leaving_out is not None:
         raise ModelUnavailable(wanted)
     raise UnknownModel(wanted)

@@ -68,6 +68,25 @@ async def test_the_default_engines_model_named_while_it_is_down_goes_to_it_not_r
     assert chosen.endpoint == default_endpoint()
 
 
+async def test_a_model_named_before_the_default_engine_ever_answered_goes_to_it_not_refused(alice, fake_vllm, settings):
+    # A site started while vLLM is still loading (or down) has never heard what it serves. A request
+    # naming that model fails saying vLLM is down (503, the prompt kept), and once vLLM is up it is
+    # answered, rather than "no such model" (404, nothing saved) until vLLM is asked again.
+    settings.VLLM_SERVED_MODEL_NAME = ""  # as `make run` has it: the site asks vLLM which model it serves
+    fake_vllm.fault = "refuse"
+
+    chosen = await catalog.pick(fake_vllm.served_model_name)
+
+    assert chosen.endpoint == default_endpoint()
+    fake_vllm.fault = None  # up again, within the TTL of the question that failed
+    text, ended = await answered(await start(alice, fake_vllm.served_model_name))
+    assert (text, ended.status, ended.model_name) == (
+        "".join(fake_vllm.reply),
+        Message.Status.COMPLETE,
+        fake_vllm.served_model_name,
+    )
+
+
 async def test_the_engines_read_before_answer_while_the_database_is_away(fake_vllm, monkeypatch):
     with FakeVLLM(served_model_name="smol-a") as added:
         await Engine.objects.acreate(name="added", base_url=added.base_url)
