@@ -102,7 +102,14 @@ def _cache_key() -> tuple[str, str]:
 async def served_model() -> ServedModel:
     """The model vLLM serves: from its /v1/models at most every SERVED_MODEL_TTL seconds, the
     settings' assumption while it cannot be asked."""
-    if _served.get("key") == _cache_key() and time.monotonic() - _served["at"] < SERVED_MODEL_TTL:
+    # Kept SERVED_MODEL_TTL seconds when it names a model. Not a vLLM never heard from (the settings
+    # leave the name to it, and it was loading or down): kept, a turn with no model named would ask
+    # it for model "" (its 404) for up to that long after it came up.
+    if (
+        _served.get("key") == _cache_key()
+        and time.monotonic() - _served["at"] < SERVED_MODEL_TTL
+        and (_served["model"].id or _served["model"].live)
+    ):
         fresh: ServedModel = _served["model"]
         return fresh
     # One question at a time per event loop: a burst of turns that all find the note stale wait

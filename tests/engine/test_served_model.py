@@ -56,6 +56,17 @@ async def test_the_model_and_its_context_come_from_vllm(serving):
     assert vllm_client.context_length() == 8192  # what the forms' bounds read, without asking again
 
 
+async def test_a_vllm_never_heard_from_is_asked_again_at_once_not_after_the_ttl(serving):
+    # A site started while vLLM loads: nothing known, so nothing to keep for SERVED_MODEL_TTL. A
+    # turn with no model named, once vLLM is up, asks for its model, not for "" (vLLM's 404).
+    fake = serving("first-model")
+    fake.fault = "refuse"
+    assert (await vllm_client.served_model()).id == ""
+
+    fake.fault = None
+    assert await vllm_client.served_model() == ServedModel("first-model", 2048, "/models/x", live=True)
+
+
 async def test_what_vllm_said_is_kept_briefly_then_asked_again(serving, monkeypatch):
     fake = serving("first-model")
     assert (await vllm_client.served_model()).id == "first-model"
