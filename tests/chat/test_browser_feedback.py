@@ -20,6 +20,7 @@ def test_a_thumb_with_a_comment_is_saved_and_shown_after_a_reload(signed_in: Pag
     page.get_by_role("textbox", name="Message").press("Enter")
     answer = page.locator("#thread article.assistant").last
     expect(answer).not_to_have_class(re.compile(r"\bstreaming\b"))
+    expect(answer).not_to_have_class(re.compile(r"\bending\b"))  # its footer is the site's: the swap is done
     feedback = answer.get_by_role("group", name="Your feedback on this answer")
     feedback.get_by_role("textbox", name="Comment (optional), sent with a thumb").fill("Short & <b>right</b>")
     feedback.get_by_role("button", name="Good answer").click()

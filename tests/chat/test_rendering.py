@@ -48,6 +48,9 @@ def ask(page: Page, prompt: str) -> Locator:
 
 def wait_until_answered(answer: Locator) -> None:
     expect(answer).not_to_have_class(re.compile(r"\bstreaming\b"))
+    # And its footer is the site's (chat.js `showEnded`): a button pressed in the one before it
+    # showed what it did until the swap replaced it (a sibling CI check saw "Copy" come back so).
+    expect(answer).not_to_have_class(re.compile(r"\bending\b"))
     expect(answer.locator(".meta").get_by_role("button", name="Copy")).to_be_visible()
 
 
