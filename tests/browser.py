@@ -2,7 +2,6 @@
 tests/fixtures_browser.py's fixtures)."""
 
 import re
-import time
 from pathlib import Path
 
 from axe_playwright_python.sync_playwright import Axe
@@ -12,7 +11,7 @@ from django.test import Client
 from playwright.sync_api import BrowserContext, Locator, Page, Route, expect
 
 from tests.accounts import PASSWORD
-from tests.waiting import POLL_EVERY, WAIT_WITHIN
+from tests.waiting import wait_for
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -112,11 +111,12 @@ def held_request(page: Page, held: list[Route], what: str = "the request to be h
 
     Sync Playwright runs a route's handler only while the test is inside one of its calls: right
     after the press that sends it, the handler may not have run yet (on a busy machine it had not,
-    and `held` was empty). So the wait polls through Playwright, whose every call lets its events in.
+    and `held` was empty). So the wait polls through Playwright.
     """
-    deadline = time.monotonic() + WAIT_WITHIN
-    while not held:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {WAIT_WITHIN} s waiting for {what}")
-        page.wait_for_timeout(POLL_EVERY * 1000)
+
+    def come() -> list[Route]:
+        page.wait_for_timeout(0)  # a Playwright call, which lets its events in
+        return held
+
+    wait_for(come, what=what)
     return held.pop()

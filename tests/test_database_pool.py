@@ -141,6 +141,13 @@ async def temporary(clients: Clients, n: int, streaming: asyncio.Event) -> str:
         return site_text(await read_sse(response, streaming))
 
 
+async def requests_beside(clients: Clients, name: str) -> list[str]:
+    """A list of conversations read and a conversation made while `name`'s request waits: those refused."""
+    listed = await clients.api.get("/api/conversations")
+    created = await clients.api.post("/api/conversations", json={"title": f"Beside {name}"})
+    return [f"{r.request.method} {r.url.path}: {r.status_code}" for r in (listed, created) if r.is_error]
+
+
 DOORS: dict[str, tuple[Door, bool]] = {  # each door, and whether its client sees the first delta
     "the page's stream": (page, True),
     "the REST API's streamed answer": (rest_streamed, True),
@@ -180,10 +187,7 @@ def test_answers_streaming_on_every_door_leave_the_pool_to_other_requests(small_
             await wait_for_async(lambda: fake_vllm.generated_tokens >= sent_before + STREAMS, what=f"{name}'s answers")
             if client_sees_it:
                 await asyncio.wait_for(asyncio.gather(*(event.wait() for event in streaming)), WAIT_WITHIN)
-            listed = await clients.api.get("/api/conversations")
-            created = await clients.api.post("/api/conversations", json={"title": f"Beside {name}"})
-            failed = [f"{r.request.method} {r.url.path}: {r.status_code}" for r in (listed, created) if r.is_error]
-            if failed:
+            if failed := await requests_beside(clients, name):
                 refused[name] = failed
         finally:
             gate.set()
@@ -272,10 +276,7 @@ def test_prompts_counted_by_vllm_leave_the_pool_to_other_requests(small_pool_sit
         answer = asyncio.ensure_future(door(clients))
         try:
             await wait_for_async(lambda: len(fake_vllm.tokenize_requests) > counted_before, what=f"{name}'s count")
-            listed = await clients.api.get("/api/conversations")
-            created = await clients.api.post("/api/conversations", json={"title": f"Beside {name}"})
-            failed = [f"{r.request.method} {r.url.path}: {r.status_code}" for r in (listed, created) if r.is_error]
-            if failed:
+            if failed := await requests_beside(clients, name):
                 refused[name] = failed
         finally:
             gate.set()
